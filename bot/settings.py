@@ -1,0 +1,145 @@
+"""The bot's settings: one pydantic-settings object read from the environment and `.env`.
+
+Every field has an environment variable of the same name in upper case (`TELEGRAM_TOKEN`, `NETWORK`, ...);
+`.env.example` lists them all with a comment. Secrets are `SecretStr`: printing the settings, logging them
+or putting them in an error message never shows them. The network preset comes from `iexec.networks`; the
+real-money preset is refused unless `ALLOW_MAINNET=true`.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from iexec.networks import Network, resolve_network
+
+NRLC_PER_RLC = 10**9
+
+
+class Settings(BaseSettings):
+    """Everything the bot can be told. Amounts are integers in nRLC (1 RLC = 10^9 nRLC)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # Telegram
+    telegram_token: SecretStr | None = None
+    telegram_base_url: str = "https://api.telegram.org/bot"
+    telegram_base_file_url: str = "https://api.telegram.org/file/bot"
+    admin_ids: Annotated[tuple[int, ...], NoDecode] = ()
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str = ""
+    webhook_secret: SecretStr | None = None
+    webhook_listen: str = "127.0.0.1"
+    webhook_port: int = 8443
+
+    # Chain and market
+    network: str = "devnet"
+    allow_mainnet: bool = False
+    rpc_url: str = ""
+    chain_id: int | None = None
+    hub_address: str = ""
+    rlc_address: str = ""
+    market_url: str = ""
+    ipfs_gateway: str = ""
+    max_fee_gwei: int = Field(default=50, gt=0)
+
+    # The app and what a job may cost
+    app_address: str = ""
+    category: int = Field(default=0, ge=0)
+    tag: str = "0x" + "00" * 32
+    trust: int = Field(default=0, ge=0)
+    app_max_price_nrlc: int = Field(default=100_000_000, ge=0)
+    workerpool_max_price_nrlc: int = Field(default=200_000_000, ge=0)
+    fee_nrlc: int = Field(default=10_000_000, ge=0)
+    worker_args: str = "--max-dim 1024 --min-confidence 0.7"
+
+    # Wallet and books
+    wallet_keystore: Path = Path("data/wallet.json")
+    wallet_password: SecretStr | None = None
+    wallet_password_file: Path | None = None
+    db_path: Path = Path("data/books.db")
+    data_dir: Path = Path("data")
+
+    # Input publishing: the worker fetches the user's photo here
+    inputs_listen: str = "127.0.0.1"
+    inputs_port: int = 0
+    inputs_public_url: str = ""
+
+    # Timing
+    match_timeout_s: int = Field(default=300, gt=0)
+    start_warning_s: int = Field(default=600, gt=0)
+    poll_interval_s: float = Field(default=2.0, gt=0)
+
+    # Per-user limits
+    max_jobs_in_flight: int = Field(default=3, gt=0)
+    max_jobs_per_hour: int = Field(default=20, gt=0)
+    max_daily_spend_nrlc: int = Field(default=5 * NRLC_PER_RLC, gt=0)
+
+    # Input checks (at least as strict as the worker's)
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=25_000_000, gt=0)
+    url_fetch_timeout: float = Field(default=15.0, gt=0)
+    url_max_redirects: int = Field(default=3, ge=0)
+    url_allow_loopback: bool = False
+    url_allow_private: bool = False
+
+    # Operations
+    log_level: str = "INFO"
+    low_gas_wei: int = Field(default=10**16, ge=0)
+    low_stake_nrlc: int = Field(default=NRLC_PER_RLC, ge=0)
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _parse_admin_ids(cls, value: object) -> object:
+        """Admins are numeric Telegram ids, comma- or space-separated; usernames are refused."""
+        if isinstance(value, str):
+            parts = [p for p in value.replace(",", " ").split() if p]
+            for p in parts:
+                if not p.lstrip("-").isdigit():
+                    raise ValueError(f"ADMIN_IDS must be numeric Telegram user ids, not {p!r}")
+            return tuple(int(p) for p in parts)
+        if isinstance(value, int):
+            return (value,)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.mode == "webhook":
+            if self.webhook_secret is None or not self.webhook_secret.get_secret_value():
+                raise ValueError("webhook mode needs WEBHOOK_SECRET (Telegram sends it back on every update)")
+            if not self.webhook_url.startswith("https://") and not self.webhook_url.startswith("http://127."):
+                raise ValueError("WEBHOOK_URL must be an https:// URL")
+        self.resolved_network  # noqa: B018 - raises for an unknown or unconsented network
+        return self
+
+    @cached_property
+    def resolved_network(self) -> Network:
+        """The network preset with this configuration's overrides applied."""
+        return resolve_network(
+            self.network,
+            allow_mainnet=self.allow_mainnet,
+            rpc_url=self.rpc_url,
+            chain_id=self.chain_id,
+            hub=self.hub_address,
+            rlc=self.rlc_address,
+            market_url=self.market_url,
+            ipfs_gateway=self.ipfs_gateway,
+        )
+
+    @property
+    def max_price_nrlc(self) -> int:
+        """What one job reserves: the maximum app and workerpool prices plus the fee."""
+        return self.app_max_price_nrlc + self.workerpool_max_price_nrlc + self.fee_nrlc
+
+    def wallet_password_value(self) -> str | None:
+        """The keystore password from WALLET_PASSWORD or WALLET_PASSWORD_FILE (None: ask at a prompt)."""
+        if self.wallet_password is not None:
+            return self.wallet_password.get_secret_value()
+        if self.wallet_password_file is not None:
+            return self.wallet_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        return None
