@@ -1,0 +1,158 @@
+"""Build and run the bot: python-telegram-bot `Application`, handlers, the pipeline and its services.
+
+`build_application` wires everything and is what tests drive (against the Telegram stand-in and the devnet);
+`run` is `python -m bot`: lock file, logs, polling or webhook, a clean shutdown on Ctrl-C / SIGTERM.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from telegram import BotCommand, Update
+from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, CallbackQueryHandler,
+                          CommandHandler, MessageHandler, filters)
+
+from bot import admin, handlers
+from bot.chain import ChainGateway
+from bot.inputs import InputServer
+from bot.lock import InstanceLock
+from bot.logs import install_logging, redact_url
+from bot.pipeline import Pipeline
+from bot.progress import StatusBoard
+from bot.services import KEY, Services
+from bot.settings import Settings
+from ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+USER_COMMANDS = [
+    ("start", "what this bot does, price, privacy"), ("help", "the commands"),
+    ("balance", "your credit"), ("status", "jobs in progress"), ("jobs", "recent jobs"),
+    ("cancel", "cancel a job not started yet"), ("forget", "delete your stored pictures"),
+]
+
+
+def register_handlers(app: Application) -> None:
+    """All handlers in one place; admin commands check the numeric id themselves."""
+    user_cmds = {"start": handlers.start, "help": handlers.help_command, "balance": handlers.balance,
+                 "status": handlers.status, "jobs": handlers.jobs, "cancel": handlers.cancel,
+                 "forget": handlers.forget}
+    admin_cmds = {"fund": admin.fund, "wallet": admin.wallet, "deposit": admin.stake_move,
+                  "withdraw": admin.stake_move, "users": admin.users, "job": admin.job, "refund": admin.refund,
+                  "retry": admin.retry, "reconcile": admin.reconcile, "pause": admin.pause,
+                  "resume": admin.resume, "price": admin.price}
+    new = filters.UpdateType.MESSAGE
+    for name, fn in {**user_cmds, **admin_cmds}.items():
+        app.add_handler(CommandHandler(name, fn, filters=new))
+    app.add_handler(MessageHandler(new & filters.COMMAND, handlers.unknown_command))
+    app.add_handler(MessageHandler(new & filters.PHOTO, handlers.photo))
+    app.add_handler(MessageHandler(new & filters.Document.ALL, handlers.document))
+    app.add_handler(MessageHandler(new & filters.TEXT, handlers.text))
+    app.add_handler(MessageHandler(new & ~filters.TEXT, handlers.unsupported))
+    app.add_handler(CallbackQueryHandler(handlers.status_refresh, pattern=r"^status$"))
+    app.add_handler(CallbackQueryHandler(handlers.detections, pattern=r"^det:"))
+    app.add_handler(CallbackQueryHandler(admin.retry, pattern=r"^retry:"))
+    app.add_handler(CallbackQueryHandler(admin.dismissed, pattern=r"^x$"))
+    app.add_handler(CallbackQueryHandler(admin.confirmed, pattern=r"^(fund|deposit|withdraw|refund):"))
+    # Edited messages and other update kinds fall through: nothing is done twice.
+    app.add_error_handler(handlers.on_error)
+
+
+@dataclass
+class Bot:
+    """A built bot: the PTB application plus the parts it drives (for tests and `run`)."""
+
+    app: Application
+    services: Services
+    inputs: InputServer
+    chain: ChainGateway
+
+    async def start(self, *, polling: bool = True, poll_timeout: int = 10) -> None:
+        await self.inputs.start()
+        await self.chain.start()
+        await self.app.initialize()
+        await self.app.start()
+        await self._set_commands()
+        if polling:
+            await self.app.updater.start_polling(timeout=poll_timeout, drop_pending_updates=False,
+                                                 allowed_updates=Update.ALL_TYPES)
+        await self.services.pipeline.resume()
+
+    async def _set_commands(self) -> None:
+        try:
+            await self.app.bot.set_my_commands([BotCommand(c, d) for c, d in USER_COMMANDS])
+        except Exception as exc:  # noqa: BLE001 - cosmetic, never fatal
+            log.warning("event=set_commands_failed error=%r", str(exc))
+
+    async def stop(self) -> None:
+        if self.app.updater and self.app.updater.running:
+            await self.app.updater.stop()
+        await self.services.pipeline.stop()
+        await self.services.board.drain(timeout=3)
+        if self.app.running:
+            await self.app.stop()
+        await self.app.shutdown()
+        await self.chain.stop()
+        await self.inputs.stop()
+        self.services.ledger.close()
+
+
+def build_bot(settings: Settings, *, account: Any = None, crash_at: str | None = None,
+              concurrent_updates: int = 64) -> Bot:
+    """Wire the application, the books, the chain gateway, the input server and the pipeline."""
+    if settings.telegram_token is None:
+        raise SystemExit("TELEGRAM_TOKEN is not set (see .env.example)")
+    token = settings.telegram_token.get_secret_value()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(str(settings.db_path))
+    app = (
+        ApplicationBuilder().token(token).base_url(settings.telegram_base_url)
+        .base_file_url(settings.telegram_base_file_url)
+        .rate_limiter(AIORateLimiter(overall_max_rate=25, overall_time_period=1, group_max_rate=18,
+                                     group_time_period=60, max_retries=3))
+        .concurrent_updates(concurrent_updates).connect_timeout(10).read_timeout(30).write_timeout(30)
+        .media_write_timeout(60).build()
+    )
+    board = StatusBoard(app.bot)
+    inputs = InputServer.from_settings(settings)
+    chain = ChainGateway(settings, ledger, account=account)
+    pipeline = Pipeline(settings, ledger, chain, inputs, app.bot, board, crash_at=crash_at)
+    services = Services(settings=settings, ledger=ledger, pipeline=pipeline, board=board)
+    app.bot_data[KEY] = services
+    register_handlers(app)
+    return Bot(app=app, services=services, inputs=inputs, chain=chain)
+
+
+async def _serve(settings: Settings) -> None:
+    bot = build_bot(settings, crash_at=os.environ.get("SEGBOT_CRASH_AT") or None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    webhook = settings.mode == "webhook"
+    await bot.start(polling=not webhook)
+    if webhook:
+        await bot.app.updater.start_webhook(
+            listen=settings.webhook_listen, port=settings.webhook_port, url_path="telegram",
+            webhook_url=settings.webhook_url, secret_token=settings.webhook_secret.get_secret_value(),
+            allowed_updates=Update.ALL_TYPES,
+        )
+    log.info("event=bot_started mode=%s network=%s rpc=%s wallet=%s", settings.mode,
+             settings.resolved_network.name, redact_url(settings.resolved_network.rpc_url), bot.chain.address)
+    await stop.wait()
+    log.info("event=bot_stopping")
+    await bot.stop()
+
+
+def run(settings: Settings | None = None) -> None:
+    """`python -m bot`: one bot per books (lock file), redacted logs, clean shutdown."""
+    settings = settings or Settings()
+    secrets = [s.get_secret_value() for s in (settings.telegram_token, settings.wallet_password,
+                                              settings.webhook_secret) if s is not None]
+    install_logging(settings.log_level, secrets=secrets)
+    with InstanceLock(settings.db_path.with_suffix(".lock")):
+        asyncio.run(_serve(settings))

@@ -1,0 +1,434 @@
+"""The bot's side of iExec: its wallet, the hub, the market, the watcher and results, behind one object.
+
+`ChainGateway` is what the pipeline calls. It owns the one transaction sender of the custodial wallet
+(every transaction is written to the books before broadcast, with the job it belongs to), one event watcher
+for all jobs (one `eth_getLogs` per cycle whatever the number of jobs; its block cursor is kept in the
+books), and the market client. It knows nothing of Telegram.
+
+Never here: the wallet's key outside the signer, a password in a message, an RPC URL with its key in a log.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.errors import BotError
+from bot.logs import redact_url
+from bot.settings import Settings
+from iexec.errors import ChainError, InsufficientStake, MarketError, OrderConsumed
+from iexec.hub import Hub, TaskStatus
+from iexec.market import MarketClient
+from iexec.orders import Domain, RequestOrder, build_params, build_request_order
+from iexec.results import TaskResult, fetch_result
+from iexec.tx import SenderConfig, TxRecord, connect
+from iexec.watch import TaskClaimed, TaskDeadlinePassed, TaskFinalized, TaskInitialized, TaskWatcher
+
+log = logging.getLogger(__name__)
+CURSOR_KEY = "watcher.cursor"
+
+
+class NoOffer(BotError):
+    """No app + workerpool order pair within the maximum prices (or not enough stake to pay one)."""
+
+    def __init__(self, message: str, *, no_stake: bool = False) -> None:
+        super().__init__(message)
+        self.no_stake = no_stake
+
+
+class OfferTaken(BotError):
+    """The chosen app or workerpool order was consumed by someone else before our match was mined."""
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A signed app order and workerpool order that our request order accepts."""
+
+    app: Any
+    workerpool: Any
+
+    @property
+    def total_price(self) -> int:
+        return self.app.appprice + self.workerpool.workerpoolprice
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """What the pipeline learns about a task: `kind` in waiting, initialized, finalized, claimed, failed,
+    deadline; `results` with finalized; `initialized` tells which claim a deadline needs."""
+
+    kind: str
+    results: bytes = b""
+    final_deadline: int | None = None
+    initialized: bool = False
+
+
+@dataclass(frozen=True)
+class WalletReport:
+    address: str
+    eth_wei: int
+    rlc: int
+    stake: int
+    locked: int
+
+
+@dataclass
+class _TaskState:
+    kind: str = "waiting"
+    results: bytes = b""
+    final_deadline: int | None = None
+    initialized: bool = False
+    changed: asyncio.Event | None = None
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + bytes(value).hex()
+
+
+def _bytes(value: str) -> bytes:
+    return bytes.fromhex(value[2:] if value.startswith("0x") else value)
+
+
+class ChainGateway:
+    """The custodial wallet's view of iExec, shared by every job."""
+
+    def __init__(self, settings: Settings, ledger: Any, *, account: Any = None) -> None:
+        self.settings = settings
+        self.network = settings.resolved_network
+        self.ledger = ledger
+        self._account = account
+        self.hub: Hub | None = None
+        self.market: MarketClient | None = None
+        self.watcher: TaskWatcher | None = None
+        self._tasks: dict[bytes, _TaskState] = {}
+        self._watch_task: asyncio.Task[None] | None = None
+        self._domain: Domain | None = None
+        self.watch_errors = 0
+
+    # ------------------------------------------------------------------------------------ life cycle
+
+    @property
+    def address(self) -> str:
+        return self._account.address if self._account is not None else "(not loaded)"
+
+    def _load_account(self) -> Any:
+        from ledger.wallet import load_wallet, read_password
+
+        password = self.settings.wallet_password_value()
+        if password is None:
+            password = read_password(env_var=None, password_file=None)
+        return load_wallet(self.settings.wallet_keystore, password)
+
+    async def start(self) -> None:
+        """Connect, adopt transactions persisted before a restart, and start following the chain."""
+        if self._account is None:
+            self._account = self._load_account()
+        w3 = connect(self.network.rpc_url)
+        config = SenderConfig(fee_cap_wei=self.settings.max_fee_gwei * 10**9)
+        self.hub = Hub(None, self.network.hub, self._account, w3=w3, persist=self._persist,
+                       sender_config=config)
+        self.market = MarketClient(self.network.market_url, self.network.chain_id, hub=self.network.hub)
+        self.watcher = TaskWatcher(w3, self.network.hub, load_cursor=self._load_cursor,
+                                   save_cursor=self._save_cursor)
+        await self._resume_sender()
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch_loop(), name="watcher")
+        log.info("event=chain_ready rpc=%s hub=%s wallet=%s", redact_url(self.network.rpc_url),
+                 self.network.hub, self.address)
+
+    async def stop(self) -> None:
+        if self._watch_task:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+        if self.market:
+            await self.market.close()
+
+    async def _persist(self, raw_tx: bytes, tx_hash: Any, nonce: int, meta: Any) -> None:
+        """Written before broadcast: the raw transaction, its hash and the job it belongs to."""
+        meta = dict(meta)
+        if "job_id" not in meta and meta.get("request_hash"):
+            job = self.ledger.job_by(order_hash=str(meta["request_hash"]))
+            meta["job_id"] = job.id if job else None
+        purpose = str(meta.get("purpose") or meta.get("kind") or "tx")
+        self.ledger.record_tx(raw_tx, tx_hash, nonce, self.address, purpose,
+                              str(meta["job_id"]) if meta.get("job_id") else None, meta)
+
+    async def _resume_sender(self) -> None:
+        pending = self.ledger.pending_txs(self.address)
+        if not pending:
+            return
+        records = [TxRecord(_bytes(t.raw_tx), t.tx_hash, t.nonce, json.loads(t.meta or "{}")) for t in pending]
+        for outcome in await self.hub.sender.resume(records):
+            log.info("event=tx_resumed nonce=%d status=%s tx=%s", outcome.nonce, outcome.status, outcome.tx_hash)
+        await self._settle_tx_records()
+
+    async def _settle_tx_records(self) -> None:
+        """Bring the books' transaction statuses up to date with the chain's receipts."""
+        w3 = self.hub.w3
+        mined_nonce = await w3.eth.get_transaction_count(self.address, "latest")
+        for tx in self.ledger.pending_txs(self.address):
+            try:
+                receipt = await w3.eth.get_transaction_receipt(tx.tx_hash)
+            except Exception:  # noqa: BLE001 - not mined (yet) or unknown
+                receipt = None
+            if receipt is not None:
+                status = "mined" if int(receipt["status"]) == 1 else "failed"
+                self.ledger.update_tx(tx.tx_hash, status, block_number=int(receipt["blockNumber"]))
+            elif tx.nonce < mined_nonce:
+                self.ledger.update_tx(tx.tx_hash, "replaced")
+
+    async def _load_cursor(self) -> int | None:
+        value = self.ledger.get_value(CURSOR_KEY)
+        return int(value) if value is not None else None
+
+    async def _save_cursor(self, block: int) -> None:
+        self.ledger.set_value(CURSOR_KEY, str(block))
+
+    # ------------------------------------------------------------------------------------ ordering
+
+    async def domain(self) -> Domain:
+        if self._domain is None:
+            self._domain = await self.hub.domain()
+        return self._domain
+
+    async def sign_request_order(self, job_id: str, input_url: str, args: str) -> RequestOrder:
+        """The job's one request order: workerpool open, max prices, volume 1, salt from the job id."""
+        s = self.settings
+        params = build_params(iexec_args=args, iexec_input_files=[input_url],
+                              iexec_result_storage_provider="ipfs")
+        order = build_request_order(
+            app=s.app_address, requester=self.address, category=s.category, appmaxprice=s.app_max_price_nrlc,
+            workerpoolmaxprice=s.workerpool_max_price_nrlc, params=params, job_id=job_id, tag=s.tag,
+            trust=s.trust,
+        )
+        return order.sign(self._account, await self.domain())
+
+    @staticmethod
+    def request_order_from_json(data: Any) -> RequestOrder:
+        return RequestOrder.from_market_json(json.loads(data) if isinstance(data, str) else data)
+
+    async def ensure_stake(self, amount: int) -> None:
+        """Raise NoOffer(no_stake=True) when the hub's free stake cannot pay `amount`."""
+        stake = (await self.hub.view_account(self.address)).stake
+        if stake < amount:
+            raise NoOffer(f"free stake {stake} nRLC < {amount} nRLC", no_stake=True)
+
+    async def offers(self) -> list[Offer]:
+        """App and workerpool order pairs within the maximum prices, cheapest first."""
+        s = self.settings
+        apps = [o.order for o in await self.market.app_orders(s.app_address, requester=self.address)
+                if o.remaining > 0 and o.order.appprice <= s.app_max_price_nrlc]
+        pools = [o.order for o in await self.market.workerpool_orders(
+                     category=s.category, app=s.app_address, requester=self.address, min_tag=s.tag,
+                     min_trust=s.trust or None)
+                 if o.remaining > 0 and o.order.workerpoolprice <= s.workerpool_max_price_nrlc]
+        apps.sort(key=lambda o: o.appprice)
+        pools.sort(key=lambda o: o.workerpoolprice)
+        return [Offer(app, pool) for app in apps[:1] for pool in pools]
+
+    async def best_offer(self) -> Offer:
+        try:
+            found = await self.offers()
+        except MarketError as exc:
+            raise NoOffer(f"market unavailable: {exc}") from exc
+        if not found:
+            raise NoOffer("no app and workerpool orders within the maximum prices")
+        return found[0]
+
+    async def deal_of(self, request: RequestOrder) -> str | None:
+        """The deal of our volume-1 request order, if it was matched (derived, never searched)."""
+        request_hash = request.hash(await self.domain())
+        if await self.hub.view_consumed(request_hash) == 0:
+            return None
+        return _hex(Hub.deal_id(request_hash, 0))
+
+    async def settle_pending_match(self, job_id: str) -> bool:
+        """Wait for match transactions of `job_id` still in flight (after a restart); True if there were."""
+        pending = [t for t in self.ledger.txs_for_job(job_id) if t.status in ("persisted", "broadcast")]
+        if not pending:
+            return False
+        inflight = self.hub.sender.inflight()
+        for nonce in sorted({t.nonce for t in pending}):
+            if nonce in inflight:
+                try:
+                    await self.hub.sender.wait(nonce)
+                except ChainError as exc:
+                    log.info("event=pending_match_failed job=%s nonce=%d error=%r", job_id, nonce, str(exc))
+        await self._settle_tx_records()
+        return True
+
+    async def match(self, offer: Offer, request: RequestOrder, job_id: str, crash_hook: Any = None) -> str:
+        """Match through the one sender (stored before broadcast); returns the deal id."""
+        try:
+            deal = await self.hub.match_orders(offer.app, None, offer.workerpool, request)
+        except OrderConsumed as exc:
+            if getattr(exc, "which", "") == "request":
+                found = await self.deal_of(request)
+                if found:
+                    return found
+            raise OfferTaken(str(exc)) from exc
+        except InsufficientStake as exc:
+            raise NoOffer(str(exc), no_stake=True) from exc
+        finally:
+            await self._settle_tx_records()
+        if crash_hook:
+            crash_hook("after_match")
+        return _hex(deal)
+
+    async def view_deal(self, deal_id: str) -> Any:
+        deal = await self.hub.view_deal(_bytes(deal_id))
+        return _DealView(deal)
+
+    @staticmethod
+    def task_id(deal_id: str) -> str:
+        return _hex(Hub.task_id(_bytes(deal_id), 0))
+
+    # ------------------------------------------------------------------------------------ tracking
+
+    async def _watch_loop(self) -> None:
+        """One watcher cycle every poll interval for all jobs; errors are retried, never fatal."""
+        while True:
+            try:
+                if self._tasks:
+                    for event in await self.watcher.poll():
+                        self._apply(event)
+                self.watch_errors = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the chain may be down for a while
+                self.watch_errors += 1
+                log.warning("event=watch_failed errors=%d error=%r", self.watch_errors, str(exc)[:200])
+            await asyncio.sleep(self.settings.poll_interval_s if self.watch_errors == 0
+                                else min(30.0, self.settings.poll_interval_s * 2 ** self.watch_errors))
+
+    def _apply(self, event: Any) -> None:
+        task_id = getattr(event, "task_id", None)
+        state = self._tasks.get(bytes(task_id)) if task_id is not None else None
+        if state is None:
+            return
+        if isinstance(event, TaskInitialized) and state.kind == "waiting":
+            state.kind, state.initialized = "initialized", True
+        elif isinstance(event, TaskFinalized):
+            state.kind, state.results = "finalized", bytes(event.results)
+        elif isinstance(event, TaskClaimed):
+            state.kind = "claimed"
+        elif isinstance(event, TaskDeadlinePassed) and state.kind in ("waiting", "initialized"):
+            state.kind = "deadline"
+            state.initialized = event.task.status != TaskStatus.UNSET
+        else:
+            return
+        if state.changed is not None:
+            state.changed.set()
+
+    async def _follow(self, deal_id: str, task_id: str) -> _TaskState:
+        """Start following a task; its state is read once so that nothing before the cursor is missed."""
+        key = _bytes(task_id)
+        state = self._tasks.get(key)
+        if state is not None:
+            return state
+        deal = await self.hub.view_deal(_bytes(deal_id))
+        category = next((c for c in await self.hub.categories() if c.id == deal.category), None)
+        timeref = category.work_clock_time_ref if category else 0
+        final_deadline = deal.start_time + 10 * timeref if timeref else None
+        task = await self.hub.view_task(key)
+        state = _TaskState(final_deadline=final_deadline, changed=asyncio.Event())
+        if task.status == TaskStatus.COMPLETED:
+            state.kind, state.results, state.initialized = "finalized", bytes(task.results), True
+        elif task.status == TaskStatus.FAILED:
+            state.kind, state.initialized = "claimed", True
+        elif task.status in (TaskStatus.ACTIVE, TaskStatus.REVEALING):
+            state.kind, state.initialized = "initialized", True
+            state.final_deadline = task.final_deadline or final_deadline
+        self._tasks[key] = state
+        self.watcher.follow_task(key, final_deadline=state.final_deadline, deal_id=_bytes(deal_id))
+        return state
+
+    async def wait_task(self, deal_id: str, task_id: str, *, known: str = "waiting",
+                        timeout: float = 30.0) -> TaskEvent:
+        """Wait until the task's state differs from `known` (or `timeout`); returns what is known then."""
+        state = await self._follow(deal_id, task_id)
+        if state.kind == known:
+            state.changed.clear()
+            try:
+                await asyncio.wait_for(state.changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return TaskEvent(state.kind, state.results, state.final_deadline, state.initialized)
+
+    def unfollow(self, task_id: str) -> None:
+        key = _bytes(task_id)
+        self._tasks.pop(key, None)
+        if self.watcher:
+            self.watcher.unfollow(key)
+
+    async def claim(self, deal_id: str, task_id: str, *, initialized: bool) -> None:
+        """Claim a task past its final deadline (initializing it first when the pool never did)."""
+        task = await self.hub.view_task(_bytes(task_id))
+        if task.status == TaskStatus.FAILED:
+            return  # claimed already (by us before a crash, or by anyone)
+        try:
+            if task.status == TaskStatus.UNSET:
+                await self.hub.initialize_and_claim_array([_bytes(deal_id)], [0])
+            else:
+                await self.hub.claim(_bytes(task_id))
+        finally:
+            await self._settle_tx_records()
+
+    async def fetch_result(self, results: bytes, dest: Path) -> TaskResult:
+        gateways = [self.network.ipfs_gateway]
+        return await fetch_result(results, gateways, dest)
+
+    # ------------------------------------------------------------------------------------ admin
+
+    async def wallet_report(self) -> WalletReport:
+        w3 = self.hub.w3
+        account = await self.hub.view_account(self.address)
+        return WalletReport(self.address, int(await w3.eth.get_balance(self.address)),
+                            await self.hub.rlc_balance(self.address), account.stake, account.locked)
+
+    async def move_stake(self, kind: str, nrlc: int, *, key: str, ledger: Any) -> str:
+        """Deposit into or withdraw from the hub once per confirmation key."""
+        if not ledger.record_event("admin_stake", key, {"kind": kind, "nrlc": nrlc}):
+            return "Already done (this confirmation was used before)."
+        try:
+            if kind == "deposit":
+                await self.hub.deposit(nrlc)
+            else:
+                await self.hub.withdraw(nrlc)
+        except (ChainError, ValueError) as exc:
+            return f"❌ {kind} failed: {exc}"
+        finally:
+            await self._settle_tx_records()
+        report = await self.wallet_report()
+        return f"✅ {kind.capitalize()} done. Hub stake is now {report.stake / 10**9:g} RLC."
+
+    async def price_report(self) -> str:
+        try:
+            found = await self.offers()
+        except MarketError as exc:
+            return f"The market does not answer: {exc}"
+        if not found:
+            return "No offer within the maximum prices right now."
+        best = found[0]
+        return (f"Best offer: app {best.app.appprice / 10**9:g} RLC + workerpool "
+                f"{best.workerpool.workerpoolprice / 10**9:g} RLC (+ fee {self.settings.fee_nrlc / 10**9:g}"
+                f" RLC); {len(found)} workerpool orders within the limits.")
+
+
+@dataclass(frozen=True)
+class _DealView:
+    deal: Any
+
+    @property
+    def requester(self) -> str:
+        return self.deal.requester
+
+    @property
+    def app_price(self) -> int:
+        return self.deal.app.price
+
+    @property
+    def workerpool_price(self) -> int:
+        return self.deal.workerpool.price

@@ -1,0 +1,115 @@
+"""`python -m bot doctor`: check a configuration against the network and say what is missing, plainly.
+
+Each check prints one line (ok / warn / FAIL and what to do). Exit code 0 when nothing failed. Never prints
+a secret: RPC URLs are shown redacted, the wallet's password and key are never shown.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.logs import redact_url
+from bot.settings import Settings
+
+
+@dataclass
+class Check:
+    level: str  # "ok", "warn", "FAIL"
+    what: str
+
+    def __str__(self) -> str:
+        return f"[{self.level:>4}] {self.what}"
+
+
+async def _checks(settings: Settings, out: Callable[[Check], None]) -> None:
+    from iexec.hub import Hub
+    from iexec.market import MarketClient
+    from iexec.orders import tag_to_int
+    from iexec.tx import connect
+
+    net = settings.resolved_network
+    w3 = connect(net.rpc_url)
+    try:
+        chain_id = await w3.eth.chain_id
+    except Exception as exc:  # noqa: BLE001 - report, do not crash
+        out(Check("FAIL", f"RPC {redact_url(net.rpc_url)} does not answer ({type(exc).__name__}); set RPC_URL"))
+        return
+    out(Check("ok" if chain_id == net.chain_id else "FAIL",
+              f"RPC {redact_url(net.rpc_url)} answers, chain id {chain_id} (expected {net.chain_id})"))
+    code = await w3.eth.get_code(net.hub)
+    if not code:
+        out(Check("FAIL", f"no contract at the hub address {net.hub}: wrong network or HUB_ADDRESS"))
+        return
+    out(Check("ok", f"hub contract present at {net.hub}"))
+    hub = Hub(None, net.hub, w3=w3)
+    address = _wallet_address(settings, out)
+    if address:
+        eth = await w3.eth.get_balance(address)
+        stake = await hub.view_account(address)
+        out(Check("ok" if eth >= settings.low_gas_wei else "FAIL",
+                  f"wallet {address} holds {eth / 10**18:.6f} ETH for gas"
+                  + ("" if eth >= settings.low_gas_wei else ": send it some (testnet faucet)")))
+        enough = stake.stake >= settings.max_price_nrlc
+        out(Check("ok" if enough else "FAIL",
+                  f"hub stake {stake.stake / 10**9:g} RLC (locked {stake.locked / 10**9:g})"
+                  + ("" if enough else ": deposit RLC into the hub (/deposit or `iexec account deposit`)")))
+    if not settings.app_address or not await w3.eth.get_code(settings.app_address):
+        out(Check("FAIL", "APP_ADDRESS is not a deployed app: deploy worker/iexec.json with the iExec SDK"))
+        return
+    out(Check("ok", f"app {settings.app_address} is deployed"))
+    market = MarketClient(net.market_url, net.chain_id, hub=net.hub)
+    try:
+        apps = await market.app_orders(settings.app_address)
+        pools = await market.workerpool_orders(category=settings.category)
+    except Exception as exc:  # noqa: BLE001
+        out(Check("FAIL", f"market {net.market_url} does not answer: {exc}"))
+        return
+    finally:
+        await market.close()
+    out(Check("ok" if apps else "FAIL", f"{len(apps)} app orders published for our app"
+              + ("" if apps else ": publish one (`iexec app publish`)")))
+    usable = [p for p in pools if p.order.workerpoolprice <= settings.workerpool_max_price_nrlc]
+    out(Check("ok" if usable else "FAIL", f"{len(pools)} workerpool orders in category {settings.category}, "
+              f"{len(usable)} within the maximum price"))
+    our_tag = max([tag_to_int(a.order.tag) for a in apps] + [tag_to_int(settings.tag)])
+    tee_pools = [p for p in pools if tag_to_int(p.order.tag) & 0b1001]
+    if pools and len(tee_pools) == len(pools) and not our_tag & 0b1:
+        out(Check("FAIL", "every workerpool order requires TEE (TDX) tags and our app order has none: "
+                  "standard tasks cannot run on this network; a TDX build of the app is needed"))
+
+
+def _wallet_address(settings: Settings, out: Callable[[Check], None]) -> str | None:
+    from ledger.wallet import wallet_address
+
+    try:
+        address = wallet_address(settings.wallet_keystore)
+    except Exception as exc:  # noqa: BLE001
+        out(Check("FAIL", f"wallet keystore {settings.wallet_keystore}: {exc} "
+                  "(create one: python -m ledger wallet new)"))
+        return None
+    out(Check("ok", f"wallet keystore {settings.wallet_keystore} ({address})"))
+    return address
+
+
+def run_doctor(settings: Settings, printer: Callable[[str], Any] = print) -> int:
+    """Run every check, print them, return the exit code (1 when something failed)."""
+    found: list[Check] = []
+
+    def out(check: Check) -> None:
+        found.append(check)
+        printer(str(check))
+
+    printer(f"network {settings.resolved_network.name} (chain id {settings.resolved_network.chain_id})")
+    if settings.telegram_token is None:
+        out(Check("warn", "TELEGRAM_TOKEN is not set: the bot cannot talk to Telegram"))
+    asyncio.run(_checks(settings, out))
+    failed = [c for c in found if c.level == "FAIL"]
+    printer("all checks passed" if not failed else f"{len(failed)} problem(s) to fix")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_doctor(Settings()))

@@ -1,0 +1,200 @@
+"""Telegram handlers for users: commands, photos, image files and links.
+
+Handlers answer at once and hand any long work to the pipeline (`Pipeline.intake` runs as a background task):
+PTB processes updates concurrently, but a handler that waits on the chain would still hold a user's reply.
+Edited messages are ignored on purpose: an edit must never start a second job or a second charge.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram.constants import ParseMode
+from telegram.ext import ContextTypes
+
+from bot import texts
+from bot.services import Services, services_of
+
+log = logging.getLogger(__name__)
+URL_RE = re.compile(r"\bhttps?://\S+", re.IGNORECASE)
+IMAGE_MIME_PREFIX = "image/"
+
+
+async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Say what the bot does, what it costs, the user's balance and the privacy notice."""
+    svc = services_of(context)
+    user = update.effective_user.id
+    bal = svc.ledger.balance(user)
+    await update.effective_message.reply_html(
+        texts.START.format(
+            price=texts.rlc(svc.settings.max_price_nrlc),
+            fee=texts.rlc(svc.settings.fee_nrlc),
+            available=texts.rlc(bal.available),
+        )
+    )
+
+
+async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """List the commands (admins also see theirs)."""
+    svc = services_of(context)
+    extra = texts.ADMIN_HELP if svc.is_admin(update.effective_user.id) else ""
+    await update.effective_message.reply_html(texts.HELP + extra)
+
+
+async def balance(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Available and reserved credit."""
+    bal = services_of(context).ledger.balance(update.effective_user.id)
+    await update.effective_message.reply_html(
+        texts.BALANCE.format(available=texts.rlc(bal.available), pending=texts.rlc(bal.pending))
+    )
+
+
+def _status_text(svc: Services, user: int) -> str:
+    active = svc.pipeline.active_jobs(user)
+    if not active:
+        return texts.NO_ACTIVE
+    now = time.time()
+    lines = [
+        texts.STATUS_LINE.format(
+            short=job.id[-8:], stage=texts.STAGE_NAMES.get(job.state.value, job.state.value),
+            elapsed=texts.elapsed(now - job.created_at / 1000),
+        )
+        for job in active
+    ]
+    return "\n".join(lines)
+
+
+REFRESH = InlineKeyboardMarkup([[InlineKeyboardButton("🔄 Refresh", callback_data="status")]])
+
+
+async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Jobs in progress, with a refresh button."""
+    text = _status_text(services_of(context), update.effective_user.id)
+    await update.effective_message.reply_html(text, reply_markup=REFRESH)
+
+
+async def status_refresh(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The refresh button of /status."""
+    query = update.callback_query
+    await query.answer()
+    text = _status_text(services_of(context), update.effective_user.id)
+    if text != (query.message.text_html if query.message else None):
+        await query.edit_message_text(text, parse_mode=ParseMode.HTML, reply_markup=REFRESH)
+
+
+async def jobs(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Recent jobs and how they ended."""
+    svc = services_of(context)
+    recent = svc.ledger.user_jobs(update.effective_user.id, limit=10)
+    if not recent:
+        await update.effective_message.reply_html(texts.NO_JOBS)
+        return
+    lines = [texts.job_line(job) for job in recent]
+    await update.effective_message.reply_html("<b>Recent jobs</b>\n" + "\n".join(lines))
+
+
+async def cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Cancel the user's jobs that are not bought on iExec yet."""
+    svc = services_of(context)
+    cancelled = await svc.pipeline.cancel(update.effective_user.id)
+    if not cancelled:
+        await update.effective_message.reply_html(texts.CANCEL_NONE)
+        return
+    for job_id, amount in cancelled:
+        await update.effective_message.reply_html(
+            texts.CANCELLED.format(short=job_id[-8:], amount=texts.rlc(amount))
+        )
+
+
+async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Delete the user's stored pictures and results."""
+    n = await services_of(context).pipeline.forget(update.effective_user.id)
+    await update.effective_message.reply_html(texts.FORGET_DONE.format(n=n))
+
+
+async def detections(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The "detections.json" button under a result."""
+    query = update.callback_query
+    await query.answer()
+    job_id = query.data.split(":", 1)[1]
+    await services_of(context).pipeline.send_detections(update.effective_user.id, job_id)
+
+
+async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tuple[str, str]) -> None:
+    """Acknowledge at once, then let the pipeline check the input and start the job in the background."""
+    svc = services_of(context)
+    message: Message = update.effective_message
+    refusal = svc.pipeline.refusal_before_download(update.effective_user.id)
+    if refusal:
+        await message.reply_html(refusal)
+        return
+    ack = await message.reply_html(texts.ACK, do_quote=True)
+    svc.board.touch(message.chat_id)
+    context.application.create_task(
+        svc.pipeline.intake(
+            user=update.effective_user.id, chat=message.chat_id, message_id=message.message_id,
+            status_message_id=ack.message_id, source=source,
+        ),
+        update=update,
+        name=f"intake-{message.chat_id}-{message.message_id}",
+    )
+
+
+async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A photo: take its largest size."""
+    largest = max(update.effective_message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
+    await _begin(update, context, ("telegram", largest.file_id))
+
+
+async def document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A file: only images go further (the content is checked again after download)."""
+    doc = update.effective_message.document
+    mime = (doc.mime_type or "").lower()
+    if not mime.startswith(IMAGE_MIME_PREFIX) or mime == "image/svg+xml":
+        what = f"A {mime or 'file'} file" if mime else "This file"
+        await update.effective_message.reply_html(texts.UNSUPPORTED.format(what=what))
+        return
+    await _begin(update, context, ("telegram", doc.file_id))
+
+
+async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A text: an image link starts a job; anything else gets a hint."""
+    body = update.effective_message.text or ""
+    match = URL_RE.search(body)
+    if match is None:
+        if re.search(r"\b[a-z][a-z0-9+.-]*://", body, re.IGNORECASE):
+            await update.effective_message.reply_html(
+                texts.REJECTED.format(reason="Only http:// and https:// links work.")
+            )
+        else:
+            await update.effective_message.reply_html(texts.HINT)
+        return
+    await _begin(update, context, ("url", match.group(0)))
+
+
+async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Stickers, voice, video, audio...: say what works instead."""
+    msg = update.effective_message
+    kind = next(
+        (name for name in ("sticker", "voice", "video", "video_note", "audio", "animation", "contact",
+                           "location", "poll") if getattr(msg, name, None)),
+        "message",
+    )
+    await msg.reply_html(texts.UNSUPPORTED.format(what=f"A {kind.replace('_', ' ')}"))
+
+
+async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Any command the bot does not have (and admin commands sent by non-admins)."""
+    await update.effective_message.reply_html(texts.UNKNOWN_COMMAND)
+
+
+async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Log first, then tell the user something went wrong (never the exception itself)."""
+    log.error("event=handler_error error=%r", context.error, exc_info=context.error)
+    if isinstance(update, Update) and update.effective_message:
+        try:
+            await update.effective_message.reply_html(texts.ERROR)
+        except Exception:  # noqa: BLE001 - the error handler must not raise
+            log.warning("event=error_reply_failed")

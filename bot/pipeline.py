@@ -1,0 +1,553 @@
+"""The job pipeline: drives each job from intake to delivery or refund, and resumes after a restart.
+
+Every step is persisted before its side effect and every transition is one ledger transaction, so a crash
+anywhere resumes without a second order, a second charge or a lost reply:
+
+- RECEIVED: the job row and the reservation (max prices + fee) were written together at intake.
+- ORDER_SIGNED: the input is published and the job's one request order (workerpool open, volume 1, salt from
+  the job id) is signed and stored with its hash. It never changes afterwards.
+- MATCHING: an app order and a workerpool order within the maximum prices were found; the match transaction
+  goes through the one nonce-owning sender, which stores it before broadcast. After a crash the stored order
+  hash tells whether the match happened (`viewConsumed`): the deal id is derived, never re-ordered.
+- MATCHED -> RUNNING -> COMPLETED: followed with the event watcher; the result is downloaded and checked,
+  then the charge is posted (matched prices + fee, the rest returns) in the same transaction as COMPLETED.
+- DELIVERED: the reply was sent (at least once). REFUNDED: claimed on chain when claimable, then voided.
+
+Never here: a Telegram token (the bot downloads photos itself), floats for money, or long work in a handler.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+from telegram.error import Forbidden, TelegramError
+
+from bot import texts
+from bot.chain import ChainGateway, NoOffer, OfferTaken, TaskEvent
+from bot.errors import BotError
+from bot.images import ImageLimits, check_image
+from bot.intake import InputRejected, fetch_image
+from bot.settings import Settings
+from iexec.errors import IExecError
+from ledger import InsufficientFunds, JobState, Ledger, LedgerError
+
+log = logging.getLogger(__name__)
+
+PHOTO_MAX_BYTES = 10 * 1024 * 1024
+PHOTO_MAX_SIDES = 10_000
+RETRY_DELAYS = (1, 2, 5, 10, 20, 30)
+CATEGORY_REF_S = {0: 300, 1: 1200, 2: 3600, 3: 10800, 4: 36000}
+RESULT_LIMITS = ImageLimits(max_bytes=50 * 1024 * 1024, max_pixels=50_000_000)
+RESUMABLE = (JobState.RECEIVED, JobState.ORDER_SIGNED, JobState.MATCHING, JobState.MATCHED,
+             JobState.RUNNING, JobState.COMPLETED)
+
+
+class NeedsAdmin(BotError):
+    """Something is inconsistent: the job is held for a person, its money stays reserved."""
+
+
+@dataclass(frozen=True)
+class Refund:
+    """Why a job is refunded (a key of `texts.REFUND_REASONS`) and details for the user."""
+
+    reason: str
+    detail: str = ""
+    operator_pays: bool = False
+
+    def text(self) -> str:
+        return texts.REFUND_REASONS[self.reason].format(detail=self.detail or "unknown error")
+
+
+class Pipeline:
+    """Owns every job in flight: one asyncio task per job, resumed from the books at start-up."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, chain: ChainGateway, inputs: Any, bot: Any,
+                 board: Any, *, clock: Callable[[], float] = time.time,
+                 crash_at: str | None = None) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.chain = chain
+        self.inputs = inputs
+        self.bot = bot
+        self.board = board
+        self.clock = clock
+        self.crash_at = crash_at
+        self.paused = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.results_dir = Path(settings.data_dir) / "results"
+        self.uploads_dir = Path(settings.data_dir) / "uploads"
+
+    # ------------------------------------------------------------------------------------ life cycle
+
+    async def resume(self) -> int:
+        """Start a driver for every unfinished job (NEEDS_ADMIN jobs wait for a person)."""
+        jobs = self.ledger.jobs_in_states(RESUMABLE)
+        for job in jobs:
+            self.drive(job.id)
+        log.info("event=resume jobs=%d", len(jobs))
+        return len(jobs)
+
+    def drive(self, job_id: str) -> None:
+        task = self._tasks.get(job_id)
+        if task is None or task.done():
+            self._tasks[job_id] = asyncio.get_running_loop().create_task(self._drive(job_id), name=job_id)
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+
+    async def idle(self, timeout: float) -> bool:
+        """Wait until no job task runs (tests); True when everything finished in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(t.done() for t in self._tasks.values()):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    def _crash_point(self, name: str) -> None:
+        """Die here, at once and without cleanup, if the crash tests asked for this point."""
+        if self.crash_at == name:
+            import os
+            import signal
+
+            log.warning("event=crash_injected point=%s", name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # ------------------------------------------------------------------------------------ intake
+
+    def refusal_before_download(self, user: int) -> str | None:
+        """A reason to refuse a new picture before anything is downloaded (pause, limits, credit)."""
+        s = self.settings
+        if self.paused:
+            return texts.PAUSED
+        now_ms = int(self.clock() * 1000)
+        in_flight = self.ledger.jobs_in_flight(user)
+        if in_flight >= s.max_jobs_in_flight:
+            return texts.LIMIT_IN_FLIGHT.format(n=in_flight)
+        last_hour = self.ledger.jobs_since(user, now_ms - 3_600_000)
+        if last_hour >= s.max_jobs_per_hour:
+            return texts.LIMIT_HOURLY.format(n=last_hour)
+        day_start_ms = now_ms - now_ms % 86_400_000
+        if self.ledger.spent_since(user, day_start_ms) + s.max_price_nrlc > s.max_daily_spend_nrlc:
+            return texts.LIMIT_DAILY.format(limit=texts.rlc(s.max_daily_spend_nrlc))
+        available = self.ledger.balance(user).available
+        if available < s.max_price_nrlc:
+            return texts.NO_CREDIT.format(available=texts.rlc(available), price=texts.rlc(s.max_price_nrlc))
+        return None
+
+    async def intake(self, *, user: int, chat: int, message_id: int, status_message_id: int,
+                     source: tuple[str, str]) -> None:
+        """Download and check the input, then create the job and its reservation in one transaction."""
+        job_id = f"c{chat}m{message_id}"
+        if self.ledger.get_job(job_id) is not None:  # a replayed update: the job exists already
+            return
+        try:
+            data = await self._download(source)
+            image = check_image(data, self.settings)
+        except InputRejected as exc:
+            self.board.show(chat, status_message_id, texts.REJECTED.format(reason=str(exc)))
+            return
+        path = self.uploads_dir / f"{job_id}.{'png' if image.format == 'PNG' else 'jpg'}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(image.data)
+        try:
+            job = self.ledger.create_job(
+                job_id, user, chat, self.settings.max_price_nrlc, user_message_id=message_id,
+                status_message_id=status_message_id, input_ref=str(path),
+                options={"args": self.settings.worker_args},
+            )
+        except InsufficientFunds:
+            path.unlink(missing_ok=True)
+            available = self.ledger.balance(user).available
+            self.board.show(chat, status_message_id, texts.NO_CREDIT.format(
+                available=texts.rlc(available), price=texts.rlc(self.settings.max_price_nrlc)))
+            return
+        log.info("event=job_created job=%s user=%s reserved=%d", job.id, user, self.settings.max_price_nrlc)
+        self._crash_point("after_reserve")
+        self._show(job, reserved=texts.rlc(self.settings.max_price_nrlc))
+        self.drive(job.id)
+
+    async def _download(self, source: tuple[str, str]) -> bytes:
+        kind, ref = source
+        if kind == "url":
+            return await fetch_image(ref, self.settings)
+        tg_file = await self.bot.get_file(ref)
+        if tg_file.file_size and tg_file.file_size > self.settings.max_image_bytes:
+            raise InputRejected("That file is too large (the limit is "
+                                f"{self.settings.max_image_bytes // (1024 * 1024)} MB).")
+        buffer = io.BytesIO()
+        await tg_file.download_to_memory(buffer)
+        return buffer.getvalue()
+
+    # ------------------------------------------------------------------------------------ driving
+
+    async def _drive(self, job_id: str) -> None:
+        failures = 0
+        while True:
+            job = self.ledger.get_job(job_id)
+            if job is None or job.state.is_terminal() or job.state is JobState.NEEDS_ADMIN:
+                return
+            step: Callable[[Any], Awaitable[None]] = getattr(self, f"_step_{job.state.value.lower()}")
+            try:
+                await step(job)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except NeedsAdmin as exc:
+                await self._hold(job, str(exc))
+                return
+            except (IExecError, OSError, TelegramError, asyncio.TimeoutError) as exc:
+                # The chain, the market, a gateway or Telegram is unreachable: wait and try the same step
+                # again; nothing was lost because every step starts from what the books say.
+                delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+                failures += 1
+                log.warning("event=step_retry job=%s state=%s error=%r delay=%s", job_id, job.state.value,
+                            str(exc)[:300], delay)
+                await asyncio.sleep(delay)
+            except Exception as exc:  # noqa: BLE001 - an unexpected bug must not lose the job
+                log.exception("event=step_crashed job=%s state=%s", job_id, job.state.value)
+                failures += 1
+                if failures >= 5:
+                    await self._hold(job, f"unexpected error: {exc!r}"[:500])
+                    return
+                await asyncio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)])
+
+    async def _step_received(self, job: Any) -> None:
+        """Publish the input and sign the job's one request order."""
+        data = Path(job.input_ref).read_bytes()
+        ttl = self.settings.match_timeout_s + 10 * CATEGORY_REF_S.get(self.settings.category, 36000) + 600
+        url = self.inputs.publish(job.id, data, ttl, user_id=job.user_id,
+                                  name="input" + Path(job.input_ref).suffix)
+        order = await self.chain.sign_request_order(job.id, url, job.options.get("args", self.settings.worker_args))
+        self.ledger.transition(job.id, JobState.RECEIVED, JobState.ORDER_SIGNED,
+                               request_order=order.to_market_json(),
+                               order_hash="0x" + order.hash(await self.chain.domain()).hex())
+        self._crash_point("after_sign")
+        self._show(self.ledger.get_job(job.id))
+
+    async def _step_order_signed(self, job: Any) -> None:
+        """Wait for offers within the maximum prices, then move to MATCHING (or refund after the timeout)."""
+        try:
+            await self.chain.ensure_stake(self.settings.max_price_nrlc - self.settings.fee_nrlc)
+            await self.chain.best_offer()
+        except NoOffer as exc:
+            if self.clock() - job.created_at / 1000 > self.settings.match_timeout_s:
+                reason = "no_stake" if exc.no_stake else "no_offer"
+                if exc.no_stake:
+                    await self.notify_admins(f"⚠️ Hub stake too low to match job {job.id}: {exc}")
+                await self._refund(job, Refund(reason))
+                return
+            await asyncio.sleep(self.settings.poll_interval_s)
+            return
+        self.ledger.transition(job.id, JobState.ORDER_SIGNED, JobState.MATCHING)
+        self._show(self.ledger.get_job(job.id))
+
+    async def _step_matching(self, job: Any) -> None:
+        """Find out whether the order was matched (after a crash too); match it if not."""
+        request = self.chain.request_order_from_json(job.request_order)
+        deal_id = await self.chain.deal_of(request)
+        if deal_id is None and await self.chain.settle_pending_match(job.id):
+            deal_id = await self.chain.deal_of(request)
+        if deal_id is None:
+            try:
+                offer = await self.chain.best_offer()
+                await self.chain.ensure_stake(offer.total_price)
+                self._crash_point("before_match")
+                deal_id = await self.chain.match(offer, request, job.id, crash_hook=self._crash_point)
+            except OfferTaken:
+                return  # the next offer on the next pass: the request order is the same
+            except NoOffer as exc:
+                if self.clock() - job.created_at / 1000 > self.settings.match_timeout_s:
+                    await self._refund(job, Refund("no_stake" if exc.no_stake else "no_offer"))
+                    return
+                await asyncio.sleep(self.settings.poll_interval_s)
+                return
+        deal = await self.chain.view_deal(deal_id)
+        if deal.requester.lower() != self.chain.address.lower():
+            raise NeedsAdmin(f"deal {deal_id} of job {job.id} is not ours")
+        self.ledger.transition(job.id, JobState.MATCHING, JobState.MATCHED, deal_id=deal_id,
+                               task_id=self.chain.task_id(deal_id), app_price=deal.app_price,
+                               workerpool_price=deal.workerpool_price)
+        log.info("event=matched job=%s deal=%s app_price=%d pool_price=%d", job.id, deal_id, deal.app_price,
+                 deal.workerpool_price)
+        self._crash_point("after_deal")
+        self._show(self.ledger.get_job(job.id))
+
+    async def _step_matched(self, job: Any) -> None:
+        await self._follow_task(job)
+
+    async def _step_running(self, job: Any) -> None:
+        await self._follow_task(job)
+
+    async def _follow_task(self, job: Any) -> None:
+        """One wait on the watcher; act on what it says (start, result, claim, deadline)."""
+        known = "initialized" if job.state is JobState.RUNNING else "waiting"
+        event: TaskEvent = await self.chain.wait_task(job.deal_id, job.task_id, known=known, timeout=30)
+        if event.kind == "initialized" and job.state is JobState.MATCHED:
+            self.ledger.transition(job.id, JobState.MATCHED, JobState.RUNNING)
+            self._show(self.ledger.get_job(job.id))
+        elif event.kind == "finalized":
+            if job.state is JobState.MATCHED:
+                self.ledger.transition(job.id, JobState.MATCHED, JobState.RUNNING)
+            await self._take_result(self.ledger.get_job(job.id), event.results)
+            self.chain.unfollow(job.task_id)
+        elif event.kind == "claimed":
+            self.chain.unfollow(job.task_id)
+            await self._refund(job, Refund("expired"))
+        elif event.kind == "deadline":
+            await self.chain.claim(job.deal_id, job.task_id, initialized=event.initialized)
+            self._crash_point("after_claim")
+            self.chain.unfollow(job.task_id)
+            await self._refund(job, Refund("expired"))
+        elif event.kind == "waiting" and job.state is JobState.MATCHED:
+            await self._warn_not_started(job, event)
+
+    async def _warn_not_started(self, job: Any, event: TaskEvent) -> None:
+        waited = self.clock() - job.state_times.get("MATCHED", job.updated_at) / 1000
+        if waited < self.settings.start_warning_s or self.ledger.seen_event("start_warning", job.id):
+            return
+        self.ledger.record_event("start_warning", job.id)
+        deadline = time.strftime("%Y-%m-%d %H:%M", time.gmtime(event.final_deadline or 0))
+        await self._send_text(job.chat_id, texts.NOT_STARTED.format(waited=texts.elapsed(waited), deadline=deadline))
+
+    async def _take_result(self, job: Any, results: bytes) -> None:
+        """Download and check the result; settle on success, refund on an error archive."""
+        dest = self.results_dir / job.id
+        try:
+            result = await self.chain.fetch_result(results, dest)
+        except IExecError as exc:
+            if getattr(exc, "permanent", False):
+                await self._refund(job, Refund("bad_result", str(exc), operator_pays=True))
+                return
+            raise
+        if not result.ok:
+            await self._refund(job, Refund("app_error", result.error_message or "", operator_pays=True))
+            return
+        try:
+            check_image(_result_image(result.deterministic_output).read_bytes(), RESULT_LIMITS)
+        except InputRejected as exc:
+            await self._refund(job, Refund("bad_result", str(exc), operator_pays=True))
+            return
+        self._crash_point("after_download")
+        price = job.app_price + job.workerpool_price
+        self.ledger.complete_job(job.id, f"{job.id}:post", price, fee=self.settings.fee_nrlc,
+                                 result_ref=str(_result_image(result.deterministic_output)))
+        log.info("event=settled job=%s charged=%d", job.id, price + self.settings.fee_nrlc)
+        self._crash_point("after_settle")
+        self.inputs.revoke(job.id)
+
+    async def _step_completed(self, job: Any) -> None:
+        """Send the result (at least once), then record it."""
+        path = Path(job.result_ref)
+        detections = _read_detections(path.parent)
+        charged = job.app_price + job.workerpool_price + self.settings.fee_nrlc
+        caption = f"{texts.caption(d.get('class_name', '?') for d in detections)}\n\nCharged {texts.rlc(charged)}."
+        markup = InlineKeyboardMarkup([[InlineKeyboardButton("detections.json", callback_data=f"det:{job.id}")]])
+        data = path.read_bytes()
+        try:
+            await self._send_result(job, data, path.name, caption, markup)
+        except Forbidden:
+            log.info("event=user_blocked_bot job=%s", job.id)  # paid for the work done, reply impossible
+        self._crash_point("after_reply")
+        self.ledger.transition(job.id, JobState.COMPLETED, JobState.DELIVERED)
+        took = self.clock() - job.created_at / 1000
+        self._show(self.ledger.get_job(job.id), elapsed=texts.elapsed(took), charged=texts.rlc(charged))
+        log.info("event=delivered job=%s seconds=%.1f", job.id, took)
+
+    async def _send_result(self, job: Any, data: bytes, name: str, caption: str, markup: Any) -> None:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+        as_photo = len(data) <= PHOTO_MAX_BYTES and width + height <= PHOTO_MAX_SIDES
+        kwargs = dict(chat_id=job.chat_id, caption=caption, reply_to_message_id=job.user_message_id,
+                      reply_markup=markup, allow_sending_without_reply=True)
+        if as_photo:
+            await self.bot.send_photo(photo=data, **kwargs)
+        else:
+            await self.bot.send_document(document=data, filename=name, **kwargs)
+        self.board.touch(job.chat_id)
+
+    # ------------------------------------------------------------------------------------ endings
+
+    async def _refund(self, job: Any, why: Refund) -> None:
+        """Void the reservation and mark the job REFUNDED in one transaction, then tell the user."""
+        if why.operator_pays and job.app_price is not None:
+            # The task was paid on chain: book that spending, then pay the user back from the
+            # operator's refund expense (refund_job does this for a posted reservation).
+            self.ledger.post(f"{job.id}:post", job.reservation, job.app_price + job.workerpool_price)
+        self.ledger.refund_job(job.id, f"{job.id}:refund", error=f"{why.reason}: {why.detail}"[:500])
+        self.inputs.revoke(job.id)
+        log.info("event=refunded job=%s reason=%s", job.id, why.reason)
+        self._show(self.ledger.get_job(job.id), reason=why.text())
+
+    async def _hold(self, job: Any, why: str) -> None:
+        self.ledger.transition(job.id, job.state, JobState.NEEDS_ADMIN, error=why)
+        log.error("event=needs_admin job=%s why=%r", job.id, why)
+        self._show(self.ledger.get_job(job.id))
+        await self.notify_admins(f"⚠️ Job <code>{job.id}</code> needs an admin: {why}\n/job {job.id}")
+
+    async def notify_admins(self, text: str) -> None:
+        for admin in self.settings.admin_ids:
+            await self._send_text(admin, text)
+
+    async def _send_text(self, chat: int, text: str) -> None:
+        try:
+            await self.bot.send_message(chat_id=chat, text=text, parse_mode="HTML")
+            self.board.touch(chat)
+        except TelegramError as exc:
+            log.warning("event=send_failed chat=%s error=%r", chat, str(exc))
+
+    def _show(self, job: Any, **values: str) -> None:
+        if job is None or not job.status_message_id:
+            return
+        fmt = dict(reserved=texts.rlc(self.settings.max_price_nrlc), deal=(job.deal_id or "")[:10] + "…",
+                   elapsed="", charged="", reason="")
+        fmt.update(values)
+        self.board.show(job.chat_id, job.status_message_id, texts.STAGES[job.state.value].format(**fmt))
+
+    # ------------------------------------------------------------------------------------ user actions
+
+    def active_jobs(self, user: int) -> list[Any]:
+        return [j for j in self.ledger.user_jobs(user, limit=50) if not j.state.is_terminal()]
+
+    async def cancel(self, user: int) -> list[tuple[str, int]]:
+        """Cancel the user's jobs that are not matched yet; returns (job id, amount returned)."""
+        done = []
+        for job in self.active_jobs(user):
+            if job.state not in (JobState.RECEIVED, JobState.ORDER_SIGNED):
+                continue
+            task = self._tasks.pop(job.id, None)
+            if task:
+                task.cancel()
+            try:
+                self.ledger.cancel_job(job.id, f"{job.id}:void")
+            except LedgerError:
+                self.drive(job.id)  # it moved on meanwhile: keep driving it
+                continue
+            self.inputs.revoke(job.id)
+            self._show(self.ledger.get_job(job.id))
+            done.append((job.id, job.max_price))
+        return done
+
+    async def forget(self, user: int) -> int:
+        """Delete the user's stored pictures and results of finished jobs."""
+        import shutil
+
+        count = 0
+        for job in self.ledger.user_jobs(user, limit=10_000):
+            if not job.state.is_terminal():
+                continue
+            for path in (Path(job.input_ref) if job.input_ref else None, self.results_dir / job.id):
+                if path is not None and path.exists():
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                    count += 1
+            self.inputs.revoke(job.id)
+        return count
+
+    async def send_detections(self, user: int, job_id: str) -> None:
+        job = self.ledger.get_job(job_id)
+        if job is None or job.user_id != user or not job.result_ref:
+            return
+        path = Path(job.result_ref).parent / "detections.json"
+        if path.exists():
+            await self.bot.send_document(chat_id=job.chat_id, document=path.read_bytes(),
+                                         filename="detections.json")
+
+
+    # ------------------------------------------------------------------------------------ admin
+
+    def find_job(self, ref: str) -> Any:
+        """A job by its id or the last characters of it (as shown to users)."""
+        if not ref:
+            return None
+        job = self.ledger.get_job(ref)
+        if job is not None:
+            return job
+        matches = [j for j in self.ledger.jobs_in_states(limit=100_000) if j.id.endswith(ref)]
+        return matches[0] if len(matches) == 1 else None
+
+    def user_credit(self) -> int:
+        """What the books owe users: their posted balances (reserved credit included)."""
+        return sum(a.balance.posted for a in self.ledger.accounts() if a.user_id is not None)
+
+    async def admin_refund(self, ref: str) -> str:
+        job = self.find_job(ref)
+        if job is None or job.state is not JobState.NEEDS_ADMIN:
+            return "Only a job held for an admin (NEEDS_ADMIN) can be refunded."
+        if job.task_id:
+            event = await self.chain.wait_task(job.deal_id, job.task_id, timeout=0)
+            if event.kind == "finalized":
+                return "The task completed on chain: use /retry to deliver it instead."
+        await self._refund(job, Refund("admin"))
+        return f"↩️ Job <code>{job.id}</code> refunded."
+
+    async def admin_retry(self, ref: str) -> str:
+        """Put a held job back in the state it was held from and drive it again."""
+        job = self.find_job(ref)
+        if job is None or job.state is not JobState.NEEDS_ADMIN:
+            return "Only a job held for an admin (NEEDS_ADMIN) can be retried."
+        held_from = max((k for k in job.state_times if k != "NEEDS_ADMIN"),
+                        key=lambda k: job.state_times[k], default="RECEIVED")
+        self.ledger.transition(job.id, JobState.NEEDS_ADMIN, JobState(held_from), error="")
+        self.drive(job.id)
+        return f"🔁 Job <code>{job.id}</code> resumed from {held_from}."
+
+    async def reconcile(self) -> str:
+        """The books against the chain: stake covers reservations, deals and task states agree."""
+        lines = []
+        try:
+            self.ledger.audit()
+            lines.append("✅ books balance (audit passed)")
+        except LedgerError as exc:
+            lines.append(f"❌ audit: {exc}")
+        wallet = await self.chain.wallet_report()
+        reserved = sum(j.max_price for j in self.ledger.jobs_in_states(*RESUMABLE, JobState.NEEDS_ADMIN))
+        owed = self.user_credit()
+        lines.append(f"hub stake {texts.rlc(wallet.stake)}, locked {texts.rlc(wallet.locked)}, wallet "
+                     f"{texts.rlc(wallet.rlc)}; users are owed {texts.rlc(owed)} ({texts.rlc(reserved)} reserved)")
+        if wallet.stake + wallet.locked + wallet.rlc < owed:
+            lines.append("❌ the wallet holds less than the users' credit")
+        for job in self.ledger.jobs_in_states(JobState.MATCHED, JobState.RUNNING, JobState.MATCHING,
+                                              JobState.NEEDS_ADMIN):
+            if job.order_hash:
+                request = self.chain.request_order_from_json(job.request_order)
+                deal = await self.chain.deal_of(request)
+                if job.deal_id and deal != job.deal_id:
+                    lines.append(f"❌ job {job.id}: books say deal {job.deal_id}, chain says {deal}")
+                elif not job.deal_id and deal:
+                    lines.append(f"⚠️ job {job.id}: matched on chain ({deal}) but not in the books yet")
+        if len(lines) == 2 and "❌" not in lines[1]:
+            lines.append("✅ no differences")
+        return "\n".join(lines)
+
+
+def _result_image(output: Path | None) -> Path:
+    """The result picture: the deterministic output itself, or the result.* file in that folder."""
+    if output is None:
+        raise NeedsAdmin("the result has no deterministic output")
+    if output.is_dir():
+        for candidate in sorted(output.glob("result.*")):
+            return candidate
+        raise NeedsAdmin(f"no result image in {output.name}")
+    return output
+
+
+def _read_detections(folder: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads((folder / "detections.json").read_text())
+    except (OSError, ValueError):
+        return []
+    items = data.get("detections", data) if isinstance(data, dict) else data
+    return [d for d in items if isinstance(d, dict)] if isinstance(items, list) else []

@@ -1,0 +1,35 @@
+"""What the handlers reach: one `Services` object stored in `application.bot_data`.
+
+Handlers take everything from here instead of globals, so tests can run several bots in one process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ledger import Ledger
+
+    from bot.pipeline import Pipeline
+    from bot.progress import StatusBoard
+    from bot.settings import Settings
+
+KEY = "segbot.services"
+
+
+@dataclass
+class Services:
+    """The bot's parts, shared by every handler."""
+
+    settings: Settings
+    ledger: Ledger
+    pipeline: Pipeline
+    board: StatusBoard
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def is_admin(self, user_id: int | None) -> bool:
+        return user_id is not None and user_id in self.settings.admin_ids
+
+
+def services_of(context: Any) -> Services:
+    return context.application.bot_data[KEY]

@@ -1,0 +1,152 @@
+"""Every sentence the bot says to a person, in one place (HTML parse mode).
+
+Texts say what happened and what to do next in plain words; they never contain a secret, a raw exception
+or an internal id other than the job's short id.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from decimal import Decimal
+
+NRLC = 10**9
+
+_IRREGULAR = {"person": "persons", "mouse": "mice", "knife": "knives", "sheep": "sheep", "skis": "skis",
+              "scissors": "scissors", "broccoli": "broccoli"}
+
+
+def rlc(nrlc: int) -> str:
+    """`1500000000` -> `1.5 RLC`: exact, no float."""
+    text = format(Decimal(nrlc) / NRLC, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} RLC"
+
+
+def plural(word: str, n: int) -> str:
+    if n == 1:
+        return word
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    head, _, last = word.rpartition(" ")
+    if last in _IRREGULAR:
+        return f"{head} {_IRREGULAR[last]}".strip()
+    if word.endswith(("s", "sh", "ch", "x")):
+        return word + "es"
+    return word + "s"
+
+
+def caption(class_names: Iterable[str], limit: int = 8) -> str:
+    """`["person", "dog", "person"]` -> `2 persons, 1 dog` (most frequent first)."""
+    counts = Counter(class_names)
+    if not counts:
+        return "Nothing recognised in this picture."
+    parts = [f"{n} {plural(name, n)}" for name, n in counts.most_common(limit)]
+    rest = len(counts) - limit
+    if rest > 0:
+        parts.append(f"{rest} more kinds")
+    return ", ".join(parts)
+
+
+def elapsed(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+START = (
+    "<b>Hello!</b> Send me a photo, an image file or an image link and I will find the objects in it "
+    "(people, animals, vehicles and 77 more kinds) with Mask R-CNN, computed on iExec, the decentralized "
+    "compute market. You get the picture back with coloured masks, boxes and labels.\n\n"
+    "<b>Price:</b> up to {price} per picture (you pay what the task really cost plus {fee}; the rest of the "
+    "reservation comes back).\n<b>Your balance:</b> {available}.\n\n"
+    "<b>Privacy:</b> your picture is served to the worker at a secret link that expires when the task ends, "
+    "but that link is written in the task's public parameters on the blockchain while it works, and the "
+    "result is stored on public IPFS by the workerpool. Do not send pictures you need to keep private. "
+    "/forget deletes the pictures and results I keep; the books keep amounts only.\n\n/help lists the commands."
+)
+
+HELP = (
+    "<b>Commands</b>\n"
+    "/balance — your credit: available and reserved\n"
+    "/status — jobs in progress\n"
+    "/jobs — your recent jobs and how they ended\n"
+    "/cancel — cancel a job that has not started on iExec yet (full refund)\n"
+    "/forget — delete the pictures and results I keep for you\n\n"
+    "Send a photo, an image file (JPEG, PNG, WEBP, GIF, BMP, TIFF) or an http(s) link to one."
+)
+
+ADMIN_HELP = (
+    "\n\n<b>Admin</b>\n/fund USER RLC [memo] · /wallet · /deposit RLC · /withdraw RLC · /users · /job ID · "
+    "/refund ID · /retry ID · /reconcile · /pause · /resume · /price"
+)
+
+BALANCE = "<b>Available:</b> {available}\n<b>Reserved</b> for jobs in progress: {pending}"
+NO_CREDIT = (
+    "You have {available} available and a picture costs up to {price}. Ask the operator for credit, then "
+    "send the picture again. Nothing was charged."
+)
+PAUSED = "The bot is not taking new pictures right now (maintenance). Nothing was charged; try again later."
+LIMIT_IN_FLIGHT = "You already have {n} pictures in progress; wait for one to finish. Nothing was charged."
+LIMIT_HOURLY = "You sent {n} pictures in the last hour, the most allowed. Try again later. Nothing was charged."
+LIMIT_DAILY = "This picture would take you over today's spending limit of {limit}. Nothing was charged."
+UNSUPPORTED = (
+    "I can only work on pictures: send a photo, an image file or an http(s) link to an image. "
+    "({what} is not something I can segment.) Nothing was charged."
+)
+REJECTED = "{reason} Nothing was charged."
+
+ACK = "📥 Got it. Checking your picture…"
+STAGES = {
+    "RECEIVED": "📥 Picture received, {reserved} reserved.",
+    "ORDER_SIGNED": "🔏 Order signed, looking for a worker on iExec…",
+    "MATCHING": "🤝 Buying the task on iExec…",
+    "MATCHED": "⏳ Task bought (deal {deal}). Waiting for the worker to start…",
+    "RUNNING": "⚙️ The worker is segmenting your picture…",
+    "COMPLETED": "📦 Result received, sending it…",
+    "DELIVERED": "✅ Done in {elapsed}. Charged {charged}.",
+    "REFUNDED": "↩️ Refunded in full: {reason}",
+    "CANCELLED": "🚫 Cancelled; your reservation was returned.",
+    "NEEDS_ADMIN": "⚠️ Something unusual happened; an operator will look at it. Your money is safe (reserved, not spent).",
+}
+STATUS_LINE = "Job <code>{short}</code> · {stage} · {elapsed}"
+NOT_STARTED = (
+    "Your task has not started yet after {waited}. iExec gives it until {deadline} (UTC); if no worker runs "
+    "it by then, you are refunded automatically."
+)
+NO_JOBS = "No jobs yet. Send a picture to start."
+NO_ACTIVE = "Nothing in progress."
+CANCEL_NONE = "There is nothing I can cancel: jobs already bought on iExec run to the end (or get refunded)."
+CANCELLED = "Cancelled job <code>{short}</code>; {amount} returned to your balance."
+FORGET_DONE = "Deleted {n} stored pictures and results. Your balance and job amounts stay in the books."
+UNKNOWN_COMMAND = "I don't know that command. /help lists what I can do."
+ERROR = "Sorry, something went wrong on my side. Nothing was charged twice; try again in a minute."
+
+REFUND_REASONS = {
+    "no_offer": "no iExec worker was available at a price within the limit.",
+    "expired": "the task did not finish before its deadline on iExec.",
+    "failed": "the task failed on iExec.",
+    "app_error": "the segmentation app could not process the picture ({detail}).",
+    "bad_result": "the result could not be read ({detail}).",
+    "admin": "an operator refunded it.",
+    "no_stake": "the bot's iExec account is short of funds; the operator has been told.",
+}
+
+HINT = "Send me a photo, an image file or an http(s) link to an image, and I will segment it. /help for more."
+STAGE_NAMES = {
+    "RECEIVED": "received", "ORDER_SIGNED": "looking for a worker", "MATCHING": "buying the task",
+    "MATCHED": "waiting for the worker", "RUNNING": "segmenting", "COMPLETED": "sending the result",
+    "DELIVERED": "delivered", "REFUNDED": "refunded", "CANCELLED": "cancelled", "NEEDS_ADMIN": "held for an operator",
+}
+
+
+def job_line(job: object) -> str:
+    """One line of /jobs: short id, date, outcome and what it cost."""
+    import datetime as _dt
+
+    when = _dt.datetime.fromtimestamp(getattr(job, "created_at") / 1000, _dt.timezone.utc).strftime("%m-%d %H:%M")
+    state = getattr(job, "state")
+    state = getattr(state, "value", state)
+    line = f"<code>{getattr(job, 'id')[-8:]}</code> {when} · {STAGE_NAMES.get(state, state)}"
+    if state == "DELIVERED" and getattr(job, "app_price", None) is not None:
+        line += f" · {rlc(job.app_price + job.workerpool_price)} + fee"
+    return line
