@@ -17,6 +17,7 @@ job), serve a file past its expiry, or keep a file after revoke/forget.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -117,8 +118,7 @@ class InputServer:
             await runner.cleanup()
             raise InputsError(f"cannot listen on {self._host}:{self._port}: {exc.strerror}") from None
         self._runner = runner
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        host, port = sock.getsockname()[:2]
+        host, port = runner.addresses[0][:2]
         self._bound_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         log.info("inputs server started url=%s files=%d", self._bound_url, len(self._entries))
 
@@ -146,8 +146,6 @@ class InputServer:
         return self._bound_url
 
     async def _sweeper(self, app: web.Application) -> Any:
-        import asyncio
-
         async def sweep() -> None:
             while True:
                 await asyncio.sleep(self._sweep_interval)

@@ -36,7 +36,7 @@ from bot.errors import BotError
 from bot.images import ImageLimits, check_image
 from bot.intake import InputRejected, fetch_image
 from bot.settings import Settings
-from iexec.errors import IExecError
+from iexec.errors import IExecError, ResultDownloadError, ResultLocationError, UnsafeArchive
 from ledger import InsufficientFunds, JobState, Ledger, LedgerError
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ PHOTO_MAX_SIDES = 10_000
 RETRY_DELAYS = (1, 2, 5, 10, 20, 30)
 CATEGORY_REF_S = {0: 300, 1: 1200, 2: 3600, 3: 10800, 4: 36000}
 RESULT_LIMITS = ImageLimits(max_bytes=50 * 1024 * 1024, max_pixels=50_000_000)
+RESULT_ATTEMPTS = 8
 RESUMABLE = (JobState.RECEIVED, JobState.ORDER_SIGNED, JobState.MATCHING, JobState.MATCHED,
              JobState.RUNNING, JobState.COMPLETED)
 
@@ -89,7 +90,7 @@ class Pipeline:
 
     async def resume(self) -> int:
         """Start a driver for every unfinished job (NEEDS_ADMIN jobs wait for a person)."""
-        jobs = self.ledger.jobs_in_states(RESUMABLE)
+        jobs = self.ledger.jobs_in_states(*RESUMABLE)
         for job in jobs:
             self.drive(job.id)
         log.info("event=resume jobs=%d", len(jobs))
@@ -326,9 +327,16 @@ class Pipeline:
         dest = self.results_dir / job.id
         try:
             result = await self.chain.fetch_result(results, dest)
-        except IExecError as exc:
-            if getattr(exc, "permanent", False):
-                await self._refund(job, Refund("bad_result", str(exc), operator_pays=True))
+        except (ResultLocationError, UnsafeArchive) as exc:
+            await self._refund(job, Refund("bad_result", str(exc), operator_pays=True))
+            return
+        except ResultDownloadError as exc:
+            # A gateway that lost the result may get it back; give it a while, then refund.
+            attempts = job.attempts + 1
+            self.ledger.update_job(job.id, attempts=attempts)
+            if attempts >= RESULT_ATTEMPTS:
+                await self._refund(job, Refund("bad_result", "the result could not be downloaded",
+                                               operator_pays=True))
                 return
             raise
         if not result.ok:

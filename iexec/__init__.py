@@ -1,0 +1,14 @@
+"""A Python client for the iExec protocol (PoCo v6, Diamond hub), usable on its own.
+
+Modules: `orders` (order types, EIP-712 hashing/signing, builders), `hub` (async web3 client of the hub),
+`tx` (the one nonce-owning transaction sender), `watch` (event-based task tracking), `pool` (workerpool-side
+calls), `market` (market API client), `results` (result download and checks), `networks` (presets).
+This package imports nothing else of the project and never logs a private key or a raw transaction.
+Every error it raises derives from `iexec.IExecError` (see `iexec.errors`, re-exported here).
+"""
+from __future__ import annotations
+
+from iexec import errors as _errors
+from iexec.errors import *  # noqa: F403  (the exception tree is part of the package's surface)
+
+__all__ = list(_errors.__all__)

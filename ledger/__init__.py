@@ -1,0 +1,49 @@
+"""The bot's books: SQLite ledger of nRLC credit, jobs, chain transactions, events; the hot wallet.
+
+    from ledger import Ledger
+    book = Ledger("data/books.db")                 # creates or migrates the file
+    book.grant("g-1", user=42, amount=5 * 10**9)    # 5 RLC from operator:grants
+    book.reserve("r-1", 42, 10**9, job="job-1")     # pending: user:42 -> operator:iexec_spend
+    book.post("p-1", "r-1", 6 * 10**8, fee=10**8)  # price to iExec spend, fee to operator:fees
+    book.balance(42)                               # Balance(posted=..., pending=..., available=...)
+    book.audit()                                   # raises AuditError on any broken invariant
+
+Every write is one `BEGIN IMMEDIATE` transaction on a WAL file with synchronous=FULL; several processes
+may share the file. Transfer ids are chosen by the caller: a retry with the same id and fields returns the
+stored transfer; the same id with other fields raises TransferConflict. This package imports nothing of
+the bot and must never log a secret or hold a private key outside `ledger.wallet`.
+"""
+from __future__ import annotations
+
+from ledger.amounts import MAX_AMOUNT, NRLC_PER_RLC, format_rlc, parse_rlc
+from ledger.audit import audit_books
+from ledger.books import (DEPOSITS, FEES, GRANTS, IEXEC_SPEND, REFUND_EXPENSE, Account, Balance,
+                          Transfer)
+from ledger.chain import ChainRecords, ChainTx
+from ledger.errors import (AlreadyResolved, AuditError, BalanceOverflow, ExceedsReservation,
+                           IllegalTransition, InsufficientFunds, InvalidAmount, InvalidArgument,
+                           JobConflict, JobError, LedgerBusy, LedgerError, SchemaError,
+                           TransferConflict, UnknownJob, UnknownTransfer, WalletError)
+from ledger.jobs import ALLOWED, Job, Jobs, JobState
+
+
+class Ledger(Jobs, ChainRecords):
+    """The books on one SQLite file: transfers, balances, jobs, chain txs, events, audit."""
+
+    def audit(self) -> dict[str, int]:
+        """Check every invariant over one snapshot; raise AuditError on any breach.
+
+        Returns the global totals {"debits_posted", "debits_pending"} when the books balance.
+        """
+        with self.snapshot() as conn:
+            return audit_books(conn)
+
+
+__all__ = [
+    "ALLOWED", "DEPOSITS", "FEES", "GRANTS", "IEXEC_SPEND", "MAX_AMOUNT", "NRLC_PER_RLC", "REFUND_EXPENSE",
+    "Account", "AlreadyResolved", "AuditError", "Balance", "BalanceOverflow", "ChainTx",
+    "ExceedsReservation", "IllegalTransition", "InsufficientFunds", "InvalidAmount", "InvalidArgument",
+    "Job", "JobConflict", "JobError", "JobState", "Ledger", "LedgerBusy", "LedgerError", "SchemaError",
+    "Transfer", "TransferConflict", "UnknownJob", "UnknownTransfer", "WalletError", "format_rlc",
+    "parse_rlc",
+]

@@ -2,4 +2,10 @@
 from __future__ import annotations
 
 pytest_plugins: list[str] = [
+    "tests.fixtures_telegram",
+    "tests.fixtures_worker",
+    "tests.fixtures_chain",
+    "tests.fixtures_market",
+    "tests.fixtures_devnet",
+    "tests.fixtures_bot",
 ]

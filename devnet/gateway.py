@@ -1,0 +1,161 @@
+"""The devnet's result gateway: a tiny content-addressed store served like an IPFS gateway.
+
+The workerpool `put`s each task's result archive here and writes `/ipfs/<id>` into the task's `results` on
+chain; the bot downloads `GET {gateway}/ipfs/<id>` exactly as it would from iExec's IPFS gateway. The id is
+the archive's sha256 in hex (the devnet form that `iexec.results` accepts and checks against the bytes).
+
+Fault modes, per id or for every id, let tests see what a lost or failing gateway does to the bot: `lose`
+answers 404 as if the content was never pinned, `500` answers an internal error. Control them on the
+object or over HTTP (`POST /control/faults`), so tests in other processes can too.
+
+This server binds 127.0.0.1 only and must never fetch anything itself: it serves what it was given.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GatewayError", "GatewayFault", "ResultGateway", "content_id"]
+
+_ID = re.compile(r"[0-9a-f]{64}")
+_FAULTS = ("lose", "500")
+_MAX_BODY = 64 * 1024 * 1024
+
+
+class GatewayError(ValueError):
+    """A bad request to the gateway's Python API (unknown fault, malformed id, oversized archive)."""
+
+
+@dataclass(frozen=True)
+class GatewayFault:
+    """One fault rule: `mode` ("lose" or "500") for `cid`, or for every id when `cid` is None."""
+
+    mode: str
+    cid: str | None = None
+
+
+def content_id(data: bytes) -> str:
+    """The id the gateway gives `data`: its sha256 in lowercase hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class ResultGateway:
+    """In-memory content-addressed store served at `GET /ipfs/<id>` (Content-Type application/zip)."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, bytes] = {}
+        self._faults: dict[str | None, str] = {}
+        self._runner: web.AppRunner | None = None
+        self.url: str | None = None
+        self.requests = 0
+
+    # ------------------------------------------------------------------------------------------ store
+
+    def put(self, data: bytes) -> str:
+        """Store `data` and return its id (sha256 hex). Raises GatewayError beyond 64 MiB."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise GatewayError(f"the gateway stores bytes, got {type(data).__name__}")
+        if len(data) > _MAX_BODY:
+            raise GatewayError(f"archive of {len(data)} bytes is larger than the gateway's 64 MiB limit")
+        cid = content_id(bytes(data))
+        self._blobs[cid] = bytes(data)
+        return cid
+
+    def get(self, cid: str) -> bytes | None:
+        """The stored bytes for `cid` (ignores faults), or None."""
+        return self._blobs.get(cid)
+
+    def location(self, cid: str) -> str:
+        """The `/ipfs/<id>` path a task's results carry."""
+        return f"/ipfs/{cid}"
+
+    # ------------------------------------------------------------------------------------------ faults
+
+    def set_fault(self, mode: str | None, cid: str | None = None) -> None:
+        """Make `cid` (or every id when None) answer 404 ("lose") or 500 ("500"); mode None clears it.
+
+        Raises GatewayError for an unknown mode or a malformed id.
+        """
+        if cid is not None and not _ID.fullmatch(cid):
+            raise GatewayError(f"not a gateway id (sha256 hex): {cid[:80]!r}")
+        if mode is None:
+            self._faults.pop(cid, None)
+            return
+        if mode not in _FAULTS:
+            raise GatewayError(f"unknown gateway fault {mode!r}; use one of {', '.join(_FAULTS)}")
+        self._faults[cid] = mode
+
+    def clear_faults(self) -> None:
+        """Remove every fault rule."""
+        self._faults.clear()
+
+    def faults(self) -> list[GatewayFault]:
+        """The fault rules in force."""
+        return [GatewayFault(mode=m, cid=c) for c, m in self._faults.items()]
+
+    def _fault_for(self, cid: str) -> str | None:
+        return self._faults.get(cid) or self._faults.get(None)
+
+    # ------------------------------------------------------------------------------------------ server
+
+    async def start(self, port: int = 0) -> str:
+        """Serve on 127.0.0.1:`port` (0 = any free port); returns the base URL (no trailing slash)."""
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_get("/ipfs/{cid}", self._handle_get)
+        app.router.add_get("/health", self._handle_health)
+        app.router.add_get("/control/faults", self._handle_faults_get)
+        app.router.add_post("/control/faults", self._handle_faults_post)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        bound = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{bound}"
+        log.info("gateway_started url=%s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop serving (idempotent)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle_get(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        cid = request.match_info["cid"]
+        if not _ID.fullmatch(cid):
+            return web.Response(status=400, text=f"invalid content id {cid[:80]!r}\n")
+        fault = self._fault_for(cid)
+        if fault == "500":
+            return web.Response(status=500, text="gateway internal error (devnet fault)\n")
+        data = self._blobs.get(cid)
+        if data is None or fault == "lose":
+            return web.Response(status=404, text="content not found\n")
+        return web.Response(body=data, content_type="application/zip")
+
+    async def _handle_health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "stored": len(self._blobs)})
+
+    async def _handle_faults_get(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "faults": [f.__dict__ for f in self.faults()]})
+
+    async def _handle_faults_post(self, request: web.Request) -> web.Response:
+        """Body: {"mode": "lose"|"500"|null, "cid": "<id>"|null} or {"clear": true}."""
+        try:
+            body: Any = await request.json()
+            if not isinstance(body, dict):
+                raise GatewayError("body must be a JSON object")
+            if body.get("clear"):
+                self.clear_faults()
+            else:
+                self.set_fault(body.get("mode"), body.get("cid"))
+        except (ValueError, GatewayError) as exc:
+            return web.json_response({"ok": False, "error": str(exc)}, status=400)
+        return web.json_response({"ok": True, "faults": [f.__dict__ for f in self.faults()]})

@@ -1,0 +1,495 @@
+"""A stand-in for the iExec market API, for the devnet and the tests.
+
+It speaks the real API's wire format (iexec-market-api `api/openapi.yaml` and `controllers/router.js`):
+the same paths, query parameters, paging, sorting, response shapes and error statuses, and it checks what
+the real API checks on publish: a challenge-signed `authorization` header, the order signer is the
+on-chain owner of the app / dataset / workerpool (or the requester of a request order), the signature is
+valid (the hub's `verifySignature`), and the order still has volume (`viewConsumed`). `remaining` is read
+from the chain on every answer, so a matched order's volume goes down and a used-up order leaves the lists.
+
+Orders live in memory. Faults can be injected (`fail_next`, `fail_mode`) so tests see 5xx answers.
+It binds 127.0.0.1 only and must never reach any address but its chain node.
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from aiohttp import web
+from eth_utils import to_checksum_address
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from iexec.errors import OrderError
+from iexec.orders import AppOrder, DatasetOrder, Domain, RequestOrder, WorkerpoolOrder, recover_signer
+from iexec.orders import tag_to_int
+from iexec.market import challenge_hash
+
+__all__ = ["MarketStandIn", "challenge_typed_data", "VERSION"]
+
+VERSION = "devnet-standin-1.0.0"
+ZERO = "0x0000000000000000000000000000000000000000"
+DEFAULT_PAGE_SIZE = 20
+MIN_PAGE_SIZE = 10
+MAX_PAGE_SIZE = 1000
+
+_HUB_ABI = [
+    {"type": "function", "name": name, "stateMutability": "view", "inputs": [],
+     "outputs": [{"name": "", "type": "address"}]}
+    for name in ("appregistry", "datasetregistry", "workerpoolregistry")
+] + [
+    {"type": "function", "name": "viewConsumed", "stateMutability": "view",
+     "inputs": [{"name": "id", "type": "bytes32"}], "outputs": [{"name": "", "type": "uint256"}]},
+    {"type": "function", "name": "verifySignature", "stateMutability": "view",
+     "inputs": [{"name": "identity", "type": "address"}, {"name": "hash", "type": "bytes32"},
+                {"name": "signature", "type": "bytes"}], "outputs": [{"name": "", "type": "bool"}]},
+    {"type": "function", "name": "countCategory", "stateMutability": "view", "inputs": [],
+     "outputs": [{"name": "", "type": "uint256"}]},
+    {"type": "function", "name": "viewCategory", "stateMutability": "view",
+     "inputs": [{"name": "index", "type": "uint256"}],
+     "outputs": [{"name": "", "type": "tuple", "components": [
+         {"name": "name", "type": "string"}, {"name": "description", "type": "string"},
+         {"name": "workClockTimeRef", "type": "uint256"}]}]},
+]
+_REGISTRY_ABI = [{"type": "function", "name": "isRegistered", "stateMutability": "view",
+                  "inputs": [{"name": "", "type": "address"}], "outputs": [{"name": "", "type": "bool"}]}]
+_OWNABLE_ABI = [{"type": "function", "name": "owner", "stateMutability": "view", "inputs": [],
+                 "outputs": [{"name": "", "type": "address"}]}]
+
+
+class _ApiError(Exception):
+    """An error answered as `{ok: false, error}` with an HTTP status, like the real API."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def challenge_typed_data(chain_id: int, value: str) -> dict[str, Any]:
+    """The EIP-712 challenge the market API hands out (chainId as a decimal string, as the real API)."""
+    return {
+        "types": {
+            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                             {"name": "chainId", "type": "uint256"}],
+            "Challenge": [{"name": "challenge", "type": "string"}],
+        },
+        "domain": {"name": "iExec Gateway", "version": "1", "chainId": str(chain_id)},
+        "primaryType": "Challenge",
+        "message": {"challenge": f"Sign this message to log into iExec Gateway: {value}"},
+    }
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """One order book: its path, order class, price field and who may sign its orders."""
+
+    path: str
+    cls: type
+    price: str
+    resource: str  # the order field naming the signed-for resource
+    registry: str | None  # hub getter of the resource's registry; None for request orders
+    descending: bool = False
+
+
+_KINDS = {
+    "apporders": _Kind("apporders", AppOrder, "appprice", "app", "appregistry"),
+    "datasetorders": _Kind("datasetorders", DatasetOrder, "datasetprice", "dataset", "datasetregistry"),
+    "workerpoolorders": _Kind("workerpoolorders", WorkerpoolOrder, "workerpoolprice", "workerpool",
+                              "workerpoolregistry"),
+    "requestorders": _Kind("requestorders", RequestOrder, "workerpoolmaxprice", "requester", None,
+                           descending=True),
+}
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _address(query: Any, name: str, *, any_ok: bool = False) -> str | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    if any_ok and value == "any":
+        return "any"
+    try:
+        return to_checksum_address(value)
+    except ValueError:
+        raise _ApiError(400, f"{name} must be a valid ethereum address") from None
+
+
+def _int(query: Any, name: str, *, minimum: int = 0) -> int | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or int(value) < minimum:
+        raise _ApiError(400, f"{name} must be an integer >= {minimum}")
+    return int(value)
+
+
+def _tag(query: Any, name: str) -> int | None:
+    value = query.get(name)
+    if value is None:
+        return None
+    try:
+        return tag_to_int(value)
+    except OrderError:
+        raise _ApiError(400, f"{name} must be a bytes32 hex string") from None
+
+
+def _bool(query: Any, name: str) -> bool:
+    return query.get(name, "false").lower() == "true"
+
+
+def _restrict(value: str, wanted: str | None, strict: bool) -> bool:
+    """The real API's restrict filter: no param -> only open orders; param -> open or that address."""
+    if wanted == "any":
+        return True
+    if wanted is None:
+        return value == ZERO
+    return value == wanted or (value == ZERO and not strict)
+
+
+class MarketStandIn:
+    """The market API stand-in: `await start(port=0)` returns the base URL; `await stop()`.
+
+    Also an async context manager (yields itself; the URL is `.base_url`). Fault injection:
+    `fail_next(n, status)` makes the next n requests answer `status`; `fail_mode = 503` makes all do so
+    until set back to None. `hits` counts requests per path (for retry tests).
+    """
+
+    def __init__(self, chain_id: int, rpc_url: str, hub: str, *, host: str = "127.0.0.1") -> None:
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("the market stand-in binds loopback only")
+        self.chain_id = chain_id
+        self.hub = to_checksum_address(hub)
+        self.domain = Domain(chain_id=chain_id, verifying_contract=self.hub)
+        self.host = host
+        self.base_url = ""
+        self.fail_mode: int | None = None
+        self.hits: dict[str, int] = {}
+        self._fail_queue: list[int] = []
+        self._books: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in _KINDS}
+        self._challenges: dict[str, tuple[str, str]] = {}  # hash -> (address, value)
+        self._w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url))
+        self._hub = self._w3.eth.contract(address=self.hub, abi=_HUB_ABI)
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def fail_next(self, n: int = 1, status: int = 500) -> None:
+        """Answer the next `n` requests with `status` (and an `{ok: false}` body)."""
+        self._fail_queue.extend([status] * n)
+
+    async def start(self, port: int = 0) -> str:
+        """Serve on 127.0.0.1:`port` (0 = any free port); returns the base URL."""
+        app = web.Application(middlewares=[self._middleware], client_max_size=256 * 1024)
+        app.router.add_get("/version", self._version)
+        app.router.add_get("/challenge", self._challenge)
+        app.router.add_get("/categories", self._categories)
+        app.router.add_get("/categories/{catid}", self._category)
+        for kind in _KINDS.values():
+            app.router.add_get(f"/{kind.path}", self._lister(kind))
+            app.router.add_get(f"/{kind.path}/{{orderHash}}", self._getter(kind))
+            app.router.add_post(f"/{kind.path}", self._publisher(kind))
+            app.router.add_put(f"/{kind.path}", self._unpublisher(kind))
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, port)
+        await site.start()
+        host, bound = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{bound}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Stop serving (idempotent)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self._w3.provider.disconnect()
+
+    async def __aenter__(self) -> MarketStandIn:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        self.hits[request.path] = self.hits.get(request.path, 0) + 1
+        status = self._fail_queue.pop(0) if self._fail_queue else self.fail_mode
+        if status is not None:
+            return web.json_response({"ok": False, "error": "injected fault"}, status=status)
+        try:
+            if request.path not in ("/version",) and request.query.get("chainId") != str(self.chain_id):
+                raise _ApiError(400, f"chainId must be {self.chain_id}")
+            return await handler(request)
+        except _ApiError as exc:
+            return web.json_response({"ok": False, "error": str(exc)}, status=exc.status)
+        except web.HTTPException:
+            raise
+        except Exception:  # noqa: BLE001 - the real API answers 500 on anything unexpected
+            return web.json_response({"ok": False, "error": "Internal error"}, status=500)
+
+    async def _consumed(self, order_hash: str) -> int:
+        return await self._hub.functions.viewConsumed(bytes.fromhex(order_hash[2:])).call()
+
+    async def _with_remaining(self, record: dict[str, Any]) -> dict[str, Any]:
+        remaining = max(record["order"]["volume"] - await self._consumed(record["orderHash"]), 0)
+        status = record["status"]
+        if status == "open" and remaining == 0:
+            status = "filled"
+        return {**record, "remaining": remaining, "status": status}
+
+    async def _owner(self, kind: _Kind, resource: str) -> str:
+        registry_addr = await getattr(self._hub.functions, kind.registry)().call()
+        registry = self._w3.eth.contract(address=registry_addr, abi=_REGISTRY_ABI)
+        if not await registry.functions.isRegistered(resource).call():
+            raise _ApiError(403, "Resource not deployed")
+        owned = self._w3.eth.contract(address=resource, abi=_OWNABLE_ABI)
+        return to_checksum_address(await owned.functions.owner().call())
+
+    # -- simple endpoints -----------------------------------------------------------------------------
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "version": VERSION})
+
+    async def _challenge(self, request: web.Request) -> web.Response:
+        address = _address(request.query, "address")
+        if address is None:
+            raise _ApiError(400, "address is a required field")
+        for digest, (who, value) in self._challenges.items():
+            if who == address:
+                return web.json_response({"ok": True, "data": challenge_typed_data(self.chain_id, value)})
+        value = secrets.token_urlsafe(24)
+        typed = challenge_typed_data(self.chain_id, value)
+        self._challenges["0x" + challenge_hash(typed).hex()] = (address, value)
+        return web.json_response({"ok": True, "data": typed})
+
+    async def _category_json(self, catid: int) -> dict[str, Any]:
+        name, description, ref = await self._hub.functions.viewCategory(catid).call()
+        return {"catid": catid, "chainId": str(self.chain_id), "name": name, "description": description,
+                "workClockTimeRef": ref}
+
+    async def _categories(self, request: web.Request) -> web.Response:
+        count = await self._hub.functions.countCategory().call()
+        cats = [await self._category_json(i) for i in range(count)]
+        low = _int(request.query, "minWorkClockTimeRef")
+        high = _int(request.query, "maxWorkClockTimeRef")
+        cats = [c for c in cats if (low is None or c["workClockTimeRef"] >= low)
+                and (high is None or c["workClockTimeRef"] <= high)]
+        page, skip, limit = _page(request.query, cats)
+        return web.json_response({"ok": True, "categories": page, "count": len(cats),
+                                  **_next_page(len(page), skip, limit)})
+
+    async def _category(self, request: web.Request) -> web.Response:
+        catid = request.match_info["catid"]
+        count = await self._hub.functions.countCategory().call()
+        if not catid.isdigit() or int(catid) >= count:
+            raise _ApiError(404, "category not found")
+        return web.json_response({"ok": True, **await self._category_json(int(catid))})
+
+    # -- order books ----------------------------------------------------------------------------------
+
+    def _getter(self, kind: _Kind) -> Callable[[web.Request], Any]:
+        async def get(request: web.Request) -> web.Response:
+            record = self._books[kind.path].get(request.match_info["orderHash"].lower())
+            if record is None:
+                raise _ApiError(404, f"{kind.path[:-1]} not found")
+            return web.json_response({"ok": True, **await self._with_remaining(record)})
+        return get
+
+    def _lister(self, kind: _Kind) -> Callable[[web.Request], Any]:
+        async def list_orders(request: web.Request) -> web.Response:
+            keep = _FILTERS[kind.path](request.query)
+            min_volume = _int(request.query, "minVolume", minimum=1)
+            candidates = [r for r in self._books[kind.path].values()
+                          if r["status"] == "open" and keep(r["order"])]
+            live = await asyncio.gather(*(self._with_remaining(r) for r in candidates))
+            live = [r for r in live if r["remaining"] > 0 and (min_volume is None or r["remaining"] >= min_volume)]
+            sign = -1 if kind.descending else 1
+            live.sort(key=lambda r: (sign * r["order"][kind.price], r["publicationTimestamp"], r["orderHash"]))
+            page, skip, limit = _page(request.query, live)
+            return web.json_response({"ok": True, "orders": page, "count": len(live),
+                                      **_next_page(len(page), skip, limit)})
+        return list_orders
+
+    async def _authorized(self, request: web.Request) -> str:
+        header = request.headers.get("authorization", "")
+        parts = header.split("_")
+        if len(parts) != 3:
+            raise _ApiError(403, "invalid authorization")
+        digest, signature, address = parts
+        entry = self._challenges.get(digest.lower())
+        try:
+            claimed = to_checksum_address(address)
+            if entry is None or entry[0] != claimed:
+                raise ValueError("unknown challenge")
+            typed = challenge_typed_data(self.chain_id, entry[1])
+            signer = recover_signer(challenge_hash(typed), bytes.fromhex(signature.removeprefix("0x")))
+        except (ValueError, OrderError):
+            raise _ApiError(403, "invalid authorization") from None
+        if signer != claimed:
+            raise _ApiError(403, "invalid authorization")
+        del self._challenges[digest.lower()]
+        return claimed
+
+    def _publisher(self, kind: _Kind) -> Callable[[web.Request], Any]:
+        async def publish(request: web.Request) -> web.Response:
+            authorized = await self._authorized(request)
+            try:
+                body = await request.json()
+                order = kind.cls.from_market_json(body["order"])
+            except (ValueError, KeyError, TypeError, OrderError) as exc:
+                raise _ApiError(400, f"order is not a valid signed {kind.cls.__name__}: {exc}") from None
+            order_hash = "0x" + order.hash(self.domain).hex()
+            existing = self._books[kind.path].get(order_hash)
+            if existing is not None and existing["status"] == "open":
+                raise _ApiError(403, "order already published")
+            resource = getattr(order, kind.resource)
+            signer = resource if kind.registry is None else await self._owner(kind, resource)
+            if signer != authorized:
+                raise _ApiError(403, f"only order signer {signer} can publish an order")
+            ok = await self._hub.functions.verifySignature(signer, order.hash(self.domain),
+                                                           bytes(order.sign)).call()
+            if not ok:
+                raise _ApiError(403, "invalid sign")
+            if order.volume - await self._consumed(order_hash) <= 0:
+                raise _ApiError(403, "order already consumed")
+            if kind.path == "requestorders":
+                self._check_matchable_app(order)
+            record = {"orderHash": order_hash, "chainId": self.chain_id, "publicationTimestamp": _now_iso(),
+                      "signer": signer, "status": "open", "order": order.to_market_json()}
+            self._books[kind.path][order_hash] = record
+            return web.json_response({"ok": True, "published": await self._with_remaining(record)})
+        return publish
+
+    def _check_matchable_app(self, order: RequestOrder) -> None:
+        """As the real API: a request order needs a published app order it can pay for."""
+        prices = [r["order"]["appprice"] for r in self._books["apporders"].values()
+                  if r["status"] == "open" and r["order"]["app"] == order.app
+                  and r["order"]["workerpoolrestrict"] in (ZERO, order.workerpool)
+                  and r["order"]["datasetrestrict"] in (ZERO, order.dataset)
+                  and r["order"]["requesterrestrict"] in (ZERO, order.requester)]
+        if not prices:
+            raise _ApiError(403, f"No apporder published for app {order.app}")
+        if order.appmaxprice < min(prices):
+            raise _ApiError(403, f"appmaxprice for app {order.app} is too low, actual best price is "
+                                 f"{min(prices)} nRLC")
+
+    def _unpublisher(self, kind: _Kind) -> Callable[[web.Request], Any]:
+        async def unpublish(request: web.Request) -> web.Response:
+            authorized = await self._authorized(request)
+            try:
+                body = await request.json()
+            except ValueError:
+                raise _ApiError(400, "body must be JSON") from None
+            target = body.get("target", "unpublish_orderHash")
+            mine = sorted((r for r in self._books[kind.path].values()
+                           if r["status"] == "open" and r["signer"] == authorized),
+                          key=lambda r: r["publicationTimestamp"])
+            if target == "unpublish_orderHash":
+                wanted = str(body.get("orderHash", "")).lower()
+                record = self._books[kind.path].get(wanted)
+                if record is None or record["status"] != "open":
+                    raise _ApiError(404, f"{kind.path[:-1]} {wanted} not found")
+                if record["signer"] != authorized:
+                    raise _ApiError(403, "only the order signer can unpublish it")
+                chosen = [record]
+            elif target in ("unpublish_last", "unpublish_all"):
+                resource = _address(body, kind.resource)
+                mine = [r for r in mine if r["order"][kind.resource] == resource]
+                chosen = mine[-1:] if target == "unpublish_last" else mine
+            else:
+                raise _ApiError(400, "target must be unpublish_orderHash, unpublish_last or unpublish_all")
+            for record in chosen:
+                record["status"] = "canceled"
+            return web.json_response({"ok": True, "unpublished": [r["orderHash"] for r in chosen]})
+        return unpublish
+
+
+def _page(query: Any, items: list[Any]) -> tuple[list[Any], int, int]:
+    """Slice `items` by pageIndex/pageSize (pageSize 10..1000, default 20) or the legacy `page` offset."""
+    if "pageIndex" in query or "pageSize" in query:
+        limit = _int(query, "pageSize", minimum=MIN_PAGE_SIZE) or DEFAULT_PAGE_SIZE
+        if limit > MAX_PAGE_SIZE:
+            raise _ApiError(400, f"pageSize must be <= {MAX_PAGE_SIZE}")
+        skip = (_int(query, "pageIndex") or 0) * limit
+    else:
+        limit, skip = DEFAULT_PAGE_SIZE, _int(query, "page") or 0
+    return items[skip:skip + limit], skip, limit
+
+
+def _next_page(length: int, skip: int, limit: int) -> dict[str, int]:
+    return {"nextPage": skip + limit} if length == limit else {}
+
+
+def _tags_ok(order: dict[str, Any], min_tag: int | None, max_tag: int | None) -> bool:
+    tag = int(order["tag"], 16)
+    return (min_tag is None or tag & min_tag == min_tag) and (max_tag is None or tag & ~max_tag == 0)
+
+
+def _app_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
+    app, owner_ok = _address(q, "app", any_ok=True), _address(q, "appOwner")
+    if app is None and owner_ok is None:
+        raise _ApiError(400, "app or appOwner is required")
+    ds, wp, rq = (_address(q, n, any_ok=True) for n in ("dataset", "workerpool", "requester"))
+    min_tag, max_tag = _tag(q, "minTag"), _tag(q, "maxTag")
+    return lambda o: ((app in (None, "any") or o["app"] == app)
+                      and _restrict(o["datasetrestrict"], ds, _bool(q, "isDatasetStrict"))
+                      and _restrict(o["workerpoolrestrict"], wp, _bool(q, "isWorkerpoolStrict"))
+                      and _restrict(o["requesterrestrict"], rq, _bool(q, "isRequesterStrict"))
+                      and _tags_ok(o, min_tag, max_tag))
+
+
+def _dataset_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
+    ds = _address(q, "dataset", any_ok=True)
+    if ds is None and _address(q, "datasetOwner") is None:
+        raise _ApiError(400, "dataset or datasetOwner is required")
+    app, wp, rq = (_address(q, n, any_ok=True) for n in ("app", "workerpool", "requester"))
+    min_tag, max_tag = _tag(q, "minTag"), _tag(q, "maxTag")
+    return lambda o: ((ds in (None, "any") or o["dataset"] == ds)
+                      and _restrict(o["apprestrict"], app, _bool(q, "isAppStrict"))
+                      and _restrict(o["workerpoolrestrict"], wp, _bool(q, "isWorkerpoolStrict"))
+                      and _restrict(o["requesterrestrict"], rq, _bool(q, "isRequesterStrict"))
+                      and _tags_ok(o, min_tag, max_tag))
+
+
+def _workerpool_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
+    wp = _address(q, "workerpool", any_ok=True)
+    app, ds, rq = (_address(q, n, any_ok=True) for n in ("app", "dataset", "requester"))
+    category, min_trust = _int(q, "category"), _int(q, "minTrust")
+    min_tag, max_tag = _tag(q, "minTag"), _tag(q, "maxTag")
+    return lambda o: ((wp in (None, "any") or o["workerpool"] == wp)
+                      and (category is None or o["category"] == category)
+                      and (min_trust is None or min_trust <= 1 or o["trust"] >= min_trust)
+                      and _restrict(o["apprestrict"], app, _bool(q, "isAppStrict"))
+                      and _restrict(o["datasetrestrict"], ds, _bool(q, "isDatasetStrict"))
+                      and _restrict(o["requesterrestrict"], rq, _bool(q, "isRequesterStrict"))
+                      and _tags_ok(o, min_tag, max_tag))
+
+
+def _request_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
+    app, ds, rq, ben = (_address(q, n, any_ok=True) for n in ("app", "dataset", "requester", "beneficiary"))
+    wp = _address(q, "workerpool", any_ok=True)
+    category, max_trust = _int(q, "category"), _int(q, "maxTrust")
+    min_tag, max_tag = _tag(q, "minTag"), _tag(q, "maxTag")
+
+    def match(field: str, wanted: str | None, o: dict[str, Any]) -> bool:
+        return wanted in (None, "any") or o[field] == wanted
+
+    return lambda o: (match("app", app, o) and match("dataset", ds, o) and match("requester", rq, o)
+                      and match("beneficiary", ben, o) and _restrict(o["workerpool"], wp, False)
+                      and (category is None or o["category"] == category)
+                      and (max_trust is None or o["trust"] <= max_trust)
+                      and _tags_ok(o, min_tag, max_tag))
+
+
+_FILTERS: dict[str, Callable[[Any], Callable[[dict[str, Any]], bool]]] = {
+    "apporders": _app_filter, "datasetorders": _dataset_filter,
+    "workerpoolorders": _workerpool_filter, "requestorders": _request_filter,
+}

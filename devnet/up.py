@@ -1,0 +1,418 @@
+"""`python -m devnet up`: a whole local iExec network for the bot, as one embeddable async object.
+
+    async with Devnet(DevnetConfig(data_dir=Path("data/devnet"), app="test")) as net:
+        net.env           # the bot's settings (also written to <data>/bot.env)
+        net.pool.set_fault("no_show")
+
+Start-up, in order (each step printed as "[i/7] name ... ok 0.1s"): anvil (from <data>/chain-state.json
+when a previous run left one, else from the cached PoCo snapshot, built on first use), the market stand-in,
+the result gateway, the segmentation app (registered with worker/iexec.json's image and checksum, an app
+order with a non-zero price published by the app owner), the bot's wallet (created by `python -m ledger
+wallet new` with a devnet-generated password file, mode 0600, when none exists; funded with ETH for gas and
+RLC deposited into the hub; nothing is credited in the books: that is the admin's job), the workerpool, the
+Telegram stand-in. Then <data>/bot.env and <data>/devnet.json (what runs where) are written.
+
+`stop()` stops everything it started, saves the chain state for the next run and removes devnet.json. It
+uses the devnet's public dev keys, binds 127.0.0.1 only, and must never import `bot` or `ledger`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import aiohttp
+from eth_account import Account
+
+from devnet import chain as devchain
+from devnet.accounts import APP_OWNER, DEPLOYER, POOL_OWNER, WORKER
+from devnet.anvil import Anvil
+from devnet.deploy import Deployment, hub_abi, registry_abi, rlc_abi
+from devnet.gateway import ResultGateway
+from devnet.market import MarketStandIn
+from devnet.workerpool import PoolError, Workerpool, publish_order
+from iexec.orders import AppOrder, Domain
+
+__all__ = ["Devnet", "DevnetConfig", "DevnetError", "app_descriptor", "publish_app_order",
+           "register_segmentation_app", "REPO_DIR"]
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+STEPS = 7
+DEFAULT_DESCRIPTOR = ("segbot-mrcnn", "docker.io/segbot/mrcnn-worker:0.1.0", bytes(32))
+log = logging.getLogger(__name__)
+
+
+class DevnetError(RuntimeError):
+    """The devnet could not start (the message names the step and what to do)."""
+
+
+@dataclass(frozen=True)
+class DevnetConfig:
+    """What `devnet up` starts. Ports 0 mean "any free port"; prices are nRLC, funding ETH in wei."""
+
+    data_dir: Path = REPO_DIR / "data" / "devnet"
+    app: str = "test"                      # "test" (devnet.testapp, fast) or "real" (python -m worker)
+    weights: Path | None = None            # real app: the Mask R-CNN weights; None = random test weights
+    workers: int = 2
+    time_scale: float = 1.0                # the category time limit is multiplied by this
+    cache_dir: Path | None = None          # PoCo snapshot and test weights cache (default: repo .devnet/)
+    anvil_port: int | None = None
+    market_port: int = 0
+    gateway_port: int = 0
+    pool_port: int = 0
+    telegram_port: int = 0
+    bot_username: str = "segbot_devnet_bot"
+    app_price: int = 50_000_000            # 0.05 RLC
+    pool_price: int = 100_000_000          # 0.1 RLC
+    bot_eth_wei: int = 10 * 10**18
+    bot_stake_nrlc: int = 100 * 10**9      # 100 RLC in the hub
+    pool_stake_nrlc: int = 1_000 * 10**9
+    volume: int = 1000
+    persist_chain: bool = True             # save/restore the chain state in data_dir
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------- the app
+
+
+def app_descriptor(path: Path = REPO_DIR / "worker" / "iexec.json") -> tuple[str, str, bytes]:
+    """(name, multiaddr, checksum bytes32) of the app from worker/iexec.json. Raises DevnetError.
+
+    While the worker's descriptor does not exist yet, a placeholder (same shape) is used and logged.
+    """
+    if not path.exists():
+        log.warning("app_descriptor_missing path=%s using=%s", path, DEFAULT_DESCRIPTOR[1])
+        return DEFAULT_DESCRIPTOR
+    try:
+        app = json.loads(path.read_text())["app"]
+        checksum = str(app.get("checksum") or "0x" + "00" * 32)
+        raw = bytes.fromhex(checksum.removeprefix("0x"))
+        if len(raw) != 32:
+            raise ValueError(f"checksum is {len(raw)} bytes, not 32")
+        return str(app.get("name") or "segbot-mrcnn"), str(app["multiaddr"]), raw
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise DevnetError(f"cannot read the app descriptor {path}: {exc}") from None
+
+
+def register_segmentation_app(rpc_url: str, deployment: Deployment, owner: Any = APP_OWNER,
+                              descriptor: tuple[str, str, bytes] | None = None) -> str:
+    """Register the segmentation app (or find it when already registered); returns its address."""
+    name, multiaddr, checksum = descriptor or app_descriptor()
+    w3 = devchain.web3_for(rpc_url)
+    registry = w3.eth.contract(address=deployment.app_registry, abi=registry_abi("app"))
+    args = (owner.address, name, "DOCKER", multiaddr.encode(), checksum, b"")
+    predicted = registry.functions.predictApp(*args).call()
+    if w3.eth.get_code(predicted):
+        return str(predicted)
+    return devchain.register_app(rpc_url, deployment, owner, name, multiaddr, checksum)
+
+
+async def publish_app_order(session: aiohttp.ClientSession, market_url: str, deployment: Deployment,
+                            app: str, price: int, *, owner: Any = APP_OWNER, volume: int = 1_000_000,
+                            tag: bytes = bytes(32)) -> AppOrder:
+    """Sign an app order (non-zero price) by the app owner and publish it to the market. Raises PoolError."""
+    if price <= 0:
+        raise DevnetError("the app order's price must be above 0 nRLC")
+    order = AppOrder(app=app, appprice=price, volume=volume, tag=tag, datasetrestrict=ZERO_ADDRESS,
+                     workerpoolrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS, salt=os.urandom(32))
+    order = order.sign_with(owner, Domain(deployment.chain_id, deployment.hub))
+    await publish_order(session, market_url, deployment.chain_id, order, owner)
+    return order
+
+
+# ------------------------------------------------------------------------------------------------- funding
+
+
+def fund_stake(rpc_url: str, deployment: Deployment, address: str, nrlc: int) -> int:
+    """Top `address`'s free hub stake up to `nrlc` from the deployer's RLC (approve + depositFor).
+
+    Returns what was deposited (0 when it already had enough).
+    """
+    w3 = devchain.web3_for(rpc_url)
+    hub = w3.eth.contract(address=deployment.hub, abi=hub_abi())
+    missing = nrlc - hub.functions.balanceOf(address).call()
+    if missing <= 0:
+        return 0
+    sender = devchain.TxSender(w3, DEPLOYER)
+    sender.call(deployment.rlc, rlc_abi(), "approve", deployment.hub, missing)
+    sender.call(deployment.hub, hub_abi(), "depositFor", missing, address)
+    return missing
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
+def ensure_wallet(data_dir: Path) -> tuple[Path, Path, str]:
+    """(keystore, password file, address) of the bot's wallet, created with `python -m ledger` if absent.
+
+    When the ledger CLI is not installed, the keystore is written in the same standard format (Web3 Secret
+    Storage v3) with eth-account. Raises DevnetError when the wallet cannot be created or read.
+    """
+    keystore, password_file = data_dir / "wallet.json", data_dir / "wallet.password"
+    if not password_file.exists():
+        _write_private(password_file, secrets.token_urlsafe(24) + "\n")
+    if not keystore.exists():
+        proc = subprocess.run([sys.executable, "-m", "ledger", "wallet", "new", "--keystore", str(keystore),
+                               "--password-file", str(password_file)], cwd=REPO_DIR, capture_output=True,
+                              text=True, timeout=120)
+        if proc.returncode != 0:
+            if "No module named" not in proc.stderr:
+                raise DevnetError(f"`python -m ledger wallet new` failed: {proc.stderr.strip()[-400:]}")
+            password = password_file.read_text().strip()
+            _write_private(keystore, json.dumps(Account.encrypt(Account.create().key, password)))
+    try:
+        address = json.loads(keystore.read_text())["address"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DevnetError(f"the keystore {keystore} is not readable: {exc}") from None
+    return keystore, password_file, _checksum(address)
+
+
+def _checksum(address: str) -> str:
+    from eth_utils import to_checksum_address
+
+    return to_checksum_address(address if address.startswith("0x") else "0x" + address)
+
+
+def test_weights(cache_dir: Path) -> Path:
+    """Random ResNet50 Mask R-CNN weights for the real worker, made once into `cache_dir`."""
+    path = cache_dir / "test-weights-resnet50.h5"
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.h5")
+        proc = subprocess.run([sys.executable, "-m", "worker", "make-test-weights", str(tmp), "--backbone",
+                               "resnet50"], cwd=REPO_DIR, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0 or not tmp.exists():
+            raise DevnetError(f"making test weights failed: {proc.stderr.strip()[-400:]}")
+        tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- Devnet
+
+
+class Devnet:
+    """Everything `devnet up` runs, started and stopped together. See the module docstring."""
+
+    def __init__(self, config: DevnetConfig = DevnetConfig(),
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir).resolve()
+        self.cache_dir = Path(config.cache_dir or devchain.DEFAULT_CACHE_DIR).resolve()
+        self._progress = progress or (lambda line: None)
+        self.anvil: Anvil | None = None
+        self.deployment: Deployment | None = None
+        self.market: MarketStandIn | None = None
+        self.gateway: ResultGateway | None = None
+        self.pool: Workerpool | None = None
+        self.telegram: Any = None
+        self.app_address = ""
+        self.app_order: AppOrder | None = None
+        self.bot_address = ""
+        self.bot_token = ""
+        self.keystore = self.password_file = Path()
+        self.env: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._step = 0
+
+    async def __aenter__(self) -> Devnet:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _run_step(self, name: str, action: Callable[[], Any]) -> Any:
+        self._step += 1
+        started = time.monotonic()
+        try:
+            result = action()
+            if asyncio.iscoroutine(result):
+                result = await result
+        except Exception as exc:
+            self._progress(f"[{self._step}/{STEPS}] {name} ... FAILED")
+            raise DevnetError(f"devnet step {name!r} failed: {exc}") from exc
+        self.timings[name] = time.monotonic() - started
+        self._progress(f"[{self._step}/{STEPS}] {name} ... ok {self.timings[name]:.1f}s")
+        return result
+
+    async def start(self) -> None:
+        """Start every part (see the module docstring). Raises DevnetError naming the failing step."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._session = aiohttp.ClientSession()
+        await self._run_step("anvil", self._start_anvil)
+        await self._run_step("market", self._start_market)
+        await self._run_step("gateway", self._start_gateway)
+        await self._run_step("app", self._register_app)
+        await self._run_step("wallet", self._prepare_wallet)
+        await self._run_step("workerpool", self._start_pool)
+        await self._run_step("telegram", self._start_telegram)
+        self.env = self._bot_env()
+        _write_private(self.data_dir / "bot.env", "".join(f"{k}={v}\n" for k, v in self.env.items()))
+        (self.data_dir / "devnet.json").write_text(json.dumps(self.describe(), indent=2) + "\n")
+
+    async def stop(self) -> None:
+        """Stop everything started, save the chain state, remove devnet.json. Never raises."""
+        for part in (self.telegram, self.pool, self.gateway, self.market):
+            if part is not None:
+                try:
+                    await part.stop()
+                except Exception:  # keep stopping the rest
+                    pass
+        self.telegram = self.pool = self.gateway = self.market = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self.anvil is not None:
+            if self.config.persist_chain and self.deployment is not None:
+                try:
+                    await asyncio.to_thread(self.anvil.dump_state, self.data_dir / "chain-state.json")
+                    self.deployment.to_json(self.data_dir / "deployment.json")
+                except Exception:
+                    pass
+            await asyncio.to_thread(self.anvil.stop)
+            self.anvil = None
+        (self.data_dir / "devnet.json").unlink(missing_ok=True)
+
+    # -- steps ----------------------------------------------------------------------------------------
+
+    def _start_anvil(self) -> None:
+        saved, saved_dep = self.data_dir / "chain-state.json", self.data_dir / "deployment.json"
+        if self.config.persist_chain and saved.is_file() and saved_dep.is_file():
+            state, self.deployment = saved, Deployment.from_json(saved_dep)
+        else:
+            state, self.deployment = devchain.deployed_snapshot(self.cache_dir)
+        self.anvil = Anvil(load_state=state, port=self.config.anvil_port).start()
+
+    async def _start_market(self) -> None:
+        assert self.anvil is not None and self.deployment is not None
+        self.market = MarketStandIn(self.deployment.chain_id, self.anvil.rpc_url, self.deployment.hub)
+        await self.market.start(self.config.market_port)
+
+    async def _start_gateway(self) -> None:
+        self.gateway = ResultGateway()
+        await self.gateway.start(self.config.gateway_port)
+
+    async def _register_app(self) -> None:
+        assert self.anvil is not None and self.deployment is not None and self.market is not None
+        assert self._session is not None
+        self.app_address = await asyncio.to_thread(register_segmentation_app, self.anvil.rpc_url,
+                                                   self.deployment)
+        self.app_order = await publish_app_order(self._session, self.market.base_url, self.deployment,
+                                                 self.app_address, self.config.app_price)
+
+    async def _prepare_wallet(self) -> None:
+        assert self.anvil is not None and self.deployment is not None
+        self.keystore, self.password_file, self.bot_address = await asyncio.to_thread(ensure_wallet,
+                                                                                     self.data_dir)
+        rpc = self.anvil.rpc_url
+        balance = devchain.web3_for(rpc).eth.get_balance(self.bot_address)
+        if balance < self.config.bot_eth_wei // 2:
+            await asyncio.to_thread(devchain.fund_eth, rpc, self.bot_address, self.config.bot_eth_wei)
+        await asyncio.to_thread(fund_stake, rpc, self.deployment, self.bot_address,
+                                self.config.bot_stake_nrlc)
+
+    def _app_command(self) -> tuple[list[str], dict[str, str]]:
+        if self.config.app == "test":
+            return [sys.executable, "-m", "devnet.testapp"], {}
+        if self.config.app != "real":
+            raise DevnetError(f"unknown app {self.config.app!r}: use 'real' or 'test'")
+        weights = self.config.weights or test_weights(self.cache_dir)
+        return [sys.executable, "-m", "worker"], {"MRCNN_WEIGHTS": str(Path(weights).resolve())}
+
+    async def _start_pool(self) -> None:
+        assert self.anvil is not None and self.deployment is not None and self.market is not None
+        assert self.gateway is not None
+        cmd, env = await asyncio.to_thread(self._app_command)
+        await asyncio.to_thread(fund_stake, self.anvil.rpc_url, self.deployment, POOL_OWNER.address,
+                                self.config.pool_stake_nrlc)
+        self.pool = Workerpool(self.anvil.rpc_url, self.deployment, POOL_OWNER, WORKER, self.market.base_url,
+                               self.gateway, cmd, workers=self.config.workers, price=self.config.pool_price,
+                               volume=self.config.volume, time_scale=self.config.time_scale,
+                               market=self.market, app_env={**env, **self.config.extra_env}, app_cwd=REPO_DIR)
+        await self.pool.start(control_port=self.config.pool_port)
+
+    async def _start_telegram(self) -> None:
+        from devnet.telegram import TelegramStandIn
+
+        token_file = self.data_dir / "telegram.token"
+        if not token_file.exists():
+            _write_private(token_file, f"{secrets.randbelow(9 * 10**9) + 10**9}:{secrets.token_urlsafe(26)}\n")
+        self.bot_token = token_file.read_text().strip()
+        self.telegram = TelegramStandIn()
+        self.telegram.add_bot(self.bot_token, self.config.bot_username)
+        await self.telegram.start(self.config.telegram_port)
+
+    # -- what runs where ------------------------------------------------------------------------------
+
+    @property
+    def telegram_url(self) -> str:
+        """Base URL of the Telegram stand-in."""
+        return str(getattr(self.telegram, "_url", None) or getattr(self.telegram, "url", ""))
+
+    def _bot_env(self) -> dict[str, str]:
+        assert self.anvil is not None and self.deployment is not None and self.market is not None
+        assert self.gateway is not None and self.pool is not None
+        return {
+            "TELEGRAM_TOKEN": self.bot_token,
+            "TELEGRAM_BASE_URL": f"{self.telegram_url}/bot",
+            "TELEGRAM_BASE_FILE_URL": f"{self.telegram_url}/file/bot",
+            "NETWORK": "devnet",
+            "RPC_URL": self.anvil.rpc_url,
+            "CHAIN_ID": str(self.deployment.chain_id),
+            "HUB_ADDRESS": self.deployment.hub,
+            "RLC_ADDRESS": self.deployment.rlc,
+            "MARKET_URL": self.market.base_url,
+            "IPFS_GATEWAY": str(self.gateway.url),
+            "APP_ADDRESS": self.app_address,
+            "CATEGORY": "0",
+            "TAG": "0x" + "00" * 32,
+            "TRUST": "0",
+            "APP_MAX_PRICE_NRLC": str(self.config.app_price),
+            "WORKERPOOL_MAX_PRICE_NRLC": str(self.config.pool_price),
+            "WALLET_KEYSTORE": str(self.keystore),
+            "WALLET_PASSWORD_FILE": str(self.password_file),
+            "DB_PATH": str(self.data_dir / "books.db"),
+            "DATA_DIR": str(self.data_dir),
+            "INPUTS_LISTEN": "127.0.0.1",
+            "URL_ALLOW_LOOPBACK": "true",
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """What runs where (the content of devnet.json): pids, URLs, addresses, control endpoints."""
+        assert self.anvil is not None and self.deployment is not None and self.pool is not None
+        assert self.gateway is not None and self.market is not None
+        return {
+            "pid": os.getpid(), "started_at": int(time.time()), "data_dir": str(self.data_dir),
+            "anvil": {"rpc_url": self.anvil.rpc_url, "pid": self.anvil.pid, "chain_id": self.deployment.chain_id},
+            "deployment": {"hub": self.deployment.hub, "rlc": self.deployment.rlc,
+                           "app_registry": self.deployment.app_registry,
+                           "workerpool_registry": self.deployment.workerpool_registry},
+            "market": {"url": self.market.base_url},
+            "gateway": {"url": self.gateway.url, "control_url": f"{self.gateway.url}/control/faults"},
+            "workerpool": {"address": self.pool.address, "control_url": self.pool.control_url,
+                           "app": self.config.app, "workers": self.config.workers},
+            "telegram": {"url": self.telegram_url, "bot_username": self.config.bot_username},
+            "app": {"address": self.app_address, "price_nrlc": self.config.app_price},
+            "bot": {"address": self.bot_address, "keystore": str(self.keystore),
+                    "env_file": str(self.data_dir / "bot.env")},
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }

@@ -1,0 +1,631 @@
+"""The devnet workerpool: scheduler and worker in one process, running real deals on the local PoCo.
+
+    pool = Workerpool(rpc_url, deployment, POOL_OWNER, WORKER, market_url, gateway,
+                      app_cmd=[sys.executable, "-m", "devnet.testapp"], workers=2)
+    await pool.start()          # registers the workerpool, publishes its order, watches its deals
+    outcome = await pool.wait_task(task_id)
+    await pool.stop()
+
+What it does, as a real iExec workerpool does: owns a registered workerpool; publishes signed workerpool
+orders (price, category, tag, trust, volume) to the market and re-publishes when the remaining volume runs
+low; follows `SchedulerNotice` logs for its address with `eth_getLogs`; initializes each task of a deal;
+downloads the request's `iexec_input_files` into a fresh IEXEC_IN (each file named sha256(url) hex); runs the
+app as a subprocess with the IEXEC_* environment, `iexec_args` split shell-like after the command, killed at
+the category's time limit (× `time_scale`); zips IEXEC_OUT (files at the root) with stdout.txt/stderr.txt;
+stores the zip in the result gateway and completes the task with `contributeAndFinalize` (trust 1), the
+results being `{"storage": "ipfs", "location": "/ipfs/<id>"}`. At most `workers` tasks run at once.
+
+Decisions (mirroring iexec-worker): an input that cannot be downloaded, or an app killed at the time limit,
+leads to no contribution (the task fails at its deadline and is claimable). An app that ends by itself with
+a non-zero code, or without computed.json, still has its archive finalized with an `error.txt` added: the
+task is COMPLETED with an error archive. Fault modes: see devnet/faults.py.
+
+It fetches inputs from loopback addresses only (the devnet never sends a packet elsewhere) and never logs a
+private key; it is for dev chains only (the devnet's well-known keys sign everything).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import ipaddress
+import json
+import logging
+import os
+import shlex
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from devnet.deploy import hub_abi, registry_abi
+from devnet.faults import Fault, FaultBook, FaultError, normalise_deal_id
+from devnet.gateway import ResultGateway
+from iexec.orders import Domain, WorkerpoolOrder
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PoolError", "TaskOutcome", "Workerpool", "publish_order", "task_id"]
+
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+ZERO_TAG = b"\x00" * 32
+_SCHEDULER_NOTICE = keccak(text="SchedulerNotice(address,bytes32)")
+_MAX_INPUT_BYTES = 50 * 1024 * 1024
+_GAS = {"initialize": 600_000, "contributeAndFinalize": 1_200_000, "createWorkerpool": 1_500_000}
+
+
+class PoolError(RuntimeError):
+    """The workerpool could not do something on chain or with the market (message says what)."""
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What the workerpool did with one task.
+
+    `state`: completed | error_archive | no_show | crashed | overrun | input_failed | timeout | failed.
+    `cid` is the gateway id of the archive when one was stored; `app_seconds` the app's own run time;
+    `finished_at` a time.monotonic() stamp taken when the outcome was final.
+    """
+
+    task_id: str
+    deal_id: str
+    index: int
+    state: str
+    cid: str | None = None
+    app_seconds: float = 0.0
+    finished_at: float = 0.0
+    detail: str = ""
+
+
+def task_id(deal_id: str | bytes, index: int) -> str:
+    """keccak256(dealid ‖ uint256 idx) as 0x-hex, as the hub computes it."""
+    raw = bytes.fromhex(normalise_deal_id(deal_id)[2:])
+    return "0x" + keccak(raw + index.to_bytes(32, "big")).hex()
+
+
+async def publish_order(session: aiohttp.ClientSession, market_url: str, chain_id: int, order: Any,
+                        signer: LocalAccount) -> dict[str, Any]:
+    """Publish a signed app or workerpool order to a market API with challenge auth; returns the record.
+
+    Raises PoolError with the market's answer when it refuses (or answers 5xx).
+    """
+    path = {"AppOrder": "apporders", "WorkerpoolOrder": "workerpoolorders"}[order.TYPE_NAME]
+    base = market_url.rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=15)
+    try:
+        async with session.get(f"{base}/challenge", params={"chainId": str(chain_id),
+                                                            "address": signer.address}, timeout=timeout) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status != 200 or not body.get("ok"):
+                raise PoolError(f"market challenge answered HTTP {resp.status}: {str(body)[:200]}")
+        typed = json.loads(json.dumps(body["data"]))
+        typed["domain"]["chainId"] = int(typed["domain"]["chainId"])
+        signed = Account.sign_typed_data(signer.key, full_message=typed)
+        auth = f"0x{signed.message_hash.hex().removeprefix('0x')}_0x{signed.signature.hex().removeprefix('0x')}" \
+               f"_{signer.address}"
+        async with session.post(f"{base}/{path}", params={"chainId": str(chain_id)},
+                                json={"chainId": str(chain_id), "order": order.to_market_json()},
+                                headers={"authorization": auth}, timeout=timeout) as resp:
+            answer = await resp.json(content_type=None)
+            if resp.status != 200 or not answer.get("ok"):
+                raise PoolError(f"market refused the {order.TYPE_NAME}: HTTP {resp.status} {str(answer)[:200]}")
+            return dict(answer.get("published") or {})
+    except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, TypeError, ValueError) as exc:
+        raise PoolError(f"market at {base} unusable while publishing: {type(exc).__name__}: {exc}") from None
+
+
+class _Sender:
+    """Sends transactions from one account with a locally owned nonce (anvil mines each at once)."""
+
+    def __init__(self, w3: AsyncWeb3, account: LocalAccount, chain_id: int) -> None:
+        self.w3, self.account, self.chain_id = w3, account, chain_id
+        self._lock = asyncio.Lock()
+        self._nonce: int | None = None
+
+    async def send(self, to: str, data: str, gas: int, what: str) -> Any:
+        """Sign and send; returns the receipt. Raises PoolError when the transaction reverts."""
+        async with self._lock:
+            if self._nonce is None:
+                self._nonce = await self.w3.eth.get_transaction_count(self.account.address, "pending")
+            tx = {"to": to, "data": data, "gas": gas, "nonce": self._nonce, "chainId": self.chain_id,
+                  "maxFeePerGas": 100 * 10**9, "maxPriorityFeePerGas": 10**9, "value": 0, "type": 2}
+            signed = self.account.sign_transaction(tx)
+            try:
+                tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            except Exception:
+                self._nonce = None  # re-read it: the node may have seen something we did not
+                raise
+            self._nonce += 1
+        receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.02)
+        if receipt["status"] != 1:
+            reason = await self._revert_reason(tx, receipt["blockNumber"])
+            raise PoolError(f"{what} reverted: {reason}")
+        return receipt
+
+    async def _revert_reason(self, tx: dict[str, Any], block: int) -> str:
+        call = {"from": self.account.address, "to": tx["to"], "data": tx["data"], "gas": tx["gas"]}
+        try:
+            await self.w3.eth.call(call, block - 1)  # type: ignore[arg-type]
+        except Exception as exc:  # the node's revert message is what an operator needs
+            return str(exc)[:300]
+        return "(no reason)"
+
+
+def _check_loopback_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PoolError(f"input URL must be http(s): {url[:80]!r}")
+    host = parts.hostname
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise PoolError(f"the devnet workerpool fetches loopback URLs only, not {host[:80]!r}")
+
+
+def _parse_params(raw: str) -> dict[str, Any]:
+    """Request params: a JSON object, or (as iExec does) a plain string taken as iexec_args."""
+    try:
+        data = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {"iexec_args": raw}
+    return data if isinstance(data, dict) else {"iexec_args": raw}
+
+
+def _deterministic_digest(out: Path) -> bytes | None:
+    """sha256 of the deterministic output named by computed.json (sorted file hashes for a folder)."""
+    try:
+        computed = json.loads((out / "computed.json").read_text())
+    except (OSError, ValueError):
+        return None
+    declared = computed.get("deterministic-output-path") if isinstance(computed, dict) else None
+    if not isinstance(declared, str) or not declared.startswith("/iexec_out") or computed.get("error-message"):
+        return None
+    target = (out / declared.removeprefix("/iexec_out").lstrip("/")).resolve()
+    if not str(target).startswith(str(out.resolve())) or not target.exists():
+        return None
+    if target.is_file():
+        return hashlib.sha256(target.read_bytes()).digest()
+    digests = [hashlib.sha256(p.read_bytes()).digest() for p in sorted(target.rglob("*")) if p.is_file()]
+    return hashlib.sha256(b"".join(digests)).digest()
+
+
+def _pack(out: Path, stdout: bytes, stderr: bytes) -> bytes:
+    """The result archive: IEXEC_OUT's files at the zip root, then stdout.txt and stderr.txt."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(out.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                zf.write(path, path.relative_to(out).as_posix())
+        zf.writestr("stdout.txt", stdout[-1_000_000:])
+        zf.writestr("stderr.txt", stderr[-1_000_000:])
+    return buf.getvalue()
+
+
+class Workerpool:
+    """A registered workerpool that executes its deals on the devnet. See the module docstring."""
+
+    def __init__(self, rpc_url: str, deployment: Any, owner: LocalAccount, worker: LocalAccount,
+                 market_url: str, gateway: ResultGateway, app_cmd: Sequence[str], *, workers: int = 2,
+                 category: int = 0, price: int = 100_000_000, tag: bytes | str = ZERO_TAG, trust: int = 1,
+                 volume: int = 1000, time_scale: float = 1.0, poll_interval: float = 0.05,
+                 description: str = "segbot devnet workerpool", market: Any = None,
+                 workdir: Path | None = None, app_env: dict[str, str] | None = None,
+                 app_cwd: Path | None = None) -> None:
+        if workers < 1:
+            raise PoolError("workers must be at least 1")
+        self.rpc_url, self.deployment, self.owner, self.worker = rpc_url, deployment, owner, worker
+        self.market_url, self.gateway, self.app_cmd = market_url.rstrip("/"), gateway, list(app_cmd)
+        self.workers, self.category, self.price, self.trust = workers, category, price, trust
+        self.tag = bytes.fromhex(tag[2:]) if isinstance(tag, str) else bytes(tag)
+        self.volume, self.time_scale, self.poll_interval = volume, time_scale, poll_interval
+        self.description, self.market = description, market
+        self.app_env, self.app_cwd = dict(app_env or {}), app_cwd
+        self.faults = FaultBook()
+        self.address: str | None = None
+        self.orders: list[WorkerpoolOrder] = []
+        self.outcomes: dict[str, TaskOutcome] = {}
+        self.running: set[str] = set()
+        self.max_running = 0
+        self.control_url: str | None = None
+        self._workdir_arg = workdir
+        self._workdir: Path | None = None
+        self._domain = Domain(deployment.chain_id, deployment.hub)
+        self._w3: AsyncWeb3 | None = None
+        self._hub: Any = None
+        self._slots = asyncio.Semaphore(workers)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._procs: set[asyncio.subprocess.Process] = set()
+        self._deals_seen: set[str] = set()
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._loop_task: asyncio.Task[Any] | None = None
+        self._cursor = 0
+        self._timerefs: dict[int, int] = {}
+
+    # ---------------------------------------------------------------------------------------- life cycle
+
+    async def start(self, control_port: int | None = None) -> None:
+        """Register (or reuse) the workerpool, publish its order, start watching; optionally serve control.
+
+        Raises PoolError when the chain or the market refuses.
+        """
+        self._w3 = AsyncWeb3(AsyncHTTPProvider(self.rpc_url, request_kwargs={"timeout": 30}))
+        self._hub = self._w3.eth.contract(address=to_checksum_address(self.deployment.hub), abi=hub_abi())
+        self._owner_tx = _Sender(self._w3, self.owner, self.deployment.chain_id)
+        self._worker_tx = _Sender(self._w3, self.worker, self.deployment.chain_id)
+        self._session = aiohttp.ClientSession()
+        self._workdir = Path(tempfile.mkdtemp(prefix="devnet-pool-", dir=self._workdir_arg))
+        self.address = await self._register()
+        self._cursor = await self._w3.eth.block_number
+        await self._top_up(force=True)
+        if control_port is not None:
+            await self._serve_control(control_port)
+        self._loop_task = asyncio.create_task(self._watch_loop(), name="workerpool-watch")
+        log.info("workerpool_started address=%s workers=%d", self.address, self.workers)
+
+    async def stop(self) -> None:
+        """Stop watching, kill running apps, stop the control server and remove the work folder."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        for proc in list(self._procs):
+            if proc.returncode is None:
+                proc.kill()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for proc in list(self._procs):
+            await proc.wait()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._w3 is not None:
+            await self._w3.provider.disconnect()
+            self._w3 = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    async def __aenter__(self) -> Workerpool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---------------------------------------------------------------------------------------- chain set-up
+
+    async def _register(self) -> str:
+        """The workerpool's address: predicted from the registry, created when not deployed yet."""
+        assert self._w3 is not None
+        registry_address = await self._hub.functions.workerpoolregistry().call()
+        registry = self._w3.eth.contract(address=registry_address, abi=registry_abi("workerpool"))
+        predicted = await registry.functions.predictWorkerpool(self.owner.address, self.description).call()
+        if await self._w3.eth.get_code(predicted) in (b"", b"\x00"):
+            data = registry.encode_abi("createWorkerpool", [self.owner.address, self.description])
+            await self._owner_tx.send(registry_address, data, _GAS["createWorkerpool"], "createWorkerpool")
+        return to_checksum_address(predicted)
+
+    def _new_order(self) -> WorkerpoolOrder:
+        order = WorkerpoolOrder(
+            workerpool=self.address, workerpoolprice=self.price, volume=self.volume, tag=self.tag,
+            category=self.category, trust=self.trust, apprestrict=ZERO_ADDRESS, datasetrestrict=ZERO_ADDRESS,
+            requesterrestrict=ZERO_ADDRESS, salt=os.urandom(32))
+        return order.sign_with(self.owner, self._domain)
+
+    async def remaining(self) -> int:
+        """Volume left on the newest published order (0 when none)."""
+        if not self.orders:
+            return 0
+        consumed = await self._hub.functions.viewConsumed(self.orders[-1].hash(self._domain)).call()
+        return max(0, self.orders[-1].volume - consumed)
+
+    async def _top_up(self, force: bool = False) -> None:
+        """Publish a fresh order when the newest one has less than a quarter of its volume left."""
+        if not force and await self.remaining() >= max(1, self.volume // 4):
+            return
+        order = self._new_order()
+        await self._publish(order)
+        self.orders.append(order)
+        log.info("workerpool_order_published workerpool=%s hash=0x%s volume=%d price=%d", self.address,
+                 order.hash(self._domain).hex(), order.volume, order.workerpoolprice)
+
+    async def _publish(self, order: WorkerpoolOrder) -> None:
+        assert self._session is not None
+        await publish_order(self._session, self.market_url, self.deployment.chain_id, order, self.owner)
+
+    # ---------------------------------------------------------------------------------------- watching
+
+    async def _watch_loop(self) -> None:
+        assert self._w3 is not None
+        last_top_up = time.monotonic()
+        while True:
+            try:
+                head = await self._w3.eth.block_number
+                if head >= self._cursor:
+                    logs = await self._w3.eth.get_logs({
+                        "address": to_checksum_address(self.deployment.hub), "fromBlock": self._cursor,
+                        "toBlock": head, "topics": ["0x" + _SCHEDULER_NOTICE.hex(),
+                                                    "0x" + bytes(12).hex() + self.address[2:].lower()]})
+                    for entry in logs:
+                        self._on_deal("0x" + bytes(entry["data"])[:32].hex())
+                    self._cursor = head + 1
+                if time.monotonic() - last_top_up > 1.0:
+                    last_top_up = time.monotonic()
+                    await self._top_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the chain or market blinked: keep the pool alive, say why
+                log.warning("workerpool_watch_error error=%s", str(exc)[:300])
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(self.poll_interval)
+
+    def _on_deal(self, deal_id: str) -> None:
+        if deal_id in self._deals_seen:
+            return
+        self._deals_seen.add(deal_id)
+        self._spawn(self._run_deal(deal_id), f"deal-{deal_id[:10]}")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_deal(self, deal_id: str) -> None:
+        try:
+            deal = await self._hub.functions.viewDeal(deal_id).call()
+        except Exception as exc:
+            log.error("workerpool_deal_unreadable deal=%s error=%s", deal_id, str(exc)[:200])
+            return
+        # viewDeal: app, dataset, workerpool, trust, category, tag, requester, beneficiary, callback, params,
+        # startTime, botFirst, botSize, workerStake, schedulerRewardRatio, sponsor
+        category, params, first, size = deal[4], deal[9], deal[11], deal[12]
+        log.info("workerpool_deal deal=%s tasks=%d category=%d", deal_id, size, category)
+        for index in range(first, first + size):
+            self._spawn(self._run_task(deal_id, index, category, params), f"task-{deal_id[:10]}-{index}")
+        await self._top_up()
+
+    def _record(self, outcome: TaskOutcome) -> None:
+        self.outcomes[outcome.task_id] = outcome
+        self._waiters.setdefault(outcome.task_id, asyncio.Event()).set()
+        log.info("workerpool_task task=%s deal=%s state=%s cid=%s app_s=%.3f %s", outcome.task_id,
+                 outcome.deal_id, outcome.state, outcome.cid, outcome.app_seconds, outcome.detail[:200])
+
+    async def wait_task(self, task: str, timeout: float = 60.0) -> TaskOutcome:
+        """Wait until the workerpool is done with `task` (0x-hex id). Raises TimeoutError."""
+        task = task.lower()
+        if task not in self.outcomes:
+            await asyncio.wait_for(self._waiters.setdefault(task, asyncio.Event()).wait(), timeout)
+        return self.outcomes[task]
+
+    # ---------------------------------------------------------------------------------------- one task
+
+    async def _run_task(self, deal_id: str, index: int, category: int, raw_params: str) -> None:
+        tid = task_id(deal_id, index)
+        fault = self.faults.for_deal(deal_id)
+
+        def outcome(state: str, **kw: Any) -> None:
+            self._record(TaskOutcome(tid, deal_id, index, state, finished_at=time.monotonic(), **kw))
+
+        if fault is Fault.NO_SHOW:
+            return outcome("no_show", detail="fault: never initialized")
+        async with self._slots:
+            self.running.add(tid)
+            self.max_running = max(self.max_running, len(self.running))
+            try:
+                await self._execute(tid, deal_id, index, category, raw_params, fault, outcome)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                outcome("failed", detail=str(exc)[:500])
+            finally:
+                self.running.discard(tid)
+
+    async def _execute(self, tid: str, deal_id: str, index: int, category: int, raw_params: str,
+                       fault: Fault, outcome: Any) -> None:
+        data = self._hub.encode_abi("initialize", [deal_id, index])
+        await self._owner_tx.send(self._hub.address, data, _GAS["initialize"], "initialize")
+        if fault is Fault.CRASH_BEFORE_CONTRIBUTE:
+            return outcome("crashed", detail="fault: initialized, never contributed")
+        if fault is Fault.OVERRUN:
+            await self._overrun(tid)
+            return outcome("overrun", detail="fault: ran past the contribution deadline")
+        assert self._workdir is not None
+        folder = self._workdir / tid[2:18]
+        in_dir, out_dir = folder / "iexec_in", folder / "iexec_out"
+        in_dir.mkdir(parents=True)
+        out_dir.mkdir()
+        try:
+            params = _parse_params(raw_params)
+            names = await self._download_inputs(params.get("iexec_input_files") or [], in_dir)
+            env = self._app_env(tid, deal_id, index, in_dir, out_dir, names)
+            args = shlex.split(str(params.get("iexec_args") or ""))
+            if fault is Fault.APP_ERROR:
+                args.append("--fail")
+            limit = await self._time_limit(category)
+            code, stdout, stderr, seconds = await self._run_app(self.app_cmd + args, env, limit,
+                                                                self.app_cwd or folder)
+            if code is None:
+                return outcome("timeout", app_seconds=seconds, detail=f"app killed after {limit:.1f}s")
+            await self._finalize(tid, out_dir, code, stdout, stderr, fault, outcome, seconds)
+        except PoolError as exc:
+            if "input" in str(exc):
+                return outcome("input_failed", detail=str(exc))
+            raise
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    async def _finalize(self, tid: str, out_dir: Path, code: int, stdout: bytes, stderr: bytes, fault: Fault,
+                        outcome: Any, seconds: float) -> None:
+        digest = _deterministic_digest(out_dir) if code == 0 else None
+        if digest is None:
+            message = f"the app exited with code {code}" if code else "the app wrote no valid computed.json"
+            tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+            (out_dir / "error.txt").write_text(message + (f": {tail[0][:500]}" if tail else "") + "\n")
+        archive = _pack(out_dir, stdout, stderr)
+        if digest is None:
+            digest = keccak(archive)
+        cid = self.gateway.put(archive)
+        if fault is Fault.GATEWAY_LOSE:
+            self.gateway.set_fault("lose", cid)
+        elif fault is Fault.GATEWAY_500:
+            self.gateway.set_fault("500", cid)
+        results = json.dumps({"storage": "ipfs", "location": self.gateway.location(cid)}).encode()
+        tid_bytes = bytes.fromhex(tid[2:])
+        authorization = Account.sign_message(
+            encode_defunct(primitive=keccak(bytes.fromhex(self.worker.address[2:]) + tid_bytes + bytes(20))),
+            self.owner.key).signature
+        data = self._hub.encode_abi("contributeAndFinalize",
+                                    [tid_bytes, digest, results, b"", ZERO_ADDRESS, b"", bytes(authorization)])
+        await self._worker_tx.send(self._hub.address, data, _GAS["contributeAndFinalize"],
+                                   "contributeAndFinalize")
+        outcome("error_archive" if (out_dir / "error.txt").exists() else "completed", cid=cid,
+                app_seconds=seconds)
+
+    async def _overrun(self, tid: str) -> None:
+        """Hold the task (as a never-ending app would) until chain time passes its contribution deadline."""
+        assert self._w3 is not None
+        deadline = (await self._hub.functions.viewTask(tid).call())[4]
+        while (await self._w3.eth.get_block("latest"))["timestamp"] < deadline:
+            await asyncio.sleep(max(self.poll_interval, 0.2))
+
+    async def _time_limit(self, category: int) -> float:
+        if category not in self._timerefs:
+            self._timerefs[category] = (await self._hub.functions.viewCategory(category).call())[2]
+        return self._timerefs[category] * self.time_scale
+
+    def _app_env(self, tid: str, deal_id: str, index: int, in_dir: Path, out_dir: Path,
+                 names: list[str]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IEXEC_")}
+        env.update(self.app_env)
+        env.update({"IEXEC_IN": str(in_dir), "IEXEC_OUT": str(out_dir), "IEXEC_TASK_ID": tid,
+                    "IEXEC_DEAL_ID": deal_id, "IEXEC_TASK_INDEX": str(index), "IEXEC_BOT_SIZE": "1",
+                    "IEXEC_BOT_FIRST_INDEX": str(index), "IEXEC_BOT_TASK_INDEX": str(index),
+                    "IEXEC_INPUT_FILES_FOLDER": str(in_dir), "IEXEC_INPUT_FILES_NUMBER": str(len(names)),
+                    "IEXEC_DATASET_FILENAME": "", "IEXEC_DATASET_ADDRESS": ZERO_ADDRESS})
+        for i, name in enumerate(names, start=1):
+            env[f"IEXEC_INPUT_FILE_NAME_{i}"] = name
+        return env
+
+    async def _download_inputs(self, urls: list[Any], in_dir: Path) -> list[str]:
+        """Fetch each URL into in_dir/sha256(url); returns the file names. Raises PoolError('input ...')."""
+        assert self._session is not None
+        names: list[str] = []
+        for url in urls:
+            if not isinstance(url, str):
+                raise PoolError(f"input file entry is not a URL: {url!r:.80}")
+            _check_loopback_url(url)
+            name = hashlib.sha256(url.encode()).hexdigest()
+            try:
+                async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=30),
+                                             allow_redirects=False) as resp:
+                    if resp.status != 200:
+                        raise PoolError(f"input download answered HTTP {resp.status}")
+                    body = await resp.content.read(_MAX_INPUT_BYTES + 1)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise PoolError(f"input download failed: {type(exc).__name__}") from None
+            if len(body) > _MAX_INPUT_BYTES:
+                raise PoolError("input file is larger than 50 MiB")
+            (in_dir / name).write_bytes(body)
+            names.append(name)
+        return names
+
+    async def _run_app(self, cmd: list[str], env: dict[str, str], limit: float,
+                       cwd: Path) -> tuple[int | None, bytes, bytes, float]:
+        """Run the app; returns (exit code or None when killed at `limit`, stdout, stderr, seconds)."""
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(*cmd, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        self._procs.add(proc)
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), limit)
+            return proc.returncode, stdout, stderr, time.monotonic() - started
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return None, b"", b"", time.monotonic() - started
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            self._procs.discard(proc)
+
+    # ---------------------------------------------------------------------------------------- control
+
+    def set_fault(self, mode: str | Fault | None, deal_id: str | bytes | None = None, count: int = 1) -> None:
+        """Set a fault mode (see devnet/faults.py); market_500 makes the market fail `count` requests.
+
+        Raises FaultError for an unknown mode or a bad deal id; PoolError when no market stand-in is attached.
+        """
+        fault = Fault.parse(mode)
+        if fault is Fault.MARKET_500:
+            if self.market is None:
+                raise PoolError("market_500 needs the market stand-in object (pass market=...)")
+            self.market.fail_next(count, 500)
+            return
+        self.faults.set(fault, deal_id)
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able summary for `devnet status` and the control endpoint."""
+        states: dict[str, int] = {}
+        for outcome in self.outcomes.values():
+            states[outcome.state] = states.get(outcome.state, 0) + 1
+        return {"ok": True, "workerpool": self.address, "workers": self.workers, "running": len(self.running),
+                "tasks": states, "orders": ["0x" + o.hash(self._domain).hex() for o in self.orders[-3:]],
+                "faults": [{"mode": r.fault.value, "deal_id": r.deal_id} for r in self.faults.rules()]}
+
+    async def _serve_control(self, port: int) -> None:
+        app = web.Application()
+        app.router.add_get("/health", self._handle_health)
+        app.router.add_get("/control/faults", self._handle_health)
+        app.router.add_post("/control/faults", self._handle_fault)
+        app.router.add_get("/control/tasks/{task}", self._handle_task)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.control_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def _handle_health(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def _handle_fault(self, request: web.Request) -> web.Response:
+        """Body: {"mode": "<fault>", "deal_id": "0x..."|null, "count": n} or {"clear": true}."""
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise FaultError("body must be a JSON object")
+            if body.get("clear"):
+                self.faults.clear()
+            else:
+                self.set_fault(body.get("mode"), body.get("deal_id"), int(body.get("count", 1)))
+        except (ValueError, FaultError, PoolError) as exc:
+            return web.json_response({"ok": False, "error": str(exc)}, status=400)
+        return web.json_response(self.status())
+
+    async def _handle_task(self, request: web.Request) -> web.Response:
+        found = self.outcomes.get(request.match_info["task"].lower())
+        if found is None:
+            return web.json_response({"ok": False, "error": "unknown task"}, status=404)
+        return web.json_response({"ok": True, **found.__dict__})

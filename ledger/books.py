@@ -1,0 +1,395 @@
+"""Accounts and two-phase transfers: the money half of the books.
+
+Accounts keep TigerBeetle-style running totals (debits/credits, pending/posted) updated in the same
+transaction as the append-only transfer rows that move them; CHECK constraints refuse a user balance
+below zero. Operator accounts (see `ledger.schema.OPERATOR_ACCOUNTS`) are where credit comes from
+(`operator:grants`, `operator:deposits`, `operator:refund_expense`) and where it goes
+(`operator:iexec_spend`, `operator:fees`); a user's account is `user:<telegram id>`, created on first use.
+
+Balances of a user: posted = credits_posted - debits_posted; pending = debits_pending (open
+reservations); available = posted - pending.
+
+This module must never update or delete a transfer, never use floats, and never write outside
+`Store.transaction()`.
+"""
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, replace
+
+from ledger.amounts import MAX_AMOUNT, check_amount, check_fee, format_rlc
+from ledger.db import Store
+from ledger.errors import (AlreadyResolved, BalanceOverflow, ExceedsReservation, InsufficientFunds,
+                           InvalidArgument, TransferConflict, UnknownTransfer)
+
+GRANTS = "operator:grants"
+DEPOSITS = "operator:deposits"
+IEXEC_SPEND = "operator:iexec_spend"
+FEES = "operator:fees"
+REFUND_EXPENSE = "operator:refund_expense"
+
+_ID_MAX = 200
+_TEXT_MAX = 2000
+
+
+@dataclass(frozen=True)
+class Balance:
+    """A user's balance in nRLC: posted, pending (reserved) and available (posted - pending)."""
+
+    posted: int
+    pending: int
+    available: int
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account's running totals in nRLC."""
+
+    name: str
+    user_id: int | None
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+
+    @property
+    def balance(self) -> Balance:
+        """Credit-normal balance (what a user account holds)."""
+        posted = self.credits_posted - self.debits_posted
+        return Balance(posted, self.debits_pending, posted - self.debits_pending)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One transfer as the caller sees it; a post with a fee is one transfer with two legs."""
+
+    id: str
+    kind: str          # grant, deposit, reserve, post, void, refund_expense
+    debit: str         # account name
+    credit: str        # account name (for a post with a fee, the main leg's credit)
+    amount: int        # nRLC; for a void, the amount that was reserved
+    fee: int = 0       # nRLC posted to operator:fees by the same post
+    pending_id: str | None = None
+    job: str = ""
+    memo: str = ""
+    created_at: int = 0  # unix ms; not part of idempotency comparisons
+    seq: int = 0
+
+    def same_fields(self, other: Transfer) -> bool:
+        """True when both describe the same request (ignores created_at and seq)."""
+        return replace(self, created_at=0, seq=0) == replace(other, created_at=0, seq=0)
+
+
+def check_id(value: object, name: str = "id") -> str:
+    """Return a transfer/job id if it is a non-empty printable str of at most 200 chars."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a str, got {type(value).__name__}")
+    if not value or len(value) > _ID_MAX or not value.isprintable():
+        raise InvalidArgument(f"{name} must be 1..{_ID_MAX} printable characters, got {value!r:.60}")
+    return value
+
+
+def check_user(value: object) -> int:
+    """Return a Telegram user id if it is a positive int (bool refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"user must be an int Telegram user id, got {type(value).__name__}")
+    if not 0 < value <= MAX_AMOUNT:
+        raise InvalidArgument(f"user must be a positive Telegram user id, got {value}")
+    return value
+
+
+def check_text(value: object, name: str) -> str:
+    """Return a memo/job reference if it is a str of at most 2000 chars."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a str, got {type(value).__name__}")
+    if len(value) > _TEXT_MAX:
+        raise InvalidArgument(f"{name} is longer than {_TEXT_MAX} characters")
+    return value
+
+
+def user_account(user: int) -> str:
+    """The account name of a Telegram user."""
+    return f"user:{user}"
+
+
+_TRANSFER_SQL = """
+SELECT t.seq, t.id, t.leg, t.kind, d.name, c.name, t.amount, t.pending_id, t.job, t.memo, t.created_at
+FROM transfers t JOIN accounts d ON d.id = t.debit_account JOIN accounts c ON c.id = t.credit_account
+"""
+
+
+def _from_legs(rows: list[sqlite3.Row]) -> Transfer | None:
+    if not rows:
+        return None
+    main = rows[0]
+    fee = rows[1][6] if len(rows) > 1 else 0
+    return Transfer(id=main[1], kind=main[3], debit=main[4], credit=main[5], amount=main[6], fee=fee,
+                    pending_id=main[7], job=main[8], memo=main[9], created_at=main[10], seq=main[0])
+
+
+class Books(Store):
+    """Accounts, transfers, balances and the audit. See the module docstring for the model."""
+
+    _ids: dict[str, int]
+
+    # ----- accounts -------------------------------------------------------------------------
+    def _forget(self) -> None:
+        self.__dict__.pop("_ids", None)
+
+    def _account_id(self, conn: sqlite3.Connection, name: str, user: int | None = None) -> int:
+        """Id of account `name`, creating a user account on first use."""
+        cache = self.__dict__.setdefault("_ids", {})
+        if name in cache:
+            return cache[name]
+        row = conn.execute("SELECT id FROM accounts WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            if user is None:
+                raise InvalidArgument(f"no account named {name!r}")
+            row = conn.execute(
+                "INSERT INTO accounts (name, user_id, no_overdraft, created_at) VALUES (?, ?, 1, ?) "
+                "RETURNING id", (name, user, self._now_ms())).fetchone()
+        cache[name] = row[0]
+        return row[0]
+
+    def _bump(self, conn: sqlite3.Connection, account: int, **deltas: int) -> None:
+        sets = ", ".join(f"{column} = {column} + :{column}" for column in deltas)
+        try:
+            conn.execute(f"UPDATE accounts SET {sets} WHERE id = :id", {**deltas, "id": account})
+        except sqlite3.IntegrityError as exc:
+            if "REAL" in str(exc):
+                raise BalanceOverflow("an account total would pass 2**63-1 nRLC; nothing written") from None
+            if "no_overdraft" in str(exc):
+                raise InsufficientFunds("the user's balance would go below zero; nothing written") from None
+            raise
+
+    def account(self, name: str) -> Account | None:
+        """The running totals of account `name` (None if it does not exist yet)."""
+        rows = self._read("SELECT name, user_id, debits_pending, debits_posted, credits_pending, "
+                          "credits_posted FROM accounts WHERE name = ?", (name,))
+        return Account(*rows[0]) if rows else None
+
+    def accounts(self) -> list[Account]:
+        """Every account, operators first, then users by id."""
+        rows = self._read("SELECT name, user_id, debits_pending, debits_posted, credits_pending, "
+                          "credits_posted FROM accounts ORDER BY user_id IS NOT NULL, user_id, id")
+        return [Account(*row) for row in rows]
+
+    def balance(self, user: int) -> Balance:
+        """The user's posted, pending and available balance in nRLC (zeros for an unknown user)."""
+        account = self.account(user_account(check_user(user)))
+        return account.balance if account else Balance(0, 0, 0)
+
+    # ----- transfers ------------------------------------------------------------------------
+    def get_transfer(self, transfer_id: str) -> Transfer | None:
+        """The transfer with this id, or None."""
+        with self._lock:
+            return self._get(self._conn, check_id(transfer_id))
+
+    def _get(self, conn: sqlite3.Connection, transfer_id: str) -> Transfer | None:
+        rows = conn.execute(_TRANSFER_SQL + " WHERE t.id = ? ORDER BY t.leg", (transfer_id,)).fetchall()
+        return _from_legs(rows)
+
+    def _replay(self, conn: sqlite3.Connection, wanted: Transfer) -> Transfer | None:
+        """The stored transfer if `wanted.id` exists with the same fields; TransferConflict if not."""
+        existing = self._get(conn, wanted.id)
+        if existing is None:
+            return None
+        if not existing.same_fields(wanted):
+            raise TransferConflict(
+                f"transfer id {wanted.id!r} already used by a {existing.kind} of "
+                f"{existing.amount} nRLC {existing.debit} -> {existing.credit}; choose a new id")
+        return existing
+
+    def _insert(self, conn: sqlite3.Connection, t: Transfer, leg: int, phase: str, debit: int,
+                credit: int, amount: int, now: int) -> int:
+        row = conn.execute(
+            "INSERT INTO transfers (id, leg, kind, phase, debit_account, credit_account, amount, "
+            "pending_id, job, memo, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            (t.id, leg, t.kind, phase, debit, credit, amount, t.pending_id, t.job, t.memo, now)).fetchone()
+        return row[0]
+
+    def _posted(self, wanted: Transfer, user: int, event: tuple[str, str] | None) -> Transfer | None:
+        """Write a single-leg posted transfer from an operator account to `user`."""
+        with self.transaction() as conn:
+            existing = self._replay(conn, wanted)
+            if existing is not None:
+                return existing
+            if event is not None and not self.record_event(event[0], event[1],  # type: ignore[attr-defined]
+                                                           {"transfer": wanted.id}):
+                return None
+            debit = self._account_id(conn, wanted.debit)
+            credit = self._account_id(conn, wanted.credit, user)
+            now = self._now_ms()
+            self._bump(conn, debit, debits_posted=wanted.amount)
+            self._bump(conn, credit, credits_posted=wanted.amount)
+            seq = self._insert(conn, wanted, 0, "posted", debit, credit, wanted.amount, now)
+            return replace(wanted, created_at=now, seq=seq)
+
+    def grant(self, id: str, user: int, amount: int, memo: str = "", *,
+              event: tuple[str, str] | None = None) -> Transfer | None:
+        """Credit `user` with `amount` nRLC from operator:grants (posted at once).
+
+        With `event=(kind, natural_id)` the event is recorded in the same transaction and the grant is
+        skipped (returns None) if that event was seen before under another transfer id.
+        Raises InvalidAmount, InvalidArgument, TransferConflict, BalanceOverflow.
+        """
+        wanted = Transfer(check_id(id), "grant", GRANTS, user_account(check_user(user)),
+                          check_amount(amount), memo=check_text(memo, "memo"))
+        return self._posted(wanted, user, event)
+
+    def deposit(self, id: str, user: int, amount: int, tx_hash: str, memo: str = "") -> Transfer | None:
+        """Credit `user` from operator:deposits for on-chain deposit `tx_hash` (recorded once).
+
+        Returns None when that tx hash was already credited under another transfer id.
+        """
+        wanted = Transfer(check_id(id), "deposit", DEPOSITS, user_account(check_user(user)),
+                          check_amount(amount), job=check_id(tx_hash, "tx_hash"), memo=check_text(memo, "memo"))
+        return self._posted(wanted, user, ("deposit", tx_hash))
+
+    def refund_expense(self, id: str, user: int, amount: int, job: str, memo: str = "") -> Transfer:
+        """Credit `user` from operator:refund_expense: the operator refunds a task that was paid on
+        chain but failed in the app. Raises like grant()."""
+        wanted = Transfer(check_id(id), "refund_expense", REFUND_EXPENSE, user_account(check_user(user)),
+                          check_amount(amount), job=check_text(job, "job"), memo=check_text(memo, "memo"))
+        result = self._posted(wanted, user, None)
+        assert result is not None
+        return result
+
+    def reserve(self, id: str, user: int, amount: int, job: str) -> Transfer:
+        """Reserve `amount` nRLC of `user` towards operator:iexec_spend (a pending transfer).
+
+        `job` is any reference string. Raises InsufficientFunds when amount > available,
+        InvalidAmount, InvalidArgument, TransferConflict.
+        """
+        wanted = Transfer(check_id(id), "reserve", user_account(check_user(user)), IEXEC_SPEND,
+                          check_amount(amount), job=check_text(job, "job"))
+        with self.transaction() as conn:
+            return self._reserve(conn, wanted, user)
+
+    def _reserve(self, conn: sqlite3.Connection, wanted: Transfer, user: int) -> Transfer:
+        existing = self._replay(conn, wanted)
+        if existing is not None:
+            return existing
+        debit = self._account_id(conn, wanted.debit, user)
+        credit = self._account_id(conn, IEXEC_SPEND)
+        row = conn.execute("SELECT credits_posted - debits_posted - debits_pending FROM accounts "
+                           "WHERE id = ?", (debit,)).fetchone()
+        if wanted.amount > row[0]:
+            raise InsufficientFunds(
+                f"user {user} has {format_rlc(row[0])} available, {format_rlc(wanted.amount)} needed")
+        now = self._now_ms()
+        self._bump(conn, debit, debits_pending=wanted.amount)
+        self._bump(conn, credit, credits_pending=wanted.amount)
+        seq = self._insert(conn, wanted, 0, "pending", debit, credit, wanted.amount, now)
+        return replace(wanted, created_at=now, seq=seq)
+
+    def _reservation(self, conn: sqlite3.Connection, pending_id: str) -> Transfer:
+        reservation = self._get(conn, pending_id)
+        if reservation is None or reservation.kind != "reserve":
+            raise UnknownTransfer(f"no reservation with id {pending_id!r}")
+        return reservation
+
+    def _check_open(self, conn: sqlite3.Connection, pending_id: str) -> None:
+        row = conn.execute("SELECT id, kind FROM transfers WHERE pending_id = ? AND leg = 0",
+                           (pending_id,)).fetchone()
+        if row is not None:
+            done = "posted" if row[1] == "post" else "voided"
+            raise AlreadyResolved(f"reservation {pending_id!r} was already {done} by transfer {row[0]!r}")
+
+    def post(self, id: str, pending_id: str, amount: int | None = None, *, fee: int = 0,
+             memo: str = "") -> Transfer:
+        """Post reservation `pending_id`: `amount` to operator:iexec_spend and `fee` to operator:fees,
+        both legs in one transaction; the rest of the reservation returns to the user.
+
+        `amount=None` posts the whole reservation minus `fee`. Raises UnknownTransfer,
+        AlreadyResolved, ExceedsReservation (amount + fee > reserved), InvalidAmount, TransferConflict.
+        """
+        check_id(id)
+        check_id(pending_id, "pending_id")
+        if amount is not None:
+            check_amount(amount)
+        check_fee(fee)
+        check_text(memo, "memo")
+        with self.transaction() as conn:
+            return self._post(conn, id, pending_id, amount, fee, memo)
+
+    def _post(self, conn: sqlite3.Connection, id: str, pending_id: str, amount: int | None,
+              fee: int, memo: str) -> Transfer:
+        res = self._reservation(conn, pending_id)
+        to_post = res.amount - fee if amount is None else amount
+        wanted = Transfer(id, "post", res.debit, res.credit, to_post, fee, pending_id, res.job, memo)
+        existing = self._replay(conn, wanted)
+        if existing is not None:
+            return existing
+        self._check_open(conn, pending_id)
+        if to_post <= 0 or to_post + fee > res.amount:
+            raise ExceedsReservation(
+                f"cannot post {format_rlc(max(to_post, 0))} + fee {format_rlc(fee)} from reservation "
+                f"{pending_id!r} of {format_rlc(res.amount)}")
+        debit = self._account_id(conn, res.debit)
+        credit = self._account_id(conn, res.credit)
+        now = self._now_ms()
+        self._bump(conn, debit, debits_pending=-res.amount, debits_posted=to_post + fee)
+        self._bump(conn, credit, credits_pending=-res.amount, credits_posted=to_post)
+        seq = self._insert(conn, wanted, 0, "posted", debit, credit, to_post, now)
+        if fee:
+            fees = self._account_id(conn, FEES)
+            self._bump(conn, fees, credits_posted=fee)
+            self._insert(conn, wanted, 1, "posted", debit, fees, fee, now)
+        return replace(wanted, created_at=now, seq=seq)
+
+    def void(self, id: str, pending_id: str, memo: str = "") -> Transfer:
+        """Void reservation `pending_id`: the whole reserved amount returns to the user.
+
+        Raises UnknownTransfer, AlreadyResolved, TransferConflict, InvalidArgument.
+        """
+        check_id(id)
+        check_id(pending_id, "pending_id")
+        check_text(memo, "memo")
+        with self.transaction() as conn:
+            return self._void(conn, id, pending_id, memo)
+
+    def _void(self, conn: sqlite3.Connection, id: str, pending_id: str, memo: str) -> Transfer:
+        res = self._reservation(conn, pending_id)
+        wanted = Transfer(id, "void", res.debit, res.credit, res.amount, 0, pending_id, res.job, memo)
+        existing = self._replay(conn, wanted)
+        if existing is not None:
+            return existing
+        self._check_open(conn, pending_id)
+        debit = self._account_id(conn, res.debit)
+        credit = self._account_id(conn, res.credit)
+        now = self._now_ms()
+        self._bump(conn, debit, debits_pending=-res.amount)
+        self._bump(conn, credit, credits_pending=-res.amount)
+        seq = self._insert(conn, wanted, 0, "void", debit, credit, res.amount, now)
+        return replace(wanted, created_at=now, seq=seq)
+
+    def reservation_state(self, pending_id: str) -> str | None:
+        """'open', 'posted' or 'voided' for a reservation id; None if there is no such reservation."""
+        with self.snapshot() as conn:
+            res = self._get(conn, check_id(pending_id, "pending_id"))
+            if res is None or res.kind != "reserve":
+                return None
+            row = conn.execute("SELECT kind FROM transfers WHERE pending_id = ? AND leg = 0",
+                               (pending_id,)).fetchone()
+        return "open" if row is None else ("posted" if row[0] == "post" else "voided")
+
+    def history(self, user: int | None = None, limit: int = 50, before_seq: int | None = None
+                ) -> list[Transfer]:
+        """Transfers touching `user` (all if None), newest first; fee legs folded into their post."""
+        where, params = [], []
+        if user is not None:
+            where.append("(t.debit_account = a.id OR t.credit_account = a.id)")
+        if before_seq is not None:
+            where.append("t.seq < ?")
+            params.append(before_seq)
+        join = ""
+        if user is not None:
+            join = " JOIN accounts a ON a.name = ?"
+            params.insert(0, user_account(check_user(user)))
+        sql = (_TRANSFER_SQL + join + " WHERE t.leg = 0" + "".join(f" AND {w}" for w in where)
+               + " ORDER BY t.seq DESC LIMIT ?")
+        with self.snapshot() as conn:
+            mains = conn.execute(sql, (*params, limit)).fetchall()
+            return [_from_legs(conn.execute(_TRANSFER_SQL + " WHERE t.id = ? ORDER BY t.leg",
+                                            (row[1],)).fetchall()) for row in mains]  # type: ignore[misc]

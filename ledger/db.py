@@ -1,0 +1,232 @@
+"""SQLite plumbing for the books: opening, pragmas, write transactions and migrations.
+
+Every write runs inside `BEGIN IMMEDIATE ... COMMIT` (the connection is in autocommit mode,
+isolation_level=None, and this module manages transactions itself). A busy database is retried
+internally with a bound, so "database is locked" never reaches a caller: it becomes LedgerBusy after
+`busy_limit_s`. This module must never hold a transaction open across a caller's await or sleep.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ledger.errors import LedgerBusy, LedgerError, SchemaError
+from ledger.schema import MIGRATIONS, SCHEMA_VERSION
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_BUSY_WORDS = ("database is locked", "database is busy", "database table is locked")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return any(word in str(exc) for word in _BUSY_WORDS)
+
+
+def _check_is_sqlite(path: Path) -> None:
+    """Refuse a file that exists, is not empty and does not start with SQLite's magic header."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SchemaError(f"cannot read ledger file {path}: {exc.strerror}") from None
+    if head and head != _SQLITE_MAGIC:
+        raise SchemaError(f"{path} is not a SQLite database; refusing to use it as the books")
+
+
+def _split_script(script: str) -> list[str]:
+    """Split a DDL script into complete statements (triggers keep their inner semicolons)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
+
+
+class Store:
+    """One connection to the books file, with write transactions and busy handling.
+
+    Thread-safe: one re-entrant lock serialises use of the connection inside a process; several
+    processes coordinate through SQLite's own locks.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_limit_s: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._busy_limit_s = busy_limit_s
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._reading = False
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _check_is_sqlite(self.path)
+        try:
+            self._conn = sqlite3.connect(str(self.path), isolation_level=None,
+                                         check_same_thread=False,
+                                         timeout=min(5.0, busy_limit_s / 2))
+            self._conn.row_factory = sqlite3.Row
+            self._configure()
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                raise LedgerBusy(f"{self.path} stayed locked while opening") from None
+            raise SchemaError(f"{self.path} is not usable as the books: {exc}") from None
+
+    def _configure(self) -> None:
+        conn = self._conn
+        # SQLite's own wait first, then our bounded retry loop (which turns the rest into LedgerBusy).
+        conn.execute(f"PRAGMA busy_timeout = {int(min(5.0, self._busy_limit_s / 2) * 1000)}")
+        self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+
+    def close(self) -> None:
+        """Close the connection (safe to call twice)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _retry_busy(self, action: Callable[[], object]) -> object:
+        """Run `action`, retrying SQLITE_BUSY with jittered backoff until busy_limit_s."""
+        deadline = time.monotonic() + self._busy_limit_s
+        delay = 0.002
+        while True:
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise LedgerBusy(
+                        f"the books at {self.path} stayed locked by other writers for "
+                        f"{self._busy_limit_s:g}s; try again") from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.1)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (`BEGIN IMMEDIATE`); nested uses join the outer one.
+
+        Everything done inside commits together or not at all: e.g. `record_event` then `grant`.
+        Raises LedgerBusy if the write lock cannot be had within the bound.
+        """
+        with self._lock:
+            if self._depth and self._reading:
+                raise LedgerError("cannot write inside a read snapshot")
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._conn
+                finally:
+                    self._depth -= 1
+                return
+            self._retry_busy(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+            self._depth = 1
+            try:
+                yield self._conn
+            except BaseException:
+                self._depth = 0
+                self._rollback()
+                raise
+            self._depth = 0
+            try:
+                self._retry_busy(lambda: self._conn.execute("COMMIT"))
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        """Roll back and forget what was cached from the rolled-back transaction."""
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop caches that may hold rows written by a rolled-back transaction (subclasses extend)."""
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees one consistent state of the file."""
+        with self._lock:
+            if self._depth:
+                yield self._conn
+                return
+            self._retry_busy(lambda: self._conn.execute("BEGIN DEFERRED"))
+            self._depth, self._reading = 1, True
+            try:
+                yield self._conn
+            finally:
+                self._depth, self._reading = 0, False
+                if self._conn.in_transaction:
+                    self._conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        """Run a read-only query (one consistent snapshot), retrying busy."""
+        with self._lock:
+            def run() -> list[sqlite3.Row]:
+                cursor = self._conn.execute(sql, params)
+                return cursor.fetchall()
+            return self._retry_busy(run)  # type: ignore[return-value]
+
+    def schema_version(self) -> int:
+        """The version of the schema in the file (0 for a new file)."""
+        with self._lock:
+            return self._version(self._conn)
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
+        if not exists:
+            return 0
+        row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def _refuse_newer(self, current: int) -> None:
+        if current > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.path} has schema version {current}, newer than this code's "
+                f"{SCHEMA_VERSION}; upgrade the software instead of opening it")
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION inside one write transaction; refuse newer files."""
+        current = self._retry_busy(lambda: self._version(self._conn))
+        if current == SCHEMA_VERSION:
+            return  # the usual case: no write lock needed to open the books
+        self._refuse_newer(current)
+        with self.transaction() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                         "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
+            current = self._version(conn)
+            self._refuse_newer(current)
+            for version, name, script, after in MIGRATIONS:
+                if version <= current:
+                    continue
+                for statement in _split_script(script):
+                    conn.execute(statement)
+                for sql, params in after(self._now_ms()):  # type: ignore[operator]
+                    conn.execute(sql, params)
+                conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                             (version, name, self._now_ms()))

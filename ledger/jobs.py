@@ -1,0 +1,347 @@
+"""The jobs table and its state machine, with money and state changed in the same transaction.
+
+Graph (anything else raises IllegalTransition):
+
+    RECEIVED -> ORDER_SIGNED -> MATCHING -> MATCHED -> RUNNING -> COMPLETED -> DELIVERED
+    RECEIVED / ORDER_SIGNED / MATCHING          -> CANCELLED (void)   or REFUNDED (void)
+    MATCHED / RUNNING                           -> REFUNDED (void; or refund_expense if already posted)
+    MATCHED                                     -> COMPLETED (the finalize event came first)
+    COMPLETED                                   -> REFUNDED (operator pays back via refund_expense)
+    any non-terminal state                      -> NEEDS_ADMIN (quarantine: money stays reserved)
+    NEEDS_ADMIN -> any state but itself         (an admin's decision; never done automatically)
+
+DELIVERED, REFUNDED and CANCELLED are terminal. COMPLETED, REFUNDED and CANCELLED move money, so only
+`complete_job`, `refund_job` and `cancel_job` reach them (post / void / refund in the same transaction);
+`transition()` refuses them. `create_job` writes the job row and reserves its price in one
+transaction. Repeating a transition already made returns quietly.
+
+This module must never post or void outside the transaction that changes the job's state.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from ledger.books import IEXEC_SPEND, Books, Transfer, check_id, check_text, check_user, user_account
+from ledger.amounts import check_amount
+from ledger.errors import IllegalTransition, InvalidArgument, JobConflict, UnknownJob
+
+
+class JobState(str, Enum):
+    """A job's state; see the module docstring for the graph."""
+
+    RECEIVED = "RECEIVED"
+    ORDER_SIGNED = "ORDER_SIGNED"
+    MATCHING = "MATCHING"
+    MATCHED = "MATCHED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    DELIVERED = "DELIVERED"
+    REFUNDED = "REFUNDED"
+    CANCELLED = "CANCELLED"
+    NEEDS_ADMIN = "NEEDS_ADMIN"
+
+    def is_terminal(self) -> bool:
+        """True for DELIVERED, REFUNDED and CANCELLED (NEEDS_ADMIN is not terminal)."""
+        return self in _TERMINAL
+
+    def is_resumable(self) -> bool:
+        """True for states the pipeline resumes by itself after a restart."""
+        return not self.is_terminal() and self is not JobState.NEEDS_ADMIN
+
+
+S = JobState
+_TERMINAL = frozenset({S.DELIVERED, S.REFUNDED, S.CANCELLED})
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    S.RECEIVED: frozenset({S.ORDER_SIGNED, S.CANCELLED, S.REFUNDED, S.NEEDS_ADMIN}),
+    S.ORDER_SIGNED: frozenset({S.MATCHING, S.CANCELLED, S.REFUNDED, S.NEEDS_ADMIN}),
+    S.MATCHING: frozenset({S.MATCHED, S.CANCELLED, S.REFUNDED, S.NEEDS_ADMIN}),
+    S.MATCHED: frozenset({S.RUNNING, S.COMPLETED, S.REFUNDED, S.NEEDS_ADMIN}),
+    S.RUNNING: frozenset({S.COMPLETED, S.REFUNDED, S.NEEDS_ADMIN}),
+    S.COMPLETED: frozenset({S.DELIVERED, S.REFUNDED, S.NEEDS_ADMIN}),
+    S.NEEDS_ADMIN: frozenset(set(JobState) - {S.NEEDS_ADMIN}),
+    S.DELIVERED: frozenset(), S.REFUNDED: frozenset(), S.CANCELLED: frozenset(),
+}
+MONEY_STATES = frozenset({S.COMPLETED, S.REFUNDED, S.CANCELLED})
+
+# Fields a caller may set; the write-once ones may be set again only to the same value.
+_FIELDS = ("user_message_id", "status_message_id", "input_ref", "options", "request_order", "order_hash",
+           "deal_id", "task_id", "app_price", "workerpool_price", "result_ref", "error", "attempts")
+_WRITE_ONCE = frozenset({"request_order", "order_hash", "deal_id", "task_id"})
+_JSON_FIELDS = frozenset({"options", "request_order"})
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the jobs table. Prices in nRLC; timestamps in unix ms."""
+
+    id: str
+    user_id: int
+    chat_id: int
+    user_message_id: int | None
+    status_message_id: int | None
+    input_ref: str | None
+    options: dict[str, Any]
+    reservation: str
+    max_price: int
+    request_order: dict[str, Any] | None
+    order_hash: str | None
+    deal_id: str | None
+    task_id: str | None
+    app_price: int | None
+    workerpool_price: int | None
+    result_ref: str | None
+    error: str | None
+    attempts: int
+    state: JobState
+    created_at: int
+    updated_at: int
+    state_times: dict[str, int]
+
+
+def _job(row: sqlite3.Row) -> Job:
+    data = dict(row)
+    data["options"] = json.loads(data["options"])
+    data["request_order"] = json.loads(data["request_order"]) if data["request_order"] else None
+    data["state_times"] = json.loads(data["state_times"])
+    data["state"] = JobState(data["state"])
+    return Job(**data)
+
+
+def _states(value: JobState | str | Iterable[JobState | str] | None) -> frozenset[JobState]:
+    if value is None:
+        return frozenset(JobState)
+    items = [value] if isinstance(value, str) else list(value)
+    try:
+        return frozenset(JobState(item) for item in items)
+    except ValueError:
+        raise InvalidArgument(f"unknown job state in {items!r}") from None
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(fields) - set(_FIELDS)
+    if unknown:
+        raise InvalidArgument(f"jobs have no settable field {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name in _JSON_FIELDS and value is not None:
+            value = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        elif isinstance(value, bool):
+            raise InvalidArgument(f"{name} must not be a bool")
+        elif name == "attempts" and not (isinstance(value, int) and value >= 0):
+            raise InvalidArgument("attempts must be a non-negative int")
+        out[name] = value
+    return out
+
+
+class Jobs(Books):
+    """The jobs API on the books' connection (mixed into Ledger)."""
+
+    def _load(self, conn: sqlite3.Connection, job_id: str) -> Job:
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (check_id(job_id, "job_id"),)).fetchone()
+        if row is None:
+            raise UnknownJob(f"no job with id {job_id!r}")
+        return _job(row)
+
+    def get_job(self, job_id: str) -> Job | None:
+        """The job with this id, or None."""
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (check_id(job_id, "job_id"),))
+        return _job(rows[0]) if rows else None
+
+    def create_job(self, job_id: str, user: int, chat: int, amount: int, *, reservation_id: str | None = None,
+                   user_message_id: int | None = None, status_message_id: int | None = None,
+                   input_ref: str | None = None, options: dict[str, Any] | None = None) -> Job:
+        """Create job `job_id` (RECEIVED) and reserve `amount` nRLC of `user` in ONE transaction.
+
+        The reservation id defaults to "<job_id>:reserve". Idempotent on job_id: a retry with the same
+        user, chat, amount, input and options returns the stored job; other fields raise JobConflict.
+        Raises InsufficientFunds (nothing written), InvalidAmount, InvalidArgument.
+        """
+        check_id(job_id, "job_id")
+        check_user(user)
+        if isinstance(chat, bool) or not isinstance(chat, int):
+            raise InvalidArgument("chat must be an int Telegram chat id")
+        check_amount(amount)
+        reservation = check_id(reservation_id or f"{job_id}:reserve", "reservation_id")
+        if input_ref is not None:
+            check_text(input_ref, "input_ref")
+        fields = _encode({"user_message_id": user_message_id, "status_message_id": status_message_id,
+                          "input_ref": input_ref, "options": options or {}})
+        with self.transaction() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is not None:
+                job = _job(row)
+                if (job.user_id, job.chat_id, job.max_price, job.reservation, job.input_ref,
+                        job.options) != (user, chat, amount, reservation, input_ref, options or {}):
+                    raise JobConflict(f"job {job_id!r} exists with other fields")
+                return job
+            wanted = Transfer(reservation, "reserve", user_account(user), IEXEC_SPEND, amount, job=job_id)
+            self._reserve(conn, wanted, user)
+            now = self._now_ms()
+            conn.execute(
+                "INSERT INTO jobs (id, user_id, chat_id, reservation, max_price, state, created_at, "
+                "updated_at, state_times, user_message_id, status_message_id, input_ref, options) "
+                "VALUES (?, ?, ?, ?, ?, 'RECEIVED', ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, user, chat, reservation, amount, now, now, json.dumps({"RECEIVED": now}),
+                 fields["user_message_id"], fields["status_message_id"], fields["input_ref"],
+                 fields["options"]))
+            return self._load(conn, job_id)
+
+    def _set(self, conn: sqlite3.Connection, job: Job, state: JobState | None, fields: dict[str, Any]) -> Job:
+        encoded = _encode(fields)
+        for name in _WRITE_ONCE & set(encoded):
+            current = getattr(job, name)
+            if name in _JSON_FIELDS and current is not None:
+                current = json.dumps(current, sort_keys=True, separators=(",", ":"))
+            if current is not None and current != encoded[name]:
+                raise JobConflict(f"job {job.id}: {name} is already set to another value")
+        now = self._now_ms()
+        encoded["updated_at"] = now
+        if state is not None:
+            encoded["state"] = state.value
+            encoded["state_times"] = json.dumps({**job.state_times, state.value: now})
+        sets = ", ".join(f"{name} = :{name}" for name in encoded)
+        conn.execute(f"UPDATE jobs SET {sets} WHERE id = :_id", {**encoded, "_id": job.id})
+        return self._load(conn, job.id)
+
+    def _check_move(self, job: Job, from_states: frozenset[JobState], to: JobState) -> None:
+        if job.state not in from_states:
+            raise IllegalTransition(
+                f"job {job.id} is {job.state.value}, not {' or '.join(sorted(s.value for s in from_states))}")
+        if to not in ALLOWED[job.state]:
+            raise IllegalTransition(f"job {job.id}: {job.state.value} -> {to.value} is not allowed")
+
+    def transition(self, job_id: str, from_states: JobState | str | Iterable[JobState | str],
+                   to_state: JobState | str, **fields: Any) -> Job:
+        """Move a job from one of `from_states` to `to_state` and set `fields`, in one transaction.
+
+        Returns quietly (changing nothing) if the job is already in `to_state`. Raises UnknownJob,
+        IllegalTransition (wrong source state, a move not in the graph, or a money state: use
+        complete_job / refund_job / cancel_job), JobConflict (a write-once field changed).
+        """
+        to = next(iter(_states(to_state)))
+        froms = _states(from_states)
+        if to in MONEY_STATES:
+            raise IllegalTransition(f"{to.value} moves money: use complete_job, refund_job or cancel_job")
+        with self.transaction() as conn:
+            job = self._load(conn, job_id)
+            if job.state is to:
+                return job
+            self._check_move(job, froms, to)
+            return self._set(conn, job, to, fields)
+
+    def update_job(self, job_id: str, **fields: Any) -> Job:
+        """Set fields of a job without changing its state. Raises UnknownJob, JobConflict."""
+        with self.transaction() as conn:
+            return self._set(conn, self._load(conn, job_id), None, fields)
+
+    def complete_job(self, job_id: str, post_id: str, amount: int | None = None, *, fee: int = 0,
+                     from_states: Iterable[JobState | str] | None = None, **fields: Any) -> Job:
+        """COMPLETED + post the job's reservation (`amount` to iExec spend, `fee` to fees) atomically.
+
+        Idempotent: a job already COMPLETED (or DELIVERED) is returned unchanged.
+        """
+        froms = _states(from_states)
+        with self.transaction() as conn:
+            job = self._load(conn, job_id)
+            if job.state in (S.COMPLETED, S.DELIVERED):
+                return job
+            self._check_move(job, froms, S.COMPLETED)
+            if amount is not None:
+                check_amount(amount)
+            self._post(conn, check_id(post_id), job.reservation, amount, fee, f"job {job.id} completed")
+            return self._set(conn, job, S.COMPLETED, fields)
+
+    def refund_job(self, job_id: str, refund_id: str, *, error: str,
+                   from_states: Iterable[JobState | str] | None = None, **fields: Any) -> Job:
+        """REFUNDED + give the user their money back, atomically, and record `error` (told to the user).
+
+        An open reservation is voided; one already posted (the task was paid on chain but failed in
+        the app) is paid back from operator:refund_expense; one already voided moves nothing.
+        Idempotent: a job already REFUNDED is returned unchanged.
+        """
+        check_id(refund_id, "refund_id")
+        check_text(error, "error")
+        froms = _states(from_states)
+        with self.transaction() as conn:
+            job = self._load(conn, job_id)
+            if job.state is S.REFUNDED:
+                return job
+            self._check_move(job, froms, S.REFUNDED)
+            self._give_back(conn, job, refund_id)
+            return self._set(conn, job, S.REFUNDED, {**fields, "error": error})
+
+    def cancel_job(self, job_id: str, void_id: str, *, error: str = "cancelled by the user",
+                   from_states: Iterable[JobState | str] | None = None) -> Job:
+        """CANCELLED + void the reservation, atomically (only before matching)."""
+        check_id(void_id, "void_id")
+        froms = _states(from_states)
+        with self.transaction() as conn:
+            job = self._load(conn, job_id)
+            if job.state is S.CANCELLED:
+                return job
+            self._check_move(job, froms, S.CANCELLED)
+            self._give_back(conn, job, void_id)
+            return self._set(conn, job, S.CANCELLED, {"error": error})
+
+    def _give_back(self, conn: sqlite3.Connection, job: Job, transfer_id: str) -> None:
+        row = conn.execute("SELECT kind, id FROM transfers WHERE pending_id = ? AND leg = 0",
+                           (job.reservation,)).fetchone()
+        if row is None:
+            self._void(conn, transfer_id, job.reservation, f"job {job.id} refunded")
+        elif row[0] == "post":
+            posted = self._get(conn, row[1])
+            assert posted is not None
+            self.refund_expense(transfer_id, job.user_id, posted.amount + posted.fee, job.id,
+                                f"job {job.id} refunded after payment")
+
+    def jobs_in_states(self, *states: JobState | str, limit: int = 1000) -> list[Job]:
+        """Jobs in any of `states` (all states if none given), oldest first."""
+        wanted = sorted(s.value for s in _states(states or None))
+        marks = ", ".join("?" * len(wanted))
+        rows = self._read(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at, id LIMIT ?",
+                          (*wanted, limit))
+        return [_job(row) for row in rows]
+
+    def user_jobs(self, user: int, limit: int = 10) -> list[Job]:
+        """A user's most recent jobs, newest first."""
+        rows = self._read("SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+                          (check_user(user), limit))
+        return [_job(row) for row in rows]
+
+    def job_by(self, *, task_id: str | None = None, order_hash: str | None = None,
+               deal_id: str | None = None) -> Job | None:
+        """The job with this task id, order hash or deal id (exactly one of them), or None."""
+        given = {k: v for k, v in {"task_id": task_id, "order_hash": order_hash, "deal_id": deal_id}.items()
+                 if v is not None}
+        if len(given) != 1:
+            raise InvalidArgument("give exactly one of task_id, order_hash, deal_id")
+        (column, value), = given.items()
+        rows = self._read(f"SELECT * FROM jobs WHERE {column} = ? LIMIT 1", (value,))
+        return _job(rows[0]) if rows else None
+
+    def jobs_in_flight(self, user: int) -> int:
+        """How many of the user's jobs are not terminal (NEEDS_ADMIN counts)."""
+        rows = self._read("SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state NOT IN "
+                          "('DELIVERED', 'REFUNDED', 'CANCELLED')", (check_user(user),))
+        return rows[0][0]
+
+    def jobs_since(self, user: int, since_ms: int) -> int:
+        """How many jobs the user created at or after `since_ms` (unix ms)."""
+        rows = self._read("SELECT COUNT(*) FROM jobs WHERE user_id = ? AND created_at >= ?",
+                          (check_user(user), since_ms))
+        return rows[0][0]
+
+    def spent_since(self, user: int, since_ms: int) -> int:
+        """nRLC the user committed since `since_ms`: posted charges (price + fee) plus open reservations."""
+        with self.snapshot() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(t.amount), 0) FROM transfers t JOIN accounts a ON a.id = t.debit_account "
+                "WHERE a.name = ? AND t.created_at >= ? AND (t.kind = 'post' OR (t.kind = 'reserve' AND "
+                "NOT EXISTS (SELECT 1 FROM transfers r WHERE r.pending_id = t.id AND r.leg = 0)))",
+                (user_account(check_user(user)), since_ms)).fetchone()
+        return row[0]

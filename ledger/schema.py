@@ -1,0 +1,133 @@
+"""The books' schema as an ordered list of migrations; version N is MIGRATIONS[N-1].
+
+Append new migrations at the end; never edit one that has shipped. This module holds SQL only and must
+never touch a connection.
+"""
+from __future__ import annotations
+
+OPERATOR_ACCOUNTS: dict[str, str] = {
+    "operator:grants": "source of credit an admin grants to users",
+    "operator:deposits": "source of credit from on-chain deposits",
+    "operator:iexec_spend": "where reservations go and posts land: RLC paid to iExec",
+    "operator:fees": "the bot's fee on each completed job (covers gas)",
+    "operator:refund_expense": "source of refunds the operator pays for tasks paid on chain but failed in the app",
+}
+
+_V1 = """
+CREATE TABLE accounts (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    user_id INTEGER UNIQUE,
+    no_overdraft INTEGER NOT NULL CHECK (no_overdraft IN (0, 1)),
+    debits_pending INTEGER NOT NULL DEFAULT 0 CHECK (debits_pending >= 0),
+    debits_posted INTEGER NOT NULL DEFAULT 0 CHECK (debits_posted >= 0),
+    credits_pending INTEGER NOT NULL DEFAULT 0 CHECK (credits_pending >= 0),
+    credits_posted INTEGER NOT NULL DEFAULT 0 CHECK (credits_posted >= 0),
+    created_at INTEGER NOT NULL,
+    CHECK (no_overdraft = 0 OR debits_posted + debits_pending <= credits_posted),
+    CHECK ((user_id IS NULL) = (no_overdraft = 0))
+) STRICT;
+
+CREATE TABLE transfers (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    leg INTEGER NOT NULL DEFAULT 0 CHECK (leg IN (0, 1)),
+    kind TEXT NOT NULL CHECK (kind IN ('grant', 'deposit', 'reserve', 'post', 'void', 'refund_expense')),
+    phase TEXT NOT NULL CHECK (phase IN ('posted', 'pending', 'void')),
+    debit_account INTEGER NOT NULL REFERENCES accounts(id),
+    credit_account INTEGER NOT NULL REFERENCES accounts(id),
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    pending_id TEXT,
+    job TEXT NOT NULL DEFAULT '',
+    memo TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    UNIQUE (id, leg),
+    CHECK (debit_account <> credit_account),
+    CHECK ((kind IN ('post', 'void')) = (pending_id IS NOT NULL)),
+    CHECK ((kind = 'reserve') = (phase = 'pending')),
+    CHECK ((kind = 'void') = (phase = 'void'))
+) STRICT;
+-- Each reservation is resolved (posted or voided) at most once.
+CREATE UNIQUE INDEX transfers_resolution ON transfers(pending_id) WHERE pending_id IS NOT NULL AND leg = 0;
+CREATE INDEX transfers_debit ON transfers(debit_account, phase, amount);
+CREATE INDEX transfers_credit ON transfers(credit_account, phase, amount);
+CREATE TRIGGER transfers_no_update BEFORE UPDATE ON transfers
+    BEGIN SELECT RAISE(ABORT, 'transfers are append-only'); END;
+CREATE TRIGGER transfers_no_delete BEFORE DELETE ON transfers
+    BEGIN SELECT RAISE(ABORT, 'transfers are append-only'); END;
+
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    chat_id INTEGER NOT NULL,
+    user_message_id INTEGER,
+    status_message_id INTEGER,
+    input_ref TEXT,
+    options TEXT NOT NULL DEFAULT '{}',
+    reservation TEXT NOT NULL,
+    max_price INTEGER NOT NULL CHECK (max_price > 0),
+    request_order TEXT,
+    order_hash TEXT UNIQUE,
+    deal_id TEXT,
+    task_id TEXT,
+    app_price INTEGER CHECK (app_price >= 0),
+    workerpool_price INTEGER CHECK (workerpool_price >= 0),
+    result_ref TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    state TEXT NOT NULL CHECK (state IN ('RECEIVED', 'ORDER_SIGNED', 'MATCHING', 'MATCHED', 'RUNNING',
+        'COMPLETED', 'DELIVERED', 'REFUNDED', 'CANCELLED', 'NEEDS_ADMIN')),
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    state_times TEXT NOT NULL DEFAULT '{}'
+) STRICT;
+CREATE INDEX jobs_state ON jobs(state);
+CREATE INDEX jobs_user ON jobs(user_id, created_at);
+CREATE INDEX jobs_task ON jobs(task_id);
+
+CREATE TABLE chain_txs (
+    tx_hash TEXT PRIMARY KEY,
+    raw_tx TEXT NOT NULL,
+    nonce INTEGER NOT NULL CHECK (nonce >= 0),
+    sender TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    job_id TEXT,
+    status TEXT NOT NULL CHECK (status IN ('persisted', 'broadcast', 'mined', 'failed', 'replaced')),
+    block_number INTEGER,
+    replaced_by TEXT,
+    error TEXT,
+    meta TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX chain_txs_sender ON chain_txs(sender, status, nonce);
+
+CREATE TABLE events (
+    kind TEXT NOT NULL,
+    natural_id TEXT NOT NULL,
+    payload TEXT NOT NULL DEFAULT 'null',
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, natural_id)
+) STRICT;
+
+CREATE TABLE kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) STRICT;
+"""
+
+
+def _v1_accounts(now_ms: int) -> list[tuple[str, tuple[object, ...]]]:
+    return [
+        ("INSERT INTO accounts (name, user_id, no_overdraft, created_at) VALUES (?, NULL, 0, ?)",
+         (name, now_ms))
+        for name in OPERATOR_ACCOUNTS
+    ]
+
+
+# (version, name, DDL script, function giving parameterised statements to run after the script)
+MIGRATIONS: list[tuple[int, str, str, object]] = [
+    (1, "books, jobs, chain txs, events, kv", _V1, _v1_accounts),
+]
+SCHEMA_VERSION = len(MIGRATIONS)

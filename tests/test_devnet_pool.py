@@ -1,0 +1,272 @@
+"""The devnet workerpool and result gateway: tasks run end to end on anvil, and each fault mode leaves the
+chain and the gateway in the state a requester of real iExec would see."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from devnet import chain as devchain
+from devnet.accounts import REQUESTER
+from devnet.faults import Fault, FaultBook, FaultError
+from devnet.gateway import GatewayError, ResultGateway, content_id
+from iexec.results import decode_results, fetch_result
+from tests.fixtures_devnet import make_pool_env, png_bytes
+
+UNSET, ACTIVE, REVEALING, COMPLETED, FAILED = range(5)
+XS_FINAL_DEADLINE_S = 10 * 300
+
+
+async def _fetch(env, tid: str, dest: Path):
+    return await fetch_result(env.task(tid)[13], [env.gateway.url], dest)
+
+
+async def _get_status(url: str) -> int:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status
+
+
+async def test_task_completes_and_result_downloads(pool_env, tmp_path):
+    deal, (tid,) = await pool_env.request(args="--max-dim 256")
+    outcome = await pool_env.pool.wait_task(tid, timeout=30)
+    assert outcome.state == "completed"
+    task = pool_env.task(tid)
+    assert task[0] == COMPLETED
+    location = decode_results(task[13])
+    assert location.location == f"/ipfs/{outcome.cid}"
+    result = await _fetch(pool_env, tid, tmp_path / "out")
+    assert result.ok, result.error_message
+    assert result.deterministic_output is not None and result.deterministic_output.name == "result.png"
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"result.png", "detections.json", "computed.json", "stdout.txt", "stderr.txt"} <= names
+    assert "1 detection" in result.stdout
+
+
+async def test_app_error_completes_with_error_archive(pool_env, tmp_path):
+    deal, _ = await pool_env.request()  # a first deal runs normally
+    pool_env.pool.set_fault("app_error")
+    deal, (tid,) = await pool_env.request()
+    outcome = await pool_env.pool.wait_task(tid, timeout=30)
+    assert outcome.state == "error_archive"
+    assert pool_env.task(tid)[0] == COMPLETED
+    result = await _fetch(pool_env, tid, tmp_path / "out")
+    assert not result.ok
+    assert "exited with code 1" in (result.error_message or "")
+    assert "failing on purpose" in result.stderr
+
+
+async def test_no_show_stays_unset_then_claimable(pool_env):
+    free_before, _ = pool_env.stake()
+    deal, (tid,) = await pool_env.request()
+    pool_env.pool.faults.set(Fault.NO_SHOW, deal)
+    # the fault is set after matching but before the pool reads the deal in most runs; make it certain:
+    outcome = await pool_env.pool.wait_task(tid, timeout=10)
+    if outcome.state != "no_show":
+        pytest.skip("the pool handled the deal before the fault was set")
+    assert pool_env.task(tid)[0] == UNSET
+    await asyncio.to_thread(devchain.increase_time, pool_env.rpc_url, XS_FINAL_DEADLINE_S + 10)
+    await asyncio.to_thread(devchain.TxSender(devchain.web3_for(pool_env.rpc_url), REQUESTER).call,
+                            pool_env.chain.deployment.hub, pool_env.chain.hub.abi, "initializeAndClaimArray",
+                            [bytes.fromhex(deal[2:])], [0])
+    assert pool_env.task(tid)[0] == FAILED
+    assert pool_env.stake() == (free_before, 0)
+
+
+async def _set_fault_then_request(env, mode: str, **kw):
+    """Set a global fault, run one task with it, and clear the fault again."""
+    env.pool.set_fault(mode)
+    try:
+        deal, (tid,) = await env.request(**kw)
+        outcome = await env.pool.wait_task(tid, timeout=30)
+    finally:
+        env.pool.faults.clear()
+    return deal, tid, outcome
+
+
+async def test_no_show_global_fault(pool_env):
+    deal, tid, outcome = await _set_fault_then_request(pool_env, "no_show")
+    assert outcome.state == "no_show"
+    assert pool_env.task(tid)[0] == UNSET
+
+
+async def test_crash_before_contribute_is_active_until_claimed(pool_env):
+    free_before, _ = pool_env.stake()
+    deal, tid, outcome = await _set_fault_then_request(pool_env, "crash_before_contribute")
+    assert outcome.state == "crashed"
+    task = pool_env.task(tid)
+    assert task[0] == ACTIVE
+    claim = devchain.TxSender(devchain.web3_for(pool_env.rpc_url), REQUESTER).call
+    hub, abi = pool_env.chain.deployment.hub, pool_env.chain.hub.abi
+    with pytest.raises(devchain.TransactionFailed):  # too early: the final deadline has not passed
+        await asyncio.to_thread(claim, hub, abi, "claim", bytes.fromhex(tid[2:]))
+    await asyncio.to_thread(devchain.increase_time, pool_env.rpc_url, XS_FINAL_DEADLINE_S + 10)
+    await asyncio.to_thread(claim, hub, abi, "claim", bytes.fromhex(tid[2:]))
+    assert pool_env.task(tid)[0] == FAILED
+    assert pool_env.stake() == (free_before, 0)
+
+
+async def test_overrun_runs_until_chain_time_passes_the_deadline(pool_env):
+    pool_env.pool.set_fault("overrun")
+    deal, (tid,) = await pool_env.request()
+    for _ in range(200):
+        if pool_env.task(tid)[0] == ACTIVE:
+            break
+        await asyncio.sleep(0.02)
+    assert pool_env.task(tid)[0] == ACTIVE
+    await asyncio.sleep(0.3)
+    assert tid not in pool_env.pool.outcomes  # still "running"
+    await asyncio.to_thread(devchain.increase_time, pool_env.rpc_url, XS_FINAL_DEADLINE_S + 10)
+    outcome = await pool_env.pool.wait_task(tid, timeout=10)
+    assert outcome.state == "overrun"
+    await asyncio.to_thread(devchain.TxSender(devchain.web3_for(pool_env.rpc_url), REQUESTER).call,
+                            pool_env.chain.deployment.hub, pool_env.chain.hub.abi, "claim",
+                            bytes.fromhex(tid[2:]))
+    assert pool_env.task(tid)[0] == FAILED
+
+
+@pytest.mark.parametrize("mode,status", [("gateway_lose", 404), ("gateway_500", 500)])
+async def test_gateway_faults_after_completion(pool_env, mode, status):
+    deal, tid, outcome = await _set_fault_then_request(pool_env, mode)
+    assert outcome.state == "completed"
+    assert pool_env.task(tid)[0] == COMPLETED
+    url = f"{pool_env.gateway.url}{decode_results(pool_env.task(tid)[13]).location}"
+    assert await _get_status(url) == status
+    pool_env.gateway.set_fault(None, outcome.cid)
+    assert await _get_status(url) == 200
+
+
+async def test_faults_through_the_control_endpoint(pool_env):
+    control = pool_env.pool.control_url
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{control}/control/faults", json={"mode": "bogus"}) as resp:
+            assert resp.status == 400
+            assert "unknown fault mode" in (await resp.json())["error"]
+        async with session.post(f"{control}/control/faults", json={"mode": "market_500", "count": 1}) as resp:
+            assert resp.status == 200
+        async with session.get(f"{pool_env.market.base_url}/version") as resp:
+            assert resp.status == 500
+        async with session.get(f"{pool_env.market.base_url}/version") as resp:
+            assert resp.status == 200
+        async with session.post(f"{control}/control/faults", json={"mode": "app_error"}) as resp:
+            assert (await resp.json())["faults"] == [{"mode": "app_error", "deal_id": None}]
+    deal, (tid,) = await pool_env.request()
+    assert (await pool_env.pool.wait_task(tid, timeout=30)).state == "error_archive"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{control}/control/faults", json={"clear": True}) as resp:
+            assert (await resp.json())["faults"] == []
+        async with session.get(f"{control}/control/tasks/{tid}") as resp:
+            assert (await resp.json())["state"] == "error_archive"
+
+
+async def test_workers_bound_is_respected(chain):
+    async with make_pool_env(chain, workers=2) as env:
+        deal, tids = await env.request(args="--sleep 0.4", volume=5)
+        outcomes = await asyncio.gather(*(env.pool.wait_task(t, timeout=60) for t in tids))
+        assert [o.state for o in outcomes] == ["completed"] * 5
+        assert env.pool.max_running == 2
+        assert all(env.task(t)[0] == COMPLETED for t in tids)
+
+
+async def test_app_killed_at_time_limit_never_contributes(chain):
+    async with make_pool_env(chain, time_scale=0.5 / 300) as env:  # XS: 300 s -> 0.5 s
+        deal, (tid,) = await env.request(args="--sleep 5")
+        outcome = await env.pool.wait_task(tid, timeout=30)
+        assert outcome.state == "timeout"
+        assert env.task(tid)[0] == ACTIVE
+
+
+async def test_input_not_found_never_contributes(pool_env):
+    deal, (tid,) = await pool_env.request(input_files=[f"{pool_env.inputs_url}/inputs/missing"])
+    outcome = await pool_env.pool.wait_task(tid, timeout=30)
+    assert outcome.state == "input_failed" and "404" in outcome.detail
+    assert pool_env.task(tid)[0] == ACTIVE
+
+
+async def test_non_loopback_input_is_refused(pool_env):
+    deal, (tid,) = await pool_env.request(input_files=["http://192.0.2.1/photo.png"])
+    outcome = await pool_env.pool.wait_task(tid, timeout=30)
+    assert outcome.state == "input_failed" and "loopback" in outcome.detail
+
+
+async def test_orders_are_topped_up(chain):
+    async with make_pool_env(chain, volume=2) as env:
+        first = env.pool.orders[-1]
+        deal, tids = await env.request(volume=2)
+        await asyncio.gather(*(env.pool.wait_task(t, timeout=30) for t in tids))
+        for _ in range(100):
+            if env.pool.orders[-1] != first:
+                break
+            await asyncio.sleep(0.05)
+        assert env.pool.orders[-1] != first
+        assert await env.pool.remaining() == 2
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{env.market.base_url}/workerpoolorders",
+                                   params={"chainId": "31337", "category": "0"}) as resp:
+                listed = (await resp.json())["orders"]
+        assert [o["orderHash"] for o in listed] == [
+            "0x" + env.pool.orders[-1].hash(env.pool._domain).hex()]
+
+
+# ------------------------------------------------------------------------------------------ units
+
+
+async def test_gateway_serves_by_content_id_and_refuses_bad_ids():
+    gateway = ResultGateway()
+    await gateway.start()
+    try:
+        cid = gateway.put(b"PK-archive")
+        assert cid == content_id(b"PK-archive") and len(cid) == 64
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{gateway.url}/ipfs/{cid}") as resp:
+                assert resp.status == 200 and resp.content_type == "application/zip"
+                assert await resp.read() == b"PK-archive"
+            async with session.get(f"{gateway.url}/ipfs/notanid") as resp:
+                assert resp.status == 400
+            async with session.post(f"{gateway.url}/control/faults", json={"mode": "500"}) as resp:
+                assert resp.status == 200
+            async with session.get(f"{gateway.url}/ipfs/{cid}") as resp:
+                assert resp.status == 500
+        with pytest.raises(GatewayError, match="unknown gateway fault"):
+            gateway.set_fault("melt")
+    finally:
+        await gateway.stop()
+
+
+def test_fault_book_rules():
+    book = FaultBook()
+    deal = "0x" + "ab" * 32
+    book.set("overrun")
+    book.set(Fault.APP_ERROR, deal)
+    assert book.for_deal(deal) is Fault.APP_ERROR
+    assert book.for_deal("0x" + "cd" * 32) is Fault.OVERRUN
+    book.set(None, deal)
+    assert book.for_deal(deal) is Fault.OVERRUN
+    with pytest.raises(FaultError, match="unknown fault mode"):
+        book.set("explode")
+    with pytest.raises(FaultError, match="32 bytes"):
+        book.set("no_show", "0x1234")
+    with pytest.raises(FaultError, match="global"):
+        book.set("market_500", deal)
+
+
+def test_testapp_follows_the_app_contract(tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    (in_dir / "abc").write_bytes(png_bytes())
+    env = {"IEXEC_IN": str(in_dir), "IEXEC_OUT": str(out_dir), "IEXEC_INPUT_FILES_NUMBER": "1",
+           "IEXEC_INPUT_FILE_NAME_1": "abc", "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run([sys.executable, "-m", "devnet.testapp", "--max-dim", "256"], env=env,
+                        cwd=Path(__file__).parent.parent, capture_output=True, timeout=10)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((out_dir / "computed.json").read_text()) == {
+        "deterministic-output-path": "/iexec_out/result.png"}
+    (in_dir / "abc").write_bytes(b"not an image")
+    bad = subprocess.run([sys.executable, "-m", "devnet.testapp"], env=env,
+                         cwd=Path(__file__).parent.parent, capture_output=True, timeout=10)
+    assert bad.returncode == 1
+    assert "not an image" in json.loads((out_dir / "computed.json").read_text())["error-message"]

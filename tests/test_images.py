@@ -1,0 +1,230 @@
+"""bot.images: every kind of bad input gets a clear message; good ones come out upright, RGB and clean."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bot.images import (
+    ACCEPTED_FORMATS,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    OUTPUT_FORMATS,
+    CheckedImage,
+    ImageLimits,
+    ImageRejected,
+    check_image,
+    identify,
+)
+from bot.intake import InputRejected
+
+
+def encode(im: Image.Image, fmt: str, **options: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def noisy(size: tuple[int, int] = (400, 300)) -> Image.Image:
+    rng = np.random.default_rng(7)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+def png_with_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose IHDR declares width x height (the pixel data is not there)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(
+        b"IEND", b"")
+
+
+def reject(data: bytes, limits: object = None) -> str:
+    with pytest.raises(ImageRejected) as info:
+        check_image(data, limits)
+    assert isinstance(info.value, InputRejected)  # the pipeline catches one type for all bad input
+    return str(info.value)
+
+
+# --- refused inputs ----------------------------------------------------------------------------------------
+
+
+def test_empty_file() -> None:
+    assert "empty" in reject(b"")
+
+
+def test_text_named_jpg() -> None:
+    assert "not an image I can read (text)" in reject(b"this is a shopping list, not cat.jpg\n")
+
+
+def test_truncated_jpeg() -> None:
+    data = encode(noisy(), "JPEG", quality=90)
+    assert "damaged or incomplete" in reject(data[: len(data) * 6 // 10])
+
+
+def test_truncated_png() -> None:
+    data = encode(noisy(), "PNG")
+    assert "damaged or incomplete" in reject(data[: len(data) // 2])
+
+
+def test_png_header_declaring_100000_by_100000_is_refused_before_decoding() -> None:
+    message = reject(png_with_header(100_000, 100_000))
+    assert "too many pixels" in message
+
+
+def test_pixel_limit_is_ours_not_pillows() -> None:
+    """5001 x 5001 is under Pillow's own bomb threshold but over our 25 megapixels."""
+    assert "too many pixels (5001x5001)" in reject(png_with_header(5001, 5001))
+    assert "too many pixels" in reject(encode(noisy((64, 64)), "PNG"), ImageLimits(max_pixels=4000))
+    assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's process-wide setting is left alone
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [(b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "SVG"),
+     (b"%PDF-1.7\n1 0 obj <<>> endobj\n", "PDF"),
+     (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIC"),
+     (b"<!DOCTYPE html><html><body>a cat</body></html>", "web page"),
+     (b"PK\x03\x04\x14\x00\x00\x00", "ZIP archive")],
+)
+def test_other_file_types_are_named(data: bytes, kind: str) -> None:
+    message = reject(data)
+    assert f"not an image I can read ({kind})" in message
+    assert "JPEG, PNG, WebP, GIF or BMP" in message
+
+
+def test_formats_outside_the_allow_list() -> None:
+    assert "(TIFF)" in reject(encode(noisy((32, 32)), "TIFF"))
+    assert "not an image I can read" in reject(encode(Image.new("RGB", (8, 8)), "ICO"))
+
+
+def test_too_many_bytes() -> None:
+    data = encode(noisy(), "PNG")
+    assert "too large" in reject(data, ImageLimits(max_bytes=len(data) - 1))
+
+
+def test_settings_object_gives_the_limits() -> None:
+    class Settings:
+        max_image_bytes = 1000
+        max_image_pixels = 10_000_000
+
+    assert "too large" in reject(encode(noisy(), "PNG"), Settings())
+
+
+# --- accepted inputs: what comes out -----------------------------------------------------------------------
+
+
+def reopen(checked: CheckedImage) -> Image.Image:
+    im = Image.open(io.BytesIO(checked.data))
+    assert im.format == checked.format and im.mode == "RGB"
+    assert (im.width, im.height) == (checked.width, checked.height)
+    assert checked.mime == {"JPEG": "image/jpeg", "PNG": "image/png"}[checked.format]
+    return im
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF"])
+def test_accepted_formats(fmt: str) -> None:
+    checked = check_image(encode(noisy((120, 80)), fmt))
+    assert checked.source_format == fmt
+    assert (checked.width, checked.height) == (120, 80)
+    reopen(checked)
+    assert identify(encode(noisy((120, 80)), fmt)).format == fmt
+
+
+def test_animated_gif_becomes_its_first_frame() -> None:
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert identify(data).frames == 3
+    im = reopen(check_image(data))
+    assert im.getpixel((20, 15)) == (255, 0, 0)
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    cmyk = Image.new("CMYK", (50, 50), (0, 255, 255, 0))  # pure red ink
+    checked = check_image(encode(cmyk, "JPEG", quality=95))
+    r, g, b = reopen(checked).getpixel((25, 25))
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_16_bit_png_is_scaled_not_clipped() -> None:
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (16, 1))
+    data = encode(Image.fromarray(ramp), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    im = reopen(check_image(data))
+    mid = im.getpixel((128, 8))
+    assert 110 < mid[0] < 145 and mid[0] == mid[1] == mid[2]  # 0x8080 -> ~128, not clipped to 255
+
+
+def test_transparent_png_lands_on_white() -> None:
+    rgba = Image.new("RGBA", (30, 30), (0, 0, 0, 0))
+    rgba.paste((200, 0, 0, 255), (0, 0, 15, 30))
+    im = reopen(check_image(encode(rgba, "PNG")))
+    assert im.getpixel((25, 15)) == (255, 255, 255)
+    assert im.getpixel((5, 15)) == (200, 0, 0)
+
+
+def test_palette_and_grey_become_rgb() -> None:
+    assert reopen(check_image(encode(noisy((64, 64)).convert("P"), "PNG"))).mode == "RGB"
+    assert reopen(check_image(encode(noisy((64, 64)).convert("L"), "JPEG"))).mode == "RGB"
+    assert reopen(check_image(encode(noisy((64, 64)).convert("1"), "BMP"))).mode == "RGB"
+
+
+def exif_rotated_jpeg() -> bytes:
+    """A 60x40 landscape JPEG whose EXIF says 'rotate 90 clockwise to view', with a GPS position."""
+    im = Image.new("RGB", (60, 40), (0, 0, 255))
+    im.paste((255, 0, 0), (0, 0, 10, 10))  # a red top-left corner as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW
+    exif[0x010F] = "SpyCam"
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 29.0), 3: "E", 4: (2.0, 17.0, 40.0)}  # GPS IFD
+    return encode(im, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def test_exif_orientation_applied_and_metadata_stripped() -> None:
+    data = exif_rotated_jpeg()
+    assert Image.open(io.BytesIO(data)).getexif().get(0x0112) == 6
+    checked = check_image(data)
+    im = reopen(checked)
+    assert (im.width, im.height) == (40, 60)  # upright: portrait
+    r, g, b = im.getpixel((35, 5))  # the stored top-left corner is now top-right
+    assert r > 200 and b < 60
+    assert len(im.getexif()) == 0 and "exif" not in im.info and "icc_profile" not in im.info
+    assert b"SpyCam" not in checked.data and b"Exif" not in checked.data
+
+
+def test_large_lossless_input_goes_out_as_jpeg_small_as_png() -> None:
+    assert check_image(encode(noisy((100, 100)), "PNG")).format == "PNG"
+    assert check_image(encode(noisy((100, 100)), "JPEG")).format == "JPEG"
+    ramp = np.tile(np.linspace(0, 255, 2100).astype(np.uint8), (2000, 1))
+    big = check_image(encode(Image.fromarray(ramp).convert("RGB"), "PNG"))  # 4.2 megapixels
+    assert big.format == "JPEG" and (big.width, big.height) == (2100, 2000)
+
+
+# --- limits against the worker's ---------------------------------------------------------------------------
+
+
+def test_bot_limits_are_at_least_as_strict_as_the_workers() -> None:
+    worker_limits = pytest.importorskip("worker.limits")
+    assert DEFAULT_MAX_BYTES <= worker_limits.MAX_IMAGE_BYTES
+    assert DEFAULT_MAX_PIXELS <= worker_limits.MAX_IMAGE_PIXELS
+    assert ACCEPTED_FORMATS <= set(worker_limits.ALLOWED_FORMATS)
+    assert OUTPUT_FORMATS <= set(worker_limits.ALLOWED_FORMATS)
+    settings_mod = pytest.importorskip("bot.settings")
+    defaults = settings_mod.Settings(_env_file=None)
+    assert defaults.max_image_bytes <= worker_limits.MAX_IMAGE_BYTES
+    assert defaults.max_image_pixels <= worker_limits.MAX_IMAGE_PIXELS
+    assert defaults.url_max_redirects <= worker_limits.URL_MAX_REDIRECTS
+
+
+async def test_async_variant_runs_the_same_checks() -> None:
+    from bot.images import check_image_async
+
+    checked = await check_image_async(encode(noisy((64, 48)), "JPEG"))
+    assert (checked.width, checked.height, checked.format) == (64, 48, "JPEG")
+    with pytest.raises(ImageRejected, match="empty"):
+        await check_image_async(b"")

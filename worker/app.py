@@ -1,0 +1,209 @@
+"""One segmentation run, as an iExec task (`IEXEC_OUT` set) or for a person (`segment IMAGE`).
+
+Order matters for speed: options, input and weights are checked before TensorFlow is imported, so bad
+input fails in well under a second. On any failure `computed.json` carries an `error-message` (iExec
+mode), nothing else is left in the output folder, and the exit code is non-zero.
+It must never print a traceback as the only explanation, and never write outside its output folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from worker.errors import InputError, OptionError, WorkerError
+from worker.images import LoadedImage, load_image_bytes, load_image_file
+from worker.options import TaskOptions, parse_task
+from worker.weights import WeightsInfo, resolve_weights
+
+RESULT_STEM = "result"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a successful run wrote."""
+
+    out_dir: str
+    image_path: str
+    detections_path: str
+    count: int
+
+
+def _input_path(opts: TaskOptions, env: Mapping[str, str]) -> str | None:
+    """The task's first input file, if the task has one."""
+    number = env.get("IEXEC_INPUT_FILES_NUMBER", "0").strip() or "0"
+    if not number.isdigit():
+        raise InputError(f"IEXEC_INPUT_FILES_NUMBER is not a number: {number!r}.")
+    if int(number) < 1:
+        return None
+    name = env.get("IEXEC_INPUT_FILE_NAME_1", "")
+    if not name or "/" in name or name in (".", ".."):
+        raise InputError("The task declares an input file but IEXEC_INPUT_FILE_NAME_1 is missing or invalid.")
+    folder = env.get("IEXEC_INPUT_FILES_FOLDER") or env.get("IEXEC_IN") or "/iexec_in"
+    return os.path.join(folder, name)
+
+
+def load_input(opts: TaskOptions, env: Mapping[str, str]) -> LoadedImage:
+    """Find, fetch and check the input image. Raises InputError / DownloadError."""
+    if opts.url:
+        from worker.fetch import download_image
+        return load_image_bytes(download_image(opts.url, block_private=opts.block_private_urls))
+    if opts.image:
+        return load_image_file(opts.image)
+    path = _input_path(opts, env) if "IEXEC_OUT" in env else None
+    if path:
+        return load_image_file(path)
+    raise InputError("No input image: give the task an input file, or an image URL in its arguments "
+                     "(--url https://... ).")
+
+
+def _hash_in_background(path: str | None) -> tuple[threading.Thread | None, dict[str, str]]:
+    box: dict[str, str] = {}
+    if path is None:
+        return None, box
+
+    def work() -> None:
+        from worker.fetch import sha256_file
+        box["sha256"] = sha256_file(path)
+    thread = threading.Thread(target=work, name="weights-sha256", daemon=True)
+    thread.start()
+    return thread, box
+
+
+def segment(opts: TaskOptions, env: Mapping[str, str], out_dir: str, started: float) -> Outcome:
+    """Check everything cheap, then build the model, detect, draw and write the outputs."""
+    timings: dict[str, float] = {}
+    loaded = load_input(opts, env)
+    weights = resolve_weights(opts.weights, opts.backbone, opts.random_weights, env)
+    timings["checks_s"] = time.perf_counter() - started
+    hasher, digest = _hash_in_background(weights.path)
+    mark = time.perf_counter()
+    from worker import compat
+    compat.install(opts.threads)
+    from worker.model import SegmentationModel  # TensorFlow is imported here, and only here
+    timings["import_s"] = time.perf_counter() - mark
+    net = SegmentationModel(weights.backbone, opts.max_dim, opts.min_confidence)
+    timings["build_s"] = net.build_s
+    mark = time.perf_counter()
+    if weights.path:
+        net.load_weights(weights.path)
+    timings["weights_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    found = net.detect(loaded.pixels, opts.classes)
+    timings["detect_s"] = time.perf_counter() - mark
+    if hasher:
+        hasher.join()
+    return write_outputs(out_dir, opts, loaded, found, weights, digest.get("sha256"), timings, started)
+
+
+def write_outputs(out_dir: str, opts: TaskOptions, loaded: LoadedImage, found: Sequence[object],
+                  weights: WeightsInfo, sha256: str | None, timings: dict[str, float], started: float) -> Outcome:
+    """Draw and write result image, detections.json and (last) computed.json."""
+    from worker import rle
+    from worker.coco import CLASS_NAMES
+    from worker.draw import draw
+
+    os.makedirs(out_dir, exist_ok=True)
+    mark = time.perf_counter()
+    picture = draw(loaded.pixels, found, CLASS_NAMES, weights.random)  # type: ignore[arg-type]
+    timings["draw_s"] = time.perf_counter() - mark
+    ext = "png" if opts.fmt == "png" else "jpg"
+    image_path = os.path.join(out_dir, f"{RESULT_STEM}.{ext}")
+    mark = time.perf_counter()
+    if ext == "png":
+        picture.save(image_path, "PNG", compress_level=1)
+    else:
+        picture.save(image_path, "JPEG", quality=90)
+    timings["save_s"] = time.perf_counter() - mark
+    height, width = loaded.pixels.shape[:2]
+    items = [{
+        "class_id": d.class_id, "class_name": CLASS_NAMES[d.class_id], "score": round(float(d.score), 4),
+        "box": list(d.box), "mask_area": d.mask_area,
+        "mask": rle.encode_box_mask(d.mask, d.box, (height, width)),
+    } for d in found]  # type: ignore[attr-defined]
+    timings["total_s"] = time.perf_counter() - started
+    doc = {
+        "image": {"width": width, "height": height, "source_format": loaded.source_format,
+                  "source_width": loaded.source_size[0], "source_height": loaded.source_size[1]},
+        "model": {"name": "Mask R-CNN (matterport) COCO", "backbone": weights.backbone,
+                  "max_dim": opts.max_dim, "min_confidence": opts.min_confidence,
+                  "weights_source": weights.source, "weights_sha256": sha256, "random_weights": weights.random},
+        "count": len(items), "detections": items,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    det_path = os.path.join(out_dir, "detections.json")
+    with open(det_path, "w") as fh:
+        json.dump(doc, fh, separators=(",", ":"))
+    # the image is the deterministic part (detections.json carries timings)
+    _write_json(os.path.join(out_dir, "computed.json"), {"deterministic-output-path": image_path})
+    return Outcome(out_dir=out_dir, image_path=image_path, detections_path=det_path, count=len(items))
+
+
+def _write_json(path: str, doc: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh)
+    os.replace(tmp, path)
+
+
+def fail(out_dir: str | None, message: str) -> None:
+    """Leave only computed.json with the error message in the output folder."""
+    if not out_dir:
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    for name in (f"{RESULT_STEM}.png", f"{RESULT_STEM}.jpg", "detections.json"):
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            os.unlink(path)
+    _write_json(os.path.join(out_dir, "computed.json"), {"error-message": message})
+
+
+def _out_dir(argv: Sequence[str], opts: TaskOptions | None, env: Mapping[str, str]) -> str | None:
+    if env.get("IEXEC_OUT"):
+        return env["IEXEC_OUT"]
+    if opts and opts.out:
+        return opts.out
+    if opts and opts.image:
+        stem = os.path.splitext(os.path.basename(opts.image))[0] or "image"
+        return f"{stem}_segmented"
+    return None
+
+
+def run_task(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    """Run one segmentation; returns the exit code. Errors are reported, never raised."""
+    started = time.perf_counter()
+    env = os.environ if env is None else env
+    opts: TaskOptions | None = None
+    out_dir = env.get("IEXEC_OUT") or None
+    try:
+        opts = parse_task(argv)
+        out_dir = _out_dir(argv, opts, env)
+        if out_dir is None:
+            raise OptionError("Nothing to do: give `segment IMAGE`, or run as an iExec task (IEXEC_OUT set).")
+        outcome = segment(opts, env, out_dir, started)
+    except WorkerError as exc:
+        fail(out_dir if "IEXEC_OUT" in env else None, str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except MemoryError:
+        message = "The image needs more memory than the task has."
+        fail(out_dir if "IEXEC_OUT" in env else None, message)
+        print(f"error: {message}", file=sys.stderr)
+        return 7
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in words, keep the traceback for the operator
+        traceback.print_exc()
+        message = f"Internal error of the segmentation app ({type(exc).__name__}); the task failed."
+        fail(out_dir if "IEXEC_OUT" in env else None, message)
+        print(f"error: {message}", file=sys.stderr)
+        return 8
+    print(f"segmented: {outcome.count} instances -> {outcome.image_path} "
+          f"({time.perf_counter() - started:.2f} s)", file=sys.stderr)
+    return 0
+
+
+__all__ = ["Outcome", "load_input", "run_task", "segment", "write_outputs"]
