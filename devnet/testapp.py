@@ -56,7 +56,7 @@ def run(out: Path) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     image.save(out / "result.png")
     detections = {"width": w, "height": h, "detections": [
-        {"class_id": 1, "label": "person", "score": 0.99, "box": box}], "counts": {"person": 1}}
+        {"class_id": 1, "class_name": "person", "score": 0.99, "box": box}], "counts": {"person": 1}}
     (out / "detections.json").write_text(json.dumps(detections))
     (out / "computed.json").write_text(json.dumps({"deterministic-output-path": "/iexec_out/result.png"}))
     return detections
