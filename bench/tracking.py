@@ -24,7 +24,7 @@ from devnet.chain import deployed_snapshot, deposit, register_app, register_work
 from iexec.hub import Hub  # noqa: E402
 from iexec.orders import ZERO_ADDRESS, AppOrder, Domain, WorkerpoolOrder, build_request_order  # noqa: E402
 from iexec.pool import WorkerpoolClient  # noqa: E402
-from iexec.tx import connect, rpc_calls  # noqa: E402
+from iexec.tx import close, connect, rpc_calls  # noqa: E402
 from iexec.watch import TaskFinalized, TaskWatcher  # noqa: E402
 
 RESULTS = b'{"storage":"ipfs","location":"/ipfs/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"}'
@@ -79,6 +79,8 @@ async def measure(n: int, state: Path, dep) -> dict[str, float]:
         finish, finish_s = rpc_calls(w3) - before, time.perf_counter() - t0
         done = sum(isinstance(e, TaskFinalized) for e in events)
         assert done == n, f"expected {n} TaskFinalized, got {done}"
+        for client in (w3, sdk_w3, hub.w3):
+            await close(client)
         return {"idle": idle, "finish": finish, "finish_s": finish_s, "sdk": sdk, "sdk_s": sdk_s}
 
 

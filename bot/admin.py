@@ -21,6 +21,7 @@ from ledger.amounts import parse_rlc
 
 log = logging.getLogger(__name__)
 MAX_GRANT_NRLC = 1_000_000 * 10**9
+ALREADY_DONE = texts.ALREADY_DONE
 
 
 def admin_only(handler: Any) -> Any:
@@ -65,8 +66,8 @@ async def fund(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await update.effective_message.reply_html(f"Not funded: {exc}")
         return
     memo = " ".join(args[2:])[:100]
-    if memo:
-        context.bot_data.setdefault("memos", {})[update.update_id] = memo
+    if memo:  # kept in the books: the button stays valid after a restart, with the same memo
+        services_of(context).ledger.set_value(f"fund.memo:{update.update_id}", memo)
     await update.effective_message.reply_html(
         f"Credit user <code>{args[0]}</code> with {texts.rlc(nrlc)}?",
         reply_markup=_confirm(f"fund:{update.update_id}:{args[0]}:{nrlc}"),
@@ -75,25 +76,40 @@ async def fund(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 @admin_only
 async def confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A confirmation button: carry out the action once, whatever the number of presses."""
+    """A confirmation button: carry out the action once, whatever the number of presses.
+
+    A second press (or a replayed update) only gets a short notice; the message keeps saying what was done.
+    """
     query = update.callback_query
-    await query.answer()
     svc = services_of(context)
     kind, key, *rest = query.data.split(":")
     if kind == "fund":
         user, nrlc = int(rest[0]), int(rest[1])
-        memo = context.bot_data.get("memos", {}).get(int(key), "")
-        svc.ledger.grant(f"fund:{key}", user, nrlc, memo=memo or f"by admin {update.effective_user.id}")
-        text = f"✅ Credited {texts.rlc(nrlc)} to <code>{user}</code>."
+        if svc.ledger.get_transfer(f"fund:{key}") is not None:
+            text = ALREADY_DONE
+        else:
+            memo = svc.ledger.get_value(f"fund.memo:{key}") or f"by admin {update.effective_user.id}"
+            svc.ledger.grant(f"fund:{key}", user, nrlc, memo=memo)
+            text = (f"✅ Credited {texts.rlc(nrlc)} to <code>{user}</code>; available now "
+                    f"{texts.rlc(svc.ledger.balance(user).available)}.")
     elif kind in ("deposit", "withdraw"):
-        nrlc = int(rest[0])
-        text = await svc.pipeline.chain.move_stake(kind, nrlc, key=f"{kind}:{key}", ledger=svc.ledger)
+        await query.answer("Sending the transaction…")
+        text = await svc.pipeline.chain.move_stake(kind, int(rest[0]), key=f"{kind}:{key}", ledger=svc.ledger)
     elif kind == "refund":
         text = await svc.pipeline.admin_refund(rest[0])
     else:
+        await query.answer()
         return
+    log.info("event=admin_action kind=%s key=%s admin=%s done=%s", kind, key, update.effective_user.id,
+             text != ALREADY_DONE)
+    if text == ALREADY_DONE:
+        if kind not in ("deposit", "withdraw"):
+            await query.answer(ALREADY_DONE, show_alert=True)
+        await update.effective_message.reply_html(ALREADY_DONE)
+        return
+    if kind not in ("deposit", "withdraw"):
+        await query.answer()
     await query.edit_message_text(text, parse_mode="HTML")
-    log.info("event=admin_action kind=%s key=%s admin=%s", kind, key, update.effective_user.id)
 
 
 async def dismissed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -13,21 +13,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from telegram import BotCommand, Update
-from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, CallbackQueryHandler,
+from telegram.ext import (Application, ApplicationBuilder, CallbackQueryHandler,
                           CommandHandler, MessageHandler, filters)
 
 from bot import admin, handlers
 from bot.chain import ChainGateway
+from bot.errors import BotError
 from bot.inputs import InputServer
 from bot.lock import InstanceLock
 from bot.logs import install_logging, redact_url
 from bot.pipeline import Pipeline
-from bot.progress import StatusBoard
+from bot.progress import ChatRateLimiter, StatusBoard
 from bot.services import KEY, Services
 from bot.settings import Settings
 from ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+
+class WebhookRefused(BotError):
+    """Webhook mode was asked for without a secret token."""
 
 USER_COMMANDS = [
     ("start", "what this bot does, price, privacy"), ("help", "the commands"),
@@ -82,6 +87,17 @@ class Bot:
                                                  allowed_updates=Update.ALL_TYPES)
         await self.services.pipeline.resume()
 
+    async def start_webhook(self) -> None:
+        """Receive updates on the webhook (settings.mode == "webhook"); PTB sets it with Telegram and answers
+        403 to any POST without the secret token."""
+        s = self.services.settings
+        if s.webhook_secret is None or not s.webhook_secret.get_secret_value():
+            raise WebhookRefused("webhook mode needs WEBHOOK_SECRET: without it anyone could post updates")
+        await self.app.updater.start_webhook(
+            listen=s.webhook_listen, port=s.webhook_port, url_path="telegram", webhook_url=s.webhook_url,
+            secret_token=s.webhook_secret.get_secret_value(), allowed_updates=Update.ALL_TYPES,
+        )
+
     async def _set_commands(self) -> None:
         try:
             await self.app.bot.set_my_commands([BotCommand(c, d) for c, d in USER_COMMANDS])
@@ -112,8 +128,8 @@ def build_bot(settings: Settings, *, account: Any = None, crash_at: str | None =
     app = (
         ApplicationBuilder().token(token).base_url(settings.telegram_base_url)
         .base_file_url(settings.telegram_base_file_url)
-        .rate_limiter(AIORateLimiter(overall_max_rate=25, overall_time_period=1, group_max_rate=18,
-                                     group_time_period=60, max_retries=3))
+        .rate_limiter(ChatRateLimiter(overall_per_second=28, group_max_rate=18,
+                                      group_time_period=60, max_retries=3))
         .concurrent_updates(concurrent_updates).connect_timeout(10).read_timeout(30).write_timeout(30)
         .media_write_timeout(60).build()
     )
@@ -136,11 +152,7 @@ async def _serve(settings: Settings) -> None:
     webhook = settings.mode == "webhook"
     await bot.start(polling=not webhook)
     if webhook:
-        await bot.app.updater.start_webhook(
-            listen=settings.webhook_listen, port=settings.webhook_port, url_path="telegram",
-            webhook_url=settings.webhook_url, secret_token=settings.webhook_secret.get_secret_value(),
-            allowed_updates=Update.ALL_TYPES,
-        )
+        await bot.start_webhook()
     log.info("event=bot_started mode=%s network=%s rpc=%s wallet=%s", settings.mode,
              settings.resolved_network.name, redact_url(settings.resolved_network.rpc_url), bot.chain.address)
     await stop.wait()

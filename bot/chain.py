@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot import texts
 from bot.errors import BotError
 from bot.logs import redact_url
 from bot.settings import Settings
@@ -150,6 +151,9 @@ class ChainGateway:
         meta = dict(meta)
         if "job_id" not in meta and meta.get("request_hash"):
             job = self.ledger.job_by(order_hash=str(meta["request_hash"]))
+            meta["job_id"] = job.id if job else None
+        elif "job_id" not in meta and meta.get("task_id"):
+            job = self.ledger.job_by(task_id=str(meta["task_id"]))
             meta["job_id"] = job.id if job else None
         purpose = str(meta.get("purpose") or meta.get("kind") or "tx")
         self.ledger.record_tx(raw_tx, tx_hash, nonce, self.address, purpose,
@@ -391,7 +395,7 @@ class ChainGateway:
     async def move_stake(self, kind: str, nrlc: int, *, key: str, ledger: Any) -> str:
         """Deposit into or withdraw from the hub once per confirmation key."""
         if not ledger.record_event("admin_stake", key, {"kind": kind, "nrlc": nrlc}):
-            return "Already done (this confirmation was used before)."
+            return texts.ALREADY_DONE
         try:
             if kind == "deposit":
                 await self.hub.deposit(nrlc)

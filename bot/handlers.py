@@ -126,6 +126,9 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
     """Acknowledge at once, then let the pipeline check the input and start the job in the background."""
     svc = services_of(context)
     message: Message = update.effective_message
+    if svc.pipeline.is_known(message.chat_id, message.message_id):
+        log.info("event=replayed_update chat=%s message=%s", message.chat_id, message.message_id)
+        return
     refusal = svc.pipeline.refusal_before_download(update.effective_user.id)
     if refusal:
         await message.reply_html(refusal)

@@ -33,7 +33,7 @@ from telegram.error import Forbidden, TelegramError
 from bot import texts
 from bot.chain import ChainGateway, NoOffer, OfferTaken, TaskEvent
 from bot.errors import BotError
-from bot.images import ImageLimits, check_image
+from bot.images import ImageLimits, check_image, check_image_async
 from bot.intake import InputRejected, fetch_image
 from bot.settings import Settings
 from iexec.errors import IExecError, ResultDownloadError, ResultLocationError, UnsafeArchive
@@ -49,6 +49,11 @@ RESULT_LIMITS = ImageLimits(max_bytes=50 * 1024 * 1024, max_pixels=50_000_000)
 RESULT_ATTEMPTS = 8
 RESUMABLE = (JobState.RECEIVED, JobState.ORDER_SIGNED, JobState.MATCHING, JobState.MATCHED,
              JobState.RUNNING, JobState.COMPLETED)
+
+
+def job_id_of(chat: int, message_id: int) -> str:
+    """A job's id: one per Telegram message, so a replayed or edited update never makes a second job."""
+    return f"c{chat}m{message_id}"
 
 
 class NeedsAdmin(BotError):
@@ -82,7 +87,11 @@ class Pipeline:
         self.clock = clock
         self.crash_at = crash_at
         self.paused = False
+        self.retry_delays: tuple[float, ...] = RETRY_DELAYS
+        self.result_attempts = RESULT_ATTEMPTS
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._intakes: set[str] = set()
+        self._side_tasks: set[asyncio.Task[Any]] = set()
         self.results_dir = Path(settings.data_dir) / "results"
         self.uploads_dir = Path(settings.data_dir) / "uploads"
 
@@ -150,14 +159,36 @@ class Pipeline:
     async def intake(self, *, user: int, chat: int, message_id: int, status_message_id: int,
                      source: tuple[str, str]) -> None:
         """Download and check the input, then create the job and its reservation in one transaction."""
-        job_id = f"c{chat}m{message_id}"
-        if self.ledger.get_job(job_id) is not None:  # a replayed update: the job exists already
-            return
+        job_id = job_id_of(chat, message_id)
+        if self.ledger.get_job(job_id) is not None or job_id in self._intakes:
+            return  # a replayed update: the job exists already (or is being taken in)
+        self._intakes.add(job_id)
+        try:
+            await self._take_in(job_id, user=user, chat=chat, message_id=message_id,
+                                status_message_id=status_message_id, source=source)
+        finally:
+            self._intakes.discard(job_id)
+
+    def is_known(self, chat: int, message_id: int) -> bool:
+        """True when this message already started a job (or is being taken in): a replay does nothing."""
+        job_id = job_id_of(chat, message_id)
+        return job_id in self._intakes or self.ledger.get_job(job_id) is not None
+
+    async def _take_in(self, job_id: str, *, user: int, chat: int, message_id: int, status_message_id: int,
+                       source: tuple[str, str]) -> None:
         try:
             data = await self._download(source)
-            image = check_image(data, self.settings)
+            image = await check_image_async(data, self.settings)
         except InputRejected as exc:
             self.board.show(chat, status_message_id, texts.REJECTED.format(reason=str(exc)))
+            return
+        except TelegramError as exc:
+            log.info("event=download_failed job=%s error=%r", job_id, str(exc)[:200])
+            self.board.show(chat, status_message_id, texts.REJECTED.format(reason=texts.DOWNLOAD_FAILED))
+            return
+        refusal = self.refusal_before_download(user)
+        if refusal:  # the limits are checked again: several pictures may have been sent at once
+            self.board.show(chat, status_message_id, refusal)
             return
         path = self.uploads_dir / f"{job_id}.{'png' if image.format == 'PNG' else 'jpg'}"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +242,7 @@ class Pipeline:
             except (IExecError, OSError, TelegramError, asyncio.TimeoutError) as exc:
                 # The chain, the market, a gateway or Telegram is unreachable: wait and try the same step
                 # again; nothing was lost because every step starts from what the books say.
-                delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+                delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
                 failures += 1
                 log.warning("event=step_retry job=%s state=%s error=%r delay=%s", job_id, job.state.value,
                             str(exc)[:300], delay)
@@ -222,7 +253,7 @@ class Pipeline:
                 if failures >= 5:
                     await self._hold(job, f"unexpected error: {exc!r}"[:500])
                     return
-                await asyncio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)])
+                await asyncio.sleep(self.retry_delays[min(failures, len(self.retry_delays) - 1)])
 
     async def _step_received(self, job: Any) -> None:
         """Publish the input and sign the job's one request order."""
@@ -284,6 +315,7 @@ class Pipeline:
                  deal.workerpool_price)
         self._crash_point("after_deal")
         self._show(self.ledger.get_job(job.id))
+        await self._check_funds()
 
     async def _step_matched(self, job: Any) -> None:
         await self._follow_task(job)
@@ -294,7 +326,11 @@ class Pipeline:
     async def _follow_task(self, job: Any) -> None:
         """One wait on the watcher; act on what it says (start, result, claim, deadline)."""
         known = "initialized" if job.state is JobState.RUNNING else "waiting"
-        event: TaskEvent = await self.chain.wait_task(job.deal_id, job.task_id, known=known, timeout=30)
+        timeout = 30.0
+        if job.state is JobState.MATCHED:  # wake up in time to tell the user their task has not started
+            waited = self.clock() - job.state_times.get("MATCHED", job.updated_at) / 1000
+            timeout = min(timeout, max(0.5, self.settings.start_warning_s - waited))
+        event: TaskEvent = await self.chain.wait_task(job.deal_id, job.task_id, known=known, timeout=timeout)
         if event.kind == "initialized" and job.state is JobState.MATCHED:
             self.ledger.transition(job.id, JobState.MATCHED, JobState.RUNNING)
             self._show(self.ledger.get_job(job.id))
@@ -313,6 +349,9 @@ class Pipeline:
             await self._refund(job, Refund("expired"))
         elif event.kind == "waiting" and job.state is JobState.MATCHED:
             await self._warn_not_started(job, event)
+            self._show(job)  # the elapsed time moves on
+        elif event.kind == known:
+            self._show(job)
 
     async def _warn_not_started(self, job: Any, event: TaskEvent) -> None:
         waited = self.clock() - job.state_times.get("MATCHED", job.updated_at) / 1000
@@ -334,7 +373,7 @@ class Pipeline:
             # A gateway that lost the result may get it back; give it a while, then refund.
             attempts = job.attempts + 1
             self.ledger.update_job(job.id, attempts=attempts)
-            if attempts >= RESULT_ATTEMPTS:
+            if attempts >= self.result_attempts:
                 await self._refund(job, Refund("bad_result", "the result could not be downloaded",
                                                operator_pays=True))
                 return
@@ -418,12 +457,47 @@ class Pipeline:
             log.warning("event=send_failed chat=%s error=%r", chat, str(exc))
 
     def _show(self, job: Any, **values: str) -> None:
+        """Edit the job's status message to its stage (with the time so far while it works)."""
         if job is None or not job.status_message_id:
             return
-        fmt = dict(reserved=texts.rlc(self.settings.max_price_nrlc), deal=(job.deal_id or "")[:10] + "…",
+        fmt = dict(reserved=texts.rlc(job.max_price), deal=(job.deal_id or "")[:10] + "…",
                    elapsed="", charged="", reason="")
         fmt.update(values)
-        self.board.show(job.chat_id, job.status_message_id, texts.STAGES[job.state.value].format(**fmt))
+        text = texts.STAGES[job.state.value].format(**fmt)
+        working = not job.state.is_terminal() and job.state is not JobState.NEEDS_ADMIN
+        if working:
+            took = texts.elapsed(self.clock() - job.created_at / 1000)
+            text += "\n" + texts.WORKING.format(elapsed=took, short=job.id[-8:])
+            self._chat_action(job.chat_id)
+        self.board.show(job.chat_id, job.status_message_id, text)
+
+    def _chat_action(self, chat: int) -> None:
+        """Show "sending a photo…" in the chat while the job works (best effort, in the background)."""
+        async def send() -> None:
+            try:
+                await self.bot.send_chat_action(chat_id=chat, action="upload_photo")
+            except TelegramError as exc:
+                log.debug("event=chat_action_failed chat=%s error=%r", chat, str(exc))
+        task = asyncio.get_running_loop().create_task(send())
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _check_funds(self) -> None:
+        """Tell the admins (once an hour at most) when the wallet is low on gas or the hub on stake."""
+        try:
+            report = await self.chain.wallet_report()
+        except (IExecError, OSError) as exc:
+            log.warning("event=funds_check_failed error=%r", str(exc)[:200])
+            return
+        hour = int(self.clock() // 3600)
+        low = []
+        if report.eth_wei < self.settings.low_gas_wei:
+            low.append(f"gas: {report.eth_wei / 10**18:.6f} ETH in the wallet")
+        if report.stake < self.settings.low_stake_nrlc:
+            low.append(f"stake: {texts.rlc(report.stake)} free in the hub (/deposit RLC)")
+        if low and self.ledger.record_event("low_funds", f"{hour}", {"low": low}):
+            log.warning("event=low_funds %s", " ".join(low))
+            await self.notify_admins("⚠️ The wallet runs low on " + "; ".join(low))
 
     # ------------------------------------------------------------------------------------ user actions
 
@@ -469,9 +543,13 @@ class Pipeline:
         if job is None or job.user_id != user or not job.result_ref:
             return
         path = Path(job.result_ref).parent / "detections.json"
-        if path.exists():
-            await self.bot.send_document(chat_id=job.chat_id, document=path.read_bytes(),
-                                         filename="detections.json")
+        if not path.exists():
+            await self._send_text(job.chat_id, texts.DETECTIONS_GONE)
+            return
+        await self.bot.send_document(chat_id=job.chat_id, document=path.read_bytes(),
+                                     filename="detections.json", reply_to_message_id=job.user_message_id,
+                                     allow_sending_without_reply=True)
+        self.board.touch(job.chat_id)
 
 
     # ------------------------------------------------------------------------------------ admin

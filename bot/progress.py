@@ -8,14 +8,97 @@ sent is never sent. "Message is not modified" is not an error; a message that va
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from telegram.error import BadRequest, Forbidden, TelegramError
+from telegram.ext import AIORateLimiter
 
 log = logging.getLogger(__name__)
+
+
+class ChatRateLimiter(AIORateLimiter):
+    """PTB's limiter (overall and per-group rates, RetryAfter retries) plus Telegram's per-private-chat limit.
+
+    PTB's `AIORateLimiter` leaves private chats unlimited; Telegram answers 429 beyond about one message a
+    second per chat (a short burst of a few is tolerated). Each private chat gets a token bucket of `burst`
+    messages refilled at `per_second`, applied to what Telegram counts: sends and edits, not chat actions.
+    """
+
+    def __init__(self, *, per_second: float = 0.9, burst: int = 3, overall_per_second: int = 28,
+                 **kwargs: Any) -> None:
+        # PTB's overall limiter is a leaky bucket that lets a full burst through on top of its rate (up to
+        # twice the rate within one second); Telegram counts a sliding second, so this one does too.
+        super().__init__(overall_max_rate=0, overall_time_period=0, **kwargs)
+        self.per_second = per_second
+        self.burst = burst
+        self.overall_per_second = overall_per_second
+        self._buckets: dict[int, tuple[float, float]] = {}
+        self._window: collections.deque[float] = collections.deque()
+        self._in_flight = 0
+
+    async def _take_overall(self, limit: int) -> None:
+        """Wait for a slot: requests in flight plus those finished within the last second stay under the rate.
+
+        A request counts from its start until a second after its answer, so requests that queue in the HTTP
+        client and reach Telegram late never bunch up over the limit there.
+        """
+        span = 1.05  # a little over a second: the two clocks never agree exactly
+        while True:
+            now = time.monotonic()
+            while self._window and self._window[0] <= now - span:
+                self._window.popleft()
+            if len(self._window) + self._in_flight < limit:
+                self._in_flight += 1
+                return
+            wait = self._window[0] + span - now if self._window else 0.02
+            await asyncio.sleep(max(wait, 0.005))
+
+    def _release_overall(self) -> None:
+        self._in_flight -= 1
+        self._window.append(time.monotonic())
+
+    @staticmethod
+    def _counted(endpoint: str) -> bool:
+        name = endpoint.lower()
+        return (name.startswith("send") and name != "sendchataction") or name.startswith("edit")
+
+    async def _take(self, chat_id: int) -> None:
+        while True:
+            now = time.monotonic()
+            tokens, at = self._buckets.get(chat_id, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) * self.per_second)
+            if tokens >= 1.0:
+                self._buckets[chat_id] = (tokens - 1.0, now)
+                if len(self._buckets) > 4096:  # forget chats whose bucket is full again
+                    full = [c for c, (t, a) in self._buckets.items() if t + (now - a) * self.per_second >= self.burst]
+                    for c in full[:2048]:
+                        self._buckets.pop(c, None)
+                return
+            self._buckets[chat_id] = (tokens, now)
+            await asyncio.sleep((1.0 - tokens) / self.per_second)
+
+    async def process_request(self, callback: Any, args: Any, kwargs: dict[str, Any], endpoint: str,
+                              data: dict[str, Any], rate_limit_args: int | None) -> Any:
+        chat_id = data.get("chat_id")
+        try:
+            chat = int(chat_id) if chat_id is not None else 0
+        except (TypeError, ValueError):
+            chat = 0
+        if chat > 0 and self._counted(endpoint):
+            await self._take(chat)
+        if chat_id is None or not self._counted(endpoint):
+            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+        # Edits of status messages leave room for new replies (acknowledgements) when the bot is busy.
+        edit = endpoint.lower().startswith("edit")
+        await self._take_overall(self.overall_per_second - (8 if edit else 0))
+        try:
+            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+        finally:
+            self._release_overall()
 
 
 @dataclass

@@ -108,6 +108,9 @@ STAGES = {
     "CANCELLED": "🚫 Cancelled; your reservation was returned.",
     "NEEDS_ADMIN": "⚠️ Something unusual happened; an operator will look at it. Your money is safe (reserved, not spent).",
 }
+WORKING = "⏱ {elapsed} so far · job <code>{short}</code> · /status"
+DOWNLOAD_FAILED = "I could not download that file from Telegram (it may be over Telegram's 20 MB limit)."
+DETECTIONS_GONE = "The detections of that job are no longer stored (deleted with /forget)."
 STATUS_LINE = "Job <code>{short}</code> · {stage} · {elapsed}"
 NOT_STARTED = (
     "Your task has not started yet after {waited}. iExec gives it until {deadline} (UTC); if no worker runs "
@@ -118,6 +121,7 @@ NO_ACTIVE = "Nothing in progress."
 CANCEL_NONE = "There is nothing I can cancel: jobs already bought on iExec run to the end (or get refunded)."
 CANCELLED = "Cancelled job <code>{short}</code>; {amount} returned to your balance."
 FORGET_DONE = "Deleted {n} stored pictures and results. Your balance and job amounts stay in the books."
+ALREADY_DONE = "Already done (this confirmation was used before); nothing was done twice."
 UNKNOWN_COMMAND = "I don't know that command. /help lists what I can do."
 ERROR = "Sorry, something went wrong on my side. Nothing was charged twice; try again in a minute."
 

@@ -324,7 +324,7 @@ class Devnet:
         self.keystore, self.password_file, self.bot_address = await asyncio.to_thread(ensure_wallet,
                                                                                      self.data_dir)
         rpc = self.anvil.rpc_url
-        balance = devchain.web3_for(rpc).eth.get_balance(self.bot_address)
+        balance = await asyncio.to_thread(lambda: devchain.web3_for(rpc).eth.get_balance(self.bot_address))
         if balance < self.config.bot_eth_wei // 2:
             await asyncio.to_thread(devchain.fund_eth, rpc, self.bot_address, self.config.bot_eth_wei)
         await asyncio.to_thread(fund_stake, rpc, self.deployment, self.bot_address,
@@ -366,7 +366,7 @@ class Devnet:
     @property
     def telegram_url(self) -> str:
         """Base URL of the Telegram stand-in."""
-        return str(getattr(self.telegram, "_url", None) or getattr(self.telegram, "url", ""))
+        return str(self.telegram.url) if self.telegram is not None else ""
 
     def _bot_env(self) -> dict[str, str]:
         assert self.anvil is not None and self.deployment is not None and self.market is not None

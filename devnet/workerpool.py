@@ -57,7 +57,7 @@ from iexec.orders import Domain, WorkerpoolOrder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PoolError", "TaskOutcome", "Workerpool", "publish_order", "task_id"]
+__all__ = ["InputError", "PoolError", "TaskOutcome", "Workerpool", "publish_order", "task_id"]
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 ZERO_TAG = b"\x00" * 32
@@ -68,6 +68,10 @@ _GAS = {"initialize": 600_000, "contributeAndFinalize": 1_200_000, "createWorker
 
 class PoolError(RuntimeError):
     """The workerpool could not do something on chain or with the market (message says what)."""
+
+
+class InputError(PoolError):
+    """A task's input file could not be fetched (refused URL, HTTP error, too large)."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,7 @@ class _Sender:
 def _check_loopback_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PoolError(f"input URL must be http(s): {url[:80]!r}")
+        raise InputError(f"input URL must be http(s): {url[:80]!r}")
     host = parts.hostname
     if host == "localhost":
         return
@@ -175,7 +179,7 @@ def _check_loopback_url(url: str) -> None:
             return
     except ValueError:
         pass
-    raise PoolError(f"the devnet workerpool fetches loopback URLs only, not {host[:80]!r}")
+    raise InputError(f"the devnet workerpool fetches loopback URLs only, not {host[:80]!r}")
 
 
 def _parse_params(raw: str) -> dict[str, Any]:
@@ -185,6 +189,24 @@ def _parse_params(raw: str) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {"iexec_args": raw}
     return data if isinstance(data, dict) else {"iexec_args": raw}
+
+
+def _containerise_computed(out: Path) -> None:
+    """Rewrite a host path in computed.json to the `/iexec_out/...` an app sees inside its container.
+
+    The devnet runs apps without Docker, so IEXEC_OUT is a host folder; apps that write the absolute
+    path they were given (as `worker/` does) would otherwise name a path no result reader accepts.
+    """
+    path = out / "computed.json"
+    try:
+        computed = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    declared = computed.get("deterministic-output-path") if isinstance(computed, dict) else None
+    host = str(out)
+    if isinstance(declared, str) and (declared == host or declared.startswith(host + "/")):
+        computed["deterministic-output-path"] = "/iexec_out" + declared[len(host):]
+        path.write_text(json.dumps(computed))
 
 
 def _deterministic_digest(out: Path) -> bytes | None:
@@ -469,15 +491,14 @@ class Workerpool:
             if code is None:
                 return outcome("timeout", app_seconds=seconds, detail=f"app killed after {limit:.1f}s")
             await self._finalize(tid, out_dir, code, stdout, stderr, fault, outcome, seconds)
-        except PoolError as exc:
-            if "input" in str(exc):
-                return outcome("input_failed", detail=str(exc))
-            raise
+        except InputError as exc:
+            return outcome("input_failed", detail=str(exc))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
     async def _finalize(self, tid: str, out_dir: Path, code: int, stdout: bytes, stderr: bytes, fault: Fault,
                         outcome: Any, seconds: float) -> None:
+        _containerise_computed(out_dir)
         digest = _deterministic_digest(out_dir) if code == 0 else None
         if digest is None:
             message = f"the app exited with code {code}" if code else "the app wrote no valid computed.json"
@@ -500,8 +521,9 @@ class Workerpool:
                                     [tid_bytes, digest, results, b"", ZERO_ADDRESS, b"", bytes(authorization)])
         await self._worker_tx.send(self._hub.address, data, _GAS["contributeAndFinalize"],
                                    "contributeAndFinalize")
-        outcome("error_archive" if (out_dir / "error.txt").exists() else "completed", cid=cid,
-                app_seconds=seconds)
+        error = out_dir / "error.txt"
+        outcome("error_archive" if error.exists() else "completed", cid=cid, app_seconds=seconds,
+                detail=error.read_text()[:500] if error.exists() else "")
 
     async def _overrun(self, tid: str) -> None:
         """Hold the task (as a never-ending app would) until chain time passes its contribution deadline."""
@@ -534,19 +556,19 @@ class Workerpool:
         names: list[str] = []
         for url in urls:
             if not isinstance(url, str):
-                raise PoolError(f"input file entry is not a URL: {url!r:.80}")
+                raise InputError(f"input file entry is not a URL: {url!r:.80}")
             _check_loopback_url(url)
             name = hashlib.sha256(url.encode()).hexdigest()
             try:
                 async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=30),
                                              allow_redirects=False) as resp:
                     if resp.status != 200:
-                        raise PoolError(f"input download answered HTTP {resp.status}")
+                        raise InputError(f"input download answered HTTP {resp.status}")
                     body = await resp.content.read(_MAX_INPUT_BYTES + 1)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise PoolError(f"input download failed: {type(exc).__name__}") from None
+                raise InputError(f"input download failed: {type(exc).__name__}") from None
             if len(body) > _MAX_INPUT_BYTES:
-                raise PoolError("input file is larger than 50 MiB")
+                raise InputError("input file is larger than 50 MiB")
             (in_dir / name).write_bytes(body)
             names.append(name)
         return names

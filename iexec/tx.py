@@ -79,6 +79,13 @@ def connect(rpc_url: str, *, timeout_s: float = 10.0) -> AsyncWeb3:
     return AsyncWeb3(provider)
 
 
+async def close(w3: AsyncWeb3) -> None:
+    """Close the HTTP sessions of `w3`'s provider (call once at shutdown)."""
+    disconnect = getattr(w3.provider, "disconnect", None)
+    if disconnect is not None:
+        await disconnect()
+
+
 def rpc_calls(w3: AsyncWeb3) -> int:
     """Total JSON-RPC calls made through `w3` when it was built by `connect()` (else 0)."""
     provider = w3.provider

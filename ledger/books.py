@@ -201,11 +201,15 @@ class Books(Store):
         return existing
 
     def _insert(self, conn: sqlite3.Connection, t: Transfer, leg: int, phase: str, debit: int,
-                credit: int, amount: int, now: int) -> int:
+                credit: int, amount: int, now: int, res: Transfer | None = None) -> int:
+        """Append one leg; a resolution's leg 0 (`res` given) also records the reservation's amount and row."""
+        reserved, reserve_seq = (res.amount, res.seq) if res is not None else (None, None)
         row = conn.execute(
             "INSERT INTO transfers (id, leg, kind, phase, debit_account, credit_account, amount, "
-            "pending_id, job, memo, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-            (t.id, leg, t.kind, phase, debit, credit, amount, t.pending_id, t.job, t.memo, now)).fetchone()
+            "pending_id, job, memo, created_at, reserved, reserve_seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            (t.id, leg, t.kind, phase, debit, credit, amount, t.pending_id, t.job, t.memo, now,
+             reserved, reserve_seq)).fetchone()
         return row[0]
 
     def _posted(self, wanted: Transfer, user: int, event: tuple[str, str] | None) -> Transfer | None:
@@ -331,8 +335,8 @@ class Books(Store):
         now = self._now_ms()
         self._bump(conn, debit, debits_pending=-res.amount, debits_posted=to_post + fee)
         self._bump(conn, credit, credits_pending=-res.amount, credits_posted=to_post)
-        seq = self._insert(conn, wanted, 0, "posted", debit, credit, to_post, now)
-        if fee:
+        seq = self._insert(conn, wanted, 0, "posted", debit, credit, to_post, now, res)
+        if fee:  # the fee leg is the very next row (the audit finds it at seq + 1)
             fees = self._account_id(conn, FEES)
             self._bump(conn, fees, credits_posted=fee)
             self._insert(conn, wanted, 1, "posted", debit, fees, fee, now)
@@ -361,7 +365,7 @@ class Books(Store):
         now = self._now_ms()
         self._bump(conn, debit, debits_pending=-res.amount)
         self._bump(conn, credit, credits_pending=-res.amount)
-        seq = self._insert(conn, wanted, 0, "void", debit, credit, res.amount, now)
+        seq = self._insert(conn, wanted, 0, "void", debit, credit, res.amount, now, res)
         return replace(wanted, created_at=now, seq=seq)
 
     def reservation_state(self, pending_id: str) -> str | None:

@@ -149,8 +149,22 @@ def _books(book: Ledger, args: argparse.Namespace) -> None:
             _export(book, args, sys.stdout)
 
 
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (`| head`): that is how it says it has enough, so end quietly,
+    with stdout pointed at /dev/null so the interpreter's final flush cannot complain either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 a ledger/wallet error, 2 bad usage, 130 interrupted)."""
+    """Run the CLI; returns the exit code (0 ok, 1 a ledger/wallet error, 2 bad usage, 130 interrupted).
+
+    Output cut short by its reader closing the pipe (`| head`) ends quietly with 0.
+    """
     args = _parser().parse_args(argv)
     try:
         if args.command == "wallet":
@@ -158,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         with Ledger(args.db) as book:
             _books(book, args)
+            sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        return 0
+    except BrokenPipeError:
+        _quiet_stdout()
         return 0
     except LedgerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -126,8 +126,38 @@ def _v1_accounts(now_ms: int) -> list[tuple[str, tuple[object, ...]]]:
     ]
 
 
+# v2: each resolution (leg 0 of a post or void) carries its reservation's amount (`reserved`) and row
+# (`reserve_seq`), written in the same transaction as the transfer; the audit checks both against the
+# reservation row with one rowid lookup. Existing resolutions are back-filled (the append-only trigger is
+# lifted for that one statement only). `transfers_pair` replaces `transfers_debit`: one ordered pass over it
+# gives every account's four totals. The CHECKs pass on NULL, so they hold for the old rows before back-fill;
+# the audit insists that every resolution has them.
+_V2 = """
+ALTER TABLE transfers ADD COLUMN reserved INTEGER
+    CHECK (reserved IS NULL OR (reserved > 0 AND ((kind = 'void' AND amount = reserved)
+                                                  OR (kind = 'post' AND leg = 0 AND amount <= reserved))));
+ALTER TABLE transfers ADD COLUMN reserve_seq INTEGER
+    CHECK (reserve_seq IS NULL OR (reserve_seq > 0 AND reserve_seq < seq))
+    CHECK ((reserve_seq IS NULL) = (reserved IS NULL));
+DROP TRIGGER transfers_no_update;
+UPDATE transfers AS r SET reserved = res.amount, reserve_seq = res.seq
+    FROM transfers AS res
+    WHERE r.pending_id IS NOT NULL AND r.leg = 0 AND res.id = r.pending_id AND res.leg = 0
+      AND res.kind = 'reserve';
+CREATE TRIGGER transfers_no_update BEFORE UPDATE ON transfers
+    BEGIN SELECT RAISE(ABORT, 'transfers are append-only'); END;
+DROP INDEX transfers_debit;
+CREATE INDEX transfers_pair ON transfers(debit_account, credit_account, phase, amount, reserved);
+"""
+
+
+def _nothing(now_ms: int) -> list[tuple[str, tuple[object, ...]]]:
+    return []
+
+
 # (version, name, DDL script, function giving parameterised statements to run after the script)
 MIGRATIONS: list[tuple[int, str, str, object]] = [
     (1, "books, jobs, chain txs, events, kv", _V1, _v1_accounts),
+    (2, "reserved amount and row on each resolution; account-pair index for the audit", _V2, _nothing),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

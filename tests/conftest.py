@@ -8,4 +8,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures_market",
     "tests.fixtures_devnet",
     "tests.fixtures_bot",
+    "tests.fixtures_e2e",
 ]

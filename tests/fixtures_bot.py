@@ -11,6 +11,7 @@ running the small test app, Telegram stand-in); `botnet` starts a bot with fresh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 from collections.abc import AsyncIterator
@@ -106,12 +107,27 @@ class BotNet:
         await self.bot.services.board.drain()
 
 
-async def start_botnet(net: Devnet, books: Path, **overrides: Any) -> BotNet:
+async def start_botnet(net: Devnet, books: Path, *, crash_at: str | None = None, fast_retries: bool = False,
+                       polling: bool = True, **overrides: Any) -> BotNet:
+    """Start a bot on `net` with the books in `books`; `fast_retries` shortens the step retry delays."""
     settings = bot_settings(net, books, **overrides)
-    crash_at = overrides.pop("crash_at", None) if "crash_at" in overrides else None
     bot = build_bot(settings, crash_at=crash_at)
-    await bot.start(poll_timeout=1)
+    if fast_retries:
+        bot.services.pipeline.retry_delays = (0.2,)
+        bot.services.pipeline.result_attempts = 3
+    await bot.start(poll_timeout=1, polling=polling)
     return BotNet(net=net, bot=bot, settings=settings, books=books)
+
+
+@contextlib.asynccontextmanager
+async def bot_on(net: Devnet, books: Path, **overrides: Any) -> AsyncIterator[BotNet]:
+    """A bot with its own settings for one test (the `botnet` fixture's bot must not run at the same time)."""
+    net.pool.faults.clear()
+    running = await start_botnet(net, books, **overrides)
+    try:
+        yield running
+    finally:
+        await running.bot.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

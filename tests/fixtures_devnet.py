@@ -24,6 +24,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from PIL import Image
+from web3.logs import DISCARD
+from eth_utils import keccak
 
 from devnet import chain as devchain
 from devnet.accounts import POOL_OWNER, REQUESTER, WORKER
@@ -70,10 +72,11 @@ class PoolEnv:
         return f"{self.inputs_url}/inputs/{name}"
 
     async def request(self, *, args: str = "", input_files: list[str] | None = None, volume: int = 1,
-                      image: bytes | None = None) -> tuple[str, list[str]]:
+                      image: bytes | None = None, fault: str | None = None) -> tuple[str, list[str]]:
         """Sign a request order as REQUESTER and match it with the app and the pool's newest order.
 
-        Returns (deal id, task ids). By default the input is one small PNG served on loopback.
+        Returns (deal id, task ids). By default the input is one small PNG served on loopback. `fault`
+        is set for this deal only, before matching (the deal id is keccak(requestHash, 0)).
         """
         files = input_files if input_files is not None else [self.serve_input(image or png_bytes())]
         dep = self.chain.deployment
@@ -86,22 +89,41 @@ class PoolEnv:
             category=0, trust=0, beneficiary=REQUESTER.address, callback=ZERO, params=params,
             salt=os.urandom(32)).sign_with(REQUESTER, domain)
         pool_order = self.pool.orders[-1]
-        receipt = await asyncio.to_thread(
-            devchain.TxSender(devchain.web3_for(self.rpc_url), REQUESTER).call, dep.hub,
-            self.chain.hub.abi, "matchOrders", self.app_order.to_tuple(), NULL_DATASET_ORDER.to_tuple(),
-            pool_order.to_tuple(), request.to_tuple())
-        events = self.chain.hub.events.OrdersMatched().process_receipt(receipt)
-        deal = "0x" + bytes(events[0]["args"]["dealid"]).hex()
-        first = self.chain.hub.functions.viewDeal(deal).call()[11]
+        if fault is not None:
+            self.pool.faults.set(fault, keccak(request.hash(domain) + bytes(32)))
+
+        def match() -> tuple[str, int]:
+            receipt = devchain.TxSender(devchain.web3_for(self.rpc_url), REQUESTER).call(
+                dep.hub, self.chain.hub.abi, "matchOrders", self.app_order.to_tuple(),
+                NULL_DATASET_ORDER.to_tuple(), pool_order.to_tuple(), request.to_tuple())
+            events = self.chain.hub.events.OrdersMatched().process_receipt(receipt, errors=DISCARD)
+            deal = "0x" + bytes(events[0]["args"]["dealid"]).hex()
+            return deal, self.chain.hub.functions.viewDeal(deal).call()[11]
+
+        # Sync web3 calls run off the event loop: web3 shares one lock between its sync and async
+        # providers, and a sync call on the loop's thread can deadlock the pool's async calls.
+        deal, first = await asyncio.to_thread(match)
         return deal, [task_id(deal, first + i) for i in range(volume)]
 
-    def task(self, tid: str) -> Any:
+    async def task(self, tid: str) -> Any:
         """viewTask as a tuple: status, dealid, idx, timeref, contributionDeadline, revealDeadline,
         finalDeadline, consensusValue, revealCounter, winnerCounter, contributors, resultDigest, results..."""
-        return self.chain.hub.functions.viewTask(tid).call()
+        return await asyncio.to_thread(self.chain.hub.functions.viewTask(tid).call)
 
-    def stake(self, address: str = REQUESTER.address) -> tuple[int, int]:
-        return devchain.stake_of(self.rpc_url, self.chain.deployment, address)
+    async def stake(self, address: str = REQUESTER.address) -> tuple[int, int]:
+        """(free, locked) hub stake of `address`."""
+        return await asyncio.to_thread(devchain.stake_of, self.rpc_url, self.chain.deployment, address)
+
+    async def send(self, function: str, *args: Any) -> Any:
+        """Send a hub transaction as REQUESTER; raises devnet TransactionFailed on revert."""
+        def call() -> Any:
+            sender = devchain.TxSender(devchain.web3_for(self.rpc_url), REQUESTER)
+            return sender.call(self.chain.deployment.hub, self.chain.hub.abi, function, *args)
+        return await asyncio.to_thread(call)
+
+    async def increase_time(self, seconds: int) -> int:
+        """Move chain time forward (and mine a block)."""
+        return await asyncio.to_thread(devchain.increase_time, self.rpc_url, seconds)
 
 
 @asynccontextmanager

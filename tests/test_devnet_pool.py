@@ -23,7 +23,7 @@ XS_FINAL_DEADLINE_S = 10 * 300
 
 
 async def _fetch(env, tid: str, dest: Path):
-    return await fetch_result(env.task(tid)[13], [env.gateway.url], dest)
+    return await fetch_result((await env.task(tid))[12], [env.gateway.url], dest)
 
 
 async def _get_status(url: str) -> int:
@@ -35,9 +35,9 @@ async def test_task_completes_and_result_downloads(pool_env, tmp_path):
     deal, (tid,) = await pool_env.request(args="--max-dim 256")
     outcome = await pool_env.pool.wait_task(tid, timeout=30)
     assert outcome.state == "completed"
-    task = pool_env.task(tid)
+    task = (await pool_env.task(tid))
     assert task[0] == COMPLETED
-    location = decode_results(task[13])
+    location = decode_results(task[12])
     assert location.location == f"/ipfs/{outcome.cid}"
     result = await _fetch(pool_env, tid, tmp_path / "out")
     assert result.ok, result.error_message
@@ -53,7 +53,7 @@ async def test_app_error_completes_with_error_archive(pool_env, tmp_path):
     deal, (tid,) = await pool_env.request()
     outcome = await pool_env.pool.wait_task(tid, timeout=30)
     assert outcome.state == "error_archive"
-    assert pool_env.task(tid)[0] == COMPLETED
+    assert (await pool_env.task(tid))[0] == COMPLETED
     result = await _fetch(pool_env, tid, tmp_path / "out")
     assert not result.ok
     assert "exited with code 1" in (result.error_message or "")
@@ -61,20 +61,16 @@ async def test_app_error_completes_with_error_archive(pool_env, tmp_path):
 
 
 async def test_no_show_stays_unset_then_claimable(pool_env):
-    free_before, _ = pool_env.stake()
-    deal, (tid,) = await pool_env.request()
-    pool_env.pool.faults.set(Fault.NO_SHOW, deal)
-    # the fault is set after matching but before the pool reads the deal in most runs; make it certain:
+    deal, (tid,) = await pool_env.request(fault="no_show")
+    other_deal, (other,) = await pool_env.request()  # the fault holds for that deal only
+    assert (await pool_env.pool.wait_task(other, timeout=30)).state == "completed"
     outcome = await pool_env.pool.wait_task(tid, timeout=10)
-    if outcome.state != "no_show":
-        pytest.skip("the pool handled the deal before the fault was set")
-    assert pool_env.task(tid)[0] == UNSET
-    await asyncio.to_thread(devchain.increase_time, pool_env.rpc_url, XS_FINAL_DEADLINE_S + 10)
-    await asyncio.to_thread(devchain.TxSender(devchain.web3_for(pool_env.rpc_url), REQUESTER).call,
-                            pool_env.chain.deployment.hub, pool_env.chain.hub.abi, "initializeAndClaimArray",
-                            [bytes.fromhex(deal[2:])], [0])
-    assert pool_env.task(tid)[0] == FAILED
-    assert pool_env.stake() == (free_before, 0)
+    assert outcome.state == "no_show" and outcome.deal_id == deal
+    assert (await pool_env.task(tid))[0] == UNSET
+    await pool_env.increase_time(XS_FINAL_DEADLINE_S + 10)
+    await pool_env.send("initializeAndClaimArray", [bytes.fromhex(deal[2:])], [0])
+    assert (await pool_env.task(tid))[0] == FAILED
+    assert (await pool_env.stake())[1] == 0  # nothing stays locked: the requester got the price back
 
 
 async def _set_fault_then_request(env, mode: str, **kw):
@@ -91,50 +87,46 @@ async def _set_fault_then_request(env, mode: str, **kw):
 async def test_no_show_global_fault(pool_env):
     deal, tid, outcome = await _set_fault_then_request(pool_env, "no_show")
     assert outcome.state == "no_show"
-    assert pool_env.task(tid)[0] == UNSET
+    assert (await pool_env.task(tid))[0] == UNSET
 
 
 async def test_crash_before_contribute_is_active_until_claimed(pool_env):
-    free_before, _ = pool_env.stake()
+    free_before, _ = (await pool_env.stake())
     deal, tid, outcome = await _set_fault_then_request(pool_env, "crash_before_contribute")
     assert outcome.state == "crashed"
-    task = pool_env.task(tid)
+    task = (await pool_env.task(tid))
     assert task[0] == ACTIVE
-    claim = devchain.TxSender(devchain.web3_for(pool_env.rpc_url), REQUESTER).call
-    hub, abi = pool_env.chain.deployment.hub, pool_env.chain.hub.abi
     with pytest.raises(devchain.TransactionFailed):  # too early: the final deadline has not passed
-        await asyncio.to_thread(claim, hub, abi, "claim", bytes.fromhex(tid[2:]))
-    await asyncio.to_thread(devchain.increase_time, pool_env.rpc_url, XS_FINAL_DEADLINE_S + 10)
-    await asyncio.to_thread(claim, hub, abi, "claim", bytes.fromhex(tid[2:]))
-    assert pool_env.task(tid)[0] == FAILED
-    assert pool_env.stake() == (free_before, 0)
+        await pool_env.send("claim", bytes.fromhex(tid[2:]))
+    await pool_env.increase_time(XS_FINAL_DEADLINE_S + 10)
+    await pool_env.send("claim", bytes.fromhex(tid[2:]))
+    assert (await pool_env.task(tid))[0] == FAILED
+    assert (await pool_env.stake()) == (free_before, 0)
 
 
 async def test_overrun_runs_until_chain_time_passes_the_deadline(pool_env):
     pool_env.pool.set_fault("overrun")
     deal, (tid,) = await pool_env.request()
     for _ in range(200):
-        if pool_env.task(tid)[0] == ACTIVE:
+        if (await pool_env.task(tid))[0] == ACTIVE:
             break
         await asyncio.sleep(0.02)
-    assert pool_env.task(tid)[0] == ACTIVE
+    assert (await pool_env.task(tid))[0] == ACTIVE
     await asyncio.sleep(0.3)
     assert tid not in pool_env.pool.outcomes  # still "running"
-    await asyncio.to_thread(devchain.increase_time, pool_env.rpc_url, XS_FINAL_DEADLINE_S + 10)
+    await pool_env.increase_time(XS_FINAL_DEADLINE_S + 10)
     outcome = await pool_env.pool.wait_task(tid, timeout=10)
     assert outcome.state == "overrun"
-    await asyncio.to_thread(devchain.TxSender(devchain.web3_for(pool_env.rpc_url), REQUESTER).call,
-                            pool_env.chain.deployment.hub, pool_env.chain.hub.abi, "claim",
-                            bytes.fromhex(tid[2:]))
-    assert pool_env.task(tid)[0] == FAILED
+    await pool_env.send("claim", bytes.fromhex(tid[2:]))
+    assert (await pool_env.task(tid))[0] == FAILED
 
 
 @pytest.mark.parametrize("mode,status", [("gateway_lose", 404), ("gateway_500", 500)])
 async def test_gateway_faults_after_completion(pool_env, mode, status):
     deal, tid, outcome = await _set_fault_then_request(pool_env, mode)
     assert outcome.state == "completed"
-    assert pool_env.task(tid)[0] == COMPLETED
-    url = f"{pool_env.gateway.url}{decode_results(pool_env.task(tid)[13]).location}"
+    assert (await pool_env.task(tid))[0] == COMPLETED
+    url = f"{pool_env.gateway.url}{decode_results((await pool_env.task(tid))[12]).location}"
     assert await _get_status(url) == status
     pool_env.gateway.set_fault(None, outcome.cid)
     assert await _get_status(url) == 200
@@ -169,7 +161,7 @@ async def test_workers_bound_is_respected(chain):
         outcomes = await asyncio.gather(*(env.pool.wait_task(t, timeout=60) for t in tids))
         assert [o.state for o in outcomes] == ["completed"] * 5
         assert env.pool.max_running == 2
-        assert all(env.task(t)[0] == COMPLETED for t in tids)
+        assert [(await env.task(t))[0] for t in tids] == [COMPLETED] * 5
 
 
 async def test_app_killed_at_time_limit_never_contributes(chain):
@@ -177,14 +169,14 @@ async def test_app_killed_at_time_limit_never_contributes(chain):
         deal, (tid,) = await env.request(args="--sleep 5")
         outcome = await env.pool.wait_task(tid, timeout=30)
         assert outcome.state == "timeout"
-        assert env.task(tid)[0] == ACTIVE
+        assert (await env.task(tid))[0] == ACTIVE
 
 
 async def test_input_not_found_never_contributes(pool_env):
     deal, (tid,) = await pool_env.request(input_files=[f"{pool_env.inputs_url}/inputs/missing"])
     outcome = await pool_env.pool.wait_task(tid, timeout=30)
     assert outcome.state == "input_failed" and "404" in outcome.detail
-    assert pool_env.task(tid)[0] == ACTIVE
+    assert (await pool_env.task(tid))[0] == ACTIVE
 
 
 async def test_non_loopback_input_is_refused(pool_env):
@@ -270,3 +262,27 @@ def test_testapp_follows_the_app_contract(tmp_path):
                          cwd=Path(__file__).parent.parent, capture_output=True, timeout=10)
     assert bad.returncode == 1
     assert "not an image" in json.loads((out_dir / "computed.json").read_text())["error-message"]
+
+
+# ------------------------------------------------------------------------------------------ real worker
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_real_worker_task_completes_with_segmented_image(chain, worker_weights_r50, tmp_path):
+    """One task through the pool with `python -m worker` (random ResNet50 weights, small image)."""
+    app_cmd = [sys.executable, "-m", "worker"]
+    env = {"MRCNN_WEIGHTS": str(worker_weights_r50)}
+    async with make_pool_env(chain, app_cmd=app_cmd, app_env=env, workers=1) as pool_env:
+        deal, (tid,) = await pool_env.request(args="--max-dim 256 --min-confidence 0.0",
+                                              image=png_bytes((160, 120)))
+        outcome = await pool_env.pool.wait_task(tid, timeout=540)
+        assert outcome.state == "completed", outcome.detail
+        assert (await pool_env.task(tid))[0] == COMPLETED
+        result = await _fetch(pool_env, tid, tmp_path / "out")
+    assert result.ok, (result.error_message, result.stderr[-2000:])
+    assert result.deterministic_output is not None
+    assert "deterministic-output-path" in result.computed
+    from PIL import Image
+    with Image.open(result.deterministic_output) as image:
+        assert image.size == (160, 120)

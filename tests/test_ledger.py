@@ -11,6 +11,7 @@ from ledger import (AlreadyResolved, AuditError, Balance, ExceedsReservation, Il
                     LedgerError, SchemaError, TransferConflict, UnknownJob, UnknownTransfer, format_rlc,
                     parse_rlc)
 from ledger.errors import BalanceOverflow
+from ledger.schema import SCHEMA_VERSION
 
 RLC = 10**9
 MAX = 2**63 - 1
@@ -244,10 +245,10 @@ def test_reopen_keeps_schema_and_data(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     with Ledger(path) as book:
         book.grant("g", 1, 10, "")
-        assert book.schema_version() == 1
+        assert book.schema_version() == SCHEMA_VERSION == 2
     with Ledger(path) as book:
         assert book.balance(1).posted == 10
-        assert book.schema_version() == 1
+        assert book.schema_version() == SCHEMA_VERSION
         mode = book._conn.execute("PRAGMA journal_mode").fetchone()[0]
         sync = book._conn.execute("PRAGMA synchronous").fetchone()[0]
     assert (mode, sync) == ("wal", 2)

@@ -92,3 +92,18 @@ def test_wallet_commands(tmp_path: Path) -> None:
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr
     no_pw = run(tmp_path, "wallet", "new", "--keystore", "n.json")
     assert no_pw.returncode == 1 and "Traceback" not in no_pw.stderr
+
+
+def test_output_cut_by_head_ends_quietly(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "books.db") as book:
+        for i in range(3000):
+            book.grant(f"g{i}", 42, 1, "m" * 60)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LEDGER_DB": str(tmp_path / "books.db")}
+    proc = subprocess.Popen([sys.executable, "-m", "ledger", "history", "42", "--limit", "3000"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert b"grant" in proc.stdout.readline()  # the reader takes one line and goes away, like `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0
+    assert err == ""

@@ -1,0 +1,108 @@
+"""Benchmark of the bot's Telegram side on a devnet: acknowledgement latency and send throughput.
+
+    .venv/bin/python bench/bot.py
+
+1. 50 users send a photo at the same moment; latency = photo injected -> the bot's first reply in that chat
+   (the acknowledgement), median and p95 (target: median < 0.5 s).
+2. The bot sends one message to each of 300 chats at once through its rate limiter; messages per second,
+   and the number of 429 answers from the stand-in, which enforces Telegram's limits (target: >= 25/s, 0).
+Last line: `RESULT ack_median_s=... ack_p95_s=... send_rate_per_s=... rate_limited=...`.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from PIL import Image  # noqa: E402
+
+from bot.app import build_bot  # noqa: E402
+from bot.settings import Settings  # noqa: E402
+from devnet.telegram import TgChat, TgUser  # noqa: E402
+from devnet.up import Devnet, DevnetConfig  # noqa: E402
+
+USERS = 50
+CHATS = 300
+
+
+def _photo(seed: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (640, 480), (seed % 256, 120, 60)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def ack_latency(net: Devnet, bot: object) -> list[float]:
+    tg = net.telegram
+    users = [TgUser(id=700_000 + i, first_name="Bench") for i in range(USERS)]
+    for user in users:
+        bot.services.ledger.grant(f"bench-{user.id}", user.id, 10**9)
+    photos = [_photo(i) for i in range(USERS)]
+    sent_at: dict[int, float] = {}
+    for user, data in zip(users, photos):
+        sent_at[user.id] = time.monotonic()
+        tg.inject_photo(user, data)
+    first: dict[int, float] = {}
+
+    def check() -> bool:
+        now = time.monotonic()
+        for user in users:
+            if user.id not in first and tg.sent(user.id):
+                first[user.id] = now
+        return len(first) == USERS
+
+    await tg.wait_for(check, timeout=60)
+    return [first[u] - sent_at[u] for u in (x.id for x in users)]
+
+
+async def send_rate(net: Devnet, bot: object) -> tuple[float, int]:
+    tg = net.telegram
+    chats = [TgUser(id=800_000 + i, first_name="Reader") for i in range(CHATS)]
+    for user in chats:
+        tg.add_chat(TgChat.private(user))
+    await asyncio.sleep(1.5)  # let the window of the previous phase pass
+    limited_before = tg.rate_limited
+    started = time.monotonic()
+    await asyncio.gather(*(bot.app.bot.send_message(chat_id=u.id, text="Service notice: all good.")
+                           for u in chats))
+    took = time.monotonic() - started
+    return CHATS / took, tg.rate_limited - limited_before
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        async with Devnet(DevnetConfig(data_dir=data / "devnet", app="test", persist_chain=False,
+                                       workers=2)) as net:
+            values = {k.lower(): v for k, v in net.env.items()}
+            values.update(db_path=data / "books.db", data_dir=data / "bot", poll_interval_s=0.5,
+                          max_jobs_per_hour=100, log_level="WARNING")
+            settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+            bot = build_bot(settings)
+            await bot.start(poll_timeout=1)
+            try:
+                bot.services.pipeline.paused = False
+                latencies = await ack_latency(net, bot)
+                print(f"ack latency, {USERS} users at once: median {statistics.median(latencies):.3f} s, "
+                      f"p95 {_pct(latencies, 0.95):.3f} s, max {max(latencies):.3f} s")
+                await bot.services.pipeline.idle(120)
+                rate, limited = await send_rate(net, bot)
+                print(f"send rate to {CHATS} chats: {rate:.1f} messages/s, 429 answers: {limited}")
+            finally:
+                await bot.stop()
+    print(f"RESULT ack_median_s={statistics.median(latencies):.3f} ack_p95_s={_pct(latencies, 0.95):.3f} "
+          f"send_rate_per_s={rate:.1f} rate_limited={limited}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,197 @@
+"""Admin commands through the Telegram stand-in: confirmations, idempotence, the chain, refusals to users."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from telegram import Update
+
+from ledger import JobState
+from tests.fixtures_bot import ADMIN, BotNet, bot_on, photo_bytes
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ADMIN_COMMANDS = ("fund", "wallet", "deposit", "withdraw", "users", "job", "refund", "retry", "reconcile",
+                  "pause", "resume", "price")
+NO_OFFER = {"workerpool_max_price_nrlc": 1, "match_timeout_s": 600}
+
+
+def _texts(bn: BotNet, who: object) -> list[str]:
+    return [m.text or "" for m in bn.sent(who)]
+
+
+async def test_every_admin_command_is_unknown_to_a_user(botnet: BotNet) -> None:
+    user = botnet.new_user()
+    for name in ADMIN_COMMANDS:
+        botnet.tg.inject_command(user, f"/{name}", f"{user.id} 5" if name == "fund" else "1")
+    await botnet.tg.wait_for(lambda: sum("don't know that command" in t for t in _texts(botnet, user))
+                             == len(ADMIN_COMMANDS), timeout=15)
+    assert len(botnet.sent(user)) == len(ADMIN_COMMANDS)
+    assert botnet.ledger.balance(user.id).posted == 10**9
+    assert not botnet.bot.services.pipeline.paused
+
+
+async def test_help_shows_admin_commands_to_admins(botnet: BotNet) -> None:
+    botnet.tg.inject_command(ADMIN, "/help")
+    msg = await botnet.wait_for_text(ADMIN, "Admin")
+    assert "/fund" in msg.text and "/reconcile" in msg.text
+
+
+async def test_fund_asks_confirmation_and_grants_once(botnet: BotNet) -> None:
+    user = botnet.new_user(credit_nrlc=0)
+    botnet.tg.inject_command(ADMIN, "/fund", f"{user.id} 2.5 welcome gift")
+    ask = await botnet.wait_for_text(ADMIN, "Credit user")
+    assert botnet.ledger.balance(user.id).posted == 0  # nothing before the button
+    [(label, data), _] = ask.buttons()
+    assert data.startswith("fund:") and data.endswith(f":{user.id}:2500000000")
+    botnet.tg.press_button(ADMIN, ask.message_id, data)  # a double press: both arrive
+    botnet.tg.press_button(ADMIN, ask.message_id, data)
+    await botnet.tg.wait_for(lambda: len(botnet.tg.calls("answerCallbackQuery")) >= 2, timeout=10)
+    await botnet.bot.services.board.drain()
+    assert botnet.ledger.balance(user.id).posted == 2_500_000_000
+    grant = botnet.ledger.get_transfer(data.rsplit(":", 2)[0])
+    assert grant is not None and grant.memo == "welcome gift"
+
+    # The same Telegram update delivered again: a new confirmation with the same key, which does nothing.
+    update_id = int(data.split(":")[1])
+    replay = {"update_id": update_id, "message": {
+        "message_id": 10_000, "date": 0, "chat": {"id": ADMIN.id, "type": "private"}, "from": ADMIN.to_api(),
+        "text": f"/fund {user.id} 2.5 welcome gift",
+        "entities": [{"type": "bot_command", "offset": 0, "length": 5}]}}
+    await botnet.bot.app.process_update(Update.de_json(replay, botnet.bot.app.bot))
+    [again] = [m for m in botnet.sent(ADMIN) if m.buttons() and m.buttons()[0][1] == data]
+    assert again.message_id != ask.message_id  # the first one now says what was done, without buttons
+    assert "Credited 2.5 RLC" in next(m for m in botnet.sent(ADMIN) if m.message_id == ask.message_id).text
+    botnet.tg.press_button(ADMIN, again.message_id, data)
+    await botnet.wait_for_text(ADMIN, "Already done")
+    assert botnet.ledger.balance(user.id).posted == 2_500_000_000
+    botnet.ledger.audit()
+
+
+@pytest.mark.parametrize("amount", ["-1", "0", "abc", "1e3", "99999999999", "1.0000000001"])
+async def test_fund_refuses_bad_amounts(botnet: BotNet, amount: str) -> None:
+    user = botnet.new_user(credit_nrlc=0)
+    botnet.tg.inject_command(ADMIN, "/fund", f"{user.id} {amount}")
+    msg = await botnet.wait_for_text(ADMIN, "Not funded")
+    assert not msg.buttons()
+    assert botnet.ledger.balance(user.id).posted == 0
+
+
+async def test_fund_usage_without_a_numeric_user(botnet: BotNet) -> None:
+    botnet.tg.inject_command(ADMIN, "/fund", "@someone 1")
+    msg = await botnet.wait_for_text(ADMIN, "Usage: /fund")
+    assert not msg.buttons()
+
+
+async def test_wallet_withdraw_deposit_on_chain_once_each(botnet: BotNet) -> None:
+    chain = botnet.bot.chain
+    before = await chain.wallet_report()
+    botnet.tg.inject_command(ADMIN, "/wallet")
+    msg = await botnet.wait_for_text(ADMIN, "Wallet")
+    assert before.address in msg.text and "solvent" in msg.text and "Hub stake" in msg.text
+
+    for command, sign in (("withdraw", -1), ("deposit", +1)):
+        botnet.tg.inject_command(ADMIN, f"/{command}", "1.5")
+        ask = await botnet.wait_for_text(ADMIN, "Move 1.5 RLC")
+        data = ask.buttons()[0][1]
+        assert data.startswith(f"{command}:")
+        botnet.tg.press_button(ADMIN, ask.message_id, data)
+        await botnet.wait_for_text(ADMIN, f"{command.capitalize()} done", timeout=20)
+        report = await chain.wallet_report()
+        expected = before.stake - 1_500_000_000 if sign < 0 else before.stake
+        assert report.stake == expected
+        # The same button again (a replayed callback): nothing moves.
+        botnet.tg.press_button(ADMIN, ask.message_id, data, must_exist=False)
+        await botnet.tg.wait_for(lambda: sum("Already done" in t for t in _texts(botnet, ADMIN))
+                                 >= (1 if sign < 0 else 2), timeout=10)
+        assert (await chain.wallet_report()).stake == expected
+    botnet.tg.inject_command(ADMIN, "/withdraw", "-3")
+    await botnet.wait_for_text(ADMIN, "Nothing done")
+
+
+async def test_users_job_reconcile_price(botnet: BotNet) -> None:
+    user = botnet.new_user()
+    botnet.tg.inject_photo(user, photo_bytes(seed=21))
+    await botnet.result_for(user)
+    await botnet.settle()
+    [job] = botnet.ledger.user_jobs(user.id)
+
+    botnet.tg.inject_command(ADMIN, "/users")
+    msg = await botnet.wait_for_text(ADMIN, str(user.id))
+    assert "available 0.84 RLC" in msg.text
+
+    botnet.tg.inject_command(ADMIN, "/job", job.id[-8:])
+    msg = await botnet.wait_for_text(ADMIN, "state:")
+    assert "DELIVERED" in msg.text and job.deal_id in msg.text and not msg.buttons()
+
+    botnet.tg.inject_command(ADMIN, "/job", "nope")
+    await botnet.wait_for_text(ADMIN, "Usage: /job")
+
+    botnet.tg.inject_command(ADMIN, "/reconcile")
+    msg = await botnet.wait_for_text(ADMIN, "audit passed")
+    assert "no differences" in msg.text
+
+    botnet.tg.inject_command(ADMIN, "/price")
+    msg = await botnet.wait_for_text(ADMIN, "Best offer")
+    assert "app 0.05 RLC + workerpool 0.1 RLC" in msg.text
+
+
+async def test_pause_refuses_pictures_and_resume_takes_them_again(botnet: BotNet) -> None:
+    user = botnet.new_user()
+    botnet.tg.inject_command(ADMIN, "/pause")
+    await botnet.wait_for_text(ADMIN, "Intake paused")
+    botnet.tg.inject_photo(user, photo_bytes(seed=22))
+    await botnet.wait_for_text(user, "not taking new pictures")
+    assert botnet.ledger.user_jobs(user.id) == []
+    botnet.tg.inject_command(ADMIN, "/resume")
+    await botnet.wait_for_text(ADMIN, "Intake resumed")
+    botnet.tg.inject_photo(user, photo_bytes(seed=23))
+    await botnet.result_for(user)
+    await botnet.settle()
+    assert botnet.ledger.balance(user.id).posted == 10**9 - 160_000_000
+
+
+async def test_refund_and_retry_of_a_held_job(devnet_module, tmp_path: Path) -> None:
+    async with bot_on(devnet_module, tmp_path, **NO_OFFER) as bn:
+        user = bn.new_user()
+        pipeline = bn.bot.services.pipeline
+        bn.tg.inject_photo(user, photo_bytes(seed=24))
+        await bn.wait_for_text(user, "looking for a worker")
+        [job] = bn.ledger.user_jobs(user.id)
+        await pipeline._hold(bn.ledger.get_job(job.id), "test: books and chain disagree")
+        alert = await bn.wait_for_text(ADMIN, "needs an admin")
+        assert job.id in alert.text
+        await bn.wait_for_text(user, "an operator will look at it")
+
+        bn.tg.inject_command(ADMIN, "/job", job.id)
+        msg = await bn.wait_for_text(ADMIN, "NEEDS_ADMIN")
+        assert [d.split(":")[0] for _, d in msg.buttons()] == ["refund", "retry"]
+
+        bn.tg.inject_command(ADMIN, "/retry", job.id)
+        await bn.wait_for_text(ADMIN, "resumed from ORDER_SIGNED")
+        assert bn.ledger.get_job(job.id).state is JobState.ORDER_SIGNED
+        await pipeline._hold(bn.ledger.get_job(job.id), "test: again")
+
+        bn.tg.inject_command(ADMIN, "/refund", job.id)
+        ask = await bn.wait_for_text(ADMIN, "Refund job")
+        assert bn.ledger.balance(user.id).pending == job.max_price  # nothing before the button
+        bn.tg.press_button(ADMIN, ask.message_id, ask.buttons()[0][1])
+        await bn.wait_for_text(ADMIN, "refunded.")
+        assert bn.ledger.get_job(job.id).state is JobState.REFUNDED
+        bal = bn.ledger.balance(user.id)
+        assert (bal.posted, bal.pending) == (10**9, 0)
+        await bn.wait_for_text(user, "an operator refunded it")
+
+        bn.tg.inject_command(ADMIN, "/refund", job.id)  # not held any more
+        await bn.wait_for_text(ADMIN, "Only a job held")
+        bn.ledger.audit()
+
+
+async def test_admins_told_when_the_stake_runs_low(devnet_module, tmp_path: Path) -> None:
+    async with bot_on(devnet_module, tmp_path, low_stake_nrlc=10**6 * 10**9) as bn:
+        user = bn.new_user()
+        bn.tg.inject_photo(user, photo_bytes(seed=25))
+        await bn.result_for(user)
+        msg = await bn.wait_for_text(ADMIN, "runs low")
+        assert "stake" in msg.text and "gas" not in msg.text
+        await bn.settle()

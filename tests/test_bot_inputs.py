@@ -1,0 +1,250 @@
+"""Bad input through the real bot: a clear reply, nothing charged, no job row; limits; replays and edits.
+
+URL fetches go to a local server (the bot allows loopback for it, as on the devnet) or are refused before any
+connection (IP literals of loopback with the default settings, private and metadata addresses always).
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from PIL import Image
+from telegram import Update
+
+from devnet.telegram import TgUser
+from tests.fixtures_bot import BotNet, bot_on, photo_bytes
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+CREDIT = 10**9
+NOTHING = "Nothing was charged"
+
+
+class ImageServer:
+    """A local web server with good and bad answers; counts the requests it gets."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{name:.*}", self._serve)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self.hits.append(name)
+        if name == "ok.jpg":
+            return web.Response(body=photo_bytes(seed=40), content_type="image/jpeg")
+        if name == "html":
+            return web.Response(text="<html><body>not an image</body></html>", content_type="text/html")
+        if name == "to-private":
+            raise web.HTTPFound("http://10.1.2.3/x.jpg")
+        if name == "to-metadata":
+            raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
+        if name == "endless":
+            resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+            await resp.prepare(request)
+            try:
+                while True:
+                    await resp.write(b"\xff" * 65536)
+            except (ConnectionResetError, asyncio.CancelledError):
+                pass
+            return resp
+        raise web.HTTPNotFound()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def server() -> AsyncIterator[ImageServer]:
+    srv = ImageServer()
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def assert_untouched(bn: BotNet, user: TgUser, credit: int = CREDIT) -> None:
+    bal = bn.ledger.balance(user.id)
+    assert (bal.posted, bal.pending) == (credit, 0)
+    assert bn.ledger.user_jobs(user.id) == []
+    bn.ledger.audit()
+
+
+async def refused(bn: BotNet, user: TgUser, *words: str, timeout: float = 20) -> str:
+    msg = await bn.wait_for_text(user, NOTHING, timeout=timeout)
+    for word in words:
+        assert word.lower() in msg.text.lower(), msg.text
+    await bn.settle()
+    assert_untouched(bn, user)
+    return msg.text
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+async def test_not_pictures_are_refused(botnet: BotNet) -> None:
+    cases = [
+        (lambda u: botnet.tg.inject_sticker(u), "sticker"),
+        (lambda u: botnet.tg.inject_voice(u), "voice"),
+        (lambda u: botnet.tg.inject_video(u), "video"),
+        (lambda u: botnet.tg.inject_document(u, b"%PDF-1.4\n%...", "scan.pdf", "application/pdf"), "pdf"),
+        (lambda u: botnet.tg.inject_document(u, b"just some text\n" * 20, "cat.jpg", "image/jpeg"), "image"),
+        (lambda u: botnet.tg.inject_document(u, photo_bytes(seed=41)[:1500], "cut.jpg", "image/jpeg"),
+         "damaged"),
+        (lambda u: botnet.tg.inject_text(u, "ftp://example.org/cat.jpg"), "http"),
+    ]
+    users = [botnet.new_user() for _ in cases]
+    for (send, _), user in zip(cases, users):
+        send(user)
+    for (_, word), user in zip(cases, users):
+        await refused(botnet, user, word)
+
+
+async def test_size_and_pixel_limits(devnet_module, tmp_path: Path) -> None:
+    async with bot_on(devnet_module, tmp_path, max_image_bytes=300_000, max_image_pixels=1_000_000) as bn:
+        big, wide = bn.new_user(), bn.new_user()
+        noisy = Image.frombytes("RGB", (700, 700), os.urandom(700 * 700 * 3))
+        out = io.BytesIO()
+        noisy.save(out, "PNG")
+        assert len(out.getvalue()) > 300_000
+        bn.tg.inject_document(big, out.getvalue(), "big.png", "image/png")
+        bn.tg.inject_document(wide, _png((1500, 1000)), "wide.png", "image/png")  # 1.5 MP, few bytes
+        await refused(bn, big)
+        await refused(bn, wide)
+
+
+async def test_bad_links(devnet_module, tmp_path: Path, server: ImageServer) -> None:
+    async with bot_on(devnet_module, tmp_path, url_fetch_timeout=3.0, max_image_bytes=2_000_000) as bn:
+        cases = {
+            f"{server.url}/missing.jpg": "404",
+            f"{server.url}/html": "html",
+            f"{server.url}/endless": "endless",
+            f"{server.url}/to-private": "to-private",
+            f"{server.url}/to-metadata": "to-metadata",
+            "http://user:secret@" + server.url.removeprefix("http://") + "/ok.jpg": None,
+        }
+        users = {url: bn.new_user() for url in cases}
+        for url, user in users.items():
+            bn.tg.inject_text(user, f"look: {url}")
+        for url, user in users.items():
+            await refused(bn, user)
+        assert "ok.jpg" not in server.hits  # credentials in a link: refused before connecting
+        assert {"missing.jpg", "html", "endless", "to-private", "to-metadata"} <= set(server.hits)
+
+
+async def test_loopback_and_metadata_literals_refused_without_connecting(
+        devnet_module, tmp_path: Path, server: ImageServer) -> None:
+    async with bot_on(devnet_module, tmp_path, url_allow_loopback=False) as bn:
+        local, meta, mapped = bn.new_user(), bn.new_user(), bn.new_user()
+        bn.tg.inject_text(local, f"{server.url}/ok.jpg")
+        bn.tg.inject_text(meta, "http://169.254.169.254/latest")
+        port = server.url.rsplit(":", 1)[1]
+        bn.tg.inject_text(mapped, f"http://[::ffff:127.0.0.1]:{port}/ok.jpg")
+        for user in (local, meta, mapped):
+            await refused(bn, user, timeout=5)
+        assert server.hits == []
+
+
+async def test_a_good_link_works(devnet_module, tmp_path: Path, server: ImageServer) -> None:
+    async with bot_on(devnet_module, tmp_path) as bn:
+        user = bn.new_user()
+        bn.tg.inject_text(user, f"please segment {server.url}/ok.jpg")
+        result = await bn.result_for(user)
+        assert "1 person" in result.caption
+        await bn.settle()
+        assert bn.ledger.balance(user.id).posted == CREDIT - 160_000_000
+
+
+async def test_limits_in_flight_per_hour_and_daily_spend(devnet_module, tmp_path: Path) -> None:
+    waits = {"workerpool_max_price_nrlc": 1, "match_timeout_s": 600}  # jobs wait for an offer
+    async with bot_on(devnet_module, tmp_path, max_jobs_in_flight=1, max_jobs_per_hour=2,
+                      max_daily_spend_nrlc=150_000_000, **waits) as bn:
+        user = bn.new_user()
+        bn.tg.inject_photo(user, photo_bytes(seed=42))
+        await bn.wait_for_text(user, "looking for a worker")
+        reserved = bn.ledger.balance(user.id).pending
+        bn.tg.inject_photo(user, photo_bytes(seed=43))
+        await bn.wait_for_text(user, "already have 1 pictures in progress")
+        bn.tg.inject_command(user, "/cancel")
+        await bn.wait_for_text(user, "Cancelled job")
+        bn.tg.inject_photo(user, photo_bytes(seed=44))  # 2nd of the hour: taken (0.06 + 0.06 <= 0.15)
+        await bn.tg.wait_for(lambda: len(bn.ledger.user_jobs(user.id)) == 2, timeout=10)
+        bn.tg.inject_command(user, "/cancel")
+        await bn.tg.wait_for(lambda: sum("Cancelled job" in (m.text or "") for m in bn.sent(user)) == 2, 10)
+        bn.tg.inject_photo(user, photo_bytes(seed=45))
+        await bn.wait_for_text(user, "in the last hour")
+        assert len(bn.ledger.user_jobs(user.id)) == 2
+        assert reserved == 60_000_001
+        bal = bn.ledger.balance(user.id)
+        assert (bal.posted, bal.pending) == (CREDIT, 0)
+
+
+
+async def test_daily_spend_limit(devnet_module, tmp_path: Path) -> None:
+    async with bot_on(devnet_module, tmp_path, max_daily_spend_nrlc=200_000_000) as bn:
+        user = bn.new_user()
+        bn.tg.inject_photo(user, photo_bytes(seed=47))
+        await bn.result_for(user)
+        await bn.settle()
+        bn.tg.inject_photo(user, photo_bytes(seed=48))  # 0.16 spent + 0.16 reserved > 0.2
+        await bn.wait_for_text(user, "spending limit")
+        assert len(bn.ledger.user_jobs(user.id)) == 1
+        assert bn.ledger.balance(user.id).posted == CREDIT - 160_000_000
+
+
+async def test_same_photo_twice_makes_two_jobs_and_two_charges(botnet: BotNet) -> None:
+    user = botnet.new_user()
+    data = photo_bytes(seed=49)
+    botnet.tg.inject_photo(user, data)
+    botnet.tg.inject_photo(user, data)
+    await botnet.tg.wait_for(lambda: sum(m.kind == "photo" for m in botnet.sent(user)) == 2, timeout=60)
+    await botnet.settle()
+    jobs = botnet.ledger.user_jobs(user.id)
+    assert len(jobs) == 2 and {j.state.value for j in jobs} == {"DELIVERED"}
+    assert len({j.deal_id for j in jobs}) == 2
+    assert botnet.ledger.balance(user.id).posted == CREDIT - 2 * 160_000_000
+    botnet.ledger.audit()
+
+
+async def test_replayed_update_and_edited_message_do_nothing_twice(botnet: BotNet, server: ImageServer) -> None:
+    user = botnet.new_user()
+    message = botnet.tg.inject_photo(user, photo_bytes(seed=50))
+    update = Update.de_json({"update_id": 987_654_321, "message": message}, botnet.bot.app.bot)
+    await botnet.bot.app.process_update(update)  # the same message delivered twice
+    await botnet.result_for(user)
+    await botnet.settle()
+    await botnet.bot.app.process_update(update)  # and again after the job finished
+    await botnet.settle()
+    [job] = botnet.ledger.user_jobs(user.id)
+    assert job.state.value == "DELIVERED"
+    assert sum(m.kind == "photo" for m in botnet.sent(user)) == 1
+    assert sum("Got it" in (r.text or "") for m in botnet.sent(user) for r in (*m.edits, m)) == 1
+
+    writer = botnet.new_user()
+    sent = botnet.tg.inject_text(writer, "hello there")
+    await botnet.wait_for_text(writer, "Send me a photo")
+    botnet.tg.inject_edit(writer, sent["message_id"], f"{server.url}/ok.jpg")
+    await asyncio.sleep(1.5)
+    await botnet.settle()
+    assert botnet.ledger.user_jobs(writer.id) == []
+    assert len(botnet.sent(writer)) == 1
+    assert "ok.jpg" not in server.hits

@@ -1,0 +1,93 @@
+"""Webhook mode and its secret, and the bot token kept out of logs, the books and every non-Telegram request."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bot.__main__ import main as bot_main
+from bot.logs import install_logging
+from tests.fixtures_bot import BotNet, bot_on, bot_settings, photo_bytes
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_webhook_mode_refused_without_a_secret(devnet_module, tmp_path: Path, capsys) -> None:
+    with pytest.raises(ValueError, match="WEBHOOK_SECRET"):
+        bot_settings(devnet_module, tmp_path, mode="webhook", webhook_url="https://bot.example.org/telegram")
+    env = tmp_path / "bot.env"
+    env.write_text("MODE=webhook\nWEBHOOK_URL=https://bot.example.org/telegram\nTELEGRAM_TOKEN=1:x\n")
+    assert bot_main(["--env-file", str(env)]) == 2
+    assert "WEBHOOK_SECRET" in capsys.readouterr().err
+
+
+async def test_webhook_updates_with_a_wrong_secret_are_ignored(devnet_module, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/telegram"
+    async with bot_on(devnet_module, tmp_path, polling=False, mode="webhook", webhook_secret="hook-s3cret-42",
+                      webhook_port=port, webhook_url=url) as bn:
+        await bn.bot.start_webhook()
+        hook = bn.tg.webhook()
+        assert hook is not None and hook.url == url and hook.secret_token == "hook-s3cret-42"
+        user = bn.new_user(credit_nrlc=3 * 10**9)
+        bn.tg.inject_command(user, "/balance")  # delivered by the stand-in with the right secret
+        await bn.wait_for_text(user, "Available: 3 RLC")
+
+        forged = {"update_id": 77_000_001, "message": {
+            "message_id": 999, "date": 0, "chat": {"id": user.id, "type": "private"}, "from": user.to_api(),
+            "text": "/start", "entities": [{"type": "bot_command", "offset": 0, "length": 6}]}}
+        async with aiohttp.ClientSession() as http:
+            for headers in ({"X-Telegram-Bot-Api-Secret-Token": "wrong"}, {}):
+                async with http.post(url, json=forged, headers=headers) as resp:
+                    assert resp.status == 403
+        await bn.bot.services.board.drain()
+        assert not any("Hello" in (m.text or "") for m in bn.sent(user))
+    bn.tg.bot().webhook = None  # the stand-in forgets the hook for the next bots (polling)
+
+
+async def test_the_token_never_leaves_telegram(devnet_module, tmp_path: Path) -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    async with bot_on(devnet_module, tmp_path) as bn:
+        token = bn.settings.telegram_token.get_secret_value()
+        install_logging("DEBUG", secrets=[token], stream=stream)
+        try:
+            user = bn.new_user()
+            bn.tg.inject_photo(user, photo_bytes(seed=70))
+            await bn.result_for(user)
+            bn.tg.inject_document(user, b"not an image", "x.jpg", "image/jpeg")
+            await bn.wait_for_text(user, "Nothing was charged")
+            await bn.settle()
+            logging.getLogger("probe").info("url=%s/bot%s/getMe", bn.tg.url, token)
+        finally:
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
+            for handler in saved[0]:
+                root.addHandler(handler)
+            root.setLevel(saved[1])
+        [job] = [j for j in bn.ledger.user_jobs(user.id) if j.deal_id]
+        order = json.dumps(job.request_order)
+        published = bn.bot.inputs.base_url
+    logs = stream.getvalue()
+    assert "event=delivered" in logs and "bot***/getMe" in logs
+    assert token not in logs and token.split(":")[1] not in logs
+    for path in tmp_path.glob("books.db*"):
+        assert token.encode() not in path.read_bytes(), path.name
+        assert token.split(":")[1].encode() not in path.read_bytes(), path.name
+    assert token not in order and published in order  # the worker gets our own copy's URL, no token
+    telegram_host = bn.tg.url
+    assert all(u.startswith(telegram_host) for u in bn.tg.request_urls)
+    for name in ("RPC_URL", "MARKET_URL", "IPFS_GATEWAY"):
+        assert token not in devnet_module.env[name]

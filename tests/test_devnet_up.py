@@ -1,0 +1,129 @@
+"""`python -m devnet up` / `status` as an operator runs them: it comes up within 30 s, `status` says so,
+Ctrl-C leaves no process behind, and a second start reuses the saved chain, app and wallet."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from devnet.__main__ import status
+from devnet.up import REPO_DIR
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant pid of `pid` (from /proc)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent and int(entry.name) not in found:
+                found.add(int(entry.name))
+                todo.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start(data: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "devnet", "up", "--data", str(data), "--app", "test"],
+                            cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_up(proc: subprocess.Popen[str], data: Path, limit: float = 30.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        if (data / "devnet.json").exists() and status(data) == 0:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"devnet status did not exit 0 within {limit:.0f} s")
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path, capsys):
+    data = tmp_path / "devnet"
+    proc = _start(data)
+    try:
+        _wait_up(proc, data)
+        capsys.readouterr()
+        assert subprocess.run([sys.executable, "-m", "devnet", "status", "--data", str(data)], cwd=REPO_DIR,
+                              capture_output=True, timeout=30).returncode == 0
+        info = json.loads((data / "devnet.json").read_text())
+        assert info["pid"] == proc.pid
+        family = _children(proc.pid)
+        assert info["anvil"]["pid"] in family
+        env = dict(line.split("=", 1) for line in (data / "bot.env").read_text().splitlines())
+        assert env["APP_ADDRESS"] == info["app"]["address"] and env["IPFS_GATEWAY"] == info["gateway"]["url"]
+        assert env["WALLET_KEYSTORE"].endswith("wallet.json") and "WALLET_PASSWORD" not in env
+        for secret_file in ("bot.env", "wallet.password", "wallet.json"):
+            assert (data / secret_file).stat().st_mode & 0o077 == 0, secret_file
+    finally:
+        out = _stop(proc) if proc.poll() is None else ""
+    assert proc.returncode == 0, out
+    assert "[7/7] telegram ... ok" in out and "devnet stopped." in out
+    assert env["TELEGRAM_TOKEN"] not in out
+    time.sleep(0.2)
+    assert [pid for pid in family | {proc.pid} if _alive(pid)] == []
+    assert status(data) == 2  # devnet.json is gone: "not running"
+
+
+def test_status_names_what_is_missing(tmp_path, capsys):
+    data = tmp_path / "devnet"
+    proc = _start(data)
+    try:
+        _wait_up(proc, data)
+        info = json.loads((data / "devnet.json").read_text())
+    finally:
+        _stop(proc)
+    data.mkdir(exist_ok=True)
+    (data / "devnet.json").write_text(json.dumps(info))  # as if the devnet had died without cleaning up
+    capsys.readouterr()
+    assert status(data) == 1
+    out = capsys.readouterr()
+    assert "anvil       MISSING" in out.out and "workerpool" in out.err
+
+
+def test_second_start_reuses_chain_app_and_wallet(tmp_path):
+    data = tmp_path / "devnet"
+    first_info = second_info = {}
+    for round_ in range(2):
+        proc = _start(data)
+        try:
+            _wait_up(proc, data)
+            info = json.loads((data / "devnet.json").read_text())
+        finally:
+            _stop(proc)
+        if round_ == 0:
+            first_info = info
+        else:
+            second_info = info
+    assert second_info["app"]["address"] == first_info["app"]["address"]
+    assert second_info["bot"]["address"] == first_info["bot"]["address"]
+    assert second_info["workerpool"]["address"] == first_info["workerpool"]["address"]

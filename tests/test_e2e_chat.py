@@ -1,0 +1,83 @@
+"""The local chat page in headless Chromium: a person uploads a photo and sees the segmented picture come back.
+
+Debian's /usr/bin/chromium is driven by the `playwright` package (never `playwright install`: no browser
+download). The bot is a subprocess on a devnet running the small test app. The page's screenshot is saved to
+docs/screenshot.png for the README. Skipped, with the reason, when Chromium is not installed.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from devnet.up import REPO_DIR
+from tests.fixtures_e2e import E2E
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT = REPO_DIR / "docs" / "screenshot.png"
+
+
+def street_picture() -> bytes:
+    """A small drawn scene (sky, road, a figure) so that the screenshot shows something recognisable."""
+    img = Image.new("RGB", (480, 320), (135, 190, 235))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 220, 480, 320), fill=(90, 90, 95))
+    draw.rectangle((40, 120, 150, 220), fill=(200, 80, 60))
+    draw.ellipse((260, 90, 300, 130), fill=(240, 200, 160))
+    draw.rectangle((262, 130, 298, 215), fill=(40, 60, 160))
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+async def test_upload_a_photo_on_the_chat_page_and_see_the_result(e2e: E2E, tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    playwright_api = pytest.importorskip("playwright.async_api")
+    user = e2e.new_user(2 * 10**9)
+    await e2e.start_bot()
+    picture = tmp_path / "street.jpg"
+    picture.write_bytes(street_picture())
+
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 760, "height": 900})
+            await page.goto(f"{e2e.net.telegram_url}/_chat/")
+            await page.wait_for_function("document.querySelector('#bot').options.length > 0")
+            await page.fill("#uid", str(user.id))
+            await page.fill("#uname", "Alice")
+            await page.dispatch_event("#uid", "change")
+            await page.fill("#text", "/start")
+            await page.click("#send")
+            await page.locator("#log .msg:not(.me)", has_text="Privacy").first.wait_for(timeout=20_000)
+            await page.set_input_files("#file", str(picture))
+            await page.select_option("#kind", "photo")
+            await page.click("#upload")
+            result = page.locator("#log .msg:not(.me) img")
+            await result.first.wait_for(timeout=60_000)
+            await page.locator("#log .msg:not(.me)", has_text="Charged").first.wait_for(timeout=30_000)
+            await page.wait_for_function(
+                "[...document.querySelectorAll('#log .msg:not(.me) img')].every(i => i.complete "
+                "&& i.naturalWidth > 0)")
+            await page.locator("#log .msg:not(.me)", has_text="Done").first.wait_for(timeout=30_000)
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(tmp_path / "shot.png"), full_page=False)
+        finally:
+            await browser.close()
+
+    shot = Image.open(tmp_path / "shot.png").convert("RGB")
+    shot = shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+    shot.save(SCREENSHOT, optimize=True)
+    assert SCREENSHOT.stat().st_size < 300_000
+    [job] = await e2e.wait_terminal(user)
+    assert job.state.value == "DELIVERED"
+    [reply] = e2e.results(user)
+    assert reply.kind == "photo"
+    e2e.ledger.audit()
