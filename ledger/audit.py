@@ -54,7 +54,8 @@ WHERE no_overdraft = 1 AND debits_posted + debits_pending > credits_posted LIMIT
 """
 
 # Every row naming a reservation row (`reserve_seq`: a post's or void's leg 0) against that row, with the
-# post's fee leg, which is the next row. Rowid lookups only. First counted (with the fee legs found), and
+# post's fee leg, which is the next row (a void has none: one after it is left over and counted below).
+# Rowid lookups only. First counted (with the fee legs found), and
 # listed only when something is wrong.
 _RESOLUTION_FROM = """
 FROM transfers r NOT INDEXED
@@ -66,7 +67,7 @@ _RESOLUTION_BAD = """
     res.seq IS NULL OR r.leg <> 0 OR r.kind NOT IN ('post', 'void') OR r.pending_id IS NOT res.id
     OR res.leg <> 0 OR res.kind IS NOT 'reserve' OR r.reserved IS NOT res.amount
     OR r.debit_account <> res.debit_account OR r.credit_account <> res.credit_account
-    OR (r.kind = 'void' AND (r.amount <> res.amount OR fee.seq IS NOT NULL))
+    OR (r.kind = 'void' AND r.amount <> res.amount)
     OR (r.kind = 'post' AND r.amount + COALESCE(fee.amount, 0) > res.amount)
     OR (fee.seq IS NOT NULL AND (fee.kind IS NOT 'post' OR fee.pending_id IS NOT r.pending_id
                                  OR fee.debit_account <> r.debit_account))

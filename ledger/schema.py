@@ -130,8 +130,8 @@ def _v1_accounts(now_ms: int) -> list[tuple[str, tuple[object, ...]]]:
 # (`reserve_seq`), written in the same transaction as the transfer; the audit checks both against the
 # reservation row with one rowid lookup. Existing resolutions are back-filled (the append-only trigger is
 # lifted for that one statement only). `transfers_pair` replaces `transfers_debit`: one ordered pass over it
-# gives every account's four totals. The CHECKs pass on NULL, so they hold for the old rows before back-fill;
-# the audit insists that every resolution has them.
+# gives every account's four totals. The CHECKs allow NULL (rows that resolve nothing, and old rows until the
+# back-fill); the audit insists that every resolution has both.
 _V2 = """
 ALTER TABLE transfers ADD COLUMN reserved INTEGER
     CHECK (reserved IS NULL OR (reserved > 0 AND ((kind = 'void' AND amount = reserved)
