@@ -108,6 +108,8 @@ class ChainGateway:
         self._watch_task: asyncio.Task[None] | None = None
         self._domain: Domain | None = None
         self.watch_errors = 0
+        #: Set by the pipeline: `crash_hook(name)` stops the process at a named point (crash tests).
+        self.crash_hook: Any = None
 
     # ------------------------------------------------------------------------------------ life cycle
 
@@ -134,6 +136,7 @@ class ChainGateway:
         self.market = MarketClient(self.network.market_url, self.network.chain_id, hub=self.network.hub)
         self.watcher = TaskWatcher(w3, self.network.hub, load_cursor=self._load_cursor,
                                    save_cursor=self._save_cursor)
+        self.hub.sender.on_broadcast = self._on_broadcast
         await self._resume_sender()
         self._watch_task = asyncio.get_running_loop().create_task(self._watch_loop(), name="watcher")
         log.info("event=chain_ready rpc=%s hub=%s wallet=%s", redact_url(self.network.rpc_url),
@@ -145,6 +148,10 @@ class ChainGateway:
             await asyncio.gather(self._watch_task, return_exceptions=True)
         if self.market:
             await self.market.close()
+
+    def _on_broadcast(self, record: Any) -> None:
+        if self.crash_hook is not None and record.meta.get("kind") == "matchOrders":
+            self.crash_hook("after_broadcast")
 
     async def _persist(self, raw_tx: bytes, tx_hash: Any, nonce: int, meta: Any) -> None:
         """Written before broadcast: the raw transaction, its hash and the job it belongs to."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -86,6 +87,7 @@ class Pipeline:
         self.board = board
         self.clock = clock
         self.crash_at = crash_at
+        chain.crash_hook = self._crash_point
         self.paused = False
         self.retry_delays: tuple[float, ...] = RETRY_DELAYS
         self.result_attempts = RESULT_ATTEMPTS
@@ -364,6 +366,9 @@ class Pipeline:
     async def _take_result(self, job: Any, results: bytes) -> None:
         """Download and check the result; settle on success, refund on an error archive."""
         dest = self.results_dir / job.id
+        # A crash after an earlier download left this folder filled: start it anew (the result is
+        # content-addressed, so downloading it again gives the same files).
+        shutil.rmtree(dest, ignore_errors=True)
         try:
             result = await self.chain.fetch_result(results, dest)
         except (ResultLocationError, UnsafeArchive) as exc:

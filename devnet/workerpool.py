@@ -62,6 +62,7 @@ __all__ = ["InputError", "PoolError", "TaskOutcome", "Workerpool", "publish_orde
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 ZERO_TAG = b"\x00" * 32
 _SCHEDULER_NOTICE = keccak(text="SchedulerNotice(address,bytes32)")
+INPUT_RETRY_S = 30.0
 _MAX_INPUT_BYTES = 50 * 1024 * 1024
 _GAS = {"initialize": 600_000, "contributeAndFinalize": 1_200_000, "createWorkerpool": 1_500_000}
 
@@ -249,6 +250,7 @@ class Workerpool:
                  description: str = "segbot devnet workerpool", market: Any = None,
                  workdir: Path | None = None, app_env: dict[str, str] | None = None,
                  app_cwd: Path | None = None) -> None:
+        self.input_retry_s = INPUT_RETRY_S
         if workers < 1:
             raise PoolError("workers must be at least 1")
         self.rpc_url, self.deployment, self.owner, self.worker = rpc_url, deployment, owner, worker
@@ -559,19 +561,31 @@ class Workerpool:
                 raise InputError(f"input file entry is not a URL: {url!r:.80}")
             _check_loopback_url(url)
             name = hashlib.sha256(url.encode()).hexdigest()
-            try:
-                async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=30),
-                                             allow_redirects=False) as resp:
-                    if resp.status != 200:
-                        raise InputError(f"input download answered HTTP {resp.status}")
-                    body = await resp.content.read(_MAX_INPUT_BYTES + 1)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise InputError(f"input download failed: {type(exc).__name__}") from None
+            body = await self._fetch_input(url)
             if len(body) > _MAX_INPUT_BYTES:
                 raise InputError("input file is larger than 50 MiB")
             (in_dir / name).write_bytes(body)
             names.append(name)
         return names
+
+    async def _fetch_input(self, url: str) -> bytes:
+        """GET one input, retrying for up to INPUT_RETRY_S: the requester's input server may be restarting
+        (a bot restarted after a crash serves its inputs again). Raises InputError when it never answers."""
+        assert self._session is not None
+        deadline, delay = time.monotonic() + self.input_retry_s, 0.5
+        while True:
+            try:
+                async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=30),
+                                             allow_redirects=False) as resp:
+                    if resp.status == 200:
+                        return await resp.content.read(_MAX_INPUT_BYTES + 1)
+                    problem = f"input download answered HTTP {resp.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                problem = f"input download failed: {type(exc).__name__}"
+            if time.monotonic() + delay > deadline:
+                raise InputError(problem)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _run_app(self, cmd: list[str], env: dict[str, str], limit: float,
                        cwd: Path) -> tuple[int | None, bytes, bytes, float]:

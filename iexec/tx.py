@@ -212,6 +212,9 @@ class TxSender:
         self._chain_id: int | None = None
         self._inflight: dict[int, list[TxRecord]] = {}
         self._unbroadcast: set[str] = set()
+        #: Called with each new transaction right after its first broadcast (an observer: crash tests
+        #: stop the process here, between the broadcast and the receipt).
+        self.on_broadcast: Callable[[TxRecord], None] | None = None
 
     @property
     def address(self) -> str:
@@ -261,6 +264,8 @@ class TxSender:
             await self._broadcast_first(record)
             log.info("event=tx_sent nonce=%d tx=%s kind=%s", nonce, record.tx_hash,
                      record.meta.get("kind", "-"))
+            if self.on_broadcast is not None:
+                self.on_broadcast(record)
             return record
 
     async def _estimate(self, call: Mapping[str, Any]) -> int:

@@ -173,6 +173,7 @@ async def test_app_killed_at_time_limit_never_contributes(chain):
 
 
 async def test_input_not_found_never_contributes(pool_env):
+    pool_env.pool.input_retry_s = 1.0  # it retries (the input server may be restarting), then gives up
     deal, (tid,) = await pool_env.request(input_files=[f"{pool_env.inputs_url}/inputs/missing"])
     outcome = await pool_env.pool.wait_task(tid, timeout=30)
     assert outcome.state == "input_failed" and "404" in outcome.detail

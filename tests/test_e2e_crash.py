@@ -18,12 +18,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 # after_match is the bot's point right after the match transaction is mined, before its receipt is read
 # into a deal id; before_match is just before it is handed to the sender. Together they surround the
 # broadcast (the sender's submit and wait are one call of the iExec client).
-CRASH_POINTS = ["after_reserve", "after_sign", "before_match", "after_match", "after_deal",
-                pytest.param("after_download", marks=pytest.mark.xfail(
-                    reason="bot bug: the resumed download finds the result folder of the killed run not "
-                           "empty (iexec.results UnsafeArchive) and refunds a paid, good result as bad_result; "
-                           "Pipeline._take_result should empty results_dir/<job> before fetching", strict=False)),
-                "after_settle", "after_reply"]
+CRASH_POINTS = ["after_reserve", "after_sign", "before_match", "after_broadcast", "after_match", "after_deal",
+                "after_download", "after_settle", "after_reply"]
 POINT_NAMES = [p if isinstance(p, str) else p.values[0] for p in CRASH_POINTS]
 
 

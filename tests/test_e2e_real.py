@@ -79,7 +79,7 @@ async def test_photo_comes_back_segmented(real: E2E) -> None:
 async def test_image_document_comes_back_segmented(real: E2E) -> None:
     user = real.new_user(CREDIT)
     sent = photo_bytes((300, 200), fmt="PNG", seed=2)
-    real.tg.inject_document(user, sent, "street.png")
+    real.tg.inject_document(user, sent, "street.png", mime_type="image/png")
     result = await real.result_for(user, timeout=240)
     assert_segmented(real, result, sent)
     await check_books(real, user)
