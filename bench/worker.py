@@ -1,9 +1,12 @@
 """Benchmark of the iExec app (worker/): for ResNet101 and ResNet50 at 1024 and 512 px, random weights
 (stamped files in matterport's naming, built once under .cache/worker/), on this machine's cores.
 
-Per config: a fresh `python -m worker` iExec task (process start to computed.json) with its parts
-(checks, imports, build, weights, detect, draw) and its peak RSS; then a warm process for `detect` median
-and min-max over several runs and the drawing time. Run: `.venv/bin/python bench/worker.py`.
+Per config: fresh `python -m worker` iExec tasks (process start to computed.json) with their parts
+(checks, imports, build or graph load, weights, detect, draw) and peak RSS, on the cold path (no graph
+cache: Keras build + h5 load) and on the cached-graph path (`python -m worker build-graph` first),
+interleaved (the machine is shared: compare the two within one run); then a warm process for `detect`
+median and min-max over several runs and the drawing time. Prints the load average at start and end.
+Run: `.venv/bin/python bench/worker.py`.
 Targets (ResNet101, 1024 px, defaults, random weights, fresh process): task <= 7 s, warm detect <= 2.0 s
 median, peak RSS < 2 GiB.
 """
@@ -20,18 +23,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "worker"
+GRAPHS = CACHE / "graphs"
 RUNS = 5
 
 WARM = r"""
 import json, sys, time
 import numpy as np
 from PIL import Image
-from worker.model import SegmentationModel
 from worker.draw import draw
 from worker.coco import CLASS_NAMES
 img = np.asarray(Image.open(sys.argv[3]).convert("RGB"))
-net = SegmentationModel(sys.argv[1], int(sys.argv[2]))
-net.load_weights(sys.argv[4])
+if sys.argv[6] == "graph":
+    from worker.graph import GraphModel
+    net = GraphModel(sys.argv[7], int(sys.argv[2]))
+else:
+    from worker.model import SegmentationModel
+    net = SegmentationModel(sys.argv[1], int(sys.argv[2]))
+    net.load_weights(sys.argv[4])
 times, draws, n = [], [], 0
 for _ in range(int(sys.argv[5]) + 1):
     t = time.perf_counter(); found = net.detect(img); times.append(time.perf_counter() - t)
@@ -49,34 +57,56 @@ def weights(backbone: str) -> Path:
     return path
 
 
-def task(backbone: str, dim: int, image: Path, wfile: Path, tmp: Path) -> dict:
+def graph_entry(backbone: str, dim: int, wfile: Path) -> Path:
+    """Export (or reuse) the cached inference graph for this config."""
+    proc = subprocess.run([sys.executable, "-m", "worker", "build-graph", "--weights", str(wfile), "--backbone",
+                           backbone, "--max-dim", str(dim), "--cache-dir", str(GRAPHS)],
+                          cwd=REPO, capture_output=True, text=True, check=True)
+    return Path(proc.stderr.strip().splitlines()[-1].split(": ", 1)[1])
+
+
+def task(backbone: str, dim: int, image: Path, wfile: Path, tmp: Path, cached: bool) -> dict:
     """One fresh iExec-mode process; returns its timings, wall time and peak RSS."""
-    out = tmp / f"out_{backbone}_{dim}"
+    out = tmp / f"out_{backbone}_{dim}_{cached}"
     out.mkdir(exist_ok=True)
     env = dict(os.environ, IEXEC_OUT=str(out), IEXEC_IN=str(image.parent), IEXEC_INPUT_FILES_FOLDER=str(image.parent),
                IEXEC_INPUT_FILES_NUMBER="1", IEXEC_INPUT_FILE_NAME_1=image.name, IEXEC_DATASET_FILENAME="",
-               MRCNN_WEIGHTS=str(wfile))
+               MRCNN_WEIGHTS=str(wfile), SEGBOT_GRAPH_CACHE=str(GRAPHS))
+    args = ["--max-dim", str(dim), "--backbone", backbone] + ([] if cached else ["--no-graph-cache"])
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "worker", "--max-dim", str(dim), "--backbone", backbone],
+    proc = subprocess.Popen([sys.executable, "-m", "worker", *args],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     assert status == 0 and (out / "computed.json").exists(), proc.stderr.read().decode()[-2000:]
     doc = json.loads((out / "detections.json").read_text())
+    assert doc["model"]["graph_cache"] == ("hit" if cached else "off"), doc["model"]
     return {"wall": wall, "rss_mib": usage.ru_maxrss / 1024, "t": doc["timings"], "n": doc["count"]}
 
 
-def warm(backbone: str, dim: int, image: Path, wfile: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", WARM, backbone, str(dim), str(image), str(wfile), str(RUNS)],
+def warm(backbone: str, dim: int, image: Path, wfile: Path, entry: Path | None) -> dict:
+    mode = ["graph", str(entry)] if entry else ["keras", ""]
+    proc = subprocess.run([sys.executable, "-c", WARM, backbone, str(dim), str(image), str(wfile), str(RUNS), *mode],
                           cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def describe(label: str, runs: list[dict]) -> str:
+    best = min(runs, key=lambda r: r["wall"])
+    t = best["t"]
+    walls = ", ".join(f"{r['wall']:.2f}" for r in runs)
+    return (f"  {label}: task {statistics.median(r['wall'] for r in runs):.2f} s median of [{walls}] (fastest: "
+            f"in-process {t['total_s']:.2f} = checks {t['checks_s']:.2f} import {t['import_s']:.2f} "
+            f"build/load {t['build_s']:.2f} weights {t['weights_s']:.2f} detect(cold) {t['detect_s']:.2f} "
+            f"draw {t['draw_s']:.2f} save {t['save_s']:.2f}), peak RSS {max(r['rss_mib'] for r in runs):.0f} MiB, "
+            f"{best['n']} detections")
 
 
 def main() -> None:
     import skimage.data
     from PIL import Image
 
-    print(f"cores={os.cpu_count()} python={sys.version.split()[0]}")
+    print(f"cores={os.cpu_count()} python={sys.version.split()[0]} load average at start {os.getloadavg()}")
     result: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -86,21 +116,31 @@ def main() -> None:
         for backbone, tag in (("resnet101", "r101"), ("resnet50", "r50")):
             wfile = weights(backbone)
             for dim in (1024, 512):
-                fresh = task(backbone, dim, image, wfile, tmp)
-                hot = warm(backbone, dim, image, wfile)
-                t = fresh["t"]
-                med = statistics.median(hot["warm"])
-                print(f"{tag} @{dim}: task {fresh['wall']:.2f} s (in-process {t['total_s']:.2f}: checks "
-                      f"{t['checks_s']:.2f} import {t['import_s']:.2f} build {t['build_s']:.2f} weights "
-                      f"{t['weights_s']:.2f} detect(cold) {t['detect_s']:.2f} draw {t['draw_s']:.2f} save "
-                      f"{t['save_s']:.2f}), ready {t['checks_s'] + t['import_s'] + t['build_s'] + t['weights_s']:.2f} s, "
-                      f"peak RSS {fresh['rss_mib']:.0f} MiB, {fresh['n']} detections; warm detect median {med:.2f} s "
-                      f"(min {min(hot['warm']):.2f} max {max(hot['warm']):.2f}, first {hot['first']:.2f}), "
-                      f"draw median {statistics.median(hot['draw']) * 1000:.0f} ms", flush=True)
+                entry = graph_entry(backbone, dim, wfile)
+                pairs = 3 if (tag, dim) == ("r101", 1024) else 1
+                cold, hot = [], []
+                for _ in range(pairs):  # interleaved: the machine is shared
+                    cold.append(task(backbone, dim, image, wfile, tmp, cached=False))
+                    hot.append(task(backbone, dim, image, wfile, tmp, cached=True))
+                warm_graph = warm(backbone, dim, image, wfile, entry)
+                med = statistics.median(warm_graph["warm"])
+                print(f"{tag} @{dim} (load average {os.getloadavg()[0]:.2f}):", flush=True)
+                print(describe("cold (Keras build + h5)", cold))
+                print(describe("cached graph", hot))
+                print(f"  warm detect (cached graph) median {med:.2f} s (min {min(warm_graph['warm']):.2f} max "
+                      f"{max(warm_graph['warm']):.2f}, first {warm_graph['first']:.2f}), draw median "
+                      f"{statistics.median(warm_graph['draw']) * 1000:.0f} ms", flush=True)
                 key = f"{tag}_{dim}"
-                result[f"{key}_task_s"] = fresh["wall"]
+                if (tag, dim) == ("r101", 1024):
+                    warm_keras = warm(backbone, dim, image, wfile, None)
+                    result[f"{key}_detect_keras_median_s"] = statistics.median(warm_keras["warm"])
+                    print(f"  warm detect (Keras) median {result[f'{key}_detect_keras_median_s']:.2f} s "
+                          f"(min {min(warm_keras['warm']):.2f} max {max(warm_keras['warm']):.2f})", flush=True)
+                result[f"{key}_task_s"] = statistics.median(r["wall"] for r in hot)
+                result[f"{key}_task_cold_s"] = statistics.median(r["wall"] for r in cold)
                 result[f"{key}_detect_median_s"] = med
-                result[f"{key}_peak_rss_mib"] = fresh["rss_mib"]
+                result[f"{key}_peak_rss_mib"] = max(r["rss_mib"] for r in hot + cold)
+    print(f"load average at end {os.getloadavg()}")
     print("RESULT " + " ".join(f"{k}={v:.2f}" if not k.endswith("mib") else f"{k}={v:.0f}"
                                for k, v in result.items()))
 

@@ -1,5 +1,6 @@
 """Entry point: `python -m worker [options]` (iExec mode), `python -m worker segment IMAGE [--out DIR]`,
-`python -m worker fetch-weights`, `python -m worker make-test-weights PATH`.
+`python -m worker fetch-weights`, `python -m worker make-test-weights PATH`,
+`python -m worker build-graph [--max-dim N ...]`.
 
 Must never import TensorFlow for `--help` or for a bad option.
 """
@@ -30,6 +31,20 @@ def _make_test_weights(argv: Sequence[str]) -> int:
     return 0
 
 
+def _build_graph(argv: Sequence[str]) -> int:
+    import os
+
+    from worker.options import build_graph_parser
+    from worker.weights import resolve_weights
+
+    ns = build_graph_parser().parse_args(list(argv))
+    weights = resolve_weights(ns.weights, ns.backbone, False, os.environ)
+    from worker.app import build_graphs
+    for folder in build_graphs(weights, ns.max_dim, ns.min_confidence, ns.cache_dir):
+        print(f"inference graph cached: {folder}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch the command line; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -43,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fetch_weights(args[1:])
         if command == "make-test-weights":
             return _make_test_weights(args[1:])
+        if command == "build-graph":
+            return _build_graph(args[1:])
     except WorkerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

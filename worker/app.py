@@ -14,9 +14,9 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from worker.errors import InputError, OptionError, WorkerError
+from worker.errors import InputError, ModelError, OptionError, WeightsError, WorkerError
 from worker.images import LoadedImage, load_image_bytes, load_image_file
 from worker.options import TaskOptions, parse_task
 from worker.weights import WeightsInfo, resolve_weights
@@ -75,34 +75,96 @@ def _hash_in_background(path: str | None) -> tuple[threading.Thread | None, dict
     return thread, box
 
 
+def _load_model(opts: TaskOptions, weights: WeightsInfo, sha256: str | None, env: Mapping[str, str],
+                timings: dict[str, float]) -> tuple[Any, dict[str, Any] | None, str]:
+    """(model, graph key, cache status): the cached graph when there is a valid one, else the Keras model.
+
+    status: "hit", "miss", "stale", "broken" (an entry that failed to load) or "off".
+    """
+    key = None
+    status = "off"
+    if sha256 and opts.graph_cache:
+        from worker import graph
+        key = graph.graph_key(sha256, weights.backbone, opts.max_dim, opts.min_confidence)
+        folder, status = graph.lookup(graph.cache_root(env), key)
+        if folder:
+            try:
+                net = graph.GraphModel(folder, opts.max_dim)
+                timings["build_s"], timings["weights_s"] = net.build_s, 0.0
+                return net, key, status
+            except ModelError as exc:
+                print(f"warning: {exc} Building the model instead.", file=sys.stderr)
+                status = "broken"
+    from worker import compat
+    compat.install(opts.threads)
+    from worker.model import SegmentationModel
+    keras_net = SegmentationModel(weights.backbone, opts.max_dim, opts.min_confidence)
+    timings["build_s"] = keras_net.build_s
+    mark = time.perf_counter()
+    if weights.path:
+        keras_net.load_weights(weights.path)
+    timings["weights_s"] = time.perf_counter() - mark
+    return keras_net, key, status
+
+
 def segment(opts: TaskOptions, env: Mapping[str, str], out_dir: str, started: float) -> Outcome:
-    """Check everything cheap, then build the model, detect, draw and write the outputs."""
+    """Check everything cheap, then load the model, detect, draw and write the outputs."""
     timings: dict[str, float] = {}
     loaded = load_input(opts, env)
     weights = resolve_weights(opts.weights, opts.backbone, opts.random_weights, env)
     timings["checks_s"] = time.perf_counter() - started
-    hasher, digest = _hash_in_background(weights.path)
+    hasher, digest = _hash_in_background(weights.path)  # overlaps the TensorFlow import
     mark = time.perf_counter()
-    from worker import compat
-    compat.install(opts.threads)
-    from worker.model import SegmentationModel  # TensorFlow is imported here, and only here
+    from worker.tfsetup import import_tensorflow
+    import_tensorflow(opts.threads)  # TensorFlow is imported here, and only here
+    if hasher:
+        hasher.join()
     timings["import_s"] = time.perf_counter() - mark
-    net = SegmentationModel(weights.backbone, opts.max_dim, opts.min_confidence)
-    timings["build_s"] = net.build_s
-    mark = time.perf_counter()
-    if weights.path:
-        net.load_weights(weights.path)
-    timings["weights_s"] = time.perf_counter() - mark
+    net, key, status = _load_model(opts, weights, digest.get("sha256"), env, timings)
     mark = time.perf_counter()
     found = net.detect(loaded.pixels, opts.classes)
     timings["detect_s"] = time.perf_counter() - mark
-    if hasher:
-        hasher.join()
-    return write_outputs(out_dir, opts, loaded, found, weights, digest.get("sha256"), timings, started)
+    outcome = write_outputs(out_dir, opts, loaded, found, weights, digest.get("sha256"), timings, started,
+                            status)
+    if key is not None and status != "hit" and env.get("SEGBOT_GRAPH_AUTOBUILD") == "1":
+        _autobuild(net, key, env)
+    return outcome
+
+
+def _autobuild(net: Any, key: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Export the graph after the outputs are written (opt-in: it costs a few seconds once)."""
+    from worker import graph
+    try:
+        folder = graph.export(net, graph.cache_root(env), key)
+    except Exception as exc:  # noqa: BLE001 - the task itself succeeded; the cache is optional
+        print(f"warning: the inference graph could not be cached ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return
+    print(f"inference graph cached: {folder}", file=sys.stderr)
+
+
+def build_graphs(weights: WeightsInfo, max_dims: Sequence[int], min_confidence: float,
+                 root: str | None = None) -> list[str]:
+    """Export the inference graph of `weights` for each max_dim into the cache (operator command)."""
+    from worker import compat
+    from worker.fetch import sha256_file
+    compat.install()
+    from worker import graph
+    from worker.model import SegmentationModel
+    if weights.path is None:
+        raise WeightsError("build-graph needs a weights file (random weights are not cached).")
+    sha256 = sha256_file(weights.path)
+    folders = []
+    for dim in max_dims:
+        net = SegmentationModel(weights.backbone, dim, min_confidence)
+        net.load_weights(weights.path)
+        key = graph.graph_key(sha256, weights.backbone, dim, min_confidence)
+        folders.append(graph.export(net, root or graph.cache_root(os.environ), key))
+    return folders
 
 
 def write_outputs(out_dir: str, opts: TaskOptions, loaded: LoadedImage, found: Sequence[object],
-                  weights: WeightsInfo, sha256: str | None, timings: dict[str, float], started: float) -> Outcome:
+                  weights: WeightsInfo, sha256: str | None, timings: dict[str, float], started: float,
+                  graph_cache: str = "off") -> Outcome:
     """Draw and write result image, detections.json and (last) computed.json."""
     from worker import rle
     from worker.coco import CLASS_NAMES
@@ -132,7 +194,8 @@ def write_outputs(out_dir: str, opts: TaskOptions, loaded: LoadedImage, found: S
                   "source_width": loaded.source_size[0], "source_height": loaded.source_size[1]},
         "model": {"name": "Mask R-CNN (matterport) COCO", "backbone": weights.backbone,
                   "max_dim": opts.max_dim, "min_confidence": opts.min_confidence,
-                  "weights_source": weights.source, "weights_sha256": sha256, "random_weights": weights.random},
+                  "weights_source": weights.source, "weights_sha256": sha256, "random_weights": weights.random,
+                  "graph_cache": graph_cache},
         "count": len(items), "detections": items,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -206,4 +269,4 @@ def run_task(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     return 0
 
 
-__all__ = ["Outcome", "load_input", "run_task", "segment", "write_outputs"]
+__all__ = ["Outcome", "build_graphs", "load_input", "run_task", "segment", "write_outputs"]

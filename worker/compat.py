@@ -9,7 +9,6 @@ It must never edit files on disk.
 """
 from __future__ import annotations
 
-import os
 import sys
 import types
 from typing import Any
@@ -113,14 +112,11 @@ def install(threads: int | None = None) -> None:
     global _installed
     if _installed:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from worker.tfsetup import import_tensorflow
+
+    tf = import_tensorflow(threads)  # quiet; also silences mrcnn's TF1-era deprecation warnings
     import tf_keras
 
-    tf.get_logger().setLevel("ERROR")  # mrcnn's TF1-era calls log deprecation warnings on every build
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
     _patch_tf(tf)
     _patch_distutils()
     utils_mod = types.ModuleType("keras.utils.data_utils")

@@ -7,7 +7,6 @@ process that uses Keras 3 (the compat aliasing is process-wide) and never downlo
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,26 +14,12 @@ import numpy as np
 from worker import compat
 from worker.coco import NUM_CLASSES
 from worker.errors import ModelError, WeightsError
+from worker.molding import META_SIZE, Detection, mold, unmold
 
 compat.install()
 
 from mrcnn import config as mrcnn_config  # noqa: E402  (needs compat.install() first)
 from mrcnn import model as modellib  # noqa: E402
-from PIL import Image  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One detected instance; `mask` covers only the box (y1:y2, x1:x2) of the image."""
-
-    class_id: int
-    score: float
-    box: tuple[int, int, int, int]    # y1, x1, y2, x2 in image pixels, y2/x2 exclusive
-    mask: np.ndarray = field(repr=False)  # (y2-y1, x2-x1) bool
-
-    @property
-    def mask_area(self) -> int:
-        return int(self.mask.sum())
 
 
 def coco_config(backbone: str = "resnet101", max_dim: int = 1024, min_confidence: float = 0.7) -> Any:
@@ -101,48 +86,40 @@ class SegmentationModel:
 
     def detect(self, image: np.ndarray, classes: tuple[int, ...] = ()) -> list[Detection]:
         """Detect instances in an (H, W, 3) uint8 image; `classes` keeps only those class ids."""
-        molded, metas, windows = self.mrcnn.mold_inputs([image])
-        shape = molded[0].shape
+        molded = mold(image, self.config.IMAGE_MAX_DIM)
+        shape = molded.images.shape[1:]
         if shape not in self._anchors:
             self._anchors[shape] = self.mrcnn.get_anchors(shape)[np.newaxis]
         try:
             # predict_on_batch runs one traced tf.function; calling the model eagerly is ~5x slower
             # (mrcnn's per-image loops run op by op)
-            detections, masks = self._net.predict_on_batch([molded, metas, self._anchors[shape]])
+            detections, masks = self._net.predict_on_batch([molded.images, molded.metas, self._anchors[shape]])
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"Inference failed ({type(exc).__name__}: {str(exc)[:160]}).") from exc
         return unmold(np.asarray(detections[0]), np.asarray(masks[0]), image.shape[:2], shape[:2],
-                      windows[0], classes)
+                      molded.window, classes)
+
+    def export_graph(self, path: str) -> None:
+        """Save the inference graph (fixed input size, anchors baked in, weights as variables) as a
+        SavedModel at `path`, for `worker.graph.GraphModel`."""
+        import tensorflow as tf
+
+        dim = self.config.IMAGE_MAX_DIM
+        anchors = self.mrcnn.get_anchors((dim, dim, 3))[np.newaxis].astype(np.float32)
+        net = self._net
+
+        @tf.function(input_signature=[tf.TensorSpec([1, dim, dim, 3], tf.float32, name="images"),
+                                      tf.TensorSpec([1, META_SIZE], tf.float32, name="metas")])
+        def infer(images: Any, metas: Any) -> Any:
+            return tuple(net([images, metas, tf.constant(anchors)], training=False))
+
+        module = tf.Module()
+        module.weights = list(net.variables)  # only variables are tracked: no per-layer functions to restore
+        module.infer = infer
+        infer.get_concrete_function()
+        # no signature and no saver ops: each would be one more copy of the graph to rebuild at load time
+        tf.saved_model.save(module, path, signatures={},
+                            options=tf.saved_model.SaveOptions(experimental_skip_saver=True))
 
 
-def unmold(detections: np.ndarray, masks: np.ndarray, image_hw: tuple[int, int], molded_hw: tuple[int, int],
-           window: np.ndarray, classes: tuple[int, ...] = ()) -> list[Detection]:
-    """Network output -> Detections in image pixels, each mask resized into its box only.
-
-    Same arithmetic as mrcnn's `unmold_detections`, without building one full-size mask per instance
-    (100 masks of a 2048 px image would be 400 MB of booleans).
-    """
-    count = int(np.argmax(detections[:, 4] == 0)) if (detections[:, 4] == 0).any() else len(detections)
-    height, width = image_hw
-    mh, mw = molded_hw[0] - 1, molded_hw[1] - 1
-    wy1, wx1, wy2, wx2 = np.asarray(window, dtype=np.float64)
-    wy1, wx1, wy2, wx2 = wy1 / mh, wx1 / mw, (wy2 - 1) / mh, (wx2 - 1) / mw  # mrcnn's norm_boxes
-    result = []
-    for i in range(count):
-        class_id = int(detections[i, 4])
-        if classes and class_id not in classes:
-            continue
-        y1, x1, y2, x2 = detections[i, :4]
-        ny = (np.array([y1, y2]) - wy1) / (wy2 - wy1)
-        nx = (np.array([x1, x2]) - wx1) / (wx2 - wx1)
-        by1, by2 = np.around(ny * (height - 1) + [0, 1]).astype(int)
-        bx1, bx2 = np.around(nx * (width - 1) + [0, 1]).astype(int)
-        by1, bx1 = max(by1, 0), max(bx1, 0)
-        by2, bx2 = min(by2, height), min(bx2, width)
-        if by2 <= by1 or bx2 <= bx1:
-            continue
-        small = Image.fromarray(np.ascontiguousarray(masks[i, :, :, class_id], dtype=np.float32), mode="F")
-        crop = np.asarray(small.resize((bx2 - bx1, by2 - by1), Image.Resampling.BILINEAR)) >= 0.5
-        result.append(Detection(class_id=class_id, score=float(detections[i, 5]),
-                                box=(int(by1), int(bx1), int(by2), int(bx2)), mask=crop))
-    return result
+__all__ = ["Detection", "SegmentationModel", "coco_config", "unmold"]

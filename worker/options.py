@@ -13,7 +13,7 @@ from worker import limits
 from worker.coco import CLASS_NAMES, class_id
 from worker.errors import OptionError
 
-COMMANDS = ("segment", "fetch-weights", "make-test-weights")
+COMMANDS = ("segment", "fetch-weights", "make-test-weights", "build-graph")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class TaskOptions:
     weights: str | None = None
     threads: int | None = None
     block_private_urls: bool = False
+    graph_cache: bool = True          # use the cached inference graph when there is one
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,6 +98,8 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_threads, default=None, help="TensorFlow threads (default: one per core)")
     p.add_argument("--block-private-urls", action="store_true",
                    help="refuse image URLs that resolve to loopback/private addresses")
+    p.add_argument("--no-graph-cache", dest="graph_cache", action="store_false",
+                   help="build the Keras model even when a cached inference graph exists")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Mask R-CNN (COCO) segmentation as an iExec app. With IEXEC_OUT set, the arguments are the task's "
         "iexec_args: the input is the task's first input file, or an image URL (--url URL or a bare URL)."),
         epilog="commands: segment IMAGE [--out DIR] | fetch-weights [--url U] [--sha256 H] [--dest F] | "
-               "make-test-weights PATH [--backbone B]")
+               "make-test-weights PATH [--backbone B] | build-graph [--weights F] [--max-dim N ...]")
     p.add_argument("--url", default=None, help="image URL to download (iExec mode)")
     p.add_argument("source", nargs="?", default=None, help="an image URL or a local image path")
     _add_task_options(p)
@@ -139,6 +142,19 @@ def make_weights_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_graph_parser() -> argparse.ArgumentParser:
+    """Parser of `python -m worker build-graph` (export the inference graph into the cache)."""
+    p = _Parser(prog="python -m worker build-graph",
+                description="Build the model once and cache its inference graph, so that tasks start faster.")
+    p.add_argument("--weights", default=None, help="weights file (default: found as a task finds it)")
+    p.add_argument("--backbone", choices=limits.BACKBONES, type=str.lower, default=None)
+    p.add_argument("--max-dim", type=_max_dim, nargs="+", default=[limits.DEFAULT_MAX_DIM])
+    p.add_argument("--min-confidence", type=_confidence, default=limits.DEFAULT_MIN_CONFIDENCE)
+    p.add_argument("--cache-dir", default=None, help="cache folder (default: $SEGBOT_GRAPH_CACHE or "
+                   "$SEGBOT_CACHE/graphs)")
+    return p
+
+
 def _is_url(text: str | None) -> bool:
     return bool(text) and text.lower().startswith(("http://", "https://"))  # type: ignore[union-attr]
 
@@ -164,4 +180,4 @@ def parse_task(argv: Sequence[str]) -> TaskOptions:
     return TaskOptions(image=image, url=url, out=getattr(ns, "out", None), max_dim=ns.max_dim,
                        min_confidence=ns.min_confidence, fmt=ns.fmt, classes=ns.classes, backbone=ns.backbone,
                        random_weights=ns.random_weights, weights=ns.weights, threads=ns.threads,
-                       block_private_urls=ns.block_private_urls)
+                       block_private_urls=ns.block_private_urls, graph_cache=ns.graph_cache)

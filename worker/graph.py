@@ -1,0 +1,125 @@
+"""The cached inference graph: Mask R-CNN exported once as a TensorFlow SavedModel, so that a task loads
+it (~1.5-2 s) instead of building the Keras model in Python and reading the h5 file (~3.5 s, and mrcnn,
+tf_keras and scikit-image are never imported).
+
+One cache entry per (weights sha256, backbone, max_dim, min_confidence, versions of TF / tf-keras / mrcnn /
+this format): the folder name carries a hash of that key and `segbot-graph.json` inside holds the key
+itself, written last (an entry without it is incomplete). A missing, stale or unreadable entry is never an
+error: the caller falls back to building the Keras model. The Docker image bakes entries at build time
+(`python -m worker build-graph`); elsewhere `SEGBOT_GRAPH_AUTOBUILD=1` exports one after a task.
+This module must never import mrcnn or tf_keras (exporting takes an already built SegmentationModel).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from importlib import metadata
+from typing import Any, Mapping
+
+import numpy as np
+
+from worker import __version__
+from worker.errors import ModelError
+from worker.molding import Detection, mold, unmold
+
+GRAPH_FORMAT = 1
+KEY_FILE = "segbot-graph.json"
+
+
+def cache_root(env: Mapping[str, str]) -> str:
+    """Folder of the graph cache: $SEGBOT_GRAPH_CACHE, else <$SEGBOT_CACHE or ~/.cache/segbot>/graphs."""
+    if env.get("SEGBOT_GRAPH_CACHE"):
+        return env["SEGBOT_GRAPH_CACHE"]
+    base = env.get("SEGBOT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "segbot")
+    return os.path.join(base, "graphs")
+
+
+def _version(*dists: str) -> str:
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "none"
+
+
+def graph_key(weights_sha256: str, backbone: str, max_dim: int, min_confidence: float) -> dict[str, Any]:
+    """Everything the exported graph depends on."""
+    return {"format": GRAPH_FORMAT, "worker": __version__, "weights_sha256": weights_sha256,
+            "backbone": backbone, "max_dim": max_dim, "min_confidence": round(float(min_confidence), 6),
+            "tensorflow": _version("tensorflow-cpu", "tensorflow"), "tf_keras": _version("tf-keras", "tf_keras"),
+            "mrcnn": _version("mrcnn"), "numpy": _version("numpy").split(".")[0]}
+
+
+def entry_dir(root: str, key: Mapping[str, Any]) -> str:
+    """Where the entry of `key` lives (the name is readable, plus a hash of the whole key)."""
+    digest = hashlib.sha256(json.dumps(dict(key), sort_keys=True).encode()).hexdigest()[:20]
+    return os.path.join(root, f"{key['backbone']}-{key['max_dim']}-{digest}")
+
+
+def lookup(root: str, key: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(folder, "hit") when a complete entry for `key` exists, else (None, "miss" or "stale")."""
+    folder = entry_dir(root, key)
+    try:
+        with open(os.path.join(folder, KEY_FILE)) as fh:
+            stored = json.load(fh)
+    except FileNotFoundError:
+        return None, "miss"
+    except (OSError, ValueError):
+        return None, "stale"
+    return (folder, "hit") if stored == dict(key) else (None, "stale")
+
+
+def export(net: Any, root: str, key: Mapping[str, Any]) -> str:
+    """Export a built, weight-loaded SegmentationModel as the entry of `key` (atomically); returns its folder.
+
+    Other entries of the same backbone and size (stale ones) are removed.
+    """
+    folder = entry_dir(root, key)
+    os.makedirs(root, exist_ok=True)
+    tmp = f"{folder}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.export_graph(tmp)
+    with open(os.path.join(tmp, KEY_FILE), "w") as fh:
+        json.dump(dict(key), fh, sort_keys=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    prefix = f"{key['backbone']}-{key['max_dim']}-"
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if name.startswith(prefix) and path != folder and ".tmp" not in name:
+            shutil.rmtree(path, ignore_errors=True)
+    return folder
+
+
+class GraphModel:
+    """A cached inference graph, ready for `detect` (same interface and results as SegmentationModel)."""
+
+    def __init__(self, folder: str, max_dim: int) -> None:
+        from worker.tfsetup import import_tensorflow
+
+        tf = import_tensorflow()
+        started = time.perf_counter()
+        try:
+            self._module = tf.saved_model.load(folder)
+            self._infer = self._module.infer
+        except Exception as exc:  # noqa: BLE001 - a broken entry: the caller falls back to Keras
+            raise ModelError(f"The cached graph {folder} could not be loaded ({type(exc).__name__}).") from exc
+        self.max_dim = max_dim
+        self.build_s = time.perf_counter() - started
+
+    def detect(self, image: np.ndarray, classes: tuple[int, ...] = ()) -> list[Detection]:
+        """Detect instances in an (H, W, 3) uint8 image; `classes` keeps only those class ids."""
+        molded = mold(image, self.max_dim)
+        try:
+            detections, masks = self._infer(molded.images, molded.metas)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"Inference failed ({type(exc).__name__}: {str(exc)[:160]}).") from exc
+        return unmold(np.asarray(detections[0]), np.asarray(masks[0]), image.shape[:2],
+                      molded.images.shape[1:3], molded.window, classes)
+
+
+__all__ = ["GRAPH_FORMAT", "KEY_FILE", "GraphModel", "cache_root", "entry_dir", "export", "graph_key", "lookup"]
