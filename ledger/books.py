@@ -10,17 +10,18 @@ Balances of a user: posted = credits_posted - debits_posted; pending = debits_pe
 reservations); available = posted - pending.
 
 This module must never update or delete a transfer, never use floats, and never write outside
-`Store.transaction()`.
+a Store write transaction (`Store.transaction()` or `Store._write()`).
 """
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ledger.amounts import MAX_AMOUNT, check_amount, check_fee, format_rlc
 from ledger.db import Store
 from ledger.errors import (AlreadyResolved, BalanceOverflow, ExceedsReservation, InsufficientFunds,
-                           InvalidArgument, TransferConflict, UnknownTransfer)
+                           InvalidArgument, LedgerError, TransferConflict, UnknownTransfer)
 
 GRANTS = "operator:grants"
 DEPOSITS = "operator:deposits"
@@ -117,6 +118,54 @@ SELECT t.seq, t.id, t.leg, t.kind, d.name, c.name, t.amount, t.pending_id, t.job
 FROM transfers t JOIN accounts d ON d.id = t.debit_account JOIN accounts c ON c.id = t.credit_account
 """
 
+# One UPDATE moves the four running totals of every account a transfer touches (1 to 3 distinct accounts),
+# so the CHECK constraints see them all at once; a failing CHECK undoes the whole statement. Parameters:
+# per account ?(5k+1) = id, then its deltas for debits_pending, debits_posted, credits_pending, credits_posted.
+def _move_sql(n: int) -> str:
+    def column(name: str, offset: int) -> str:
+        cases = " ".join(f"WHEN ?{5 * k + 1} THEN ?{5 * k + offset}" for k in range(n))
+        return f"{name} = {name} + (CASE id {cases} END)"
+    sets = ", ".join(column(name, offset) for offset, name in enumerate(
+        ("debits_pending", "debits_posted", "credits_pending", "credits_posted"), start=2))
+    ids = ", ".join(f"?{5 * k + 1}" for k in range(n))
+    return f"UPDATE accounts SET {sets} WHERE id IN ({ids})"
+
+
+_MOVE_SQL = {n: _move_sql(n) for n in (1, 2, 3)}
+# The same, moving nothing when transfer id ? exists already (a retry or a conflict, sorted out after).
+_MOVE_NEW_SQL = {n: sql + f" AND NOT EXISTS (SELECT 1 FROM transfers WHERE id = ?{5 * n + 1})"
+                 for n, sql in _MOVE_SQL.items()}
+
+_APPEND_SQL = {
+    n: ("INSERT INTO transfers (id, leg, kind, phase, debit_account, credit_account, amount, pending_id, "
+        "job, memo, created_at, reserved, reserve_seq) VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n))
+    for n in (1, 2)}
+
+# A reservation with what post/void need in one lookup: its row, the transfer that resolved it (if any)
+# and whether the resolving transfer's id (first ?) is taken already.
+_OPEN_SQL = """
+SELECT r.seq, r.kind, r.amount, r.debit_account, r.credit_account, r.job,
+       (SELECT x.id FROM transfers x WHERE x.pending_id = r.id AND x.leg = 0),
+       EXISTS (SELECT 1 FROM transfers y WHERE y.id = ?)
+FROM transfers r WHERE r.id = ? AND r.leg = 0
+"""
+
+# account id, then deltas of debits_pending, debits_posted, credits_pending, credits_posted
+Move = tuple[int, int, int, int, int]
+
+
+def _merged(moves: tuple[Move, ...]) -> tuple[Move, ...]:
+    """Moves with one entry per account (the CASE in one UPDATE takes the first match per account)."""
+    if len({move[0] for move in moves}) == len(moves):
+        return moves
+    sums: dict[int, list[int]] = {}
+    for account, *deltas in moves:
+        total = sums.setdefault(account, [0, 0, 0, 0])
+        for i, delta in enumerate(deltas):
+            total[i] += delta
+    return tuple((account, *total) for account, total in sums.items())  # type: ignore[misc]
+
 
 def _from_legs(rows: list[sqlite3.Row]) -> Transfer | None:
     if not rows:
@@ -131,13 +180,15 @@ class Books(Store):
     """Accounts, transfers, balances and the audit. See the module docstring for the model."""
 
     _ids: dict[str, int]
+    _names: dict[int, str]
 
     # ----- accounts -------------------------------------------------------------------------
     def _forget(self) -> None:
         self.__dict__.pop("_ids", None)
+        self.__dict__.pop("_names", None)
 
     def _account_id(self, conn: sqlite3.Connection, name: str, user: int | None = None) -> int:
-        """Id of account `name`, creating a user account on first use."""
+        """Id of account `name`, creating a user account on first use (ids are cached: never reused)."""
         cache = self.__dict__.setdefault("_ids", {})
         if name in cache:
             return cache[name]
@@ -149,18 +200,40 @@ class Books(Store):
                 "INSERT INTO accounts (name, user_id, no_overdraft, created_at) VALUES (?, ?, 1, ?) "
                 "RETURNING id", (name, user, self._now_ms())).fetchone()
         cache[name] = row[0]
+        self.__dict__.setdefault("_names", {})[row[0]] = name
         return row[0]
 
-    def _bump(self, conn: sqlite3.Connection, account: int, **deltas: int) -> None:
-        sets = ", ".join(f"{column} = {column} + :{column}" for column in deltas)
+    def _account_name(self, conn: sqlite3.Connection, account: int) -> str:
+        names = self.__dict__.setdefault("_names", {})
+        if account not in names:
+            name = conn.execute("SELECT name FROM accounts WHERE id = ?", (account,)).fetchone()[0]
+            names[account] = name
+            self.__dict__.setdefault("_ids", {})[name] = account
+        return names[account]
+
+    def _move(self, conn: sqlite3.Connection, moves: tuple[Move, ...], new_id: str | None = None) -> int:
+        """Apply running-total deltas to 1..3 accounts in one UPDATE; with `new_id`, only if no transfer
+        has that id yet. Returns how many accounts moved (0: `new_id` exists)."""
+        moves = _merged(moves)
+        params = [value for move in moves for value in move]
+        if new_id is None:
+            sql = _MOVE_SQL[len(moves)]
+        else:
+            sql, params = _MOVE_NEW_SQL[len(moves)], [*params, new_id]
         try:
-            conn.execute(f"UPDATE accounts SET {sets} WHERE id = :id", {**deltas, "id": account})
+            return conn.execute(sql, params).rowcount
         except sqlite3.IntegrityError as exc:
             if "REAL" in str(exc):
                 raise BalanceOverflow("an account total would pass 2**63-1 nRLC; nothing written") from None
             if "no_overdraft" in str(exc):
                 raise InsufficientFunds("the user's balance would go below zero; nothing written") from None
             raise
+
+    @staticmethod
+    def _append(conn: sqlite3.Connection, legs: tuple[tuple[object, ...], ...]) -> int:
+        """Append the legs of one transfer (consecutive rows); returns the seq of leg 0."""
+        cursor = conn.execute(_APPEND_SQL[len(legs)], [value for leg in legs for value in leg])
+        return cursor.lastrowid - len(legs) + 1  # type: ignore[operator]
 
     def account(self, name: str) -> Account | None:
         """The running totals of account `name` (None if it does not exist yet)."""
@@ -200,34 +273,25 @@ class Books(Store):
                 f"{existing.amount} nRLC {existing.debit} -> {existing.credit}; choose a new id")
         return existing
 
-    def _insert(self, conn: sqlite3.Connection, t: Transfer, leg: int, phase: str, debit: int,
-                credit: int, amount: int, now: int, res: Transfer | None = None) -> int:
-        """Append one leg; a resolution's leg 0 (`res` given) also records the reservation's amount and row."""
-        reserved, reserve_seq = (res.amount, res.seq) if res is not None else (None, None)
-        row = conn.execute(
-            "INSERT INTO transfers (id, leg, kind, phase, debit_account, credit_account, amount, "
-            "pending_id, job, memo, created_at, reserved, reserve_seq) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-            (t.id, leg, t.kind, phase, debit, credit, amount, t.pending_id, t.job, t.memo, now,
-             reserved, reserve_seq)).fetchone()
-        return row[0]
-
     def _posted(self, wanted: Transfer, user: int, event: tuple[str, str] | None) -> Transfer | None:
         """Write a single-leg posted transfer from an operator account to `user`."""
-        with self.transaction() as conn:
-            existing = self._replay(conn, wanted)
-            if existing is not None:
-                return existing
-            if event is not None and not self.record_event(event[0], event[1],  # type: ignore[attr-defined]
-                                                           {"transfer": wanted.id}):
-                return None
-            debit = self._account_id(conn, wanted.debit)
-            credit = self._account_id(conn, wanted.credit, user)
-            now = self._now_ms()
-            self._bump(conn, debit, debits_posted=wanted.amount)
-            self._bump(conn, credit, credits_posted=wanted.amount)
-            seq = self._insert(conn, wanted, 0, "posted", debit, credit, wanted.amount, now)
-            return replace(wanted, created_at=now, seq=seq)
+        return self._write(self._post_credit, wanted, user, event)
+
+    def _post_credit(self, conn: sqlite3.Connection, wanted: Transfer, user: int,
+                     event: tuple[str, str] | None) -> Transfer | None:
+        existing = self._replay(conn, wanted)
+        if existing is not None:
+            return existing
+        if event is not None and not self.record_event(event[0], event[1],  # type: ignore[attr-defined]
+                                                       {"transfer": wanted.id}):
+            return None
+        debit = self._account_id(conn, wanted.debit)
+        credit = self._account_id(conn, wanted.credit, user)
+        now = self._now_ms()
+        self._move(conn, ((debit, 0, wanted.amount, 0, 0), (credit, 0, 0, 0, wanted.amount)))
+        seq = self._append(conn, ((wanted.id, 0, wanted.kind, "posted", debit, credit, wanted.amount, None,
+                                   wanted.job, wanted.memo, now, None, None),))
+        return replace(wanted, created_at=now, seq=seq)
 
     def grant(self, id: str, user: int, amount: int, memo: str = "", *,
               event: tuple[str, str] | None = None) -> Transfer | None:
@@ -265,27 +329,38 @@ class Books(Store):
         `job` is any reference string. Raises InsufficientFunds when amount > available,
         InvalidAmount, InvalidArgument, TransferConflict.
         """
-        wanted = Transfer(check_id(id), "reserve", user_account(check_user(user)), IEXEC_SPEND,
-                          check_amount(amount), job=check_text(job, "job"))
-        with self.transaction() as conn:
-            return self._reserve(conn, wanted, user)
+        check_id(id)
+        check_user(user)
+        check_amount(amount)
+        check_text(job, "job")
+        return self._write(self._reserve_in, id, user, amount, job)
 
     def _reserve(self, conn: sqlite3.Connection, wanted: Transfer, user: int) -> Transfer:
-        existing = self._replay(conn, wanted)
-        if existing is not None:
-            return existing
-        debit = self._account_id(conn, wanted.debit, user)
+        return self._reserve_in(conn, wanted.id, user, wanted.amount, wanted.job)
+
+    def _reserve_in(self, conn: sqlite3.Connection, id: str, user: int, amount: int, job: str) -> Transfer:
+        """Move the totals (only for a new id; the CHECKs refuse an overdraft), then append the row."""
+        name = user_account(user)
+        debit = self._account_id(conn, name, user)
         credit = self._account_id(conn, IEXEC_SPEND)
-        row = conn.execute("SELECT credits_posted - debits_posted - debits_pending FROM accounts "
-                           "WHERE id = ?", (debit,)).fetchone()
-        if wanted.amount > row[0]:
-            raise InsufficientFunds(
-                f"user {user} has {format_rlc(row[0])} available, {format_rlc(wanted.amount)} needed")
+        try:
+            moved = self._move(conn, ((debit, amount, 0, 0, 0), (credit, 0, 0, amount, 0)), id)
+        except (InsufficientFunds, BalanceOverflow):
+            available = conn.execute("SELECT credits_posted - debits_posted - debits_pending FROM accounts "
+                                     "WHERE id = ?", (debit,)).fetchone()[0]
+            if amount > available:
+                raise InsufficientFunds(
+                    f"user {user} has {format_rlc(available)} available, {format_rlc(amount)} needed") from None
+            raise
+        if not moved:  # the id is taken: the same reservation again, or a conflict
+            existing = self._replay(conn, Transfer(id, "reserve", name, IEXEC_SPEND, amount, job=job))
+            if existing is None:
+                raise LedgerError(f"account {name} vanished while reserving {id!r}")
+            return existing
         now = self._now_ms()
-        self._bump(conn, debit, debits_pending=wanted.amount)
-        self._bump(conn, credit, credits_pending=wanted.amount)
-        seq = self._insert(conn, wanted, 0, "pending", debit, credit, wanted.amount, now)
-        return replace(wanted, created_at=now, seq=seq)
+        seq = self._append(conn, ((id, 0, "reserve", "pending", debit, credit, amount, None, job, "", now,
+                                   None, None),))
+        return Transfer(id, "reserve", name, IEXEC_SPEND, amount, 0, None, job, "", now, seq)
 
     def _reservation(self, conn: sqlite3.Connection, pending_id: str) -> Transfer:
         reservation = self._get(conn, pending_id)
@@ -299,6 +374,21 @@ class Books(Store):
         if row is not None:
             done = "posted" if row[1] == "post" else "voided"
             raise AlreadyResolved(f"reservation {pending_id!r} was already {done} by transfer {row[0]!r}")
+
+    def _open(self, conn: sqlite3.Connection, id: str, pending_id: str, wanted: Callable[[Transfer], Transfer]
+              ) -> tuple[int, int, int, int, str] | Transfer:
+        """(seq, amount, debit id, credit id, job) of open reservation `pending_id` when `id` is new;
+        otherwise the stored transfer `id` if it is `wanted(reservation)` again, or the error that fits
+        (UnknownTransfer, TransferConflict, AlreadyResolved, in that order)."""
+        row = conn.execute(_OPEN_SQL, (id, pending_id)).fetchone()
+        if row is not None and row[1] == "reserve" and row[6] is None and not row[7]:
+            return row[0], row[2], row[3], row[4], row[5]
+        res = self._reservation(conn, pending_id)
+        existing = self._replay(conn, wanted(res))
+        if existing is not None:
+            return existing
+        self._check_open(conn, pending_id)
+        raise LedgerError(f"reservation {pending_id!r} changed while resolving it")
 
     def post(self, id: str, pending_id: str, amount: int | None = None, *, fee: int = 0,
              memo: str = "") -> Transfer:
@@ -314,33 +404,36 @@ class Books(Store):
             check_amount(amount)
         check_fee(fee)
         check_text(memo, "memo")
-        with self.transaction() as conn:
-            return self._post(conn, id, pending_id, amount, fee, memo)
+        return self._write(self._post, id, pending_id, amount, fee, memo)
 
     def _post(self, conn: sqlite3.Connection, id: str, pending_id: str, amount: int | None,
               fee: int, memo: str) -> Transfer:
-        res = self._reservation(conn, pending_id)
-        to_post = res.amount - fee if amount is None else amount
-        wanted = Transfer(id, "post", res.debit, res.credit, to_post, fee, pending_id, res.job, memo)
-        existing = self._replay(conn, wanted)
-        if existing is not None:
-            return existing
-        self._check_open(conn, pending_id)
-        if to_post <= 0 or to_post + fee > res.amount:
+        def wanted(res: Transfer) -> Transfer:
+            to_post = res.amount - fee if amount is None else amount
+            return Transfer(id, "post", res.debit, res.credit, to_post, fee, pending_id, res.job, memo)
+
+        found = self._open(conn, id, pending_id, wanted)
+        if isinstance(found, Transfer):
+            return found
+        res_seq, reserved, debit, credit, job = found
+        to_post = reserved - fee if amount is None else amount
+        if to_post <= 0 or to_post + fee > reserved:
             raise ExceedsReservation(
                 f"cannot post {format_rlc(max(to_post, 0))} + fee {format_rlc(fee)} from reservation "
-                f"{pending_id!r} of {format_rlc(res.amount)}")
-        debit = self._account_id(conn, res.debit)
-        credit = self._account_id(conn, res.credit)
+                f"{pending_id!r} of {format_rlc(reserved)}")
         now = self._now_ms()
-        self._bump(conn, debit, debits_pending=-res.amount, debits_posted=to_post + fee)
-        self._bump(conn, credit, credits_pending=-res.amount, credits_posted=to_post)
-        seq = self._insert(conn, wanted, 0, "posted", debit, credit, to_post, now, res)
+        main = (id, 0, "post", "posted", debit, credit, to_post, pending_id, job, memo, now, reserved, res_seq)
         if fee:  # the fee leg is the very next row (the audit finds it at seq + 1)
             fees = self._account_id(conn, FEES)
-            self._bump(conn, fees, credits_posted=fee)
-            self._insert(conn, wanted, 1, "posted", debit, fees, fee, now)
-        return replace(wanted, created_at=now, seq=seq)
+            self._move(conn, ((debit, -reserved, to_post + fee, 0, 0), (credit, 0, 0, -reserved, to_post),
+                              (fees, 0, 0, 0, fee)))
+            seq = self._append(conn, (main, (id, 1, "post", "posted", debit, fees, fee, pending_id, job, memo,
+                                             now, None, None)))
+        else:
+            self._move(conn, ((debit, -reserved, to_post, 0, 0), (credit, 0, 0, -reserved, to_post)))
+            seq = self._append(conn, (main,))
+        return Transfer(id, "post", self._account_name(conn, debit), self._account_name(conn, credit), to_post,
+                        fee, pending_id, job, memo, now, seq)
 
     def void(self, id: str, pending_id: str, memo: str = "") -> Transfer:
         """Void reservation `pending_id`: the whole reserved amount returns to the user.
@@ -350,23 +443,22 @@ class Books(Store):
         check_id(id)
         check_id(pending_id, "pending_id")
         check_text(memo, "memo")
-        with self.transaction() as conn:
-            return self._void(conn, id, pending_id, memo)
+        return self._write(self._void, id, pending_id, memo)
 
     def _void(self, conn: sqlite3.Connection, id: str, pending_id: str, memo: str) -> Transfer:
-        res = self._reservation(conn, pending_id)
-        wanted = Transfer(id, "void", res.debit, res.credit, res.amount, 0, pending_id, res.job, memo)
-        existing = self._replay(conn, wanted)
-        if existing is not None:
-            return existing
-        self._check_open(conn, pending_id)
-        debit = self._account_id(conn, res.debit)
-        credit = self._account_id(conn, res.credit)
+        def wanted(res: Transfer) -> Transfer:
+            return Transfer(id, "void", res.debit, res.credit, res.amount, 0, pending_id, res.job, memo)
+
+        found = self._open(conn, id, pending_id, wanted)
+        if isinstance(found, Transfer):
+            return found
+        res_seq, reserved, debit, credit, job = found
         now = self._now_ms()
-        self._bump(conn, debit, debits_pending=-res.amount)
-        self._bump(conn, credit, credits_pending=-res.amount)
-        seq = self._insert(conn, wanted, 0, "void", debit, credit, res.amount, now, res)
-        return replace(wanted, created_at=now, seq=seq)
+        self._move(conn, ((debit, -reserved, 0, 0, 0), (credit, 0, 0, -reserved, 0)))
+        seq = self._append(conn, ((id, 0, "void", "void", debit, credit, reserved, pending_id, job, memo, now,
+                                   reserved, res_seq),))
+        return Transfer(id, "void", self._account_name(conn, debit), self._account_name(conn, credit), reserved,
+                        0, pending_id, job, memo, now, seq)
 
     def reservation_state(self, pending_id: str) -> str | None:
         """'open', 'posted' or 'voided' for a reservation id; None if there is no such reservation."""
@@ -383,7 +475,9 @@ class Books(Store):
         """Transfers touching `user` (all if None), newest first; fee legs folded into their post."""
         where, params = [], []
         if user is not None:
-            where.append("(t.debit_account = a.id OR t.credit_account = a.id)")
+            # Both sides through transfers_pair: only operator accounts ever credit a user.
+            where.append("(t.debit_account = a.id OR (t.credit_account = a.id AND t.debit_account IN "
+                         "(SELECT id FROM accounts WHERE user_id IS NULL)))")
         if before_seq is not None:
             where.append("t.seq < ?")
             params.append(before_seq)

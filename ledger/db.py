@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from ledger.errors import LedgerBusy, LedgerError, SchemaError
 from ledger.schema import MIGRATIONS, SCHEMA_VERSION
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+_T = TypeVar("_T")
 _BUSY_WORDS = ("database is locked", "database is busy", "database table is locked")
 
 
@@ -155,6 +157,33 @@ class Store:
             except BaseException:
                 self._rollback()
                 raise
+
+    def _write(self, work: Callable[..., _T], *args: object) -> _T:
+        """`work(conn, *args)` in its own write transaction (or joining the current one).
+
+        The same as `with self.transaction() as conn: return work(conn, *args)`, without the
+        generator machinery on the hot path (one reserve or post per call).
+        """
+        with self._lock:
+            if self._depth:
+                with self.transaction() as conn:
+                    return work(conn, *args)
+            conn = self._conn
+            self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+            self._depth = 1
+            try:
+                result = work(conn, *args)
+            except BaseException:
+                self._depth = 0
+                self._rollback()
+                raise
+            self._depth = 0
+            try:
+                self._retry_busy(lambda: conn.execute("COMMIT"))
+            except BaseException:
+                self._rollback()
+                raise
+            return result
 
     def _rollback(self) -> None:
         """Roll back and forget what was cached from the rolled-back transaction."""

@@ -155,9 +155,18 @@ def _nothing(now_ms: int) -> list[tuple[str, tuple[object, ...]]]:
     return []
 
 
+# v3: every index is one more page written by each commit. `transfers_credit` served only the v1 audit and
+# the credit side of a user's history; the v2 audit reads `transfers_pair`, and a user is credited only by
+# operator accounts, so history finds those rows through `transfers_pair` (debit IN operators, credit = user).
+_V3 = """
+DROP INDEX transfers_credit;
+"""
+
+
 # (version, name, DDL script, function giving parameterised statements to run after the script)
 MIGRATIONS: list[tuple[int, str, str, object]] = [
     (1, "books, jobs, chain txs, events, kv", _V1, _v1_accounts),
     (2, "reserved amount and row on each resolution; account-pair index for the audit", _V2, _nothing),
+    (3, "drop transfers_credit (fewer pages per commit)", _V3, _nothing),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

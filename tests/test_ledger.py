@@ -245,7 +245,7 @@ def test_reopen_keeps_schema_and_data(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     with Ledger(path) as book:
         book.grant("g", 1, 10, "")
-        assert book.schema_version() == SCHEMA_VERSION == 2
+        assert book.schema_version() == SCHEMA_VERSION == 3
     with Ledger(path) as book:
         assert book.balance(1).posted == 10
         assert book.schema_version() == SCHEMA_VERSION
@@ -399,3 +399,41 @@ def test_refused_first_reserve_does_not_poison_later_writes(book: Ledger) -> Non
     book.grant("g", 3, 5, "")
     assert book.balance(3).posted == 5
     book.audit()
+
+
+def test_returned_transfers_are_what_is_stored(book: Ledger) -> None:
+    """The write path builds its answer without reading the rows back: it must match them exactly."""
+    written = [book.grant("g", 5, 10 * RLC, "seed"), book.reserve("r1", 5, 3 * RLC, "job-1"),
+               book.post("p1", "r1", 2 * RLC, fee=RLC // 2, memo="done"), book.reserve("r2", 5, RLC, "job-2"),
+               book.post("p2", "r2"), book.reserve("r3", 5, RLC, "job-3"), book.void("v3", "r3", "gone")]
+    for transfer in written:
+        assert book.get_transfer(transfer.id) == transfer
+    assert written[2].debit == "user:5" and written[2].credit == "operator:iexec_spend"
+    assert (written[4].amount, written[4].fee, written[4].job) == (RLC, 0, "job-2")
+    assert book.reserve("r1", 5, 3 * RLC, "job-1") == written[1]  # retries return the stored rows
+    assert book.post("p1", "r1", 2 * RLC, fee=RLC // 2, memo="done") == written[2]
+    assert book.void("v3", "r3", "gone") == written[6]
+    with pytest.raises(TransferConflict):
+        book.reserve("p1", 5, 1, "job-x")  # an id taken by a post, reused for a reservation
+    assert book.balance(5) == Balance(13 * RLC // 2, 0, 13 * RLC // 2)  # 10 - (2 + 0.5) - 1
+    book.audit()
+
+
+def test_history_finds_both_sides_of_a_user_with_one_account_index(book: Ledger) -> None:
+    """Schema v3 keeps one account index (transfers_pair); a user's credits are still in their history."""
+    indexes = {row[0] for row in book._conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'transfers'")}
+    assert "transfers_credit" not in indexes and "transfers_pair" in indexes
+    book.grant("g1", 7, 1000, "")
+    book.grant("g-other", 8, 5, "")
+    book.reserve("r1", 7, 300, "j1")
+    book.post("p1", "r1", 200, fee=50)
+    book.reserve("r2", 7, 100, "j2")
+    book.void("v2", "r2")
+    book.deposit("d1", 7, 40, "0xabc")
+    book.refund_expense("x1", 7, 250, "j1")
+    history = book.history(7)
+    assert [t.id for t in history] == ["x1", "d1", "v2", "r2", "p1", "r1", "g1"]
+    assert history[4].fee == 50
+    assert [t.id for t in book.history(7, limit=2, before_seq=history[2].seq)] == ["r2", "p1"]
+    assert [t.id for t in book.history(8)] == ["g-other"]

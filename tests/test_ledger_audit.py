@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ledger import AuditError, Ledger
-from ledger.schema import MIGRATIONS
+from ledger.schema import MIGRATIONS, SCHEMA_VERSION
 
 
 def _v1_file(path: Path) -> None:
@@ -52,7 +52,7 @@ def test_v1_file_upgrades_and_keeps_balancing(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     _v1_file(path)
     with Ledger(path) as book:
-        assert book.schema_version() == 2
+        assert book.schema_version() == SCHEMA_VERSION
         book.audit()
         assert book.balance(1).available == 1000 - 350 - 100
         assert book.get_transfer("p1").fee == 50  # type: ignore[union-attr]
@@ -69,7 +69,7 @@ def test_v1_file_upgrades_and_keeps_balancing(tmp_path: Path) -> None:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             book._conn.execute("UPDATE transfers SET amount = 1")
     with Ledger(path) as book:  # reopening does not migrate again
-        assert book.schema_version() == 2
+        assert book.schema_version() == SCHEMA_VERSION
         book.audit()
 
 
