@@ -165,6 +165,7 @@ class Pipeline:
         if self.ledger.get_job(job_id) is not None or job_id in self._intakes:
             return  # a replayed update: the job exists already (or is being taken in)
         self._intakes.add(job_id)
+        log.info("event=intake job=%s user=%s source=%s", job_id, user, source[0])
         try:
             await self._take_in(job_id, user=user, chat=chat, message_id=message_id,
                                 status_message_id=status_message_id, source=source)
@@ -182,6 +183,7 @@ class Pipeline:
             data = await self._download(source)
             image = await check_image_async(data, self.settings)
         except InputRejected as exc:
+            log.info("event=input_rejected job=%s reason=%r", job_id, str(exc)[:200])
             self.board.show(chat, status_message_id, texts.REJECTED.format(reason=str(exc)))
             return
         except TelegramError as exc:

@@ -39,6 +39,7 @@ class ChatRateLimiter(AIORateLimiter):
         self._buckets: dict[int, tuple[float, float]] = {}
         self._window: collections.deque[float] = collections.deque()
         self._in_flight = 0
+        self._locks: dict[int, asyncio.Lock] = {}
 
     async def _take_overall(self, limit: int) -> None:
         """Wait for a slot: requests in flight plus those finished within the last second stay under the rate.
@@ -66,20 +67,28 @@ class ChatRateLimiter(AIORateLimiter):
         name = endpoint.lower()
         return (name.startswith("send") and name != "sendchataction") or name.startswith("edit")
 
-    async def _take(self, chat_id: int) -> None:
+    def _tokens(self, chat_id: int, now: float) -> float:
+        tokens, at = self._buckets.get(chat_id, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - at) * self.per_second)
+
+    async def _wait_token(self, chat_id: int) -> None:
+        """Wait until the chat's bucket holds a token (it is taken when Telegram has answered)."""
         while True:
-            now = time.monotonic()
-            tokens, at = self._buckets.get(chat_id, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - at) * self.per_second)
+            tokens = self._tokens(chat_id, time.monotonic())
             if tokens >= 1.0:
-                self._buckets[chat_id] = (tokens - 1.0, now)
-                if len(self._buckets) > 4096:  # forget chats whose bucket is full again
-                    full = [c for c, (t, a) in self._buckets.items() if t + (now - a) * self.per_second >= self.burst]
-                    for c in full[:2048]:
-                        self._buckets.pop(c, None)
                 return
-            self._buckets[chat_id] = (tokens, now)
             await asyncio.sleep((1.0 - tokens) / self.per_second)
+
+    def _consume(self, chat_id: int) -> None:
+        # Counted when the answer came back: the request reached Telegram at that time at the latest, so
+        # the bucket here never holds more than Telegram's (a request delayed in the HTTP client cannot
+        # bunch up with the next ones there), and one request per chat is in flight at a time.
+        now = time.monotonic()
+        self._buckets[chat_id] = (max(0.0, self._tokens(chat_id, now) - 1.0), now)
+        if len(self._buckets) > 4096:  # forget chats whose bucket is full again
+            full = [c for c in self._buckets if self._tokens(c, now) >= self.burst and c not in self._locks]
+            for c in full[:2048]:
+                self._buckets.pop(c, None)
 
     async def process_request(self, callback: Any, args: Any, kwargs: dict[str, Any], endpoint: str,
                               data: dict[str, Any], rate_limit_args: int | None) -> Any:
@@ -88,10 +97,24 @@ class ChatRateLimiter(AIORateLimiter):
             chat = int(chat_id) if chat_id is not None else 0
         except (TypeError, ValueError):
             chat = 0
-        if chat > 0 and self._counted(endpoint):
-            await self._take(chat)
         if chat_id is None or not self._counted(endpoint):
             return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+        if chat <= 0:
+            return await self._send(callback, args, kwargs, endpoint, data, rate_limit_args)
+        lock = self._locks.setdefault(chat, asyncio.Lock())
+        try:
+            async with lock:
+                await self._wait_token(chat)
+                try:
+                    return await self._send(callback, args, kwargs, endpoint, data, rate_limit_args)
+                finally:
+                    self._consume(chat)
+        finally:
+            if not lock.locked() and self._locks.get(chat) is lock:
+                del self._locks[chat]
+
+    async def _send(self, callback: Any, args: Any, kwargs: dict[str, Any], endpoint: str,
+                    data: dict[str, Any], rate_limit_args: int | None) -> Any:
         # Edits of status messages leave room for new replies (acknowledgements) when the bot is busy.
         edit = endpoint.lower().startswith("edit")
         await self._take_overall(self.overall_per_second - (8 if edit else 0))

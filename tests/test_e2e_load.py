@@ -36,10 +36,5 @@ async def test_twenty_users_three_photos_each_at_once(e2e: E2E) -> None:
             assert e2e.deals_on_chain(job) == (1, 1)
             assert e2e.settlements(job) == [(f"{job.id}:post", "post")]
     e2e.ledger.audit()
-    if e2e.tg.rate_limited != limited_before:
-        # Known bot bug (reported): PTB's AIORateLimiter does not pace private chats, so three jobs of one
-        # user finishing together exceed Telegram's 1 message/s per chat. Delivery, money and books are
-        # checked above; this keeps the requirement visible until the bot paces per chat.
-        methods = sorted({c.method for c in e2e.tg.calls() if c.status == 429})
-        pytest.xfail(f"bot answered 429 Too Many Requests {e2e.tg.rate_limited - limited_before} times "
-                     f"({', '.join(methods)})")
+    methods = sorted({c.method for c in e2e.tg.calls() if c.status == 429})
+    assert e2e.tg.rate_limited == limited_before, f"the bot was answered 429 Too Many Requests ({methods})"
