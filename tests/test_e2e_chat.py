@@ -1,8 +1,8 @@
 """The local chat page in headless Chromium: a person uploads a photo and sees the segmented picture come back.
 
 Debian's /usr/bin/chromium is driven by the `playwright` package (never `playwright install`: no browser
-download). The bot is a subprocess on a devnet running the small test app. The page's screenshot is saved to
-docs/screenshot.png for the README. Skipped, with the reason, when Chromium is not installed.
+download). The bot is a subprocess on a devnet running the small test app. Skipped, with the reason, when
+Chromium is not installed. (The README's picture is made by docs/screenshot.py with the real worker.)
 """
 from __future__ import annotations
 
@@ -13,14 +13,12 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from devnet.up import REPO_DIR
 from tests.fixtures_e2e import E2E
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = REPO_DIR / "docs" / "screenshot.png"
 
 
 def street_picture() -> bytes:
@@ -67,15 +65,12 @@ async def test_upload_a_photo_on_the_chat_page_and_see_the_result(e2e: E2E, tmp_
                 "[...document.querySelectorAll('#log .msg:not(.me) img')].every(i => i.complete "
                 "&& i.naturalWidth > 0)")
             await page.locator("#log .msg:not(.me)", has_text="Done").first.wait_for(timeout=30_000)
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             await page.screenshot(path=str(tmp_path / "shot.png"), full_page=False)
         finally:
             await browser.close()
 
     shot = Image.open(tmp_path / "shot.png").convert("RGB")
-    shot = shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT)
-    shot.save(SCREENSHOT, optimize=True)
-    assert SCREENSHOT.stat().st_size < 300_000
+    assert len(shot.getcolors(1 << 24) or []) > 50  # the page shows pictures, not a blank screen
     [job] = await e2e.wait_terminal(user)
     assert job.state.value == "DELIVERED"
     [reply] = e2e.results(user)
