@@ -170,7 +170,8 @@ class ChainGateway:
         pending = self.ledger.pending_txs(self.address)
         if not pending:
             return
-        records = [TxRecord(_bytes(t.raw_tx), t.tx_hash, t.nonce, json.loads(t.meta or "{}")) for t in pending]
+        records = [TxRecord(_bytes(t.raw_tx), t.tx_hash, t.nonce,
+                            t.meta if isinstance(t.meta, dict) else json.loads(t.meta or "{}")) for t in pending]
         for outcome in await self.hub.sender.resume(records):
             log.info("event=tx_resumed nonce=%d status=%s tx=%s", outcome.nonce, outcome.status, outcome.tx_hash)
         await self._settle_tx_records()
