@@ -26,9 +26,11 @@ class ChatRateLimiter(AIORateLimiter):
     PTB's `AIORateLimiter` leaves private chats unlimited; Telegram answers 429 beyond about one message a
     second per chat (a short burst of a few is tolerated). Each private chat gets a token bucket of `burst`
     messages refilled at `per_second`, applied to what Telegram counts: sends and edits, not chat actions.
+    Both are kept below Telegram's (burst 2 against about 3, 0.9/s against 1/s): the margin absorbs the
+    difference between when a request leaves here and when Telegram counts it.
     """
 
-    def __init__(self, *, per_second: float = 0.9, burst: int = 3, overall_per_second: int = 28,
+    def __init__(self, *, per_second: float = 0.9, burst: int = 2, overall_per_second: int = 28,
                  **kwargs: Any) -> None:
         # PTB's overall limiter is a leaky bucket that lets a full burst through on top of its rate (up to
         # twice the rate within one second); Telegram counts a sliding second, so this one does too.
@@ -39,7 +41,7 @@ class ChatRateLimiter(AIORateLimiter):
         self._buckets: dict[int, tuple[float, float]] = {}
         self._window: collections.deque[float] = collections.deque()
         self._in_flight = 0
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}  # chat -> (lock, users)
 
     async def _take_overall(self, limit: int) -> None:
         """Wait for a slot: requests in flight plus those finished within the last second stay under the rate.
@@ -101,7 +103,11 @@ class ChatRateLimiter(AIORateLimiter):
             return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
         if chat <= 0:
             return await self._send(callback, args, kwargs, endpoint, data, rate_limit_args)
-        lock = self._locks.setdefault(chat, asyncio.Lock())
+        # One lock per chat while anyone uses it: a lock released to a waiter still reads "unlocked" until
+        # the waiter runs, so it is dropped only when its last user is done (else a second lock would
+        # let two requests of one chat through at once).
+        lock, users = self._locks.get(chat, (asyncio.Lock(), 0))
+        self._locks[chat] = (lock, users + 1)
         try:
             async with lock:
                 await self._wait_token(chat)
@@ -110,8 +116,11 @@ class ChatRateLimiter(AIORateLimiter):
                 finally:
                     self._consume(chat)
         finally:
-            if not lock.locked() and self._locks.get(chat) is lock:
+            lock, users = self._locks[chat]
+            if users <= 1:
                 del self._locks[chat]
+            else:
+                self._locks[chat] = (lock, users - 1)
 
     async def _send(self, callback: Any, args: Any, kwargs: dict[str, Any], endpoint: str,
                     data: dict[str, Any], rate_limit_args: int | None) -> Any:
