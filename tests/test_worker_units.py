@@ -3,6 +3,7 @@ fetch-weights against a 127.0.0.1 server."""
 from __future__ import annotations
 
 import hashlib
+import json
 import io
 import sys
 from dataclasses import dataclass
@@ -146,3 +147,57 @@ def test_fetch_weights_progress_sha256_atomic(tmp_path: Path, local_http, capsys
     local_http.routes.clear()  # present already: no second download
     fetch_weights(f"{local_http.base}/w.h5", str(dest), good, progress=sys.stderr)
     assert "already present" in capsys.readouterr().err
+
+
+def test_precision_auto_follows_the_cpu(tmp_path) -> None:
+    from worker import precision
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16\n\n"
+                       "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    flags = precision.cpu_flags(str(cpuinfo))
+    assert "amx_bf16" in flags and "avx2" in flags
+    assert precision.resolve("auto", flags) == "bf16"
+    assert precision.resolve("auto", {"avx512_bf16"}) == "bf16"  # Cooper Lake, Zen 4: no AMX, native bf16
+    assert precision.resolve("auto", {"avx2", "avx512f"}) == "fp32"  # bf16 would be emulated there
+    assert precision.resolve("auto", precision.cpu_flags(str(tmp_path / "absent"))) == "fp32"
+    assert precision.resolve("bf16", set()) == "bf16" and precision.resolve("fp32", {"amx_bf16"}) == "fp32"
+    with pytest.raises(ValueError):
+        precision.resolve("fp16", set())
+
+
+def test_precision_option() -> None:
+    from worker.errors import OptionError
+    from worker.options import parse_task
+
+    assert parse_task(["--precision", "BF16", "x.jpg"]).precision == "bf16"
+    assert parse_task(["x.jpg"]).precision == "auto"
+    with pytest.raises(OptionError, match="precision"):
+        parse_task(["--precision", "fp16", "x.jpg"])
+
+
+def test_weights_digest_is_remembered_until_the_file_changes(tmp_path) -> None:
+    import hashlib
+    import os
+
+    from worker import graph
+
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"a" * 1000)
+    root = tmp_path / "cache"
+    assert graph.weights_sha256(str(weights), str(root)) == hashlib.sha256(b"a" * 1000).hexdigest()
+    memo = root / graph.DIGESTS_FILE
+    assert memo.exists()
+    # a remembered digest is used as long as size and mtime match (proved by a planted value)
+    doc = json.loads(memo.read_text())
+    doc[str(weights.resolve())]["sha256"] = "f" * 64
+    memo.write_text(json.dumps(doc))
+    assert graph.weights_sha256(str(weights), str(root)) == "f" * 64
+    # another content (same size, new mtime) is hashed again
+    weights.write_bytes(b"b" * 1000)
+    os.utime(weights, ns=(1, 2))
+    assert graph.weights_sha256(str(weights), str(root)) == hashlib.sha256(b"b" * 1000).hexdigest()
+    # an unreadable memo or read-only cache only means hashing again
+    memo.write_text("{not json")
+    assert graph.weights_sha256(str(weights), str(root)) == hashlib.sha256(b"b" * 1000).hexdigest()
+    assert graph.weights_sha256(str(weights), "/proc/no-such-dir") == hashlib.sha256(b"b" * 1000).hexdigest()

@@ -40,7 +40,7 @@ def _build_graph(argv: Sequence[str]) -> int:
     ns = build_graph_parser().parse_args(list(argv))
     weights = resolve_weights(ns.weights, ns.backbone, False, os.environ)
     from worker.app import build_graphs
-    for folder in build_graphs(weights, ns.max_dim, ns.min_confidence, ns.cache_dir):
+    for folder in build_graphs(weights, ns.max_dim, ns.min_confidence, ns.cache_dir, ns.precision):
         print(f"inference graph cached: {folder}", file=sys.stderr)
     return 0
 
@@ -67,5 +67,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_task(args)
 
 
+def _exit(code: int) -> None:
+    """Exit; once TensorFlow is loaded, skip the interpreter's teardown (0.6-0.9 s of freeing the model,
+    nothing left to save: every output file is closed and the streams are flushed here)."""
+    if "tensorflow" not in sys.modules:
+        sys.exit(code)
+    import os
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

@@ -62,21 +62,22 @@ def load_input(opts: TaskOptions, env: Mapping[str, str]) -> LoadedImage:
                      "(--url https://... ).")
 
 
-def _hash_in_background(path: str | None) -> tuple[threading.Thread | None, dict[str, str]]:
+def _hash_in_background(path: str | None, env: Mapping[str, str]) -> tuple[threading.Thread | None,
+                                                                          dict[str, str]]:
     box: dict[str, str] = {}
     if path is None:
         return None, box
 
     def work() -> None:
-        from worker.fetch import sha256_file
-        box["sha256"] = sha256_file(path)
+        from worker import graph
+        box["sha256"] = graph.weights_sha256(path, graph.cache_root(env))
     thread = threading.Thread(target=work, name="weights-sha256", daemon=True)
     thread.start()
     return thread, box
 
 
 def _load_model(opts: TaskOptions, weights: WeightsInfo, sha256: str | None, env: Mapping[str, str],
-                timings: dict[str, float]) -> tuple[Any, dict[str, Any] | None, str]:
+                timings: dict[str, float], precision: str) -> tuple[Any, dict[str, Any] | None, str]:
     """(model, graph key, cache status): the cached graph when there is a valid one, else the Keras model.
 
     status: "hit", "miss", "stale", "broken" (an entry that failed to load) or "off".
@@ -85,7 +86,7 @@ def _load_model(opts: TaskOptions, weights: WeightsInfo, sha256: str | None, env
     status = "off"
     if sha256 and opts.graph_cache:
         from worker import graph
-        key = graph.graph_key(sha256, weights.backbone, opts.max_dim, opts.min_confidence)
+        key = graph.graph_key(sha256, weights.backbone, opts.max_dim, opts.min_confidence, precision)
         folder, status = graph.lookup(graph.cache_root(env), key)
         if folder:
             try:
@@ -97,6 +98,9 @@ def _load_model(opts: TaskOptions, weights: WeightsInfo, sha256: str | None, env
                 status = "broken"
     from worker import compat
     compat.install(opts.threads)
+    if precision == "bf16":
+        from worker.graphopt import enable_bf16_rewrite
+        enable_bf16_rewrite()
     from worker.model import SegmentationModel
     keras_net = SegmentationModel(weights.backbone, opts.max_dim, opts.min_confidence)
     timings["build_s"] = keras_net.build_s
@@ -112,20 +116,22 @@ def segment(opts: TaskOptions, env: Mapping[str, str], out_dir: str, started: fl
     timings: dict[str, float] = {}
     loaded = load_input(opts, env)
     weights = resolve_weights(opts.weights, opts.backbone, opts.random_weights, env)
+    from worker.precision import resolve as resolve_precision
+    precision = resolve_precision(opts.precision)
     timings["checks_s"] = time.perf_counter() - started
-    hasher, digest = _hash_in_background(weights.path)  # overlaps the TensorFlow import
+    hasher, digest = _hash_in_background(weights.path, env)  # overlaps the TensorFlow import
     mark = time.perf_counter()
     from worker.tfsetup import import_tensorflow
     import_tensorflow(opts.threads)  # TensorFlow is imported here, and only here
     if hasher:
         hasher.join()
     timings["import_s"] = time.perf_counter() - mark
-    net, key, status = _load_model(opts, weights, digest.get("sha256"), env, timings)
+    net, key, status = _load_model(opts, weights, digest.get("sha256"), env, timings, precision)
     mark = time.perf_counter()
     found = net.detect(loaded.pixels, opts.classes)
     timings["detect_s"] = time.perf_counter() - mark
     outcome = write_outputs(out_dir, opts, loaded, found, weights, digest.get("sha256"), timings, started,
-                            status)
+                            status, precision)
     if key is not None and status != "hit" and env.get("SEGBOT_GRAPH_AUTOBUILD") == "1":
         _autobuild(net, key, env)
     return outcome
@@ -143,28 +149,31 @@ def _autobuild(net: Any, key: dict[str, Any], env: Mapping[str, str]) -> None:
 
 
 def build_graphs(weights: WeightsInfo, max_dims: Sequence[int], min_confidence: float,
-                 root: str | None = None) -> list[str]:
-    """Export the inference graph of `weights` for each max_dim into the cache (operator command)."""
+                 root: str | None = None, precisions: Sequence[str] = ("auto",)) -> list[str]:
+    """Export the inference graph of `weights` for each max_dim and precision into the cache (operator
+    command)."""
     from worker import compat
-    from worker.fetch import sha256_file
     compat.install()
     from worker import graph
     from worker.model import SegmentationModel
     if weights.path is None:
         raise WeightsError("build-graph needs a weights file (random weights are not cached).")
-    sha256 = sha256_file(weights.path)
+    from worker.precision import resolve as resolve_precision
+    sha256 = graph.weights_sha256(weights.path, root or graph.cache_root(os.environ))
+    wanted = list(dict.fromkeys(resolve_precision(p) for p in precisions))
     folders = []
     for dim in max_dims:
         net = SegmentationModel(weights.backbone, dim, min_confidence)
         net.load_weights(weights.path)
-        key = graph.graph_key(sha256, weights.backbone, dim, min_confidence)
-        folders.append(graph.export(net, root or graph.cache_root(os.environ), key))
+        for precision in wanted:
+            key = graph.graph_key(sha256, weights.backbone, dim, min_confidence, precision)
+            folders.append(graph.export(net, root or graph.cache_root(os.environ), key))
     return folders
 
 
 def write_outputs(out_dir: str, opts: TaskOptions, loaded: LoadedImage, found: Sequence[object],
                   weights: WeightsInfo, sha256: str | None, timings: dict[str, float], started: float,
-                  graph_cache: str = "off") -> Outcome:
+                  graph_cache: str = "off", precision: str = "fp32") -> Outcome:
     """Draw and write result image, detections.json and (last) computed.json."""
     from worker import rle
     from worker.coco import CLASS_NAMES
@@ -195,7 +204,7 @@ def write_outputs(out_dir: str, opts: TaskOptions, loaded: LoadedImage, found: S
         "model": {"name": "Mask R-CNN (matterport) COCO", "backbone": weights.backbone,
                   "max_dim": opts.max_dim, "min_confidence": opts.min_confidence,
                   "weights_source": weights.source, "weights_sha256": sha256, "random_weights": weights.random,
-                  "graph_cache": graph_cache},
+                  "graph_cache": graph_cache, "precision": precision},
         "count": len(items), "detections": items,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }

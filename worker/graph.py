@@ -2,8 +2,8 @@
 it (~1.5-2 s) instead of building the Keras model in Python and reading the h5 file (~3.5 s, and mrcnn,
 tf_keras and scikit-image are never imported).
 
-One cache entry per (weights sha256, backbone, max_dim, min_confidence, versions of TF / tf-keras / mrcnn /
-this format): the folder name carries a hash of that key and `segbot-graph.json` inside holds the key
+One cache entry per (weights sha256, backbone, max_dim, min_confidence, precision, versions of TF / tf-keras /
+mrcnn / this format): the folder name carries a hash of that key and `segbot-graph.json` inside holds the key
 itself, written last (an entry without it is incomplete). A missing, stale or unreadable entry is never an
 error: the caller falls back to building the Keras model. The Docker image bakes entries at build time
 (`python -m worker build-graph`); elsewhere `SEGBOT_GRAPH_AUTOBUILD=1` exports one after a task.
@@ -25,8 +25,10 @@ from worker import __version__
 from worker.errors import ModelError
 from worker.molding import Detection, mold, unmold
 
-GRAPH_FORMAT = 1
+GRAPH_FORMAT = 2  # 2: optimised at export (grappler off at load), precision in the key
 KEY_FILE = "segbot-graph.json"
+#: remembered sha256 of weights files, by real path, size and modification time
+DIGESTS_FILE = "weights-sha256.json"
 
 
 def cache_root(env: Mapping[str, str]) -> str:
@@ -35,6 +37,41 @@ def cache_root(env: Mapping[str, str]) -> str:
         return env["SEGBOT_GRAPH_CACHE"]
     base = env.get("SEGBOT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "segbot")
     return os.path.join(base, "graphs")
+
+
+def weights_sha256(path: str, root: str) -> str:
+    """sha256 of a weights file, remembered in the cache folder `root` under the file's real path, size and
+    modification time (hashing 257 MB costs a core ~0.3 s of every task otherwise). A cache that cannot be
+    read or written only means hashing again."""
+    from worker.fetch import sha256_file
+
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    memo_path = os.path.join(root, DIGESTS_FILE)
+    try:
+        with open(memo_path) as fh:
+            memo = json.load(fh)
+    except (OSError, ValueError):
+        memo = {}
+    if not isinstance(memo, dict):
+        memo = {}
+    known = memo.get(real)
+    if isinstance(known, dict) and all(known.get(k) == v for k, v in stamp.items()):
+        digest = known.get("sha256")
+        if isinstance(digest, str) and len(digest) == 64:
+            return digest
+    digest = sha256_file(real)
+    memo[real] = {**stamp, "sha256": digest}
+    try:
+        os.makedirs(root, exist_ok=True)
+        tmp = f"{memo_path}.tmp{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(memo, fh, indent=1, sort_keys=True)
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass
+    return digest
 
 
 def _version(*dists: str) -> str:
@@ -46,10 +83,12 @@ def _version(*dists: str) -> str:
     return "none"
 
 
-def graph_key(weights_sha256: str, backbone: str, max_dim: int, min_confidence: float) -> dict[str, Any]:
-    """Everything the exported graph depends on."""
+def graph_key(weights_sha256: str, backbone: str, max_dim: int, min_confidence: float,
+              precision: str = "fp32") -> dict[str, Any]:
+    """Everything the exported graph depends on (`precision`: "fp32" or "bf16", see worker.precision)."""
     return {"format": GRAPH_FORMAT, "worker": __version__, "weights_sha256": weights_sha256,
             "backbone": backbone, "max_dim": max_dim, "min_confidence": round(float(min_confidence), 6),
+            "precision": precision,
             "tensorflow": _version("tensorflow-cpu", "tensorflow"), "tf_keras": _version("tf-keras", "tf_keras"),
             "mrcnn": _version("mrcnn"), "numpy": _version("numpy").split(".")[0]}
 
@@ -57,7 +96,7 @@ def graph_key(weights_sha256: str, backbone: str, max_dim: int, min_confidence: 
 def entry_dir(root: str, key: Mapping[str, Any]) -> str:
     """Where the entry of `key` lives (the name is readable, plus a hash of the whole key)."""
     digest = hashlib.sha256(json.dumps(dict(key), sort_keys=True).encode()).hexdigest()[:20]
-    return os.path.join(root, f"{key['backbone']}-{key['max_dim']}-{digest}")
+    return os.path.join(root, f"{key['backbone']}-{key['max_dim']}-{key['precision']}-{digest}")
 
 
 def lookup(root: str, key: Mapping[str, Any]) -> tuple[str | None, str]:
@@ -82,12 +121,12 @@ def export(net: Any, root: str, key: Mapping[str, Any]) -> str:
     os.makedirs(root, exist_ok=True)
     tmp = f"{folder}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    net.export_graph(tmp)
+    net.export_graph(tmp, key["precision"])
     with open(os.path.join(tmp, KEY_FILE), "w") as fh:
         json.dump(dict(key), fh, sort_keys=True)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-    prefix = f"{key['backbone']}-{key['max_dim']}-"
+    prefix = f"{key['backbone']}-{key['max_dim']}-{key['precision']}-"
     for name in os.listdir(root):
         path = os.path.join(root, name)
         if name.startswith(prefix) and path != folder and ".tmp" not in name:
@@ -108,6 +147,8 @@ class GraphModel:
             self._infer = self._module.infer
         except Exception as exc:  # noqa: BLE001 - a broken entry: the caller falls back to Keras
             raise ModelError(f"The cached graph {folder} could not be loaded ({type(exc).__name__}).") from exc
+        from worker.graphopt import disable_runtime_optimizer
+        disable_runtime_optimizer()  # optimised at export; running grappler again would cost ~1 s
         self.max_dim = max_dim
         self.build_s = time.perf_counter() - started
 
@@ -122,4 +163,4 @@ class GraphModel:
                       molded.images.shape[1:3], molded.window, classes)
 
 
-__all__ = ["GRAPH_FORMAT", "KEY_FILE", "GraphModel", "cache_root", "entry_dir", "export", "graph_key", "lookup"]
+__all__ = ["DIGESTS_FILE", "GRAPH_FORMAT", "KEY_FILE", "GraphModel", "cache_root", "entry_dir", "export", "graph_key", "lookup", "weights_sha256"]

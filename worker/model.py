@@ -99,24 +99,27 @@ class SegmentationModel:
         return unmold(np.asarray(detections[0]), np.asarray(masks[0]), image.shape[:2], shape[:2],
                       molded.window, classes)
 
-    def export_graph(self, path: str) -> None:
-        """Save the inference graph (fixed input size, anchors baked in, weights as variables) as a
-        SavedModel at `path`, for `worker.graph.GraphModel`."""
+    def export_graph(self, path: str, precision: str = "fp32") -> None:
+        """Save the inference graph (fixed input size, anchors baked in, weights as variables, already
+        optimised by grappler for `precision`) as a SavedModel at `path`, for `worker.graph.GraphModel`."""
         import tensorflow as tf
+
+        from worker.graphopt import optimize_function
 
         dim = self.config.IMAGE_MAX_DIM
         anchors = self.mrcnn.get_anchors((dim, dim, 3))[np.newaxis].astype(np.float32)
         net = self._net
+        signature = [tf.TensorSpec([1, dim, dim, 3], tf.float32, name="images"),
+                     tf.TensorSpec([1, META_SIZE], tf.float32, name="metas")]
 
-        @tf.function(input_signature=[tf.TensorSpec([1, dim, dim, 3], tf.float32, name="images"),
-                                      tf.TensorSpec([1, META_SIZE], tf.float32, name="metas")])
-        def infer(images: Any, metas: Any) -> Any:
+        @tf.function(input_signature=signature)
+        def traced(images: Any, metas: Any) -> Any:
             return tuple(net([images, metas, tf.constant(anchors)], training=False))
 
         module = tf.Module()
-        module.weights = list(net.variables)  # only variables are tracked: no per-layer functions to restore
-        module.infer = infer
-        infer.get_concrete_function()
+        # only variables are tracked: no per-layer functions to restore
+        module.infer, module.weights = optimize_function(traced.get_concrete_function(), list(net.variables),
+                                                         signature, precision)
         # no signature and no saver ops: each would be one more copy of the graph to rebuild at load time
         tf.saved_model.save(module, path, signatures={},
                             options=tf.saved_model.SaveOptions(experimental_skip_saver=True))
