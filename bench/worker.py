@@ -8,7 +8,8 @@ interleaved (the machine is shared: compare the two within one run); then a warm
 median and min-max over several runs and the drawing time. Prints the load average at start and end.
 Run: `.venv/bin/python bench/worker.py`.
 Targets (ResNet101, 1024 px, defaults, random weights, fresh process): task <= 7 s, warm detect <= 2.0 s
-median, peak RSS < 2 GiB.
+median, peak RSS < 2 GiB. The default precision is `auto` (bf16 where the CPU has it natively); the same
+path in fp32 is measured beside it as the anchor, and the Keras model in fp32 (mrcnn's own predict).
 """
 from __future__ import annotations
 
@@ -57,22 +58,23 @@ def weights(backbone: str) -> Path:
     return path
 
 
-def graph_entry(backbone: str, dim: int, wfile: Path) -> Path:
+def graph_entry(backbone: str, dim: int, wfile: Path, precision: str = "auto") -> Path:
     """Export (or reuse) the cached inference graph for this config."""
     proc = subprocess.run([sys.executable, "-m", "worker", "build-graph", "--weights", str(wfile), "--backbone",
-                           backbone, "--max-dim", str(dim), "--cache-dir", str(GRAPHS)],
+                           backbone, "--max-dim", str(dim), "--cache-dir", str(GRAPHS), "--precision", precision],
                           cwd=REPO, capture_output=True, text=True, check=True)
     return Path(proc.stderr.strip().splitlines()[-1].split(": ", 1)[1])
 
 
-def task(backbone: str, dim: int, image: Path, wfile: Path, tmp: Path, cached: bool) -> dict:
+def task(backbone: str, dim: int, image: Path, wfile: Path, tmp: Path, cached: bool, precision: str = "auto") -> dict:
     """One fresh iExec-mode process; returns its timings, wall time and peak RSS."""
-    out = tmp / f"out_{backbone}_{dim}_{cached}"
+    out = tmp / f"out_{backbone}_{dim}_{cached}_{precision}"
     out.mkdir(exist_ok=True)
     env = dict(os.environ, IEXEC_OUT=str(out), IEXEC_IN=str(image.parent), IEXEC_INPUT_FILES_FOLDER=str(image.parent),
                IEXEC_INPUT_FILES_NUMBER="1", IEXEC_INPUT_FILE_NAME_1=image.name, IEXEC_DATASET_FILENAME="",
                MRCNN_WEIGHTS=str(wfile), SEGBOT_GRAPH_CACHE=str(GRAPHS))
-    args = ["--max-dim", str(dim), "--backbone", backbone] + ([] if cached else ["--no-graph-cache"])
+    args = ["--max-dim", str(dim), "--backbone", backbone, "--precision", precision] + (
+        [] if cached else ["--no-graph-cache"])
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "worker", *args],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -81,7 +83,8 @@ def task(backbone: str, dim: int, image: Path, wfile: Path, tmp: Path, cached: b
     assert status == 0 and (out / "computed.json").exists(), proc.stderr.read().decode()[-2000:]
     doc = json.loads((out / "detections.json").read_text())
     assert doc["model"]["graph_cache"] == ("hit" if cached else "off"), doc["model"]
-    return {"wall": wall, "rss_mib": usage.ru_maxrss / 1024, "t": doc["timings"], "n": doc["count"]}
+    return {"wall": wall, "rss_mib": usage.ru_maxrss / 1024, "t": doc["timings"], "n": doc["count"],
+            "precision": doc["model"]["precision"]}
 
 
 def warm(backbone: str, dim: int, image: Path, wfile: Path, entry: Path | None) -> dict:
@@ -99,7 +102,7 @@ def describe(label: str, runs: list[dict]) -> str:
             f"in-process {t['total_s']:.2f} = checks {t['checks_s']:.2f} import {t['import_s']:.2f} "
             f"build/load {t['build_s']:.2f} weights {t['weights_s']:.2f} detect(cold) {t['detect_s']:.2f} "
             f"draw {t['draw_s']:.2f} save {t['save_s']:.2f}), peak RSS {max(r['rss_mib'] for r in runs):.0f} MiB, "
-            f"{best['n']} detections")
+            f"{best['n']} detections, {best['precision']}")
 
 
 def main() -> None:
@@ -132,16 +135,29 @@ def main() -> None:
                       f"{statistics.median(warm_graph['draw']) * 1000:.0f} ms", flush=True)
                 key = f"{tag}_{dim}"
                 if (tag, dim) == ("r101", 1024):
+                    # anchor: the same cached-graph path in fp32 (exact arithmetic), interleaved
+                    fp32_entry = graph_entry(backbone, dim, wfile, "fp32")
+                    fp32 = []
+                    for _ in range(pairs):
+                        fp32.append(task(backbone, dim, image, wfile, tmp, cached=True, precision="fp32"))
+                    warm_fp32 = warm(backbone, dim, image, wfile, fp32_entry)
+                    print(describe("cached graph, fp32 anchor", fp32))
+                    med32 = statistics.median(warm_fp32["warm"])
+                    print(f"  warm detect (cached graph, fp32) median {med32:.2f} s (min {min(warm_fp32['warm']):.2f} "
+                          f"max {max(warm_fp32['warm']):.2f})", flush=True)
+                    result[f"{key}_fp32_task_s"] = statistics.median(r["wall"] for r in fp32)
+                    result[f"{key}_fp32_detect_median_s"] = med32
+                    result[f"{key}_bf16"] = float(hot[0]["precision"] == "bf16")
                     warm_keras = warm(backbone, dim, image, wfile, None)
                     result[f"{key}_detect_keras_median_s"] = statistics.median(warm_keras["warm"])
-                    print(f"  warm detect (Keras) median {result[f'{key}_detect_keras_median_s']:.2f} s "
+                    print(f"  warm detect (Keras model, fp32) median {result[f'{key}_detect_keras_median_s']:.2f} s "
                           f"(min {min(warm_keras['warm']):.2f} max {max(warm_keras['warm']):.2f})", flush=True)
                 result[f"{key}_task_s"] = statistics.median(r["wall"] for r in hot)
                 result[f"{key}_task_cold_s"] = statistics.median(r["wall"] for r in cold)
                 result[f"{key}_detect_median_s"] = med
                 result[f"{key}_peak_rss_mib"] = max(r["rss_mib"] for r in hot + cold)
     print(f"load average at end {os.getloadavg()}")
-    print("RESULT " + " ".join(f"{k}={v:.2f}" if not k.endswith("mib") else f"{k}={v:.0f}"
+    print("RESULT " + " ".join(f"{k}={v:.2f}" if not k.endswith(("mib", "bf16")) else f"{k}={v:.0f}"
                                for k, v in result.items()))
 
 

@@ -29,6 +29,7 @@ def _grappler_config(precision: str) -> Any:
 #: the packed weights are rows of this many values (64 bytes of float32): a weight whose size is a multiple
 #: of it is a zero-copy slice of the packed variable
 _ROW = 16
+_BFLOAT16 = 14  # types_pb2.DT_BFLOAT16
 
 
 def _pack(variables: Sequence[Any]) -> tuple[list[Any], list[tuple[int, int, int, tuple[int, ...]]]]:
@@ -120,6 +121,10 @@ def optimize_function(traced: Any, variables: Sequence[Any], signature: Sequence
     meta.collection_def["train_op"].CopyFrom(fetch)  # grappler keeps what "train_op" lists
     optimized = tf_optimizer.OptimizeGraph(_grappler_config(precision), meta)
 
+    if precision == "bf16" and not any(node.op == "Cast" and node.attr["DstT"].type == _BFLOAT16
+                                       for node in optimized.node):
+        raise ModelError("This TensorFlow build did not rewrite the graph to bfloat16 (oneDNN off?): "
+                         "use --precision fp32.")
     reads = _detach_reads(optimized, {name.split(":")[0]: i for i, (_, name) in enumerate(captured)})
     if reads is None:
         raise ModelError("The optimised graph reads a weight other than by ReadVariableOp; cannot pack it.")
