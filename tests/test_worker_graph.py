@@ -111,7 +111,7 @@ def test_task_builds_uses_and_repairs_the_cache(task) -> None:
     assert first["model"]["graph_cache"] == "miss"
     entries = [p for p in task.cache.iterdir() if p.is_dir()]
     assert len(entries) == 1 and (entries[0] / graph.KEY_FILE).exists()
-    assert first["model"]["precision"] in ("fp32", "bf16") and first["model"]["precision"] in entries[0].name
+    assert first["model"]["precision"] == "fp32" and "-fp32-" in entries[0].name
     # the weights' sha256 is remembered beside the entries: later tasks don't hash 180 MB again
     digests = json.loads((task.cache / graph.DIGESTS_FILE).read_text())
     assert [d["sha256"] for d in digests.values()] == [first["model"]["weights_sha256"]]
@@ -164,3 +164,70 @@ def test_bf16_graph_agrees_with_fp32(tmp_path: Path, run_worker, worker_weights_
     found = {id(d) for d, _ in pairs}
     assert len(found) >= 0.6 * len(strong), (len(found), len(strong))
     assert min(abs(d["score"] - e["score"]) for d, e in pairs) < 0.01
+
+
+_DETACH_SCRIPT = r"""
+import json
+from tensorflow.core.framework import graph_pb2
+from worker.graphopt import _detach_reads
+
+def graph(*nodes):
+    g = graph_pb2.GraphDef()
+    for name, op, inputs in nodes:
+        n = g.node.add(name=name, op=op)
+        n.input.extend(inputs)
+        if op == "ReadVariableOp":
+            n.attr["dtype"].type = 1
+    return g
+
+# two reads of one variable, a control edge on a read and on the handle, another variable
+g = graph(("v0", "Placeholder", []), ("v1", "Placeholder", []),
+          ("r0", "ReadVariableOp", ["v0", "^v1"]), ("r0b", "ReadVariableOp", ["v0:0"]),
+          ("r1", "ReadVariableOp", ["v1"]), ("conv", "Conv2D", ["x", "r0", "^r1", "^v0"]), ("add", "AddV2", ["conv", "r0b"]))
+reads = _detach_reads(g, {"v0": 0, "v1": 1})
+nodes = {n.name: n for n in g.node}
+out = {"reads": reads, "names": sorted(nodes), "ops": {k: n.op for k, n in nodes.items()},
+       "conv_inputs": list(nodes["conv"].input), "r0_inputs": list(nodes["r0"].input),
+       "r0_dtype": nodes["r0"].attr["dtype"].type}
+# a variable used other than by ReadVariableOp: not packable
+bad = graph(("v0", "Placeholder", []), ("r0", "ReadVariableOp", ["v0"]), ("g", "ResourceGather", ["v0", "i"]))
+out["bad"] = _detach_reads(bad, {"v0": 0})
+print(json.dumps(out))
+"""
+
+
+def test_variable_reads_are_detached_for_packing() -> None:
+    proc = subprocess.run([sys.executable, "-c", _DETACH_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["reads"] == {"r0": 0, "r0b": 0, "r1": 1}  # each read knows its variable, a variable read twice too
+    assert "v0" not in out["names"] and "v1" not in out["names"]  # handles are gone
+    assert {out["ops"][r] for r in ("r0", "r0b", "r1")} == {"Placeholder"} and out["r0_dtype"] == 1
+    assert out["r0_inputs"] == []
+    # data edges stay (input_map feeds them); control edges on reads or handles would wait on nothing
+    assert out["conv_inputs"] == ["x", "r0"]
+    assert out["bad"] is None
+
+
+def test_auto_precision_uses_a_cached_fp32_graph_rather_than_building(tmp_path: Path, run_worker,
+                                                                      worker_weights_r50: Path) -> None:
+    """An image baked only fp32 graphs (its build host had no bf16): a bf16 CPU with --precision auto still
+    loads the fp32 graph instead of building the Keras model."""
+    name = "7" * 64
+    env = iexec_env(tmp_path, name, MRCNN_WEIGHTS=str(worker_weights_r50), SEGBOT_GRAPH_CACHE=str(tmp_path / "g"))
+    Image.fromarray(skimage.data.coffee()).save(tmp_path / "iexec_in" / name, "PNG")
+    subprocess.run([sys.executable, "-m", "worker", "build-graph", "--max-dim", "256", "--precision", "fp32",
+                    "--cache-dir", str(tmp_path / "g")], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    result = run_worker(["--max-dim", "256"], env)
+    assert result.code == 0, result.stderr[-2000:]
+    model = json.loads((result.out / "detections.json").read_text())["model"]
+    assert model["graph_cache"] == "hit" and model["precision"] == "fp32"
+    forced = tmp_path / "forced"
+    forced.mkdir()
+    env_bf16 = iexec_env(forced, name, MRCNN_WEIGHTS=str(worker_weights_r50), SEGBOT_GRAPH_CACHE=str(tmp_path / "g"))
+    Image.fromarray(skimage.data.coffee()).save(forced / "iexec_in" / name, "PNG")
+    # an explicit --precision bf16 means bf16: no fp32 entry is taken for it
+    result = run_worker(["--max-dim", "256", "--precision", "bf16"], env_bf16)
+    assert result.code == 0, result.stderr[-2000:]
+    model = json.loads((result.out / "detections.json").read_text())["model"]
+    assert model["graph_cache"] == "miss" and model["precision"] == "bf16"

@@ -77,30 +77,39 @@ def _hash_in_background(path: str | None, env: Mapping[str, str]) -> tuple[threa
 
 
 def _load_model(opts: TaskOptions, weights: WeightsInfo, sha256: str | None, env: Mapping[str, str],
-                timings: dict[str, float], precision: str) -> tuple[Any, dict[str, Any] | None, str]:
-    """(model, graph key, cache status): the cached graph when there is a valid one, else the Keras model.
+                timings: dict[str, float], precision: str) -> tuple[Any, dict[str, Any] | None, str, str]:
+    """(model, graph key, cache status, precision): the cached graph when there is a valid one, else the
+    Keras model.
 
-    status: "hit", "miss", "stale", "broken" (an entry that failed to load) or "off".
+    status: "hit", "miss", "stale", "broken" (an entry that failed to load) or "off". With --precision auto
+    on a bf16 CPU, a cached fp32 graph is still faster than building the Keras model in bf16.
     """
     key = None
     status = "off"
     if sha256 and opts.graph_cache:
         from worker import graph
-        key = graph.graph_key(sha256, weights.backbone, opts.max_dim, opts.min_confidence, precision)
-        folder, status = graph.lookup(graph.cache_root(env), key)
-        if folder:
-            try:
-                net = graph.GraphModel(folder, opts.max_dim)
+        root = graph.cache_root(env)
+        tries = [precision] + (["fp32"] if opts.precision == "auto" and precision != "fp32" else [])
+        for number, candidate in enumerate(tries):
+            wanted = graph.graph_key(sha256, weights.backbone, opts.max_dim, opts.min_confidence, candidate)
+            folder, found = graph.lookup(root, wanted)
+            if number == 0:
+                key, status = wanted, found
+            if folder:
+                try:
+                    net = graph.GraphModel(folder, opts.max_dim)
+                except ModelError as exc:
+                    print(f"warning: {exc}", file=sys.stderr)
+                    status = "broken" if number == 0 else status
+                    continue
                 timings["build_s"], timings["weights_s"] = net.build_s, 0.0
-                return net, key, status
-            except ModelError as exc:
-                print(f"warning: {exc} Building the model instead.", file=sys.stderr)
-                status = "broken"
+                return net, key, "hit", candidate
+        if status == "broken":
+            print("warning: building the model instead.", file=sys.stderr)
     from worker import compat
     compat.install(opts.threads)
-    if precision == "bf16":
-        from worker.graphopt import enable_bf16_rewrite
-        enable_bf16_rewrite()
+    from worker.graphopt import configure_grappler
+    configure_grappler(bf16=precision == "bf16")
     from worker.model import SegmentationModel
     keras_net = SegmentationModel(weights.backbone, opts.max_dim, opts.min_confidence)
     timings["build_s"] = keras_net.build_s
@@ -108,7 +117,7 @@ def _load_model(opts: TaskOptions, weights: WeightsInfo, sha256: str | None, env
     if weights.path:
         keras_net.load_weights(weights.path)
     timings["weights_s"] = time.perf_counter() - mark
-    return keras_net, key, status
+    return keras_net, key, status, precision
 
 
 def segment(opts: TaskOptions, env: Mapping[str, str], out_dir: str, started: float) -> Outcome:
@@ -126,7 +135,7 @@ def segment(opts: TaskOptions, env: Mapping[str, str], out_dir: str, started: fl
     if hasher:
         hasher.join()
     timings["import_s"] = time.perf_counter() - mark
-    net, key, status = _load_model(opts, weights, digest.get("sha256"), env, timings, precision)
+    net, key, status, precision = _load_model(opts, weights, digest.get("sha256"), env, timings, precision)
     mark = time.perf_counter()
     found = net.detect(loaded.pixels, opts.classes)
     timings["detect_s"] = time.perf_counter() - mark

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from importlib import metadata
 from typing import Any, Mapping
@@ -29,6 +30,7 @@ GRAPH_FORMAT = 2  # 2: optimised at export (grappler off at load), precision in 
 KEY_FILE = "segbot-graph.json"
 #: remembered sha256 of weights files, by real path, size and modification time
 DIGESTS_FILE = "weights-sha256.json"
+_SAMPLE = 1 << 20
 
 
 def cache_root(env: Mapping[str, str]) -> str:
@@ -39,15 +41,26 @@ def cache_root(env: Mapping[str, str]) -> str:
     return os.path.join(base, "graphs")
 
 
+def _sample_digest(fh: Any, size: int) -> str:
+    """sha256 of three 1 MiB samples (start, middle, end): tells apart files of one size and one mtime."""
+    digest = hashlib.sha256()
+    for offset in sorted({0, max(0, size // 2 - _SAMPLE // 2), max(0, size - _SAMPLE)}):
+        fh.seek(offset)
+        digest.update(fh.read(_SAMPLE))
+    return digest.hexdigest()
+
+
 def weights_sha256(path: str, root: str) -> str:
-    """sha256 of a weights file, remembered in the cache folder `root` under the file's real path, size and
-    modification time (hashing 257 MB costs a core ~0.3 s of every task otherwise). A cache that cannot be
-    read or written only means hashing again."""
+    """sha256 of a weights file, remembered in the cache folder `root` under the file's real path, size,
+    modification time (whole seconds: image layers keep no more) and a digest of three samples of it, so
+    that another file put in its place is hashed again. Hashing 257 MB costs a core ~0.3 s of every task
+    otherwise. A cache that cannot be read or written only means hashing again."""
     from worker.fetch import sha256_file
 
     real = os.path.realpath(path)
-    stat = os.stat(real)
-    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    with open(real, "rb") as fh:
+        stat = os.fstat(fh.fileno())
+        stamp = {"size": stat.st_size, "mtime_s": int(stat.st_mtime), "sample": _sample_digest(fh, stat.st_size)}
     memo_path = os.path.join(root, DIGESTS_FILE)
     try:
         with open(memo_path) as fh:
@@ -65,9 +78,10 @@ def weights_sha256(path: str, root: str) -> str:
     memo[real] = {**stamp, "sha256": digest}
     try:
         os.makedirs(root, exist_ok=True)
-        tmp = f"{memo_path}.tmp{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump(memo, fh, indent=1, sort_keys=True)
+        handle, tmp = tempfile.mkstemp(dir=root, prefix=f".{DIGESTS_FILE}.")
+        with os.fdopen(handle, "w") as out:
+            json.dump(memo, out, indent=1, sort_keys=True)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, memo_path)
     except OSError:
         pass
@@ -112,10 +126,20 @@ def lookup(root: str, key: Mapping[str, Any]) -> tuple[str | None, str]:
     return (folder, "hit") if stored == dict(key) else (None, "stale")
 
 
+def _format_of(folder: str) -> Any:
+    """The format number an entry was written in (None when it has no readable key)."""
+    try:
+        with open(os.path.join(folder, KEY_FILE)) as fh:
+            return json.load(fh).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def export(net: Any, root: str, key: Mapping[str, Any]) -> str:
     """Export a built, weight-loaded SegmentationModel as the entry of `key` (atomically); returns its folder.
 
-    Other entries of the same backbone and size (stale ones) are removed.
+    Other entries of the same backbone, size and precision (stale ones) and entries of older formats are
+    removed.
     """
     folder = entry_dir(root, key)
     os.makedirs(root, exist_ok=True)
@@ -129,7 +153,9 @@ def export(net: Any, root: str, key: Mapping[str, Any]) -> str:
     prefix = f"{key['backbone']}-{key['max_dim']}-{key['precision']}-"
     for name in os.listdir(root):
         path = os.path.join(root, name)
-        if name.startswith(prefix) and path != folder and ".tmp" not in name:
+        if path == folder or ".tmp" in name or not os.path.isdir(path):
+            continue
+        if name.startswith(prefix) or _format_of(path) != GRAPH_FORMAT:
             shutil.rmtree(path, ignore_errors=True)
     return folder
 

@@ -60,7 +60,7 @@ def _pack(variables: Sequence[Any]) -> tuple[list[Any], list[tuple[int, int, int
 def _detach_reads(graph_def: Any, resources: Mapping[str, int]) -> dict[str, int] | None:
     """Turn every read of a captured variable into a Placeholder (fed with its slice of the packed weights)
     and drop the variable handles; returns {read node name: variable index}, or None when the graph uses a
-    variable some other way (then it is saved unpacked)."""
+    variable some other way (the export then fails with a clear error and the Keras path is used)."""
     reads: dict[str, int] = {}
     kept = []
     for node in graph_def.node:
@@ -167,11 +167,13 @@ def disable_runtime_optimizer() -> None:
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
-def enable_bf16_rewrite() -> None:
-    """Let grappler run the oneDNN bfloat16 rewrite on functions this process traces (Keras path)."""
+def configure_grappler(bf16: bool) -> None:
+    """Grappler on for functions this process traces (the Keras path), with the oneDNN bfloat16 rewrite
+    when `bf16`."""
     import tensorflow as tf
 
-    tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False,
+                                                  "auto_mixed_precision_onednn_bfloat16": bf16})
 
 
-__all__ = ["disable_runtime_optimizer", "enable_bf16_rewrite", "optimize_function"]
+__all__ = ["configure_grappler", "disable_runtime_optimizer", "optimize_function"]

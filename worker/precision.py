@@ -11,6 +11,7 @@ Importing this module must stay free: no TensorFlow.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
 CHOICES = ("auto", "fp32", "bf16")
@@ -37,6 +38,8 @@ def resolve(choice: str, flags: Iterable[str] | None = None) -> str:
         raise ValueError(f"precision must be one of {', '.join(CHOICES)}, not {choice!r}")
     if choice != "auto":
         return choice
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip() == "0":
+        return "fp32"  # oneDNN off: TensorFlow would not rewrite anything to bf16
     present = cpu_flags() if flags is None else frozenset(flags)
     return "bf16" if present & BF16_FLAGS else "fp32"
 
