@@ -67,7 +67,8 @@ async def _up(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    config = DevnetConfig(data_dir=args.data, app=args.app, weights=args.weights, workers=args.workers)
+    config = DevnetConfig(data_dir=args.data, app=args.app, weights=args.weights, workers=args.workers,
+                          graph_cache=True)
     net = Devnet(config, progress=lambda line: print(line, flush=True))
     try:
         starting = asyncio.create_task(net.start())

@@ -63,7 +63,7 @@ def _grant(db: str, user: int, rlc: str) -> None:
 async def run_demo(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
     weights = Path(args.weights).resolve() if args.weights else None
-    config = DevnetConfig(data_dir=data, app=args.app, weights=weights, workers=args.workers)
+    config = DevnetConfig(data_dir=data, app=args.app, weights=weights, workers=args.workers, graph_cache=True)
     real_token = os.environ.get("TELEGRAM_TOKEN") or None
     admins = os.environ.get("ADMIN_IDS", "") if real_token else str(DEMO_ADMIN)
     _say("starting the devnet (the first run deploys PoCo and makes test weights: about a minute)")
