@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -139,8 +140,8 @@ def _iou(a: list[int], b: list[int]) -> float:
 
 @pytest.mark.skipif(precision.resolve("auto") != "bf16", reason="this CPU has no native bfloat16 (AMX/AVX512-BF16)")
 def test_bf16_graph_agrees_with_fp32(tmp_path: Path, run_worker, worker_weights_r50: Path) -> None:
-    """bfloat16 changes digits, not what is found: the strong detections of
-    the fp32 run are found again by the bf16 run with the same class and nearly the same box."""
+    """bfloat16 changes digits, not what is found: the same classes, and the strong detections of the fp32
+    run found again by the bf16 run with the same class and an overlapping box."""
     name = "6" * 64
     docs = {}
     for precision in ("fp32", "bf16"):
@@ -158,13 +159,16 @@ def test_bf16_graph_agrees_with_fp32(tmp_path: Path, run_worker, worker_weights_
         assert docs[precision]["model"]["precision"] == precision
     fp32, bf16 = docs["fp32"]["detections"], docs["bf16"]["detections"]
     assert len(fp32) > 20 and abs(len(fp32) - len(bf16)) <= len(fp32) // 5
-    # random weights give ~100 near-tied detections, so the tail reorders; a broken bf16 graph finds ~none
+    # Random weights give ~100 near-tied, overlapping detections, so which of them survive NMS and the
+    # 100 cap moves with the last digits. Measured on 6 random weight files: the class multiset overlaps by
+    # 0.93-0.99 and 53-87 % of fp32's top 30 are found again (same class, IoU >= 0.5); with other weights
+    # (what a broken graph amounts to) both are 0-0.11.
+    classes_fp32, classes_bf16 = Counter(d["class_id"] for d in fp32), Counter(d["class_id"] for d in bf16)
+    assert sum((classes_fp32 & classes_bf16).values()) >= 0.8 * len(fp32)
     strong = fp32[:30]
-    pairs = [(d, e) for d in strong for e in bf16 if e["class_id"] == d["class_id"] and _iou(d["box"], e["box"]) >= 0.7]
-    found = {id(d) for d, _ in pairs}
-    assert len(found) >= 0.6 * len(strong), (len(found), len(strong))
-    assert min(abs(d["score"] - e["score"]) for d, e in pairs) < 0.01
-
+    found = [d for d in strong if any(e["class_id"] == d["class_id"] and _iou(d["box"], e["box"]) >= 0.5
+                                      for e in bf16)]
+    assert len(found) >= 0.3 * len(strong), (len(found), len(strong))
 
 _DETACH_SCRIPT = r"""
 import json

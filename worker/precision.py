@@ -4,7 +4,7 @@ On CPUs with AMX-BF16 or AVX512-BF16 (Intel Sapphire Rapids and later, Cooper La
 oneDNN runs the convolutions and matrix products in bfloat16, about 3x faster than fp32 on the same cores;
 weights stay fp32 and are rounded to bfloat16 as they are read, and numerically fragile ops (exp, softmax
 inputs, box arithmetic, NMS) stay fp32 (TensorFlow's `auto_mixed_precision_onednn_bfloat16` rewrite decides
-which). Results differ from fp32 in the last digits of scores and by a pixel or so on box edges.
+which). Scores and box edges move a little against fp32 (see worker/README.md).
 
 `auto` picks bfloat16 only where the CPU has it; elsewhere bfloat16 is emulated and slower than fp32.
 Importing this module must stay free: no TensorFlow.
