@@ -15,7 +15,9 @@ This module only reads; it must never repair anything (a person decides what a b
 """
 from __future__ import annotations
 
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -160,3 +162,21 @@ def audit_books(conn: sqlite3.Connection) -> dict[str, int]:
     if problems:
         raise AuditError("the books do not balance: " + "; ".join(problems))
     return {"debits_posted": dpost, "debits_pending": dpend}
+
+
+def audit_path(path: str) -> dict[str, int]:
+    """`audit_books` on a read-only connection of its own to the file at `path`, in one read transaction:
+    the caller's connection (and its lock) stay free, and in WAL mode writers go on meanwhile."""
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise AuditError(f"audit could not open the books: {exc}") from None
+    try:
+        conn.execute("BEGIN")
+        try:
+            return audit_books(conn)
+        finally:
+            conn.execute("ROLLBACK")
+    finally:
+        conn.close()

@@ -208,6 +208,25 @@ def test_audit_detects_tampering(tmp_path: Path) -> None:
     raw.close()
 
 
+def test_audit_apart_reads_its_own_snapshot_while_the_books_are_written(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with Ledger(path) as book:
+        book.grant("g", 1, 100, "")
+        book.reserve("r", 1, 40, "j")
+        assert book.audit_apart() == book.audit()
+        # a writer holds a transaction open on another connection: the apart audit neither waits nor sees it
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE accounts SET debits_pending = 30 WHERE name = 'user:1'")
+        assert book.audit_apart() == book.audit()
+        writer.execute("COMMIT")
+        with pytest.raises(AuditError, match="user:1"):
+            book.audit_apart()
+        writer.close()
+    with pytest.raises(AuditError, match="could not open"):
+        Ledger.audit_apart(type("Gone", (), {"path": tmp_path / "missing.db"})())  # type: ignore[arg-type]
+
+
 def test_audit_detects_post_above_reservation(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     with Ledger(path) as book:
