@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -105,16 +106,20 @@ class Bot:
             log.warning("event=set_commands_failed error=%r", str(exc))
 
     async def stop(self) -> None:
-        if self.app.updater and self.app.updater.running:
-            await self.app.updater.stop()
-        await self.services.pipeline.stop()
-        await self.services.board.drain(timeout=3)
-        if self.app.running:
-            await self.app.stop()
-        await self.app.shutdown()
-        await self.chain.stop()
-        await self.inputs.stop()
-        self.services.ledger.close()
+        """Stop taking updates and stop the jobs, then release the chain connection, the input server and
+        the books: each of the three is released even when an earlier step failed, so no socket or
+        session outlives the bot."""
+        async with contextlib.AsyncExitStack() as release:  # runs last-in first-out: the books close last
+            release.callback(self.services.ledger.close)
+            release.push_async_callback(self.inputs.stop)
+            release.push_async_callback(self.chain.stop)
+            if self.app.updater and self.app.updater.running:
+                await self.app.updater.stop()
+            await self.services.pipeline.stop()
+            await self.services.board.drain(timeout=3)
+            if self.app.running:
+                await self.app.stop()
+            await self.app.shutdown()
 
 
 def build_bot(settings: Settings, *, account: Any = None, crash_at: str | None = None,
@@ -150,14 +155,17 @@ async def _serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     webhook = settings.mode == "webhook"
-    await bot.start(polling=not webhook)
-    if webhook:
-        await bot.start_webhook()
-    log.info("event=bot_started mode=%s network=%s rpc=%s wallet=%s", settings.mode,
-             settings.resolved_network.name, redact_url(settings.resolved_network.rpc_url), bot.chain.address)
-    await stop.wait()
-    log.info("event=bot_stopping")
-    await bot.stop()
+    try:
+        await bot.start(polling=not webhook)
+        if webhook:
+            await bot.start_webhook()
+        log.info("event=bot_started mode=%s network=%s rpc=%s wallet=%s", settings.mode,
+                 settings.resolved_network.name, redact_url(settings.resolved_network.rpc_url),
+                 bot.chain.address)
+        await stop.wait()
+        log.info("event=bot_stopping")
+    finally:
+        await bot.stop()  # also after a failed start: what did start is closed again
 
 
 def run(settings: Settings | None = None) -> None:

@@ -26,6 +26,7 @@ from iexec.market import MarketClient
 from iexec.orders import Domain, RequestOrder, build_params, build_request_order
 from iexec.results import TaskResult, fetch_result
 from iexec.tx import SenderConfig, TxRecord, connect
+from iexec.tx import close as close_w3
 from iexec.watch import TaskClaimed, TaskDeadlinePassed, TaskFinalized, TaskInitialized, TaskWatcher
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class ChainGateway:
         self.hub: Hub | None = None
         self.market: MarketClient | None = None
         self.watcher: TaskWatcher | None = None
+        self._w3: Any = None  # the one chain connection, shared by the hub client and the watcher
         self._tasks: dict[bytes, _TaskState] = {}
         self._watch_task: asyncio.Task[None] | None = None
         self._domain: Domain | None = None
@@ -126,28 +128,41 @@ class ChainGateway:
         return load_wallet(self.settings.wallet_keystore, password)
 
     async def start(self) -> None:
-        """Connect, adopt transactions persisted before a restart, and start following the chain."""
+        """Connect, adopt transactions persisted before a restart, and start following the chain.
+
+        If a step fails, what was opened is closed again (`stop`) before the error propagates."""
         if self._account is None:
             self._account = self._load_account()
-        w3 = connect(self.network.rpc_url)
-        config = SenderConfig(fee_cap_wei=self.settings.max_fee_gwei * 10**9)
-        self.hub = Hub(None, self.network.hub, self._account, w3=w3, persist=self._persist,
-                       sender_config=config)
-        self.market = MarketClient(self.network.market_url, self.network.chain_id, hub=self.network.hub)
-        self.watcher = TaskWatcher(w3, self.network.hub, load_cursor=self._load_cursor,
-                                   save_cursor=self._save_cursor)
-        self.hub.sender.on_broadcast = self._on_broadcast
-        await self._resume_sender()
+        self._w3 = w3 = connect(self.network.rpc_url)
+        try:
+            config = SenderConfig(fee_cap_wei=self.settings.max_fee_gwei * 10**9)
+            self.hub = Hub(None, self.network.hub, self._account, w3=w3, persist=self._persist,
+                           sender_config=config)
+            self.market = MarketClient(self.network.market_url, self.network.chain_id, hub=self.network.hub)
+            self.watcher = TaskWatcher(w3, self.network.hub, load_cursor=self._load_cursor,
+                                       save_cursor=self._save_cursor)
+            self.hub.sender.on_broadcast = self._on_broadcast
+            await self._resume_sender()
+        except BaseException:
+            await self.stop()
+            raise
         self._watch_task = asyncio.get_running_loop().create_task(self._watch_loop(), name="watcher")
         log.info("event=chain_ready rpc=%s hub=%s wallet=%s", redact_url(self.network.rpc_url),
                  self.network.hub, self.address)
 
     async def stop(self) -> None:
+        """Stop following the chain and close the market client and the chain connection (idempotent).
+
+        The hub client and the watcher stay usable for reads: a new session opens on their next request."""
         if self._watch_task:
             self._watch_task.cancel()
             await asyncio.gather(self._watch_task, return_exceptions=True)
-        if self.market:
-            await self.market.close()
+        try:
+            if self.market:
+                await self.market.close()
+        finally:
+            if self._w3 is not None:
+                await close_w3(self._w3)
 
     def _on_broadcast(self, record: Any) -> None:
         if self.crash_hook is not None and record.meta.get("kind") == "matchOrders":

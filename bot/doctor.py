@@ -25,13 +25,21 @@ class Check:
 
 
 async def _checks(settings: Settings, out: Callable[[Check], None]) -> None:
+    from iexec.tx import close, connect
+
+    w3 = connect(settings.resolved_network.rpc_url)
+    try:
+        await _checks_on(settings, out, w3)
+    finally:
+        await close(w3)
+
+
+async def _checks_on(settings: Settings, out: Callable[[Check], None], w3: Any) -> None:
     from iexec.hub import Hub
     from iexec.market import MarketClient
     from iexec.orders import tag_to_int
-    from iexec.tx import connect
 
     net = settings.resolved_network
-    w3 = connect(net.rpc_url)
     try:
         chain_id = await w3.eth.chain_id
     except Exception as exc:  # noqa: BLE001 - report, do not crash

@@ -13,13 +13,15 @@ anywhere resumes without a second order, a second charge or a lost reply:
   then the charge is posted (matched prices + fee, the rest returns) in the same transaction as COMPLETED.
 - DELIVERED: the reply was sent (at least once). REFUNDED: claimed on chain when claimable, then voided.
 
+What the admin commands ask of it (find, refund, retry, reconcile) is in `bot.admin_ops`, mixed into
+`Pipeline`; reading a downloaded result's files is in `bot.results`.
+
 Never here: a Telegram token (the bot downloads photos itself), floats for money, or long work in a handler.
 """
 from __future__ import annotations
 
 import asyncio
 import io
-import json
 import shutil
 import logging
 import time
@@ -32,10 +34,12 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import Forbidden, TelegramError
 
 from bot import texts
+from bot.admin_ops import AdminOps
 from bot.chain import ChainGateway, NoOffer, OfferTaken, TaskEvent
 from bot.errors import BotError
-from bot.images import ImageLimits, check_image, check_image_async
+from bot.images import check_image, check_image_async
 from bot.intake import InputRejected, fetch_image
+from bot.results import RESULT_LIMITS, read_detections, result_image
 from bot.settings import Settings
 from iexec.errors import IExecError, ResultDownloadError, ResultLocationError, UnsafeArchive
 from ledger import InsufficientFunds, JobState, Ledger, LedgerError
@@ -46,7 +50,6 @@ PHOTO_MAX_BYTES = 10 * 1024 * 1024
 PHOTO_MAX_SIDES = 10_000
 RETRY_DELAYS = (1, 2, 5, 10, 20, 30)
 CATEGORY_REF_S = {0: 300, 1: 1200, 2: 3600, 3: 10800, 4: 36000}
-RESULT_LIMITS = ImageLimits(max_bytes=50 * 1024 * 1024, max_pixels=50_000_000)
 RESULT_ATTEMPTS = 8
 RESUMABLE = (JobState.RECEIVED, JobState.ORDER_SIGNED, JobState.MATCHING, JobState.MATCHED,
              JobState.RUNNING, JobState.COMPLETED)
@@ -73,7 +76,7 @@ class Refund:
         return texts.REFUND_REASONS[self.reason].format(detail=self.detail or "unknown error")
 
 
-class Pipeline:
+class Pipeline(AdminOps):
     """Owns every job in flight: one asyncio task per job, resumed from the books at start-up."""
 
     def __init__(self, settings: Settings, ledger: Ledger, chain: ChainGateway, inputs: Any, bot: Any,
@@ -389,14 +392,14 @@ class Pipeline:
             await self._refund(job, Refund("app_error", result.error_message or "", operator_pays=True))
             return
         try:
-            check_image(_result_image(result.deterministic_output).read_bytes(), RESULT_LIMITS)
+            check_image(result_image(result.deterministic_output).read_bytes(), RESULT_LIMITS)
         except InputRejected as exc:
             await self._refund(job, Refund("bad_result", str(exc), operator_pays=True))
             return
         self._crash_point("after_download")
         price = job.app_price + job.workerpool_price
         self.ledger.complete_job(job.id, f"{job.id}:post", price, fee=self.settings.fee_nrlc,
-                                 result_ref=str(_result_image(result.deterministic_output)))
+                                 result_ref=str(result_image(result.deterministic_output)))
         log.info("event=settled job=%s charged=%d", job.id, price + self.settings.fee_nrlc)
         self._crash_point("after_settle")
         self.inputs.revoke(job.id)
@@ -404,7 +407,7 @@ class Pipeline:
     async def _step_completed(self, job: Any) -> None:
         """Send the result (at least once), then record it."""
         path = Path(job.result_ref)
-        detections = _read_detections(path.parent)
+        detections = read_detections(path.parent)
         charged = job.app_price + job.workerpool_price + self.settings.fee_nrlc
         caption = f"{texts.caption(d.get('class_name', '?') for d in detections)}\n\nCharged {texts.rlc(charged)}."
         markup = InlineKeyboardMarkup([[InlineKeyboardButton("detections.json", callback_data=f"det:{job.id}")]])
@@ -557,90 +560,3 @@ class Pipeline:
                                      filename="detections.json", reply_to_message_id=job.user_message_id,
                                      allow_sending_without_reply=True)
         self.board.touch(job.chat_id)
-
-
-    # ------------------------------------------------------------------------------------ admin
-
-    def find_job(self, ref: str) -> Any:
-        """A job by its id or the last characters of it (as shown to users)."""
-        if not ref:
-            return None
-        job = self.ledger.get_job(ref)
-        if job is not None:
-            return job
-        matches = [j for j in self.ledger.jobs_in_states(limit=100_000) if j.id.endswith(ref)]
-        return matches[0] if len(matches) == 1 else None
-
-    def user_credit(self) -> int:
-        """What the books owe users: their posted balances (reserved credit included)."""
-        return sum(a.balance.posted for a in self.ledger.accounts() if a.user_id is not None)
-
-    async def admin_refund(self, ref: str) -> str:
-        job = self.find_job(ref)
-        if job is None or job.state is not JobState.NEEDS_ADMIN:
-            return "Only a job held for an admin (NEEDS_ADMIN) can be refunded."
-        if job.task_id:
-            event = await self.chain.wait_task(job.deal_id, job.task_id, timeout=0)
-            if event.kind == "finalized":
-                return "The task completed on chain: use /retry to deliver it instead."
-        await self._refund(job, Refund("admin"))
-        return f"↩️ Job <code>{job.id}</code> refunded."
-
-    async def admin_retry(self, ref: str) -> str:
-        """Put a held job back in the state it was held from and drive it again."""
-        job = self.find_job(ref)
-        if job is None or job.state is not JobState.NEEDS_ADMIN:
-            return "Only a job held for an admin (NEEDS_ADMIN) can be retried."
-        held_from = max((k for k in job.state_times if k != "NEEDS_ADMIN"),
-                        key=lambda k: job.state_times[k], default="RECEIVED")
-        self.ledger.transition(job.id, JobState.NEEDS_ADMIN, JobState(held_from), error="")
-        self.drive(job.id)
-        return f"🔁 Job <code>{job.id}</code> resumed from {held_from}."
-
-    async def reconcile(self) -> str:
-        """The books against the chain: stake covers reservations, deals and task states agree."""
-        lines = []
-        try:
-            await asyncio.to_thread(self.ledger.audit_apart)  # ~1 s a million transfers: off the event loop
-            lines.append("✅ books balance (audit passed)")
-        except LedgerError as exc:
-            lines.append(f"❌ audit: {exc}")
-        wallet = await self.chain.wallet_report()
-        reserved = sum(j.max_price for j in self.ledger.jobs_in_states(*RESUMABLE, JobState.NEEDS_ADMIN))
-        owed = self.user_credit()
-        lines.append(f"hub stake {texts.rlc(wallet.stake)}, locked {texts.rlc(wallet.locked)}, wallet "
-                     f"{texts.rlc(wallet.rlc)}; users are owed {texts.rlc(owed)} ({texts.rlc(reserved)} reserved)")
-        if wallet.stake + wallet.locked + wallet.rlc < owed:
-            lines.append("❌ the wallet holds less than the users' credit")
-        for job in self.ledger.jobs_in_states(JobState.MATCHED, JobState.RUNNING, JobState.MATCHING,
-                                              JobState.NEEDS_ADMIN):
-            if job.order_hash:
-                request = self.chain.request_order_from_json(job.request_order)
-                deal = await self.chain.deal_of(request)
-                if job.deal_id and deal != job.deal_id:
-                    lines.append(f"❌ job {job.id}: books say deal {job.deal_id}, chain says {deal}")
-                elif not job.deal_id and deal:
-                    lines.append(f"⚠️ job {job.id}: matched on chain ({deal}) but not in the books yet")
-        if len(lines) == 2 and "❌" not in lines[1]:
-            lines.append("✅ no differences")
-        return "\n".join(lines)
-
-
-def _result_image(output: Path | None) -> Path:
-    """The result picture: the deterministic output itself, or the result.* file in that folder."""
-    if output is None:
-        raise NeedsAdmin("the result has no deterministic output")
-    if output.is_dir():
-        for candidate in sorted(output.glob("result.*")):
-            return candidate
-        raise NeedsAdmin(f"no result image in {output.name}")
-    return output
-
-
-def _read_detections(folder: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads((folder / "detections.json").read_text())
-    except (OSError, ValueError):
-        return []
-    items = data.get("detections", data) if isinstance(data, dict) else data
-    return [d for d in items if isinstance(d, dict)] if isinstance(items, list) else []

@@ -38,7 +38,8 @@ from devnet.anvil import Anvil
 from devnet.deploy import Deployment, hub_abi, registry_abi, rlc_abi
 from devnet.gateway import ResultGateway
 from devnet.market import MarketStandIn
-from devnet.workerpool import PoolError, Workerpool, publish_order
+from devnet.workerpool import PoolError, Workerpool
+from iexec.market import MarketClient, MarketError
 from iexec.orders import AppOrder, Domain
 
 __all__ = ["Devnet", "DevnetConfig", "DevnetError", "app_descriptor", "publish_app_order",
@@ -127,7 +128,13 @@ async def publish_app_order(session: aiohttp.ClientSession, market_url: str, dep
     order = AppOrder(app=app, appprice=price, volume=volume, tag=tag, datasetrestrict=ZERO_ADDRESS,
                      workerpoolrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS, salt=os.urandom(32))
     order = order.sign_with(owner, Domain(deployment.chain_id, deployment.hub))
-    await publish_order(session, market_url, deployment.chain_id, order, owner)
+    market = MarketClient(market_url, deployment.chain_id, hub=deployment.hub, session=session)
+    try:
+        await market.publish_app_order(order, owner)
+    except MarketError as exc:
+        raise PoolError(f"the market refused the app order: {exc}") from None
+    finally:
+        await market.close()  # the session stays the caller's
     return order
 
 

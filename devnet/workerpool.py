@@ -14,6 +14,8 @@ app as a subprocess with the IEXEC_* environment, `iexec_args` split shell-like 
 the category's time limit (× `time_scale`); zips IEXEC_OUT (files at the root) with stdout.txt/stderr.txt;
 stores the zip in the result gateway and completes the task with `contributeAndFinalize` (trust 1), the
 results being `{"storage": "ipfs", "location": "/ipfs/<id>"}`. At most `workers` tasks run at once.
+Transactions go through the iExec client (`iexec.pool.WorkerpoolClient`: one nonce-owning sender per
+account, typed revert reasons) and orders through `iexec.market.MarketClient`; the archive is devnet/archive.py.
 
 Decisions (mirroring iexec-worker): an input that cannot be downloaded, or an app killed at the time limit,
 leads to no contribution (the task fails at its deadline and is claimable). An app that ends by itself with
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import ipaddress
 import json
 import logging
@@ -36,7 +37,6 @@ import shlex
 import shutil
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,26 +45,31 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 from eth_account import Account
-from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
+from devnet.archive import result_archive
 from devnet.deploy import hub_abi, registry_abi
 from devnet.faults import Fault, FaultBook, FaultError, normalise_deal_id
 from devnet.gateway import ResultGateway
+from iexec.errors import IExecError, MarketError
+from iexec.market import MarketClient
 from iexec.orders import Domain, WorkerpoolOrder
+from iexec.pool import WorkerpoolClient
+from iexec.tx import SenderConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InputError", "PoolError", "TaskOutcome", "Workerpool", "publish_order", "task_id"]
+__all__ = ["InputError", "PoolError", "TaskOutcome", "Workerpool", "task_id"]
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 ZERO_TAG = b"\x00" * 32
 _SCHEDULER_NOTICE = keccak(text="SchedulerNotice(address,bytes32)")
 INPUT_RETRY_S = 30.0
 _MAX_INPUT_BYTES = 50 * 1024 * 1024
-_GAS = {"initialize": 600_000, "contributeAndFinalize": 1_200_000, "createWorkerpool": 1_500_000}
+# anvil mines at once: poll receipts often; a task's transaction not mined within a minute is a failure
+_SENDER_CONFIG = SenderConfig(poll_interval_s=0.02, receipt_timeout_s=60.0)
 
 
 class PoolError(RuntimeError):
@@ -100,74 +105,6 @@ def task_id(deal_id: str | bytes, index: int) -> str:
     return "0x" + keccak(raw + index.to_bytes(32, "big")).hex()
 
 
-async def publish_order(session: aiohttp.ClientSession, market_url: str, chain_id: int, order: Any,
-                        signer: LocalAccount) -> dict[str, Any]:
-    """Publish a signed app or workerpool order to a market API with challenge auth; returns the record.
-
-    Raises PoolError with the market's answer when it refuses (or answers 5xx).
-    """
-    path = {"AppOrder": "apporders", "WorkerpoolOrder": "workerpoolorders"}[order.TYPE_NAME]
-    base = market_url.rstrip("/")
-    timeout = aiohttp.ClientTimeout(total=15)
-    try:
-        async with session.get(f"{base}/challenge", params={"chainId": str(chain_id),
-                                                            "address": signer.address}, timeout=timeout) as resp:
-            body = await resp.json(content_type=None)
-            if resp.status != 200 or not body.get("ok"):
-                raise PoolError(f"market challenge answered HTTP {resp.status}: {str(body)[:200]}")
-        typed = json.loads(json.dumps(body["data"]))
-        typed["domain"]["chainId"] = int(typed["domain"]["chainId"])
-        signed = Account.sign_typed_data(signer.key, full_message=typed)
-        auth = f"0x{signed.message_hash.hex().removeprefix('0x')}_0x{signed.signature.hex().removeprefix('0x')}" \
-               f"_{signer.address}"
-        async with session.post(f"{base}/{path}", params={"chainId": str(chain_id)},
-                                json={"chainId": str(chain_id), "order": order.to_market_json()},
-                                headers={"authorization": auth}, timeout=timeout) as resp:
-            answer = await resp.json(content_type=None)
-            if resp.status != 200 or not answer.get("ok"):
-                raise PoolError(f"market refused the {order.TYPE_NAME}: HTTP {resp.status} {str(answer)[:200]}")
-            return dict(answer.get("published") or {})
-    except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, TypeError, ValueError) as exc:
-        raise PoolError(f"market at {base} unusable while publishing: {type(exc).__name__}: {exc}") from None
-
-
-class _Sender:
-    """Sends transactions from one account with a locally owned nonce (anvil mines each at once)."""
-
-    def __init__(self, w3: AsyncWeb3, account: LocalAccount, chain_id: int) -> None:
-        self.w3, self.account, self.chain_id = w3, account, chain_id
-        self._lock = asyncio.Lock()
-        self._nonce: int | None = None
-
-    async def send(self, to: str, data: str, gas: int, what: str) -> Any:
-        """Sign and send; returns the receipt. Raises PoolError when the transaction reverts."""
-        async with self._lock:
-            if self._nonce is None:
-                self._nonce = await self.w3.eth.get_transaction_count(self.account.address, "pending")
-            tx = {"to": to, "data": data, "gas": gas, "nonce": self._nonce, "chainId": self.chain_id,
-                  "maxFeePerGas": 100 * 10**9, "maxPriorityFeePerGas": 10**9, "value": 0, "type": 2}
-            signed = self.account.sign_transaction(tx)
-            try:
-                tx_hash = await self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            except Exception:
-                self._nonce = None  # re-read it: the node may have seen something we did not
-                raise
-            self._nonce += 1
-        receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.02)
-        if receipt["status"] != 1:
-            reason = await self._revert_reason(tx, receipt["blockNumber"])
-            raise PoolError(f"{what} reverted: {reason}")
-        return receipt
-
-    async def _revert_reason(self, tx: dict[str, Any], block: int) -> str:
-        call = {"from": self.account.address, "to": tx["to"], "data": tx["data"], "gas": tx["gas"]}
-        try:
-            await self.w3.eth.call(call, block - 1)  # type: ignore[arg-type]
-        except Exception as exc:  # the node's revert message is what an operator needs
-            return str(exc)[:300]
-        return "(no reason)"
-
-
 def _check_loopback_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -190,54 +127,6 @@ def _parse_params(raw: str) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {"iexec_args": raw}
     return data if isinstance(data, dict) else {"iexec_args": raw}
-
-
-def _containerise_computed(out: Path) -> None:
-    """Rewrite a host path in computed.json to the `/iexec_out/...` an app sees inside its container.
-
-    The devnet runs apps without Docker, so IEXEC_OUT is a host folder; apps that write the absolute
-    path they were given (as `worker/` does) would otherwise name a path no result reader accepts.
-    """
-    path = out / "computed.json"
-    try:
-        computed = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    declared = computed.get("deterministic-output-path") if isinstance(computed, dict) else None
-    host = str(out)
-    if isinstance(declared, str) and (declared == host or declared.startswith(host + "/")):
-        computed["deterministic-output-path"] = "/iexec_out" + declared[len(host):]
-        path.write_text(json.dumps(computed))
-
-
-def _deterministic_digest(out: Path) -> bytes | None:
-    """sha256 of the deterministic output named by computed.json (sorted file hashes for a folder)."""
-    try:
-        computed = json.loads((out / "computed.json").read_text())
-    except (OSError, ValueError):
-        return None
-    declared = computed.get("deterministic-output-path") if isinstance(computed, dict) else None
-    if not isinstance(declared, str) or not declared.startswith("/iexec_out") or computed.get("error-message"):
-        return None
-    target = (out / declared.removeprefix("/iexec_out").lstrip("/")).resolve()
-    if not str(target).startswith(str(out.resolve())) or not target.exists():
-        return None
-    if target.is_file():
-        return hashlib.sha256(target.read_bytes()).digest()
-    digests = [hashlib.sha256(p.read_bytes()).digest() for p in sorted(target.rglob("*")) if p.is_file()]
-    return hashlib.sha256(b"".join(digests)).digest()
-
-
-def _pack(out: Path, stdout: bytes, stderr: bytes) -> bytes:
-    """The result archive: IEXEC_OUT's files at the zip root, then stdout.txt and stderr.txt."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(out.rglob("*")):
-            if path.is_file() and not path.is_symlink():
-                zf.write(path, path.relative_to(out).as_posix())
-        zf.writestr("stdout.txt", stdout[-1_000_000:])
-        zf.writestr("stderr.txt", stderr[-1_000_000:])
-    return buf.getvalue()
 
 
 class Workerpool:
@@ -271,7 +160,9 @@ class Workerpool:
         self._workdir: Path | None = None
         self._domain = Domain(deployment.chain_id, deployment.hub)
         self._w3: AsyncWeb3 | None = None
-        self._hub: Any = None
+        self._hub: Any = None  # views (the devnet's full ABI); transactions go through self._client
+        self._client: WorkerpoolClient | None = None
+        self._market_api: MarketClient | None = None
         self._slots = asyncio.Semaphore(workers)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._procs: set[asyncio.subprocess.Process] = set()
@@ -292,13 +183,18 @@ class Workerpool:
         """
         self._w3 = AsyncWeb3(AsyncHTTPProvider(self.rpc_url, request_kwargs={"timeout": 30}))
         self._hub = self._w3.eth.contract(address=to_checksum_address(self.deployment.hub), abi=hub_abi())
-        self._owner_tx = _Sender(self._w3, self.owner, self.deployment.chain_id)
-        self._worker_tx = _Sender(self._w3, self.worker, self.deployment.chain_id)
+        self._client = WorkerpoolClient(self._w3, self.deployment.hub, scheduler=self.owner, worker=self.worker,
+                                        sender_config=_SENDER_CONFIG)
         self._session = aiohttp.ClientSession()
+        self._market_api = MarketClient(self.market_url, self.deployment.chain_id, hub=self.deployment.hub,
+                                        session=self._session, timeout=15.0)
         self._workdir = Path(tempfile.mkdtemp(prefix="devnet-pool-", dir=self._workdir_arg))
-        self.address = await self._register()
-        self._cursor = await self._w3.eth.block_number
-        await self._top_up(force=True)
+        try:
+            self.address = await self._register()
+            self._cursor = await self._w3.eth.block_number
+            await self._top_up(force=True)
+        except IExecError as exc:  # the iExec client's typed errors, as this module's one error type
+            raise PoolError(f"workerpool set-up refused: {exc}") from exc
         if control_port is not None:
             await self._serve_control(control_port)
         self._loop_task = asyncio.create_task(self._watch_loop(), name="workerpool-watch")
@@ -347,8 +243,9 @@ class Workerpool:
         registry = self._w3.eth.contract(address=registry_address, abi=registry_abi("workerpool"))
         predicted = await registry.functions.predictWorkerpool(self.owner.address, self.description).call()
         if await self._w3.eth.get_code(predicted) in (b"", b"\x00"):
-            data = registry.encode_abi("createWorkerpool", [self.owner.address, self.description])
-            await self._owner_tx.send(registry_address, data, _GAS["createWorkerpool"], "createWorkerpool")
+            assert self._client is not None
+            create = registry.functions.createWorkerpool(self.owner.address, self.description)
+            await self._client.scheduler_hub.transact(create, "createWorkerpool")  # the owner's one sender
         return to_checksum_address(predicted)
 
     def _new_order(self) -> WorkerpoolOrder:
@@ -376,8 +273,12 @@ class Workerpool:
                  order.hash(self._domain).hex(), order.volume, order.workerpoolprice)
 
     async def _publish(self, order: WorkerpoolOrder) -> None:
-        assert self._session is not None
-        await publish_order(self._session, self.market_url, self.deployment.chain_id, order, self.owner)
+        """Publish through the iExec market client (challenge login, retries on 5xx). Raises PoolError."""
+        assert self._market_api is not None
+        try:
+            await self._market_api.publish_workerpool_order(order, self.owner)
+        except MarketError as exc:
+            raise PoolError(f"market refused the WorkerpoolOrder: {exc}") from exc
 
     # ---------------------------------------------------------------------------------------- watching
 
@@ -468,8 +369,8 @@ class Workerpool:
 
     async def _execute(self, tid: str, deal_id: str, index: int, category: int, raw_params: str,
                        fault: Fault, outcome: Any) -> None:
-        data = self._hub.encode_abi("initialize", [deal_id, index])
-        await self._owner_tx.send(self._hub.address, data, _GAS["initialize"], "initialize")
+        assert self._client is not None
+        await self._client.initialize(bytes.fromhex(deal_id[2:]), index)  # a revert raises HubRevert (reason)
         if fault is Fault.CRASH_BEFORE_CONTRIBUTE:
             return outcome("crashed", detail="fault: initialized, never contributed")
         if fault is Fault.OVERRUN:
@@ -500,29 +401,16 @@ class Workerpool:
 
     async def _finalize(self, tid: str, out_dir: Path, code: int, stdout: bytes, stderr: bytes, fault: Fault,
                         outcome: Any, seconds: float) -> None:
-        _containerise_computed(out_dir)
-        digest = _deterministic_digest(out_dir) if code == 0 else None
-        if digest is None:
-            message = f"the app exited with code {code}" if code else "the app wrote no valid computed.json"
-            tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
-            (out_dir / "error.txt").write_text(message + (f": {tail[0][:500]}" if tail else "") + "\n")
-        archive = _pack(out_dir, stdout, stderr)
-        if digest is None:
-            digest = keccak(archive)
+        archive, digest = result_archive(out_dir, code, stdout, stderr)
         cid = self.gateway.put(archive)
         if fault is Fault.GATEWAY_LOSE:
             self.gateway.set_fault("lose", cid)
         elif fault is Fault.GATEWAY_500:
             self.gateway.set_fault("500", cid)
         results = json.dumps({"storage": "ipfs", "location": self.gateway.location(cid)}).encode()
-        tid_bytes = bytes.fromhex(tid[2:])
-        authorization = Account.sign_message(
-            encode_defunct(primitive=keccak(bytes.fromhex(self.worker.address[2:]) + tid_bytes + bytes(20))),
-            self.owner.key).signature
-        data = self._hub.encode_abi("contributeAndFinalize",
-                                    [tid_bytes, digest, results, b"", ZERO_ADDRESS, b"", bytes(authorization)])
-        await self._worker_tx.send(self._hub.address, data, _GAS["contributeAndFinalize"],
-                                   "contributeAndFinalize")
+        # trust 1: the worker contributes and finalizes at once, with the scheduler's authorization
+        assert self._client is not None
+        await self._client.contribute_and_finalize(bytes.fromhex(tid[2:]), results, digest=digest)
         error = out_dir / "error.txt"
         outcome("error_archive" if error.exists() else "completed", cid=cid, app_seconds=seconds,
                 detail=error.read_text()[:500] if error.exists() else "")

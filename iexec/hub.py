@@ -28,6 +28,7 @@ from iexec import errors
 from iexec.errors import HubRevert, InsufficientStake, OrderConsumed, TransactionReverted
 from iexec.orders import NULL_DATASET_ORDER, AppOrder, DatasetOrder, Domain, RequestOrder, WorkerpoolOrder
 from iexec.tx import Persist, RetryPolicy, SenderConfig, TxSender, connect, with_retry
+from iexec.tx import close as close_w3
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
@@ -272,12 +273,17 @@ def typed_revert(reason: str, what: str) -> HubRevert:
 
 
 class Hub:
-    """An async client of one PoCo hub. Reads need only `rpc_url`/`w3`; writes need `account` or `sender`."""
+    """An async client of one PoCo hub. Reads need only `rpc_url`/`w3`; writes need `account` or `sender`.
+
+    A Hub built from `rpc_url` alone owns its connection: `await hub.close()` (or `async with Hub(...)`)
+    closes it. A `w3` or `sender` passed in belongs to the caller, who closes it (`iexec.tx.close`).
+    """
 
     def __init__(self, rpc_url: str | None, hub: str, account: Any = None, *, w3: AsyncWeb3 | None = None,
                  sender: TxSender | None = None, persist: Persist | None = None,
                  sender_config: SenderConfig | None = None, retry: RetryPolicy | None = None,
                  timeout_s: float = 10.0) -> None:
+        self._owns_w3 = w3 is None and sender is None
         if w3 is None:
             if rpc_url is None:
                 raise ValueError("Hub needs rpc_url or w3")
@@ -291,6 +297,17 @@ class Hub:
         self.sender = sender
         self._domain: Domain | None = None
         self._token: str | None = None
+
+    async def close(self) -> None:
+        """Close the connection this Hub opened itself (a caller's `w3` or `sender` is left open)."""
+        if self._owns_w3:
+            await close_w3(self.w3)
+
+    async def __aenter__(self) -> Hub:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     @property
     def account_address(self) -> str:

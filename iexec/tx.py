@@ -8,8 +8,9 @@ re-broadcasts only raw transactions the node does not know: it never signs a sec
 unless it is replacing a stuck one.
 
 `connect()` builds an AsyncWeb3 over a counting HTTP provider (no hidden retries: `with_retry` does them,
-with backoff, and raises ChainUnavailable after a bound). This module must never log or put in an error a
-private key, a raw transaction or an RPC URL (they may carry API keys).
+with backoff, and raises ChainUnavailable after a bound). Its aiohttp session opens on the first request and
+stays open until `close(w3)` (or `close_all()`, at a teardown that does not hold every owner). This module
+must never log or put in an error a private key, a raw transaction or an RPC URL (they may carry API keys).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import asyncio
 import logging
 import random
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
 
@@ -70,20 +72,42 @@ class CountingHTTPProvider(AsyncHTTPProvider):
         return "CountingHTTPProvider(<rpc url redacted>)"
 
 
+#: Providers built by `connect()` that are still alive (weakly held: this never keeps one alive).
+_OPEN: weakref.WeakSet[CountingHTTPProvider] = weakref.WeakSet()
+
+
 def connect(rpc_url: str, *, timeout_s: float = 10.0) -> AsyncWeb3:
     """An AsyncWeb3 on `rpc_url` with a per-request timeout and no hidden retries (see `with_retry`)."""
     provider = CountingHTTPProvider(
         rpc_url, request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout_s)},
         exception_retry_configuration=None, cache_allowed_requests=True,
         cacheable_requests={"eth_chainId", "net_version"})  # never cache state that changes
+    _OPEN.add(provider)
     return AsyncWeb3(provider)
 
 
 async def close(w3: AsyncWeb3) -> None:
-    """Close the HTTP sessions of `w3`'s provider (call once at shutdown)."""
+    """Close the HTTP sessions of `w3`'s provider (at shutdown; a later request would open a new one)."""
     disconnect = getattr(w3.provider, "disconnect", None)
     if disconnect is not None:
         await disconnect()
+
+
+async def close_all() -> int:
+    """Close the HTTP sessions of every connection `connect()` made that is still alive; returns how many.
+
+    For a teardown that does not hold every owner (a test harness, a tool about to exit): aiohttp warns
+    "Unclosed client session" for each one left open when it is garbage-collected. A connection closed here
+    still works: web3 opens a new session on its next request. A failure to close one is logged, not raised,
+    so the others still get closed.
+    """
+    providers = list(_OPEN)
+    for provider in providers:
+        try:
+            await provider.disconnect()
+        except Exception as exc:  # noqa: BLE001 - teardown: close the rest whatever happens to one
+            log.warning("event=rpc_close_failed error=%s", type(exc).__name__)
+    return len(providers)
 
 
 def rpc_calls(w3: AsyncWeb3) -> int:

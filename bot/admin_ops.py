@@ -1,0 +1,99 @@
+"""What the admin commands ask of the pipeline: find a job, refund or retry a held one, reconcile the books.
+
+`AdminOps` is mixed into `bot.pipeline.Pipeline`, whose books, chain gateway and job drivers it uses, so the
+admin commands keep calling `services.pipeline.find_job(...)` and the like. Nothing here runs on its own:
+every change of a job still goes through the ledger's transitions and the pipeline's drivers.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from bot import texts
+from ledger import JobState, LedgerError
+
+if TYPE_CHECKING:
+    from bot.chain import ChainGateway
+    from bot.pipeline import Refund
+    from ledger import Ledger
+
+
+class AdminOps:
+    """The admin side of the pipeline (a mixin: `Pipeline` provides the attributes declared here)."""
+
+    ledger: Ledger
+    chain: ChainGateway
+
+    if TYPE_CHECKING:
+        def drive(self, job_id: str) -> None: ...
+
+        async def _refund(self, job: Any, why: Refund) -> None: ...
+
+    def find_job(self, ref: str) -> Any:
+        """A job by its id or the last characters of it (as shown to users)."""
+        if not ref:
+            return None
+        job = self.ledger.get_job(ref)
+        if job is not None:
+            return job
+        matches = [j for j in self.ledger.jobs_in_states(limit=100_000) if j.id.endswith(ref)]
+        return matches[0] if len(matches) == 1 else None
+
+    def user_credit(self) -> int:
+        """What the books owe users: their posted balances (reserved credit included)."""
+        return sum(a.balance.posted for a in self.ledger.accounts() if a.user_id is not None)
+
+    async def admin_refund(self, ref: str) -> str:
+        """Refund a job held for an admin, unless its task completed on chain (/retry delivers it then)."""
+        from bot.pipeline import Refund  # the pipeline imports this module: import it late
+
+        job = self.find_job(ref)
+        if job is None or job.state is not JobState.NEEDS_ADMIN:
+            return "Only a job held for an admin (NEEDS_ADMIN) can be refunded."
+        if job.task_id:
+            event = await self.chain.wait_task(job.deal_id, job.task_id, timeout=0)
+            if event.kind == "finalized":
+                return "The task completed on chain: use /retry to deliver it instead."
+        await self._refund(job, Refund("admin"))
+        return f"↩️ Job <code>{job.id}</code> refunded."
+
+    async def admin_retry(self, ref: str) -> str:
+        """Put a held job back in the state it was held from and drive it again."""
+        job = self.find_job(ref)
+        if job is None or job.state is not JobState.NEEDS_ADMIN:
+            return "Only a job held for an admin (NEEDS_ADMIN) can be retried."
+        held_from = max((k for k in job.state_times if k != "NEEDS_ADMIN"),
+                        key=lambda k: job.state_times[k], default="RECEIVED")
+        self.ledger.transition(job.id, JobState.NEEDS_ADMIN, JobState(held_from), error="")
+        self.drive(job.id)
+        return f"🔁 Job <code>{job.id}</code> resumed from {held_from}."
+
+    async def reconcile(self) -> str:
+        """The books against the chain: stake covers reservations, deals and task states agree."""
+        from bot.pipeline import RESUMABLE  # the pipeline imports this module: import it late
+
+        lines = []
+        try:
+            await asyncio.to_thread(self.ledger.audit_apart)  # ~1 s a million transfers: off the event loop
+            lines.append("✅ books balance (audit passed)")
+        except LedgerError as exc:
+            lines.append(f"❌ audit: {exc}")
+        wallet = await self.chain.wallet_report()
+        reserved = sum(j.max_price for j in self.ledger.jobs_in_states(*RESUMABLE, JobState.NEEDS_ADMIN))
+        owed = self.user_credit()
+        lines.append(f"hub stake {texts.rlc(wallet.stake)}, locked {texts.rlc(wallet.locked)}, wallet "
+                     f"{texts.rlc(wallet.rlc)}; users are owed {texts.rlc(owed)} ({texts.rlc(reserved)} reserved)")
+        if wallet.stake + wallet.locked + wallet.rlc < owed:
+            lines.append("❌ the wallet holds less than the users' credit")
+        for job in self.ledger.jobs_in_states(JobState.MATCHED, JobState.RUNNING, JobState.MATCHING,
+                                              JobState.NEEDS_ADMIN):
+            if job.order_hash:
+                request = self.chain.request_order_from_json(job.request_order)
+                deal = await self.chain.deal_of(request)
+                if job.deal_id and deal != job.deal_id:
+                    lines.append(f"❌ job {job.id}: books say deal {job.deal_id}, chain says {deal}")
+                elif not job.deal_id and deal:
+                    lines.append(f"⚠️ job {job.id}: matched on chain ({deal}) but not in the books yet")
+        if len(lines) == 2 and "❌" not in lines[1]:
+            lines.append("✅ no differences")
+        return "\n".join(lines)

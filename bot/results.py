@@ -1,0 +1,38 @@
+"""The files of a downloaded task result: which one is the picture, what was detected, how large it may be.
+
+The pipeline downloads and unzips a result into its own folder (`data_dir/results/<job id>`); these helpers
+only read that folder. They never download anything and never trust the worker's output: a missing picture
+holds the job for an admin, and unreadable detections make an empty list (the caption must not fail).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bot.images import ImageLimits
+
+RESULT_LIMITS = ImageLimits(max_bytes=50 * 1024 * 1024, max_pixels=50_000_000)
+
+
+def result_image(output: Path | None) -> Path:
+    """The result picture: the deterministic output itself, or the result.* file in that folder."""
+    from bot.pipeline import NeedsAdmin  # the pipeline imports this module: import it late
+
+    if output is None:
+        raise NeedsAdmin("the result has no deterministic output")
+    if output.is_dir():
+        for candidate in sorted(output.glob("result.*")):
+            return candidate
+        raise NeedsAdmin(f"no result image in {output.name}")
+    return output
+
+
+def read_detections(folder: Path) -> list[dict[str, Any]]:
+    """The detections listed in the folder's detections.json; [] when it is missing or malformed."""
+    try:
+        data = json.loads((folder / "detections.json").read_text())
+    except (OSError, ValueError):
+        return []
+    items = data.get("detections", data) if isinstance(data, dict) else data
+    return [d for d in items if isinstance(d, dict)] if isinstance(items, list) else []
