@@ -143,20 +143,13 @@ class Store:
                 finally:
                     self._depth -= 1
                 return
-            self._retry_busy(lambda: self._conn.execute("BEGIN IMMEDIATE"))
-            self._depth = 1
+            self._begin()
             try:
                 yield self._conn
             except BaseException:
-                self._depth = 0
-                self._rollback()
+                self._abort()
                 raise
-            self._depth = 0
-            try:
-                self._retry_busy(lambda: self._conn.execute("COMMIT"))
-            except BaseException:
-                self._rollback()
-                raise
+            self._commit()
 
     def _write(self, work: Callable[..., _T], *args: object) -> _T:
         """`work(conn, *args)` in its own write transaction (or joining the current one).
@@ -168,22 +161,33 @@ class Store:
             if self._depth:
                 with self.transaction() as conn:
                     return work(conn, *args)
-            conn = self._conn
-            self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
-            self._depth = 1
+            self._begin()
             try:
-                result = work(conn, *args)
+                result = work(self._conn, *args)
             except BaseException:
-                self._depth = 0
-                self._rollback()
+                self._abort()
                 raise
-            self._depth = 0
-            try:
-                self._retry_busy(lambda: conn.execute("COMMIT"))
-            except BaseException:
-                self._rollback()
-                raise
+            self._commit()
             return result
+
+    def _begin(self) -> None:
+        """Open the outermost write transaction (the lock is held)."""
+        self._retry_busy(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+        self._depth = 1
+
+    def _abort(self) -> None:
+        """Close the outermost write transaction after a failure inside it."""
+        self._depth = 0
+        self._rollback()
+
+    def _commit(self) -> None:
+        """Commit the outermost write transaction; a failed commit is rolled back and re-raised."""
+        self._depth = 0
+        try:
+            self._retry_busy(lambda: self._conn.execute("COMMIT"))
+        except BaseException:
+            self._rollback()
+            raise
 
     def _rollback(self) -> None:
         """Roll back and forget what was cached from the rolled-back transaction."""

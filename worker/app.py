@@ -168,7 +168,8 @@ def build_graphs(weights: WeightsInfo, max_dims: Sequence[int], min_confidence: 
     if weights.path is None:
         raise WeightsError("build-graph needs a weights file (random weights are not cached).")
     from worker.precision import resolve as resolve_precision
-    sha256 = graph.weights_sha256(weights.path, root or graph.cache_root(os.environ))
+    root = root or graph.cache_root(os.environ)
+    sha256 = graph.weights_sha256(weights.path, root)
     wanted = list(dict.fromkeys(resolve_precision(p) for p in precisions))
     folders = []
     for dim in max_dims:
@@ -176,7 +177,7 @@ def build_graphs(weights: WeightsInfo, max_dims: Sequence[int], min_confidence: 
         net.load_weights(weights.path)
         for precision in wanted:
             key = graph.graph_key(sha256, weights.backbone, dim, min_confidence, precision)
-            folders.append(graph.export(net, root or graph.cache_root(os.environ), key))
+            folders.append(graph.export(net, root, key))
     return folders
 
 
