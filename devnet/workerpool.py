@@ -53,7 +53,8 @@ from devnet.archive import result_archive
 from devnet.deploy import hub_abi, registry_abi
 from devnet.faults import Fault, FaultBook, FaultError, normalise_deal_id
 from devnet.gateway import ResultGateway
-from iexec.errors import IExecError, MarketError
+from iexec.bodies import read_capped
+from iexec.errors import BodyTooLarge, IExecError, MarketError
 from iexec.market import MarketClient
 from iexec.orders import Domain, WorkerpoolOrder
 from iexec.pool import WorkerpoolClient
@@ -140,6 +141,7 @@ class Workerpool:
                  workdir: Path | None = None, app_env: dict[str, str] | None = None,
                  app_cwd: Path | None = None) -> None:
         self.input_retry_s = INPUT_RETRY_S
+        self.max_input_bytes = _MAX_INPUT_BYTES
         if workers < 1:
             raise PoolError("workers must be at least 1")
         self.rpc_url, self.deployment, self.owner, self.worker = rpc_url, deployment, owner, worker
@@ -450,8 +452,6 @@ class Workerpool:
             _check_loopback_url(url)
             name = hashlib.sha256(url.encode()).hexdigest()
             body = await self._fetch_input(url)
-            if len(body) > _MAX_INPUT_BYTES:
-                raise InputError("input file is larger than 50 MiB")
             (in_dir / name).write_bytes(body)
             names.append(name)
         return names
@@ -465,9 +465,11 @@ class Workerpool:
             try:
                 async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=30),
                                              allow_redirects=False) as resp:
-                    if resp.status == 200:
-                        return await resp.content.read(_MAX_INPUT_BYTES + 1)
+                    if resp.status == 200:  # the whole body, or InputError past the cap (not retried)
+                        return await read_capped(resp, self.max_input_bytes, "input file")
                     problem = f"input download answered HTTP {resp.status}"
+            except BodyTooLarge as exc:
+                raise InputError(str(exc)) from None
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 problem = f"input download failed: {type(exc).__name__}"
             if time.monotonic() + delay > deadline:
@@ -481,7 +483,7 @@ class Workerpool:
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(*cmd, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE)
+                                                    stderr=asyncio.subprocess.PIPE, start_new_session=True)
         self._procs.add(proc)
         try:
             stdout, stderr = await asyncio.wait_for(proc.communicate(), limit)

@@ -23,6 +23,7 @@ credentials, or a signed transaction's raw bytes.
     │       ├── InvalidSignature    an order's signature does not match its signer
     │       ├── WrongTaskStatus     the task is not in a status that allows this call
     │       └── DeadlineNotReached  the task's final deadline has not passed yet
+    ├── BodyTooLarge                an HTTP body is larger than the caller's cap (iexec.bodies)
     ├── MarketError                 the market API failed or answered something unusable
     │   ├── MarketUnavailable       network error, timeout or 5xx after retries
     │   └── MarketReplyError        the reply has a wrong shape, a bad signature or an error status
@@ -127,6 +128,10 @@ class WrongTaskStatus(HubRevert):
 
 class DeadlineNotReached(HubRevert):
     """The task's final deadline has not passed yet: it cannot be claimed."""
+
+
+class BodyTooLarge(IExecError):
+    """An HTTP body is larger than the caller's cap (or announces so): it was not read to its end."""
 
 
 class MarketError(IExecError):

@@ -26,7 +26,8 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak, to_checksum_address
 
-from iexec.errors import MarketError, MarketReplyError, MarketUnavailable, OrderError
+from iexec.bodies import read_capped
+from iexec.errors import BodyTooLarge, MarketError, MarketReplyError, MarketUnavailable, OrderError
 from iexec.orders import AppOrder, DatasetOrder, Domain, RequestOrder, WorkerpoolOrder
 
 __all__ = ["MarketClient", "MarketOrder", "Category", "challenge_hash", "check_challenge",
@@ -128,12 +129,13 @@ class MarketClient:
     """Async client of one market API for one chain and hub.
 
     `hub` is the hub address: with `chain_id` it forms the EIP-712 domain every returned order is checked
-    against. Pass an aiohttp `session` to share connections (it is then not closed by `close()`).
+    against. Pass an aiohttp `session` to share connections (it is then not closed by `close()`). A reply
+    body larger than `max_reply` bytes is refused (MarketReplyError) without being read to its end.
     """
 
     def __init__(self, base_url: str, chain_id: int, *, hub: str, session: aiohttp.ClientSession | None = None,
                  timeout: float = 10.0, retries: int = 3, backoff: float = 0.5, page_size: int = 100,
-                 max_pages: int = 20) -> None:
+                 max_pages: int = 20, max_reply: int = _MAX_REPLY) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise MarketError("market URL must be http(s)")
         if not 10 <= page_size <= 1000:
@@ -148,6 +150,7 @@ class MarketClient:
         self.backoff = backoff
         self.page_size = page_size
         self.max_pages = max_pages
+        self.max_reply = max_reply
 
     async def close(self) -> None:
         """Close the HTTP session if this client created it."""
@@ -173,9 +176,10 @@ class MarketClient:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with self._http().request(method, self.base_url + path, params=params, json=body,
                                         headers=headers, timeout=timeout, allow_redirects=False) as resp:
-            raw = await resp.content.read(_MAX_REPLY + 1)
-            if len(raw) > _MAX_REPLY:
-                raise MarketReplyError(f"{method} {path}: reply larger than {_MAX_REPLY} bytes")
+            try:
+                raw = await read_capped(resp, self.max_reply, f"{method} {path}: reply")
+            except BodyTooLarge as exc:
+                raise MarketReplyError(str(exc)) from None
             try:
                 data = json.loads(raw) if raw else None
             except ValueError:

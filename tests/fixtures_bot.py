@@ -44,6 +44,44 @@ def photo_bytes(size: tuple[int, int] = (320, 240), fmt: str = "JPEG", seed: int
     return out.getvalue()
 
 
+def phone_photo(width: int = 4000, height: int = 3000, orientation: int | None = None, quality: int = 92,
+                seed: int = 0, fmt: str = "JPEG", noise: float = 12.0) -> bytes:
+    """A picture the size a phone takes: smooth light, a few dozen shapes and sensor-like noise, so it does
+    not compress to nothing (a 3000x3000 JPEG at quality 92 is about 3.5 MB, 4000x3000 about 4.5 MB).
+
+    `orientation` is the EXIF Orientation tag (1..8; 6 = the viewer turns it 90 degrees clockwise, so a
+    stored 4000x3000 picture shows as 3000x4000). `fmt` "PNG" gives a lossless file (900x700: ~1.4 MB).
+    """
+    import numpy as np
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    light = np.stack([120 + 80 * np.sin(x / width * 3 + seed), 100 + 60 * np.cos(y / height * 4),
+                      140 + 50 * np.sin((x + y) / (width + height) * 5)], axis=-1)
+    img = Image.fromarray(np.clip(light, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    short = min(width, height)
+    for _ in range(40):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        side = int(rng.integers(max(2, short // 20), max(3, short // 4)))
+        box = (x0, y0, x0 + side, y0 + int(side * rng.uniform(0.5, 1.5)))
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+    grain = rng.normal(0.0, noise, (height, width, 3)).astype(np.int16)
+    img = Image.fromarray(np.clip(np.asarray(img).astype(np.int16) + grain, 0, 255).astype(np.uint8))
+    out = io.BytesIO()
+    if fmt.upper() == "JPEG":
+        exif = Image.Exif()
+        exif[0x010F] = "segbot test camera"  # Make
+        if orientation is not None:
+            exif[0x0112] = orientation
+        img.save(out, "JPEG", quality=quality, exif=exif.tobytes())
+    else:
+        img.save(out, fmt)
+    return out.getvalue()
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def devnet_module(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Devnet]:
     """A devnet (test app, 2 workers) shared by the tests of one module."""
