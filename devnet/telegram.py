@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import aiohttp
@@ -44,8 +45,11 @@ class TelegramStandIn:
     """The Bot API stand-in: register bots, start it, point PTB at `bot_base_url`, drive users from tests."""
 
     def __init__(self, *, rate_limits: RateLimits | None = None, webhook_retry_delay: float = 0.2,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """`rate_limits=None` means Telegram's limits (30/s per bot, 1/s burst 3 per chat, 20/min per group)."""
+                 clock: Callable[[], float] = time.monotonic, data_dir: Path | None = None) -> None:
+        """`rate_limits=None` means Telegram's limits (30/s per bot, 1/s burst 3 per chat, 20/min per group).
+        `data_dir`: where each bot's update and message numbers are kept, so that a restarted stand-in
+        never hands out an id twice (as Telegram); None keeps them in memory (a fresh Telegram)."""
+        self.data_dir = data_dir
         self.rate_limits = rate_limits if rate_limits is not None else RateLimits()
         self.webhook_retry_delay = webhook_retry_delay
         self.request_urls: list[str] = []
@@ -64,7 +68,8 @@ class TelegramStandIn:
         """Make `token` valid (any other token gets 401 Unauthorized). `username` without "@"."""
         if not token or "/" in token or token in self._bots:
             raise StandInError("a bot token must be non-empty, without '/', and registered once")
-        state = BotState(token, username.lstrip("@"), self.rate_limits, self._notify, self._clock)
+        state = BotState(token, username.lstrip("@"), self.rate_limits, self._notify, self._clock,
+                         counters_dir=self.data_dir)
         state.webhook_changed = lambda: self._webhook_changed(state)
         self._bots[token] = state
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
+import json
 import mimetypes
 import os
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -64,11 +65,69 @@ class Webhook:
 Handler = Callable[[dict[str, Any], dict[str, Upload]], Awaitable[Any]]
 
 
+MAX_CALLBACK_DATA = 64  # bytes, UTF-8
+
+
+def check_markup(markup: Any) -> dict[str, Any] | None:
+    """A reply_markup as Telegram accepts it: an object whose inline buttons carry 1-64 bytes of
+    callback_data. Raises ApiError 400 ("BUTTON_DATA_INVALID" for callback data out of bounds)."""
+    if markup is None:
+        return None
+    if not isinstance(markup, dict):
+        raise bad_request("can't parse reply keyboard markup JSON object")
+    for row in markup.get("inline_keyboard") or []:
+        for button in row if isinstance(row, list) else []:
+            data = button.get("callback_data") if isinstance(button, dict) else None
+            if data is not None and not 1 <= len(str(data).encode()) <= MAX_CALLBACK_DATA:
+                raise bad_request("BUTTON_DATA_INVALID")
+    return markup
+
+
+class Counters:
+    """Update ids, message ids (per chat) and file numbers: Telegram never hands one out twice, even after
+    the stand-in restarts, so with a `path` they are kept in that JSON file (written on every change)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.update_id = 0
+        self.files = 0
+        self.messages: dict[int, int] = {}
+        if path is not None and path.exists():
+            saved = json.loads(path.read_text())
+            self.update_id, self.files = int(saved["update_id"]), int(saved["files"])
+            self.messages = {int(chat): int(n) for chat, n in saved["messages"].items()}
+
+    def next_update_id(self) -> int:
+        self.update_id += 1
+        self._save()
+        return self.update_id
+
+    def next_message_id(self, chat_id: int) -> int:
+        self.messages[chat_id] = self.messages.get(chat_id, 0) + 1
+        self._save()
+        return self.messages[chat_id]
+
+    def next_file_number(self) -> int:
+        self.files += 1
+        self._save()
+        return self.files
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self.path.with_suffix(".tmp")
+        scratch.write_text(json.dumps({"update_id": self.update_id, "files": self.files,
+                                       "messages": {str(c): n for c, n in self.messages.items()}}))
+        os.replace(scratch, self.path)  # a kill mid-write leaves the old numbers, never a torn file
+
+
 class BotState:
     """Everything Telegram knows about one bot; the Bot API methods act on it."""
 
     def __init__(self, token: str, username: str, limits: RateLimits, notify: Callable[[], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, counters_dir: Path | None = None) -> None:
+        """`counters_dir`: where the ids handed out are kept across restarts (None: in memory only)."""
         bot_id = token.split(":", 1)[0]
         self.token = token
         self.user = TgUser(id=int(bot_id) if bot_id.isdigit() else 1_000_000 + len(username),
@@ -92,9 +151,7 @@ class BotState:
         self.update_event = asyncio.Event()
         self._notify = notify
         self._poll_generation = 0
-        self._update_ids = itertools.count(1)
-        self._file_numbers = itertools.count(1)
-        self._message_ids: dict[int, itertools.count[int]] = {}
+        self.counters = Counters(counters_dir / f"bot{self.user.id}.counters.json" if counters_dir else None)
         self.webhook_changed: Callable[[], None] = lambda: None
         self.methods: dict[str, Handler] = {name.lower(): getattr(self, f"api_{name}") for name in (
             "getMe", "getUpdates", "setWebhook", "deleteWebhook", "getWebhookInfo", "setMyCommands",
@@ -125,11 +182,11 @@ class BotState:
         return int(time.time())
 
     def next_message_id(self, chat_id: int) -> int:
-        return next(self._message_ids.setdefault(chat_id, itertools.count(1)))
+        return self.counters.next_message_id(chat_id)
 
     def push_update(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Queue an update for getUpdates or the webhook and wake whoever waits for it."""
-        update = {"update_id": next(self._update_ids), kind: payload}
+        update = {"update_id": self.counters.next_update_id(), kind: payload}
         self.updates.append(update)
         self.update_event.set()
         self._notify()
@@ -147,7 +204,7 @@ class BotState:
     def store_file(self, kind: str, data: bytes, *, mime_type: str | None = None,
                    file_name: str | None = None, size: tuple[int, int] | None = None) -> StoredFile:
         """Keep a file's bytes under new ids and a getFile path that is not a file on this machine."""
-        number = next(self._file_numbers)
+        number = self.counters.next_file_number()
         folder, ext = _FILE_DIRS[kind]
         if kind == "document" and file_name and "." in file_name:
             ext = file_name.rsplit(".", 1)[1][:8] or ext
@@ -354,9 +411,7 @@ class BotState:
         limit = MAX_TEXT if kind == "text" else MAX_CAPTION
         if rendered is not None and len(rendered) > limit:
             raise bad_request("message is too long" if kind == "text" else "message caption is too long")
-        markup = params.get("reply_markup")
-        if markup is not None and not isinstance(markup, dict):
-            raise bad_request("can't parse reply keyboard markup JSON object")
+        markup = check_markup(params.get("reply_markup"))
         return SentMessage(message_id=self.next_message_id(chat.id), chat_id=chat.id, kind=kind,
                            from_bot=True, text=rendered or None, raw_text=text,
                            parse_mode=params.get("parse_mode"), reply_markup=markup, date=self.now(),
@@ -455,7 +510,7 @@ class BotState:
 
     def _apply_edit(self, chat: TgChat, msg: SentMessage, *, text: str | None, raw: str | None,
                     params: dict[str, Any]) -> Any:
-        markup = params.get("reply_markup")
+        markup = check_markup(params.get("reply_markup"))
         if text == msg.text and markup == msg.reply_markup:
             raise bad_request(NOT_MODIFIED)
         self._flood(chat)

@@ -499,3 +499,49 @@ async def test_chat_endpoints_drive_a_conversation(tg: TelegramStandIn, alice: T
         async with session.get(f"{base}/stats") as resp:
             stats = await resp.json()
     assert stats["calls"]["sendMessage"] == 2 and stats["rate_limited"] == 0
+
+
+# --- ids survive a restart; callback data within Telegram's 64 bytes -------------------------------------
+
+async def test_a_restarted_stand_in_never_reuses_message_or_update_ids(alice: TgUser, tmp_path) -> None:
+    seen: list[tuple[int, int]] = []
+
+    async def note(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert update.message is not None
+        seen.append((update.update_id, update.message.message_id))
+        await update.message.reply_text("ok")
+
+    async with TelegramStandIn(data_dir=tmp_path / "tg") as first:
+        first.add_bot(TOKEN, BOT_USERNAME)
+        app = ptb_app(first)
+        app.add_handler(MessageHandler(filters.TEXT, note))
+        async with polling(app):
+            first.inject_text(alice, "one")
+            first.inject_text(alice, "two")
+            await first.wait_sent(alice.id, 2)
+        before = [m.message_id for m in first.conversation(alice.id)]
+    async with TelegramStandIn(data_dir=tmp_path / "tg") as second:  # the same data folder, a new process
+        second.add_bot(TOKEN, BOT_USERNAME)
+        app = ptb_app(second)
+        app.add_handler(MessageHandler(filters.TEXT, note))
+        async with polling(app):
+            second.inject_text(alice, "three")
+            [reply] = await second.wait_sent(alice.id, 1)
+    assert sorted(before) == [1, 2, 3, 4]
+    assert [m for _, m in seen] == [1, 2, 5] and reply.message_id == 6  # numbering goes on after 4
+    assert [u for u, _ in seen] == [1, 2, 3]  # a reused update id 1 would be below PTB's offset (3): dropped
+
+
+async def test_callback_data_over_64_bytes_is_refused(tg: TelegramStandIn, alice: TgUser) -> None:
+    tg.inject_text(alice, "hi")
+    async with ptb_app(tg) as app:
+        ok = InlineKeyboardMarkup([[InlineKeyboardButton("a", callback_data="é" * 32)]])  # 64 bytes
+        sent = await app.bot.send_message(alice.id, "fits", reply_markup=ok)
+        for data in ("x" * 65, "é" * 33):
+            with pytest.raises(BadRequest, match="Button_data_invalid|BUTTON_DATA_INVALID"):
+                await app.bot.send_message(alice.id, "too long", reply_markup=InlineKeyboardMarkup(
+                    [[InlineKeyboardButton("b", callback_data=data)]]))
+            with pytest.raises(BadRequest, match="Button_data_invalid|BUTTON_DATA_INVALID"):
+                await app.bot.edit_message_reply_markup(alice.id, sent.message_id, reply_markup=InlineKeyboardMarkup(
+                    [[InlineKeyboardButton("b", callback_data=data)]]))
+    assert [m.text for m in tg.sent(alice.id)] == ["fits"]
