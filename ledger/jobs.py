@@ -7,13 +7,15 @@ Graph (anything else raises IllegalTransition):
     MATCHED / RUNNING                           -> REFUNDED (void; or refund_expense if already posted)
     MATCHED                                     -> COMPLETED (the finalize event came first)
     COMPLETED                                   -> REFUNDED (operator pays back via refund_expense)
+    MATCHED / RUNNING / COMPLETED               -> REFUNDED after payment on chain (refund_paid_job: post,
+                                                   then refund_expense, in one transaction)
     any non-terminal state                      -> NEEDS_ADMIN (quarantine: money stays reserved)
     NEEDS_ADMIN -> any state but itself         (an admin's decision; never done automatically)
 
 DELIVERED, REFUNDED and CANCELLED are terminal. COMPLETED, REFUNDED and CANCELLED move money, so only
-`complete_job`, `refund_job` and `cancel_job` reach them (post / void / refund in the same transaction);
-`transition()` refuses them. `create_job` writes the job row and reserves its price in one
-transaction. Repeating a transition already made returns quietly.
+`complete_job`, `refund_job`, `refund_paid_job` and `cancel_job` reach them (post / void / refund in the
+same transaction); `transition()` refuses them. `create_job` writes the job row and reserves its price in
+one transaction. Repeating a transition already made returns quietly.
 
 This module must never post or void outside the transaction that changes the job's state.
 """
@@ -275,6 +277,33 @@ class Jobs(Books):
             self._give_back(conn, job, refund_id)
             return self._set(conn, job, S.REFUNDED, {**fields, "error": error})
 
+    def refund_paid_job(self, job_id: str, post_id: str, refund_id: str, amount: int, *, error: str,
+                        fee: int = 0, from_states: Iterable[JobState | str] | None = None,
+                        **fields: Any) -> Job:
+        """REFUNDED after the task was paid on chain, in ONE transaction: post the job's reservation
+        (`amount` to iExec spend, `fee` to fees) if it is still open, then pay the user back from
+        operator:refund_expense, and record `error`.
+
+        Idempotent on the job and the ids: a job already REFUNDED is returned unchanged, and a reservation
+        posted before (by `complete_job` or an earlier try) is not posted again.
+        """
+        check_id(post_id, "post_id")
+        check_id(refund_id, "refund_id")
+        check_amount(amount)
+        check_text(error, "error")
+        froms = _states(from_states)
+        with self.transaction() as conn:
+            job = self._load(conn, job_id)
+            if job.state is S.REFUNDED:
+                return job
+            self._check_move(job, froms, S.REFUNDED)
+            resolved = conn.execute("SELECT 1 FROM transfers WHERE pending_id = ? AND leg = 0",
+                                    (job.reservation,)).fetchone()
+            if resolved is None:
+                self._post(conn, post_id, job.reservation, amount, fee, f"job {job.id} paid on chain")
+            self._give_back(conn, job, refund_id)
+            return self._set(conn, job, S.REFUNDED, {**fields, "error": error})
+
     def cancel_job(self, job_id: str, void_id: str, *, error: str = "cancelled by the user",
                    from_states: Iterable[JobState | str] | None = None) -> Job:
         """CANCELLED + void the reservation, atomically (only before matching)."""
@@ -325,10 +354,25 @@ class Jobs(Books):
         return _job(rows[0]) if rows else None
 
     def jobs_in_flight(self, user: int) -> int:
-        """How many of the user's jobs are not terminal (NEEDS_ADMIN counts)."""
+        """How many of the user's jobs are not terminal. A NEEDS_ADMIN job counts while its money is
+        reserved; one held after it was charged (e.g. a result Telegram refused) does not."""
         rows = self._read("SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state NOT IN "
-                          "('DELIVERED', 'REFUNDED', 'CANCELLED')", (check_user(user),))
+                          "('DELIVERED', 'REFUNDED', 'CANCELLED') AND NOT (state = 'NEEDS_ADMIN' AND EXISTS "
+                          "(SELECT 1 FROM transfers t WHERE t.pending_id = jobs.reservation AND t.leg = 0))",
+                          (check_user(user),))
         return rows[0][0]
+
+    def untold_jobs(self, kind: str, states: Iterable[JobState | str], *, since_ms: int = 0,
+                    limit: int = 1000) -> list[Job]:
+        """Jobs in `states`, changed at or after `since_ms`, with no event (`kind`, "<state>:<job id>"):
+        e.g. refunds whose user was not told yet (`record_event("told", "REFUNDED:<id>")` marks them)."""
+        wanted = sorted(s.value for s in _states(states))
+        marks = ", ".join("?" * len(wanted))
+        rows = self._read(
+            f"SELECT * FROM jobs WHERE state IN ({marks}) AND updated_at >= ? AND NOT EXISTS (SELECT 1 FROM "
+            "events e WHERE e.kind = ? AND e.natural_id = jobs.state || ':' || jobs.id) "
+            "ORDER BY updated_at, id LIMIT ?", (*wanted, since_ms, check_id(kind, "kind"), limit))
+        return [_job(row) for row in rows]
 
     def jobs_since(self, user: int, since_ms: int) -> int:
         """How many jobs the user created at or after `since_ms` (unix ms)."""

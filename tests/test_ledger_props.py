@@ -1,5 +1,6 @@
-"""Property test: random grants, reserves, posts (full, partial, with fee), voids and retries against a
-tiny in-memory model; audit() and every balance checked after each step."""
+"""Property test: random grants, reserves, posts (full, partial, with fee), voids, retries and jobs
+(create_job, complete_job, refund_job, refund_paid_job, each also repeated) against a tiny in-memory model;
+audit(), every balance, the operator's refund expense and the jobs in flight checked after each step."""
 from __future__ import annotations
 
 import shutil
@@ -10,8 +11,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ledger import (AlreadyResolved, ExceedsReservation, InsufficientFunds, Ledger, TransferConflict,
-                    UnknownTransfer)
+from ledger import (AlreadyResolved, ExceedsReservation, InsufficientFunds, JobState, Ledger,
+                    TransferConflict, UnknownTransfer)
 
 USERS = st.integers(min_value=1, max_value=4)
 AMOUNTS = st.integers(min_value=1, max_value=1000)
@@ -30,6 +31,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.pending: dict[str, tuple[int, int]] = {}   # reservation id -> (user, amount), open only
         self.resolved: set[str] = set()
         self.done: dict[str, tuple[object, ...]] = {}   # transfer id -> request fields
+        self.jobs: dict[str, list[object]] = {}          # job id -> [user, reserved, state, charged]
+        self.expense = 0                                 # paid back from operator:refund_expense
         self.counter = 0
 
     def new_id(self) -> str:
@@ -40,9 +43,17 @@ class LedgerMachine(RuleBasedStateMachine):
         self.book.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def held(self, user: int) -> int:
+        """Open reservations of `user`: raw ones and those of jobs not yet completed or refunded."""
+        raw = sum(a for u, a in self.pending.values() if u == user)
+        return raw + sum(j[1] for j in self.jobs.values()  # type: ignore[misc]
+                         if j[0] == user and j[2] in ("RECEIVED", "MATCHED"))
+
     def available(self, user: int) -> int:
-        held = sum(a for u, a in self.pending.values() if u == user)
-        return self.posted.get(user, 0) - held
+        return self.posted.get(user, 0) - self.held(user)
+
+    def jobs_in(self, *states: str) -> list[str]:
+        return sorted(j for j, v in self.jobs.items() if v[2] in states)
 
     @rule(user=USERS, amount=AMOUNTS)
     def grant(self, user: int, amount: int) -> None:
@@ -135,17 +146,111 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             self.book.void(tid, fields[1])
 
+    # ----- jobs: the reservation, the charge and the refunds move with the job's state ----------------
+
+    @rule(user=USERS, amount=AMOUNTS)
+    def create_job(self, user: int, amount: int) -> None:
+        jid = f"j{self.new_id()}"
+        if amount > self.available(user):
+            try:
+                self.book.create_job(jid, user, user, amount)
+            except InsufficientFunds:
+                assert self.book.get_job(jid) is None
+                return
+            raise AssertionError("a job reserved more than the user has")
+        job = self.book.create_job(jid, user, user, amount)
+        assert job.state is JobState.RECEIVED and job.reservation == f"{jid}:reserve"
+        assert self.book.create_job(jid, user, user, amount) == job  # a replayed intake
+        self.jobs[jid] = [user, amount, "RECEIVED", 0]
+
+    @precondition(lambda self: self.jobs_in("RECEIVED"))
+    @rule(data=st.data())
+    def match_job(self, data: st.DataObject) -> None:
+        jid = data.draw(st.sampled_from(self.jobs_in("RECEIVED")))
+        for state in (JobState.ORDER_SIGNED, JobState.MATCHING, JobState.MATCHED):
+            self.book.transition(jid, list(JobState), state)
+        self.jobs[jid][2] = "MATCHED"
+
+    @precondition(lambda self: self.jobs_in("MATCHED"))
+    @rule(data=st.data(), fee=st.integers(min_value=0, max_value=50))
+    def complete_job(self, data: st.DataObject, fee: int) -> None:
+        jid = data.draw(st.sampled_from(self.jobs_in("MATCHED")))
+        user, reserved = self.jobs[jid][0], self.jobs[jid][1]
+        price = data.draw(st.integers(min_value=1, max_value=reserved + 5))  # type: ignore[operator]
+        if price + fee > reserved:  # type: ignore[operator]
+            try:
+                self.book.complete_job(jid, f"{jid}:post", price, fee=fee)
+            except ExceedsReservation:
+                assert self.book.get_job(jid).state is JobState.MATCHED  # nothing written
+                return
+            raise AssertionError("a charge above the reservation accepted")
+        self.book.complete_job(jid, f"{jid}:post", price, fee=fee)
+        self.posted[user] -= price + fee  # type: ignore[index]
+        self.jobs[jid][2:] = ["COMPLETED", price + fee]
+
+    @precondition(lambda self: self.jobs_in("RECEIVED", "MATCHED", "COMPLETED"))
+    @rule(data=st.data())
+    def refund_job(self, data: st.DataObject) -> None:
+        jid = data.draw(st.sampled_from(self.jobs_in("RECEIVED", "MATCHED", "COMPLETED")))
+        user, _, state, charged = self.jobs[jid]
+        job = self.book.refund_job(jid, f"{jid}:refund", error="test")
+        assert job.state is JobState.REFUNDED
+        if state == "COMPLETED":  # paid back by the operator
+            self.posted[user] += charged  # type: ignore[index, operator]
+            self.expense += charged  # type: ignore[operator]
+        self.jobs[jid][2] = "REFUNDED"
+
+    @precondition(lambda self: self.jobs_in("MATCHED", "COMPLETED"))
+    @rule(data=st.data())
+    def refund_paid_job(self, data: st.DataObject) -> None:
+        """The task was paid on chain but failed: post what it cost and pay it back, in one transaction."""
+        jid = data.draw(st.sampled_from(self.jobs_in("MATCHED", "COMPLETED")))
+        user, reserved, state, charged = self.jobs[jid]
+        price = data.draw(st.integers(min_value=1, max_value=reserved + 5))  # type: ignore[operator]
+        if state == "MATCHED" and price > reserved:  # type: ignore[operator]
+            try:
+                self.book.refund_paid_job(jid, f"{jid}:post", f"{jid}:refund", price, error="test")
+            except ExceedsReservation:
+                assert self.book.get_job(jid).state is JobState.MATCHED  # nothing written
+                assert self.book.reservation_state(f"{jid}:reserve") == "open"
+                return
+            raise AssertionError("a charge above the reservation accepted")
+        job = self.book.refund_paid_job(jid, f"{jid}:post", f"{jid}:refund", price, error="test")
+        assert job.state is JobState.REFUNDED
+        assert self.book.reservation_state(f"{jid}:reserve") == "posted"
+        paid = charged if state == "COMPLETED" else price  # a completed job's charge stays as posted
+        self.posted[user] += paid - (0 if state == "COMPLETED" else price)  # type: ignore[index, operator]
+        self.expense += paid  # type: ignore[operator]
+        self.jobs[jid][2:] = ["REFUNDED", paid]
+
+    @precondition(lambda self: self.jobs_in("COMPLETED", "REFUNDED"))
+    @rule(data=st.data())
+    def job_again(self, data: st.DataObject) -> None:
+        """Every job ending repeated (a crash before the caller saw it) changes nothing."""
+        jid = data.draw(st.sampled_from(self.jobs_in("COMPLETED", "REFUNDED")))
+        state = self.jobs[jid][2]
+        if state == "COMPLETED":
+            job = self.book.complete_job(jid, f"{jid}:post", 1)
+        else:
+            self.book.refund_job(jid, f"{jid}:refund", error="again")
+            job = self.book.refund_paid_job(jid, f"{jid}:post", f"{jid}:refund", 1, error="again")
+        assert job.state.value == state
+
     @invariant()
     def books_match_model(self) -> None:
         self.book.audit()
         for user in range(1, 5):
             bal = self.book.balance(user)
-            held = sum(a for u, a in self.pending.values() if u == user)
+            held = self.held(user)
             assert (bal.posted, bal.pending, bal.available) == (
                 self.posted.get(user, 0), held, self.posted.get(user, 0) - held)
+            flying = sum(1 for j in self.jobs.values() if j[0] == user and j[2] != "REFUNDED")
+            assert self.book.jobs_in_flight(user) == flying
+        expense = self.book.account("operator:refund_expense")
+        assert (expense.debits_posted if expense else 0) == self.expense
 
 
 LedgerMachine.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=30, deadline=None,
+    max_examples=40, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestLedgerMachine = LedgerMachine.TestCase
