@@ -80,6 +80,9 @@ class Bot:
     async def start(self, *, polling: bool = True, poll_timeout: int = 10) -> None:
         await self.inputs.start()
         await self.chain.start()
+        from bot.consistency import check_books_match_chain  # raises BooksDoNotMatchChain (a reset chain)
+        await check_books_match_chain(self.services.ledger, self.chain.hub.w3, self.chain.hub, self.chain.address,
+                                      redact_url(self.services.settings.resolved_network.rpc_url))
         await self.app.initialize()
         await self.app.start()
         await self._set_commands()

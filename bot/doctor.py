@@ -1,12 +1,17 @@
 """`python -m bot doctor`: check a configuration against the network and say what is missing, plainly.
 
 Each check prints one line (ok / warn / FAIL and what to do). Exit code 0 when nothing failed. Never prints
-a secret: RPC URLs are shown redacted, the wallet's password and key are never shown.
+a secret: RPC URLs are shown redacted, the wallet's password and key and the bot token are never shown.
+
+Checked: the settings file (`--env-file`: a missing one is refused before the doctor runs), ADMIN_IDS, the
+Telegram token (`getMe` on TELEGRAM_BASE_URL), the RPC and chain id, the hub, the wallet's gas and hub
+stake, the app, the market's orders.
 """
 from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +29,44 @@ class Check:
         return f"[{self.level:>4}] {self.what}"
 
 
+async def _telegram_check(settings: Settings, out: Callable[[Check], None]) -> None:
+    """getMe with the token on TELEGRAM_BASE_URL: the token is valid and the Bot API answers."""
+    from telegram import Bot
+    from telegram.error import InvalidToken, TelegramError
+
+    if settings.telegram_token is None or not settings.telegram_token.get_secret_value():
+        out(Check("FAIL", "TELEGRAM_TOKEN is not set: the bot cannot talk to Telegram (ask @BotFather)"))
+        return
+    token = settings.telegram_token.get_secret_value()
+    where = redact_url(settings.telegram_base_url)
+    try:
+        async with Bot(token, base_url=settings.telegram_base_url,
+                       base_file_url=settings.telegram_base_file_url) as bot:
+            me = bot.bot  # initialize() called getMe
+    except InvalidToken:
+        out(Check("FAIL", f"Telegram ({where}) refuses TELEGRAM_TOKEN: check it with @BotFather"))
+        return
+    except (TelegramError, OSError) as exc:
+        why = str(exc).replace(token, "<token>")[:200]
+        out(Check("FAIL", f"Telegram ({where}) does not answer getMe: {type(exc).__name__}: {why}"))
+        return
+    out(Check("ok", f"Telegram token valid: the bot is @{me.username} (id {me.id})"))
+
+
+def _admin_check(settings: Settings, out: Callable[[Check], None]) -> None:
+    """ADMIN_IDS names at least one numeric Telegram id (the settings refuse anything else)."""
+    if not settings.admin_ids:
+        out(Check("FAIL", "ADMIN_IDS is not set: nobody can fund users, refund or deposit; put your numeric "
+                  "Telegram id there (comma-separated for several)"))
+        return
+    out(Check("ok", f"ADMIN_IDS: {len(settings.admin_ids)} admin(s), numeric ids"))
+
+
 async def _checks(settings: Settings, out: Callable[[Check], None]) -> None:
     from iexec.tx import close, connect
+
+    _admin_check(settings, out)
+    await _telegram_check(settings, out)
 
     w3 = connect(settings.resolved_network.rpc_url)
     try:
@@ -102,7 +143,7 @@ def _wallet_address(settings: Settings, out: Callable[[Check], None]) -> str | N
     return address
 
 
-def run_doctor(settings: Settings, printer: Callable[[str], Any] = print) -> int:
+def run_doctor(settings: Settings, printer: Callable[[str], Any] = print, env_file: str | None = None) -> int:
     """Run every check, print them, return the exit code (1 when something failed)."""
     found: list[Check] = []
 
@@ -110,9 +151,10 @@ def run_doctor(settings: Settings, printer: Callable[[str], Any] = print) -> int
         found.append(check)
         printer(str(check))
 
+    if env_file is not None:
+        out(Check("ok", f"settings file {env_file}") if Path(env_file).is_file() else
+            Check("warn", f"no settings file {env_file}: settings come from the environment only"))
     printer(f"network {settings.resolved_network.name} (chain id {settings.resolved_network.chain_id})")
-    if settings.telegram_token is None:
-        out(Check("warn", "TELEGRAM_TOKEN is not set: the bot cannot talk to Telegram"))
     asyncio.run(_checks(settings, out))
     failed = [c for c in found if c.level == "FAIL"]
     printer("all checks passed" if not failed else f"{len(failed)} problem(s) to fix")

@@ -1,13 +1,15 @@
 """Command line of the devnet.
 
-    python -m devnet up [--data DIR] [--app real|test] [--weights PATH] [--workers N]
+    python -m devnet up [--data DIR] [--app real|test] [--weights PATH] [--workers N] [--fresh]
     python -m devnet status [--data DIR]
-    python -m devnet demo [--data DIR] [--app real|test] [--weights PATH]   (the devnet + the bot + chat page)
+    python -m devnet demo [--data DIR] [--app real|test] [--weights PATH] [--fresh]   (+ the bot, chat page)
 
 `up` starts the whole local network (see devnet/up.py), prints what runs where and the bot's env file, and
-on Ctrl-C or SIGTERM stops all of it, leaving nothing running. `status` reads <data>/devnet.json and exits
-0 only when every part answers; otherwise it names what is missing and exits 1 (2: the devnet is not up).
-Neither ever prints a key, a password or the bot token.
+on Ctrl-C or SIGTERM stops all of it, saving the chain state, leaving nothing running. `--fresh` moves the
+data folder aside (kept as <data>.old-<time>) and starts over. `status` reads <data>/devnet.json (without
+--data: data/demo, then data/devnet, whichever runs) and exits 0 only when every part answers; otherwise it
+names what is missing and exits 1 (2: the devnet is not up). None ever prints a key, a password or the
+bot token.
 """
 from __future__ import annotations
 
@@ -21,9 +23,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from devnet.up import REPO_DIR, Devnet, DevnetConfig, DevnetError
+from devnet.up import REPO_DIR, Devnet, DevnetConfig, DevnetError, move_aside
 
 DEFAULT_DATA = REPO_DIR / "data" / "devnet"
+DEMO_DATA = REPO_DIR / "data" / "demo"
+FRESH_HELP = ("start over: move the data folder aside (kept as <data>.old-<time>: books, wallet, chain) "
+              "and begin with a new chain, wallet and books")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,12 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--weights", type=Path, help="Mask R-CNN weights for the real app (default: random "
                                                  "ResNet50 test weights, made once)")
     up.add_argument("--workers", type=int, default=2, help="tasks run at once (default 2)")
+    up.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     from devnet.demo import add_arguments as demo_arguments
 
     demo = sub.add_parser("demo", help="the devnet, the bot on it and a local chat page (README's first command)")
     demo_arguments(demo)
     status = sub.add_parser("status", help="exit 0 when every part of a running devnet answers")
-    status.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    status.add_argument("--data", type=Path, default=None,
+                        help=f"data folder (default: {DEMO_DATA} when the demo runs, else {DEFAULT_DATA})")
     return parser
 
 
@@ -62,7 +69,20 @@ def _print_summary(net: Devnet) -> None:
           "Ctrl-C stops everything.", flush=True)
 
 
+def fresh_start(data: Path) -> None:
+    """--fresh: move `data` aside and say where it went. Raises DevnetError when a devnet runs on it."""
+    kept = move_aside(data)
+    if kept is not None:
+        print(f"--fresh: the old data folder is kept as {kept}", flush=True)
+
+
 async def _up(args: argparse.Namespace) -> int:
+    if args.fresh:
+        try:
+            fresh_start(args.data)
+        except DevnetError as exc:
+            print(f"devnet: {exc}", file=sys.stderr)
+            return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -104,8 +124,22 @@ def _answers(url: str, check: Any = None, body: bytes | None = None) -> str | No
     return None
 
 
-def status(data_dir: Path) -> int:
+def default_status_dir() -> Path:
+    """The data folder `status` looks at without --data: the demo's when a demo runs, else `up`'s."""
+    for folder in (DEMO_DATA, DEFAULT_DATA):
+        if (folder / "devnet.json").exists():
+            return folder
+    return DEFAULT_DATA
+
+
+def status(data_dir: Path | None = None) -> int:
     """Check every part of the devnet described in <data>/devnet.json; print a line each; return 0/1/2."""
+    if data_dir is None:
+        data_dir = default_status_dir()
+        if not (data_dir / "devnet.json").exists():
+            print(f"devnet is not running (no devnet.json in {DEMO_DATA} nor {DEFAULT_DATA})", file=sys.stderr)
+            return 2
+        print(f"devnet in {data_dir}")
     try:
         info = json.loads((data_dir / "devnet.json").read_text())
     except (OSError, ValueError):

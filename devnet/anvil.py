@@ -93,11 +93,21 @@ def rpc_call(rpc_url: str, method: str, params: list[Any] | None = None, *, time
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """preexec_fn: ask the kernel to SIGKILL us when our parent goes; exit if it is already gone."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def _die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """preexec_fn: ask the kernel to send `sig` when our parent goes; exit if it is already gone."""
+    _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def child_preexec(sig: int = signal.SIGKILL) -> Any:
+    """A preexec_fn for the devnet's children: they get `sig` from the kernel when the spawning thread's
+    process dies (call it in the thread that spawns: the main thread or the spawner below).
+
+    Spawn them with `start_new_session=True` as well: a terminal's Ctrl-C (SIGINT to the whole foreground
+    process group) then reaches only the parent, which stops its children in order and saves the chain."""
+    parent = os.getpid()
+    return lambda: _die_with_parent(parent, sig)
 
 
 # PR_SET_PDEATHSIG fires when the *thread* that forked the child ends. Children spawned from a worker
@@ -107,11 +117,10 @@ _live: set[Anvil] = set()  # started and not stopped yet: stopped at interpreter
 
 
 def _popen(argv: list[str], log: Any) -> subprocess.Popen[bytes]:
-    parent = os.getpid()
-
     def spawn() -> subprocess.Popen[bytes]:
+        # own session: a terminal's group SIGINT must not kill the chain before the parent saved it
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=lambda: _die_with_parent(parent), close_fds=True)
+                                preexec_fn=child_preexec(), close_fds=True, start_new_session=True)
 
     if threading.current_thread() is threading.main_thread():
         return spawn()
@@ -254,10 +263,18 @@ class Anvil:
         raw = bytes.fromhex(rpc_call(self.rpc_url, "anvil_dumpState", timeout=30)[2:])
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
+        if not raw:
+            raise AnvilError("anvil_dumpState returned nothing")
         path = Path(path)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_bytes(raw)
-        tmp.replace(path)
+        try:
+            with open(tmp, "wb") as out:  # a crash mid-write leaves the previous state whole
+                out.write(raw)
+                out.flush()
+                os.fsync(out.fileno())
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def __enter__(self) -> Anvil:

@@ -11,20 +11,31 @@ the devnet); ADMIN_IDS then names the admins, who get the demo credit too.
 Without matterport's COCO weights (`python -m worker fetch-weights`, or MRCNN_WEIGHTS=path) the worker runs
 with random weights: the masks are then meaningless shapes, and the picture says so.
 
-Ctrl-C stops the bot, then the devnet; nothing is left running. The devnet never imports `bot` or `ledger`:
-both run as processes.
+Ctrl-C stops the bot, then the devnet, saves the chain state beside the books in the data folder
+(data/demo) and leaves nothing running; the next start goes on from there. The bot and every other child
+runs in its own session, so the terminal's Ctrl-C reaches only this process, which stops them in order.
+When the chain could not be saved, or books exist without a chain, the next start refuses and names
+`--fresh`, which keeps the old folder as data/demo.old-<time> and starts over. Each finished task is
+printed with the worker's graph_cache (hit once the inference graph exported at start is there).
+
+The devnet never imports `bot` or `ledger`: both run as processes.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
+import json
 import os
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+from typing import Any
 
-from devnet.up import REPO_DIR, Devnet, DevnetConfig
+from devnet.anvil import child_preexec
+from devnet.up import REPO_DIR, WORKER_ARGS, Devnet, DevnetConfig, DevnetError, move_aside
 
 DEMO_USER = 1001
 DEMO_ADMIN = 1001
@@ -40,7 +51,7 @@ def _bot_env_file(net: Devnet, data: Path, admins: str, real_token: str | None) 
     env["ADMIN_IDS"] = admins
     env["LOG_LEVEL"] = os.environ.get("LOG_LEVEL", "INFO")
     env["MATCH_TIMEOUT_S"] = "120"
-    env["WORKER_ARGS"] = os.environ.get("WORKER_ARGS", "--max-dim 1024 --min-confidence 0.5")
+    env["WORKER_ARGS"] = net.config.worker_args  # the exported graph's arguments: tasks find the graph
     if real_token:
         env["TELEGRAM_TOKEN"] = real_token
         env["TELEGRAM_BASE_URL"] = "https://api.telegram.org/bot"
@@ -55,15 +66,71 @@ def _bot_env_file(net: Devnet, data: Path, admins: str, real_token: str | None) 
 def _grant(db: str, user: int, rlc: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "ledger", "--db", db, "grant", str(user), rlc,
                            "--memo", "demo credit", "--id", f"demo-credit-{user}"],
-                          cwd=REPO_DIR, capture_output=True, text=True, timeout=60)
+                          cwd=REPO_DIR, capture_output=True, text=True, timeout=60, start_new_session=True)
     if proc.returncode != 0:
         raise SystemExit(f"could not credit the demo user: {proc.stderr.strip()}")
 
 
+def _task_line(net: Devnet, outcome: Any) -> str:
+    """One line about a finished task: state, the app's seconds, and what the worker said of its model."""
+    line = f"  task {outcome.task_id[:10]}… {outcome.state}, app {outcome.app_seconds:.1f} s"
+    archive = net.gateway.get(outcome.cid) if net.gateway is not None and outcome.cid else None
+    if archive:
+        try:
+            with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+                name = next(n for n in zf.namelist() if n.endswith("detections.json"))
+                doc = json.loads(zf.read(name))
+            model = doc.get("model", {})
+            line += f", {doc.get('count', 0)} objects, graph_cache: {model.get('graph_cache', '?')}"
+        except (StopIteration, ValueError, KeyError, zipfile.BadZipFile, AttributeError):
+            pass  # the test app writes no detections.json
+    return line
+
+
+async def _report_tasks(net: Devnet) -> None:
+    """Print each task the workerpool finishes (a display loop: looks twice a second)."""
+    shown: set[str] = set(net.pool.outcomes) if net.pool is not None else set()
+    while net.pool is not None:
+        for tid, outcome in list(net.pool.outcomes.items()):
+            if tid not in shown:
+                shown.add(tid)
+                _say(await asyncio.to_thread(_task_line, net, outcome))
+        await asyncio.sleep(0.5)
+
+
+async def _stop_bot(bot: asyncio.subprocess.Process) -> None:
+    """SIGTERM the bot and wait for its clean shutdown (SIGKILL after 15 s)."""
+    if bot.returncode is None:
+        bot.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(bot.wait(), 15)
+        except asyncio.TimeoutError:
+            _say("the bot did not stop within 15 s: killed")
+            bot.kill()
+            await bot.wait()
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
+    if getattr(args, "fresh", False):
+        try:
+            kept = move_aside(data)
+        except DevnetError as exc:
+            print(f"devnet: {exc}", file=sys.stderr)
+            return 1
+        if kept is not None:
+            _say(f"--fresh: the old data folder is kept as {kept}")
+    try:
+        return await _run_demo(args, data)
+    except DevnetError as exc:
+        print(f"devnet: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _run_demo(args: argparse.Namespace, data: Path) -> int:
     weights = Path(args.weights).resolve() if args.weights else None
-    config = DevnetConfig(data_dir=data, app=args.app, weights=weights, workers=args.workers, graph_cache=True)
+    config = DevnetConfig(data_dir=data, app=args.app, weights=weights, workers=args.workers, graph_cache=True,
+                          worker_args=os.environ.get("WORKER_ARGS") or WORKER_ARGS)
     real_token = os.environ.get("TELEGRAM_TOKEN") or None
     admins = os.environ.get("ADMIN_IDS", "") if real_token else str(DEMO_ADMIN)
     _say("starting the devnet (the first run deploys PoCo and makes test weights: about a minute)")
@@ -76,8 +143,13 @@ async def run_demo(args: argparse.Namespace) -> int:
         users = [int(a) for a in admins.replace(",", " ").split()] if real_token else [DEMO_USER]
         for user in users:
             await asyncio.to_thread(_grant, net.env["DB_PATH"], user, DEMO_CREDIT_RLC)
+        if stop.is_set():
+            _say("stopping the devnet")
+            return 0
+        # own session (Ctrl-C reaches only us: we stop the bot first); SIGTERM from the kernel if we die
         bot = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "--env-file", str(env_file),
-                                                   cwd=str(REPO_DIR))
+                                                   cwd=str(REPO_DIR), start_new_session=True,
+                                                   preexec_fn=child_preexec(signal.SIGTERM))
         chat = f"{net.telegram_url}/_chat/"
         _say("")
         _say(f"  chat page   {chat}   (you are user {DEMO_USER}, credited {DEMO_CREDIT_RLC} RLC; also admin)"
@@ -88,21 +160,24 @@ async def run_demo(args: argparse.Namespace) -> int:
              + ("matterport weights" if weights else "RANDOM weights: masks are meaningless shapes "
                 "(python -m worker fetch-weights for the real ones)"))
         _say(f"  books       {net.env['DB_PATH']}   (python -m ledger --db ... balance {DEMO_USER})")
+        _say(f"  data        {data}   (Ctrl-C saves the chain here; --fresh starts over)")
         _say("  Ctrl-C stops everything.")
+        reporter = asyncio.create_task(_report_tasks(net))
         waiter = asyncio.create_task(bot.wait())
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if bot.returncode is None:
-            bot.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(bot.wait(), 15)
-            except asyncio.TimeoutError:
-                bot.kill()
-                await bot.wait()
-        stopper.cancel()
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await _stop_bot(bot)  # the bot first: it sends transactions; the chain is saved after it
+            for task in (reporter, stopper, waiter):
+                task.cancel()
+            await asyncio.gather(reporter, stopper, waiter, return_exceptions=True)
         code = bot.returncode or 0
+        if not stop.is_set():
+            print(f"devnet: the bot stopped by itself (exit code {code}); see its last lines above",
+                  file=sys.stderr, flush=True)
         _say("stopping the devnet")
-    return 0 if stop.is_set() else code
+    return 0 if stop.is_set() else (code or 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +187,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=os.environ.get("MRCNN_WEIGHTS"),
                         help="matterport's mask_rcnn_coco.h5 (default: random test weights)")
     parser.add_argument("--workers", type=int, default=1, help="tasks run at once by the workerpool")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over: move the data folder aside (kept as <data>.old-<time>: books, "
+                             "wallet, chain) and begin with a new chain, wallet and books")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,16 @@ wallet new` with a devnet-generated password file, mode 0600, when none exists; 
 RLC deposited into the hub; nothing is credited in the books: that is the admin's job), the workerpool, the
 Telegram stand-in. Then <data>/bot.env and <data>/devnet.json (what runs where) are written.
 
-`stop()` stops everything it started, saves the chain state for the next run and removes devnet.json. It
-uses the devnet's public dev keys, binds 127.0.0.1 only, and must never import `bot` or `ledger`.
+`stop()` stops everything it started, saves the chain state for the next run (written to a temporary file
+and renamed) and removes devnet.json. When the state cannot be saved it says so on stderr and leaves
+<data>/chain-state.NOT-SAVED: the next start then refuses to run on books (<data>/books.db) that the chain
+would not match, as it does when books exist without a saved chain, and names `--fresh` (`move_aside`:
+the folder is kept as <data>.old-<time> and a new one started). Child processes run in their own session,
+so a terminal's Ctrl-C reaches only the process that owns the Devnet, which stops them in order.
+
+The worker arguments of the demo's bot and of the inference graph exported at start come from one place,
+WORKER_ARGS (bot/settings.py has the same default). It uses the devnet's public dev keys, binds 127.0.0.1
+only, and must never import `bot` or `ledger`.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import subprocess
 import sys
 import time
@@ -34,7 +43,7 @@ from eth_account import Account
 
 from devnet import chain as devchain
 from devnet.accounts import APP_OWNER, DEPLOYER, POOL_OWNER, WORKER
-from devnet.anvil import Anvil
+from devnet.anvil import Anvil, child_preexec
 from devnet.deploy import Deployment, hub_abi, registry_abi, rlc_abi
 from devnet.gateway import ResultGateway
 from devnet.market import MarketStandIn
@@ -43,12 +52,18 @@ from iexec.market import MarketClient, MarketError
 from iexec.orders import AppOrder, Domain
 
 __all__ = ["Devnet", "DevnetConfig", "DevnetError", "app_descriptor", "publish_app_order",
-           "register_segmentation_app", "REPO_DIR"]
+           "register_segmentation_app", "REPO_DIR", "WORKER_ARGS", "graph_arguments", "move_aside",
+           "check_books_match_chain"]
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 STEPS = 7
 DEFAULT_DESCRIPTOR = ("segbot-mrcnn", "docker.io/segbot/mrcnn-worker:0.1.0", bytes(32))
+# The worker arguments of the bot's tasks on the devnet (bot.env, demo-bot.env) and of the inference graph
+# exported at start: one source, so the tasks find the graph. bot/settings.py worker_args is the same.
+WORKER_ARGS = "--max-dim 1024 --min-confidence 0.7"
+CHAIN_STATE, DEPLOYMENT, NOT_SAVED, BOOKS = ("chain-state.json", "deployment.json", "chain-state.NOT-SAVED",
+                                             "books.db")
 log = logging.getLogger(__name__)
 
 
@@ -82,6 +97,7 @@ class DevnetConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     graph_cache: bool = False              # real app: export its inference graph in the background at start,
                                            # so tasks load it (~5 s a task instead of ~10 s); up and demo set it
+    worker_args: str = WORKER_ARGS         # the bot's WORKER_ARGS (bot.env) and the exported graph's
 
 
 # ------------------------------------------------------------------------------------------------- the app
@@ -138,6 +154,72 @@ async def publish_app_order(session: aiohttp.ClientSession, market_url: str, dep
     return order
 
 
+def graph_arguments(worker_args: str) -> list[str]:
+    """The options of `worker_args` that the inference graph is keyed on (--max-dim, --min-confidence,
+    --backbone, --precision), for `python -m worker build-graph`; absent ones keep the worker's defaults,
+    which are the same for a task and for build-graph."""
+    words, found = shlex.split(worker_args), []
+    for i, word in enumerate(words):
+        name, eq, value = word.partition("=")
+        if name in ("--max-dim", "--min-confidence", "--backbone", "--precision"):
+            if not eq:
+                value = words[i + 1] if i + 1 < len(words) else ""
+            if value:
+                found += [name, value]
+    return found
+
+
+# ------------------------------------------------------------------------------------------- data folder
+
+
+def check_books_match_chain(data_dir: Path) -> None:
+    """Refuse (DevnetError) to start on books that the chain to be loaded would not match: books in
+    `data_dir` but no saved chain state, or a save that failed (the state is older than the books)."""
+    books = data_dir / BOOKS
+    if not books.exists():
+        return
+    fresh = f"start over with --fresh (the folder is kept as {data_dir.name}.old-<time>)"
+    if (data_dir / NOT_SAVED).exists():
+        why = (data_dir / NOT_SAVED).read_text(errors="replace").strip()
+        raise DevnetError(f"the chain state of the last run was not saved ({why}), but the books {books} "
+                          f"remember its jobs: the chain and the books would not match; {fresh}")
+    if not (data_dir / CHAIN_STATE).is_file() or not (data_dir / DEPLOYMENT).is_file():
+        raise DevnetError(f"the books {books} exist but no saved chain state ({data_dir / CHAIN_STATE}): "
+                          f"a new chain would not know their transactions and deals; {fresh}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def move_aside(data_dir: Path) -> Path | None:
+    """`--fresh`: rename `data_dir` to <data_dir>.old-<UTC time> (the user's data is kept) and return the
+    new path; None when there is no such folder. Raises DevnetError when a devnet runs on it."""
+    data_dir = Path(data_dir).resolve()
+    if not data_dir.exists():
+        return None
+    try:
+        pid = int(json.loads((data_dir / "devnet.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pid = 0
+    if pid and pid != os.getpid() and _pid_alive(pid):
+        raise DevnetError(f"a devnet (pid {pid}) runs on {data_dir}: stop it first (Ctrl-C)")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target = data_dir.with_name(f"{data_dir.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = data_dir.with_name(f"{data_dir.name}.old-{stamp}-{n}")
+    data_dir.rename(target)
+    return target
+
+
 # ------------------------------------------------------------------------------------------------- funding
 
 
@@ -177,7 +259,7 @@ def ensure_wallet(data_dir: Path) -> tuple[Path, Path, str]:
     if not keystore.exists():
         proc = subprocess.run([sys.executable, "-m", "ledger", "wallet", "new", "--keystore", str(keystore),
                                "--password-file", str(password_file)], cwd=REPO_DIR, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, start_new_session=True)
         if proc.returncode != 0:
             if "No module named" not in proc.stderr:
                 raise DevnetError(f"`python -m ledger wallet new` failed: {proc.stderr.strip()[-400:]}")
@@ -203,7 +285,8 @@ def test_weights(cache_dir: Path) -> Path:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.h5")
         proc = subprocess.run([sys.executable, "-m", "worker", "make-test-weights", str(tmp), "--backbone",
-                               "resnet50"], cwd=REPO_DIR, capture_output=True, text=True, timeout=600)
+                               "resnet50"], cwd=REPO_DIR, capture_output=True, text=True, timeout=600,
+                              start_new_session=True)
         if proc.returncode != 0 or not tmp.exists():
             raise DevnetError(f"making test weights failed: {proc.stderr.strip()[-400:]}")
         tmp.replace(path)
@@ -265,7 +348,10 @@ class Devnet:
         return result
 
     async def start(self) -> None:
-        """Start every part (see the module docstring). Raises DevnetError naming the failing step."""
+        """Start every part (see the module docstring). Raises DevnetError naming the failing step, or
+        refusing books the chain would not match (see check_books_match_chain)."""
+        if self.config.persist_chain:
+            check_books_match_chain(self.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._session = aiohttp.ClientSession()
         await self._run_step("anvil", self._start_anvil)
@@ -297,19 +383,40 @@ class Devnet:
             self._session = None
         if self.anvil is not None:
             if self.config.persist_chain and self.deployment is not None:
-                try:
-                    await asyncio.to_thread(self.anvil.dump_state, self.data_dir / "chain-state.json")
-                    self.deployment.to_json(self.data_dir / "deployment.json")
-                except Exception:
-                    pass
+                await self._save_chain()
             await asyncio.to_thread(self.anvil.stop)
             self.anvil = None
         (self.data_dir / "devnet.json").unlink(missing_ok=True)
 
+    async def _save_chain(self) -> bool:
+        """Save the chain state (anvil still running, every part that sends transactions stopped). On
+        failure: a loud line on stderr and the NOT-SAVED marker, so the next start refuses stale books."""
+        assert self.anvil is not None and self.deployment is not None
+        marker = self.data_dir / NOT_SAVED
+        try:
+            await asyncio.to_thread(self.anvil.dump_state, self.data_dir / CHAIN_STATE)
+            tmp = self.data_dir / f"{DEPLOYMENT}.{os.getpid()}.tmp"
+            self.deployment.to_json(tmp)
+            tmp.replace(self.data_dir / DEPLOYMENT)
+        except Exception as exc:  # noqa: BLE001 - reported, and remembered for the next start
+            why = f"{type(exc).__name__}: {exc}"[:300]
+            try:
+                marker.write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: {why}\n")
+            except OSError:
+                pass
+            print(f"devnet: COULD NOT SAVE THE CHAIN STATE to {self.data_dir / CHAIN_STATE}: {why}\n"
+                  f"devnet: the next start on {self.data_dir} will refuse its books; use --fresh to start over",
+                  file=sys.stderr, flush=True)
+            log.error("event=chain_state_not_saved data=%s error=%r", self.data_dir, why)
+            return False
+        marker.unlink(missing_ok=True)
+        log.info("event=chain_state_saved path=%s", self.data_dir / CHAIN_STATE)
+        return True
+
     # -- steps ----------------------------------------------------------------------------------------
 
     def _start_anvil(self) -> None:
-        saved, saved_dep = self.data_dir / "chain-state.json", self.data_dir / "deployment.json"
+        saved, saved_dep = self.data_dir / CHAIN_STATE, self.data_dir / DEPLOYMENT
         if self.config.persist_chain and saved.is_file() and saved_dep.is_file():
             state, self.deployment = saved, Deployment.from_json(saved_dep)
         else:
@@ -357,14 +464,15 @@ class Devnet:
         return [sys.executable, "-m", "worker"], env
 
     def _build_graph(self, weights: Path, cache: Path) -> None:
-        """Export the worker's inference graph for the bot's settings in a background process (a no-op
-        when the entry exists; tasks that start before it is done build the Keras model as before)."""
+        """Export the worker's inference graph for the bot's worker arguments (config.worker_args) in a
+        background process (a no-op when the entry exists; tasks that start before it is done build the
+        Keras model as before)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "build-graph.log", "wb")
         try:
             self._graph_builder = subprocess.Popen(
-                [sys.executable, "-m", "worker", "build-graph", "--weights", str(weights), "--max-dim", "1024",
-                 "--min-confidence", "0.7", "--cache-dir", str(cache)],
+                [sys.executable, "-m", "worker", "build-graph", "--weights", str(weights),
+                 *graph_arguments(self.config.worker_args), "--cache-dir", str(cache)],
                 cwd=REPO_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()
@@ -388,7 +496,7 @@ class Devnet:
         if not token_file.exists():
             _write_private(token_file, f"{secrets.randbelow(9 * 10**9) + 10**9}:{secrets.token_urlsafe(26)}\n")
         self.bot_token = token_file.read_text().strip()
-        self.telegram = TelegramStandIn()
+        self.telegram = TelegramStandIn(data_dir=self.data_dir / "telegram")  # ids survive a restart
         self.telegram.add_bot(self.bot_token, self.config.bot_username)
         await self.telegram.start(self.config.telegram_port)
 
@@ -425,6 +533,7 @@ class Devnet:
             "DATA_DIR": str(self.data_dir),
             "INPUTS_LISTEN": "127.0.0.1",
             "URL_ALLOW_LOOPBACK": "true",
+            "WORKER_ARGS": self.config.worker_args,
         }
 
     def describe(self) -> dict[str, Any]:

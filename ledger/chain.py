@@ -119,6 +119,14 @@ class ChainRecords(Store):
             sql, params = sql + " AND sender = ?", (sender.lower(),)
         return [_row_tx(row) for row in self._read(sql + " ORDER BY nonce, created_at", params)]
 
+    def highest_nonce(self, sender: str, status: str = "mined") -> int | None:
+        """The highest nonce among `sender`'s transactions recorded with `status`, or None (read-only)."""
+        if status not in TX_STATUSES:
+            raise InvalidArgument(f"tx status must be one of {', '.join(TX_STATUSES)}, got {status!r}")
+        rows = self._read("SELECT MAX(nonce) FROM chain_txs WHERE sender = ? AND status = ?",
+                          (sender.lower(), status))
+        return None if rows[0][0] is None else int(rows[0][0])
+
     def txs_for_job(self, job_id: str) -> list[ChainTx]:
         """Every transaction recorded for a job, oldest first."""
         rows = self._read("SELECT * FROM chain_txs WHERE job_id = ? ORDER BY created_at, nonce", (job_id,))

@@ -1,7 +1,9 @@
-"""`python -m bot doctor` against the devnet: a good configuration passes, a broken one says what to fix."""
+"""`python -m bot doctor` against the devnet: a good configuration passes, a broken one says what to fix,
+a settings file that does not exist is refused."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +16,18 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def _doctor(net: Devnet, tmp: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
-    env = {**net.env, **overrides}
+async def _doctor(net: Devnet, tmp: Path, **overrides: str | None) -> subprocess.CompletedProcess[str]:
+    env = {**net.env, "ADMIN_IDS": "910001", **overrides}
     env_file = tmp / "doctor.env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items() if v is not None))
+    return await _run_doctor(env_file)
+
+
+async def _run_doctor(env_file: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("TELEGRAM_TOKEN", "ADMIN_IDS")}
     return await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "bot", "doctor", "--env-file", str(env_file)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=clean,
     )
 
 
@@ -32,6 +39,8 @@ async def test_doctor_passes_on_the_devnet(devnet_module: Devnet, tmp_path: Path
     assert "hub contract present" in out
     assert "app orders published" in out
     assert "all checks passed" in out
+    assert f"the bot is @{devnet_module.config.bot_username}" in out  # getMe answered with the token
+    assert "ADMIN_IDS: 1 admin(s)" in out
     assert devnet_module.bot_token not in out + proc.stderr
 
 
@@ -54,3 +63,25 @@ async def test_doctor_refuses_mainnet_without_consent(devnet_module: Devnet, tmp
     proc = await _doctor(devnet_module, tmp_path, NETWORK="arbitrum")
     assert proc.returncode == 2
     assert "ALLOW_MAINNET" in proc.stderr
+
+
+async def test_doctor_refuses_a_missing_settings_file(tmp_path: Path) -> None:
+    proc = await _run_doctor(tmp_path / "missing.env")
+    assert proc.returncode == 2
+    assert "missing.env does not exist" in proc.stderr
+    assert "all checks passed" not in proc.stdout
+
+
+async def test_doctor_checks_the_token_and_the_admins(devnet_module: Devnet, tmp_path: Path) -> None:
+    wrong = "123456789:" + "x" * 35
+    proc = await _doctor(devnet_module, tmp_path, TELEGRAM_TOKEN=wrong, ADMIN_IDS=None)
+    assert proc.returncode == 1
+    assert "refuses TELEGRAM_TOKEN" in proc.stdout
+    assert "ADMIN_IDS is not set" in proc.stdout
+    assert wrong not in proc.stdout + proc.stderr
+
+
+async def test_doctor_refuses_admin_names(devnet_module: Devnet, tmp_path: Path) -> None:
+    proc = await _doctor(devnet_module, tmp_path, ADMIN_IDS="@alice")
+    assert proc.returncode == 2
+    assert "ADMIN_IDS" in proc.stderr
