@@ -9,7 +9,16 @@ sRGB first when the file carries one).
 
 Limits: the bot's defaults are at least as strict as the worker's (`worker/limits.py`; a test compares them,
 the bot does not import the worker). The accepted input formats are a subset of the worker's, and the file
-sent on is JPEG or PNG, both of which the worker accepts.
+sent on is JPEG or PNG, both of which the worker accepts. At intake (`ImageLimits.intake()`, or limits read
+from the settings) a picture must also be deliverable and worth a task: at most 20:1 (Telegram refuses
+longer photos with PHOTO_INVALID_DIMENSIONS) and at least 32 pixels on its short side; both are judged from
+the header, before anything is decoded, so such a picture costs nothing.
+
+Threads: everything here is synchronous CPU work (a 12-megapixel decode is about half a second). Async code
+calls it through `check_image_async` / `identify_async`, which run it on a small pool of its own
+(`IMAGE_WORKERS` threads: bounded CPU and memory however many pictures arrive at once), never on the event
+loop. Frame counting is bounded too: a hostile GIF of a million empty frames is walked for at most
+`MAX_FRAMES_COUNTED` frames and `MAX_GIF_BLOCKS` data blocks (Pillow's own `n_frames` walks all of it).
 
 What it must never do: let Pillow try a format outside the allow-list (no EPS, no PSD, ...), decode an image
 before its size was checked, change Pillow's process-wide settings, or pass the input's metadata on.
@@ -20,6 +29,7 @@ import asyncio
 import io
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +43,16 @@ log = logging.getLogger(__name__)
 #: defaults, at most the worker's MAX_IMAGE_BYTES / MAX_IMAGE_PIXELS (tests/test_images.py checks it)
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 25_000_000
+#: intake defaults: Telegram refuses photos longer than 20:1; fewer than 32 pixels on a side is not a picture
+#: worth a task (settings MAX_IMAGE_ASPECT / MIN_IMAGE_SIDE)
+DEFAULT_MAX_ASPECT = 20.0
+DEFAULT_MIN_SIDE = 32
+#: frame counting stops here (the count is then "at least this many"); the bot only uses the first frame
+MAX_FRAMES_COUNTED = 1000
+#: and after walking this many GIF data blocks (about 20 ms of Python), whatever the frame count
+MAX_GIF_BLOCKS = 100_000
+#: threads that check images: at most this many pictures are decoded at once
+IMAGE_WORKERS = 2
 #: Pillow format names accepted as input (MPO, the multi-picture JPEG of cameras, is read as JPEG)
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
 #: formats of the cleaned file handed to the worker
@@ -51,35 +71,53 @@ class ImageRejected(InputRejected):
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What the bot accepts as input. `ImageLimits()` holds the built-in defaults."""
+    """What the bot accepts. `ImageLimits()` checks bytes, pixels and format only (e.g. a result);
+    `ImageLimits.intake()` adds the intake's shape rules (aspect ratio, short side)."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     formats: frozenset[str] = ACCEPTED_FORMATS
+    #: longest side / shortest side at most this (0: not checked)
+    max_aspect: float = 0.0
+    #: shortest side at least this many pixels
+    min_side: int = 1
 
     def __post_init__(self) -> None:
         if self.max_bytes <= 0 or self.max_pixels <= 0:
             raise ValueError("image limits must be positive")
+        if self.min_side < 1 or (self.max_aspect and self.max_aspect < 1):
+            raise ValueError("min_side must be at least 1 and max_aspect at least 1 (or 0: unchecked)")
         unknown = set(self.formats) - ACCEPTED_FORMATS
         if unknown:
             raise ValueError(f"formats outside the allow-list: {', '.join(sorted(unknown))}")
 
     @classmethod
+    def intake(cls, **overrides: Any) -> ImageLimits:
+        """The defaults for a user's picture: deliverable (at most 20:1) and not tiny."""
+        values: dict[str, Any] = {"max_aspect": DEFAULT_MAX_ASPECT, "min_side": DEFAULT_MIN_SIDE}
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
     def coerce(cls, limits: Any = None) -> ImageLimits:
-        """`limits` itself, the defaults for None, or the limits read (duck-typed) from a settings object."""
+        """`limits` itself, the intake defaults for None, or the intake limits read (duck-typed) from a
+        settings object (`max_image_bytes`, `max_image_pixels`, `max_image_aspect`, `min_image_side`)."""
         if isinstance(limits, cls):
             return limits
         if limits is None:
-            return cls()
+            return cls.intake()
         return cls(
             max_bytes=getattr(limits, "max_image_bytes", None) or DEFAULT_MAX_BYTES,
             max_pixels=getattr(limits, "max_image_pixels", None) or DEFAULT_MAX_PIXELS,
+            max_aspect=getattr(limits, "max_image_aspect", None) or DEFAULT_MAX_ASPECT,
+            min_side=getattr(limits, "min_image_side", None) or DEFAULT_MIN_SIDE,
         )
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the header says, before anything is decoded."""
+    """What the header says, before anything is decoded. `frames` is counted up to MAX_FRAMES_COUNTED
+    (a GIF's blocks are walked at most MAX_GIF_BLOCKS far: the count is then the frames seen so far)."""
 
     format: str
     width: int
@@ -104,7 +142,17 @@ def identify(data: bytes, limits: Any = None) -> ImageInfo:
     accepted image, too many pixels)."""
     limits = ImageLimits.coerce(limits)
     with _open(data, limits) as im:
-        return ImageInfo(_format_of(im), im.width, im.height, int(getattr(im, "n_frames", 1) or 1))
+        fmt = _format_of(im)
+        if fmt == "GIF":
+            frames = _count_gif_frames(data)
+        else:  # JPEG/BMP: one; PNG (acTL) and WebP (ANIM) declare the count in a header chunk
+            frames = min(int(getattr(im, "n_frames", 1) or 1), MAX_FRAMES_COUNTED)
+        return ImageInfo(fmt, im.width, im.height, max(frames, 1))
+
+
+async def identify_async(data: bytes, limits: Any = None) -> ImageInfo:
+    """`identify` on the image threads (never on the event loop)."""
+    return await _in_thread(identify, data, limits)
 
 
 def check_image(data: bytes, limits: Any = None) -> CheckedImage:
@@ -134,9 +182,20 @@ def check_image(data: bytes, limits: Any = None) -> CheckedImage:
 
 
 async def check_image_async(data: bytes, limits: Any = None) -> CheckedImage:
-    """`check_image` in a worker thread: decoding a 12-megapixel photo takes about half a second of CPU,
-    which must not stall the bot's event loop."""
-    return await asyncio.to_thread(check_image, data, limits)
+    """`check_image` on the image threads: decoding a 12-megapixel photo takes about half a second of CPU,
+    which must not stall the bot's event loop. At most IMAGE_WORKERS pictures are decoded at once; the
+    others wait their turn without blocking anything."""
+    return await _in_thread(check_image, data, limits)
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+async def _in_thread(func: Any, *args: Any) -> Any:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=IMAGE_WORKERS, thread_name_prefix="image-check")
+    return await asyncio.get_running_loop().run_in_executor(_executor, func, *args)
 
 
 # --- opening -----------------------------------------------------------------------------------------------
@@ -167,7 +226,38 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     if width * height > limits.max_pixels:
         im.close()
         raise _too_many_pixels(limits, width, height)
+    shape = _shape_refusal(im, limits)
+    if shape is not None:
+        im.close()
+        raise shape
     return im
+
+
+def _shape_refusal(im: Image.Image, limits: ImageLimits) -> ImageRejected | None:
+    """A picture too long and thin to send back, or too small to be worth a task (header size only)."""
+    width, height = im.size
+    if _format_of(im) == "JPEG" and _exif_orientation(im) in (5, 6, 7, 8):
+        width, height = height, width  # say it as the person sees it
+    long_side, short_side = max(width, height), min(width, height)
+    if short_side < limits.min_side:
+        return ImageRejected(
+            f"This picture is {width}×{height}: too small to find anything in "
+            f"(at least {limits.min_side} pixels on each side). Send a bigger one."
+        )
+    if limits.max_aspect and long_side > limits.max_aspect * short_side:
+        shape = "too wide and short" if width > height else "too tall and narrow"
+        return ImageRejected(
+            f"This picture is {width}×{height}: {shape} to send back (at most {limits.max_aspect:g}:1). "
+            "Crop it and send it again."
+        )
+    return None
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)  # a JPEG's EXIF is parsed with its header
+    except Exception:  # noqa: BLE001 - a broken EXIF block only costs the order of width and height
+        return 1
 
 
 def _format_of(im: Image.Image) -> str:
@@ -241,6 +331,45 @@ def _not_an_image(data: bytes) -> ImageRejected:
     return ImageRejected(
         f"That file is not an image I can read{what}. Please send a photo in {_FORMAT_NAMES} format."
     )
+
+
+# --- frame counting ----------------------------------------------------------------------------------------
+
+
+def _count_gif_frames(data: bytes) -> int:
+    """Image descriptors in a GIF, walking its blocks without decoding anything; stops at
+    MAX_FRAMES_COUNTED frames or MAX_GIF_BLOCKS data blocks (or at the first malformed block)."""
+    size = len(data)
+    pos = 13  # header (6) and logical screen descriptor (7)
+    if size < pos:
+        return 1
+    if data[10] & 0x80:
+        pos += 3 << ((data[10] & 0x07) + 1)  # the global colour table
+    frames = blocks = 0
+    while pos < size and frames < MAX_FRAMES_COUNTED:
+        kind = data[pos]
+        if kind == 0x2C:  # image descriptor
+            if pos + 10 > size:
+                break
+            flags = data[pos + 9]
+            pos += 10
+            if flags & 0x80:
+                pos += 3 << ((flags & 0x07) + 1)  # a local colour table
+            pos += 1  # LZW minimum code size
+            frames += 1
+        elif kind == 0x21:  # extension: label, then data blocks
+            pos += 2
+        else:  # 0x3B trailer, or garbage: what was counted stands
+            break
+        while pos < size and blocks < MAX_GIF_BLOCKS:  # data sub-blocks, ended by an empty one
+            length = data[pos]
+            pos += 1 + length
+            blocks += 1
+            if length == 0:
+                break
+        if blocks >= MAX_GIF_BLOCKS:
+            break
+    return max(frames, 1)
 
 
 # --- conversion and encoding -------------------------------------------------------------------------------

@@ -10,7 +10,14 @@ message that can be shown to the user as is. The defences, in the order a reques
   of every socket is checked once more just before it connects;
 - redirects are followed by hand, at most `max_redirects`, each target checked like the first URL;
 - the size limit is enforced while streaming (Content-Length is checked first but not trusted), the whole
-  download has one deadline, and the bytes must be an image of an accepted format (not a web page).
+  download has one deadline, and the bytes must be an image of an accepted format (not a web page) and of a
+  shape that can be sent back (judged from the header, on the image threads: never on the event loop).
+
+`DownloadLimiter` bounds how many downloads run at once: `per_user` for one user (default 2) and `overall`
+for everyone (default 16). A user's further downloads wait their turn, in order; beyond `max_waiting` of
+them (default 8) a new one is refused at once with a message (`DownloadsBusy`), so that 60 links sent in a
+burst neither open 60 connections nor pile up work that the per-user job limits would refuse afterwards.
+The pipeline takes a slot around each download (links and Telegram files alike).
 
 The address rules are an explicit table (`address_denial`), not `ipaddress.is_global`, which calls some
 special ranges global. Only loopback and private networks (RFC 1918, ULA) can be allowed, and only through
@@ -23,10 +30,11 @@ a URL's path or query (they may carry a user's secret): logs show the host only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
@@ -138,6 +146,8 @@ class FetchPolicy:
 
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 25_000_000
+    max_aspect: float = 20.0
+    min_side: int = 32
     timeout: float = DEFAULT_TIMEOUT_S
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S
     max_redirects: int = DEFAULT_MAX_REDIRECTS
@@ -151,6 +161,8 @@ class FetchPolicy:
             raise ValueError("timeouts must be positive and at most 600 s")
         if not 0 <= self.max_redirects <= 10:
             raise ValueError("max_redirects must be between 0 and 10")
+        if self.min_side < 1 or (self.max_aspect and self.max_aspect < 1):
+            raise ValueError("min_side must be at least 1 and max_aspect at least 1 (or 0: unchecked)")
 
     @classmethod
     def from_settings(cls, settings: Any = None, **options: Any) -> FetchPolicy:
@@ -163,6 +175,8 @@ class FetchPolicy:
         values: dict[str, Any] = {
             "max_bytes": images.DEFAULT_MAX_BYTES,
             "max_pixels": images.DEFAULT_MAX_PIXELS,
+            "max_aspect": images.DEFAULT_MAX_ASPECT,
+            "min_side": images.DEFAULT_MIN_SIDE,
         }
         if settings is not None:
             for name, attr in _SETTING_NAMES.items():
@@ -186,6 +200,8 @@ class FetchPolicy:
 _SETTING_NAMES = {
     "max_bytes": "max_image_bytes",
     "max_pixels": "max_image_pixels",
+    "max_aspect": "max_image_aspect",
+    "min_side": "min_image_side",
     "timeout": "url_fetch_timeout",
     "max_redirects": "url_max_redirects",
     "allow_loopback": "url_allow_loopback",
@@ -346,6 +362,7 @@ async def fetch_image(url: str, settings: Any = None, **options: Any) -> bytes:
         raise InputRejected(
             "The image took too long to download. Send the image itself, or a link to a faster server."
         ) from None
+    await _check_is_image(data, policy)
     log.info("url fetched host=%s bytes=%d", host, len(data))
     return data
 
@@ -389,7 +406,6 @@ async def _follow(session: aiohttp.ClientSession, target: URL, policy: FetchPoli
             raise InputRejected(
                 "The download failed. Check the link, or send the image itself."
             ) from None
-        _check_is_image(data, policy)
         return data
     raise InputRejected(
         f"That link redirects more than {policy.max_redirects} times. Send a direct link to the image."
@@ -444,7 +460,84 @@ async def _read_limited(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     return bytes(buf)
 
 
-def _check_is_image(data: bytes, policy: FetchPolicy) -> None:
+async def _check_is_image(data: bytes, policy: FetchPolicy) -> None:
+    """The header says an accepted image of a deliverable shape (on the image threads: a GIF's frames are
+    counted there, and a page of HTML is sniffed there too)."""
     from bot import images  # images imports this module: import it late
 
-    images.identify(data, images.ImageLimits(max_bytes=policy.max_bytes, max_pixels=policy.max_pixels))
+    limits = images.ImageLimits(max_bytes=policy.max_bytes, max_pixels=policy.max_pixels,
+                                max_aspect=policy.max_aspect, min_side=policy.min_side)
+    await images.identify_async(data, limits)
+
+
+# --- how many downloads at once ----------------------------------------------------------------------------
+
+DEFAULT_DOWNLOADS_PER_USER = 2
+DEFAULT_DOWNLOADS_OVERALL = 16
+DEFAULT_DOWNLOADS_WAITING = 8
+
+
+class DownloadsBusy(InputRejected):
+    """A user has too many downloads running and waiting; str(exc) is a message for the user."""
+
+
+class _UserDownloads:
+    __slots__ = ("gate", "entered")
+
+    def __init__(self, per_user: int) -> None:
+        self.gate = asyncio.Semaphore(per_user)
+        self.entered = 0  # running and waiting
+
+
+class DownloadLimiter:
+    """At most `per_user` downloads of one user and `overall` downloads in all at once; a user's next ones
+    wait in turn (a waiting user holds no overall slot), and more than `max_waiting` waiting are refused.
+
+    One limiter per event loop (the pipeline owns one). Use: `async with limiter.slot(user): ...`.
+    """
+
+    def __init__(self, per_user: int = DEFAULT_DOWNLOADS_PER_USER, overall: int = DEFAULT_DOWNLOADS_OVERALL,
+                 max_waiting: int = DEFAULT_DOWNLOADS_WAITING) -> None:
+        if per_user <= 0 or overall <= 0 or max_waiting < 0:
+            raise ValueError("download limits must be positive (max_waiting may be 0)")
+        self.per_user, self.overall, self.max_waiting = per_user, overall, max_waiting
+        self._overall = asyncio.Semaphore(overall)
+        self._users: dict[Any, _UserDownloads] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Any = None) -> DownloadLimiter:
+        """Read duck-typed: `max_downloads_per_user`, `max_downloads`, `max_downloads_waiting_per_user`."""
+        def get(name: str, default: int) -> int:
+            value = getattr(settings, name, None)
+            return default if value is None else int(value)
+
+        return cls(get("max_downloads_per_user", DEFAULT_DOWNLOADS_PER_USER),
+                   get("max_downloads", DEFAULT_DOWNLOADS_OVERALL),
+                   get("max_downloads_waiting_per_user", DEFAULT_DOWNLOADS_WAITING))
+
+    def pending(self, user: Any) -> int:
+        """The user's downloads running or waiting now."""
+        state = self._users.get(user)
+        return state.entered if state else 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self, user: Any) -> AsyncIterator[None]:
+        """Wait for a download slot of `user` (then one of everyone's). Raises DownloadsBusy at once when
+        the user already has `per_user + max_waiting` downloads running or waiting."""
+        state = self._users.get(user)
+        if state is None:
+            state = self._users[user] = _UserDownloads(self.per_user)
+        if state.entered >= self.per_user + self.max_waiting:
+            log.info("event=download_refused user=%s pending=%d", user, state.entered)
+            raise DownloadsBusy(
+                f"You have {state.entered} pictures still downloading or waiting for their turn. "
+                "Wait until they are through, then send this one again."
+            )
+        state.entered += 1
+        try:
+            async with state.gate, self._overall:
+                yield
+        finally:
+            state.entered -= 1
+            if state.entered == 0 and self._users.get(user) is state:
+                del self._users[user]

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     # Input checks (at least as strict as the worker's)
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=25_000_000, gt=0)
+    max_image_aspect: float = Field(default=20.0, ge=1, le=20)  # Telegram refuses photos beyond 20:1
+    min_image_side: int = Field(default=32, ge=1)
+    max_downloads_per_user: int = Field(default=2, gt=0)
+    max_downloads: int = Field(default=16, gt=0)
+    max_downloads_waiting_per_user: int = Field(default=8, ge=0)
     url_fetch_timeout: float = Field(default=15.0, gt=0)
     url_max_redirects: int = Field(default=3, ge=0)
     url_allow_loopback: bool = False

@@ -13,6 +13,7 @@ from bot.images import (
     ACCEPTED_FORMATS,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
+    MAX_FRAMES_COUNTED,
     OUTPUT_FORMATS,
     CheckedImage,
     ImageLimits,
@@ -137,11 +138,86 @@ def test_accepted_formats(fmt: str) -> None:
 
 
 def test_animated_gif_becomes_its_first_frame() -> None:
-    frames = [Image.new("RGB", (40, 30), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    frames = [Image.new("RGB", (48, 36), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     assert identify(data).frames == 3
     im = reopen(check_image(data))
     assert im.getpixel((20, 15)) == (255, 0, 0)
+
+
+def hostile_gif(frames: int, side: int = 64, junk_blocks: int = 0) -> bytes:
+    """A GIF of `frames` empty frames (a few bytes each), the first one followed by `junk_blocks` one-byte
+    data blocks: megabytes that Pillow's frame count walks block by block."""
+    head = b"GIF89a" + struct.pack("<HH", side, side) + bytes([0x80, 0, 0]) + b"\0\0\0\xff\xff\xff"
+    descriptor = b"\x2c" + struct.pack("<HHHH", 0, 0, side, side) + b"\0"
+    frame = descriptor + b"\x02" + b"\x02\x4c\x01" + b"\x00"
+    first = descriptor + b"\x02" + b"\x02\x4c\x01" + b"\x01\x00" * junk_blocks + b"\x00"
+    return head + first + frame * (frames - 1) + b"\x3b"
+
+
+def test_frame_counting_is_bounded_on_hostile_gifs() -> None:
+    rng = np.random.default_rng(3)
+    frames = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(1200)]
+    real = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert identify(real).frames == MAX_FRAMES_COUNTED  # counting stops: the bot uses the first frame
+
+    many = hostile_gif(500_000)  # 8 MB, half a million frames
+    with Image.open(io.BytesIO(many)) as im:
+        assert im.n_frames == 500_000  # what Pillow walks, block by block (seconds of CPU)
+    assert identify(many).frames == MAX_FRAMES_COUNTED
+    blocks = hostile_gif(3, junk_blocks=3_000_000)  # 6 MB of one-byte blocks inside the first frame
+    assert 1 <= identify(blocks).frames < 3  # the walk gave up before reaching the other frames
+
+
+# --- pictures that could not be sent back, or are too small to be worth a task ----------------------------
+
+
+@pytest.mark.parametrize(("width", "height", "shape"), [(4000, 150, "too wide and short"),
+                                                         (150, 4000, "too tall and narrow"),
+                                                         (641, 32, "too wide and short")])
+def test_long_thin_pictures_are_refused_from_the_header(width: int, height: int, shape: str) -> None:
+    message = reject(png_with_header(width, height))  # refused before any pixel is decoded
+    assert f"This picture is {width}×{height}: {shape} to send back (at most 20:1)" in message
+    assert "Crop it" in message
+
+
+def test_the_aspect_limit_is_the_one_telegram_takes() -> None:
+    for size in ((640, 32), (32, 640)):  # exactly 20:1
+        checked = check_image(encode(noisy(size), "PNG"))
+        assert (checked.width, checked.height) == size
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 1), (31, 400), (400, 31), (16, 16)])
+def test_tiny_pictures_are_refused(width: int, height: int) -> None:
+    message = reject(encode(Image.new("RGB", (width, height), (200, 30, 30)), "PNG"))
+    assert f"This picture is {width}×{height}: too small" in message
+    assert "at least 32 pixels" in message
+
+
+def test_the_shape_is_said_as_the_person_sees_it() -> None:
+    stored = Image.new("RGB", (2100, 100), (0, 0, 255))  # stored wide, EXIF says: turn it upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    message = reject(encode(stored, "JPEG", exif=exif.tobytes()))
+    assert "This picture is 100×2100: too tall and narrow" in message
+
+
+def test_shape_limits_come_from_the_settings() -> None:
+    from bot.settings import Settings
+
+    strict = Settings(_env_file=None, min_image_side=64, max_image_aspect=4)
+    assert "at least 64 pixels" in reject(encode(noisy((48, 48)), "PNG"), strict)
+    assert "(at most 4:1)" in reject(encode(noisy((300, 64)), "PNG"), strict)
+    assert check_image(encode(noisy((256, 64)), "PNG"), strict).width == 256
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, max_image_aspect=25)  # Telegram would refuse what the bot accepted
+
+
+def test_a_result_check_judges_no_shape() -> None:
+    """`ImageLimits()` (the result check) leaves the shape to the sender: a worker's rounding must not
+    refund a delivered task."""
+    checked = check_image(encode(noisy((2048, 101)), "PNG"), ImageLimits())
+    assert (checked.width, checked.height) == (2048, 101)
 
 
 def test_cmyk_jpeg_becomes_rgb() -> None:
@@ -152,7 +228,7 @@ def test_cmyk_jpeg_becomes_rgb() -> None:
 
 
 def test_16_bit_png_is_scaled_not_clipped() -> None:
-    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (16, 1))
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (32, 1))
     data = encode(Image.fromarray(ramp), "PNG")
     assert Image.open(io.BytesIO(data)).mode.startswith("I")
     im = reopen(check_image(data))
@@ -161,8 +237,8 @@ def test_16_bit_png_is_scaled_not_clipped() -> None:
 
 
 def test_transparent_png_lands_on_white() -> None:
-    rgba = Image.new("RGBA", (30, 30), (0, 0, 0, 0))
-    rgba.paste((200, 0, 0, 255), (0, 0, 15, 30))
+    rgba = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    rgba.paste((200, 0, 0, 255), (0, 0, 15, 40))
     im = reopen(check_image(encode(rgba, "PNG")))
     assert im.getpixel((25, 15)) == (255, 255, 255)
     assert im.getpixel((5, 15)) == (200, 0, 0)
@@ -228,3 +304,35 @@ async def test_async_variant_runs_the_same_checks() -> None:
     assert (checked.width, checked.height, checked.format) == (64, 48, "JPEG")
     with pytest.raises(ImageRejected, match="empty"):
         await check_image_async(b"")
+    with pytest.raises(ImageRejected, match="1×1"):
+        await check_image_async(encode(Image.new("RGB", (1, 1)), "PNG"))
+
+
+async def test_image_work_never_stalls_the_event_loop() -> None:
+    """Several big photos and hostile GIFs checked at once: a ticking coroutine keeps ticking (the loop's
+    longest stall stays far below what one decode takes)."""
+    import asyncio
+    import time
+
+    from bot.images import check_image_async, identify_async
+
+    photo = encode(noisy((3000, 3000)), "JPEG", quality=90)  # 9 megapixels
+    gif = hostile_gif(500_000)
+    stalls: list[float] = []
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        while not done.is_set():
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            stalls.append(time.monotonic() - before - 0.01)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.05)
+    results = await asyncio.gather(*(check_image_async(photo) for _ in range(3)),
+                                   *(identify_async(gif) for _ in range(3)))
+    done.set()
+    await ticker
+    assert [r.width for r in results[:3]] == [3000] * 3
+    assert [r.frames for r in results[3:]] == [MAX_FRAMES_COUNTED] * 3
+    assert len(stalls) > 3 and max(stalls) < 0.5, max(stalls)
