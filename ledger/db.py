@@ -3,10 +3,20 @@
 Every write runs inside `BEGIN IMMEDIATE ... COMMIT` (the connection is in autocommit mode,
 isolation_level=None, and this module manages transactions itself). A busy database is retried
 internally with a bound, so "database is locked" never reaches a caller: it becomes LedgerBusy after
-`busy_limit_s`. This module must never hold a transaction open across a caller's await or sleep.
+`busy_limit_s` (30 s: the CLI, scripts, threads).
+
+On an event loop the bound is `loop_busy_limit_s` instead (0.25 s): a call made from a thread that runs
+an asyncio loop (the bot's handlers and pipeline) blocks that loop, and everyone's updates with it, for
+as long as it waits. So there it gives up quickly with LedgerBusy, which the pipeline retries later
+without blocking and a handler answers with "try again in a moment". SQLite's own busy wait is kept short
+(`SQLITE_BUSY_WAIT_S` per attempt) so that the bound is ours; waiting for this object's lock (another
+thread inside a call) is bounded the same way. Opening the books (migrations) keeps the long bound.
+
+This module must never hold a transaction open across a caller's await or sleep.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import sqlite3
@@ -23,6 +33,19 @@ from ledger.schema import MIGRATIONS, SCHEMA_VERSION
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _T = TypeVar("_T")
 _BUSY_WORDS = ("database is locked", "database is busy", "database table is locked")
+#: how long one statement may wait inside SQLite for a lock before our retry loop takes over
+SQLITE_BUSY_WAIT_S = 0.02
+#: the bound of a call made on an event loop's thread
+LOOP_BUSY_LIMIT_S = 0.25
+
+
+def _on_event_loop() -> bool:
+    """True when this thread runs an asyncio event loop (a call here blocks the loop while it waits)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -57,28 +80,48 @@ def _split_script(script: str) -> list[str]:
     return statements
 
 
+class _Guard:
+    """`with store._guard:` holds the store's lock, taken with `Store._acquire` (bounded)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __enter__(self) -> None:
+        self._store._acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._store._lock.release()
+
+
 class Store:
     """One connection to the books file, with write transactions and busy handling.
 
     Thread-safe: one re-entrant lock serialises use of the connection inside a process; several
-    processes coordinate through SQLite's own locks.
+    processes coordinate through SQLite's own locks. `busy_limit_s` bounds the wait for a busy database
+    (and for the lock), `loop_busy_limit_s` the same wait when the caller runs an event loop.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, busy_limit_s: float = 30.0,
+                 loop_busy_limit_s: float = LOOP_BUSY_LIMIT_S,
                  clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self._clock = clock
         self._busy_limit_s = busy_limit_s
+        self._loop_busy_limit_s = min(loop_busy_limit_s, busy_limit_s)
         self._lock = threading.RLock()
+        self._guard = _Guard(self)  # `with self._guard:` = the lock, waited for at most the busy bound
         self._depth = 0
         self._reading = False
+        self._opening = True
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _check_is_sqlite(self.path)
         try:
             self._conn = sqlite3.connect(str(self.path), isolation_level=None,
                                          check_same_thread=False,
-                                         timeout=min(5.0, busy_limit_s / 2))
+                                         timeout=min(SQLITE_BUSY_WAIT_S, busy_limit_s / 2))
             self._conn.row_factory = sqlite3.Row
             self._configure()
             self._migrate()
@@ -86,11 +129,14 @@ class Store:
             if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
                 raise LedgerBusy(f"{self.path} stayed locked while opening") from None
             raise SchemaError(f"{self.path} is not usable as the books: {exc}") from None
+        finally:
+            self._opening = False
 
     def _configure(self) -> None:
         conn = self._conn
-        # SQLite's own wait first, then our bounded retry loop (which turns the rest into LedgerBusy).
-        conn.execute(f"PRAGMA busy_timeout = {int(min(5.0, self._busy_limit_s / 2) * 1000)}")
+        # SQLite's own wait is short; our bounded retry loop does the rest (and turns it into LedgerBusy).
+        wait_ms = max(1, int(min(SQLITE_BUSY_WAIT_S, self._busy_limit_s / 2) * 1000))
+        conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
         self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -99,6 +145,21 @@ class Store:
         """Close the connection (safe to call twice)."""
         with self._lock:
             self._conn.close()
+
+    def _busy_bound(self) -> float:
+        """How long this call may wait for a busy database: short on an event loop's thread."""
+        if self._opening or not _on_event_loop():
+            return self._busy_limit_s
+        return self._loop_busy_limit_s
+
+    def _acquire(self) -> None:
+        """Take this object's lock, waiting at most the busy bound (another thread may be inside)."""
+        if self._lock.acquire(blocking=False):
+            return
+        bound = self._busy_bound()
+        if not self._lock.acquire(timeout=bound):
+            raise LedgerBusy(f"the books at {self.path} stayed in use by another thread of this process "
+                             f"for {bound:g}s; try again")
 
     def __enter__(self) -> Store:
         return self
@@ -110,8 +171,10 @@ class Store:
         return int(self._clock() * 1000)
 
     def _retry_busy(self, action: Callable[[], object]) -> object:
-        """Run `action`, retrying SQLITE_BUSY with jittered backoff until busy_limit_s."""
-        deadline = time.monotonic() + self._busy_limit_s
+        """Run `action`, retrying SQLITE_BUSY with jittered backoff until the busy bound (short on an
+        event loop's thread, see `_busy_bound`)."""
+        bound = self._busy_bound()
+        deadline = time.monotonic() + bound
         delay = 0.002
         while True:
             try:
@@ -119,11 +182,12 @@ class Store:
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
-                if time.monotonic() >= deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise LedgerBusy(
                         f"the books at {self.path} stayed locked by other writers for "
-                        f"{self._busy_limit_s:g}s; try again") from None
-                time.sleep(delay * (0.5 + random.random()))
+                        f"{bound:g}s; try again") from None
+                time.sleep(min(left, delay * (0.5 + random.random())))
                 delay = min(delay * 2, 0.1)
 
     @contextmanager
@@ -133,7 +197,7 @@ class Store:
         Everything done inside commits together or not at all: e.g. `record_event` then `grant`.
         Raises LedgerBusy if the write lock cannot be had within the bound.
         """
-        with self._lock:
+        with self._guard:
             if self._depth and self._reading:
                 raise LedgerError("cannot write inside a read snapshot")
             if self._depth:
@@ -157,7 +221,7 @@ class Store:
         The same as `with self.transaction() as conn: return work(conn, *args)`, without the
         generator machinery on the hot path (one reserve or post per call).
         """
-        with self._lock:
+        with self._guard:
             if self._depth:
                 with self.transaction() as conn:
                     return work(conn, *args)
@@ -201,7 +265,7 @@ class Store:
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: every query inside sees one consistent state of the file."""
-        with self._lock:
+        with self._guard:
             if self._depth:
                 yield self._conn
                 return
@@ -216,7 +280,7 @@ class Store:
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         """Run a read-only query (one consistent snapshot), retrying busy."""
-        with self._lock:
+        with self._guard:
             def run() -> list[sqlite3.Row]:
                 cursor = self._conn.execute(sql, params)
                 return cursor.fetchall()
@@ -224,7 +288,7 @@ class Store:
 
     def schema_version(self) -> int:
         """The version of the schema in the file (0 for a new file)."""
-        with self._lock:
+        with self._guard:
             return self._version(self._conn)
 
     @staticmethod

@@ -94,6 +94,97 @@ def test_a_held_write_lock_is_waited_for_then_reported_typed(tmp_path: Path) -> 
     holder.close()
 
 
+async def test_a_held_write_lock_never_stalls_the_event_loop(tmp_path: Path) -> None:
+    """Another connection holds the write lock for 3 s. A write of the bot's Ledger (default bounds) made on
+    the event loop gives up within its short bound with LedgerBusy; the same write from a thread waits
+    for the lock and succeeds; a coroutine ticking every 10 ms is never held up for long meanwhile."""
+    import asyncio
+
+    path = tmp_path / "books.db"
+    Ledger(path).close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release() -> None:
+        holder.execute("COMMIT")
+        released.set()
+
+    timer = threading.Timer(3.0, release)
+    stalls: list[float] = []
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        while not done.is_set():
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            stalls.append(time.monotonic() - before - 0.01)
+
+    with Ledger(path) as book:
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0.05)
+        timer.start()
+        with pytest.raises(LedgerBusy, match="locked by other writers"):
+            book.grant("g0", 1, 5, "")  # on the loop: a short wait, then a clear error
+        await asyncio.sleep(0.05)
+        assert not released.is_set()
+        await asyncio.to_thread(book.grant, "g1", 1, 5, "")  # off the loop: waits for the holder
+        assert released.is_set()
+        book.grant("g0", 1, 5, "")  # the refused write, retried once the lock is free
+        done.set()
+        await ticker
+        assert book.balance(1).posted == 10
+        book.audit()
+    timer.join()
+    holder.close()
+    assert len(stalls) > 50 and max(stalls) < 0.5, max(stalls)
+
+
+def test_a_thread_inside_the_ledger_does_not_stall_the_event_loop(tmp_path: Path) -> None:
+    """A thread of the bot's process waits inside a ledger call (the long bound) while another connection
+    holds the write lock: a call on the event loop gives up on this object's lock within its short bound
+    (measured as the longest stall of a ticking coroutine) instead of queueing behind the thread."""
+    import asyncio
+
+    path = tmp_path / "books.db"
+    with Ledger(path) as book:
+        holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        inside = threading.Thread(target=book.grant, args=("t", 2, 7, ""))
+        inside.start()  # waits inside `book`, holding its lock, until the holder commits
+        deadline = time.monotonic() + 10
+        while book._lock.acquire(blocking=False):  # poll until the thread is inside
+            book._lock.release()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+        async def on_loop() -> list[float]:
+            stalls: list[float] = []
+            done = asyncio.Event()
+
+            async def tick() -> None:
+                while not done.is_set():
+                    before = time.monotonic()
+                    await asyncio.sleep(0.01)
+                    stalls.append(time.monotonic() - before - 0.01)
+
+            ticker = asyncio.create_task(tick())
+            await asyncio.sleep(0.05)
+            with pytest.raises(LedgerBusy, match="another thread"):
+                book.balance(2)
+            await asyncio.sleep(0.05)
+            done.set()
+            await ticker
+            return stalls
+
+        stalls = asyncio.run(on_loop())
+        holder.execute("COMMIT")
+        inside.join(timeout=30)
+        holder.close()
+        assert not inside.is_alive() and book.balance(2).posted == 7
+    assert max(stalls) < 0.5, max(stalls)
+
+
 _STREAM = r"""
 import sys
 from ledger import Ledger
