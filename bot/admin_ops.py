@@ -10,6 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from bot import texts
+from bot.chain import ChainDisagrees
 from ledger import JobState, LedgerError
 
 if TYPE_CHECKING:
@@ -51,9 +52,13 @@ class AdminOps:
         if job is None or job.state is not JobState.NEEDS_ADMIN:
             return "Only a job held for an admin (NEEDS_ADMIN) can be refunded."
         if job.task_id:
-            event = await self.chain.wait_task(job.deal_id, job.task_id, timeout=0)
-            if event.kind == "finalized":
-                return "The task completed on chain: use /retry to deliver it instead."
+            try:
+                event = await self.chain.wait_task(job.deal_id, job.task_id, timeout=0)
+            except ChainDisagrees:
+                pass  # the chain does not know the deal (a reset chain): nothing was paid there
+            else:
+                if event.kind == "finalized":
+                    return "The task completed on chain: use /retry to deliver it instead."
         await self._refund(job, Refund("admin"))
         return f"↩️ Job <code>{job.id}</code> refunded."
 

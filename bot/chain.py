@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from web3.exceptions import TransactionNotFound
+
 from bot import texts
 from bot.errors import BotError
 from bot.logs import redact_url
@@ -43,6 +45,11 @@ class NoOffer(BotError):
 
 class OfferTaken(BotError):
     """The chosen app or workerpool order was consumed by someone else before our match was mined."""
+
+
+class ChainDisagrees(BotError):
+    """The chain does not know what the books recorded (a deal, a started task): was the chain reset?
+    Waiting would not change it; the job is held for an admin with this message."""
 
 
 @dataclass(frozen=True)
@@ -192,14 +199,26 @@ class ChainGateway:
         await self._settle_tx_records()
 
     async def _settle_tx_records(self) -> None:
-        """Bring the books' transaction statuses up to date with the chain's receipts."""
+        """Bring the books' transaction statuses up to date with the chain's receipts.
+
+        Only a receipt the node says does not exist (`TransactionNotFound`) counts as "not mined": any
+        other error (the RPC unreachable, a timeout) leaves the record as it is for the next time, so that
+        a mined transaction is never relabelled `replaced` on a blip. Never raises for an RPC error."""
         w3 = self.hub.w3
-        mined_nonce = await w3.eth.get_transaction_count(self.address, "latest")
+        try:
+            mined_nonce = await w3.eth.get_transaction_count(self.address, "latest")
+        except Exception as exc:  # noqa: BLE001 - any RPC failure: settle the records next time
+            log.warning("event=tx_settle_deferred error=%r", str(exc)[:200])
+            return
         for tx in self.ledger.pending_txs(self.address):
             try:
                 receipt = await w3.eth.get_transaction_receipt(tx.tx_hash)
-            except Exception:  # noqa: BLE001 - not mined (yet) or unknown
+            except TransactionNotFound:
                 receipt = None
+            except Exception as exc:  # noqa: BLE001 - any RPC failure: this record waits for the next time
+                log.warning("event=tx_settle_deferred job=%s tx=%s error=%r", tx.job_id, tx.tx_hash,
+                            str(exc)[:200])
+                continue
             if receipt is not None:
                 status = "mined" if int(receipt["status"]) == 1 else "failed"
                 self.ledger.update_tx(tx.tx_hash, status, block_number=int(receipt["blockNumber"]))
@@ -356,6 +375,9 @@ class ChainGateway:
         if state is not None:
             return state
         deal = await self.hub.view_deal(_bytes(deal_id))
+        if int(deal.requester, 16) == 0:
+            raise ChainDisagrees(f"the chain does not know deal {deal_id} of task {task_id} although the "
+                                 "books recorded it: was the chain reset?")
         category = next((c for c in await self.hub.categories() if c.id == deal.category), None)
         timeref = category.work_clock_time_ref if category else 0
         final_deadline = deal.start_time + 10 * timeref if timeref else None
@@ -374,7 +396,11 @@ class ChainGateway:
 
     async def wait_task(self, deal_id: str, task_id: str, *, known: str = "waiting",
                         timeout: float = 30.0) -> TaskEvent:
-        """Wait until the task's state differs from `known` (or `timeout`); returns what is known then."""
+        """Wait until the task's state differs from `known` (or `timeout`); returns what is known then.
+
+        Returns at once when the state already differs: the caller must act on every kind it can get
+        (waiting, initialized, finalized, claimed, deadline), else it would call again at once.
+        Raises ChainDisagrees when the chain does not know the deal."""
         state = await self._follow(deal_id, task_id)
         if state.kind == known:
             state.changed.clear()

@@ -11,7 +11,16 @@ anywhere resumes without a second order, a second charge or a lost reply:
   hash tells whether the match happened (`viewConsumed`): the deal id is derived, never re-ordered.
 - MATCHED -> RUNNING -> COMPLETED: followed with the event watcher; the result is downloaded and checked,
   then the charge is posted (matched prices + fee, the rest returns) in the same transaction as COMPLETED.
-- DELIVERED: the reply was sent (at least once). REFUNDED: claimed on chain when claimable, then voided.
+- DELIVERED: the reply was sent (at least once): as a photo, else as a file, else as a text when Telegram
+  refuses the picture for good (a `BadRequest` is never retried; the job is held for an admin if even the
+  text is refused). REFUNDED: claimed on chain when claimable, then voided.
+- Telling the user is part of a job's ending: a refund or a hold is told by a message of its own, and the
+  books record ("told" event) that Telegram took it. At start-up, endings not told yet are told then: at
+  least once (a crash between the message and its record tells twice).
+
+No loop here may spin: every wait yields to the event loop, and every state the chain can report has a
+branch (a state the books cannot explain holds the job for an admin with the reason). `_drive` also slows
+down a step that keeps returning without changing the job.
 
 What the admin commands ask of it (find, refund, retry, reconcile) is in `bot.admin_ops`, mixed into
 `Pipeline`; reading a downloaded result's files is in `bot.results`.
@@ -21,6 +30,7 @@ Never here: a Telegram token (the bot downloads photos itself), floats for money
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import shutil
 import logging
@@ -31,18 +41,18 @@ from pathlib import Path
 from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
-from telegram.error import Forbidden, TelegramError
+from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
 
 from bot import texts
 from bot.admin_ops import AdminOps
-from bot.chain import ChainGateway, NoOffer, OfferTaken, TaskEvent
+from bot.chain import ChainDisagrees, ChainGateway, NoOffer, OfferTaken, TaskEvent
 from bot.errors import BotError
-from bot.images import check_image, check_image_async
-from bot.intake import InputRejected, fetch_image
+from bot.images import check_image_async
+from bot.intake import DownloadLimiter, InputRejected, fetch_image
 from bot.results import RESULT_LIMITS, read_detections, result_image
 from bot.settings import Settings
 from iexec.errors import IExecError, ResultDownloadError, ResultLocationError, UnsafeArchive
-from ledger import InsufficientFunds, JobState, Ledger, LedgerError
+from ledger import InsufficientFunds, JobState, Ledger, LedgerBusy, LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,14 @@ PHOTO_MAX_SIDES = 10_000
 RETRY_DELAYS = (1, 2, 5, 10, 20, 30)
 CATEGORY_REF_S = {0: 300, 1: 1200, 2: 3600, 3: 10800, 4: 36000}
 RESULT_ATTEMPTS = 8
+#: `_drive` sleeps SPIN_PAUSE_S when a step returned SPIN_LIMIT times within SPIN_WINDOW_S without changing
+#: the job (a missing wait somewhere: defence in depth, with a log line to find it).
+SPIN_LIMIT = 10
+SPIN_WINDOW_S = 1.0
+SPIN_PAUSE_S = 1.0
+#: Telegram's answers that no retry changes (the request itself is refused).
+PERMANENT_TELEGRAM = (BadRequest, Forbidden, ChatMigrated)
+TELL_SINCE_KEY = "tell.since"
 RESUMABLE = (JobState.RECEIVED, JobState.ORDER_SIGNED, JobState.MATCHING, JobState.MATCHED,
              JobState.RUNNING, JobState.COMPLETED)
 
@@ -75,6 +93,16 @@ class Refund:
     def text(self) -> str:
         return texts.REFUND_REASONS[self.reason].format(detail=self.detail or "unknown error")
 
+    @property
+    def error(self) -> str:
+        """What the books keep (`jobs.error`): `reason: detail`, read back by `from_error`."""
+        return f"{self.reason}: {self.detail}"[:500]
+
+    @classmethod
+    def from_error(cls, error: str | None) -> Refund:
+        reason, _, detail = (error or "").partition(": ")
+        return cls(reason, detail) if reason in texts.REFUND_REASONS else cls("admin")
+
 
 class Pipeline(AdminOps):
     """Owns every job in flight: one asyncio task per job, resumed from the books at start-up."""
@@ -96,6 +124,7 @@ class Pipeline(AdminOps):
         self.result_attempts = RESULT_ATTEMPTS
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._intakes: set[str] = set()
+        self.downloads = DownloadLimiter.from_settings(settings)  # per user and in all, at once
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self.results_dir = Path(settings.data_dir) / "results"
         self.uploads_dir = Path(settings.data_dir) / "uploads"
@@ -103,12 +132,28 @@ class Pipeline(AdminOps):
     # ------------------------------------------------------------------------------------ life cycle
 
     async def resume(self) -> int:
-        """Start a driver for every unfinished job (NEEDS_ADMIN jobs wait for a person)."""
+        """Start a driver for every unfinished job (NEEDS_ADMIN jobs wait for a person), and finish telling
+        the users of refunds and holds that ended untold (killed before the message)."""
         jobs = self.ledger.jobs_in_states(*RESUMABLE)
         for job in jobs:
             self.drive(job.id)
-        log.info("event=resume jobs=%d", len(jobs))
+        untold = self.untold()
+        for job in untold:
+            self._show(job, reason=Refund.from_error(job.error).text())
+            self._tell_soon(job)
+        log.info("event=resume jobs=%d untold=%d", len(jobs), len(untold))
         return len(jobs)
+
+    def untold(self) -> list[Any]:
+        """Refunded and held jobs whose user was not told yet (since telling is recorded in the books)."""
+        since = self.ledger.get_value(TELL_SINCE_KEY)
+        if since is None:  # books from before telling was recorded: their endings were told by status edits
+            since = str(int(self.clock() * 1000))
+            self.ledger.set_value(TELL_SINCE_KEY, since)
+        refunded = self.ledger.untold_jobs("told", [JobState.REFUNDED], since_ms=int(since))
+        held = [j for j in self.ledger.jobs_in_states(JobState.NEEDS_ADMIN)
+                if j.updated_at >= int(since) and not self.ledger.seen_event("told", self._told_key(j))]
+        return refunded + held
 
     def drive(self, job_id: str) -> None:
         task = self._tasks.get(job_id)
@@ -183,7 +228,8 @@ class Pipeline(AdminOps):
     async def _take_in(self, job_id: str, *, user: int, chat: int, message_id: int, status_message_id: int,
                        source: tuple[str, str]) -> None:
         try:
-            data = await self._download(source)
+            async with self.downloads.slot(user):
+                data = await self._download(source)
             image = await check_image_async(data, self.settings)
         except InputRejected as exc:
             log.info("event=input_rejected job=%s reason=%r", job_id, str(exc)[:200])
@@ -233,20 +279,28 @@ class Pipeline(AdminOps):
 
     async def _drive(self, job_id: str) -> None:
         failures = 0
+        unchanged: collections.deque[float] = collections.deque(maxlen=SPIN_LIMIT)
+        last: tuple[Any, ...] | None = None
         while True:
             job = self.ledger.get_job(job_id)
             if job is None or job.state.is_terminal() or job.state is JobState.NEEDS_ADMIN:
                 return
+            await self._slow_down_if_spinning(job, last, unchanged)
+            last = (job.state, job.updated_at)
             step: Callable[[Any], Awaitable[None]] = getattr(self, f"_step_{job.state.value.lower()}")
             try:
                 await step(job)
                 failures = 0
             except asyncio.CancelledError:
                 raise
-            except NeedsAdmin as exc:
+            except (NeedsAdmin, ChainDisagrees) as exc:
                 await self._hold(job, str(exc))
                 return
-            except (IExecError, OSError, TelegramError, asyncio.TimeoutError) as exc:
+            except PERMANENT_TELEGRAM as exc:
+                # Telegram refused the request itself: the same request would be refused again.
+                await self._hold(job, f"Telegram refused a request: {exc}"[:500])
+                return
+            except (IExecError, OSError, TelegramError, asyncio.TimeoutError, LedgerBusy) as exc:
                 # The chain, the market, a gateway or Telegram is unreachable: wait and try the same step
                 # again; nothing was lost because every step starts from what the books say.
                 delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
@@ -261,6 +315,20 @@ class Pipeline(AdminOps):
                     await self._hold(job, f"unexpected error: {exc!r}"[:500])
                     return
                 await asyncio.sleep(self.retry_delays[min(failures, len(self.retry_delays) - 1)])
+
+    async def _slow_down_if_spinning(self, job: Any, last: tuple[Any, ...] | None,
+                                     unchanged: collections.deque[float]) -> None:
+        """Sleep when the steps keep returning at once without changing the job (a missing wait)."""
+        if (job.state, job.updated_at) != last:
+            unchanged.clear()
+            return
+        now = time.monotonic()
+        unchanged.append(now)
+        if len(unchanged) == unchanged.maxlen and now - unchanged[0] < SPIN_WINDOW_S:
+            log.warning("event=step_spinning job=%s state=%s returns=%d within_s=%.3f pause_s=%s", job.id,
+                        job.state.value, len(unchanged), now - unchanged[0], SPIN_PAUSE_S)
+            unchanged.clear()
+            await asyncio.sleep(SPIN_PAUSE_S)
 
     async def _step_received(self, job: Any) -> None:
         """Publish the input and sign the job's one request order."""
@@ -304,8 +372,12 @@ class Pipeline(AdminOps):
                 await self.chain.ensure_stake(offer.total_price)
                 self._crash_point("before_match")
                 deal_id = await self.chain.match(offer, request, job.id, crash_hook=self._crash_point)
-            except OfferTaken:
-                return  # the next offer on the next pass: the request order is the same
+            except OfferTaken as exc:
+                # The next offer on the next pass (the request order is the same), after a pause: the
+                # market may still list the taken order for a moment.
+                log.info("event=offer_taken job=%s error=%r", job.id, str(exc)[:200])
+                await asyncio.sleep(self.settings.poll_interval_s)
+                return
             except NoOffer as exc:
                 if self.clock() - job.created_at / 1000 > self.settings.match_timeout_s:
                     await self._refund(job, Refund("no_stake" if exc.no_stake else "no_offer"))
@@ -313,6 +385,9 @@ class Pipeline(AdminOps):
                 await asyncio.sleep(self.settings.poll_interval_s)
                 return
         deal = await self.chain.view_deal(deal_id)
+        if int(deal.requester, 16) == 0:
+            raise NeedsAdmin(f"the chain does not know deal {deal_id} of job {job.id} although its request "
+                             "order is consumed: was the chain reset?")
         if deal.requester.lower() != self.chain.address.lower():
             raise NeedsAdmin(f"deal {deal_id} of job {job.id} is not ours")
         self.ledger.transition(job.id, JobState.MATCHING, JobState.MATCHED, deal_id=deal_id,
@@ -336,7 +411,8 @@ class Pipeline(AdminOps):
         timeout = 30.0
         if job.state is JobState.MATCHED:  # wake up in time to tell the user their task has not started
             waited = self.clock() - job.state_times.get("MATCHED", job.updated_at) / 1000
-            timeout = min(timeout, max(0.5, self.settings.start_warning_s - waited))
+            if waited < self.settings.start_warning_s:
+                timeout = min(timeout, max(0.5, self.settings.start_warning_s - waited))
         event: TaskEvent = await self.chain.wait_task(job.deal_id, job.task_id, known=known, timeout=timeout)
         if event.kind == "initialized" and job.state is JobState.MATCHED:
             self.ledger.transition(job.id, JobState.MATCHED, JobState.RUNNING)
@@ -357,8 +433,15 @@ class Pipeline(AdminOps):
         elif event.kind == "waiting" and job.state is JobState.MATCHED:
             await self._warn_not_started(job, event)
             self._show(job)  # the elapsed time moves on
+        elif event.kind == "waiting":
+            # The books saw the task start; the chain says it never did. Waiting changes nothing.
+            raise NeedsAdmin(f"the chain says task {job.task_id} of job {job.id} is not started although the "
+                             "books saw it start: was the chain reset?")
         elif event.kind == known:
             self._show(job)
+        else:  # a kind this code does not know: never call wait_task again at once
+            raise NeedsAdmin(f"the chain reports task {job.task_id} as {event.kind!r} while the job is "
+                             f"{job.state.value}")
 
     async def _warn_not_started(self, job: Any, event: TaskEvent) -> None:
         waited = self.clock() - job.state_times.get("MATCHED", job.updated_at) / 1000
@@ -392,7 +475,7 @@ class Pipeline(AdminOps):
             await self._refund(job, Refund("app_error", result.error_message or "", operator_pays=True))
             return
         try:
-            check_image(result_image(result.deterministic_output).read_bytes(), RESULT_LIMITS)
+            await check_image_async(result_image(result.deterministic_output).read_bytes(), RESULT_LIMITS)
         except InputRejected as exc:
             await self._refund(job, Refund("bad_result", str(exc), operator_pays=True))
             return
@@ -412,48 +495,155 @@ class Pipeline(AdminOps):
         caption = f"{texts.caption(d.get('class_name', '?') for d in detections)}\n\nCharged {texts.rlc(charged)}."
         markup = InlineKeyboardMarkup([[InlineKeyboardButton("detections.json", callback_data=f"det:{job.id}")]])
         data = path.read_bytes()
+        note = ""
         try:
-            await self._send_result(job, data, path.name, caption, markup)
+            try:
+                note = await self._send_result(job, job.chat_id, data, path.name, caption, markup)
+            except ChatMigrated as exc:  # a group became a supergroup: its new id takes the reply
+                log.info("event=chat_migrated job=%s chat=%s new_chat=%s", job.id, job.chat_id,
+                         exc.new_chat_id)
+                note = await self._send_result(job, exc.new_chat_id, data, path.name, caption, markup,
+                                               reply=False)
         except Forbidden:
             log.info("event=user_blocked_bot job=%s", job.id)  # paid for the work done, reply impossible
+            note = "not sent: the user blocked the bot"
+        except ChatMigrated as exc:
+            raise NeedsAdmin(f"the result could not be sent: the chat moved twice ({exc}); the job was "
+                             "charged") from None
         self._crash_point("after_reply")
-        self.ledger.transition(job.id, JobState.COMPLETED, JobState.DELIVERED)
+        self.ledger.transition(job.id, JobState.COMPLETED, JobState.DELIVERED,
+                               **({"error": note[:500]} if note else {}))
         took = self.clock() - job.created_at / 1000
         self._show(self.ledger.get_job(job.id), elapsed=texts.elapsed(took), charged=texts.rlc(charged))
         log.info("event=delivered job=%s seconds=%.1f", job.id, took)
 
-    async def _send_result(self, job: Any, data: bytes, name: str, caption: str, markup: Any) -> None:
+    async def _send_result(self, job: Any, chat: int, data: bytes, name: str, caption: str, markup: Any, *,
+                           reply: bool = True) -> str:
+        """Send the result as a photo, else as a file, else the caption as a text saying the picture could
+        not be sent; returns a note for the books ("" when it went as planned).
+
+        Telegram is the judge of what it takes (it refuses e.g. photos over 20:1 with
+        PHOTO_INVALID_DIMENSIONS): a refusal (`BadRequest`) moves on to the next form at once, never
+        retried. Raises NeedsAdmin when even the text is refused (the job was charged); Forbidden and
+        ChatMigrated propagate; other errors (network, flood) propagate to be retried by `_drive`."""
         from PIL import Image
 
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
-        as_photo = len(data) <= PHOTO_MAX_BYTES and width + height <= PHOTO_MAX_SIDES
-        kwargs = dict(chat_id=job.chat_id, caption=caption, reply_to_message_id=job.user_message_id,
+        forms = ["photo", "document"] if len(data) <= PHOTO_MAX_BYTES and width + height <= PHOTO_MAX_SIDES \
+            else ["document"]
+        kwargs = dict(chat_id=chat, caption=caption, reply_to_message_id=job.user_message_id if reply else None,
                       reply_markup=markup, allow_sending_without_reply=True)
-        if as_photo:
-            await self.bot.send_photo(photo=data, **kwargs)
-        else:
-            await self.bot.send_document(document=data, filename=name, **kwargs)
-        self.board.touch(job.chat_id)
+        refusals: list[str] = []
+        for form in forms:
+            try:
+                if form == "photo":
+                    await self.bot.send_photo(photo=data, **kwargs)
+                else:
+                    await self.bot.send_document(document=data, filename=name, **kwargs)
+                self.board.touch(chat)
+                return "; ".join(refusals)
+            except BadRequest as exc:
+                log.warning("event=result_refused job=%s form=%s error=%r", job.id, form, str(exc)[:200])
+                refusals.append(f"{form} refused: {exc}")
+        why = str(refusals[-1]).partition(": ")[2][:120] if refusals else "unknown"
+        text = f"{caption}\n\n{texts.PICTURE_NOT_SENT.format(why=why, short=job.id[-8:])}"
+        try:
+            await self.bot.send_message(chat_id=chat, text=text, reply_markup=markup,
+                                        reply_to_message_id=kwargs["reply_to_message_id"],
+                                        allow_sending_without_reply=True)
+        except BadRequest as exc:
+            log.warning("event=result_refused job=%s form=text error=%r", job.id, str(exc)[:200])
+            refusals.append(f"text refused: {exc}")
+            raise NeedsAdmin("Telegram refused the result (" + "; ".join(refusals) + "); the job was "
+                             "charged: send it by other means or refund it") from None
+        self.board.touch(chat)
+        log.warning("event=result_sent_as_text job=%s refusals=%r", job.id, "; ".join(refusals)[:300])
+        return "picture not sent, caption sent as text: " + "; ".join(refusals)
 
     # ------------------------------------------------------------------------------------ endings
 
     async def _refund(self, job: Any, why: Refund) -> None:
-        """Void the reservation and mark the job REFUNDED in one transaction, then tell the user."""
+        """Give the money back and mark the job REFUNDED in one transaction, then tell the user."""
         if why.operator_pays and job.app_price is not None:
-            # The task was paid on chain: book that spending, then pay the user back from the
-            # operator's refund expense (refund_job does this for a posted reservation).
-            self.ledger.post(f"{job.id}:post", job.reservation, job.app_price + job.workerpool_price)
-        self.ledger.refund_job(job.id, f"{job.id}:refund", error=f"{why.reason}: {why.detail}"[:500])
+            # The task was paid on chain: book that spending and pay the user back from the operator's
+            # refund expense, in the same transaction as REFUNDED.
+            self.ledger.refund_paid_job(job.id, f"{job.id}:post", f"{job.id}:refund",
+                                        job.app_price + job.workerpool_price, error=why.error)
+        else:
+            self.ledger.refund_job(job.id, f"{job.id}:refund", error=why.error)
         self.inputs.revoke(job.id)
-        log.info("event=refunded job=%s reason=%s", job.id, why.reason)
-        self._show(self.ledger.get_job(job.id), reason=why.text())
+        log.info("event=refunded job=%s reason=%s operator_pays=%s", job.id, why.reason, why.operator_pays)
+        self._crash_point("before_tell")
+        refunded = self.ledger.get_job(job.id)
+        self._show(refunded, reason=why.text())
+        self._tell_soon(refunded)
 
     async def _hold(self, job: Any, why: str) -> None:
-        self.ledger.transition(job.id, job.state, JobState.NEEDS_ADMIN, error=why)
+        self.ledger.transition(job.id, job.state, JobState.NEEDS_ADMIN, error=why[:500])
         log.error("event=needs_admin job=%s why=%r", job.id, why)
-        self._show(self.ledger.get_job(job.id))
+        held = self.ledger.get_job(job.id)
+        self._show(held)
+        self._tell_soon(held)
         await self.notify_admins(f"⚠️ Job <code>{job.id}</code> needs an admin: {why}\n/job {job.id}")
+
+    @staticmethod
+    def _told_key(job: Any) -> str:
+        """The "told" event of a job's ending: one per refund, one per hold (a job may be held again)."""
+        if job.state is JobState.NEEDS_ADMIN:
+            return f"NEEDS_ADMIN:{job.id}:{job.state_times.get('NEEDS_ADMIN', job.updated_at)}"
+        return f"{job.state.value}:{job.id}"
+
+    def _ending_text(self, job: Any) -> str:
+        short = job.id[-8:]
+        if job.state is JobState.REFUNDED:
+            return texts.REFUND_NOTICE.format(short=short, reason=Refund.from_error(job.error).text())
+        return texts.HELD.format(short=short, money=self._held_money(job))
+
+    def _held_money(self, job: Any) -> str:
+        charged = self.ledger.reservation_state(job.reservation) == "posted"
+        return texts.HELD_CHARGED if charged else texts.HELD_RESERVED
+
+    def _tell_soon(self, job: Any) -> None:
+        """Tell the user how their job ended, in a task of its own (a driver may be ending meanwhile)."""
+        if job is None or job.state not in (JobState.REFUNDED, JobState.NEEDS_ADMIN):
+            return
+        key = "tell:" + self._told_key(job)
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._tell(job), name=key)
+            self._tasks[key] = task
+            task.add_done_callback(lambda t: self._tasks.pop(key, None) if self._tasks.get(key) is t else None)
+
+    async def _tell(self, job: Any) -> None:
+        """Send the ending's message, then record in the books that it was sent (at least once).
+
+        A temporary failure is retried with backoff; a refusal (the user blocked the bot, the chat is
+        gone) is recorded too: nobody can be told, and trying again would not change it."""
+        key = self._told_key(job)
+        if self.ledger.seen_event("told", key):
+            return
+        text = self._ending_text(job)
+        failures = 0
+        while True:
+            try:
+                await self.bot.send_message(chat_id=job.chat_id, text=text, parse_mode="HTML",
+                                            reply_to_message_id=job.user_message_id,
+                                            allow_sending_without_reply=True)
+                self.board.touch(job.chat_id)
+                outcome = "sent"
+                break
+            except PERMANENT_TELEGRAM as exc:
+                outcome = f"refused: {exc}"[:300]
+                break
+            except TelegramError as exc:
+                delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
+                failures += 1
+                log.warning("event=tell_retry job=%s error=%r delay=%s", job.id, str(exc)[:200], delay)
+                await asyncio.sleep(delay)
+        self._crash_point("after_tell")
+        self.ledger.record_event("told", key, {"outcome": outcome})
+        log.info("event=told job=%s state=%s outcome=%r", job.id, job.state.value, outcome)
 
     async def notify_admins(self, text: str) -> None:
         for admin in self.settings.admin_ids:
@@ -471,7 +661,9 @@ class Pipeline(AdminOps):
         if job is None or not job.status_message_id:
             return
         fmt = dict(reserved=texts.rlc(job.max_price), deal=(job.deal_id or "")[:10] + "…",
-                   elapsed="", charged="", reason="")
+                   elapsed="", charged="", reason="", money="")
+        if job.state is JobState.NEEDS_ADMIN:
+            fmt["money"] = self._held_money(job)
         fmt.update(values)
         text = texts.STAGES[job.state.value].format(**fmt)
         working = not job.state.is_terminal() and job.state is not JobState.NEEDS_ADMIN
