@@ -8,6 +8,10 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import sqlite3
+import threading
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,6 +36,9 @@ class ImageServer:
         self.hits: list[str] = []
         self.url = ""
         self._runner: web.AppRunner | None = None
+        self.slow_s = 1.0
+        self.active: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()  # bodies being sent at once, per `slow/<who>/...` path
 
     async def start(self) -> None:
         app = web.Application()
@@ -57,6 +64,21 @@ class ImageServer:
             raise web.HTTPFound("http://10.1.2.3/x.jpg")
         if name == "to-metadata":
             raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
+        if name.startswith("slow/"):  # slow/<who>/<n>.jpg: a good picture over a slow link
+            who = name.split("/")[1]
+            self.active[who] += 1
+            self.peak[who] = max(self.peak[who], self.active[who])
+            try:
+                body = photo_bytes(seed=60)
+                resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+                await resp.prepare(request)
+                for i in range(4):
+                    await resp.write(body[i * len(body) // 4:(i + 1) * len(body) // 4])
+                    await asyncio.sleep(self.slow_s / 4)  # a slow link, not a synchronisation
+                await resp.write_eof()
+                return resp
+            finally:
+                self.active[who] -= 1
         if name == "endless":
             resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
             await resp.prepare(request)
@@ -248,3 +270,86 @@ async def test_replayed_update_and_edited_message_do_nothing_twice(botnet: BotNe
     assert botnet.ledger.user_jobs(writer.id) == []
     assert len(botnet.sent(writer)) == 1
     assert "ok.jpg" not in server.hits
+
+
+# --- pictures that could not be sent back; downloads at once; a busy ledger ---------------------------------
+
+
+async def test_pictures_that_cannot_be_sent_back_are_refused_for_free(botnet: BotNet) -> None:
+    wide, tall, dot, thin = (botnet.new_user() for _ in range(4))
+    botnet.tg.inject_document(wide, _png((4000, 150)), "panorama.png", "image/png")
+    botnet.tg.inject_photo(tall, photo_bytes((120, 2600), seed=61))
+    botnet.tg.inject_document(dot, _png((1, 1)), "pixel.png", "image/png")
+    botnet.tg.inject_document(thin, _png((20, 300)), "thin.png", "image/png")
+    await refused(botnet, wide, "4000×150", "too wide and short", "at most 20:1", "crop it")
+    await refused(botnet, tall, "too tall and narrow", "at most 20:1")  # as Telegram scaled it down
+    await refused(botnet, dot, "1×1", "too small", "at least 32 pixels")
+    await refused(botnet, thin, "20×300", "too small")
+
+
+@pytest.mark.slow  # ~15 s: a dozen paced messages in one chat
+async def test_one_user_downloads_at_most_two_at_a_time(
+        devnet_module, tmp_path: Path, server: ImageServer) -> None:
+    """Six slow links at once from one user: at most two download at a time (counted at the server), the
+    others wait their turn; each gets an answer and nothing is charged but the one job. (Refusing a burst
+    beyond the waiting limit is tested in tests/test_intake_limits.py.)"""
+    limits = {"max_downloads_per_user": 2, "max_jobs_in_flight": 1,
+              "workerpool_max_price_nrlc": 1, "match_timeout_s": 600}  # the one job waits for an offer
+    async with bot_on(devnet_module, tmp_path, **limits) as bn:
+        user = bn.new_user()
+        for n in range(6):
+            bn.tg.inject_text(user, f"{server.url}/slow/u{user.id}/{n}.jpg")
+
+        def answers() -> list[str]:
+            done = ("Nothing was charged", "looking for a worker")
+            return [m.text for m in bn.sent(user) if m.text and any(w in m.text for w in done)]
+
+        await bn.tg.wait_for(lambda: len(answers()) == 6, timeout=60)
+        assert sum("in progress" in t for t in answers()) == 5, answers()  # downloaded, then the job limit
+        assert len(bn.ledger.user_jobs(user.id)) == 1
+        assert sum(h.startswith(f"slow/u{user.id}/") for h in server.hits) == 6
+        assert server.peak[f"u{user.id}"] <= 2
+        bn.tg.inject_command(user, "/cancel")
+        await bn.wait_for_text(user, "Cancelled job")
+        bal = bn.ledger.balance(user.id)
+        assert (bal.posted, bal.pending) == (CREDIT, 0)
+
+
+async def test_a_busy_ledger_delays_a_job_but_never_the_bot(botnet: BotNet) -> None:
+    """Another connection holds the books' write lock for 3 s while a job runs: the bot's ledger calls give
+    up quickly (LedgerBusy), the pipeline retries them later, the event loop keeps ticking, and the job is
+    delivered and charged once."""
+    user = botnet.new_user()
+    botnet.tg.inject_photo(user, photo_bytes(seed=62))
+    await botnet.tg.wait_for(lambda: bool(botnet.ledger.user_jobs(user.id)), timeout=20)
+    holder = sqlite3.connect(botnet.settings.db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release() -> None:
+        holder.execute("COMMIT")
+        released.set()
+
+    stalls: list[float] = []
+
+    async def tick() -> None:
+        while not released.is_set():
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            stalls.append(time.monotonic() - before - 0.01)
+
+    timer = threading.Timer(3.0, release)
+    timer.start()
+    try:
+        await tick()
+    finally:
+        timer.join()
+        holder.close()
+    result = await botnet.result_for(user, timeout=90)
+    assert result.caption and "person" in result.caption
+    await botnet.settle()
+    [job] = botnet.ledger.user_jobs(user.id)
+    assert job.state.value == "DELIVERED"
+    assert botnet.ledger.balance(user.id).posted == CREDIT - 160_000_000
+    botnet.ledger.audit()
+    assert len(stalls) > 50 and max(stalls) < 0.5, max(stalls)
