@@ -57,6 +57,7 @@ from ledger import InsufficientFunds, JobState, Ledger, LedgerBusy, LedgerError
 log = logging.getLogger(__name__)
 
 PHOTO_MAX_BYTES = 10 * 1024 * 1024
+DOCUMENT_MAX_BYTES = 50 * 1024 * 1024  # Telegram answers 413 above it (PTB: a NetworkError, not BadRequest)
 PHOTO_MAX_SIDES = 10_000
 RETRY_DELAYS = (1, 2, 5, 10, 20, 30)
 CATEGORY_REF_S = {0: 300, 1: 1200, 2: 3600, 3: 10800, 4: 36000}
@@ -530,8 +531,9 @@ class Pipeline(AdminOps):
 
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
-        forms = ["photo", "document"] if len(data) <= PHOTO_MAX_BYTES and width + height <= PHOTO_MAX_SIDES \
-            else ["document"]
+        forms = [form for form, fits in (
+            ("photo", len(data) <= PHOTO_MAX_BYTES and width + height <= PHOTO_MAX_SIDES),
+            ("document", len(data) <= DOCUMENT_MAX_BYTES)) if fits]
         kwargs = dict(chat_id=chat, caption=caption, reply_to_message_id=job.user_message_id if reply else None,
                       reply_markup=markup, allow_sending_without_reply=True)
         refusals: list[str] = []
@@ -546,7 +548,7 @@ class Pipeline(AdminOps):
             except BadRequest as exc:
                 log.warning("event=result_refused job=%s form=%s error=%r", job.id, form, str(exc)[:200])
                 refusals.append(f"{form} refused: {exc}")
-        why = str(refusals[-1]).partition(": ")[2][:120] if refusals else "unknown"
+        why = refusals[-1].partition(": ")[2][:120] if refusals else "it is too large to send"
         text = f"{caption}\n\n{texts.PICTURE_NOT_SENT.format(why=why, short=job.id[-8:])}"
         try:
             await self.bot.send_message(chat_id=chat, text=text, reply_markup=markup,

@@ -1,4 +1,5 @@
-"""How jobs end when something cannot go on: the books and the chain disagree, Telegram refuses the result.
+"""How jobs end when something cannot go on: the books and the chain disagree, Telegram refuses the result,
+the chain's RPC fails for a moment; and what the books record of it.
 
 Each ending is told to the user by a message of its own, and no job waits forever or spins: a state that
 waiting cannot change holds the job for an admin, with the reason, while the bot keeps answering.
@@ -7,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession, web
 
+from devnet.anvil import free_port
 from ledger import JobState, Ledger
-from tests.fixtures_bot import ADMIN, BotNet, photo_bytes, start_botnet
+from tests.fixtures_bot import ADMIN, BotNet, bot_on, photo_bytes, start_botnet
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -142,3 +146,74 @@ async def test_a_result_telegram_refuses_as_a_photo_is_sent_as_a_file(botnet: Bo
         10**9 - charged, 0, 10**9 - charged)
     assert len([m for m in botnet.sent(user) if m.kind in ("photo", "document")]) == 1
     botnet.ledger.audit()
+
+
+class BlippingRpc:
+    """A JSON-RPC relay to anvil on 127.0.0.1 that answers the methods in `failing` with a node error, as a
+    loaded or restarting node does for a moment."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.failing: set[str] = set()
+        self.refused = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._session: ClientSession | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/", self._relay)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self._session = ClientSession()
+        self.url = f"http://127.0.0.1:{port}/"
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _relay(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            call = json.loads(body)
+        except ValueError:
+            call = None
+        if isinstance(call, dict) and call.get("method") in self.failing:
+            self.refused += 1
+            return web.json_response({"jsonrpc": "2.0", "id": call.get("id"),
+                                      "error": {"code": -32000, "message": "backend unavailable, retry"}})
+        assert self._session is not None
+        async with self._session.post(self.upstream, data=body,
+                                      headers={"Content-Type": "application/json"}) as resp:
+            return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
+
+
+async def test_a_mined_transaction_is_not_relabelled_replaced_on_an_rpc_blip(devnet_module, tmp_path: Path) -> None:
+    """Only a node saying "no such transaction" makes a recorded transaction unmined; an RPC error leaves
+    the record for the next look (it used to be marked `replaced` although it was mined)."""
+    relay = BlippingRpc(devnet_module.anvil.rpc_url)
+    await relay.start()
+    try:
+        async with bot_on(devnet_module, tmp_path, rpc_url=relay.url) as bn:
+            user = bn.new_user()
+            bn.tg.inject_photo(user, photo_bytes(seed=72))
+            await bn.result_for(user)
+            await bn.settle()
+            [job] = bn.ledger.user_jobs(user.id)
+            [match] = [t for t in bn.ledger.txs_for_job(job.id) if "match" in (t.purpose or "").lower()]
+            assert match.status == "mined"
+            bn.ledger.update_tx(match.tx_hash, "broadcast")  # as left by a kill before its receipt was read
+            relay.failing.add("eth_getTransactionReceipt")
+            assert await bn.bot.chain.settle_pending_match(job.id)
+            assert relay.refused >= 1
+            assert bn.ledger.get_tx(match.tx_hash).status == "broadcast"  # unknown yet, not "replaced"
+            relay.failing.clear()
+            assert await bn.bot.chain.settle_pending_match(job.id)
+            assert bn.ledger.get_tx(match.tx_hash).status == "mined"
+            assert not await bn.bot.chain.settle_pending_match(job.id)  # nothing pending any more
+    finally:
+        await relay.stop()
