@@ -207,6 +207,8 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     if len(data) > limits.max_bytes:
         raise _too_large_bytes(limits)
     plugins = sorted({"JPEG" if f == "MPO" else f for f in limits.formats})
+    if data.startswith((b"GIF87a", b"GIF89a")) and "GIF" in limits.formats:
+        _check_gif_blocks(data)
     try:
         with warnings.catch_warnings():
             # our own pixel limit below is stricter than Pillow's warning threshold
@@ -339,14 +341,19 @@ def _not_an_image(data: bytes) -> ImageRejected:
 def _count_gif_frames(data: bytes) -> int:
     """Image descriptors in a GIF, walking its blocks without decoding anything; stops at
     MAX_FRAMES_COUNTED frames or MAX_GIF_BLOCKS data blocks (or at the first malformed block)."""
+    return max(_walk_gif(data, MAX_FRAMES_COUNTED)[0], 1)
+
+
+def _walk_gif(data: bytes, max_frames: int) -> tuple[int, bool]:
+    """(frames seen, whether the MAX_GIF_BLOCKS budget ran out) walking at most `max_frames` frames."""
     size = len(data)
     pos = 13  # header (6) and logical screen descriptor (7)
     if size < pos:
-        return 1
+        return 0, False
     if data[10] & 0x80:
         pos += 3 << ((data[10] & 0x07) + 1)  # the global colour table
     frames = blocks = 0
-    while pos < size and frames < MAX_FRAMES_COUNTED:
+    while pos < size and frames < max_frames:
         kind = data[pos]
         if kind == 0x2C:  # image descriptor
             if pos + 10 > size:
@@ -368,8 +375,19 @@ def _count_gif_frames(data: bytes) -> int:
             if length == 0:
                 break
         if blocks >= MAX_GIF_BLOCKS:
-            break
-    return max(frames, 1)
+            return frames, True
+    return frames, False
+
+
+def _check_gif_blocks(data: bytes) -> None:
+    """Refuse a GIF whose first picture comes after more than MAX_GIF_BLOCKS blocks: Pillow walks them all
+    in Python when it opens the file (seconds for a few megabytes of empty extensions)."""
+    frames, exhausted = _walk_gif(data, 1)
+    if exhausted and frames == 0:
+        raise ImageRejected(
+            "That GIF file is built oddly (a huge number of empty blocks before its picture), so I will "
+            "not read it. Send the picture as a JPEG or PNG."
+        )
 
 
 # --- conversion and encoding -------------------------------------------------------------------------------

@@ -169,6 +169,18 @@ def test_frame_counting_is_bounded_on_hostile_gifs() -> None:
     assert 1 <= identify(blocks).frames < 3  # the walk gave up before reaching the other frames
 
 
+def test_a_gif_flooded_with_blocks_before_its_picture_is_refused() -> None:
+    """Pillow walks every block before the first frame in Python when it opens a GIF (seconds for a few
+    megabytes of empty comments): such a file is refused by a bounded walk before Pillow sees it."""
+    side = 64
+    head = b"GIF89a" + struct.pack("<HH", side, side) + bytes([0x80, 0, 0]) + b"\0\0\0\xff\xff\xff"
+    frame = b"\x2c" + struct.pack("<HHHH", 0, 0, side, side) + b"\0" + b"\x02\x02\x4c\x01\x00"
+    flooded = head + b"\x21\xfe\x00" * 3_000_000 + frame + b"\x3b"  # 9 MB of empty comments
+    assert "GIF file is built oddly" in reject(flooded)
+    commented = head + b"\x21\xfe\x05hello\x00" * 20 + frame + b"\x3b"  # a few comments are fine
+    assert identify(commented).frames == 1
+
+
 # --- pictures that could not be sent back, or are too small to be worth a task ----------------------------
 
 
