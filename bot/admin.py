@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
@@ -21,16 +22,38 @@ from ledger.amounts import parse_rlc
 
 log = logging.getLogger(__name__)
 MAX_GRANT_NRLC = 1_000_000 * 10**9
+MAX_TELEGRAM_ID = 2**52  # Telegram: user ids have at most 52 significant bits
+MAX_CALLBACK_BYTES = 64  # Telegram refuses longer callback_data (BUTTON_DATA_INVALID)
 ALREADY_DONE = texts.ALREADY_DONE
+NOT_FOR_YOU = "This button is not for you."
+_ASCII_ID = re.compile(r"[0-9]{1,16}")  # str.isdigit() would take "٣٤٥" (and int() reads it as 345)
+
+
+def user_id_arg(text: str) -> int | None:
+    """A Telegram user id typed by an admin: ASCII digits only, 1 .. 2**52; None for anything else."""
+    if not _ASCII_ID.fullmatch(text):
+        return None
+    value = int(text)
+    return value if 0 < value < MAX_TELEGRAM_ID else None
+
+
+def button(label: str, data: str) -> InlineKeyboardButton:
+    """An inline button; raises ValueError when its callback data would not fit Telegram's 64 bytes."""
+    if not 0 < len(data.encode()) <= MAX_CALLBACK_BYTES:
+        raise ValueError(f"callback data of {len(data.encode())} bytes (Telegram takes 1..64): {data[:20]}…")
+    return InlineKeyboardButton(label, callback_data=data)
 
 
 def admin_only(handler: Any) -> Any:
-    """Run `handler` for admins; answer anyone else as for an unknown command."""
+    """Run `handler` for admins; a command from anyone else is answered as unknown, a button press with
+    "not for you" (and nothing happens)."""
 
     async def wrapped(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        if not services_of(context).is_admin(update.effective_user.id if update.effective_user else None):
+        user = update.effective_user.id if update.effective_user else None
+        if not services_of(context).is_admin(user):
             if update.callback_query:
-                await update.callback_query.answer()
+                log.info("event=button_refused user=%s data=%r", user, (update.callback_query.data or "")[:64])
+                await update.callback_query.answer(NOT_FOR_YOU, show_alert=True)
                 return
             await unknown_command(update, context)
             return
@@ -42,8 +65,7 @@ def admin_only(handler: Any) -> Any:
 
 
 def _confirm(action: str) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup([[InlineKeyboardButton("✅ Confirm", callback_data=action),
-                                  InlineKeyboardButton("✖ Cancel", callback_data="x")]])
+    return InlineKeyboardMarkup([[button("✅ Confirm", action), button("✖ Cancel", "x")]])
 
 
 def _amount(text: str) -> int:
@@ -57,8 +79,11 @@ def _amount(text: str) -> int:
 async def fund(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/fund USER RLC [memo]: credit a user, after confirmation."""
     args = context.args or []
-    if len(args) < 2 or not args[0].isdigit():
-        await update.effective_message.reply_html("Usage: /fund USER_ID RLC [memo], e.g. /fund 123456 2.5")
+    user = user_id_arg(args[0]) if args else None
+    if len(args) < 2 or user is None:
+        await update.effective_message.reply_html(
+            "Usage: /fund USER_ID RLC [memo], e.g. /fund 123456 2.5 (USER_ID: the numeric Telegram id, "
+            "digits 0-9 only)")
         return
     try:
         nrlc = _amount(args[1])
@@ -69,8 +94,8 @@ async def fund(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if memo:  # kept in the books: the button stays valid after a restart, with the same memo
         services_of(context).ledger.set_value(f"fund.memo:{update.update_id}", memo)
     await update.effective_message.reply_html(
-        f"Credit user <code>{args[0]}</code> with {texts.rlc(nrlc)}?",
-        reply_markup=_confirm(f"fund:{update.update_id}:{args[0]}:{nrlc}"),
+        f"Credit user <code>{user}</code> with {texts.rlc(nrlc)}?",
+        reply_markup=_confirm(f"fund:{update.update_id}:{user}:{nrlc}"),
     )
 
 
@@ -82,7 +107,12 @@ async def confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """
     query = update.callback_query
     svc = services_of(context)
-    kind, key, *rest = query.data.split(":")
+    kind, key, *rest = (query.data or "").split(":")
+    numbers = [key, *rest] if kind != "refund" else [key]
+    if not all(_ASCII_ID.fullmatch(n) for n in numbers) or len(rest) != {"fund": 2}.get(kind, 1):
+        log.warning("event=button_malformed admin=%s data=%r", update.effective_user.id, (query.data or "")[:64])
+        await query.answer("This button is not valid.", show_alert=True)
+        return
     if kind == "fund":
         user, nrlc = int(rest[0]), int(rest[1])
         if svc.ledger.get_transfer(f"fund:{key}") is not None:
@@ -93,8 +123,14 @@ async def confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             text = (f"✅ Credited {texts.rlc(nrlc)} to <code>{user}</code>; available now "
                     f"{texts.rlc(svc.ledger.balance(user).available)}.")
     elif kind in ("deposit", "withdraw"):
+        nrlc = int(rest[0])
+        short = await _stake_shortfall(svc, kind, nrlc)
+        if short:  # checked again: the stake may have moved since the question was asked
+            await query.answer()
+            await query.edit_message_text(f"❌ Nothing done: {short}", parse_mode="HTML")
+            return
         await query.answer("Sending the transaction…")
-        text = await svc.pipeline.chain.move_stake(kind, int(rest[0]), key=f"{kind}:{key}", ledger=svc.ledger)
+        text = await svc.pipeline.chain.move_stake(kind, nrlc, key=f"{kind}:{key}", ledger=svc.ledger)
     elif kind == "refund":
         text = await svc.pipeline.admin_refund(rest[0])
     else:
@@ -112,6 +148,7 @@ async def confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await query.edit_message_text(text, parse_mode="HTML")
 
 
+@admin_only
 async def dismissed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """The cancel button of a confirmation."""
     await update.callback_query.answer()
@@ -131,10 +168,26 @@ async def stake_move(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     if not nrlc:
         await update.effective_message.reply_html(f"Usage: /{command} RLC, e.g. /{command} 10")
         return
+    short = await _stake_shortfall(services_of(context), command, nrlc)
+    if short:
+        await update.effective_message.reply_html(f"Nothing done: {short}")
+        return
     where = "from the wallet into the hub" if command == "deposit" else "from the hub back to the wallet"
     await update.effective_message.reply_html(
         f"Move {texts.rlc(nrlc)} {where}?", reply_markup=_confirm(f"{command}:{update.update_id}:{nrlc}")
     )
+
+
+async def _stake_shortfall(svc: Services, kind: str, nrlc: int) -> str | None:
+    """Why a deposit or withdrawal of `nrlc` cannot succeed now (more than the wallet or the free stake
+    holds), else None: such a request is refused before anything is recorded or sent."""
+    w = await svc.pipeline.chain.wallet_report()
+    if kind == "withdraw" and nrlc > w.stake:
+        return (f"the hub holds {texts.rlc(w.stake)} of free stake (locked: {texts.rlc(w.locked)}); "
+                f"{texts.rlc(nrlc)} cannot be withdrawn.")
+    if kind == "deposit" and nrlc > w.rlc:
+        return f"the wallet holds {texts.rlc(w.rlc)}; {texts.rlc(nrlc)} cannot be deposited."
+    return None
 
 
 @admin_only
@@ -177,9 +230,8 @@ async def job(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     body = "\n".join(f"{k}: <code>{v}</code>" for k, v in fields.items())
     buttons = None
     if found.state is JobState.NEEDS_ADMIN:
-        buttons = InlineKeyboardMarkup([[
-            InlineKeyboardButton("↩️ Refund", callback_data=f"refund:{update.update_id}:{found.id}"),
-            InlineKeyboardButton("🔁 Retry", callback_data=f"retry:{update.update_id}:{found.id}")]])
+        buttons = InlineKeyboardMarkup([[button("↩️ Refund", f"refund:{update.update_id}:{found.id}"),
+                                         button("🔁 Retry", f"retry:{update.update_id}:{found.id}")]])
     await update.effective_message.reply_html(body[:4000], reply_markup=buttons)
 
 

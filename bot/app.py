@@ -15,11 +15,13 @@ from typing import Any
 
 from telegram import BotCommand, Update
 from telegram.ext import (Application, ApplicationBuilder, CallbackQueryHandler,
-                          CommandHandler, MessageHandler, filters)
+                          CommandHandler, MessageHandler, TypeHandler, filters)
+from telegram.request import HTTPXRequest
 
 from bot import admin, handlers
 from bot.chain import ChainGateway
 from bot.errors import BotError
+from bot.inbox import CLAIM_GROUP, FINISH_GROUP, InboxBot, UpdateInbox
 from bot.inputs import InputServer
 from bot.lock import InstanceLock
 from bot.logs import install_logging, redact_url
@@ -27,6 +29,7 @@ from bot.pipeline import Pipeline
 from bot.progress import ChatRateLimiter, StatusBoard
 from bot.services import KEY, Services
 from bot.settings import Settings
+from bot.webhook import WebhookServer
 from ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,12 @@ USER_COMMANDS = [
 ]
 
 
-def register_handlers(app: Application) -> None:
-    """All handlers in one place; admin commands check the numeric id themselves."""
+def register_handlers(app: Application, inbox: UpdateInbox | None = None) -> None:
+    """All handlers in one place; admin commands check the numeric id themselves. With an `inbox`, a first
+    group skips updates handled already and a last group marks each update handled (see `bot.inbox`)."""
+    if inbox is not None:
+        app.add_handler(TypeHandler(Update, inbox.claim), group=CLAIM_GROUP)
+        app.add_handler(TypeHandler(Update, inbox.finish), group=FINISH_GROUP)
     user_cmds = {"start": handlers.start, "help": handlers.help_command, "balance": handlers.balance,
                  "status": handlers.status, "jobs": handlers.jobs, "cancel": handlers.cancel,
                  "forget": handlers.forget}
@@ -59,7 +66,7 @@ def register_handlers(app: Application) -> None:
     app.add_handler(MessageHandler(new & filters.Document.ALL, handlers.document))
     app.add_handler(MessageHandler(new & filters.TEXT, handlers.text))
     app.add_handler(MessageHandler(new & ~filters.TEXT, handlers.unsupported))
-    app.add_handler(CallbackQueryHandler(handlers.status_refresh, pattern=r"^status$"))
+    app.add_handler(CallbackQueryHandler(handlers.status_refresh, pattern=r"^status(:|$)"))
     app.add_handler(CallbackQueryHandler(handlers.detections, pattern=r"^det:"))
     app.add_handler(CallbackQueryHandler(admin.retry, pattern=r"^retry:"))
     app.add_handler(CallbackQueryHandler(admin.dismissed, pattern=r"^x$"))
@@ -76,6 +83,7 @@ class Bot:
     services: Services
     inputs: InputServer
     chain: ChainGateway
+    webhook: WebhookServer | None = None
 
     async def start(self, *, polling: bool = True, poll_timeout: int = 10) -> None:
         await self.inputs.start()
@@ -86,21 +94,28 @@ class Bot:
         await self.app.initialize()
         await self.app.start()
         await self._set_commands()
+        if self.services.inbox is not None:  # what arrived before a crash, before anything new
+            await self.services.inbox.replay(self.app)
         if polling:
             await self.app.updater.start_polling(timeout=poll_timeout, drop_pending_updates=False,
                                                  allowed_updates=Update.ALL_TYPES)
         await self.services.pipeline.resume()
 
     async def start_webhook(self) -> None:
-        """Receive updates on the webhook (settings.mode == "webhook"); PTB sets it with Telegram and answers
-        403 to any POST without the secret token."""
+        """Receive updates on our webhook server (settings.mode == "webhook") and tell Telegram where it is.
+
+        The server checks the secret header before reading a body and caps the body (see `bot.webhook`).
+        Raises WebhookRefused without a secret token.
+        """
         s = self.services.settings
         if s.webhook_secret is None or not s.webhook_secret.get_secret_value():
             raise WebhookRefused("webhook mode needs WEBHOOK_SECRET: without it anyone could post updates")
-        await self.app.updater.start_webhook(
-            listen=s.webhook_listen, port=s.webhook_port, url_path="telegram", webhook_url=s.webhook_url,
-            secret_token=s.webhook_secret.get_secret_value(), allowed_updates=Update.ALL_TYPES,
-        )
+        secret = s.webhook_secret.get_secret_value()
+        self.webhook = WebhookServer(self.app, self.services.inbox, secret, listen=s.webhook_listen,
+                                     port=s.webhook_port, path="/telegram")
+        await self.webhook.start()
+        await self.app.bot.set_webhook(url=s.webhook_url, secret_token=secret,
+                                       allowed_updates=Update.ALL_TYPES)
 
     async def _set_commands(self) -> None:
         try:
@@ -116,6 +131,8 @@ class Bot:
             release.callback(self.services.ledger.close)
             release.push_async_callback(self.inputs.stop)
             release.push_async_callback(self.chain.stop)
+            if self.webhook is not None:
+                await self.webhook.stop()
             if self.app.updater and self.app.updater.running:
                 await self.app.updater.stop()
             await self.services.pipeline.stop()
@@ -133,21 +150,25 @@ def build_bot(settings: Settings, *, account: Any = None, crash_at: str | None =
     token = settings.telegram_token.get_secret_value()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(str(settings.db_path))
-    app = (
-        ApplicationBuilder().token(token).base_url(settings.telegram_base_url)
-        .base_file_url(settings.telegram_base_file_url)
-        .rate_limiter(ChatRateLimiter(overall_per_second=28, group_max_rate=18,
-                                      group_time_period=60, max_retries=3))
-        .concurrent_updates(concurrent_updates).connect_timeout(10).read_timeout(30).write_timeout(30)
-        .media_write_timeout(60).build()
+    inbox = UpdateInbox(ledger)
+    tg_bot = InboxBot(
+        token, base_url=settings.telegram_base_url, base_file_url=settings.telegram_base_file_url,
+        request=HTTPXRequest(connection_pool_size=256, connect_timeout=10, read_timeout=30, write_timeout=30,
+                             media_write_timeout=60),
+        get_updates_request=HTTPXRequest(connection_pool_size=1, connect_timeout=10, read_timeout=30,
+                                         write_timeout=30),
+        rate_limiter=ChatRateLimiter(overall_per_second=28, group_max_rate=18, group_time_period=60,
+                                     max_retries=3),
     )
+    app = ApplicationBuilder().bot(tg_bot).concurrent_updates(concurrent_updates).build()
     board = StatusBoard(app.bot)
     inputs = InputServer.from_settings(settings)
     chain = ChainGateway(settings, ledger, account=account)
     pipeline = Pipeline(settings, ledger, chain, inputs, app.bot, board, crash_at=crash_at)
-    services = Services(settings=settings, ledger=ledger, pipeline=pipeline, board=board)
+    tg_bot.keep_updates_in(inbox, pipeline._crash_point)  # in the books before getUpdates confirms them
+    services = Services(settings=settings, ledger=ledger, pipeline=pipeline, board=board, inbox=inbox)
     app.bot_data[KEY] = services
-    register_handlers(app)
+    register_handlers(app, inbox)
     return Bot(app=app, services=services, inputs=inputs, chain=chain)
 
 

@@ -6,6 +6,7 @@ Edited messages are ignored on purpose: an edit must never start a second job or
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -15,6 +16,7 @@ from telegram.constants import ParseMode
 from telegram.ext import ContextTypes
 
 from bot import texts
+from bot.pipeline import job_id_of
 from bot.services import Services, services_of
 
 log = logging.getLogger(__name__)
@@ -66,22 +68,40 @@ def _status_text(svc: Services, user: int) -> str:
     return "\n".join(lines)
 
 
-REFRESH = InlineKeyboardMarkup([[InlineKeyboardButton("🔄 Refresh", callback_data="status")]])
+NOT_FOR_YOU = "This button is not for you."
+
+
+def _refresh(user: int, chat: int) -> InlineKeyboardMarkup:
+    """The refresh button of one user's /status; in a group, where others see it, it names its owner."""
+    data = "status" if user == chat else f"status:{user}"
+    return InlineKeyboardMarkup([[InlineKeyboardButton("🔄 Refresh", callback_data=data)]])
 
 
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Jobs in progress, with a refresh button."""
-    text = _status_text(services_of(context), update.effective_user.id)
-    await update.effective_message.reply_html(text, reply_markup=REFRESH)
+    user = update.effective_user.id
+    await update.effective_message.reply_html(_status_text(services_of(context), user),
+                                              reply_markup=_refresh(user, update.effective_chat.id))
 
 
 async def status_refresh(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The refresh button of /status."""
+    """The refresh button of /status: only its owner may press it (a button without an owner is one of a
+    private chat, whose only user is its owner)."""
     query = update.callback_query
+    presser = update.effective_user.id
+    owner_text = (query.data or "").partition(":")[2]
+    chat = query.message.chat if query.message else None
+    owner = int(owner_text) if re.fullmatch(r"[0-9]{1,16}", owner_text) else (
+        chat.id if chat is not None and chat.type == "private" else None)
+    if owner != presser:
+        log.info("event=button_refused user=%s data=%r", presser, (query.data or "")[:64])
+        await query.answer(NOT_FOR_YOU, show_alert=True)
+        return
     await query.answer()
-    text = _status_text(services_of(context), update.effective_user.id)
+    text = _status_text(services_of(context), presser)
     if text != (query.message.text_html if query.message else None):
-        await query.edit_message_text(text, parse_mode=ParseMode.HTML, reply_markup=REFRESH)
+        await query.edit_message_text(text, parse_mode=ParseMode.HTML,
+                                      reply_markup=_refresh(presser, chat.id if chat else presser))
 
 
 async def jobs(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -117,38 +137,88 @@ async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def detections(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """The "detections.json" button under a result."""
     query = update.callback_query
+    svc = services_of(context)
+    job_id = (query.data or "").partition(":")[2]
+    job = svc.ledger.get_job(job_id) if 0 < len(job_id) <= 64 else None
+    if job is None or job.user_id != update.effective_user.id:
+        log.info("event=button_refused job=%s user=%s", job_id[:64], update.effective_user.id)
+        await query.answer(NOT_FOR_YOU, show_alert=True)
+        return
     await query.answer()
-    job_id = query.data.split(":", 1)[1]
-    await services_of(context).pipeline.send_detections(update.effective_user.id, job_id)
+    await svc.pipeline.send_detections(update.effective_user.id, job_id)
 
 
-async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tuple[str, str]) -> None:
-    """Acknowledge at once, then let the pipeline check the input and start the job in the background."""
+REUSED_MESSAGE_ID = ("⚠️ I could not take this picture: Telegram gave it the number of an earlier message "
+                     "of this chat, which already has job <code>{short}</code>. Nothing was charged; "
+                     "please send the picture again.")
+
+
+def _fingerprint(kind: str, ref: str) -> str:
+    """What identifies a message's picture across deliveries (Telegram's file_unique_id, or the link)."""
+    return hashlib.sha256(f"{kind}:{ref}".encode()).hexdigest()[:32]
+
+
+def _same_message(svc: Services, message: Message, job_id: str, fingerprint: str) -> bool:
+    """True when a message that maps to an existing job is that job's own message delivered again."""
+    stored = svc.ledger.get_value(f"intake.source:{job_id}")
+    if stored is not None:
+        return stored == fingerprint
+    job = svc.ledger.get_job(job_id)  # a job from before fingerprints: a later message is another one
+    return job is None or message.date.timestamp() <= job.created_at / 1000 + 1
+
+
+async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tuple[str, str],
+                 fingerprint: str) -> None:
+    """Acknowledge at once, then let the pipeline check the input and start the job in the background.
+
+    A message whose job exists already is a redelivery (nothing happens) unless it carries another picture:
+    then the user is told, never left without an answer.
+    """
     svc = services_of(context)
     message: Message = update.effective_message
+    job_id = job_id_of(message.chat_id, message.message_id)
     if svc.pipeline.is_known(message.chat_id, message.message_id):
-        log.info("event=replayed_update chat=%s message=%s", message.chat_id, message.message_id)
+        if _same_message(svc, message, job_id, fingerprint):
+            log.info("event=replayed_update job=%s chat=%s message=%s", job_id, message.chat_id,
+                     message.message_id)
+            return
+        log.warning("event=message_id_reused job=%s chat=%s message=%s update=%s", job_id, message.chat_id,
+                    message.message_id, update.update_id)
+        await message.reply_html(REUSED_MESSAGE_ID.format(short=job_id[-8:]))
         return
     refusal = svc.pipeline.refusal_before_download(update.effective_user.id)
     if refusal:
         await message.reply_html(refusal)
         return
     ack = await message.reply_html(texts.ACK, do_quote=True)
+    svc.ledger.set_value(f"intake.source:{job_id}", fingerprint)
     svc.board.touch(message.chat_id)
-    context.application.create_task(
-        svc.pipeline.intake(
-            user=update.effective_user.id, chat=message.chat_id, message_id=message.message_id,
-            status_message_id=ack.message_id, source=source,
-        ),
-        update=update,
-        name=f"intake-{message.chat_id}-{message.message_id}",
-    )
+    svc.pipeline._crash_point("after_ack")
+    inbox = svc.inbox
+
+    async def take_in() -> None:
+        try:
+            await svc.pipeline.intake(
+                user=update.effective_user.id, chat=message.chat_id, message_id=message.message_id,
+                status_message_id=ack.message_id, source=source,
+            )
+        except Exception:
+            if inbox is not None:  # the error handler tells the user: replaying would fail the same way
+                inbox.finished(update.update_id)
+            raise
+        if inbox is not None:  # the job exists, or the user was told why not
+            inbox.finished(update.update_id)
+
+    if inbox is not None:
+        inbox.defer(update.update_id)
+    context.application.create_task(take_in(), update=update,
+                                    name=f"intake-{message.chat_id}-{message.message_id}")
 
 
 async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A photo: take its largest size."""
     largest = max(update.effective_message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
-    await _begin(update, context, ("telegram", largest.file_id))
+    await _begin(update, context, ("telegram", largest.file_id), _fingerprint("file", largest.file_unique_id))
 
 
 async def document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -159,7 +229,7 @@ async def document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         what = f"A {mime or 'file'} file" if mime else "This file"
         await update.effective_message.reply_html(texts.UNSUPPORTED.format(what=what))
         return
-    await _begin(update, context, ("telegram", doc.file_id))
+    await _begin(update, context, ("telegram", doc.file_id), _fingerprint("file", doc.file_unique_id))
 
 
 async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -174,7 +244,7 @@ async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         else:
             await update.effective_message.reply_html(texts.HINT)
         return
-    await _begin(update, context, ("url", match.group(0)))
+    await _begin(update, context, ("url", match.group(0)), _fingerprint("url", match.group(0)))
 
 
 async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

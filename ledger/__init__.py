@@ -15,6 +15,8 @@ the bot and must never log a secret or hold a private key outside `ledger.wallet
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 from ledger.amounts import MAX_AMOUNT, NRLC_PER_RLC, format_rlc, parse_rlc
 from ledger.audit import audit_books, audit_path
 from ledger.books import (DEPOSITS, FEES, GRANTS, IEXEC_SPEND, REFUND_EXPENSE, Account, Balance,
@@ -24,11 +26,17 @@ from ledger.errors import (AlreadyResolved, AuditError, BalanceOverflow, Exceeds
                            IllegalTransition, InsufficientFunds, InvalidAmount, InvalidArgument,
                            JobConflict, JobError, LedgerBusy, LedgerError, SchemaError,
                            TransferConflict, UnknownJob, UnknownTransfer, WalletError)
+from ledger.inbox import Inbox, InboxEntry
 from ledger.jobs import ALLOWED, Job, Jobs, JobState
 
 
 class Ledger(Jobs, ChainRecords):
     """The books on one SQLite file: transfers, balances, jobs, chain txs, events, audit."""
+
+    @cached_property
+    def inbox(self) -> Inbox:
+        """Telegram updates kept until handled (see `ledger.inbox`)."""
+        return Inbox(self)
 
     def audit(self) -> dict[str, int]:
         """Check every invariant over one snapshot; raise AuditError on any breach.
@@ -49,7 +57,7 @@ class Ledger(Jobs, ChainRecords):
 __all__ = [
     "ALLOWED", "DEPOSITS", "FEES", "GRANTS", "IEXEC_SPEND", "MAX_AMOUNT", "NRLC_PER_RLC", "REFUND_EXPENSE",
     "Account", "AlreadyResolved", "AuditError", "Balance", "BalanceOverflow", "ChainTx",
-    "ExceedsReservation", "IllegalTransition", "InsufficientFunds", "InvalidAmount", "InvalidArgument",
+    "ExceedsReservation", "IllegalTransition", "Inbox", "InboxEntry", "InsufficientFunds", "InvalidAmount", "InvalidArgument",
     "Job", "JobConflict", "JobError", "JobState", "Ledger", "LedgerBusy", "LedgerError", "SchemaError",
     "Transfer", "TransferConflict", "UnknownJob", "UnknownTransfer", "WalletError", "format_rlc",
     "parse_rlc",

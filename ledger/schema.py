@@ -163,10 +163,25 @@ DROP INDEX transfers_credit;
 """
 
 
+# v4: what Telegram delivered, kept before its offset moves on (getUpdates confirms an update at the next
+# call, often before its handling ends): a crash in between must not lose the user's message. `body` is the
+# update's JSON until its handling finished; then it is blanked (`done_at` set) and the row only says "seen",
+# so that a redelivery does nothing twice. Done rows are pruned after a day (Telegram keeps an update 24 h).
+_V4 = """
+CREATE TABLE inbox (
+    update_id INTEGER PRIMARY KEY CHECK (update_id >= 0),
+    body TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    done_at INTEGER CHECK (done_at IS NULL OR done_at >= received_at)
+) STRICT;
+"""
+
+
 # (version, name, DDL script, function giving parameterised statements to run after the script)
 MIGRATIONS: list[tuple[int, str, str, object]] = [
     (1, "books, jobs, chain txs, events, kv", _V1, _v1_accounts),
     (2, "reserved amount and row on each resolution; account-pair index for the audit", _V2, _nothing),
     (3, "drop transfers_credit (fewer pages per commit)", _V3, _nothing),
+    (4, "inbox of Telegram updates kept until handled", _V4, _nothing),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

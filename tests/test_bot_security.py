@@ -1,6 +1,7 @@
 """Webhook mode and its secret, and the bot token kept out of logs, the books and every non-Telegram request."""
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -91,3 +92,44 @@ async def test_the_token_never_leaves_telegram(devnet_module, tmp_path: Path) ->
     assert all(u.startswith(telegram_host) for u in bn.tg.request_urls)
     for name in ("RPC_URL", "MARKET_URL", "IPFS_GATEWAY"):
         assert token not in devnet_module.env[name]
+
+
+async def _raw_post(port: int, head: dict[str, str], body: bytes = b"", timeout: float = 10.0) -> int:
+    """POST with the given headers (and maybe no body at all yet); returns the status the bot answers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        lines = [f"POST /telegram HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in head.items())]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout)
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
+async def test_webhook_checks_the_secret_and_the_size_before_reading_a_body(devnet_module, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/telegram"
+    async with bot_on(devnet_module, tmp_path, polling=False, mode="webhook", webhook_secret="hook-s3cret-42",
+                      webhook_port=port, webhook_url=url) as bn:
+        await bn.bot.start_webhook()
+        huge = {"Content-Type": "application/json", "Content-Length": str(95 * 1024 * 1024)}
+        # The 95 MB are never sent: an answer proves the bot did not wait to read them.
+        assert await _raw_post(port, {**huge, "X-Telegram-Bot-Api-Secret-Token": "wrong"}) == 403
+        assert await _raw_post(port, huge) == 403
+        assert await _raw_post(port, {**huge, "X-Telegram-Bot-Api-Secret-Token": "hook-s3cret-42"}) == 413
+        chunk = b"x" * (256 * 1024)
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(6)) + b"0\r\n\r\n"
+        assert await _raw_post(port, {"Content-Type": "application/json", "Transfer-Encoding": "chunked",
+                                      "X-Telegram-Bot-Api-Secret-Token": "hook-s3cret-42"}, chunked) == 413
+        assert await _raw_post(port, {"Content-Type": "application/json", "Content-Length": "2",
+                                      "X-Telegram-Bot-Api-Secret-Token": "hook-s3cret-42"}, b"[]") == 400
+
+        user = bn.new_user()  # the real path: Telegram (the stand-in) posts with the secret
+        msg = bn.tg.inject_photo(user, photo_bytes(seed=71))
+        result = await bn.result_for(user)
+        assert result.reply_to == msg["message_id"] and "Charged" in (result.caption or "")
+        await bn.settle()
+        assert bn.ledger.inbox.pending() == []  # kept before the 200, marked done once the job existed
+        assert len(bn.ledger.user_jobs(user.id)) == 1
+    bn.tg.bot().webhook = None  # the stand-in forgets the hook for the next bots (polling)

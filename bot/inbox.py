@@ -1,0 +1,112 @@
+"""Nothing a user sends is lost: every update is written to the books' inbox before Telegram forgets it.
+
+python-telegram-bot confirms the updates of one getUpdates at the next call, which it makes at once, while
+the handlers still run; a webhook update is gone once we answer 200. So:
+
+- `InboxBot.get_updates` stores the updates it fetched before returning them (the next call confirms them);
+  the webhook server (`bot.webhook`) stores an update before answering 200;
+- a first handler group (`claim`) skips an update handled already (a redelivery after a restart) or taken
+  in this process; a last group (`finish`) marks it done, except a picture: it is done when its intake has
+  ended (the job exists, or the user was told why not), see `handlers._begin`;
+- `replay` at start-up hands every update not done to the application again. Handling is idempotent (a job
+  id is per chat and message), so a replay never makes a second job.
+
+This module must never drop an update it could not store: the error reaches PTB's retry loop, which asks
+Telegram again for the same updates.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from telegram import Update
+from telegram.ext import ApplicationHandlerStop, ContextTypes, ExtBot
+
+from ledger import Ledger
+
+log = logging.getLogger(__name__)
+CLAIM_GROUP = -100
+FINISH_GROUP = 100
+KEEP_DONE_MS = 86_400_000  # Telegram keeps an unconfirmed update 24 h: a redelivery is recognised that long
+_CLAIMED_MAX = 10_000
+
+
+class UpdateInbox:
+    """The bot's side of `ledger.Inbox`: what this process claimed, what waits for an intake to end."""
+
+    def __init__(self, ledger: Ledger, *, clock: Callable[[], float] = time.time) -> None:
+        self.ledger = ledger
+        self.clock = clock
+        self._claimed: set[int] = set()
+        self._deferred: set[int] = set()
+
+    def keep(self, updates: Sequence[Update]) -> list[int]:
+        """Store updates before Telegram may forget them; returns the ids not seen before."""
+        return self.ledger.inbox.keep([(u.update_id, u.to_json()) for u in updates])
+
+    def defer(self, update_id: int) -> None:
+        """The update's handling goes on in a task: `finished` will be called when it ends."""
+        self._deferred.add(update_id)
+
+    def finished(self, update_id: int) -> None:
+        """The update was handled (a job row exists, or the user got an answer)."""
+        self._deferred.discard(update_id)
+        self.ledger.inbox.done(update_id)
+
+    async def claim(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """First handler group: stop here for an update handled already or taken in by this process."""
+        if not isinstance(update, Update):
+            return
+        uid = update.update_id
+        if uid in self._claimed or self.ledger.inbox.is_done(uid):
+            log.info("event=duplicate_update update=%s", uid)
+            raise ApplicationHandlerStop
+        if len(self._claimed) >= _CLAIMED_MAX:  # ids grow: the oldest half are long confirmed
+            self._claimed = set(sorted(self._claimed)[_CLAIMED_MAX // 2:])
+        self._claimed.add(uid)
+
+    async def finish(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Last handler group: the update was handled unless a background intake still runs for it."""
+        if isinstance(update, Update) and update.update_id not in self._deferred:
+            self.ledger.inbox.done(update.update_id)
+
+    async def replay(self, app: Any) -> int:
+        """Hand every stored update not done to `app` again (start-up, before polling); prune old rows."""
+        pruned = self.ledger.inbox.prune(int(self.clock() * 1000) - KEEP_DONE_MS)
+        entries = self.ledger.inbox.pending()
+        for entry in entries:
+            try:
+                update = Update.de_json(json.loads(entry.body), app.bot)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("event=inbox_unreadable update=%s error=%r", entry.update_id, str(exc)[:200])
+                self.ledger.inbox.done(entry.update_id)
+                continue
+            log.info("event=inbox_replay update=%s age_s=%d", entry.update_id,
+                     max(0, int(self.clock() * 1000) - entry.received_at) // 1000)
+            await app.update_queue.put(update)
+        log.info("event=inbox_resume updates=%d pruned=%d", len(entries), pruned)
+        return len(entries)
+
+
+class InboxBot(ExtBot):  # type: ignore[type-arg]
+    """PTB's bot whose getUpdates stores what it fetched in the inbox before returning it."""
+
+    _inbox: UpdateInbox | None = None
+    _crash_hook: Callable[[str], None] | None = None
+
+    def keep_updates_in(self, inbox: UpdateInbox, crash_hook: Callable[[str], None] | None = None) -> None:
+        """Store every fetched update in `inbox` from now on (`crash_hook("after_inbox")` after each store)."""
+        self._inbox = inbox
+        self._crash_hook = crash_hook
+
+    async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
+        updates = await super().get_updates(*args, **kwargs)
+        if updates and self._inbox is not None:
+            # If this raises, PTB logs it and asks again with the same offset: Telegram still has them.
+            self._inbox.keep(updates)
+            if self._crash_hook is not None:
+                self._crash_hook("after_inbox")
+        return updates
