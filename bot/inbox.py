@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 CLAIM_GROUP = -100
 FINISH_GROUP = 100
 KEEP_DONE_MS = 86_400_000  # Telegram keeps an unconfirmed update 24 h: a redelivery is recognised that long
+PRUNE_EVERY = 1000  # updates handled between two prunings of done rows
 _CLAIMED_MAX = 10_000
 
 
@@ -42,6 +43,7 @@ class UpdateInbox:
         self.clock = clock
         self._claimed: set[int] = set()
         self._deferred: set[int] = set()
+        self._finished = 0
 
     def keep(self, updates: Sequence[Update]) -> list[int]:
         """Store updates before Telegram may forget them; returns the ids not seen before."""
@@ -72,6 +74,9 @@ class UpdateInbox:
         """Last handler group: the update was handled unless a background intake still runs for it."""
         if isinstance(update, Update) and update.update_id not in self._deferred:
             self.ledger.inbox.done(update.update_id)
+            self._finished += 1
+            if self._finished % PRUNE_EVERY == 0:  # a bot that runs for weeks keeps only a day of ids
+                self.ledger.inbox.prune(int(self.clock() * 1000) - KEEP_DONE_MS)
 
     async def replay(self, app: Any) -> int:
         """Hand every stored update not done to `app` again (start-up, before polling); prune old rows."""

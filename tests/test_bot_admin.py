@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from telegram import Update
 
+from devnet.telegram import TgChat, TgUser
 from ledger import JobState
 from tests.fixtures_bot import ADMIN, BotNet, bot_on, photo_bytes
 
@@ -196,3 +197,102 @@ async def test_admins_told_when_the_stake_runs_low(devnet_module, tmp_path: Path
         msg = await bn.wait_for_text(ADMIN, "runs low")
         assert "stake" in msg.text and "gas" not in msg.text
         await bn.settle()
+
+
+# --- who pressed the button; strict admin input -----------------------------------------------------------
+
+GROUP = TgChat(id=-1_001_234_567_890, type="supergroup", title="Segbot fans")
+
+
+async def _pressed(bn: BotNet, user: TgUser, message_id: int, data: str, **where: object) -> dict:
+    """Press a button and wait for the bot's answer to the callback query."""
+    query = bn.tg.press_button(user, message_id, data, **where)
+    await bn.tg.wait_for(lambda: bn.tg.callback_answer(query) is not None, timeout=10)
+    return bn.tg.callback_answer(query) or {}
+
+
+async def test_a_non_admin_pressing_an_admins_buttons_in_a_group_gets_not_for_you(botnet: BotNet) -> None:
+    user, bystander = botnet.new_user(credit_nrlc=0), botnet.new_user(credit_nrlc=0)
+    botnet.tg.inject_command(ADMIN, "/fund", f"{user.id} 2", chat=GROUP)
+    await botnet.tg.wait_for(lambda: any("Credit user" in (m.text or "") for m in botnet.tg.sent(GROUP.id)), 10)
+    ask = next(m for m in botnet.tg.sent(GROUP.id) if "Credit user" in (m.text or ""))
+    [(_, confirm), (_, cancel)] = ask.buttons()
+    for data in (confirm, cancel):
+        answer = await _pressed(botnet, bystander, ask.message_id, data, chat=GROUP)
+        assert answer["text"] == "This button is not for you." and answer["show_alert"]
+    now = next(m for m in botnet.tg.sent(GROUP.id) if m.message_id == ask.message_id)
+    assert now.text == ask.text and now.buttons() == ask.buttons() and not now.edits  # nothing happened
+    assert botnet.ledger.balance(user.id).posted == 0
+    await _pressed(botnet, ADMIN, ask.message_id, cancel, chat=GROUP)
+    await botnet.tg.wait_for(lambda: "Cancelled" in (next(
+        m for m in botnet.tg.sent(GROUP.id) if m.message_id == ask.message_id).text or ""), 10)
+    assert botnet.ledger.balance(user.id).posted == 0
+
+
+async def test_status_refresh_in_a_group_answers_only_its_owner(botnet: BotNet) -> None:
+    owner, other = botnet.new_user(), botnet.new_user()
+    botnet.tg.inject_command(owner, "/status", chat=GROUP)
+    await botnet.tg.wait_for(lambda: any(m.buttons() for m in botnet.tg.sent(GROUP.id)), 10)
+    board = next(m for m in botnet.tg.sent(GROUP.id) if m.buttons())
+    [(_, data)] = board.buttons()
+    assert data == f"status:{owner.id}" and len(data.encode()) <= 64
+    assert (await _pressed(botnet, other, board.message_id, data, chat=GROUP))["text"] == "This button is not for you."
+    assert (await _pressed(botnet, owner, board.message_id, data, chat=GROUP)).get("text") is None
+    forged = await _pressed(botnet, other, board.message_id, "status", chat=GROUP, must_exist=False)
+    assert forged["text"] == "This button is not for you."  # an owner-less button counts in private chats only
+
+
+async def test_retry_and_detections_buttons_check_who_presses(botnet: BotNet) -> None:
+    owner, other = botnet.new_user(), botnet.new_user()
+    botnet.tg.inject_photo(owner, photo_bytes(seed=26))
+    result = await botnet.result_for(owner)
+    await botnet.settle()
+    [job] = botnet.ledger.user_jobs(owner.id)
+    botnet.tg.inject_text(other, "hello")
+    hint = await botnet.wait_for_text(other, "Send me a photo")
+    for data in (f"det:{job.id}", f"retry:1:{job.id}", "x", f"refund:1:{job.id}"):
+        answer = await _pressed(botnet, other, hint.message_id, data, must_exist=False)
+        assert answer["text"] == "This button is not for you.", data
+    assert (await _pressed(botnet, owner, result.message_id, f"det:{job.id}")).get("text") is None
+    await botnet.tg.wait_for(lambda: any(m.file_name == "detections.json" for m in botnet.sent(owner)), 10)
+    assert botnet.ledger.get_job(job.id).state is JobState.DELIVERED
+
+
+@pytest.mark.parametrize("who", ["٣٤٥", "３４５", "0", "-5", "+5", "4503599627370496", "99999999999999999999", "1_0"])
+async def test_fund_takes_only_ascii_ids_of_real_users(botnet: BotNet, who: str) -> None:
+    botnet.tg.inject_command(ADMIN, "/fund", f"{who} 1")
+    msg = await botnet.wait_for_text(ADMIN, "Usage: /fund")
+    assert not msg.buttons()
+    assert botnet.ledger.balance(345).posted == 0 and botnet.ledger.balance(5).posted == 0
+
+
+async def test_the_longest_fund_confirmation_fits_telegrams_64_bytes(botnet: BotNet) -> None:
+    biggest = 2**52 - 1
+    botnet.tg.inject_command(ADMIN, "/fund", f"{biggest} 1000000")  # the largest id and the largest grant
+    ask = await botnet.wait_for_text(ADMIN, "Credit user")
+    [(_, data), _] = ask.buttons()  # the stand-in refuses callback data over 64 bytes, as Telegram does
+    assert len(data.encode()) <= 64
+    botnet.tg.press_button(ADMIN, ask.message_id, data)
+    await botnet.wait_for_text(ADMIN, "Credited 1000000 RLC")
+    assert botnet.ledger.balance(biggest).posted == 10**15
+    botnet.ledger.audit()
+
+
+async def test_withdraw_beyond_the_free_stake_is_refused_and_not_recorded(botnet: BotNet) -> None:
+    report = await botnet.bot.chain.wallet_report()
+    too_much = report.stake + 10**9
+    botnet.tg.inject_command(ADMIN, "/withdraw", str(too_much // 10**9))
+    msg = await botnet.wait_for_text(ADMIN, "Nothing done")
+    assert "free stake" in msg.text and not msg.buttons()
+    botnet.tg.inject_command(ADMIN, "/deposit", str((report.rlc + 10**9) // 10**9))
+    msg = await botnet.wait_for_text(ADMIN, "cannot be deposited")
+    assert not msg.buttons()
+    # A confirmation whose amount is no longer there when pressed: refused, and nothing is recorded.
+    forged = f"withdraw:777:{too_much}"
+    botnet.tg.inject_command(ADMIN, "/withdraw", "1")
+    ask = await botnet.wait_for_text(ADMIN, "Move 1 RLC")
+    botnet.tg.press_button(ADMIN, ask.message_id, forged, must_exist=False)
+    await botnet.tg.wait_for(lambda: "Nothing done" in (next(
+        m for m in botnet.sent(ADMIN) if m.message_id == ask.message_id).text or ""), 10)
+    assert botnet.ledger._conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'admin_stake'").fetchone()[0] == 0
+    assert (await botnet.bot.chain.wallet_report()).stake == report.stake
