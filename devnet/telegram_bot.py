@@ -130,7 +130,8 @@ class BotState:
         """`counters_dir`: where the ids handed out are kept across restarts (None: in memory only)."""
         bot_id = token.split(":", 1)[0]
         self.token = token
-        self.user = TgUser(id=int(bot_id) if bot_id.isdigit() else 1_000_000 + len(username),
+        known_id = re.fullmatch(r"[0-9]{1,15}", bot_id)  # ASCII digits: isdigit() would take "²"
+        self.user = TgUser(id=int(bot_id) if known_id else 1_000_000 + len(username),
                            first_name=username, username=username, is_bot=True, language_code=None)
         self.flood = FloodControl(limits, clock)
         self.clock = clock

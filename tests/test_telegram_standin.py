@@ -538,10 +538,9 @@ async def test_callback_data_over_64_bytes_is_refused(tg: TelegramStandIn, alice
         ok = InlineKeyboardMarkup([[InlineKeyboardButton("a", callback_data="é" * 32)]])  # 64 bytes
         sent = await app.bot.send_message(alice.id, "fits", reply_markup=ok)
         for data in ("x" * 65, "é" * 33):
+            too_long = InlineKeyboardMarkup([[InlineKeyboardButton("b", callback_data=data)]])
             with pytest.raises(BadRequest, match="Button_data_invalid|BUTTON_DATA_INVALID"):
-                await app.bot.send_message(alice.id, "too long", reply_markup=InlineKeyboardMarkup(
-                    [[InlineKeyboardButton("b", callback_data=data)]]))
+                await app.bot.send_message(alice.id, "too long", reply_markup=too_long)
             with pytest.raises(BadRequest, match="Button_data_invalid|BUTTON_DATA_INVALID"):
-                await app.bot.edit_message_reply_markup(alice.id, sent.message_id, reply_markup=InlineKeyboardMarkup(
-                    [[InlineKeyboardButton("b", callback_data=data)]]))
+                await app.bot.edit_message_reply_markup(alice.id, sent.message_id, reply_markup=too_long)
     assert [m.text for m in tg.sent(alice.id)] == ["fits"]
