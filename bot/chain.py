@@ -410,6 +410,13 @@ class ChainGateway:
                 pass
         return TaskEvent(state.kind, state.results, state.final_deadline, state.initialized)
 
+    async def reread_task(self, deal_id: str, task_id: str) -> TaskEvent:
+        """Read the task from the chain again (not from what the watcher saw): a second opinion before
+        acting on a state the books cannot explain (an RPC node behind the chain answers stale reads)."""
+        self.unfollow(task_id)
+        state = await self._follow(deal_id, task_id)
+        return TaskEvent(state.kind, state.results, state.final_deadline, state.initialized)
+
     def unfollow(self, task_id: str) -> None:
         key = _bytes(task_id)
         self._tasks.pop(key, None)

@@ -435,7 +435,11 @@ class Pipeline(AdminOps):
             await self._warn_not_started(job, event)
             self._show(job)  # the elapsed time moves on
         elif event.kind == "waiting":
-            # The books saw the task start; the chain says it never did. Waiting changes nothing.
+            # The books saw the task start; the chain says it never did. Read it again a moment later (a
+            # node behind the chain answers stale reads); if it still says so, waiting changes nothing.
+            await asyncio.sleep(self.settings.poll_interval_s)
+            if (await self.chain.reread_task(job.deal_id, job.task_id)).kind != "waiting":
+                return
             raise NeedsAdmin(f"the chain says task {job.task_id} of job {job.id} is not started although the "
                              "books saw it start: was the chain reset?")
         elif event.kind == known:
