@@ -85,7 +85,7 @@ class UpdateInbox:
         for entry in entries:
             try:
                 update = Update.de_json(json.loads(entry.body), app.bot)
-            except (ValueError, TypeError, KeyError) as exc:
+            except Exception as exc:  # noqa: BLE001 - PTB's parsers raise AttributeError, KeyError, TypeError...
                 log.error("event=inbox_unreadable update=%s error=%r", entry.update_id, str(exc)[:200])
                 self.ledger.inbox.done(entry.update_id)
                 continue

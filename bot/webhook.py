@@ -85,7 +85,7 @@ class WebhookServer:
             if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
                 raise ValueError("no update_id")
             update = Update.de_json(data, self.app.bot)
-        except (ValueError, TypeError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - PTB's parsers raise AttributeError, KeyError, TypeError...
             log.warning("event=webhook_refused reason=not_an_update error=%r", str(exc)[:100])
             return web.Response(status=400, text="Bad Request")
         fresh = self.inbox.keep([update]) if self.inbox is not None else [update.update_id]
