@@ -253,7 +253,8 @@ async def refund(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def retry(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/retry ID: put a held job back where it stopped and drive it again."""
     svc = services_of(context)
-    job_id = (context.args or [""])[0] or (update.callback_query.data.split(":")[2] if update.callback_query else "")
+    pressed = (update.callback_query.data or "").split(":") if update.callback_query else []
+    job_id = (context.args or [""])[0] or (pressed[2] if len(pressed) > 2 else "")
     text = await svc.pipeline.admin_retry(job_id)
     if update.callback_query:
         await update.callback_query.answer()

@@ -71,6 +71,7 @@ def register_handlers(app: Application, inbox: UpdateInbox | None = None) -> Non
     app.add_handler(CallbackQueryHandler(admin.retry, pattern=r"^retry:"))
     app.add_handler(CallbackQueryHandler(admin.dismissed, pattern=r"^x$"))
     app.add_handler(CallbackQueryHandler(admin.confirmed, pattern=r"^(fund|deposit|withdraw|refund):"))
+    app.add_handler(CallbackQueryHandler(handlers.stale_button))  # any other press gets an answer
     # Edited messages and other update kinds fall through: nothing is done twice.
     app.add_error_handler(handlers.on_error)
 

@@ -258,6 +258,13 @@ async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     await msg.reply_html(texts.UNSUPPORTED.format(what=f"A {kind.replace('_', ' ')}"))
 
 
+async def stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A button press no handler knows (an old message, a forged press): say so instead of spinning."""
+    log.info("event=button_unknown user=%s data=%r", update.effective_user.id,
+             (update.callback_query.data or "")[:64])
+    await update.callback_query.answer("This button no longer works.", show_alert=True)
+
+
 async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Any command the bot does not have (and admin commands sent by non-admins)."""
     await update.effective_message.reply_html(texts.UNKNOWN_COMMAND)

@@ -298,3 +298,17 @@ async def test_withdraw_beyond_the_free_stake_is_refused_and_not_recorded(botnet
         m for m in botnet.sent(ADMIN) if m.message_id == ask.message_id).text or ""), 10)
     assert botnet.ledger._conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'admin_stake'").fetchone()[0] == 0
     assert (await botnet.bot.chain.wallet_report()).stake == report.stake
+
+
+async def test_a_button_nobody_knows_is_answered(botnet: BotNet) -> None:
+    user = botnet.new_user()
+    botnet.tg.inject_text(user, "hello")
+    hint = await botnet.wait_for_text(user, "Send me a photo")
+    for data in ("zzz", "retry", "fund:1"):
+        answer = await _pressed(botnet, user, hint.message_id, data, must_exist=False)
+        assert answer["text"] in ("This button no longer works.", "This button is not for you."), data
+    botnet.tg.inject_text(ADMIN, "hello")
+    admin_hint = await botnet.wait_for_text(ADMIN, "Send me a photo")
+    for data in ("fund:1", "refund:x:y", "withdraw:1:٣", "deposit:٣:1"):
+        answer = await _pressed(botnet, ADMIN, admin_hint.message_id, data, must_exist=False)
+        assert answer["text"] == "This button is not valid.", data  # never a silent spinner
