@@ -588,6 +588,7 @@ class Pipeline(AdminOps):
     async def _hold(self, job: Any, why: str) -> None:
         self.ledger.transition(job.id, job.state, JobState.NEEDS_ADMIN, error=why[:500])
         log.error("event=needs_admin job=%s why=%r", job.id, why)
+        self._crash_point("before_tell")
         held = self.ledger.get_job(job.id)
         self._show(held)
         self._tell_soon(held)
