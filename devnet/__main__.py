@@ -124,20 +124,20 @@ def _answers(url: str, check: Any = None, body: bytes | None = None) -> str | No
     return None
 
 
-def default_status_dir() -> Path:
-    """The data folder `status` looks at without --data: the demo's when a demo runs, else `up`'s."""
-    for folder in (DEMO_DATA, DEFAULT_DATA):
-        if (folder / "devnet.json").exists():
-            return folder
-    return DEFAULT_DATA
+def default_status_dir(folders: tuple[Path, ...] = (DEMO_DATA, DEFAULT_DATA)) -> Path | None:
+    """The data folder `status` looks at without --data: the first of `folders` (the demo's, then `up`'s)
+    where a devnet runs (has a devnet.json); None when none has."""
+    return next((folder for folder in folders if (folder / "devnet.json").exists()), None)
 
 
-def status(data_dir: Path | None = None) -> int:
-    """Check every part of the devnet described in <data>/devnet.json; print a line each; return 0/1/2."""
+def status(data_dir: Path | None = None, folders: tuple[Path, ...] = (DEMO_DATA, DEFAULT_DATA)) -> int:
+    """Check every part of the devnet described in <data>/devnet.json; print a line each; return 0/1/2.
+    Without `data_dir`, the first of `folders` where a devnet runs."""
     if data_dir is None:
-        data_dir = default_status_dir()
-        if not (data_dir / "devnet.json").exists():
-            print(f"devnet is not running (no devnet.json in {DEMO_DATA} nor {DEFAULT_DATA})", file=sys.stderr)
+        data_dir = default_status_dir(folders)
+        if data_dir is None:
+            looked = " nor ".join(str(f) for f in folders)
+            print(f"devnet is not running (no devnet.json in {looked})", file=sys.stderr)
             return 2
         print(f"devnet in {data_dir}")
     try:

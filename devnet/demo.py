@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from devnet.anvil import child_preexec
-from devnet.up import REPO_DIR, WORKER_ARGS, Devnet, DevnetConfig, DevnetError, move_aside
+from devnet.up import NOT_SAVED, REPO_DIR, WORKER_ARGS, Devnet, DevnetConfig, DevnetError, move_aside
 
 DEMO_USER = 1001
 DEMO_ADMIN = 1001
@@ -177,6 +177,8 @@ async def _run_demo(args: argparse.Namespace, data: Path) -> int:
             print(f"devnet: the bot stopped by itself (exit code {code}); see its last lines above",
                   file=sys.stderr, flush=True)
         _say("stopping the devnet")
+    if not (data / NOT_SAVED).exists():
+        _say(f"stopped; the chain is saved in {data} (the next start goes on from it)")
     return 0 if stop.is_set() else (code or 1)
 
 

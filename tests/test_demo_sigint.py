@@ -14,7 +14,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -38,7 +40,8 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
                                 start_new_session=True)
 
 
-def _wait_for(what: str, check, proc: subprocess.Popen[bytes], log: Path, limit: float = 90.0):  # type: ignore[no-untyped-def]
+def _wait_for(what: str, check: Callable[[], Any], proc: subprocess.Popen[bytes], log: Path,
+              limit: float = 90.0) -> Any:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"exited {proc.returncode} waiting for {what}:\n{log.read_text()[-3000:]}"

@@ -127,3 +127,30 @@ def test_second_start_reuses_chain_app_and_wallet(tmp_path):
     assert second_info["app"]["address"] == first_info["app"]["address"]
     assert second_info["bot"]["address"] == first_info["bot"]["address"]
     assert second_info["workerpool"]["address"] == first_info["workerpool"]["address"]
+
+
+def test_one_source_for_the_worker_arguments(tmp_path):
+    """The graph exported at start is keyed on the arguments the bot's tasks run with (issue 11, point 12):
+    devnet's WORKER_ARGS is in bot.env, the bot's own default is the same, build-graph gets the same."""
+    from bot.settings import Settings
+    from devnet.up import WORKER_ARGS, Devnet, DevnetConfig, graph_arguments
+
+    assert Settings(_env_file=None).worker_args == WORKER_ARGS  # type: ignore[call-arg]
+    assert graph_arguments(WORKER_ARGS) == ["--max-dim", "1024", "--min-confidence", "0.7"]
+    assert graph_arguments("--min-confidence=0.5 --format jpeg --max-dim 512") == [
+        "--min-confidence", "0.5", "--max-dim", "512"]
+    assert Devnet(DevnetConfig(data_dir=tmp_path)).config.worker_args == WORKER_ARGS
+
+
+def test_status_without_data_finds_the_running_demo(tmp_path, capsys):
+    from devnet.__main__ import default_status_dir
+
+    demo, devnet = tmp_path / "demo", tmp_path / "devnet"
+    assert status(None, (demo, devnet)) == 2 and str(demo) in capsys.readouterr().err  # says where it looked
+    demo.mkdir()
+    (demo / "devnet.json").write_text("{}")
+    assert default_status_dir((demo, devnet)) == demo
+    devnet.mkdir()
+    (devnet / "devnet.json").write_text("{}")
+    (demo / "devnet.json").unlink()
+    assert default_status_dir((demo, devnet)) == devnet
