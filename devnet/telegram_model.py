@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any, Callable
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # StandInError                 anything the stand-in refuses (tests see these)
 #  +-- UnknownBot              a token that was never registered with add_bot
@@ -332,13 +332,15 @@ def photo_versions(data: bytes) -> list[PhotoVersion]:
 
     The largest size is the original bytes unless its longest side exceeds 2560 pixels (then a
     downscaled JPEG); smaller sizes are JPEG thumbnails of 90/320/800/1280 pixels on the longest side.
+    Sizes are those of the upright picture (EXIF Orientation applied, as Telegram shows it).
     Raises ApiError (400 IMAGE_PROCESS_FAILED) when the bytes are no image.
     """
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            width, height = img.size
-            rgb = img.convert("RGB")
+            upright = ImageOps.exif_transpose(img)  # sized and shown as the camera was held (EXIF Orientation)
+            width, height = upright.size
+            rgb = upright.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise bad_request("IMAGE_PROCESS_FAILED") from None
     versions = [_downscaled(rgb, box) for box in PHOTO_BOXES if box < max(width, height)]
