@@ -22,8 +22,9 @@ No loop here may spin: every wait yields to the event loop, and every state the 
 branch (a state the books cannot explain holds the job for an admin with the reason). `_drive` also slows
 down a step that keeps returning without changing the job.
 
-What the admin commands ask of it (find, refund, retry, reconcile) is in `bot.admin_ops`, mixed into
-`Pipeline`; reading a downloaded result's files is in `bot.results`.
+What the admin commands ask of it (find, refund, retry, reconcile) is in `bot.admin_ops` and telling users
+how their jobs ended is in `bot.endings`, both mixed into `Pipeline`; reading a downloaded result's files
+is in `bot.results`.
 
 Never here: a Telegram token (the bot downloads photos itself), floats for money, or long work in a handler.
 """
@@ -36,7 +37,6 @@ import shutil
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
 
 from bot import texts
 from bot.admin_ops import AdminOps
+from bot.endings import PERMANENT_TELEGRAM, Endings, Refund
 from bot.chain import ChainDisagrees, ChainGateway, NoOffer, OfferTaken, TaskEvent
 from bot.errors import BotError
 from bot.images import check_image_async
@@ -67,9 +68,6 @@ RESULT_ATTEMPTS = 8
 SPIN_LIMIT = 10
 SPIN_WINDOW_S = 1.0
 SPIN_PAUSE_S = 1.0
-#: Telegram's answers that no retry changes (the request itself is refused).
-PERMANENT_TELEGRAM = (BadRequest, Forbidden, ChatMigrated)
-TELL_SINCE_KEY = "tell.since"
 RESUMABLE = (JobState.RECEIVED, JobState.ORDER_SIGNED, JobState.MATCHING, JobState.MATCHED,
              JobState.RUNNING, JobState.COMPLETED)
 
@@ -83,29 +81,7 @@ class NeedsAdmin(BotError):
     """Something is inconsistent: the job is held for a person, its money stays reserved."""
 
 
-@dataclass(frozen=True)
-class Refund:
-    """Why a job is refunded (a key of `texts.REFUND_REASONS`) and details for the user."""
-
-    reason: str
-    detail: str = ""
-    operator_pays: bool = False
-
-    def text(self) -> str:
-        return texts.REFUND_REASONS[self.reason].format(detail=self.detail or "unknown error")
-
-    @property
-    def error(self) -> str:
-        """What the books keep (`jobs.error`): `reason: detail`, read back by `from_error`."""
-        return f"{self.reason}: {self.detail}"[:500]
-
-    @classmethod
-    def from_error(cls, error: str | None) -> Refund:
-        reason, _, detail = (error or "").partition(": ")
-        return cls(reason, detail) if reason in texts.REFUND_REASONS else cls("admin")
-
-
-class Pipeline(AdminOps):
+class Pipeline(AdminOps, Endings):
     """Owns every job in flight: one asyncio task per job, resumed from the books at start-up."""
 
     def __init__(self, settings: Settings, ledger: Ledger, chain: ChainGateway, inputs: Any, bot: Any,
@@ -144,17 +120,6 @@ class Pipeline(AdminOps):
             self._tell_soon(job)
         log.info("event=resume jobs=%d untold=%d", len(jobs), len(untold))
         return len(jobs)
-
-    def untold(self) -> list[Any]:
-        """Refunded and held jobs whose user was not told yet (since telling is recorded in the books)."""
-        since = self.ledger.get_value(TELL_SINCE_KEY)
-        if since is None:  # books from before telling was recorded: their endings were told by status edits
-            since = str(int(self.clock() * 1000))
-            self.ledger.set_value(TELL_SINCE_KEY, since)
-        refunded = self.ledger.untold_jobs("told", [JobState.REFUNDED], since_ms=int(since))
-        held = [j for j in self.ledger.jobs_in_states(JobState.NEEDS_ADMIN)
-                if j.updated_at >= int(since) and not self.ledger.seen_event("told", self._told_key(j))]
-        return refunded + held
 
     def drive(self, job_id: str) -> None:
         task = self._tasks.get(job_id)
@@ -593,64 +558,6 @@ class Pipeline(AdminOps):
         self._show(held)
         self._tell_soon(held)
         await self.notify_admins(f"⚠️ Job <code>{job.id}</code> needs an admin: {why}\n/job {job.id}")
-
-    @staticmethod
-    def _told_key(job: Any) -> str:
-        """The "told" event of a job's ending: one per refund, one per hold (a job may be held again)."""
-        if job.state is JobState.NEEDS_ADMIN:
-            return f"NEEDS_ADMIN:{job.id}:{job.state_times.get('NEEDS_ADMIN', job.updated_at)}"
-        return f"{job.state.value}:{job.id}"
-
-    def _ending_text(self, job: Any) -> str:
-        short = job.id[-8:]
-        if job.state is JobState.REFUNDED:
-            return texts.REFUND_NOTICE.format(short=short, reason=Refund.from_error(job.error).text())
-        return texts.HELD.format(short=short, money=self._held_money(job))
-
-    def _held_money(self, job: Any) -> str:
-        charged = self.ledger.reservation_state(job.reservation) == "posted"
-        return texts.HELD_CHARGED if charged else texts.HELD_RESERVED
-
-    def _tell_soon(self, job: Any) -> None:
-        """Tell the user how their job ended, in a task of its own (a driver may be ending meanwhile)."""
-        if job is None or job.state not in (JobState.REFUNDED, JobState.NEEDS_ADMIN):
-            return
-        key = "tell:" + self._told_key(job)
-        task = self._tasks.get(key)
-        if task is None or task.done():
-            task = asyncio.get_running_loop().create_task(self._tell(job), name=key)
-            self._tasks[key] = task
-            task.add_done_callback(lambda t: self._tasks.pop(key, None) if self._tasks.get(key) is t else None)
-
-    async def _tell(self, job: Any) -> None:
-        """Send the ending's message, then record in the books that it was sent (at least once).
-
-        A temporary failure is retried with backoff; a refusal (the user blocked the bot, the chat is
-        gone) is recorded too: nobody can be told, and trying again would not change it."""
-        key = self._told_key(job)
-        if self.ledger.seen_event("told", key):
-            return
-        text = self._ending_text(job)
-        failures = 0
-        while True:
-            try:
-                await self.bot.send_message(chat_id=job.chat_id, text=text, parse_mode="HTML",
-                                            reply_to_message_id=job.user_message_id,
-                                            allow_sending_without_reply=True)
-                self.board.touch(job.chat_id)
-                outcome = "sent"
-                break
-            except PERMANENT_TELEGRAM as exc:
-                outcome = f"refused: {exc}"[:300]
-                break
-            except TelegramError as exc:
-                delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
-                failures += 1
-                log.warning("event=tell_retry job=%s error=%r delay=%s", job.id, str(exc)[:200], delay)
-                await asyncio.sleep(delay)
-        self._crash_point("after_tell")
-        self.ledger.record_event("told", key, {"outcome": outcome})
-        log.info("event=told job=%s state=%s outcome=%r", job.id, job.state.value, outcome)
 
     async def notify_admins(self, text: str) -> None:
         for admin in self.settings.admin_ids:

@@ -112,7 +112,9 @@ HELD_RESERVED = "Your money is safe (reserved, not spent)."
 HELD_CHARGED = "The task was done and charged; the operator will get the result to you or refund it."
 HELD = "⚠️ Your job <code>{short}</code> is held for an operator, who has been told. {money}"
 REFUND_NOTICE = "↩️ Job <code>{short}</code> was refunded in full: {reason} Nothing was charged."
-PICTURE_NOT_SENT = "⚠️ The picture could not be sent: Telegram refused it ({why}). Ask the operator for job {short}."
+PICTURE_NOT_SENT = (
+    "⚠️ The picture could not be sent: Telegram refused it ({why}). Ask the operator for job {short}."
+)
 WORKING = "⏱ {elapsed} so far · job <code>{short}</code> · /status"
 DOWNLOAD_FAILED = "I could not download that file from Telegram (it may be over Telegram's 20 MB limit)."
 DETECTIONS_GONE = "The detections of that job are no longer stored (deleted with /forget)."

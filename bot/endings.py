@@ -1,0 +1,153 @@
+"""Telling users how their jobs ended (refunded, or held for an admin), with the telling recorded in the books.
+
+`Endings` is mixed into `bot.pipeline.Pipeline` (like `bot.admin_ops.AdminOps`): the pipeline changes a
+job's state and money, then calls `_tell_soon(job)`; the message goes out in a task of its own (a reply to
+the user's picture, so that they get a notification, unlike the status message's edits), and only once
+Telegram has taken it do the books record the event ("told", "REFUNDED:<job>") or ("told",
+"NEEDS_ADMIN:<job>:<hold time ms>"). At least once: killed in between, the next start tells again.
+
+At start-up `untold()` lists the endings not told yet, from the time the books first recorded telling on
+(`tell.since` in the kv table): books of an older version told their endings by status edits only, and
+their users are not told twice.
+
+Never here: a change of a job's state or money.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
+
+from bot import texts
+from ledger import JobState, LedgerBusy
+
+if TYPE_CHECKING:
+    from ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+#: Telegram's answers that no retry changes (the request itself is refused).
+PERMANENT_TELEGRAM = (BadRequest, Forbidden, ChatMigrated)
+TELL_SINCE_KEY = "tell.since"
+
+
+@dataclass(frozen=True)
+class Refund:
+    """Why a job is refunded (a key of `texts.REFUND_REASONS`) and details for the user."""
+
+    reason: str
+    detail: str = ""
+    operator_pays: bool = False
+
+    def text(self) -> str:
+        return texts.REFUND_REASONS[self.reason].format(detail=self.detail or "unknown error")
+
+    @property
+    def error(self) -> str:
+        """What the books keep (`jobs.error`): `reason: detail`, read back by `from_error`."""
+        return f"{self.reason}: {self.detail}"[:500]
+
+    @classmethod
+    def from_error(cls, error: str | None) -> Refund:
+        reason, _, detail = (error or "").partition(": ")
+        return cls(reason, detail) if reason in texts.REFUND_REASONS else cls("admin")
+
+
+class Endings:
+    """The telling side of the pipeline (a mixin: `Pipeline` provides the attributes declared here)."""
+
+    ledger: Ledger
+    bot: Any
+    board: Any
+    clock: Callable[[], float]
+    retry_delays: tuple[float, ...]
+    _tasks: dict[str, asyncio.Task[Any]]
+
+    if TYPE_CHECKING:
+        def _crash_point(self, name: str) -> None: ...
+
+    def untold(self) -> list[Any]:
+        """Refunded and held jobs whose user was not told yet (since telling is recorded in the books)."""
+        since = self.ledger.get_value(TELL_SINCE_KEY)
+        if since is None:  # books from before telling was recorded: their endings were told by status edits
+            since = str(int(self.clock() * 1000))
+            self.ledger.set_value(TELL_SINCE_KEY, since)
+        refunded = self.ledger.untold_jobs("told", [JobState.REFUNDED], since_ms=int(since))
+        held = [j for j in self.ledger.jobs_in_states(JobState.NEEDS_ADMIN)
+                if j.updated_at >= int(since) and not self.ledger.seen_event("told", self._told_key(j))]
+        return refunded + held
+
+    @staticmethod
+    def _told_key(job: Any) -> str:
+        """The "told" event of a job's ending: one per refund, one per hold (a job may be held again)."""
+        if job.state is JobState.NEEDS_ADMIN:
+            return f"NEEDS_ADMIN:{job.id}:{job.state_times.get('NEEDS_ADMIN', job.updated_at)}"
+        return f"{job.state.value}:{job.id}"
+
+    def _ending_text(self, job: Any) -> str:
+        short = job.id[-8:]
+        if job.state is JobState.REFUNDED:
+            return texts.REFUND_NOTICE.format(short=short, reason=Refund.from_error(job.error).text())
+        return texts.HELD.format(short=short, money=self._held_money(job))
+
+    def _held_money(self, job: Any) -> str:
+        charged = self.ledger.reservation_state(job.reservation) == "posted"
+        return texts.HELD_CHARGED if charged else texts.HELD_RESERVED
+
+    def _tell_soon(self, job: Any) -> None:
+        """Tell the user how their job ended, in a task of its own (a driver may be ending meanwhile)."""
+        if job is None or job.state not in (JobState.REFUNDED, JobState.NEEDS_ADMIN):
+            return
+        key = "tell:" + self._told_key(job)
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._tell(job), name=key)
+            self._tasks[key] = task
+            task.add_done_callback(lambda t: self._tasks.pop(key, None) if self._tasks.get(key) is t else None)
+
+    async def _tell(self, job: Any) -> None:
+        """Send the ending's message, then record in the books that it was sent (at least once).
+
+        A temporary failure is retried with backoff; a refusal (the user blocked the bot, the chat is
+        gone) is recorded too: nobody can be told, and trying again would not change it."""
+        key = self._told_key(job)
+        if await self._when_free(self.ledger.seen_event, "told", key):
+            return
+        text = await self._when_free(self._ending_text, job)
+        failures = 0
+        while True:
+            try:
+                await self.bot.send_message(chat_id=job.chat_id, text=text, parse_mode="HTML",
+                                            reply_to_message_id=job.user_message_id,
+                                            allow_sending_without_reply=True)
+                self.board.touch(job.chat_id)
+                outcome = "sent"
+                break
+            except PERMANENT_TELEGRAM as exc:
+                outcome = f"refused: {exc}"[:300]
+                break
+            except TelegramError as exc:
+                delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
+                failures += 1
+                log.warning("event=tell_retry job=%s error=%r delay=%s", job.id, str(exc)[:200], delay)
+                await asyncio.sleep(delay)
+        self._crash_point("after_tell")
+        await self._when_free(self.ledger.record_event, "told", key, {"outcome": outcome})
+        log.info("event=told job=%s state=%s outcome=%r", job.id, job.state.value, outcome)
+
+    async def _when_free(self, call: Callable[..., Any], *args: Any) -> Any:
+        """`call(*args)` on the books, tried again after a pause while the database is busy (LedgerBusy):
+        what was sent must still be recorded, and the event loop must not wait on the lock."""
+        pauses = 0
+        while True:
+            try:
+                return call(*args)
+            except LedgerBusy as exc:
+                pauses += 1
+                log.warning("event=books_busy call=%s pauses=%d error=%r", getattr(call, "__name__", "?"), pauses,
+                            str(exc)[:200])
+                await asyncio.sleep(min(2.0, 0.25 * pauses))
