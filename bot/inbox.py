@@ -25,7 +25,7 @@ from typing import Any
 from telegram import Update
 from telegram.ext import ApplicationHandlerStop, ContextTypes, ExtBot
 
-from ledger import Ledger
+from ledger import Ledger, LedgerError
 
 log = logging.getLogger(__name__)
 CLAIM_GROUP = -100
@@ -56,14 +56,25 @@ class UpdateInbox:
     def finished(self, update_id: int) -> None:
         """The update was handled (a job row exists, or the user got an answer)."""
         self._deferred.discard(update_id)
-        self.ledger.inbox.done(update_id)
+        self._mark_done(update_id)
+
+    def _mark_done(self, update_id: int) -> None:
+        try:
+            self.ledger.inbox.done(update_id)
+        except LedgerError as exc:  # e.g. busy: it is handled again at the next start, which is idempotent
+            log.warning("event=inbox_done_failed update=%s error=%r", update_id, str(exc)[:200])
 
     async def claim(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """First handler group: stop here for an update handled already or taken in by this process."""
         if not isinstance(update, Update):
             return
         uid = update.update_id
-        if uid in self._claimed or self.ledger.inbox.is_done(uid):
+        try:
+            done = self.ledger.inbox.is_done(uid)
+        except LedgerError as exc:  # unknown: handle it (handling is idempotent) rather than drop it
+            log.warning("event=inbox_check_failed update=%s error=%r", uid, str(exc)[:200])
+            done = False
+        if uid in self._claimed or done:
             log.info("event=duplicate_update update=%s", uid)
             raise ApplicationHandlerStop
         if len(self._claimed) >= _CLAIMED_MAX:  # ids grow: the oldest half are long confirmed
@@ -73,10 +84,13 @@ class UpdateInbox:
     async def finish(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """Last handler group: the update was handled unless a background intake still runs for it."""
         if isinstance(update, Update) and update.update_id not in self._deferred:
-            self.ledger.inbox.done(update.update_id)
+            self._mark_done(update.update_id)
             self._finished += 1
             if self._finished % PRUNE_EVERY == 0:  # a bot that runs for weeks keeps only a day of ids
-                self.ledger.inbox.prune(int(self.clock() * 1000) - KEEP_DONE_MS)
+                try:
+                    self.ledger.inbox.prune(int(self.clock() * 1000) - KEEP_DONE_MS)
+                except LedgerError as exc:
+                    log.warning("event=inbox_prune_failed error=%r", str(exc)[:200])
 
     async def replay(self, app: Any) -> int:
         """Hand every stored update not done to `app` again (start-up, before polling); prune old rows."""
@@ -87,7 +101,7 @@ class UpdateInbox:
                 update = Update.de_json(json.loads(entry.body), app.bot)
             except Exception as exc:  # noqa: BLE001 - PTB's parsers raise AttributeError, KeyError, TypeError...
                 log.error("event=inbox_unreadable update=%s error=%r", entry.update_id, str(exc)[:200])
-                self.ledger.inbox.done(entry.update_id)
+                self._mark_done(entry.update_id)
                 continue
             log.info("event=inbox_replay update=%s age_s=%d", entry.update_id,
                      max(0, int(self.clock() * 1000) - entry.received_at) // 1000)
