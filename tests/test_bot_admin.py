@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from telegram import Update
 
-from devnet.telegram import TgChat, TgUser
+from devnet.telegram import SentMessage, TgChat, TgUser
 from ledger import JobState
 from tests.fixtures_bot import ADMIN, BotNet, bot_on, photo_bytes
 
@@ -202,6 +202,16 @@ async def test_admins_told_when_the_stake_runs_low(devnet_module, tmp_path: Path
 # --- who pressed the button; strict admin input -----------------------------------------------------------
 
 GROUP = TgChat(id=-1_001_234_567_890, type="supergroup", title="Segbot fans")
+OTHER_GROUP = TgChat(id=-1_001_234_567_891, type="supergroup", title="Segbot friends")
+
+
+async def _next_text(bn: BotNet, who: TgUser, needle: str, after: int, timeout: float = 20.0) -> SentMessage:
+    """The first bot message to `who` among those after the first `after` (earlier tests share the chat)
+    whose text contains `needle`."""
+    def find() -> SentMessage | None:
+        return next((m for m in bn.sent(who)[after:] if needle in (m.text or "")), None)
+    await bn.tg.wait_for(lambda: find() is not None, timeout)
+    return find()  # type: ignore[return-value]
 
 
 async def _pressed(bn: BotNet, user: TgUser, message_id: int, data: str, **where: object) -> dict:
@@ -213,33 +223,35 @@ async def _pressed(bn: BotNet, user: TgUser, message_id: int, data: str, **where
 
 async def test_a_non_admin_pressing_an_admins_buttons_in_a_group_gets_not_for_you(botnet: BotNet) -> None:
     user, bystander = botnet.new_user(credit_nrlc=0), botnet.new_user(credit_nrlc=0)
+    seen = len(botnet.tg.sent(GROUP.id))
     botnet.tg.inject_command(ADMIN, "/fund", f"{user.id} 2", chat=GROUP)
-    await botnet.tg.wait_for(lambda: any("Credit user" in (m.text or "") for m in botnet.tg.sent(GROUP.id)), 10)
-    ask = next(m for m in botnet.tg.sent(GROUP.id) if "Credit user" in (m.text or ""))
+    await botnet.tg.wait_for(lambda: len(botnet.tg.sent(GROUP.id)) > seen, 10)
+    ask = botnet.tg.sent(GROUP.id)[seen]
+    assert "Credit user" in (ask.text or "")
     [(_, confirm), (_, cancel)] = ask.buttons()
     for data in (confirm, cancel):
         answer = await _pressed(botnet, bystander, ask.message_id, data, chat=GROUP)
         assert answer["text"] == "This button is not for you." and answer["show_alert"]
-    now = next(m for m in botnet.tg.sent(GROUP.id) if m.message_id == ask.message_id)
+    now = botnet.tg.sent(GROUP.id)[seen]
     assert now.text == ask.text and now.buttons() == ask.buttons() and not now.edits  # nothing happened
     assert botnet.ledger.balance(user.id).posted == 0
     await _pressed(botnet, ADMIN, ask.message_id, cancel, chat=GROUP)
-    await botnet.tg.wait_for(lambda: "Cancelled" in (next(
-        m for m in botnet.tg.sent(GROUP.id) if m.message_id == ask.message_id).text or ""), 10)
+    await botnet.tg.wait_for(lambda: "Cancelled" in (botnet.tg.sent(GROUP.id)[seen].text or ""), 10)
     assert botnet.ledger.balance(user.id).posted == 0
 
 
 async def test_status_refresh_in_a_group_answers_only_its_owner(botnet: BotNet) -> None:
     owner, other = botnet.new_user(), botnet.new_user()
-    botnet.tg.inject_command(owner, "/status", chat=GROUP)
-    await botnet.tg.wait_for(lambda: any(m.buttons() for m in botnet.tg.sent(GROUP.id)), 10)
-    board = next(m for m in botnet.tg.sent(GROUP.id) if m.buttons())
+    seen = len(botnet.tg.sent(OTHER_GROUP.id))
+    botnet.tg.inject_command(owner, "/status", chat=OTHER_GROUP)
+    await botnet.tg.wait_for(lambda: len(botnet.tg.sent(OTHER_GROUP.id)) > seen, 10)
+    board = botnet.tg.sent(OTHER_GROUP.id)[seen]
     [(_, data)] = board.buttons()
     assert data == f"status:{owner.id}" and len(data.encode()) <= 64
-    refused = await _pressed(botnet, other, board.message_id, data, chat=GROUP)
+    refused = await _pressed(botnet, other, board.message_id, data, chat=OTHER_GROUP)
     assert refused["text"] == "This button is not for you."
-    assert (await _pressed(botnet, owner, board.message_id, data, chat=GROUP)).get("text") is None
-    forged = await _pressed(botnet, other, board.message_id, "status", chat=GROUP, must_exist=False)
+    assert (await _pressed(botnet, owner, board.message_id, data, chat=OTHER_GROUP)).get("text") is None
+    forged = await _pressed(botnet, other, board.message_id, "status", chat=OTHER_GROUP, must_exist=False)
     assert forged["text"] == "This button is not for you."  # an owner-less button counts in private chats only
 
 
@@ -262,20 +274,22 @@ async def test_retry_and_detections_buttons_check_who_presses(botnet: BotNet) ->
 @pytest.mark.parametrize("who", ["٣٤٥", "３４５", "0", "-5", "+5", "4503599627370496", "99999999999999999999",
                                  "1_0"])
 async def test_fund_takes_only_ascii_ids_of_real_users(botnet: BotNet, who: str) -> None:
+    seen = len(botnet.sent(ADMIN))
     botnet.tg.inject_command(ADMIN, "/fund", f"{who} 1")
-    msg = await botnet.wait_for_text(ADMIN, "Usage: /fund")
+    msg = await _next_text(botnet, ADMIN, "Usage: /fund", seen)
     assert not msg.buttons()
     assert botnet.ledger.balance(345).posted == 0 and botnet.ledger.balance(5).posted == 0
 
 
 async def test_the_longest_fund_confirmation_fits_telegrams_64_bytes(botnet: BotNet) -> None:
     biggest = 2**52 - 1
+    seen = len(botnet.sent(ADMIN))
     botnet.tg.inject_command(ADMIN, "/fund", f"{biggest} 1000000")  # the largest id and the largest grant
-    ask = await botnet.wait_for_text(ADMIN, "Credit user")
+    ask = await _next_text(botnet, ADMIN, "Credit user", seen)
     [(_, data), _] = ask.buttons()  # the stand-in refuses callback data over 64 bytes, as Telegram does
     assert len(data.encode()) <= 64
     botnet.tg.press_button(ADMIN, ask.message_id, data)
-    await botnet.wait_for_text(ADMIN, "Credited 1000000 RLC")
+    await _next_text(botnet, ADMIN, "Credited 1000000 RLC", seen)
     assert botnet.ledger.balance(biggest).posted == 10**15
     botnet.ledger.audit()
 
@@ -283,16 +297,17 @@ async def test_the_longest_fund_confirmation_fits_telegrams_64_bytes(botnet: Bot
 async def test_withdraw_beyond_the_free_stake_is_refused_and_not_recorded(botnet: BotNet) -> None:
     report = await botnet.bot.chain.wallet_report()
     too_much = report.stake + 10**9
+    seen = len(botnet.sent(ADMIN))
     botnet.tg.inject_command(ADMIN, "/withdraw", str(too_much // 10**9))
-    msg = await botnet.wait_for_text(ADMIN, "Nothing done")
+    msg = await _next_text(botnet, ADMIN, "Nothing done", seen)
     assert "free stake" in msg.text and not msg.buttons()
     botnet.tg.inject_command(ADMIN, "/deposit", str((report.rlc + 10**9) // 10**9))
-    msg = await botnet.wait_for_text(ADMIN, "cannot be deposited")
+    msg = await _next_text(botnet, ADMIN, "cannot be deposited", seen)
     assert not msg.buttons()
     # A confirmation whose amount is no longer there when pressed: refused, and nothing is recorded.
     forged = f"withdraw:777:{too_much}"
     botnet.tg.inject_command(ADMIN, "/withdraw", "1")
-    ask = await botnet.wait_for_text(ADMIN, "Move 1 RLC")
+    ask = await _next_text(botnet, ADMIN, "Move 1 RLC", seen)
     botnet.tg.press_button(ADMIN, ask.message_id, forged, must_exist=False)
     await botnet.tg.wait_for(lambda: "Nothing done" in (next(
         m for m in botnet.sent(ADMIN) if m.message_id == ask.message_id).text or ""), 10)
@@ -307,8 +322,9 @@ async def test_a_button_nobody_knows_is_answered(botnet: BotNet) -> None:
     for data in ("zzz", "retry", "fund:1"):
         answer = await _pressed(botnet, user, hint.message_id, data, must_exist=False)
         assert answer["text"] in ("This button no longer works.", "This button is not for you."), data
+    seen = len(botnet.sent(ADMIN))
     botnet.tg.inject_text(ADMIN, "hello")
-    admin_hint = await botnet.wait_for_text(ADMIN, "Send me a photo")
+    admin_hint = await _next_text(botnet, ADMIN, "Send me a photo", seen)
     for data in ("fund:1", "refund:x:y", "withdraw:1:٣", "deposit:٣:1"):
         answer = await _pressed(botnet, ADMIN, admin_hint.message_id, data, must_exist=False)
         assert answer["text"] == "This button is not valid.", data  # never a silent spinner
