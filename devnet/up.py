@@ -533,6 +533,9 @@ class Devnet:
             "DATA_DIR": str(self.data_dir),
             "INPUTS_LISTEN": "127.0.0.1",
             "URL_ALLOW_LOOPBACK": "true",
+            # anvil mines at once and a watcher cycle is 2 RPC calls: follow tasks every 0.5 s, not the
+            # default 2 s meant for public chains (it was most of the demo's photo-in -> result-out overhead)
+            "POLL_INTERVAL_S": "0.5",
             "WORKER_ARGS": self.config.worker_args,
         }
 

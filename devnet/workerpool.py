@@ -86,7 +86,8 @@ class TaskOutcome:
     """What the workerpool did with one task.
 
     `state`: completed | error_archive | no_show | crashed | overrun | input_failed | timeout | failed.
-    `cid` is the gateway id of the archive when one was stored; `app_seconds` the app's own run time;
+    `cid` is the gateway id of the archive when one was stored; `app_seconds` the app's own run time,
+    `fetch_seconds` the input download's, `finalize_seconds` archive + store + contributeAndFinalize;
     `finished_at` a time.monotonic() stamp taken when the outcome was final.
     """
 
@@ -97,6 +98,8 @@ class TaskOutcome:
     cid: str | None = None
     app_seconds: float = 0.0
     finished_at: float = 0.0
+    fetch_seconds: float = 0.0
+    finalize_seconds: float = 0.0
     detail: str = ""
 
 
@@ -336,8 +339,9 @@ class Workerpool:
     def _record(self, outcome: TaskOutcome) -> None:
         self.outcomes[outcome.task_id] = outcome
         self._waiters.setdefault(outcome.task_id, asyncio.Event()).set()
-        log.info("workerpool_task task=%s deal=%s state=%s cid=%s app_s=%.3f %s", outcome.task_id,
-                 outcome.deal_id, outcome.state, outcome.cid, outcome.app_seconds, outcome.detail[:200])
+        log.info("workerpool_task task=%s deal=%s state=%s cid=%s fetch_s=%.3f app_s=%.3f finalize_s=%.3f %s",
+                 outcome.task_id, outcome.deal_id, outcome.state, outcome.cid, outcome.fetch_seconds,
+                 outcome.app_seconds, outcome.finalize_seconds, outcome.detail[:200])
 
     async def wait_task(self, task: str, timeout: float = 60.0) -> TaskOutcome:
         """Wait until the workerpool is done with `task` (0x-hex id). Raises TimeoutError."""
@@ -385,7 +389,9 @@ class Workerpool:
         out_dir.mkdir()
         try:
             params = _parse_params(raw_params)
+            mark = time.monotonic()
             names = await self._download_inputs(params.get("iexec_input_files") or [], in_dir)
+            fetch_s = time.monotonic() - mark
             env = self._app_env(tid, deal_id, index, in_dir, out_dir, names)
             args = shlex.split(str(params.get("iexec_args") or ""))
             if fault is Fault.APP_ERROR:
@@ -394,16 +400,20 @@ class Workerpool:
             code, stdout, stderr, seconds = await self._run_app(self.app_cmd + args, env, limit,
                                                                 self.app_cwd or folder)
             if code is None:
-                return outcome("timeout", app_seconds=seconds, detail=f"app killed after {limit:.1f}s")
-            await self._finalize(tid, out_dir, code, stdout, stderr, fault, outcome, seconds)
+                return outcome("timeout", app_seconds=seconds, fetch_seconds=fetch_s,
+                               detail=f"app killed after {limit:.1f}s")
+            await self._finalize(tid, out_dir, code, stdout, stderr, fault, outcome, seconds, fetch_s)
         except InputError as exc:
             return outcome("input_failed", detail=str(exc))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
     async def _finalize(self, tid: str, out_dir: Path, code: int, stdout: bytes, stderr: bytes, fault: Fault,
-                        outcome: Any, seconds: float) -> None:
-        archive, digest = result_archive(out_dir, code, stdout, stderr)
+                        outcome: Any, seconds: float, fetch_s: float) -> None:
+        mark = time.monotonic()
+        # zipping a result of several MB takes a moment: off the event loop, which serves other tasks (and,
+        # in tests and the demo, the market, the gateway and the Telegram stand-in)
+        archive, digest = await asyncio.to_thread(result_archive, out_dir, code, stdout, stderr)
         cid = self.gateway.put(archive)
         if fault is Fault.GATEWAY_LOSE:
             self.gateway.set_fault("lose", cid)
@@ -415,6 +425,7 @@ class Workerpool:
         await self._client.contribute_and_finalize(bytes.fromhex(tid[2:]), results, digest=digest)
         error = out_dir / "error.txt"
         outcome("error_archive" if error.exists() else "completed", cid=cid, app_seconds=seconds,
+                fetch_seconds=fetch_s, finalize_seconds=time.monotonic() - mark,
                 detail=error.read_text()[:500] if error.exists() else "")
 
     async def _overrun(self, tid: str) -> None:
