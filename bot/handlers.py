@@ -158,11 +158,20 @@ def _fingerprint(kind: str, ref: str) -> str:
     return hashlib.sha256(f"{kind}:{ref}".encode()).hexdigest()[:32]
 
 
+def _intake_record(svc: Services, job_id: str) -> tuple[str, int | None] | None:
+    """(picture fingerprint, id of the "got it" message) noted when the message was first taken, or None."""
+    stored = svc.ledger.get_value(f"intake.source:{job_id}")
+    if stored is None:
+        return None
+    fingerprint, _, ack = stored.partition(":")
+    return fingerprint, int(ack) if re.fullmatch(r"[0-9]{1,12}", ack) else None
+
+
 def _same_message(svc: Services, message: Message, job_id: str, fingerprint: str) -> bool:
     """True when a message that maps to an existing job is that job's own message delivered again."""
-    stored = svc.ledger.get_value(f"intake.source:{job_id}")
-    if stored is not None:
-        return stored == fingerprint
+    record = _intake_record(svc, job_id)
+    if record is not None:
+        return record[0] == fingerprint
     job = svc.ledger.get_job(job_id)  # a job from before fingerprints: a later message is another one
     return job is None or message.date.timestamp() <= job.created_at / 1000 + 1
 
@@ -172,7 +181,8 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
     """Acknowledge at once, then let the pipeline check the input and start the job in the background.
 
     A message whose job exists already is a redelivery (nothing happens) unless it carries another picture:
-    then the user is told, never left without an answer.
+    then the user is told, never left without an answer. A message taken before a crash but without its
+    job yet (replayed from the inbox) goes on with the "got it" message it already has.
     """
     svc = services_of(context)
     message: Message = update.effective_message
@@ -186,12 +196,21 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
                     message.message_id, update.update_id)
         await message.reply_html(REUSED_MESSAGE_ID.format(short=job_id[-8:]))
         return
+    record = _intake_record(svc, job_id)
+    earlier_ack = record[1] if record is not None and record[0] == fingerprint else None
     refusal = svc.pipeline.refusal_before_download(update.effective_user.id)
     if refusal:
-        await message.reply_html(refusal)
+        if earlier_ack is not None:
+            svc.board.show(message.chat_id, earlier_ack, refusal)
+        else:
+            await message.reply_html(refusal)
         return
-    ack = await message.reply_html(texts.ACK, do_quote=True)
-    svc.ledger.set_value(f"intake.source:{job_id}", fingerprint)
+    if earlier_ack is not None:
+        ack_id = earlier_ack
+        log.info("event=intake_resumed job=%s status_message=%s", job_id, ack_id)
+    else:
+        ack_id = (await message.reply_html(texts.ACK, do_quote=True)).message_id
+        svc.ledger.set_value(f"intake.source:{job_id}", f"{fingerprint}:{ack_id}")
     svc.board.touch(message.chat_id)
     svc.pipeline._crash_point("after_ack")
     inbox = svc.inbox
@@ -200,7 +219,7 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
         try:
             await svc.pipeline.intake(
                 user=update.effective_user.id, chat=message.chat_id, message_id=message.message_id,
-                status_message_id=ack.message_id, source=source,
+                status_message_id=ack_id, source=source,
             )
         except Exception:
             if inbox is not None:  # the error handler tells the user: replaying would fail the same way

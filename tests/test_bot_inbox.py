@@ -124,6 +124,10 @@ async def test_killed_after_telegram_forgot_the_photo_the_job_is_made_after_rest
     result = await e2e.result_for(user)
     assert result.reply_to == msg["message_id"]
     assert "event=inbox_replay" in e2e.logs()
+    # The "got it" sent before the kill goes on as the job's status message: no second one, none left behind.
+    [status] = [m for m in e2e.replies_to(user, msg["message_id"]) if m.kind == "text"]
+    assert job.status_message_id == status.message_id and ACK in (status.edits[0].text or "")
+    await e2e.wait_for(lambda: ACK not in (e2e.tg.sent(user.id)[0].text or ""), 10, "the status edited")
     await e2e.wait_for(lambda: e2e.ledger.inbox.pending() == [], 10, "the update marked handled")
     assert e2e.ledger.balance(user.id).posted == 10**9 - e2e.charged(job)
     e2e.ledger.audit()
