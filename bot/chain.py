@@ -451,6 +451,8 @@ class ChainGateway:
     async def move_stake(self, kind: str, nrlc: int, *, key: str, ledger: Any) -> str:
         """Deposit into or withdraw from the hub once per confirmation key."""
         if not ledger.record_event("admin_stake", key, {"kind": kind, "nrlc": nrlc}):
+            if ledger.seen_event("admin_stake_failed", key):
+                return texts.STAKE_FAILED_BEFORE.format(kind=kind)
             return texts.ALREADY_DONE
         try:
             if kind == "deposit":
@@ -458,7 +460,11 @@ class ChainGateway:
             else:
                 await self.hub.withdraw(nrlc)
         except (ChainError, ValueError) as exc:
-            return f"❌ {kind} failed: {exc}"
+            # Recorded, so that this button says "failed" (not "already done") if pressed again; a new
+            # command makes a new confirmation key and may try again.
+            ledger.record_event("admin_stake_failed", key, {"kind": kind, "nrlc": nrlc, "error": str(exc)[:300]})
+            log.warning("event=stake_move_failed kind=%s nrlc=%d error=%r", kind, nrlc, str(exc)[:300])
+            return f"❌ {kind} failed, nothing moved: {exc}\nSend /{kind} again to try again."
         finally:
             await self._settle_tx_records()
         report = await self.wallet_report()

@@ -450,7 +450,7 @@ async def _read_limited(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
         f"That image is too large: the limit is {max_bytes // (1024 * 1024)} MB. Send a smaller one."
     )
     declared = resp.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if re.fullmatch(r"[0-9]{1,20}", declared) and int(declared) > max_bytes:
         raise too_big
     buf = bytearray()
     async for chunk in resp.content.iter_chunked(_CHUNK):

@@ -7,6 +7,7 @@ real-money preset is refused unless `ALLOW_MAINNET=true`.
 """
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -105,7 +106,7 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             parts = [p for p in value.replace(",", " ").split() if p]
             for p in parts:
-                if not p.lstrip("-").isdigit():
+                if not re.fullmatch(r"-?[0-9]{1,16}", p):  # ASCII only: isdigit() takes "٣٤٥"
                     raise ValueError(f"ADMIN_IDS must be numeric Telegram user ids, not {p!r}")
             return tuple(int(p) for p in parts)
         if isinstance(value, int):

@@ -129,6 +129,8 @@ CANCEL_NONE = "There is nothing I can cancel: jobs already bought on iExec run t
 CANCELLED = "Cancelled job <code>{short}</code>; {amount} returned to your balance."
 FORGET_DONE = "Deleted {n} stored pictures and results. Your balance and job amounts stay in the books."
 ALREADY_DONE = "Already done (this confirmation was used before); nothing was done twice."
+STAKE_FAILED_BEFORE = ("This {kind} failed when it was confirmed, and nothing moved. "
+                       "Send /{kind} again to try again.")
 UNKNOWN_COMMAND = "I don't know that command. /help lists what I can do."
 ERROR = "Sorry, something went wrong on my side. Nothing was charged twice; try again in a minute."
 

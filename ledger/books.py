@@ -255,7 +255,7 @@ class Books(Store):
     # ----- transfers ------------------------------------------------------------------------
     def get_transfer(self, transfer_id: str) -> Transfer | None:
         """The transfer with this id, or None."""
-        with self._lock:
+        with self._guard:
             return self._get(self._conn, check_id(transfer_id))
 
     def _get(self, conn: sqlite3.Connection, transfer_id: str) -> Transfer | None:

@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from ledger.jobs import JobState
 
 
 def _user(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
+    if not re.fullmatch(r"[0-9]{1,16}", text) or int(text) <= 0:  # ASCII only: isdigit() takes "٣٤٥"
         raise argparse.ArgumentTypeError(f"USER must be a positive numeric Telegram user id, got {text!r}")
     return int(text)
 
