@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import sqlite3
@@ -164,6 +165,27 @@ class E2E:
             await asyncio.sleep(0.05)
         return self.bot
 
+    def spawn_bot(self) -> BotProcess:
+        """Start a bot process and return at once (`wait_started` waits for it to be up)."""
+        self.stop_bot()
+        self.processes += 1
+        self.bot = BotProcess(self.env_file, self.data / f"bot-{self.processes}.log")
+        self.bot.start()
+        return self.bot
+
+    async def wait_started(self, timeout: float = 60.0) -> None:
+        """Wait until the running bot logs `event=bot_started` (polling, its jobs resumed). Unlike
+        `start_bot`, this does not wait for a getUpdates call to end (the stand-in records a call when it
+        answers, and an idle long poll answers after its timeout). Raises BotDied if it exits first."""
+        assert self.bot is not None
+        deadline = time.monotonic() + timeout
+        while "event=bot_started" not in self.bot.log_path.read_text(errors="replace"):
+            if not self.bot.alive:
+                raise BotDied(f"the bot exited with {self.bot.returncode}:\n{self.bot.log_tail()}")
+            if time.monotonic() > deadline:
+                raise BotDied(f"the bot did not start within {timeout} s:\n{self.bot.log_tail()}")
+            await asyncio.sleep(0.05)
+
     async def wait_dead(self, timeout: float = 60.0) -> int:
         """Wait for the bot to die (an injected crash); returns its exit code (-9 for SIGKILL)."""
         assert self.bot is not None
@@ -179,6 +201,16 @@ class E2E:
     def stop_bot(self, timeout: float = 15.0) -> None:
         if self.bot is not None:
             self.bot.stop(timeout)
+
+    def kill_bot(self) -> float:
+        """SIGKILL the running bot (no cleanup, as a crash or the OOM killer would) and wait until it is
+        gone; returns the instant of the kill on the Telegram stand-in's clock (`time.monotonic`)."""
+        assert self.bot is not None and self.bot.proc is not None
+        at = time.monotonic()
+        if self.bot.alive:
+            self.bot.proc.send_signal(signal.SIGKILL)
+        self.bot.proc.wait()
+        return at
 
     def logs(self) -> str:
         """Everything every bot process of this test wrote."""
@@ -296,6 +328,36 @@ class E2E:
 
     def increase_time(self, seconds: int) -> None:
         devchain.increase_time(self.rpc_url, seconds)
+
+    def task_status(self, job: Job) -> int:
+        """The hub's status of the job's task: 0 unset, 1 active, 2 revealing, 3 completed, 4 failed."""
+        if not job.task_id:
+            return 0
+        return int(self.hub().functions.viewTask(job.task_id).call()[0])
+
+    def replies_to(self, user: TgUser, message_id: int) -> list[SentMessage]:
+        """The bot's messages in the user's chat that reply to the user's message `message_id`."""
+        return [m for m in self.sent(user) if m.reply_to == message_id]
+
+    def result_sends(self, user: TgUser) -> list[tuple[int, float]]:
+        """(replied-to message id, instant on the stand-in's clock) of every result picture the bot sent to
+        the user with success (sendPhoto / sendDocument; detections.json is not a result)."""
+        out = []
+        for call in self.tg.calls():
+            if call.status != 200 or call.method.lower() not in ("sendphoto", "senddocument"):
+                continue
+            params = call.params
+            if str(params.get("chat_id")) != str(user.id) or "detections.json" in str(params.get("document")):
+                continue
+            target = params.get("reply_to_message_id")
+            reply = params.get("reply_parameters")
+            if isinstance(reply, str):
+                reply = json.loads(reply)
+            if target is None and isinstance(reply, dict):
+                target = reply.get("message_id")
+            if target is not None:
+                out.append((int(target), call.at))
+        return out
 
 
 async def open_devnet(root: Path, app: str = "test", **config: Any) -> Devnet:
