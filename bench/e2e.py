@@ -108,7 +108,8 @@ async def real_worker(tmp: Path, photos: int, kind: str) -> dict[str, float]:
         for i, picture in enumerate(pictures):
             row = await one_photo(e2e, picture, kind, f"IMG_{i:04d}.jpg")
             label = "warm-up" if i == 0 else f"photo {i}"
-            print(f"  {label:>8}: e2e {row['e2e']:6.2f} s  worker {row['worker']:5.2f} s (inside {row['worker_inner']:.2f})"
+            print(f"  {label:>8}: e2e {row['e2e']:6.2f} s  worker {row['worker']:5.2f} s"
+                  f" (inside {row['worker_inner']:.2f})"
                   f"  overhead {row['overhead']:5.2f} s = before {row['before']:.2f} (pool: input {row['fetch']:.2f},"
                   f" finalize {row['finalize']:.2f}) + after {row['after']:.2f}"
                   f"  graph_cache {row['graph']}  input {row['size'][0]}x{row['size'][1]}")
