@@ -201,7 +201,7 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
     refusal = svc.pipeline.refusal_before_download(update.effective_user.id)
     if refusal:
         if earlier_ack is not None:
-            svc.board.show(message.chat_id, earlier_ack, refusal)
+            await svc.board.show_now(message.chat_id, earlier_ack, refusal)
         else:
             await message.reply_html(refusal)
         return
@@ -217,7 +217,7 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
 
     async def take_in() -> None:
         try:
-            await svc.pipeline.intake(
+            answered = await svc.pipeline.intake(
                 user=update.effective_user.id, chat=message.chat_id, message_id=message.message_id,
                 status_message_id=ack_id, source=source,
             )
@@ -225,7 +225,9 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
             if inbox is not None:  # the error handler tells the user: replaying would fail the same way
                 inbox.finished(update.update_id)
             raise
-        if inbox is not None:  # the job exists, or the user was told why not
+        if not answered:  # Telegram did not take the refusal: the update is handled again at the next start
+            log.warning("event=intake_untold job=%s update=%s", job_id, update.update_id)
+        elif inbox is not None:  # the job exists, or the user was told why not
             inbox.finished(update.update_id)
 
     if inbox is not None:

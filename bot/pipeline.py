@@ -173,16 +173,19 @@ class Pipeline(AdminOps, Endings):
         return None
 
     async def intake(self, *, user: int, chat: int, message_id: int, status_message_id: int,
-                     source: tuple[str, str]) -> None:
-        """Download and check the input, then create the job and its reservation in one transaction."""
+                     source: tuple[str, str]) -> bool:
+        """Download and check the input, then create the job and its reservation in one transaction.
+
+        Returns True once the message is answered for good (the job exists, or the user can read why
+        not); False when a refusal could not reach Telegram, so the update must be handled again later."""
         job_id = job_id_of(chat, message_id)
         if self.ledger.get_job(job_id) is not None or job_id in self._intakes:
-            return  # a replayed update: the job exists already (or is being taken in)
+            return True  # a replayed update: the job exists already (or is being taken in)
         self._intakes.add(job_id)
         log.info("event=intake job=%s user=%s source=%s", job_id, user, source[0])
         try:
-            await self._take_in(job_id, user=user, chat=chat, message_id=message_id,
-                                status_message_id=status_message_id, source=source)
+            return await self._take_in(job_id, user=user, chat=chat, message_id=message_id,
+                                       status_message_id=status_message_id, source=source)
         finally:
             self._intakes.discard(job_id)
 
@@ -192,23 +195,22 @@ class Pipeline(AdminOps, Endings):
         return job_id in self._intakes or self.ledger.get_job(job_id) is not None
 
     async def _take_in(self, job_id: str, *, user: int, chat: int, message_id: int, status_message_id: int,
-                       source: tuple[str, str]) -> None:
+                       source: tuple[str, str]) -> bool:
         try:
             async with self.downloads.slot(user):
                 data = await self._download(source)
             image = await check_image_async(data, self.settings)
         except InputRejected as exc:
             log.info("event=input_rejected job=%s reason=%r", job_id, str(exc)[:200])
-            self.board.show(chat, status_message_id, texts.REJECTED.format(reason=str(exc)))
-            return
+            return await self._refuse(job_id, chat, status_message_id, texts.REJECTED.format(reason=str(exc)))
         except TelegramError as exc:
             log.info("event=download_failed job=%s error=%r", job_id, str(exc)[:200])
-            self.board.show(chat, status_message_id, texts.REJECTED.format(reason=texts.DOWNLOAD_FAILED))
-            return
+            return await self._refuse(job_id, chat, status_message_id,
+                                      texts.REJECTED.format(reason=texts.DOWNLOAD_FAILED))
         refusal = self.refusal_before_download(user)
         if refusal:  # the limits are checked again: several pictures may have been sent at once
-            self.board.show(chat, status_message_id, refusal)
-            return
+            log.info("event=intake_over_limit job=%s user=%s", job_id, user)
+            return await self._refuse(job_id, chat, status_message_id, refusal)
         path = self.uploads_dir / f"{job_id}.{'png' if image.format == 'PNG' else 'jpg'}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(image.data)
@@ -221,13 +223,20 @@ class Pipeline(AdminOps, Endings):
         except InsufficientFunds:
             path.unlink(missing_ok=True)
             available = self.ledger.balance(user).available
-            self.board.show(chat, status_message_id, texts.NO_CREDIT.format(
+            log.info("event=intake_no_credit job=%s user=%s available=%d", job_id, user, available)
+            return await self._refuse(job_id, chat, status_message_id, texts.NO_CREDIT.format(
                 available=texts.rlc(available), price=texts.rlc(self.settings.max_price_nrlc)))
-            return
         log.info("event=job_created job=%s user=%s reserved=%d", job.id, user, self.settings.max_price_nrlc)
         self._crash_point("after_reserve")
         self._show(job, reserved=texts.rlc(self.settings.max_price_nrlc))
         self.drive(job.id)
+        return True
+
+    async def _refuse(self, job_id: str, chat: int, status_message_id: int, text: str) -> bool:
+        """Turn the message's "got it" into why nothing was charged, and wait until Telegram has it."""
+        told = await self.board.show_now(chat, status_message_id, text)
+        log.info("event=intake_refused job=%s told=%s", job_id, told)
+        return told
 
     async def _download(self, source: tuple[str, str]) -> bytes:
         kind, ref = source

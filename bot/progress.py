@@ -160,6 +160,41 @@ class StatusBoard:
         if queue.task is None or queue.task.done():
             queue.task = asyncio.get_running_loop().create_task(self._flush(chat_id, queue))
 
+    async def show_now(self, chat_id: int, message_id: int, text: str, reply_markup: Any = None) -> bool:
+        """Edit `message_id` to `text` and return once Telegram has it (paced like `show`).
+
+        For a text that ends a conversation, such as an intake refusal: the update counts as handled only
+        after the user can read why, so a crash can never leave "Got it. Checking your picture…" for ever.
+        Returns True when Telegram took the edit or refused it for good (BadRequest, Forbidden: trying again
+        cannot help); False when it still failed after a few tries (Telegram unreachable)."""
+        queue = self._chats.setdefault(chat_id, _ChatQueue())
+        queue.latest.pop(message_id, None)  # this text supersedes any pending one for the same message
+        for delay in (1.0, 2.0, 5.0, None):
+            wait = queue.last_sent + self.min_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            queue.last_sent = time.monotonic()
+            try:
+                await self.bot.edit_message_text(chat_id=chat_id, message_id=message_id, text=text,
+                                                 parse_mode="HTML", reply_markup=reply_markup)
+                self.edits_sent += 1
+                return True
+            except BadRequest as exc:
+                if "not modified" in str(exc).lower():
+                    return True
+                log.info("event=status_edit_refused chat=%s message=%s error=%r", chat_id, message_id, str(exc))
+                return True
+            except Forbidden:
+                log.info("event=status_edit_forbidden chat=%s", chat_id)
+                return True
+            except TelegramError as exc:
+                log.warning("event=status_edit_failed chat=%s message=%s error=%r retry_in=%s", chat_id,
+                            message_id, str(exc), delay)
+                if delay is None:
+                    return False
+                await asyncio.sleep(delay)
+        return False
+
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until every pending edit was sent (used at shutdown and in tests)."""
         tasks = [q.task for q in self._chats.values() if q.task and not q.task.done()]
