@@ -17,6 +17,7 @@ from tests.fixtures_telegram import ptb_app
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
+@pytest.mark.slow  # over ~2 s
 async def test_bursts_to_one_chat_and_to_many_chats_get_no_429(tg: TelegramStandIn) -> None:
     busy = [TgUser(id=61_000 + i, first_name="Busy") for i in range(3)]
     many = [TgUser(id=62_000 + i, first_name="Many") for i in range(60)]

@@ -171,6 +171,7 @@ def _up_and_stop(args: list[str], data: Path, log: Path) -> str:
     return log.read_text()
 
 
+@pytest.mark.slow  # over ~2 s
 def test_books_without_a_saved_chain_are_refused_and_fresh_starts_over(tmp_path: Path) -> None:
     data = tmp_path / "devnet"
     data.mkdir()
@@ -188,6 +189,7 @@ def test_books_without_a_saved_chain_are_refused_and_fresh_starts_over(tmp_path:
     assert (data / "chain-state.json").exists() and not (data / "books.db").exists()
 
 
+@pytest.mark.slow  # over ~2 s
 async def test_a_chain_save_that_failed_is_said_loudly_and_refused_next_time(tmp_path: Path, capfd) -> None:
     data = tmp_path / "devnet"
     net = Devnet(DevnetConfig(data_dir=data, app="test", workers=1))

@@ -155,6 +155,7 @@ async def test_faults_through_the_control_endpoint(pool_env):
             assert (await resp.json())["state"] == "error_archive"
 
 
+@pytest.mark.slow  # over ~2 s
 async def test_workers_bound_is_respected(chain):
     async with make_pool_env(chain, workers=2) as env:
         deal, tids = await env.request(args="--sleep 0.4", volume=5)

@@ -67,6 +67,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     return out
 
 
+@pytest.mark.slow  # over ~2 s
 def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path, capsys):
     data = tmp_path / "devnet"
     proc = _start(data)
@@ -94,6 +95,7 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path, capsys):
     assert status(data) == 2  # devnet.json is gone: "not running"
 
 
+@pytest.mark.slow  # over ~2 s
 def test_status_names_what_is_missing(tmp_path, capsys):
     data = tmp_path / "devnet"
     proc = _start(data)
@@ -110,6 +112,7 @@ def test_status_names_what_is_missing(tmp_path, capsys):
     assert "anvil       MISSING" in out.out and "workerpool" in out.err
 
 
+@pytest.mark.slow  # over ~2 s
 def test_second_start_reuses_chain_app_and_wallet(tmp_path):
     data = tmp_path / "devnet"
     first_info = second_info = {}

@@ -73,6 +73,7 @@ async def test_crash_between_persist_and_broadcast_mines_exactly_once(chain) -> 
     assert nonce_of(chain.rpc_url, SPARE_1.address) == first + 2 and len(store.records) == 2
 
 
+@pytest.mark.slow  # over ~2 s
 async def test_chain_frozen_mid_wait_retries_then_finishes(chain) -> None:
     config = SenderConfig(stuck_after_s=60, poll_interval_s=0.05, retry=RetryPolicy(deadline_s=30))
     sender = TxSender(connect(chain.rpc_url, timeout_s=0.5), SPARE_1, config=config)
@@ -103,6 +104,7 @@ async def test_chain_down_too_long_is_chain_unavailable(chain) -> None:
     await sender.send(SPARE_2.address, value=1)  # and works again once the node answers
 
 
+@pytest.mark.slow  # over ~2 s
 async def test_stuck_transaction_replaced_within_fee_cap(chain) -> None:
     store = Store(chain.rpc_url)
     probe = TxSender(connect(chain.rpc_url), SPARE_1, config=FAST)

@@ -155,6 +155,7 @@ def hostile_gif(frames: int, side: int = 64, junk_blocks: int = 0) -> bytes:
     return head + first + frame * (frames - 1) + b"\x3b"
 
 
+@pytest.mark.slow  # over ~2 s
 def test_frame_counting_is_bounded_on_hostile_gifs() -> None:
     rng = np.random.default_rng(3)
     frames = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(1200)]

@@ -109,6 +109,7 @@ async def download(limiter: DownloadLimiter, user: str, url: str) -> bytes:
 # --- downloads at once -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over ~2 s
 async def test_one_user_never_has_more_than_two_downloads_open() -> None:
     async with SlowServer().running() as server:
         limiter = DownloadLimiter(per_user=2, overall=16, max_waiting=10)
@@ -120,6 +121,7 @@ async def test_one_user_never_has_more_than_two_downloads_open() -> None:
         assert limiter.pending("a") == 0
 
 
+@pytest.mark.slow  # over ~2 s
 async def test_users_share_the_overall_limit_without_one_taking_it_all() -> None:
     async with SlowServer().running() as server:
         limiter = DownloadLimiter(per_user=2, overall=3, max_waiting=10)
@@ -130,6 +132,7 @@ async def test_users_share_the_overall_limit_without_one_taking_it_all() -> None
         assert max(server.peak_user.values()) <= 2
 
 
+@pytest.mark.slow  # over ~2 s
 async def test_too_many_waiting_are_refused_at_once_without_connecting() -> None:
     async with SlowServer(seconds=1.0).running() as server:
         limiter = DownloadLimiter(per_user=1, overall=16, max_waiting=1)

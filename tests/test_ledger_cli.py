@@ -77,6 +77,7 @@ def test_conflict_bad_file_and_broken_books_exit_non_zero(tmp_path: Path) -> Non
     assert run(tmp_path, "balance", "abc").returncode == 2
 
 
+@pytest.mark.slow  # over ~2 s
 def test_wallet_commands(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("s3cret\n")
     new = run(tmp_path, "wallet", "new", "--keystore", "k.json", "--password-file", "pw", "--scrypt-n", "1024")

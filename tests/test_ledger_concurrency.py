@@ -94,6 +94,7 @@ def test_a_held_write_lock_is_waited_for_then_reported_typed(tmp_path: Path) -> 
     holder.close()
 
 
+@pytest.mark.slow  # over ~2 s
 async def test_a_held_write_lock_never_stalls_the_event_loop(tmp_path: Path) -> None:
     """Another connection holds the write lock for 3 s. A write of the bot's Ledger (default bounds) made on
     the event loop gives up within its short bound with LedgerBusy; the same write from a thread waits

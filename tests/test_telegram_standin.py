@@ -254,6 +254,7 @@ async def test_429_is_honoured_by_aio_rate_limiter(alice: TgUser) -> None:
         assert refused.description == "Too Many Requests: retry after 1"
 
 
+@pytest.mark.slow  # over ~2 s
 async def test_long_poll_wakes_at_once_and_does_not_spin(tg: TelegramStandIn, alice: TgUser) -> None:
     arrived: list[float] = []
 

@@ -200,6 +200,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # over ~2 s
 def test_variable_reads_are_detached_for_packing() -> None:
     proc = subprocess.run([sys.executable, "-c", _DETACH_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
