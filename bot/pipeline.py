@@ -263,18 +263,17 @@ class Pipeline(AdminOps, Endings):
             await self._slow_down_if_spinning(job, last, unchanged)
             last = (job.state, job.updated_at)
             step: Callable[[Any], Awaitable[None]] = getattr(self, f"_step_{job.state.value.lower()}")
+            hold: str | None = None
             try:
                 await step(job)
                 failures = 0
             except asyncio.CancelledError:
                 raise
             except (NeedsAdmin, ChainDisagrees) as exc:
-                await self._hold(job, str(exc))
-                return
+                hold = str(exc)
             except PERMANENT_TELEGRAM as exc:
                 # Telegram refused the request itself: the same request would be refused again.
-                await self._hold(job, f"Telegram refused a request: {exc}"[:500])
-                return
+                hold = f"Telegram refused a request: {exc}"[:500]
             except (IExecError, OSError, TelegramError, asyncio.TimeoutError, LedgerBusy) as exc:
                 # The chain, the market, a gateway or Telegram is unreachable: wait and try the same step
                 # again; nothing was lost because every step starts from what the books say.
@@ -287,9 +286,17 @@ class Pipeline(AdminOps, Endings):
                 log.exception("event=step_crashed job=%s state=%s", job_id, job.state.value)
                 failures += 1
                 if failures >= 5:
-                    await self._hold(job, f"unexpected error: {exc!r}"[:500])
+                    hold = f"unexpected error: {exc!r}"[:500]
+                else:
+                    await asyncio.sleep(self.retry_delays[min(failures, len(self.retry_delays) - 1)])
+            if hold is not None:
+                try:
+                    await self._hold(job, hold)
                     return
-                await asyncio.sleep(self.retry_delays[min(failures, len(self.retry_delays) - 1)])
+                except (LedgerBusy, TelegramError, OSError) as exc:
+                    # Holding must not end the driver: the next pass reaches the same decision again.
+                    log.warning("event=hold_retry job=%s error=%r", job_id, str(exc)[:300])
+                    await asyncio.sleep(self.retry_delays[min(failures, len(self.retry_delays) - 1)])
 
     async def _slow_down_if_spinning(self, job: Any, last: tuple[Any, ...] | None,
                                      unchanged: collections.deque[float]) -> None:
