@@ -10,6 +10,7 @@ Never here: the wallet's key outside the signer, a password in a message, an RPC
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ from iexec.watch import TaskClaimed, TaskDeadlinePassed, TaskFinalized, TaskInit
 
 log = logging.getLogger(__name__)
 CURSOR_KEY = "watcher.cursor"
+#: How often a deal the chain calls unknown is read again (poll_interval_s apart, DEAL_REREAD_MAX_S in all)
+#: before the books and the chain are said to disagree: behind a load-balanced RPC, a node behind the tip
+#: does not know a deal mined a moment ago.
+DEAL_REREADS = 3
+DEAL_REREAD_MAX_S = 30.0
 
 
 class NoOffer(BotError):
@@ -327,6 +333,20 @@ class ChainGateway:
         deal = await self.hub.view_deal(_bytes(deal_id))
         return _DealView(deal)
 
+    async def known_deal(self, deal_id: str) -> Any:
+        """`view_deal`, read again (up to DEAL_REREADS times, poll_interval_s apart) while the chain answers
+        an all-zero deal; returns the last answer, which is still all-zero when the chain really does not
+        know the deal."""
+        deal = await self.hub.view_deal(_bytes(deal_id))
+        pause = min(self.settings.poll_interval_s, DEAL_REREAD_MAX_S / DEAL_REREADS)
+        for attempt in range(DEAL_REREADS):
+            if int(deal.requester, 16) != 0:
+                break
+            log.info("event=deal_unknown_reread deal=%s attempt=%d", deal_id, attempt + 1)
+            await asyncio.sleep(pause)
+            deal = await self.hub.view_deal(_bytes(deal_id))
+        return _DealView(deal)
+
     @staticmethod
     def task_id(deal_id: str) -> str:
         return _hex(Hub.task_id(_bytes(deal_id), 0))
@@ -374,7 +394,7 @@ class ChainGateway:
         state = self._tasks.get(key)
         if state is not None:
             return state
-        deal = await self.hub.view_deal(_bytes(deal_id))
+        deal = (await self.known_deal(deal_id)).deal
         if int(deal.requester, 16) == 0:
             raise ChainDisagrees(f"the chain does not know deal {deal_id} of task {task_id} although the "
                                  "books recorded it: was the chain reset?")
@@ -464,7 +484,7 @@ class ChainGateway:
             # command makes a new confirmation key and may try again.
             ledger.record_event("admin_stake_failed", key, {"kind": kind, "nrlc": nrlc, "error": str(exc)[:300]})
             log.warning("event=stake_move_failed kind=%s nrlc=%d error=%r", kind, nrlc, str(exc)[:300])
-            return f"❌ {kind} failed, nothing moved: {exc}\nSend /{kind} again to try again."
+            return f"❌ {kind} failed, nothing moved: {html.escape(str(exc))}\nSend /{kind} again to try again."
         finally:
             await self._settle_tx_records()
         report = await self.wallet_report()
@@ -474,7 +494,7 @@ class ChainGateway:
         try:
             found = await self.offers()
         except MarketError as exc:
-            return f"The market does not answer: {exc}"
+            return f"The market does not answer: {html.escape(str(exc))}"
         if not found:
             return "No offer within the maximum prices right now."
         best = found[0]

@@ -15,7 +15,9 @@ Never here: a change of a job's state or money.
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 #: Telegram's answers that no retry changes (the request itself is refused).
 PERMANENT_TELEGRAM = (BadRequest, Forbidden, ChatMigrated)
 TELL_SINCE_KEY = "tell.since"
+#: From when the books record that admins were told of a hold ("admin_told" events); holds before it were
+#: announced by an older version and are not announced again.
+ADMIN_TOLD_SINCE_KEY = "admin_told.since"
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,9 @@ class Refund:
     operator_pays: bool = False
 
     def text(self) -> str:
-        return texts.REFUND_REASONS[self.reason].format(detail=self.detail or "unknown error")
+        """The reason in the bot's HTML: the detail comes from outside (an app's error.txt, a gateway's
+        answer) and is escaped, so that Telegram shows it as it is and it can never add a tag or a link."""
+        return texts.REFUND_REASONS[self.reason].format(detail=html.escape(self.detail or "unknown error"))
 
     @property
     def error(self) -> str:
@@ -72,14 +79,25 @@ class Endings:
 
     def untold(self) -> list[Any]:
         """Refunded and held jobs whose user was not told yet (since telling is recorded in the books)."""
-        since = self.ledger.get_value(TELL_SINCE_KEY)
-        if since is None:  # books from before telling was recorded: their endings were told by status edits
-            since = str(int(self.clock() * 1000))
-            self.ledger.set_value(TELL_SINCE_KEY, since)
+        since = self._since(TELL_SINCE_KEY)  # books from before: their endings were told by status edits
         refunded = self.ledger.untold_jobs("told", [JobState.REFUNDED], since_ms=int(since))
         held = [j for j in self.ledger.jobs_in_states(JobState.NEEDS_ADMIN)
                 if j.updated_at >= int(since) and not self.ledger.seen_event("told", self._told_key(j))]
         return refunded + held
+
+    def unannounced_holds(self) -> list[Any]:
+        """Held jobs whose admins were not told yet (killed between the hold and the admins' message)."""
+        since = int(self._since(ADMIN_TOLD_SINCE_KEY))
+        return [j for j in self.ledger.jobs_in_states(JobState.NEEDS_ADMIN)
+                if j.updated_at >= since and not self.ledger.seen_event("admin_told", self._told_key(j))]
+
+    def _since(self, key: str) -> str:
+        """The time (ms) kept under `key`, set to now the first time it is asked for."""
+        since = self.ledger.get_value(key)
+        if since is None:
+            since = str(int(self.clock() * 1000))
+            self.ledger.set_value(key, since)
+        return since
 
     @staticmethod
     def _told_key(job: Any) -> str:
@@ -119,13 +137,22 @@ class Endings:
             return
         text = await self._when_free(self._ending_text, job)
         failures = 0
+        parse_mode: str | None = "HTML"
         while True:
             try:
-                await self.bot.send_message(chat_id=job.chat_id, text=text, parse_mode="HTML",
+                await self.bot.send_message(chat_id=job.chat_id, text=text, parse_mode=parse_mode,
                                             reply_to_message_id=job.user_message_id,
                                             allow_sending_without_reply=True)
                 self.board.touch(job.chat_id)
-                outcome = "sent"
+                outcome = "sent" if parse_mode else "sent as plain text"
+                break
+            except BadRequest as exc:
+                if parse_mode and "can't parse entities" in str(exc).lower():
+                    # A text Telegram cannot read as HTML (a bug of ours): the user must still be told.
+                    log.warning("event=tell_plain job=%s error=%r", job.id, str(exc)[:200])
+                    text, parse_mode = texts.plain(text), None
+                    continue
+                outcome = f"refused: {exc}"[:300]
                 break
             except PERMANENT_TELEGRAM as exc:
                 outcome = f"refused: {exc}"[:300]
@@ -139,15 +166,22 @@ class Endings:
         await self._when_free(self.ledger.record_event, "told", key, {"outcome": outcome})
         log.info("event=told job=%s state=%s outcome=%r", job.id, job.state.value, outcome)
 
-    async def _when_free(self, call: Callable[..., Any], *args: Any) -> Any:
+    async def _when_free(self, call: Callable[..., Any], *args: Any, limit_s: float | None = None) -> Any:
         """`call(*args)` on the books, tried again after a pause while the database is busy (LedgerBusy):
-        what was sent must still be recorded, and the event loop must not wait on the lock."""
+        what was sent must still be recorded, and the event loop must not wait on the lock.
+
+        With `limit_s`, the LedgerBusy of the last try is raised once that much time has passed."""
         pauses = 0
+        start = time.monotonic()
+        name = getattr(getattr(call, "func", call), "__name__", "?")
         while True:
             try:
                 return call(*args)
             except LedgerBusy as exc:
                 pauses += 1
-                log.warning("event=books_busy call=%s pauses=%d error=%r", getattr(call, "__name__", "?"), pauses,
-                            str(exc)[:200])
-                await asyncio.sleep(min(2.0, 0.25 * pauses))
+                pause = min(2.0, 0.25 * pauses)
+                if limit_s is not None and time.monotonic() - start + pause > limit_s:
+                    log.warning("event=books_busy_gave_up call=%s pauses=%d error=%r", name, pauses, str(exc)[:200])
+                    raise
+                log.warning("event=books_busy call=%s pauses=%d error=%r", name, pauses, str(exc)[:200])
+                await asyncio.sleep(pause)

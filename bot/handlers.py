@@ -18,6 +18,7 @@ from telegram.ext import ContextTypes
 from bot import texts
 from bot.pipeline import job_id_of
 from bot.services import Services, services_of
+from ledger import LedgerBusy
 
 log = logging.getLogger(__name__)
 URL_RE = re.compile(r"\bhttps?://\S+", re.IGNORECASE)
@@ -205,15 +206,21 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
         else:
             await message.reply_html(refusal)
         return
+    inbox = svc.inbox
     if earlier_ack is not None:
         ack_id = earlier_ack
         log.info("event=intake_resumed job=%s status_message=%s", job_id, ack_id)
     else:
         ack_id = (await message.reply_html(texts.ACK, do_quote=True)).message_id
-        svc.ledger.set_value(f"intake.source:{job_id}", f"{fingerprint}:{ack_id}")
+        if inbox is not None:  # from here on, the update is done only once the intake has ended
+            inbox.defer(update.update_id)
+        try:  # a busy database is waited for (without holding the event loop), not answered with an error
+            await svc.pipeline.when_free(svc.ledger.set_value, f"intake.source:{job_id}", f"{fingerprint}:{ack_id}")
+        except LedgerBusy:
+            await _left_for_later(svc, job_id, message.chat_id, ack_id, update.update_id)
+            return
     svc.board.touch(message.chat_id)
     svc.pipeline._crash_point("after_ack")
-    inbox = svc.inbox
 
     async def take_in() -> None:
         try:
@@ -221,6 +228,9 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
                 user=update.effective_user.id, chat=message.chat_id, message_id=message.message_id,
                 status_message_id=ack_id, source=source,
             )
+        except LedgerBusy:  # still busy after INTAKE_BUSY_LIMIT_S: the update stays for the next start
+            await _left_for_later(svc, job_id, message.chat_id, ack_id, update.update_id)
+            return
         except Exception:
             if inbox is not None:  # the error handler tells the user: replaying would fail the same way
                 inbox.finished(update.update_id)
@@ -234,6 +244,13 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
         inbox.defer(update.update_id)
     context.application.create_task(take_in(), update=update,
                                     name=f"intake-{message.chat_id}-{message.message_id}")
+
+
+async def _left_for_later(svc: Services, job_id: str, chat: int, ack_id: int, update_id: int) -> None:
+    """The books stayed busy: the update is left not done (the inbox hands it over again at the next start,
+    and taking it in is idempotent), and the user reads that their picture waits instead of "Got it"."""
+    log.warning("event=intake_busy job=%s update=%s until=next_start", job_id, update_id)
+    await svc.board.show_now(chat, ack_id, texts.INTAKE_BUSY)
 
 
 async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

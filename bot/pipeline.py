@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import html
 import io
 import shutil
 import logging
@@ -68,6 +70,10 @@ RESULT_ATTEMPTS = 8
 SPIN_LIMIT = 10
 SPIN_WINDOW_S = 1.0
 SPIN_PAUSE_S = 1.0
+#: How long intake waits for a busy database before it leaves the picture for the next start.
+INTAKE_BUSY_LIMIT_S = 30.0
+#: A driver that died of an unexpected error is started again once, after this pause.
+DRIVER_RESTART_S = 5.0
 RESUMABLE = (JobState.RECEIVED, JobState.ORDER_SIGNED, JobState.MATCHING, JobState.MATCHED,
              JobState.RUNNING, JobState.COMPLETED)
 
@@ -103,6 +109,11 @@ class Pipeline(AdminOps, Endings):
         self._intakes: set[str] = set()
         self.downloads = DownloadLimiter.from_settings(settings)  # per user and in all, at once
         self._side_tasks: set[asyncio.Task[Any]] = set()
+        self.intake_busy_limit_s = INTAKE_BUSY_LIMIT_S
+        self.driver_restart_s = DRIVER_RESTART_S
+        self._restarted: set[str] = set()  # drivers started again once after they died
+        self._restarts: dict[str, asyncio.TimerHandle] = {}
+        self._stopping = False
         self.results_dir = Path(settings.data_dir) / "results"
         self.uploads_dir = Path(settings.data_dir) / "uploads"
 
@@ -118,15 +129,48 @@ class Pipeline(AdminOps, Endings):
         for job in untold:
             self._show(job, reason=Refund.from_error(job.error).text())
             self._tell_soon(job)
-        log.info("event=resume jobs=%d untold=%d", len(jobs), len(untold))
+        unannounced = self.unannounced_holds()
+        for job in unannounced:  # killed between the hold and the admins' message
+            self._in_background(self._announce_hold(job, job.error or "unknown reason"))
+        log.info("event=resume jobs=%d untold=%d unannounced=%d", len(jobs), len(untold), len(unannounced))
         return len(jobs)
 
     def drive(self, job_id: str) -> None:
         task = self._tasks.get(job_id)
         if task is None or task.done():
-            self._tasks[job_id] = asyncio.get_running_loop().create_task(self._drive(job_id), name=job_id)
+            task = asyncio.get_running_loop().create_task(self._drive(job_id), name=job_id)
+            task.add_done_callback(self._driver_ended)
+            self._tasks[job_id] = task
+
+    def _driver_ended(self, task: asyncio.Task[None]) -> None:
+        """A driver that ended with an error is logged and started again once after a pause (a second
+        death leaves the job to the next start's resume, logged too): a job never stops silently."""
+        if task.cancelled() or task.exception() is None:
+            return
+        job_id, exc = task.get_name(), task.exception()
+        log.error("event=driver_died job=%s error=%r", job_id, str(exc)[:300], exc_info=exc)
+        if self._stopping or job_id in self._restarted:
+            log.error("event=driver_left job=%s until=next_start", job_id)
+            return
+        self._restarted.add(job_id)
+
+        def restart() -> None:
+            self._restarts.pop(job_id, None)
+            if not self._stopping and self._tasks.get(job_id) is task:
+                log.warning("event=driver_restarted job=%s", job_id)
+                self.drive(job_id)
+        self._restarts[job_id] = asyncio.get_running_loop().call_later(self.driver_restart_s, restart)
+
+    def _in_background(self, work: Awaitable[Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     async def stop(self) -> None:
+        self._stopping = True
+        for handle in self._restarts.values():
+            handle.cancel()
+        self._restarts.clear()
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -179,7 +223,7 @@ class Pipeline(AdminOps, Endings):
         Returns True once the message is answered for good (the job exists, or the user can read why
         not); False when a refusal could not reach Telegram, so the update must be handled again later."""
         job_id = job_id_of(chat, message_id)
-        if self.ledger.get_job(job_id) is not None or job_id in self._intakes:
+        if job_id in self._intakes or await self.when_free(self.ledger.get_job, job_id) is not None:
             return True  # a replayed update: the job exists already (or is being taken in)
         self._intakes.add(job_id)
         log.info("event=intake job=%s user=%s source=%s", job_id, user, source[0])
@@ -188,6 +232,11 @@ class Pipeline(AdminOps, Endings):
                                        status_message_id=status_message_id, source=source)
         finally:
             self._intakes.discard(job_id)
+
+    async def when_free(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`call(*args, **kwargs)` on the books, tried again with pauses while the database is busy, for at
+        most `intake_busy_limit_s` (then LedgerBusy: the caller leaves the update for the next start)."""
+        return await self._when_free(functools.partial(call, *args, **kwargs), limit_s=self.intake_busy_limit_s)
 
     def is_known(self, chat: int, message_id: int) -> bool:
         """True when this message already started a job (or is being taken in): a replay does nothing."""
@@ -215,8 +264,8 @@ class Pipeline(AdminOps, Endings):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(image.data)
         try:
-            job = self.ledger.create_job(
-                job_id, user, chat, self.settings.max_price_nrlc, user_message_id=message_id,
+            job = await self.when_free(
+                self.ledger.create_job, job_id, user, chat, self.settings.max_price_nrlc, user_message_id=message_id,
                 status_message_id=status_message_id, input_ref=str(path),
                 options={"args": self.settings.worker_args},
             )
@@ -257,7 +306,14 @@ class Pipeline(AdminOps, Endings):
         unchanged: collections.deque[float] = collections.deque(maxlen=SPIN_LIMIT)
         last: tuple[Any, ...] | None = None
         while True:
-            job = self.ledger.get_job(job_id)
+            try:
+                job = self.ledger.get_job(job_id)
+            except LedgerBusy as exc:
+                delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
+                failures += 1
+                log.warning("event=step_retry job=%s state=? error=%r delay=%s", job_id, str(exc)[:300], delay)
+                await asyncio.sleep(delay)
+                continue
             if job is None or job.state.is_terminal() or job.state is JobState.NEEDS_ADMIN:
                 return
             await self._slow_down_if_spinning(job, last, unchanged)
@@ -293,8 +349,10 @@ class Pipeline(AdminOps, Endings):
                 try:
                     await self._hold(job, hold)
                     return
-                except (LedgerBusy, TelegramError, OSError) as exc:
-                    # Holding must not end the driver: the next pass reaches the same decision again.
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - holding must not end the driver
+                    # The next pass reaches the same decision again (or finds the job held already).
                     log.warning("event=hold_retry job=%s error=%r", job_id, str(exc)[:300])
                     await asyncio.sleep(self.retry_delays[min(failures, len(self.retry_delays) - 1)])
 
@@ -334,7 +392,8 @@ class Pipeline(AdminOps, Endings):
             if self.clock() - job.created_at / 1000 > self.settings.match_timeout_s:
                 reason = "no_stake" if exc.no_stake else "no_offer"
                 if exc.no_stake:
-                    await self.notify_admins(f"⚠️ Hub stake too low to match job {job.id}: {exc}")
+                    await self.notify_admins(f"⚠️ Hub stake too low to match job {job.id}: "
+                                             f"{html.escape(str(exc))}")
                 await self._refund(job, Refund(reason))
                 return
             await asyncio.sleep(self.settings.poll_interval_s)
@@ -366,7 +425,7 @@ class Pipeline(AdminOps, Endings):
                     return
                 await asyncio.sleep(self.settings.poll_interval_s)
                 return
-        deal = await self.chain.view_deal(deal_id)
+        deal = await self.chain.known_deal(deal_id)  # read again a few times while the chain says unknown
         if int(deal.requester, 16) == 0:
             raise NeedsAdmin(f"the chain does not know deal {deal_id} of job {job.id} although its request "
                              "order is consumed: was the chain reset?")
@@ -573,18 +632,36 @@ class Pipeline(AdminOps, Endings):
         held = self.ledger.get_job(job.id)
         self._show(held)
         self._tell_soon(held)
-        await self.notify_admins(f"⚠️ Job <code>{job.id}</code> needs an admin: {why}\n/job {job.id}")
+        await self._announce_hold(held, why)
 
-    async def notify_admins(self, text: str) -> None:
+    async def _announce_hold(self, job: Any, why: str) -> None:
+        """Tell the admins a job is held, then record it ("admin_told"): a kill before the record announces
+        it again at the next start (`resume`)."""
+        text = f"⚠️ Job <code>{job.id}</code> needs an admin: {html.escape(why)}\n/job {job.id}"
+        if await self.notify_admins(text):
+            await self._when_free(self.ledger.record_event, "admin_told", self._told_key(job))
+            log.info("event=admin_told job=%s", job.id)
+
+    async def notify_admins(self, text: str) -> bool:
+        """Send `text` (HTML: untrusted values escaped by the caller) to every admin; True when each one
+        got it (or Telegram refused it for good)."""
+        told = True
         for admin in self.settings.admin_ids:
-            await self._send_text(admin, text)
+            told = await self._send_text(admin, text) and told
+        return told
 
-    async def _send_text(self, chat: int, text: str) -> None:
+    async def _send_text(self, chat: int, text: str) -> bool:
+        """Send an HTML text; False when Telegram could not be reached (a refusal counts as done)."""
         try:
             await self.bot.send_message(chat_id=chat, text=text, parse_mode="HTML")
             self.board.touch(chat)
+            return True
+        except PERMANENT_TELEGRAM as exc:
+            log.warning("event=send_refused chat=%s error=%r", chat, str(exc))
+            return True
         except TelegramError as exc:
             log.warning("event=send_failed chat=%s error=%r", chat, str(exc))
+            return False
 
     def _show(self, job: Any, **values: str) -> None:
         """Edit the job's status message to its stage (with the time so far while it works)."""
@@ -610,9 +687,7 @@ class Pipeline(AdminOps, Endings):
                 await self.bot.send_chat_action(chat_id=chat, action="upload_photo")
             except TelegramError as exc:
                 log.debug("event=chat_action_failed chat=%s error=%r", chat, str(exc))
-        task = asyncio.get_running_loop().create_task(send())
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        self._in_background(send())
 
     async def _check_funds(self) -> None:
         """Tell the admins (once an hour at most) when the wallet is low on gas or the hub on stake."""

@@ -5,6 +5,8 @@ or an internal id other than the job's short id.
 """
 from __future__ import annotations
 
+import html
+import re
 from collections import Counter
 from collections.abc import Iterable
 from decimal import Decimal
@@ -46,6 +48,12 @@ def caption(class_names: Iterable[str], limit: int = 8) -> str:
     if rest > 0:
         parts.append(f"{rest} more kinds")
     return ", ".join(parts)
+
+
+def plain(text: str) -> str:
+    """A text of this module without its HTML (tags removed, entities turned back into characters), for
+    sending without a parse mode when Telegram could not read it as HTML."""
+    return html.unescape(re.sub(r"</?[a-z][a-z0-9-]*(?:\s[^<>]*)?>", "", text))
 
 
 def elapsed(seconds: float) -> str:
@@ -133,6 +141,10 @@ STAKE_FAILED_BEFORE = ("This {kind} failed when it was confirmed, and nothing mo
                        "Send /{kind} again to try again.")
 UNKNOWN_COMMAND = "I don't know that command. /help lists what I can do."
 ERROR = "Sorry, something went wrong on my side. Nothing was charged twice; try again in a minute."
+INTAKE_BUSY = (
+    "⏳ I am very busy and could not take your picture in yet. It is kept and will be taken in when I can; "
+    "nothing was charged so far."
+)
 
 REFUND_REASONS = {
     "no_offer": "no iExec worker was available at a price within the limit.",

@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
+from telegram.error import BadRequest
+from web3 import Web3
 
 from devnet.anvil import free_port
-from ledger import JobState, Ledger
+from devnet.archive import result_archive
+from ledger import JobState, Ledger, LedgerBusy
 from tests.fixtures_bot import ADMIN, BotNet, bot_on, photo_bytes, start_botnet
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -215,5 +219,143 @@ async def test_a_mined_transaction_is_not_relabelled_replaced_on_an_rpc_blip(dev
             assert await bn.bot.chain.settle_pending_match(job.id)
             assert bn.ledger.get_tx(match.tx_hash).status == "mined"
             assert not await bn.bot.chain.settle_pending_match(job.id)  # nothing pending any more
+    finally:
+        await relay.stop()
+
+
+UNTRUSTED = '<b>&</b> <a href="x">'
+
+
+async def test_an_app_error_with_html_in_it_is_told_as_the_app_wrote_it(botnet: BotNet, tmp_path: Path) -> None:
+    """An app's error.txt is text from outside: a refund that quotes it reaches the user with the characters
+    as written (it used to go out as HTML: Telegram refused it, "can't parse entities", and the user was
+    never told although the books said "told"), and it can add no tag or link."""
+    user = await known_chat(botnet)
+    pipeline = botnet.bot.services.pipeline
+    with pytest.raises(BadRequest, match="(?i)can't parse entities"):  # the stand-in reads HTML as Telegram
+        await pipeline.bot.send_message(chat_id=user.id, text=f"x {UNTRUSTED}", parse_mode="HTML")
+    out = tmp_path / "iexec_out"
+    out.mkdir()
+    archive, _ = result_archive(out, 1, b"", f"Traceback...\nValueError: {UNTRUSTED}\n".encode())
+    cid = botnet.net.gateway.put(archive)
+    results = json.dumps({"storage": "ipfs", "location": botnet.net.gateway.location(cid)}).encode()
+    ack = await pipeline.bot.send_message(chat_id=user.id, text="📥 Got it. Checking your picture…")
+    job_id = f"c{user.id}m9003"
+    books = botnet.ledger
+    books.create_job(job_id, user.id, user.id, botnet.settings.max_price_nrlc, status_message_id=ack.message_id)
+    deal = "0x" + hashlib.sha256(job_id.encode()).hexdigest()
+    books.transition(job_id, JobState.RECEIVED, JobState.ORDER_SIGNED)
+    books.transition(job_id, JobState.ORDER_SIGNED, JobState.MATCHING)
+    books.transition(job_id, JobState.MATCHING, JobState.MATCHED, deal_id=deal,
+                     task_id=botnet.bot.chain.task_id(deal), app_price=1, workerpool_price=1)
+    books.transition(job_id, JobState.MATCHED, JobState.RUNNING)
+    await pipeline._take_result(books.get_job(job_id), results)  # the task finalized with this archive
+
+    notice = await botnet.wait_for_text(user, "was refunded in full")
+    assert f"ValueError: {UNTRUSTED}" in notice.text, notice.text  # what the user reads: the literal text
+    await botnet.tg.wait_for(lambda: any(m.message_id == ack.message_id and UNTRUSTED in (m.text or "")
+                                         for m in botnet.sent(user)), timeout=10)  # the status message too
+    await botnet.tg.wait_for(lambda: books.seen_event("told", f"REFUNDED:{job_id}"), timeout=10)
+    refused = [c for c in botnet.tg.calls() if str(c.params.get("chat_id")) == str(user.id) and c.status == 400
+               and c.method in ("sendMessage", "editMessageText")]
+    assert len(refused) == 1  # only the probe above: every text of the refund was read as sent
+    assert books.get_job(job_id).state is JobState.REFUNDED
+    bal = books.balance(user.id)
+    assert (bal.posted, bal.pending) == (10**9, 0)
+    books.audit()
+
+
+def hold_books(path: Path) -> sqlite3.Connection:
+    """Another process's long write transaction on the books (a CLI run, a backup): the file is locked."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+async def test_a_picture_taken_in_while_the_books_are_busy_waits_for_them(botnet: BotNet) -> None:
+    """Intake waits for books locked longer than the event loop's short bound, without an error reply (it
+    used to raise LedgerBusy after 0.25 s: a generic error, the update marked handled, the picture lost);
+    books that stay locked past the limit raise, for the update to be left to the next start."""
+    user = await known_chat(botnet)
+    pipeline = botnet.bot.services.pipeline
+    sent = await pipeline.bot.send_photo(chat_id=user.id, photo=photo_bytes(seed=73))
+    file_id = max(sent.photo, key=lambda p: p.width * p.height).file_id
+    ack = await pipeline.bot.send_message(chat_id=user.id, text="📥 Got it. Checking your picture…")
+    lock = hold_books(botnet.books / "books.db")
+    try:
+        intake = asyncio.create_task(pipeline.intake(user=user.id, chat=user.id, message_id=9004,
+                                                     status_message_id=ack.message_id, source=("telegram", file_id)))
+        upload = botnet.books / "uploads" / f"c{user.id}m9004.jpg"
+        await botnet.tg.wait_for(upload.exists, timeout=20)  # downloaded and checked: the job is written next
+        await asyncio.sleep(0)  # the loop ran on: the first write found the books busy and waits
+        assert not intake.done()
+    finally:
+        lock.rollback()
+        lock.close()
+    assert await asyncio.wait_for(intake, 30) is True
+    job = await wait_job(botnet.ledger, f"c{user.id}m9004", *JobState)
+    assert job.status_message_id == ack.message_id and job.max_price == botnet.settings.max_price_nrlc
+
+    pipeline.intake_busy_limit_s = 1.0
+    lock = hold_books(botnet.books / "books.db")
+    try:
+        with pytest.raises(LedgerBusy):
+            await pipeline.intake(user=user.id, chat=user.id, message_id=9005, status_message_id=ack.message_id,
+                                  source=("telegram", file_id))
+    finally:
+        lock.rollback()
+        lock.close()
+    assert botnet.ledger.get_job(f"c{user.id}m9005") is None  # nothing reserved: taken in at the next start
+    await botnet.result_for(user)  # the first picture's job went on as usual
+    await botnet.settle()
+    botnet.ledger.audit()
+
+
+VIEW_DEAL = Web3.keccak(text="viewDeal(bytes32)")[:4].hex()
+
+
+class LaggingRpc(BlippingRpc):
+    """A relay whose first `hide` viewDeal reads answer as a node behind the tip does: the deal is unknown
+    (the read is made for a deal id nobody has)."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.hide = 0
+        self.hidden = 0
+
+    async def _relay(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        call = json.loads(body) if body.startswith(b"{") else None
+        if self.hide > 0 and isinstance(call, dict) and call.get("method") == "eth_call":
+            tx = call["params"][0]
+            key = "data" if "data" in tx else "input"
+            if str(tx.get(key, "")).removeprefix("0x").startswith(VIEW_DEAL.removeprefix("0x")):
+                self.hide -= 1
+                self.hidden += 1
+                tx[key] = "0x" + VIEW_DEAL.removeprefix("0x") + "ab" * 32
+                body = json.dumps(call).encode()
+        assert self._session is not None
+        async with self._session.post(self.upstream, data=body,
+                                      headers={"Content-Type": "application/json"}) as resp:
+            return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
+
+
+async def test_a_deal_a_node_behind_the_tip_does_not_know_yet_is_read_again(devnet_module, tmp_path: Path) -> None:
+    """Just after our match is mined, an RPC node behind the tip calls the deal unknown: it is read again a
+    moment later (it used to hold the job for an admin at once, "was the chain reset?")."""
+    relay = LaggingRpc(devnet_module.anvil.rpc_url)
+    await relay.start()
+    try:
+        async with bot_on(devnet_module, tmp_path, rpc_url=relay.url) as bn:
+            user = bn.new_user()
+            relay.hide = 2
+            bn.tg.inject_photo(user, photo_bytes(seed=74))
+            result = await bn.result_for(user)
+            assert "Charged" in (result.caption or "")
+            await bn.settle()
+            assert relay.hidden == 2
+            [job] = bn.ledger.user_jobs(user.id)
+            assert job.state is JobState.DELIVERED and not bn.ledger.jobs_in_states(JobState.NEEDS_ADMIN)
+            bn.ledger.audit()
     finally:
         await relay.stop()

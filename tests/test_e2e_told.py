@@ -13,7 +13,7 @@ import pytest
 
 from ledger import JobState
 from tests.fixtures_bot import photo_bytes
-from tests.fixtures_e2e import E2E, BotDied
+from tests.fixtures_e2e import ADMIN, E2E, BotDied
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 
@@ -56,10 +56,12 @@ async def test_a_refund_killed_before_it_was_told_is_told_after_the_restart(e2e:
 
 async def test_a_hold_killed_before_it_was_told_is_told_after_the_restart(e2e: E2E) -> None:
     """Books that saw a task start which the chain calls not started (a chain reset between the two) hold
-    the job at start-up; killed before telling it, the next start tells the user once."""
+    the job at start-up; killed before telling it, the next start tells the user and the admins once."""
     e2e.net.pool.set_fault("no_show")  # the task stays UNSET on chain
     user = e2e.new_user()
     await e2e.start_bot()
+    e2e.tg.inject_command(ADMIN, "/start")  # the admin's chat, where holds are reported
+    await e2e.tg.wait_for(lambda: bool(e2e.tg.sent(ADMIN.id)), timeout=20)
     e2e.tg.inject_photo(user, photo_bytes(seed=90))
     await e2e.wait_for(lambda: bool(e2e.jobs(user)) and e2e.jobs(user)[0].state is JobState.MATCHED, 60,
                        "a deal")
@@ -77,13 +79,20 @@ async def test_a_hold_killed_before_it_was_told_is_told_after_the_restart(e2e: E
     def told() -> list[str]:
         return [m.text for m in e2e.sent(user) if m.text and "is held for an operator" in m.text]
 
-    assert told() == []
+    def admin_told() -> list[str]:
+        return [m.text for m in e2e.tg.sent(ADMIN.id) if m.text and "needs an admin" in m.text and job.id in m.text]
+
+    assert told() == [] and admin_told() == []
     await e2e.start_bot()
     await e2e.wait_for(lambda: bool(told()), 30, "the hold told")
+    await e2e.wait_for(lambda: bool(admin_told()), 30, "the admin told")
+    await e2e.wait_for(lambda: e2e.ledger.seen_event("admin_told", f"NEEDS_ADMIN:{held.id}:"
+                                                     f"{held.state_times['NEEDS_ADMIN']}"), 30, "admin_told recorded")
     bot = await e2e.start_bot()  # stops the running one first
-    await e2e.wait_for(lambda: "untold=0" in bot.log_path.read_text(errors="replace"), 30,
+    await e2e.wait_for(lambda: "untold=0 unannounced=0" in bot.log_path.read_text(errors="replace"), 30,
                        "the third start's resume")
     assert len(told()) == 1 and "Your money is safe" in told()[0]
+    assert len(admin_told()) == 1 and "not started" in admin_told()[0]
     assert e2e.ledger.get_job(job.id).state is JobState.NEEDS_ADMIN  # held until an admin decides
     bal = e2e.ledger.balance(user.id)
     assert (bal.posted, bal.pending) == (10**9, job.max_price)
