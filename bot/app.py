@@ -91,7 +91,8 @@ class Bot:
         await self.chain.start()
         from bot.consistency import check_books_match_chain  # raises BooksDoNotMatchChain (a reset chain)
         await check_books_match_chain(self.services.ledger, self.chain.hub.w3, self.chain.hub, self.chain.address,
-                                      redact_url(self.services.settings.resolved_network.rpc_url))
+                                      redact_url(self.services.settings.resolved_network.rpc_url),
+                                      network=self.services.settings.resolved_network.name)
         await self.app.initialize()
         await self.app.start()
         await self._set_commands()

@@ -11,11 +11,16 @@ the handlers still run; a webhook update is gone once we answer 200. So:
 - `replay` at start-up hands every update not done to the application again. Handling is idempotent (a job
   id is per chat and message), so a replay never makes a second job.
 
-This module must never drop an update it could not store: the error reaches PTB's retry loop, which asks
-Telegram again for the same updates.
+This module must never drop an update it could not store because the books were busy: the error reaches
+PTB's retry loop, which asks Telegram again for the same updates (after `BUSY_PAUSE_S`: PTB's loop does not
+wait after an error that is not Telegram's). An update that can never be stored (its JSON over
+`ledger.inbox.MAX_BODY` characters, e.g. a long text of characters `to_json` escapes to six) is set aside
+instead: stored as handled without a body and logged (`event=update_set_aside`), so that one such update
+cannot hold the others back; it is then not handled (the claim group stops it).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -25,7 +30,7 @@ from typing import Any
 from telegram import Update
 from telegram.ext import ApplicationHandlerStop, ContextTypes, ExtBot
 
-from ledger import Ledger, LedgerError
+from ledger import Ledger, LedgerBusy, LedgerError
 
 log = logging.getLogger(__name__)
 CLAIM_GROUP = -100
@@ -33,6 +38,7 @@ FINISH_GROUP = 100
 KEEP_DONE_MS = 86_400_000  # Telegram keeps an unconfirmed update 24 h: a redelivery is recognised that long
 PRUNE_EVERY = 1000  # updates handled between two prunings of done rows
 _CLAIMED_MAX = 10_000
+BUSY_PAUSE_S = 1.0  # after busy books, before getUpdates is asked again for the same updates
 
 
 class UpdateInbox:
@@ -46,8 +52,42 @@ class UpdateInbox:
         self._finished = 0
 
     def keep(self, updates: Sequence[Update]) -> list[int]:
-        """Store updates before Telegram may forget them; returns the ids not seen before."""
-        return self.ledger.inbox.keep([(u.update_id, u.to_json()) for u in updates])
+        """Store updates before Telegram may forget them; returns the ids stored and not seen before.
+
+        One that cannot be stored is set aside (see the module's docstring). Raises LedgerBusy (nothing
+        is stored then).
+        """
+        return self.store(updates)[0]
+
+    def store(self, updates: Sequence[Update]) -> tuple[list[int], list[int]]:
+        """`keep`, returning (ids stored and not seen before, ids set aside now)."""
+        inbox = self.ledger.inbox
+        good: list[tuple[int, str]] = []
+        bad: list[tuple[int, str]] = []
+        for update in updates:
+            try:
+                body: object = update.to_json()
+            except Exception as exc:  # noqa: BLE001 - an update PTB cannot write back as JSON
+                body = f"to_json failed: {exc!r:.100}"
+                bad.append((update.update_id, body))
+                continue
+            why = inbox.problem(update.update_id, body)
+            if why is None:
+                good.append((update.update_id, str(body)))
+            else:
+                bad.append((update.update_id, why))
+        aside: list[int] = []
+        with self.ledger.transaction():
+            fresh = inbox.keep(good)
+            for update_id, why in bad:
+                if inbox.problem(update_id, "{}") is not None:  # no id to store: it is handled as it is
+                    log.error("event=update_not_stored update=%r reason=%r", update_id, why[:200])
+                elif inbox.set_aside(update_id):
+                    aside.append(update_id)
+        for update_id, why in bad:
+            if update_id in aside:
+                log.error("event=update_set_aside update=%s reason=%r", update_id, why[:200])
+        return fresh, aside
 
     def defer(self, update_id: int) -> None:
         """The update's handling goes on in a task: `finished` will be called when it ends."""
@@ -125,7 +165,13 @@ class InboxBot(ExtBot):  # type: ignore[type-arg]
         updates = await super().get_updates(*args, **kwargs)
         if updates and self._inbox is not None:
             # If this raises, PTB logs it and asks again with the same offset: Telegram still has them.
-            self._inbox.keep(updates)
+            try:
+                self._inbox.keep(updates)
+            except Exception as exc:  # LedgerBusy, or a disk error: asked again, but not in a hot loop
+                event = "inbox_busy" if isinstance(exc, LedgerBusy) else "inbox_store_failed"
+                log.warning("event=%s updates=%d error=%r", event, len(updates), str(exc)[:200])
+                await asyncio.sleep(BUSY_PAUSE_S)  # PTB's loop asks again at once after a non-Telegram error
+                raise
             if self._crash_hook is not None:
                 self._crash_hook("after_inbox")
         return updates

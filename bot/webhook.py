@@ -7,7 +7,13 @@ buffer large posts. This one decides from the headers first:
   connection is closed without reading the body;
 - a body over `MAX_UPDATE_BYTES` (declared or as it streams in) gets 413;
 - a good update is stored in the books' inbox, then handed to the application, then answered 200: once
-  Telegram has its 200 it never sends the update again, so it must be kept first.
+  Telegram has its 200 it never sends the update again, so it must be kept first;
+- a body with the right secret that is not an update we can use is answered 200, never 4xx: Telegram
+  retries a failed delivery and may hold the updates after it back, so a 4xx would stop the bot's intake
+  for good. With an int `update_id` (PTB cannot parse it, or its JSON is too long for the inbox) its id is
+  stored as handled and it is logged (`event=update_set_aside`); without one (not JSON, no int id) it is
+  only logged (`event=webhook_not_an_update`): only Telegram knows the secret, and it has no other copy;
+- busy books answer 503: Telegram delivers the update again later.
 
 It must never log the secret, and never listen anywhere the settings did not name.
 """
@@ -22,6 +28,7 @@ from aiohttp import web
 from telegram import Update
 
 from bot.inbox import UpdateInbox
+from ledger import LedgerBusy
 
 log = logging.getLogger(__name__)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -80,17 +87,38 @@ class WebhookServer:
         except web.HTTPRequestEntityTooLarge:
             log.warning("event=webhook_refused reason=too_large bytes=chunked")
             return _refuse(413, "Request Entity Too Large")
+        error: Exception | None = None
         try:
             data = json.loads(body)
-            if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
-                raise ValueError("no update_id")
+        except ValueError as exc:  # also bytes that are not UTF-8
+            data, error = None, exc
+        if not isinstance(data, dict) or isinstance(data.get("update_id"), bool) \
+                or not isinstance(data.get("update_id"), int):
+            if data is not None:
+                error = ValueError("no int update_id")
+            log.warning("event=webhook_not_an_update bytes=%d error=%r", len(body), str(error)[:100])
+            return web.Response(status=200)
+        update_id = data["update_id"]
+        try:
             update = Update.de_json(data, self.app.bot)
         except Exception as exc:  # noqa: BLE001 - PTB's parsers raise AttributeError, KeyError, TypeError...
-            log.warning("event=webhook_refused reason=not_an_update error=%r", str(exc)[:100])
-            return web.Response(status=400, text="Bad Request")
-        fresh = self.inbox.keep([update]) if self.inbox is not None else [update.update_id]
+            update, error = None, exc
+        try:
+            if update is None:
+                if self.inbox is not None and self.inbox.ledger.inbox.problem(update_id, "{}") is None:
+                    self.inbox.ledger.inbox.set_aside(update_id)
+                log.error("event=update_set_aside update=%s reason=%r", update_id,
+                          f"not an update PTB can read: {error!s:.100}")
+                return web.Response(status=200)
+            if self.inbox is None:
+                fresh, aside = [update.update_id], []
+            else:
+                fresh, aside = self.inbox.store([update])
+        except LedgerBusy as exc:
+            log.warning("event=webhook_busy update=%s error=%r", update_id, str(exc)[:200])
+            return web.Response(status=503, text="Service Unavailable")
         if fresh:  # a repeated POST of a stored update is in the queue already (or replayed at start)
             await self.app.update_queue.put(update)
-        else:
+        elif not aside:
             log.info("event=duplicate_update update=%s", update.update_id)
         return web.Response(status=200)

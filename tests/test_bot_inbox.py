@@ -7,6 +7,7 @@ answered, never ignored.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
@@ -14,7 +15,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from telegram import Update
 
+from bot.inbox import UpdateInbox
 from ledger import InvalidArgument, Ledger
 from ledger.schema import SCHEMA_VERSION
 from tests.fixtures_bot import BotNet, photo_bytes
@@ -46,6 +49,16 @@ def test_inbox_keeps_once_forgets_the_body_when_done_and_prunes(tmp_path: Path) 
                 book.inbox.keep([bad])  # type: ignore[list-item]
 
 
+def test_a_handled_body_leaves_no_bytes_in_the_file(tmp_path: Path) -> None:
+    secret = "my-private-words-" * 40
+    with Ledger(tmp_path / "b.db") as book:
+        book.inbox.keep([(7, json.dumps({"update_id": 7, "text": secret}))])
+        book.inbox.done(7)
+        book.inbox.prune(before_ms=0)  # deletes nothing here; truncates the write-ahead log
+        files = [p for p in tmp_path.iterdir() if p.name.startswith("b.db")]
+        assert all(b"my-private-words" not in p.read_bytes() for p in files), [p.name for p in files]
+
+
 def test_books_of_version_3_get_the_inbox(tmp_path: Path) -> None:
     path = tmp_path / "v3.db"
     with Ledger(path) as book:
@@ -60,6 +73,25 @@ def test_books_of_version_3_get_the_inbox(tmp_path: Path) -> None:
         assert book.inbox.keep([(1, "{}")]) == [1]
         assert book.balance(1).posted == 10
         book.audit()
+
+
+def _update(update_id: int, text: str) -> Update:
+    return Update.de_json({"update_id": update_id, "message": {
+        "message_id": update_id, "date": 0, "chat": {"id": 5, "type": "private"},
+        "from": {"id": 5, "is_bot": False, "first_name": "A"}, "text": text}}, None)
+
+
+def test_an_update_too_long_to_keep_is_set_aside_and_the_others_are_kept(tmp_path: Path, caplog) -> None:
+    # 200,000 line separators: 600 KB as Telegram sends them, 1.2 M characters as to_json writes them.
+    big = _update(21, "\u2028" * 200_000)
+    with Ledger(tmp_path / "b.db") as book, caplog.at_level(logging.ERROR, logger="bot.inbox"):
+        inbox = UpdateInbox(book)
+        assert inbox.store([_update(20, "hi"), big, _update(22, "there")]) == ([20, 22], [21])
+        assert [e.update_id for e in book.inbox.pending()] == [20, 22]  # the others wait to be handled
+        assert book.inbox.is_done(21)  # a redelivery of it is recognised and never handled
+        assert book._conn.execute("SELECT body FROM inbox WHERE update_id = 21").fetchone()[0] == ""
+        assert inbox.keep([big, _update(23, "more")]) == [23]
+    assert sum("event=update_set_aside update=21" in r.getMessage() for r in caplog.records) == 1
 
 
 # --- the running bot ---------------------------------------------------------------------------------------
@@ -78,6 +110,21 @@ async def test_every_update_is_marked_handled(botnet: BotNet) -> None:
     rows = conn.execute("SELECT update_id, body, done_at FROM inbox ORDER BY update_id").fetchall()
     assert len(rows) >= 3 and all(r[2] is not None and r[1] == "" for r in rows), rows
     assert botnet.ledger.inbox.pending() == []
+
+
+@on_loop
+async def test_a_message_too_long_to_keep_does_not_stop_polling(botnet: BotNet) -> None:
+    user = botnet.new_user()
+    botnet.tg.inject_text(user, "\u2028" * 200_000)  # 1.2 M characters once PTB writes it as JSON
+    botnet.tg.inject_command(user, "/balance")
+    await botnet.wait_for_text(user, "Available")  # the update after it is handled: polling went on
+    for _ in range(200):  # the last handler group marks /balance done just after its answer was sent
+        if botnet.ledger.inbox.pending() == []:
+            break
+        await asyncio.sleep(0.05)
+    assert botnet.ledger.inbox.pending() == []
+    rows = botnet.ledger._conn.execute("SELECT COUNT(*) FROM inbox WHERE done_at IS NOT NULL").fetchone()[0]
+    assert rows == 2  # the long one is kept as handled (set aside), so a redelivery is ignored
 
 
 @on_loop
