@@ -14,7 +14,9 @@ there, and running on would re-use nonces and follow deals that do not exist. Tw
 A node behind the tip (a load-balanced RPC whose nodes lag each other) shows both signs for a while after
 our transaction was mined. So a sign counts only when the node's block number is at or past the block the
 books recorded for that transaction (for a deal: the job's mined transactions); while the node is behind,
-the check waits and looks again (every `poll_s`, up to `lag_wait_s`), then refuses all the same.
+the check waits and looks again (every `poll_s`, up to `lag_wait_s`), then refuses all the same. On the
+devnet preset there is no wait: its one anvil is never behind itself, and a reset devnet (a new chain from
+the PoCo snapshot, shorter than the books' blocks) would otherwise look like a node behind.
 
 When a sign holds, the bot refuses to start with a message that names the difference and what to do: on
 the devnet preset, start the demo with --fresh; on any other network, check RPC_URL and NETWORK and never
@@ -131,14 +133,17 @@ async def _look(ledger: Any, w3: Any, hub: Any, wallet: str) -> _Look:
 
 
 async def check_books_match_chain(ledger: Any, w3: Any, hub: Any, wallet: str, rpc_label: str = "", *,
-                                  network: str = "", lag_wait_s: float = LAG_WAIT_S,
+                                  network: str = "", lag_wait_s: float | None = None,
                                   poll_s: float = POLL_S) -> list[str]:
     """Raise BooksDoNotMatchChain when the books (a `ledger.Ledger`) record a mined transaction of
     `wallet` with a nonce the chain has not reached, or a followed job whose deal `hub` does not know.
 
-    Waits up to `lag_wait_s` for a node behind the recorded blocks. `network` is the preset's name (the
-    advice differs on "devnet"). Returns the ids of held jobs whose deal the chain does not know.
+    Waits up to `lag_wait_s` for a node behind the recorded blocks (default: LAG_WAIT_S, none on "devnet").
+    `network` is the preset's name (the advice differs on "devnet"). Returns the ids of held jobs whose
+    deal the chain does not know.
     """
+    if lag_wait_s is None:
+        lag_wait_s = 0.0 if network == "devnet" else LAG_WAIT_S
     deadline = time.monotonic() + lag_wait_s
     while True:
         found = await _look(ledger, w3, hub, wallet)

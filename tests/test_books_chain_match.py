@@ -113,3 +113,11 @@ async def test_a_held_job_whose_deal_is_unknown_does_not_stop_the_start(chain, b
         assert await _check(books, chain) == ["job-held"]
     assert any("books_chain_held_unknown" in r.getMessage() and "job=job-held" in r.getMessage()
                and deal in r.getMessage() for r in caplog.records)
+
+
+async def test_on_the_devnet_a_chain_shorter_than_the_books_is_refused_at_once(chain, books: Ledger) -> None:
+    # The devnet's one anvil is never behind itself: a shorter chain is a reset one (no 30 s wait).
+    _mined(books, _sent(chain), block=_head(chain) + 1000)
+    with pytest.raises(BooksDoNotMatchChain) as caught:
+        await _check(books, chain, network="devnet")
+    assert "--fresh" in str(caught.value) and "this node is at block" in str(caught.value)
