@@ -90,7 +90,7 @@ class WebhookServer:
         error: Exception | None = None
         try:
             data = json.loads(body)
-        except ValueError as exc:  # also bytes that are not UTF-8
+        except (ValueError, RecursionError) as exc:  # also bytes that are not UTF-8, nesting too deep
             data, error = None, exc
         if not isinstance(data, dict) or isinstance(data.get("update_id"), bool) \
                 or not isinstance(data.get("update_id"), int):
