@@ -5,11 +5,11 @@
     python -m devnet demo [--data DIR] [--app real|test] [--weights PATH] [--fresh]   (+ the bot, chat page)
 
 `up` starts the whole local network (see devnet/up.py), prints what runs where and the bot's env file, and
-on Ctrl-C or SIGTERM stops all of it, saving the chain state, leaving nothing running. `--fresh` moves the
-data folder aside (kept as <data>.old-<time>) and starts over. `status` reads <data>/devnet.json (without
---data: data/demo, then data/devnet, whichever runs) and exits 0 only when every part answers; otherwise it
-names what is missing and exits 1 (2: the devnet is not up). None ever prints a key, a password or the
-bot token.
+on Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops all of it, saving the chain state, leaving nothing
+running. `--fresh` moves the data folder aside (kept as <data>.old-<time>) and starts over. `status` reads
+<data>/devnet.json (without --data: data/demo, then data/devnet, whichever runs) and exits 0 only when every
+part answers; otherwise it names what is missing and exits 1 (2: the devnet is not up). None ever prints a
+key, a password or the bot token.
 """
 from __future__ import annotations
 
@@ -69,6 +69,14 @@ def _print_summary(net: Devnet) -> None:
           "Ctrl-C stops everything.", flush=True)
 
 
+def _say(line: str) -> None:
+    """Print a line; a terminal that is gone (SIGHUP) must not keep the devnet from stopping and saving."""
+    try:
+        print(line, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def fresh_start(data: Path) -> None:
     """--fresh: move `data` aside and say where it went. Raises DevnetError when a devnet runs on it."""
     kept = move_aside(data)
@@ -85,11 +93,11 @@ async def _up(args: argparse.Namespace) -> int:
             return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed, SSH hung up
         loop.add_signal_handler(sig, stop.set)
     config = DevnetConfig(data_dir=args.data, app=args.app, weights=args.weights, workers=args.workers,
                           graph_cache=True)
-    net = Devnet(config, progress=lambda line: print(line, flush=True))
+    net = Devnet(config, progress=_say)
     try:
         starting = asyncio.create_task(net.start())
         stopper = asyncio.create_task(stop.wait())
@@ -105,9 +113,9 @@ async def _up(args: argparse.Namespace) -> int:
         print(f"devnet: {exc}", file=sys.stderr)
         return 1
     finally:
-        print("stopping the devnet ...", flush=True)
+        _say("stopping the devnet ...")
         await net.stop()
-        print("devnet stopped.", flush=True)
+        _say("devnet stopped.")
     return 0
 
 

@@ -11,9 +11,13 @@ the devnet); ADMIN_IDS then names the admins, who get the demo credit too.
 Without matterport's COCO weights (`python -m worker fetch-weights`, or MRCNN_WEIGHTS=path) the worker runs
 with random weights: the masks are then meaningless shapes, and the picture says so.
 
-Ctrl-C stops the bot, then the devnet, saves the chain state beside the books in the data folder
-(data/demo) and leaves nothing running; the next start goes on from there. The bot and every other child
-runs in its own session, so the terminal's Ctrl-C reaches only this process, which stops them in order.
+Ctrl-C (or SIGTERM, or SIGHUP: the terminal closed, an SSH hangup) stops the bot, then the devnet, saves
+the chain state beside the books in the data folder (data/demo) and leaves nothing running; the next start
+goes on from there. During the start-up (about a minute the first time) the first Ctrl-C says it will stop
+once started; a second one aborts the start-up (what has started is still stopped and saved). The bot and
+every other child runs in its own session, so the terminal's Ctrl-C reaches only this process, which stops
+them in order; the bot gets SIGTERM, anvil and the worker apps SIGKILL, from the kernel if this process is
+killed outright, and the NOT-SAVED marker then makes the next start refuse with the --fresh advice.
 When the chain could not be saved, or books exist without a chain, the next start refuses and names
 `--fresh`, which keeps the old folder as data/demo.old-<time> and starts over. Each finished task is
 printed with the worker's graph_cache (hit once the inference graph exported at start is there).
@@ -43,7 +47,11 @@ DEMO_CREDIT_RLC = "5"
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    """Print a line; a terminal that is gone (SIGHUP: closed window, SSH hangup) must not stop the stop."""
+    try:
+        print(line, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _bot_env_file(net: Devnet, data: Path, admins: str, real_token: str | None) -> Path:
@@ -134,51 +142,87 @@ async def _run_demo(args: argparse.Namespace, data: Path) -> int:
     real_token = os.environ.get("TELEGRAM_TOKEN") or None
     admins = os.environ.get("ADMIN_IDS", "") if real_token else str(DEMO_ADMIN)
     _say("starting the devnet (the first run deploys PoCo and makes test weights: about a minute)")
-    stop = asyncio.Event()
+    stop, started = asyncio.Event(), asyncio.Event()
+    main, aborted = asyncio.current_task(), False
+
+    def on_signal() -> None:
+        # Ctrl-C, SIGTERM and SIGHUP (terminal closed, SSH hangup) all stop in order and save the chain.
+        # During start-up the first one lets it finish, then stops; a second one aborts it at once.
+        nonlocal aborted
+        if not stop.is_set():
+            stop.set()
+            if not started.is_set():
+                _say("stopping after start-up… (Ctrl-C again to abort it at once)")
+        elif not started.is_set() and not aborted and main is not None:
+            aborted = True
+            _say("aborting the start-up: stopping what has started")
+            main.cancel()
+
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        return await _run_started(args, data, config, admins, real_token, stop, started)
+    except asyncio.CancelledError:
+        if not aborted or main is None:
+            raise
+        main.uncancel()
+        _say("start-up aborted; everything it started is stopped")
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def _run_started(args: argparse.Namespace, data: Path, config: DevnetConfig, admins: str,
+                       real_token: str | None, stop: asyncio.Event, started: asyncio.Event) -> int:
+    weights = config.weights
     async with Devnet(config, progress=_say) as net:
         env_file = _bot_env_file(net, data, admins, real_token)
         users = [int(a) for a in admins.replace(",", " ").split()] if real_token else [DEMO_USER]
         for user in users:
             await asyncio.to_thread(_grant, net.env["DB_PATH"], user, DEMO_CREDIT_RLC)
-        if stop.is_set():
-            _say("stopping the devnet")
-            return 0
-        # own session (Ctrl-C reaches only us: we stop the bot first); SIGTERM from the kernel if we die
-        bot = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "--env-file", str(env_file),
-                                                   cwd=str(REPO_DIR), start_new_session=True,
-                                                   preexec_fn=child_preexec(signal.SIGTERM))
-        chat = f"{net.telegram_url}/_chat/"
-        _say("")
-        _say(f"  chat page   {chat}   (you are user {DEMO_USER}, credited {DEMO_CREDIT_RLC} RLC; also admin)"
-             if not real_token else "  the bot is on Telegram: write to it there")
-        _say(f"  chain       {net.env['RPC_URL']}  (hub {net.env['HUB_ADDRESS']})")
-        _say(f"  market      {net.env['MARKET_URL']}   gateway {net.env['IPFS_GATEWAY']}")
-        _say(f"  app         {args.app} worker; "
-             + ("matterport weights" if weights else "RANDOM weights: masks are meaningless shapes "
-                "(python -m worker fetch-weights for the real ones)"))
-        _say(f"  books       {net.env['DB_PATH']}   (python -m ledger --db ... balance {DEMO_USER})")
-        _say(f"  data        {data}   (Ctrl-C saves the chain here; --fresh starts over)")
-        _say("  Ctrl-C stops everything.")
-        reporter = asyncio.create_task(_report_tasks(net))
-        waiter = asyncio.create_task(bot.wait())
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await _stop_bot(bot)  # the bot first: it sends transactions; the chain is saved after it
-            for task in (reporter, stopper, waiter):
-                task.cancel()
-            await asyncio.gather(reporter, stopper, waiter, return_exceptions=True)
-        code = bot.returncode or 0
-        if not stop.is_set():
-            print(f"devnet: the bot stopped by itself (exit code {code}); see its last lines above",
-                  file=sys.stderr, flush=True)
+        started.set()  # from here a signal stops the bot (when started), then the devnet, in order
+        code = 0 if stop.is_set() else await _run_bot(args, net, data, env_file, weights, real_token, stop)
         _say("stopping the devnet")
     if not (data / NOT_SAVED).exists():
         _say(f"stopped; the chain is saved in {data} (the next start goes on from it)")
+    return code
+
+
+async def _run_bot(args: argparse.Namespace, net: Devnet, data: Path, env_file: Path, weights: Path | None,
+                   real_token: str | None, stop: asyncio.Event) -> int:
+    """Run the bot on the started devnet until a signal (0) or until it stops by itself (its exit code)."""
+    # own session (Ctrl-C reaches only us: we stop the bot first); SIGTERM from the kernel if we die
+    bot = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "--env-file", str(env_file),
+                                               cwd=str(REPO_DIR), start_new_session=True,
+                                               preexec_fn=child_preexec(signal.SIGTERM))
+    chat = f"{net.telegram_url}/_chat/"
+    _say("")
+    _say(f"  chat page   {chat}   (you are user {DEMO_USER}, credited {DEMO_CREDIT_RLC} RLC; also admin)"
+         if not real_token else "  the bot is on Telegram: write to it there")
+    _say(f"  chain       {net.env['RPC_URL']}  (hub {net.env['HUB_ADDRESS']})")
+    _say(f"  market      {net.env['MARKET_URL']}   gateway {net.env['IPFS_GATEWAY']}")
+    _say(f"  app         {args.app} worker; "
+         + ("matterport weights" if weights else "RANDOM weights: masks are meaningless shapes "
+            "(python -m worker fetch-weights for the real ones)"))
+    _say(f"  books       {net.env['DB_PATH']}   (python -m ledger --db ... balance {DEMO_USER})")
+    _say(f"  data        {data}   (Ctrl-C saves the chain here; --fresh starts over)")
+    _say("  Ctrl-C stops everything.")
+    reporter = asyncio.create_task(_report_tasks(net))
+    waiter = asyncio.create_task(bot.wait())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await _stop_bot(bot)  # the bot first: it sends transactions; the chain is saved after it
+        for task in (reporter, stopper, waiter):
+            task.cancel()
+        await asyncio.gather(reporter, stopper, waiter, return_exceptions=True)
+    code = bot.returncode or 0
+    if not stop.is_set():
+        print(f"devnet: the bot stopped by itself (exit code {code}); see its last lines above",
+              file=sys.stderr, flush=True)
     return 0 if stop.is_set() else (code or 1)
 
 

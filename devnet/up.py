@@ -13,11 +13,14 @@ RLC deposited into the hub; nothing is credited in the books: that is the admin'
 Telegram stand-in. Then <data>/bot.env and <data>/devnet.json (what runs where) are written.
 
 `stop()` stops everything it started, saves the chain state for the next run (written to a temporary file
-and renamed) and removes devnet.json. When the state cannot be saved it says so on stderr and leaves
-<data>/chain-state.NOT-SAVED: the next start then refuses to run on books (<data>/books.db) that the chain
-would not match, as it does when books exist without a saved chain, and names `--fresh` (`move_aside`:
-the folder is kept as <data>.old-<time> and a new one started). Child processes run in their own session,
-so a terminal's Ctrl-C reaches only the process that owns the Devnet, which stops them in order.
+and renamed) and removes devnet.json. <data>/chain-state.NOT-SAVED is written when anvil starts ("not
+stopped cleanly") and removed only by a successful save, so a process killed outright (SIGKILL, the OOM
+killer) leaves it too; when the state cannot be saved, stop() says so on stderr and the marker says why.
+With the marker the next start refuses to run on books (<data>/books.db) that the chain would not match, as
+it does when books exist without a saved chain, and names `--fresh` (`move_aside`: the folder is kept as
+<data>.old-<time> and a new one started; refused while a devnet or a bot runs on it). Child processes run
+in their own session, so a terminal's Ctrl-C reaches only the process that owns the Devnet, which stops
+them in order; anvil and the apps the workerpool runs get SIGKILL from the kernel when it dies.
 
 The worker arguments of the demo's bot and of the inference graph exported at start come from one place,
 WORKER_ARGS (bot/settings.py has the same default). It uses the devnet's public dev keys, binds 127.0.0.1
@@ -26,6 +29,8 @@ only, and must never import `bot` or `ledger`.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import inspect
 import json
 import logging
 import os
@@ -198,9 +203,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _bot_lock_holder(books: Path) -> str | None:
+    """The pid (as the lock file says, or "unknown") of a bot holding its instance lock on `books`, None
+    when no process holds it. The bot (bot/lock.py) holds an exclusive fcntl.flock on <books>.lock for its
+    life; a non-blocking shared try here fails exactly while it runs (the kernel drops it when it dies)."""
+    path = books.with_suffix(".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def move_aside(data_dir: Path) -> Path | None:
     """`--fresh`: rename `data_dir` to <data_dir>.old-<UTC time> (the user's data is kept) and return the
-    new path; None when there is no such folder. Raises DevnetError when a devnet runs on it."""
+    new path; None when there is no such folder. Raises DevnetError when a devnet runs on it, or a bot
+    (started apart from the devnet) holds its instance lock on the folder's books."""
     data_dir = Path(data_dir).resolve()
     if not data_dir.exists():
         return None
@@ -210,6 +236,10 @@ def move_aside(data_dir: Path) -> Path | None:
         pid = 0
     if pid and pid != os.getpid() and _pid_alive(pid):
         raise DevnetError(f"a devnet (pid {pid}) runs on {data_dir}: stop it first (Ctrl-C)")
+    holder = _bot_lock_holder(data_dir / BOOKS)
+    if holder is not None:
+        raise DevnetError(f"a bot (pid {holder}) is running on {data_dir} (it holds {BOOKS}'s lock): "
+                          f"stop it first")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     target = data_dir.with_name(f"{data_dir.name}.old-{stamp}")
     n = 1
@@ -320,6 +350,7 @@ class Devnet:
         self.env: dict[str, str] = {}
         self.timings: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._anvil_step: asyncio.Future[None] | None = None
         self._step = 0
 
     async def __aenter__(self) -> Devnet:
@@ -338,7 +369,7 @@ class Devnet:
         started = time.monotonic()
         try:
             result = action()
-            if asyncio.iscoroutine(result):
+            if inspect.isawaitable(result):
                 result = await result
         except Exception as exc:
             self._progress(f"[{self._step}/{STEPS}] {name} ... FAILED")
@@ -354,7 +385,10 @@ class Devnet:
             check_books_match_chain(self.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._session = aiohttp.ClientSession()
-        await self._run_step("anvil", self._start_anvil)
+        # in a thread: the first run deploys PoCo (tens of seconds) and signals are handled meanwhile; a
+        # start cancelled then leaves it to finish, and stop() waits for it (to stop anvil and save)
+        self._anvil_step = asyncio.ensure_future(asyncio.to_thread(self._start_anvil))
+        await self._run_step("anvil", lambda: asyncio.shield(self._anvil_step))
         await self._run_step("market", self._start_market)
         await self._run_step("gateway", self._start_gateway)
         await self._run_step("app", self._register_app)
@@ -367,6 +401,9 @@ class Devnet:
 
     async def stop(self) -> None:
         """Stop everything started, save the chain state, remove devnet.json. Never raises."""
+        if self._anvil_step is not None:  # a start cancelled while anvil was starting: let it end first
+            await asyncio.gather(self._anvil_step, return_exceptions=True)
+            self._anvil_step = None
         builder = self._graph_builder
         if builder is not None and builder.poll() is None:
             builder.terminate()  # its half-written entry is a .tmp folder, never used
@@ -404,9 +441,12 @@ class Devnet:
                 marker.write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: {why}\n")
             except OSError:
                 pass
-            print(f"devnet: COULD NOT SAVE THE CHAIN STATE to {self.data_dir / CHAIN_STATE}: {why}\n"
-                  f"devnet: the next start on {self.data_dir} will refuse its books; use --fresh to start over",
-                  file=sys.stderr, flush=True)
+            try:  # stderr may be a closed terminal (SIGHUP)
+                print(f"devnet: COULD NOT SAVE THE CHAIN STATE to {self.data_dir / CHAIN_STATE}: {why}\n"
+                      f"devnet: the next start on {self.data_dir} will refuse its books; use --fresh to start "
+                      "over", file=sys.stderr, flush=True)
+            except (OSError, ValueError):
+                pass
             log.error("event=chain_state_not_saved data=%s error=%r", self.data_dir, why)
             return False
         marker.unlink(missing_ok=True)
@@ -422,6 +462,8 @@ class Devnet:
         else:
             state, self.deployment = devchain.deployed_snapshot(self.cache_dir)
         self.anvil = Anvil(load_state=state, port=self.config.anvil_port).start()
+        if self.config.persist_chain:  # removed by a successful save only: a SIGKILL/OOM of ours is seen
+            (self.data_dir / NOT_SAVED).write_text("not stopped cleanly\n")
 
     async def _start_market(self) -> None:
         assert self.anvil is not None and self.deployment is not None

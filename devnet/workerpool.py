@@ -49,6 +49,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
+from devnet.anvil import child_preexec
 from devnet.archive import result_archive
 from devnet.deploy import hub_abi, registry_abi
 from devnet.faults import Fault, FaultBook, FaultError, normalise_deal_id
@@ -494,7 +495,8 @@ class Workerpool:
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(*cmd, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE, start_new_session=True)
+                                                    stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                                                    preexec_fn=child_preexec())  # dies with us, even by SIGKILL
         self._procs.add(proc)
         try:
             stdout, stderr = await asyncio.wait_for(proc.communicate(), limit)

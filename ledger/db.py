@@ -140,6 +140,7 @@ class Store:
         self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA secure_delete = ON")  # blanked inbox bodies leave no old bytes in free pages
 
     def close(self) -> None:
         """Close the connection (safe to call twice)."""

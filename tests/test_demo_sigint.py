@@ -31,12 +31,12 @@ BOT = "segbot_devnet_bot"
 USER = {"id": 1001, "first_name": "Demo"}
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     """`python -m devnet ...` in a new session: its pid is its process group, as a shell's job."""
     env = {k: v for k, v in os.environ.items() if k not in ("TELEGRAM_TOKEN", "ADMIN_IDS", "WORKER_ARGS")}
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "devnet", *args], cwd=REPO_DIR, stdout=out,
-                                stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"},
+                                stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1", **extra_env},
                                 start_new_session=True)
 
 
@@ -105,8 +105,9 @@ def _ctrl_c(proc: subprocess.Popen[bytes], log: Path) -> set[int]:
     return family
 
 
-def _demo_up(data: Path, log: Path) -> tuple[subprocess.Popen[bytes], dict]:  # type: ignore[type-arg]
-    proc = _spawn(["demo", "--app", "test", "--workers", "1", "--data", str(data)], log)
+def _demo_up(data: Path, log: Path,
+             **extra_env: str) -> tuple[subprocess.Popen[bytes], dict]:  # type: ignore[type-arg]
+    proc = _spawn(["demo", "--app", "test", "--workers", "1", "--data", str(data)], log, **extra_env)
     info = _wait_for("devnet.json", lambda: _info(data), proc, log)
     return proc, info
 
@@ -206,3 +207,132 @@ async def test_a_chain_save_that_failed_is_said_loudly_and_refused_next_time(tmp
     with pytest.raises(DevnetError, match="was not saved .*--fresh"):
         await Devnet(DevnetConfig(data_dir=data, app="test", workers=1)).start()
     assert not (data / "devnet.json").exists()
+
+
+SLOW_APP = "--sleep 600"  # the test app runs this long: a task is running when the signal comes
+
+
+def _running_app(pid: int) -> int | None:
+    """The pid of a worker app (the test app) run by the demo's workerpool, if one runs."""
+    for child in _children(pid):
+        try:
+            if b"devnet.testapp" in (Path("/proc") / str(child) / "cmdline").read_bytes():
+                return child
+        except OSError:
+            continue
+    return None
+
+
+def _demo_running_a_task(data: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The demo with a photo sent whose task is still running (the app sleeps): (demo, app pid)."""
+    proc, info = _demo_up(data, log, WORKER_ARGS=SLOW_APP)
+    try:
+        _bot_answers(info["telegram"]["url"])
+        _send_photo(info["telegram"]["url"])
+        app = _wait_for("the worker app running", lambda: _running_app(proc.pid), proc, log, limit=120)
+    except BaseException:
+        _ctrl_c(proc, log)
+        raise
+    return proc, app
+
+
+def _all_gone(pids: set[int], limit: float = 60.0) -> list[int]:
+    """Polls until none of `pids` runs (or `limit`); the ones still running, which are then killed (a failing
+    test leaves nothing behind either)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.2)
+    left = [pid for pid in pids if _alive(pid)]
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_terminal_hangup_saves_the_chain_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """Closing the terminal (SIGHUP to the job's process group) while a task runs: the demo stops in order as
+    on Ctrl-C: the chain is saved, and no process is left, the worker app (in its own session) included."""
+    data, log = tmp_path / "demo", tmp_path / "demo.log"
+    proc, app = _demo_running_a_task(data, log)
+    family = _children(proc.pid) | {proc.pid}
+    assert app in family
+    os.killpg(proc.pid, signal.SIGHUP)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"SIGHUP did not stop it within 60 s:\n{log.read_text()[-3000:]}") from None
+    out = log.read_text()
+    assert proc.returncode == 0, out[-3000:]
+    assert f"stopped; the chain is saved in {data}" in out
+    assert "COULD NOT SAVE" not in out and not (data / NOT_SAVED).exists()
+    assert (data / "chain-state.json").stat().st_size > 0
+    assert _all_gone(family, limit=5) == [], "SIGHUP left processes running"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_demo_killed_outright_is_detected_at_the_next_start(tmp_path: Path) -> None:
+    """SIGKILL (as the OOM killer does) to the demo alone while a task runs: no save can happen. Its children
+    die with it (the kernel's parent-death signal: anvil, the bot, the worker app), the NOT-SAVED marker
+    stays, and the next start refuses the books that the saved chain would not match, naming --fresh."""
+    data, log = tmp_path / "demo", tmp_path / "demo.log"
+    proc, app = _demo_running_a_task(data, log)
+    family = _children(proc.pid)
+    assert app in family
+    proc.kill()
+    proc.wait(timeout=10)
+    assert _all_gone(family) == [], "children outlived the killed demo"
+    assert (data / NOT_SAVED).read_text().strip() == "not stopped cleanly"
+    again = subprocess.run([sys.executable, "-m", "devnet", "demo", "--app", "test", "--data", str(data)],
+                           cwd=REPO_DIR, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "not saved (not stopped cleanly)" in again.stderr and "--fresh" in again.stderr
+
+
+def _interrupt_start_up(data: Path, log: Path, presses: int) -> tuple[subprocess.Popen[bytes], str, set[int]]:
+    """Start the demo, press Ctrl-C once anvil is up (`presses` 2: again as soon as it answers); (demo, its
+    output, the processes it had)."""
+    proc = _spawn(["demo", "--app", "test", "--workers", "1", "--data", str(data)], log)
+    _wait_for("the anvil step", lambda: "[1/7] anvil ... ok" in log.read_text(), proc, log)
+    family = _children(proc.pid) | {proc.pid}
+    os.killpg(proc.pid, signal.SIGINT)
+    if presses == 2:  # once the first is answered (two at once are one signal to the kernel)
+        deadline = time.monotonic() + 30
+        while "stopping after start-up" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"Ctrl-C did not stop it:\n{log.read_text()[-3000:]}") from None
+    return proc, log.read_text(), family
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ctrl_c_during_start_up_is_answered_and_a_second_one_aborts_it(tmp_path: Path) -> None:
+    """The first start takes a while: Ctrl-C then says at once that it will stop after start-up, and does;
+    a second Ctrl-C aborts the start-up. Either way what started is stopped (nothing left running) and the
+    chain saved."""
+    proc, out, family = _interrupt_start_up(tmp_path / "once", tmp_path / "once.log", presses=1)
+    assert proc.returncode == 0, out[-3000:]
+    assert out.index("stopping after start-up") < out.index("[7/7] telegram ... ok"), out[-3000:]
+    assert "chat page" not in out and "stopped; the chain is saved" in out  # the bot was never started
+    assert "COULD NOT SAVE" not in out and not (tmp_path / "once" / NOT_SAVED).exists()
+    assert (tmp_path / "once" / "chain-state.json").stat().st_size > 0
+    assert _all_gone(family, limit=5) == [], "Ctrl-C during start-up left processes running"
+
+    data = tmp_path / "twice"
+    proc, out, family = _interrupt_start_up(data, tmp_path / "twice.log", presses=2)
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopping after start-up" in out and "start-up aborted" in out, out[-3000:]
+    assert "[7/7]" not in out  # it did not go on starting
+    assert "COULD NOT SAVE" not in out and not (data / NOT_SAVED).exists()
+    assert (data / "chain-state.json").stat().st_size > 0 and not (data / "devnet.json").exists()
+    assert _all_gone(family, limit=5) == [], "the aborted start-up left processes running"

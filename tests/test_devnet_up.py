@@ -157,3 +157,28 @@ def test_status_without_data_finds_the_running_demo(tmp_path, capsys):
     (devnet / "devnet.json").write_text("{}")
     (demo / "devnet.json").unlink()
     assert default_status_dir((demo, devnet)) == devnet
+
+
+def test_fresh_is_refused_while_a_bot_holds_the_books_lock(tmp_path):
+    """A bot started apart from the devnet (no devnet.json names it) runs on the folder's books: --fresh must
+    not rename the folder under it, and says why; once the bot is gone, --fresh goes ahead."""
+    data = tmp_path / "devnet"
+    data.mkdir()
+    (data / "books.db").write_bytes(b"")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from bot.lock import InstanceLock; "
+                               f"lock = InstanceLock({str(data / 'books.lock')!r}).acquire(); "
+                               "print('held', flush=True); sys.stdin.read()"],
+                              cwd=REPO_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        refused = subprocess.run([sys.executable, "-m", "devnet", "up", "--app", "test", "--fresh", "--data",
+                                  str(data)], cwd=REPO_DIR, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1
+        assert f"a bot (pid {holder.pid}) is running on {data}" in refused.stderr
+        assert (data / "books.db").exists() and not list(tmp_path.glob("devnet.old-*"))
+    finally:
+        holder.communicate("", timeout=10)  # the bot stops: the kernel drops its lock
+    from devnet.up import move_aside
+
+    kept = move_aside(data)
+    assert kept is not None and (kept / "books.db").exists() and not data.exists()
