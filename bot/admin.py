@@ -7,6 +7,7 @@ a replayed update reuses the same transfer id or event key: nothing happens twic
 from __future__ import annotations
 
 import dataclasses
+import html
 import logging
 import re
 from typing import Any
@@ -227,7 +228,7 @@ async def job(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await update.effective_message.reply_html("Usage: /job ID (the id or its last 8 characters).")
         return
     fields = {k: v for k, v in dataclasses.asdict(found).items() if v not in (None, "", {}) and k != "request_order"}
-    body = "\n".join(f"{k}: <code>{v}</code>" for k, v in fields.items())
+    body = "\n".join(f"{k}: <code>{html.escape(str(v))}</code>" for k, v in fields.items())  # error: untrusted
     buttons = None
     if found.state is JobState.NEEDS_ADMIN:
         buttons = InlineKeyboardMarkup([[button("↩️ Refund", f"refund:{update.update_id}:{found.id}"),
