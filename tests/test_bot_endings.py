@@ -362,3 +362,36 @@ async def test_a_deal_a_node_behind_the_tip_does_not_know_yet_is_read_again(devn
             bn.ledger.audit()
     finally:
         await relay.stop()
+
+
+async def test_a_picture_the_busy_books_could_not_take_is_taken_at_the_next_start(devnet_module,
+                                                                                 tmp_path: Path) -> None:
+    """Books locked past the intake's limit: the user reads that the picture waits (not a generic error,
+    not "Got it" for ever), the update stays in the inbox, and the next start takes the picture in."""
+    first = await start_botnet(devnet_module, tmp_path)
+    try:
+        user = await known_chat(first)
+        first.bot.services.pipeline.intake_busy_limit_s = 1.0
+        first.tg.inject_photo(user, photo_bytes(seed=75))
+        await first.tg.wait_for(lambda: any("Got it" in (m.text or "") for m in first.sent(user)), timeout=20)
+        lock = hold_books(tmp_path / "books.db")  # the update is in the inbox; the job is not written yet
+        try:
+            await first.wait_for_text(user, "could not take your picture in yet", timeout=30)
+        finally:
+            lock.rollback()
+            lock.close()
+        assert first.ledger.user_jobs(user.id) == []
+        assert len(first.ledger.inbox.pending()) == 1  # not handled: left for the next start
+        assert not any("went wrong" in (m.text or "") for m in first.sent(user))
+    finally:
+        await first.bot.stop()
+    second = await start_botnet(devnet_module, tmp_path)
+    try:
+        result = await second.result_for(user)
+        assert "Charged" in (result.caption or "")
+        await second.settle()
+        assert len(second.ledger.user_jobs(user.id)) == 1
+        assert second.ledger.inbox.pending() == []
+        second.ledger.audit()
+    finally:
+        await second.bot.stop()
