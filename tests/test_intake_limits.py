@@ -18,6 +18,7 @@ from PIL import Image
 
 from bot.images import MAX_FRAMES_COUNTED
 from bot.intake import DownloadLimiter, DownloadsBusy, InputRejected, fetch_image
+from tests.loop_stalls import loop_stalls
 
 LOOPBACK_OK = SimpleNamespace(url_allow_loopback=True, url_fetch_timeout=20.0, max_image_bytes=10 * 1024 * 1024)
 
@@ -200,22 +201,9 @@ async def test_a_hostile_gif_does_not_stall_the_event_loop() -> None:
     gif = hostile_gif(500_000)
     server = SlowServer()
     server.bodies = {"many.gif": gif}
-    stalls: list[float] = []
-    done = asyncio.Event()
-
-    async def tick() -> None:
-        while not done.is_set():
-            before = time.monotonic()
-            await asyncio.sleep(0.01)
-            stalls.append(time.monotonic() - before - 0.01)
-
-    async with server.running():
-        ticker = asyncio.create_task(tick())
-        await asyncio.sleep(0.05)
+    async with server.running(), loop_stalls() as stalls:
         fetched = await asyncio.gather(*(fetch_image(f"{server.url}/fixed/many.gif", LOOPBACK_OK)
                                          for _ in range(3)))
-        done.set()
-        await ticker
     assert fetched == [gif] * 3
     assert len(stalls) > 3 and max(stalls) < 0.5, max(stalls)
     from bot.images import identify

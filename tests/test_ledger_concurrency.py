@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ledger import ExceedsReservation, InsufficientFunds, Ledger, LedgerBusy
+from tests.loop_stalls import loop_stalls
 
 USERS = (1, 2, 3)
 FUNDS = 1_000
@@ -112,28 +113,16 @@ async def test_a_held_write_lock_never_stalls_the_event_loop(tmp_path: Path) -> 
         released.set()
 
     timer = threading.Timer(3.0, release)
-    stalls: list[float] = []
-    done = asyncio.Event()
-
-    async def tick() -> None:
-        while not done.is_set():
-            before = time.monotonic()
-            await asyncio.sleep(0.01)
-            stalls.append(time.monotonic() - before - 0.01)
-
     with Ledger(path) as book:
-        ticker = asyncio.create_task(tick())
-        await asyncio.sleep(0.05)
-        timer.start()
-        with pytest.raises(LedgerBusy, match="locked by other writers"):
-            book.grant("g0", 1, 5, "")  # on the loop: a short wait, then a clear error
-        await asyncio.sleep(0.05)
-        assert not released.is_set()
-        await asyncio.to_thread(book.grant, "g1", 1, 5, "")  # off the loop: waits for the holder
-        assert released.is_set()
-        book.grant("g0", 1, 5, "")  # the refused write, retried once the lock is free
-        done.set()
-        await ticker
+        async with loop_stalls() as stalls:
+            timer.start()
+            with pytest.raises(LedgerBusy, match="locked by other writers"):
+                book.grant("g0", 1, 5, "")  # on the loop: a short wait, then a clear error
+            await asyncio.sleep(0.05)
+            assert not released.is_set()
+            await asyncio.to_thread(book.grant, "g1", 1, 5, "")  # off the loop: waits for the holder
+            assert released.is_set()
+            book.grant("g0", 1, 5, "")  # the refused write, retried once the lock is free
         assert book.balance(1).posted == 10
         book.audit()
     timer.join()
@@ -160,22 +149,10 @@ def test_a_thread_inside_the_ledger_does_not_stall_the_event_loop(tmp_path: Path
             time.sleep(0.01)
 
         async def on_loop() -> list[float]:
-            stalls: list[float] = []
-            done = asyncio.Event()
-
-            async def tick() -> None:
-                while not done.is_set():
-                    before = time.monotonic()
-                    await asyncio.sleep(0.01)
-                    stalls.append(time.monotonic() - before - 0.01)
-
-            ticker = asyncio.create_task(tick())
-            await asyncio.sleep(0.05)
-            with pytest.raises(LedgerBusy, match="another thread"):
-                book.balance(2)
-            await asyncio.sleep(0.05)
-            done.set()
-            await ticker
+            async with loop_stalls() as stalls:
+                with pytest.raises(LedgerBusy, match="another thread"):
+                    book.balance(2)
+                await asyncio.sleep(0.05)
             return stalls
 
         stalls = asyncio.run(on_loop())

@@ -1,0 +1,37 @@
+"""How long the event loop was held up: a coroutine that wants to wake every 10 ms records how late it was.
+
+    async with loop_stalls() as stalls:
+        await work_that_must_not_block()
+    assert max(stalls) < 0.5
+
+A behaviour check (no handler may hold every other user up), not a speed target: the bound is generous.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+TICK_S = 0.01
+
+
+@contextlib.asynccontextmanager
+async def loop_stalls(tick_s: float = TICK_S) -> AsyncIterator[list[float]]:
+    """Yield the list of the ticker's delays (seconds late per tick), filled until the block ends."""
+    stalls: list[float] = []
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        while not done.is_set():
+            before = time.monotonic()
+            await asyncio.sleep(tick_s)
+            stalls.append(time.monotonic() - before - tick_s)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(5 * tick_s)  # the ticker runs before the work starts
+    try:
+        yield stalls
+    finally:
+        done.set()
+        await ticker
