@@ -80,7 +80,7 @@ HELP = (
     "/jobs — your recent jobs and how they ended\n"
     "/cancel — cancel a job that has not started on iExec yet (full refund)\n"
     "/forget — delete the pictures and results I keep for you\n\n"
-    "Send a photo, an image file (JPEG, PNG, WEBP, GIF, BMP, TIFF) or an http(s) link to one."
+    "Send a photo, an image file (JPEG, PNG, WEBP, GIF, BMP; the first frame of an animation) or an http(s) link to one."
 )
 
 ADMIN_HELP = (

@@ -337,3 +337,15 @@ async def test_image_work_never_stalls_the_event_loop() -> None:
     assert [r.width for r in results[:3]] == [3000] * 3
     assert [r.frames for r in results[3:]] == [MAX_FRAMES_COUNTED] * 3
     assert len(stalls) > 3 and max(stalls) < 0.5, max(stalls)
+
+
+def test_help_names_exactly_the_formats_intake_accepts() -> None:
+    """/help promises what intake takes: a format listed there and refused (TIFF once was) costs a user a try."""
+    import re
+
+    from bot import texts
+    from bot.images import ACCEPTED_FORMATS
+
+    listed = re.search(r"an image file \(([^;)]*)", texts.HELP)
+    assert listed is not None
+    assert {f.strip() for f in listed.group(1).split(",")} == set(ACCEPTED_FORMATS)
