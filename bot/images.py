@@ -174,8 +174,8 @@ def check_image(data: bytes, limits: Any = None) -> CheckedImage:
                 f"That {_display(source_format)} file is damaged or incomplete. Please send it again."
             ) from None
     payload, out_format = _encode(rgb, source_format, limits)
-    log.info(
-        "image checked source=%s format=%s size=%dx%d bytes=%d",
+    log.debug(  # the caller logs it with its job id
+        "event=image_checked source=%s format=%s size=%dx%d bytes=%d",
         source_format, out_format, rgb.width, rgb.height, len(payload),
     )
     return CheckedImage(payload, out_format, rgb.width, rgb.height, _MIME[out_format], source_format)

@@ -120,14 +120,14 @@ class InputServer:
         self._runner = runner
         host, port = runner.addresses[0][:2]
         self._bound_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        log.info("inputs server started url=%s files=%d", self._bound_url, len(self._entries))
+        log.info("event=inputs_started url=%s files=%d", self._bound_url, len(self._entries))
 
     async def stop(self) -> None:
         """Stop serving; the files stay on disk for the next start."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-            log.info("inputs server stopped")
+            log.info("event=inputs_stopped")
 
     async def __aenter__(self) -> InputServer:
         await self.start()
@@ -192,7 +192,7 @@ class InputServer:
             self._delete_files(entry.key)
             raise InputsError(f"cannot store the input of job {job}: {exc.strerror}") from None
         self._entries[entry.key] = entry
-        log.info("input published job=%s bytes=%d ttl=%ds", job, len(data), int(ttl))
+        log.info("event=input_published job=%s bytes=%d ttl=%ds", job, len(data), int(ttl))
         return f"{base}/in/{token}/{name}"
 
     def revoke(self, job_id: str | int) -> bool:
@@ -202,7 +202,7 @@ class InputServer:
         for key in keys:
             self._drop(key)
         if keys:
-            log.info("input revoked job=%s", job)
+            log.info("event=input_revoked job=%s", job)
         return bool(keys)
 
     def forget(self, user_id: int) -> int:
@@ -210,7 +210,7 @@ class InputServer:
         keys = [k for k, e in self._entries.items() if e.user_id == user_id]
         for key in keys:
             self._drop(key)
-        log.info("inputs forgotten user=%s files=%d", user_id, len(keys))
+        log.info("event=inputs_forgotten user=%s files=%d", user_id, len(keys))
         return len(keys)
 
     def published(self, job_id: str | int) -> PublishedInput | None:
@@ -226,7 +226,7 @@ class InputServer:
         now = self._clock()
         keys = [k for k, e in self._entries.items() if e.expires_at <= now]
         for key in keys:
-            log.info("input expired job=%s", self._entries[key].job_id)
+            log.info("event=input_expired job=%s", self._entries[key].job_id)
             self._drop(key)
         return len(keys)
 
@@ -269,13 +269,13 @@ class InputServer:
         if entry is None or entry.name != name:
             raise web.HTTPNotFound()
         if entry.expires_at <= self._clock():
-            log.info("input expired job=%s", entry.job_id)
+            log.info("event=input_expired job=%s", entry.job_id)
             self._drop(key)
             raise web.HTTPNotFound()
         path = self._dir / f"{key}.bin"
         if not path.exists():
             raise web.HTTPNotFound()
-        log.info("input served job=%s bytes=%d method=%s", entry.job_id, entry.size, request.method)
+        log.info("event=input_served job=%s bytes=%d method=%s", entry.job_id, entry.size, request.method)
         return web.FileResponse(
             path,
             headers={
@@ -310,5 +310,5 @@ def _read_entry(path: Path) -> PublishedInput | None:
             expires_at=float(raw["expires_at"]),
         )
     except (OSError, ValueError, KeyError, TypeError):
-        log.warning("inputs index entry unreadable file=%s", path.name)
+        log.warning("event=inputs_index_unreadable file=%s", path.name)
         return None

@@ -275,7 +275,8 @@ class Pipeline(AdminOps, Endings):
             log.info("event=intake_no_credit job=%s user=%s available=%d", job_id, user, available)
             return await self._refuse(job_id, chat, status_message_id, texts.NO_CREDIT.format(
                 available=texts.rlc(available), price=texts.rlc(self.settings.max_price_nrlc)))
-        log.info("event=job_created job=%s user=%s reserved=%d", job.id, user, self.settings.max_price_nrlc)
+        log.info("event=job_created job=%s user=%s reserved=%d source_format=%s size=%dx%d bytes=%d", job.id, user,
+                 self.settings.max_price_nrlc, image.source_format, image.width, image.height, len(image.data))
         self._crash_point("after_reserve")
         self._show(job, reserved=texts.rlc(self.settings.max_price_nrlc))
         self.drive(job.id)

@@ -132,7 +132,7 @@ async def test_no_token_in_logs_or_on_disk(tmp_path: Path, caplog: pytest.LogCap
         server.publish("job-10", DATA, ttl=600)
     assert caplog.records, "the server logs its events"
     assert all(token not in r.getMessage() for r in caplog.records)
-    assert any("input served job=job-9" in r.getMessage() for r in caplog.records)
+    assert any("event=input_served job=job-9" in r.getMessage() for r in caplog.records)
     for path in tmp_path.iterdir():
         assert token.encode() not in path.read_bytes()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
