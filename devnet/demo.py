@@ -31,6 +31,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,11 +73,20 @@ def _bot_env_file(net: Devnet, data: Path, admins: str, real_token: str | None) 
 
 
 def _grant(db: str, user: int, rlc: str) -> None:
+    """The demo credit, once per books (idempotent on its id: a restart credits nothing more)."""
     proc = subprocess.run([sys.executable, "-m", "ledger", "--db", db, "grant", str(user), rlc,
                            "--memo", "demo credit", "--id", f"demo-credit-{user}"],
                           cwd=REPO_DIR, capture_output=True, text=True, timeout=60, start_new_session=True)
     if proc.returncode != 0:
         raise SystemExit(f"could not credit the demo user: {proc.stderr.strip()}")
+
+
+def _available(db: str, user: int) -> str:
+    """The user's available credit as the ledger CLI says it ("4.68 RLC"), or "?" if it cannot say."""
+    proc = subprocess.run([sys.executable, "-m", "ledger", "--db", db, "balance", str(user)], cwd=REPO_DIR,
+                          capture_output=True, text=True, timeout=60, start_new_session=True)
+    found = re.search(r"available ([0-9.]+ RLC)", proc.stdout)
+    return found.group(1) if proc.returncode == 0 and found else "?"
 
 
 def _task_line(net: Devnet, outcome: Any) -> str:
@@ -199,8 +209,9 @@ async def _run_bot(args: argparse.Namespace, net: Devnet, data: Path, env_file: 
                                                preexec_fn=child_preexec(signal.SIGTERM))
     chat = f"{net.telegram_url}/_chat/"
     _say("")
-    _say(f"  chat page   {chat}   (you are user {DEMO_USER}, credited {DEMO_CREDIT_RLC} RLC; also admin)"
-         if not real_token else "  the bot is on Telegram: write to it there")
+    available = await asyncio.to_thread(_available, net.env["DB_PATH"], DEMO_USER)
+    _say(f"  chat page   {chat}   (you are user {DEMO_USER}, also admin: {available} available; the demo "
+         f"credits {DEMO_CREDIT_RLC} RLC once)" if not real_token else "  the bot is on Telegram: write to it there")
     _say(f"  chain       {net.env['RPC_URL']}  (hub {net.env['HUB_ADDRESS']})")
     _say(f"  market      {net.env['MARKET_URL']}   gateway {net.env['IPFS_GATEWAY']}")
     _say(f"  app         {args.app} worker; "

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import shlex
 import subprocess
 import sys
@@ -48,7 +49,7 @@ from eth_account import Account
 
 from devnet import chain as devchain
 from devnet.accounts import APP_OWNER, DEPLOYER, POOL_OWNER, WORKER
-from devnet.anvil import Anvil, child_preexec
+from devnet.anvil import Anvil
 from devnet.deploy import Deployment, hub_abi, registry_abi, rlc_abi
 from devnet.gateway import ResultGateway
 from devnet.market import MarketStandIn
@@ -540,7 +541,24 @@ class Devnet:
         self.bot_token = token_file.read_text().strip()
         self.telegram = TelegramStandIn(data_dir=self.data_dir / "telegram")  # ids survive a restart
         self.telegram.add_bot(self.bot_token, self.config.bot_username)
-        await self.telegram.start(self.config.telegram_port)
+        await self.telegram.start(self._telegram_port())
+        (self.data_dir / "telegram.port").write_text(f"{self.telegram.url.rsplit(':', 1)[1]}\n")
+
+    def _telegram_port(self) -> int:
+        """The configured port; else the one of the last run when it is free (the chat page keeps its address
+        across restarts, and with it the browser's page), else any free port."""
+        if self.config.telegram_port:
+            return self.config.telegram_port
+        try:
+            last = int((self.data_dir / "telegram.port").read_text().strip())
+        except (OSError, ValueError):
+            return 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", last))
+            except OSError:
+                return 0
+        return last
 
     # -- what runs where ------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -133,9 +134,11 @@ def test_ctrl_c_saves_the_chain_and_a_restart_goes_on(tmp_path: Path) -> None:
     assert mined is not None  # the photo cost real transactions: a lost chain would show
 
     # the same folder again: the chain goes on from the saved state, the books agree with it
+    first_url = info["telegram"]["url"]
     log2 = tmp_path / "demo2.log"
     proc, info = _demo_up(data, log2)
     try:
+        assert info["telegram"]["url"] == first_url  # the chat page keeps its address (its port was free)
         _bot_answers(info["telegram"]["url"])  # answers at once: nothing frozen, nothing refused
         wallet = json.loads((data / "wallet.json").read_text())["address"]
         wallet = wallet if wallet.startswith("0x") else "0x" + wallet
@@ -147,6 +150,8 @@ def test_ctrl_c_saves_the_chain_and_a_restart_goes_on(tmp_path: Path) -> None:
         _ctrl_c(proc, log2)
     out2 = log2.read_text()
     assert proc.returncode == 0, out2[-3000:]
+    # the start line tells the balance left after the first photo, not the demo credit again
+    assert re.search(r"\(you are user 1001, also admin: 4\.[0-9]+ RLC available", out2), out2[-3000:]
     assert "books_chain_mismatch" not in out2 and "replayed_update" not in out2
 
     # the chain behind RPC_URL reset (a new chain from the PoCo snapshot): the bot refuses, says what to do
