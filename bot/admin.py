@@ -6,7 +6,7 @@ a replayed update reuses the same transfer id or event key: nothing happens twic
 """
 from __future__ import annotations
 
-import dataclasses
+import datetime
 import html
 import logging
 import re
@@ -218,6 +218,44 @@ async def users(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await update.effective_message.reply_html("\n".join(lines))
 
 
+def _utc(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def job_receipt(found: Any, *, fee: int, explorer: str = "") -> str:
+    """/job ID as a receipt: state in words, times in UTC, amounts in RLC, the deal and task ids (HTML;
+    the error and options are untrusted and escaped)."""
+    state = found.state.value
+    lines = [f"<b>Job</b> <code>{found.id}</code>",
+             f"User <code>{found.user_id}</code> · chat <code>{found.chat_id}</code>",
+             f"State: {texts.STAGE_NAMES.get(state, state)} ({state})",
+             f"Created: {_utc(found.created_at)} · last change: {_utc(found.updated_at)}"]
+    times = sorted(found.state_times.items(), key=lambda item: item[1])
+    if times:
+        lines.append("Steps: " + " · ".join(f"{texts.STAGE_NAMES.get(s, html.escape(str(s)))} "
+                                            f"{_utc(int(ms))[11:19]}" for s, ms in times))
+    lines.append(f"Reserved: {texts.rlc(found.max_price)}")
+    if found.app_price is not None and found.workerpool_price is not None:
+        task = found.app_price + found.workerpool_price
+        lines.append(f"Price: app {texts.rlc(found.app_price)} + workerpool {texts.rlc(found.workerpool_price)} "
+                     f"+ fee {texts.rlc(fee)} = {texts.rlc(task + fee)}")
+    if found.deal_id:
+        link = f' · <a href="{html.escape(explorer)}/deal/{found.deal_id}">explorer</a>' if explorer else ""
+        lines.append(f"Deal: <code>{found.deal_id}</code>{link}")
+    if found.task_id:
+        lines.append(f"Task: <code>{found.task_id}</code>")
+    if found.options:
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(found.options.items()))
+        lines.append(f"Options: <code>{html.escape(opts)}</code>")
+    if found.attempts:
+        lines.append(f"Attempts: {found.attempts}")
+    if found.result_ref:
+        lines.append(f"Result file: <code>{html.escape(found.result_ref)}</code>")
+    if found.error:
+        lines.append(f"Error: <code>{html.escape(found.error)}</code>")
+    return "\n".join(lines)
+
+
 @admin_only
 async def job(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/job ID: everything about one job."""
@@ -227,8 +265,7 @@ async def job(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if found is None:
         await update.effective_message.reply_html("Usage: /job ID (the id or its last 8 characters).")
         return
-    fields = {k: v for k, v in dataclasses.asdict(found).items() if v not in (None, "", {}) and k != "request_order"}
-    body = "\n".join(f"{k}: <code>{html.escape(str(v))}</code>" for k, v in fields.items())  # error: untrusted
+    body = job_receipt(found, fee=svc.settings.fee_nrlc, explorer=svc.settings.resolved_network.explorer)
     buttons = None
     if found.state is JobState.NEEDS_ADMIN:
         buttons = InlineKeyboardMarkup([[button("↩️ Refund", f"refund:{update.update_id}:{found.id}"),

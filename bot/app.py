@@ -68,6 +68,7 @@ def register_handlers(app: Application, inbox: UpdateInbox | None = None) -> Non
     app.add_handler(MessageHandler(new & ~filters.TEXT, handlers.unsupported))
     app.add_handler(CallbackQueryHandler(handlers.status_refresh, pattern=r"^status(:|$)"))
     app.add_handler(CallbackQueryHandler(handlers.detections, pattern=r"^det:"))
+    app.add_handler(CallbackQueryHandler(handlers.forget_pressed, pattern=r"^forget:"))
     app.add_handler(CallbackQueryHandler(admin.retry, pattern=r"^retry:"))
     app.add_handler(CallbackQueryHandler(admin.dismissed, pattern=r"^x$"))
     app.add_handler(CallbackQueryHandler(admin.confirmed, pattern=r"^(fund|deposit|withdraw|refund):"))

@@ -265,7 +265,7 @@ class ChainGateway:
         """Raise NoOffer(no_stake=True) when the hub's free stake cannot pay `amount`."""
         stake = (await self.hub.view_account(self.address)).stake
         if stake < amount:
-            raise NoOffer(f"free stake {stake} nRLC < {amount} nRLC", no_stake=True)
+            raise NoOffer(f"free stake {texts.rlc(stake)} < {texts.rlc(amount)}", no_stake=True)
 
     async def offers(self) -> list[Offer]:
         """App and workerpool order pairs within the maximum prices, cheapest first."""
@@ -484,11 +484,20 @@ class ChainGateway:
             # command makes a new confirmation key and may try again.
             ledger.record_event("admin_stake_failed", key, {"kind": kind, "nrlc": nrlc, "error": str(exc)[:300]})
             log.warning("event=stake_move_failed kind=%s nrlc=%d error=%r", kind, nrlc, str(exc)[:300])
-            return f"❌ {kind} failed, nothing moved: {html.escape(str(exc))}\nSend /{kind} again to try again."
+            why = html.escape(str(exc))
+            if isinstance(exc, InsufficientStake):  # its own text counts in nRLC: say it in RLC
+                try:
+                    report = await self.wallet_report()
+                    have = report.rlc if kind == "deposit" else report.stake
+                    where = "the wallet holds" if kind == "deposit" else "the free stake is"
+                    why = f"{where} {texts.rlc(have)}, less than {texts.rlc(nrlc)}"
+                except ChainError:
+                    why = f"not enough RLC for {texts.rlc(nrlc)}"
+            return f"❌ {kind} failed, nothing moved: {why}\nSend /{kind} again to try again."
         finally:
             await self._settle_tx_records()
         report = await self.wallet_report()
-        return f"✅ {kind.capitalize()} done. Hub stake is now {report.stake / 10**9:g} RLC."
+        return f"✅ {kind.capitalize()} done. Hub stake is now {texts.rlc(report.stake)}."
 
     async def price_report(self) -> str:
         try:

@@ -35,6 +35,7 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             price=texts.rlc(svc.settings.max_price_nrlc),
             fee=texts.rlc(svc.settings.fee_nrlc),
             available=texts.rlc(bal.available),
+            demo=texts.DEMO_RANDOM if svc.settings.demo_random_weights else "",
         )
     )
 
@@ -130,9 +131,33 @@ async def cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Delete the user's stored pictures and results."""
-    n = await services_of(context).pipeline.forget(update.effective_user.id)
-    await update.effective_message.reply_html(texts.FORGET_DONE.format(n=n))
+    """/forget: ask, with buttons that only the asker may press, before deleting anything."""
+    user = update.effective_user.id
+    n = services_of(context).pipeline.stored_count(user)
+    if not n:
+        await update.effective_message.reply_html(texts.FORGET_NOTHING)
+        return
+    buttons = InlineKeyboardMarkup([[InlineKeyboardButton("🗑 Delete", callback_data=f"forget:yes:{user}"),
+                                     InlineKeyboardButton("✖ Keep them", callback_data=f"forget:no:{user}")]])
+    await update.effective_message.reply_html(texts.FORGET_ASK.format(n=n), reply_markup=buttons)
+
+
+async def forget_pressed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A button of /forget: only the user who asked may press it; deleting twice deletes nothing more."""
+    query = update.callback_query
+    presser = update.effective_user.id
+    _, answer, owner = ((query.data or "").split(":") + ["", "", ""])[:3]
+    if answer not in ("yes", "no") or not re.fullmatch(r"[0-9]{1,16}", owner) or int(owner) != presser:
+        log.info("event=button_refused user=%s data=%r", presser, (query.data or "")[:64])
+        await query.answer(NOT_FOR_YOU, show_alert=True)
+        return
+    await query.answer()
+    if answer == "no":
+        await query.edit_message_text(texts.FORGET_KEPT, parse_mode=ParseMode.HTML)
+        return
+    n = await services_of(context).pipeline.forget(presser)
+    log.info("event=forget user=%s deleted=%d", presser, n)
+    await query.edit_message_text(texts.FORGET_DONE.format(n=n), parse_mode=ParseMode.HTML)
 
 
 async def detections(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

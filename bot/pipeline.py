@@ -52,7 +52,7 @@ from bot.chain import ChainDisagrees, ChainGateway, NoOffer, OfferTaken, TaskEve
 from bot.errors import BotError
 from bot.images import check_image_async
 from bot.intake import DownloadLimiter, InputRejected, fetch_image
-from bot.results import RESULT_LIMITS, read_detections, result_image
+from bot.results import RESULT_LIMITS, made_with_random_weights, read_detections, result_image
 from bot.settings import Settings
 from iexec.errors import IExecError, ResultDownloadError, ResultLocationError, UnsafeArchive
 from ledger import InsufficientFunds, JobState, Ledger, LedgerBusy, LedgerError
@@ -537,8 +537,9 @@ class Pipeline(AdminOps, Endings):
         """Send the result (at least once), then record it."""
         path = Path(job.result_ref)
         detections = read_detections(path.parent)
-        charged = job.app_price + job.workerpool_price + self.settings.fee_nrlc
-        caption = f"{texts.caption(d.get('class_name', '?') for d in detections)}\n\nCharged {texts.rlc(charged)}."
+        caption = texts.result_caption((d.get("class_name", "?") for d in detections),
+                                       random_weights=made_with_random_weights(path.parent),
+                                       task=job.app_price + job.workerpool_price, fee=self.settings.fee_nrlc)
         markup = InlineKeyboardMarkup([[InlineKeyboardButton("detections.json", callback_data=f"det:{job.id}")]])
         data = path.read_bytes()
         note = ""
@@ -560,7 +561,7 @@ class Pipeline(AdminOps, Endings):
         self.ledger.transition(job.id, JobState.COMPLETED, JobState.DELIVERED,
                                **({"error": note[:500]} if note else {}))
         took = self.clock() - job.created_at / 1000
-        self._show(self.ledger.get_job(job.id), elapsed=texts.elapsed(took), charged=texts.rlc(charged))
+        self._show(self.ledger.get_job(job.id), elapsed=texts.elapsed(took))
         log.info("event=delivered job=%s seconds=%.1f", job.id, took)
 
     async def _send_result(self, job: Any, chat: int, data: bytes, name: str, caption: str, markup: Any, *,
@@ -731,18 +732,29 @@ class Pipeline(AdminOps, Endings):
             done.append((job.id, job.max_price))
         return done
 
+    def _stored(self, user: int) -> list[tuple[Any, list[Path]]]:
+        """The user's finished jobs with the pictures and results still stored for them."""
+        found = []
+        for job in self.ledger.user_jobs(user, limit=10_000):
+            if job.state.is_terminal():
+                paths = [p for p in (Path(job.input_ref) if job.input_ref else None, self.results_dir / job.id)
+                         if p is not None and p.exists()]
+                found.append((job, paths))
+        return found
+
+    def stored_count(self, user: int) -> int:
+        """How many pictures and results /forget would delete."""
+        return sum(len(paths) for _, paths in self._stored(user))
+
     async def forget(self, user: int) -> int:
         """Delete the user's stored pictures and results of finished jobs."""
         import shutil
 
         count = 0
-        for job in self.ledger.user_jobs(user, limit=10_000):
-            if not job.state.is_terminal():
-                continue
-            for path in (Path(job.input_ref) if job.input_ref else None, self.results_dir / job.id):
-                if path is not None and path.exists():
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-                    count += 1
+        for job, paths in self._stored(user):
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                count += 1
             self.inputs.revoke(job.id)
         return count
 

@@ -28,11 +28,25 @@ def result_image(output: Path | None) -> Path:
     return output
 
 
+def _read(folder: Path) -> Any:
+    try:
+        return json.loads((folder / "detections.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def made_with_random_weights(folder: Path) -> bool:
+    """True when the folder's detections.json says the model ran with random weights (its
+    `model.random_weights`); False when it says otherwise or cannot be read."""
+    data = _read(folder)
+    model = data.get("model") if isinstance(data, dict) else None
+    return isinstance(model, dict) and model.get("random_weights") is True
+
+
 def read_detections(folder: Path) -> list[dict[str, Any]]:
     """The detections listed in the folder's detections.json; [] when it is missing or malformed."""
-    try:
-        data = json.loads((folder / "detections.json").read_text())
-    except (OSError, ValueError):
+    data = _read(folder)
+    if data is None:
         return []
     items = data.get("detections", data) if isinstance(data, dict) else data
     return [d for d in items if isinstance(d, dict)] if isinstance(items, list) else []

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     workerpool_max_price_nrlc: int = Field(default=200_000_000, ge=0)
     fee_nrlc: int = Field(default=10_000_000, ge=0)
     worker_args: str = "--max-dim 1024 --min-confidence 0.7"
+    # The worker runs Mask R-CNN with random weights (a demo): /start says the shapes mean nothing
+    demo_random_weights: bool = False
 
     # Wallet and books
     wallet_keystore: Path = Path("data/wallet.json")

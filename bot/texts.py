@@ -50,6 +50,15 @@ def caption(class_names: Iterable[str], limit: int = 8) -> str:
     return ", ".join(parts)
 
 
+def result_caption(class_names: Iterable[str], *, random_weights: bool, task: int, fee: int) -> str:
+    """The caption under a result (plain text): what was found (said to be meaningless with random
+    weights), then the one statement of what was charged."""
+    found = caption(class_names)
+    if random_weights:
+        found = RESULT_RANDOM.format(found=found[0].lower() + found[1:].rstrip("."))
+    return f"{found}\n\n" + CHARGED.format(charged=rlc(task + fee), task=rlc(task), fee=rlc(fee))
+
+
 def plain(text: str) -> str:
     """A text of this module without its HTML (tags removed, entities turned back into characters), for
     sending without a parse mode when Telegram could not read it as HTML."""
@@ -65,8 +74,9 @@ START = (
     "<b>Hello!</b> Send me a photo, an image file or an image link and I will find the objects in it "
     "(people, animals, vehicles and 77 more kinds) with Mask R-CNN, computed on iExec, the decentralized "
     "compute market. You get the picture back with coloured masks, boxes and labels.\n\n"
-    "<b>Price:</b> up to {price} per picture (you pay what the task really cost plus {fee}; the rest of the "
-    "reservation comes back).\n<b>Your balance:</b> {available}.\n\n"
+    "<b>Price:</b> at most {price} per picture. I reserve {price}, then charge the price the iExec task was "
+    "bought at plus my fee of {fee}; the rest comes back at once.\n<b>Your balance:</b> {available}.\n\n"
+    "{demo}"
     "<b>Privacy:</b> your picture is served to the worker at a secret link that expires when the task ends, "
     "but that link is written in the task's public parameters on the blockchain while it works, and the "
     "result is stored on public IPFS by the workerpool. Do not send pictures you need to keep private. "
@@ -111,7 +121,7 @@ STAGES = {
     "MATCHED": "⏳ Task bought (deal {deal}). Waiting for the worker to start…",
     "RUNNING": "⚙️ The worker is segmenting your picture…",
     "COMPLETED": "📦 Result received, sending it…",
-    "DELIVERED": "✅ Done in {elapsed}. Charged {charged}.",
+    "DELIVERED": "✅ Done in {elapsed}. The result is below.",
     "REFUNDED": "↩️ Refunded in full: {reason}",
     "CANCELLED": "🚫 Cancelled; your reservation was returned.",
     "NEEDS_ADMIN": "⚠️ Something unusual happened; an operator will look at it. {money}",
@@ -135,6 +145,12 @@ NO_JOBS = "No jobs yet. Send a picture to start."
 NO_ACTIVE = "Nothing in progress."
 CANCEL_NONE = "There is nothing I can cancel: jobs already bought on iExec run to the end (or get refunded)."
 CANCELLED = "Cancelled job <code>{short}</code>; {amount} returned to your balance."
+FORGET_ASK = (
+    "Delete the pictures and results I keep for you ({n} stored)? This cannot be undone; the detections "
+    "button of old results stops working. Your balance and job amounts stay in the books."
+)
+FORGET_NOTHING = "I keep no pictures or results of yours; nothing to delete."
+FORGET_KEPT = "Nothing deleted."
 FORGET_DONE = "Deleted {n} stored pictures and results. Your balance and job amounts stay in the books."
 ALREADY_DONE = "Already done (this confirmation was used before); nothing was done twice."
 STAKE_FAILED_BEFORE = ("This {kind} failed when it was confirmed, and nothing moved. "
@@ -155,6 +171,17 @@ REFUND_REASONS = {
     "admin": "an operator refunded it.",
     "no_stake": "the bot's iExec account is short of funds; the operator has been told.",
 }
+
+RANDOM_WEIGHTS = "⚠️ <b>Random weights: these shapes mean nothing.</b>"
+DEMO_RANDOM = (
+    "⚠️ <b>Demo with random weights:</b> the masks and labels are random shapes that mean nothing; they "
+    "show how the service works, not what is in your picture.\n\n"
+)
+RESULT_RANDOM = (  # a caption: plain text (captions are sent without a parse mode)
+    "⚠️ Random weights: these shapes mean nothing. This demo runs Mask R-CNN without its trained weights, so the labels below are "
+    "random too: {found}."
+)
+CHARGED = "Charged {charged} (task {task} + fee {fee})."
 
 HINT = "Send me a photo, an image file or an http(s) link to an image, and I will segment it. /help for more."
 STAGE_NAMES = {

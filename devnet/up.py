@@ -597,6 +597,7 @@ class Devnet:
             # default 2 s meant for public chains (it was most of the demo's photo-in -> result-out overhead)
             "POLL_INTERVAL_S": "0.5",
             "WORKER_ARGS": self.config.worker_args,
+            "DEMO_RANDOM_WEIGHTS": str(self.config.app == "real" and self.config.weights is None).lower(),
         }
 
     def describe(self) -> dict[str, Any]:

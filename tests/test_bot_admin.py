@@ -123,8 +123,11 @@ async def test_users_job_reconcile_price(botnet: BotNet) -> None:
     assert "available 0.84 RLC" in msg.text
 
     botnet.tg.inject_command(ADMIN, "/job", job.id[-8:])
-    msg = await botnet.wait_for_text(ADMIN, "state:")
-    assert "DELIVERED" in msg.text and job.deal_id in msg.text and not msg.buttons()
+    msg = await botnet.wait_for_text(ADMIN, "State:")
+    assert "State: delivered (DELIVERED)" in msg.text and not msg.buttons()
+    assert f"Deal: {job.deal_id}" in msg.text and f"Task: {job.task_id}" in msg.text
+    assert "Price: app 0.05 RLC + workerpool 0.1 RLC + fee 0.01 RLC = 0.16 RLC" in msg.text
+    assert " UTC" in msg.text and "{" not in msg.text and "nRLC" not in msg.text  # no Python reprs
 
     botnet.tg.inject_command(ADMIN, "/job", "nope")
     await botnet.wait_for_text(ADMIN, "Usage: /job")

@@ -45,9 +45,11 @@ async def _job_through_every_stage(botnet: BotNet) -> None:
     result = await botnet.result_for(user)
     await botnet.settle()
     assert result.caption.startswith("1 person")
-    assert "Charged 0.16 RLC" in result.caption  # 0.05 app + 0.1 pool + 0.01 fee
+    assert "Charged 0.16 RLC (task 0.15 RLC + fee 0.01 RLC)" in result.caption  # 0.05 app + 0.1 pool + fee
+    assert "Random weights" not in result.caption  # the test app says nothing about its weights
     [status] = [m for m in botnet.sent(user) if m.message_id == ack.message_id]
     assert status.text.startswith("✅ Done in")
+    assert "Charged" not in status.text  # said once, under the picture
     history = [r.text or "" for r in status.edits]
     assert len(history) >= 2, history
     assert any("⏱" in t and "so far" in t for t in history), history  # elapsed time while it works
@@ -72,9 +74,27 @@ async def _job_through_every_stage(botnet: BotNet) -> None:
     stored = [Path(job.input_ref), Path(job.result_ref)]
     assert all(p.exists() for p in stored)
     botnet.tg.inject_command(user, "/forget")
+    ask = await botnet.wait_for_text(user, "cannot be undone")
+    assert "2 stored" in ask.text
+    assert [d for _, d in ask.buttons()] == [f"forget:yes:{user.id}", f"forget:no:{user.id}"]
+    stranger = botnet.new_user()
+    botnet.tg.inject_text(stranger, "hello")
+    hint = await botnet.wait_for_text(stranger, "Send me a photo")
+    answered = len(botnet.tg.calls("answerCallbackQuery"))
+    botnet.tg.press_button(stranger, hint.message_id, f"forget:yes:{user.id}", must_exist=False)  # forged
+    await botnet.tg.wait_calls("answerCallbackQuery", answered + 1, timeout=5)
+    assert all(p.exists() for p in stored)  # only the asker may confirm
+    botnet.tg.press_button(user, ask.message_id, f"forget:no:{user.id}")
+    await botnet.wait_for_text(user, "Nothing deleted")
+    assert all(p.exists() for p in stored)
+    botnet.tg.inject_command(user, "/forget")
+    ask = await botnet.wait_for_text(user, "cannot be undone")
+    botnet.tg.press_button(user, ask.message_id, f"forget:yes:{user.id}")
     msg = await botnet.wait_for_text(user, "Deleted")
     assert "Deleted 2 stored" in msg.text
     assert not any(p.exists() for p in stored)
+    botnet.tg.inject_command(user, "/forget")
+    await botnet.wait_for_text(user, "nothing to delete")
     assert botnet.ledger.balance(user.id).posted == 10**9 - 160_000_000  # the books keep the amounts
     botnet.tg.press_button(user, result.message_id, f"det:{job.id}")
     await botnet.wait_for_text(user, "no longer stored")

@@ -261,7 +261,7 @@ async def test_an_app_error_with_html_in_it_is_told_as_the_app_wrote_it(botnet: 
     assert len(refused) == 1  # only the probe above: every text of the refund was read as sent
     assert books.get_job(job_id).state is JobState.REFUNDED
     botnet.tg.inject_command(ADMIN, "/job", job_id)  # the admin reads the books' error as written too
-    report = await botnet.wait_for_text(ADMIN, "error: app_error")
+    report = await botnet.wait_for_text(ADMIN, "Error: app_error")
     assert f"ValueError: {UNTRUSTED}" in report.text, report.text
     bal = books.balance(user.id)
     assert (bal.posted, bal.pending) == (10**9, 0)
