@@ -554,6 +554,9 @@ class Devnet:
         except (OSError, ValueError):
             return 0
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # as the server binds (aiohttp sets SO_REUSEADDR): the last run's connections in TIME_WAIT
+            # must not make its own port look taken
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", last))
             except OSError:
