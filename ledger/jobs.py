@@ -266,16 +266,7 @@ class Jobs(Books):
         the app) is paid back from operator:refund_expense; one already voided moves nothing.
         Idempotent: a job already REFUNDED is returned unchanged.
         """
-        check_id(refund_id, "refund_id")
-        check_text(error, "error")
-        froms = _states(from_states)
-        with self.transaction() as conn:
-            job = self._load(conn, job_id)
-            if job.state is S.REFUNDED:
-                return job
-            self._check_move(job, froms, S.REFUNDED)
-            self._give_back(conn, job, refund_id)
-            return self._set(conn, job, S.REFUNDED, {**fields, "error": error})
+        return self._refund(job_id, refund_id, error, from_states, fields)
 
     def refund_paid_job(self, job_id: str, post_id: str, refund_id: str, amount: int, *, error: str,
                         fee: int = 0, from_states: Iterable[JobState | str] | None = None,
@@ -288,8 +279,13 @@ class Jobs(Books):
         posted before (by `complete_job` or an earlier try) is not posted again.
         """
         check_id(post_id, "post_id")
-        check_id(refund_id, "refund_id")
         check_amount(amount)
+        return self._refund(job_id, refund_id, error, from_states, fields, paid=(post_id, amount, fee))
+
+    def _refund(self, job_id: str, refund_id: str, error: str, from_states: Iterable[JobState | str] | None,
+                fields: dict[str, Any], paid: tuple[str, int, int] | None = None) -> Job:
+        """`refund_job`, and with `paid` = (post id, amount, fee) first the post of a still open reservation."""
+        check_id(refund_id, "refund_id")
         check_text(error, "error")
         froms = _states(from_states)
         with self.transaction() as conn:
@@ -297,9 +293,9 @@ class Jobs(Books):
             if job.state is S.REFUNDED:
                 return job
             self._check_move(job, froms, S.REFUNDED)
-            resolved = conn.execute("SELECT 1 FROM transfers WHERE pending_id = ? AND leg = 0",
-                                    (job.reservation,)).fetchone()
-            if resolved is None:
+            if paid is not None and conn.execute("SELECT 1 FROM transfers WHERE pending_id = ? AND leg = 0",
+                                                 (job.reservation,)).fetchone() is None:
+                post_id, amount, fee = paid
                 self._post(conn, post_id, job.reservation, amount, fee, f"job {job.id} paid on chain")
             self._give_back(conn, job, refund_id)
             return self._set(conn, job, S.REFUNDED, {**fields, "error": error})
