@@ -31,7 +31,14 @@ credentials, or a signed transaction's raw bytes.
         ├── ResultLocationError     `task.results` is empty or its location has a wrong form
         ├── ResultDownloadError     no gateway delivered the archive
         ├── UnsafeArchive           the archive escapes its folder or expands too much
+        │   └── DecryptionError     (also a TeeError) an encrypted result or input cannot be opened
+        │       └── ResultKeyMissing  the result is encrypted and no result key was given
         └── ErrorArchive            the app reported an error instead of a result
+    ├── TeeError                    TEE (TDX) client side: keys, encryption formats (iexec.tee)
+    └── SmsError                    the Secret Management Service refused or failed (carries .status)
+
+DecryptionError derives from both TeeError and UnsafeArchive: a result that cannot be decrypted is a bad
+result (refunded by a caller that refunds on UnsafeArchive), never something to retry.
 """
 from __future__ import annotations
 
@@ -164,6 +171,26 @@ class UnsafeArchive(ResultError):
 
 class ErrorArchive(ResultError):
     """The app reported an error (error.txt / error-message) instead of a result."""
+
+
+class TeeError(IExecError):
+    """TEE (TDX) client side: a key or an encrypted blob is unusable (iexec.tee)."""
+
+
+class DecryptionError(TeeError, UnsafeArchive):
+    """An encrypted result (or input) cannot be decrypted: wrong key, truncated, or not encrypted at all."""
+
+
+class ResultKeyMissing(DecryptionError):
+    """The result archive is encrypted and no result key was given to open it."""
+
+
+class SmsError(IExecError):
+    """The Secret Management Service refused or failed; `.status` is the HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 __all__ = [name for name, obj in list(globals().items())

@@ -31,14 +31,22 @@ class Network:
     real_money: bool = False
     #: Tag the public workerpools of this network require (bytes32 hex); "" means standard tasks.
     workerpool_tag: str = ""
+    #: The Secret Management Service of this deployment (the SDK's `smsURL`); "" = none known.
+    sms_url: str = ""
+    #: Tag of TEE tasks on this network (bytes32 hex, TDX = 0x...09); "" means no TEE tasks by default.
+    tee_tag: str = ""
 
     def with_overrides(self, **values: Any) -> Network:
         """A copy with the non-empty values of `values` replacing the preset's."""
         return replace(self, **{k: v for k, v in values.items() if v not in (None, "")})
 
 
-# Devnet addresses are not fixed: `python -m devnet up` deploys PoCo and writes the real addresses to the
-# devnet env file. These are the addresses a fresh anvil gives the recipe of devnet/deploy.py.
+#: The SDK's TDX_DEFAULT_TAG (bits tee + tdx), `common/utils/constant.js`.
+TDX_TAG = "0x" + "00" * 31 + "09"
+
+# SMS urls are the SDK 9.0.1's (`common/utils/config.js`). Devnet addresses are not fixed: `python -m devnet
+# up` deploys PoCo and writes the real addresses to the devnet env file. These are the addresses a fresh
+# anvil gives the recipe of devnet/deploy.py.
 DEVNET = Network(
     name="devnet",
     chain_id=31337,
@@ -47,6 +55,7 @@ DEVNET = Network(
     rlc="0x5FbDB2315678afecb367f032d93F642f64180aa3",
     market_url="http://127.0.0.1:3000",
     ipfs_gateway="http://127.0.0.1:8088",
+    sms_url="http://127.0.0.1:13300",
 )
 
 ARBITRUM_SEPOLIA = Network(
@@ -60,6 +69,8 @@ ARBITRUM_SEPOLIA = Network(
     ipfs_upload="https://ipfs-upload.arbitrum-sepolia-testnet.iex.ec",
     explorer="https://explorer.iex.ec/arbitrum-sepolia-testnet",
     default_workerpool="0x2956f0cb779904795a5f30d3b3ea88b714c3123f",
+    sms_url="https://sms.arbitrum-sepolia-testnet.iex.ec",
+    tee_tag=TDX_TAG,
 )
 
 ARBITRUM = Network(
@@ -74,6 +85,8 @@ ARBITRUM = Network(
     explorer="https://explorer.iex.ec/arbitrum-mainnet",
     default_workerpool="0x8ef2ec3ef9535d4b4349bfec7d8b31a580e60244",
     real_money=True,
+    sms_url="https://sms.arbitrum-mainnet.iex.ec",
+    tee_tag=TDX_TAG,
 )
 
 PRESETS: dict[str, Network] = {n.name: n for n in (DEVNET, ARBITRUM_SEPOLIA, ARBITRUM)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from enum import IntFlag
 from functools import lru_cache
@@ -468,12 +469,27 @@ def _check_url(url: Any) -> str:
     return url
 
 
-def build_params(**kwargs: Any) -> str:
+_SECRET_INDEX = re.compile(r"[1-9][0-9]*")
+
+
+def _secret_index(key: Any) -> int:
+    if isinstance(key, int) and not isinstance(key, bool) and key > 0:
+        return key
+    if isinstance(key, str) and _SECRET_INDEX.fullmatch(key):
+        return int(key)
+    raise ParamsError("iexec_secrets", f"keys must be positive integers (1, 2, ...), got {str(key)[:20]!r}")
+
+
+def build_params(*, tee: bool | None = None, **kwargs: Any) -> str:
     """The request order's `params` JSON from the protocol's keys only; unknown keys raise ParamsError.
 
     Keys: iexec_args (str), iexec_input_files (list of http(s) URLs), iexec_result_storage_provider
     ("ipfs" by default; "dropbox" only with TEE), iexec_result_encryption (bool), iexec_secrets
-    ({int: str}, TEE only), bulk_cid (str). Unset keys are left out, except the storage provider.
+    ({n: name}, n a positive int or its decimal string, as the SDK's `paramsRequesterSecretsSchema`;
+    TEE only), bulk_cid (str). Unset keys are left out, except the storage provider.
+    `tee` is whether the order's tag has the TEE bit: False refuses secrets, result encryption and
+    dropbox (as the SDK's `objParamsSchema` does for secrets and dropbox; encryption is refused too, since
+    only an enclave encrypts results); None (tag not known yet) checks shapes only.
     """
     for key in kwargs:
         if key not in PARAM_KEYS:
@@ -492,19 +508,34 @@ def build_params(**kwargs: Any) -> str:
     provider = kwargs.get("iexec_result_storage_provider", "ipfs")
     if provider not in STORAGE_PROVIDERS:
         raise ParamsError("iexec_result_storage_provider", f"must be one of {STORAGE_PROVIDERS}")
+    if provider != "ipfs" and tee is False:
+        raise ParamsError("iexec_result_storage_provider",
+                          f"{provider!r} is only for TEE tasks (the request tag has no TEE bit); use 'ipfs'")
     out["iexec_result_storage_provider"] = provider
     encryption = kwargs.get("iexec_result_encryption")
     if encryption is not None:
         if not isinstance(encryption, bool):
             raise ParamsError("iexec_result_encryption", "must be true or false")
+        if encryption and tee is False:
+            raise ParamsError("iexec_result_encryption",
+                              "only a TEE task encrypts its result (the request tag has no TEE bit)")
         out["iexec_result_encryption"] = encryption
     secrets = kwargs.get("iexec_secrets")
     if secrets is not None:
-        if not isinstance(secrets, Mapping) or not all(
-                isinstance(k, int) and not isinstance(k, bool) and k > 0 and isinstance(v, str)
-                for k, v in secrets.items()):
+        if not isinstance(secrets, Mapping):
             raise ParamsError("iexec_secrets", "must map positive ints to secret names")
-        out["iexec_secrets"] = {str(k): v for k, v in sorted(secrets.items())}
+        if tee is False:
+            raise ParamsError("iexec_secrets",
+                              "requester secrets are only for TEE tasks (the request tag has no TEE bit)")
+        indexed: dict[int, str] = {}
+        for k, v in secrets.items():
+            n = _secret_index(k)
+            if not isinstance(v, str) or not v:
+                raise ParamsError("iexec_secrets", f"secret {n} must name a secret (a non-empty string)")
+            if n in indexed:
+                raise ParamsError("iexec_secrets", f"secret {n} is given twice")
+            indexed[n] = v
+        out["iexec_secrets"] = {str(n): indexed[n] for n in sorted(indexed)}
     if kwargs.get("bulk_cid") is not None:
         if not isinstance(kwargs["bulk_cid"], str):
             raise ParamsError("bulk_cid", "must be a string")
@@ -522,6 +553,13 @@ def salt_for(job_id: str | int | bytes) -> bytes:
     return keccak(raw)
 
 
+def _params_from(values: Mapping[str, Any], tee: bool) -> str:
+    for key in values:
+        if key not in PARAM_KEYS:
+            raise ParamsError(str(key), f"unknown key; the protocol knows only {', '.join(PARAM_KEYS)}")
+    return build_params(tee=tee, **values)
+
+
 def build_request_order(app: str, requester: str, category: int, appmaxprice: int,
                         workerpoolmaxprice: int, params: str | Mapping[str, Any],
                         job_id: str | int | bytes, tag: Any = 0, trust: int = 0,
@@ -529,10 +567,12 @@ def build_request_order(app: str, requester: str, category: int, appmaxprice: in
     """The bot's request order for one job: workerpool open (0x0), no dataset, volume 1, beneficiary =
     requester, no callback, salt = keccak(job id). The same arguments always give the same order (and
     hash), so a job can never be ordered twice. `params` as a mapping is checked by `build_params`;
-    as a string it must be JSON produced by `build_params` (checked the same way). Raises OrderError /
+    as a string it must be JSON produced by `build_params` (checked the same way, never skipped). Both are
+    checked against the tag: secrets, result encryption and dropbox need its TEE bit. Raises OrderError /
     ParamsError."""
+    tee = bool(tag_to_int(tag) & Tag.TEE)
     if isinstance(params, Mapping):
-        params = build_params(**params)
+        params = _params_from(params, tee)
     elif isinstance(params, str):
         try:
             decoded = json.loads(params)
@@ -540,7 +580,7 @@ def build_request_order(app: str, requester: str, category: int, appmaxprice: in
             raise ParamsError("params", "not JSON; build it with build_params()") from None
         if not isinstance(decoded, dict):
             raise ParamsError("params", "must be a JSON object")
-        params = build_params(**decoded) if "iexec_secrets" not in decoded else params
+        params = _params_from(decoded, tee)
     else:
         raise ParamsError("params", "must be a JSON string or a mapping")
     return RequestOrder(

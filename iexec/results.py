@@ -3,7 +3,9 @@
 A completed task carries `results` bytes such as `{"storage": "ipfs", "location": "/ipfs/<cid>"}`; the
 archive at that location is a zip of the app's `/iexec_out` (files at the root, or under `iexec_out/`)
 plus the worker's `stdout.txt` / `stderr.txt`. A task can be COMPLETED and still hold an error archive
-(`error.txt`, or a `computed.json` carrying `error-message`), so `read_result` tells the two apart.
+(`error.txt`, or a `computed.json` carrying `error-message`), so `read_result` tells the two apart. A TEE
+task run with result encryption stores `aes-key.rsa` + `iexec_out.zip.aes` instead: `fetch_result` opens it
+with the requester's `iexec.tee.ResultKey` first.
 
 Nothing here trusts the worker or the gateway: the location must have the form of an IPFS path (CIDv0,
 CIDv1 base32, or the devnet gateway's sha256-hex id, which is also checked against the bytes), downloads
@@ -33,6 +35,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from iexec.errors import ResultDownloadError, ResultError, ResultLocationError, UnsafeArchive
+from iexec.tee import ResultKey, decrypt_if_encrypted
 
 log = logging.getLogger(__name__)
 
@@ -385,14 +388,19 @@ def read_result(folder: Path | str) -> TaskResult:
 
 async def fetch_result(results: bytes | str, gateways: list[str], dest: Path | str, *,
                        limits: ResultLimits = ResultLimits(),
-                       session: aiohttp.ClientSession | None = None) -> TaskResult:
+                       session: aiohttp.ClientSession | None = None,
+                       result_key: ResultKey | None = None) -> TaskResult:
     """Decode, download, unpack and read a task's result in one call.
 
-    Raises ResultLocationError, ResultDownloadError or UnsafeArchive; an error archive is returned as a
-    TaskResult with `ok=False`.
+    An encrypted result (a TEE task with `iexec_result_encryption`: aes-key.rsa + iexec_out.zip.aes) is
+    decrypted with `result_key` before anything else reads it. Raises ResultLocationError,
+    ResultDownloadError or UnsafeArchive; DecryptionError (an UnsafeArchive) when the result does not
+    decrypt, ResultKeyMissing (a DecryptionError) when it is encrypted and no key was given. An error
+    archive is returned as a TaskResult with `ok=False`.
     """
     location = decode_results(results)
     body = await download_result(location, gateways, max_bytes=limits.max_download, session=session)
+    body = decrypt_if_encrypted(body, result_key, max_size=limits.max_total)
     safe_unzip(body, dest, max_total=limits.max_total, max_ratio=limits.max_ratio,
                max_files=limits.max_files)
     return read_result(dest)
