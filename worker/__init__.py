@@ -7,6 +7,7 @@ another package of this project. Importing `worker` itself is cheap (no TensorFl
 from __future__ import annotations
 
 from worker.errors import (
+    DecryptionError,
     DownloadError,
     InputError,
     ModelError,
@@ -15,5 +16,5 @@ from worker.errors import (
     WorkerError,
 )
 
-__all__ = ["DownloadError", "InputError", "ModelError", "OptionError", "WeightsError", "WorkerError"]
+__all__ = ["DecryptionError", "DownloadError", "InputError", "ModelError", "OptionError", "WeightsError", "WorkerError"]
 __version__ = "0.1.0"

@@ -16,8 +16,11 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from worker.errors import InputError, ModelError, OptionError, WeightsError, WorkerError
-from worker.images import LoadedImage, load_image_bytes, load_image_file
+from worker import limits
+from worker.decrypt import MAX_ENCRYPTED_BYTES, NOT_AN_IMAGE, decrypt_input, input_key
+from worker.errors import (DecryptionError, InputError, ModelError, NotAnImageError, OptionError, WeightsError,
+                           WorkerError)
+from worker.images import LoadedImage, load_image_bytes, read_input_file
 from worker.options import TaskOptions, parse_task
 from worker.weights import WeightsInfo, resolve_weights
 
@@ -48,18 +51,32 @@ def _input_path(opts: TaskOptions, env: Mapping[str, str]) -> str | None:
     return os.path.join(folder, name)
 
 
-def load_input(opts: TaskOptions, env: Mapping[str, str]) -> LoadedImage:
-    """Find, fetch and check the input image. Raises InputError / DownloadError."""
+def _input_bytes(opts: TaskOptions, env: Mapping[str, str], max_bytes: int) -> bytes:
+    """The input's bytes as given (at most `max_bytes` + 1 of a file). Raises InputError / DownloadError."""
     if opts.url:
         from worker.fetch import download_image
-        return load_image_bytes(download_image(opts.url, block_private=opts.block_private_urls))
-    if opts.image:
-        return load_image_file(opts.image)
-    path = _input_path(opts, env) if "IEXEC_OUT" in env else None
+        return download_image(opts.url, max_bytes=max_bytes, block_private=opts.block_private_urls)
+    path = opts.image or (_input_path(opts, env) if "IEXEC_OUT" in env else None)
     if path:
-        return load_image_file(path)
+        return read_input_file(path, max_bytes)
     raise InputError("No input image: give the task an input file, or an image URL in its arguments "
                      "(--url https://... ).")
+
+
+def load_input(opts: TaskOptions, env: Mapping[str, str]) -> LoadedImage:
+    """Find, fetch, decrypt (a TDX task given an input key) and check the input image.
+
+    With `IEXEC_REQUESTER_SECRET_1` set, the input is decrypted before any other check of it, in memory.
+    Raises InputError (DecryptionError) / DownloadError.
+    """
+    key = input_key(env)
+    if key is None:
+        return load_image_bytes(_input_bytes(opts, env, limits.MAX_IMAGE_BYTES))
+    data = decrypt_input(_input_bytes(opts, env, MAX_ENCRYPTED_BYTES), key)
+    try:
+        return load_image_bytes(data)
+    except NotAnImageError:
+        raise DecryptionError(NOT_AN_IMAGE) from None
 
 
 def _hash_in_background(path: str | None, env: Mapping[str, str]) -> tuple[threading.Thread | None,

@@ -4,6 +4,8 @@
 WorkerError
  ├── OptionError     a command-line / iexec_args option is missing or has a bad value
  ├── InputError      the image is missing, unreadable, of a refused format or too large
+ │    ├── NotAnImageError    the bytes are no image format at all
+ │    └── DecryptionError    an encrypted input (TDX task) with a bad key, or a plain input given a key
  ├── DownloadError   an URL could not be fetched within the limits
  ├── WeightsError    no weights file, or a file that is not Mask R-CNN COCO weights
  └── ModelError      the model could not be built or could not run
@@ -27,6 +29,15 @@ class InputError(WorkerError):
     """The input image is missing, unreadable, of a refused format or too large."""
 
     exit_code = 3
+
+
+class NotAnImageError(InputError):
+    """The input's bytes are not an image format that can be read."""
+
+
+class DecryptionError(InputError):
+    """The task was given an input key (IEXEC_REQUESTER_SECRET_1) but the input cannot be decrypted with it,
+    or the key is malformed."""
 
 
 class DownloadError(WorkerError):

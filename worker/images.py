@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from worker import limits
-from worker.errors import InputError
+from worker.errors import InputError, NotAnImageError
 
 _ACCEPTED = "JPEG, PNG, WEBP, GIF, BMP or TIFF"
 
@@ -48,23 +48,22 @@ def load_image_bytes(data: bytes) -> LoadedImage:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InputError(_too_many_pixels_message()) from None
     except UnidentifiedImageError:
-        raise InputError(f"The file is not an image that can be read. Send a {_ACCEPTED} image.") from None
+        raise NotAnImageError(f"The file is not an image that can be read. Send a {_ACCEPTED} image.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"The image is truncated or corrupt ({_short(exc)}).") from None
 
 
-def load_image_file(path: str) -> LoadedImage:
-    """Check and normalise an image file. Raises InputError."""
+def read_input_file(path: str, max_bytes: int = limits.MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of an input file, at most `max_bytes` + 1 of them (more means too large). Raises InputError."""
     try:
         with open(path, "rb") as fh:
-            data = fh.read(limits.MAX_IMAGE_BYTES + 1)
+            return fh.read(max_bytes + 1)
     except FileNotFoundError:
         raise InputError(f"The input file {path} does not exist.") from None
     except IsADirectoryError:
         raise InputError(f"The input {path} is a folder, not an image file.") from None
     except OSError as exc:
         raise InputError(f"The input file could not be read ({exc.strerror}).") from None
-    return load_image_bytes(data)
 
 
 def _too_many_pixels_message(size: tuple[int, int] | None = None) -> str:
