@@ -22,6 +22,7 @@ from aiohttp import web
 from eth_utils import to_checksum_address
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
+from devnet.deploy import hub_abi
 from iexec.errors import OrderError
 from iexec.orders import AppOrder, DatasetOrder, Domain, RequestOrder, WorkerpoolOrder, recover_signer
 from iexec.orders import tag_to_int
@@ -53,6 +54,8 @@ _HUB_ABI = [
          {"name": "name", "type": "string"}, {"name": "description", "type": "string"},
          {"name": "workClockTimeRef", "type": "uint256"}]}]},
 ]
+# From the devnet's full hub ABI: what the deal book and the stake check read.
+_HUB_ABI += [e for e in hub_abi() if e.get("name") in ("viewAccount", "viewDeal", "OrdersMatched")]
 _REGISTRY_ABI = [{"type": "function", "name": "isRegistered", "stateMutability": "view",
                   "inputs": [{"name": "", "type": "address"}], "outputs": [{"name": "", "type": "bool"}]}]
 _OWNABLE_ABI = [{"type": "function", "name": "owner", "stateMutability": "view", "inputs": [],
@@ -92,6 +95,9 @@ class _Kind:
     registry: str | None  # hub getter of the resource's registry; None for request orders
     descending: bool = False
 
+
+_OWNER_PARAMS = {"apporders": "appOwner", "datasetorders": "datasetOwner", "workerpoolorders": "workerpoolOwner"}
+TEE_BIT = 1  # tag bit 0: the order needs a TEE (TDX tags are 0x...09)
 
 _KINDS = {
     "apporders": _Kind("apporders", AppOrder, "appprice", "app", "appregistry"),
@@ -172,6 +178,9 @@ class MarketStandIn:
         self._fail_queue: list[int] = []
         self._books: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in _KINDS}
         self._challenges: dict[str, tuple[str, str]] = {}  # hash -> (address, value)
+        self._deals: dict[str, dict[str, Any]] = {}  # dealid -> the real API's deal record
+        self._deals_scanned = -1  # last block whose OrdersMatched logs are in self._deals
+        self._deals_lock = asyncio.Lock()
         self._w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url))
         self._hub = self._w3.eth.contract(address=self.hub, abi=_HUB_ABI)
         self._runner: web.AppRunner | None = None
@@ -194,6 +203,8 @@ class MarketStandIn:
             app.router.add_get(f"/{kind.path}/{{orderHash}}", self._getter(kind))
             app.router.add_post(f"/{kind.path}", self._publisher(kind))
             app.router.add_put(f"/{kind.path}", self._unpublisher(kind))
+        app.router.add_get("/deals", self._deals_list)
+        app.router.add_get("/deals/{dealid}", self._deal_get)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, port)
@@ -293,6 +304,79 @@ class MarketStandIn:
             raise _ApiError(404, "category not found")
         return web.json_response({"ok": True, **await self._category_json(int(catid))})
 
+    # -- deals (from the chain's OrdersMatched logs, as the real API's event listener records them) ------
+
+    async def _sync_deals(self) -> None:
+        """Read the OrdersMatched logs of the blocks not seen yet and record their deals."""
+        async with self._deals_lock:
+            head = await self._w3.eth.block_number
+            if head <= self._deals_scanned:
+                return
+            event = self._hub.events.OrdersMatched()
+            logs = await self._w3.eth.get_logs({"address": self.hub, "fromBlock": self._deals_scanned + 1,
+                                                "toBlock": head, "topics": [event.topic]})
+            for entry in logs:
+                matched = event.process_log(entry)
+                self._deals["0x" + bytes(matched["args"]["dealid"]).hex()] = await self._deal_record(matched)
+            self._deals_scanned = head
+
+    async def _deal_record(self, matched: Any) -> dict[str, Any]:
+        args = matched["args"]
+        dealid = bytes(args["dealid"])
+        deal = await self._hub.functions.viewDeal(dealid).call()
+        block = await self._w3.eth.get_block(matched["blockNumber"])
+        # viewDeal: app, dataset, workerpool (pointer, owner, price), trust, category, tag, requester,
+        # beneficiary, callback, params, startTime, botFirst, botSize, workerStake, schedulerRewardRatio, sponsor
+        resource = [{"pointer": to_checksum_address(r[0]), "owner": to_checksum_address(r[1]), "price": r[2]}
+                    for r in deal[:3]]
+        stamp = datetime.fromtimestamp(block["timestamp"], timezone.utc)
+        return {
+            "dealid": "0x" + dealid.hex(), "chainId": self.chain_id,
+            "app": resource[0], "dataset": resource[1], "workerpool": resource[2],
+            "requester": to_checksum_address(deal[6]), "beneficiary": to_checksum_address(deal[7]),
+            "callback": to_checksum_address(deal[8]),
+            **{f"{name}Hash": "0x" + bytes(args[f"{name}Hash"]).hex()
+               for name in ("app", "dataset", "workerpool", "request")},
+            "params": deal[9], "volume": args["volume"], "category": deal[4], "tag": "0x" + bytes(deal[5]).hex(),
+            "trust": deal[3], "startTime": deal[10], "botFirst": deal[11], "botSize": deal[12],
+            "workerStake": deal[13], "schedulerRewardRatio": deal[14], "blockNumber": matched["blockNumber"],
+            "blockTimestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "transactionHash": "0x" + bytes(matched["transactionHash"]).hex(),
+        }
+
+    async def _deals_list(self, request: web.Request) -> web.Response:
+        q = request.query
+        wanted: list[tuple[Callable[[dict[str, Any]], Any], Any]] = []
+        for name, get in (("requester", lambda d: d["requester"]), ("beneficiary", lambda d: d["beneficiary"]),
+                          ("app", lambda d: d["app"]["pointer"]), ("dataset", lambda d: d["dataset"]["pointer"]),
+                          ("workerpool", lambda d: d["workerpool"]["pointer"]),
+                          ("appOwner", lambda d: d["app"]["owner"]),
+                          ("datasetOwner", lambda d: d["dataset"]["owner"]),
+                          ("workerpoolOwner", lambda d: d["workerpool"]["owner"])):
+            value = _address(q, name)
+            if value is not None:
+                wanted.append((get, value))
+        for name, field in (("apporderHash", "appHash"), ("datasetorderHash", "datasetHash"),
+                            ("workerpoolorderHash", "workerpoolHash"), ("requestorderHash", "requestHash")):
+            if q.get(name):
+                wanted.append((lambda d, f=field: d[f], q[name].lower()))
+        category = _int(q, "category")
+        if category is not None:
+            wanted.append((lambda d: d["category"], category))
+        await self._sync_deals()
+        deals = [d for d in self._deals.values() if all(get(d) == value for get, value in wanted)]
+        deals.sort(key=lambda d: (-d["blockNumber"], d["dealid"]))
+        page, skip, limit = _page(q, deals)
+        return web.json_response({"ok": True, "deals": page, "count": len(deals),
+                                  **_next_page(len(page), skip, limit)})
+
+    async def _deal_get(self, request: web.Request) -> web.Response:
+        await self._sync_deals()
+        deal = self._deals.get(request.match_info["dealid"].lower())
+        if deal is None:
+            raise _ApiError(404, "deal not found")
+        return web.json_response({"ok": True, **deal})
+
     # -- order books ----------------------------------------------------------------------------------
 
     def _getter(self, kind: _Kind) -> Callable[[web.Request], Any]:
@@ -307,8 +391,10 @@ class MarketStandIn:
         async def list_orders(request: web.Request) -> web.Response:
             keep = _FILTERS[kind.path](request.query)
             min_volume = _int(request.query, "minVolume", minimum=1)
+            # the real API's owner filter is the order's signer (the resource owner when it was published)
+            owner = _address(request.query, _OWNER_PARAMS[kind.path]) if kind.path in _OWNER_PARAMS else None
             candidates = [r for r in self._books[kind.path].values()
-                          if r["status"] == "open" and keep(r["order"])]
+                          if r["status"] == "open" and keep(r["order"]) and owner in (None, r["signer"])]
             live = await asyncio.gather(*(self._with_remaining(r) for r in candidates))
             live = [r for r in live if r["remaining"] > 0 and (min_volume is None or r["remaining"] >= min_volume)]
             sign = -1 if kind.descending else 1
@@ -361,25 +447,54 @@ class MarketStandIn:
             if order.volume - await self._consumed(order_hash) <= 0:
                 raise _ApiError(403, "order already consumed")
             if kind.path == "requestorders":
+                await self._check_requester_stake(order, order_hash)
                 self._check_matchable_app(order)
+                self._check_matchable_dataset(order)
             record = {"orderHash": order_hash, "chainId": self.chain_id, "publicationTimestamp": _now_iso(),
                       "signer": signer, "status": "open", "order": order.to_market_json()}
             self._books[kind.path][order_hash] = record
             return web.json_response({"ok": True, "published": await self._with_remaining(record)})
         return publish
 
+    async def _check_requester_stake(self, order: RequestOrder, order_hash: str) -> None:
+        """As the real API: the requester's free stake covers every remaining task at the max prices."""
+        remaining = order.volume - await self._consumed(order_hash)
+        cost = (order.appmaxprice + order.datasetmaxprice + order.workerpoolmaxprice) * remaining
+        stake, _locked = await self._hub.functions.viewAccount(order.requester).call()
+        if stake < cost:
+            raise _ApiError(403, "requester stake is too low to cover requestorder payment, "
+                                 f"minimum stake required is {cost} nRLC")
+
     def _check_matchable_app(self, order: RequestOrder) -> None:
-        """As the real API: a request order needs a published app order it can pay for."""
+        """As the real API: a request order needs a published app order it can pay for (a TEE one for a
+        TEE request)."""
+        tee = tag_to_int(order.tag) & TEE_BIT == TEE_BIT
         prices = [r["order"]["appprice"] for r in self._books["apporders"].values()
                   if r["status"] == "open" and r["order"]["app"] == order.app
                   and r["order"]["workerpoolrestrict"] in (ZERO, order.workerpool)
                   and r["order"]["datasetrestrict"] in (ZERO, order.dataset)
-                  and r["order"]["requesterrestrict"] in (ZERO, order.requester)]
+                  and r["order"]["requesterrestrict"] in (ZERO, order.requester)
+                  and (not tee or int(r["order"]["tag"], 16) & TEE_BIT == TEE_BIT)]
         if not prices:
-            raise _ApiError(403, f"No apporder published for app {order.app}")
+            raise _ApiError(403, f"No {'tee enabled ' if tee else ''}apporder published for app {order.app}")
         if order.appmaxprice < min(prices):
             raise _ApiError(403, f"appmaxprice for app {order.app} is too low, actual best price is "
                                  f"{min(prices)} nRLC")
+
+    def _check_matchable_dataset(self, order: RequestOrder) -> None:
+        """As the real API: a request order naming a dataset needs a published dataset order for it."""
+        if order.dataset == ZERO:
+            return
+        prices = [r["order"]["datasetprice"] for r in self._books["datasetorders"].values()
+                  if r["status"] == "open" and r["order"]["dataset"] == order.dataset
+                  and r["order"]["workerpoolrestrict"] in (ZERO, order.workerpool)
+                  and r["order"]["apprestrict"] in (ZERO, order.app)
+                  and r["order"]["requesterrestrict"] in (ZERO, order.requester)]
+        if not prices:
+            raise _ApiError(403, f"No datasetorder published for dataset {order.dataset}")
+        if order.datasetmaxprice < min(prices):
+            raise _ApiError(403, f"datasetmaxprice for dataset {order.dataset} is too low, actual best price "
+                                 f"is {min(prices)} nRLC")
 
     def _unpublisher(self, kind: _Kind) -> Callable[[web.Request], Any]:
         async def unpublish(request: web.Request) -> web.Response:
@@ -392,22 +507,26 @@ class MarketStandIn:
             mine = sorted((r for r in self._books[kind.path].values()
                            if r["status"] == "open" and r["signer"] == authorized),
                           key=lambda r: r["publicationTimestamp"])
+            name = kind.path[:-1]
             if target == "unpublish_orderHash":
                 wanted = str(body.get("orderHash", "")).lower()
                 record = self._books[kind.path].get(wanted)
                 if record is None or record["status"] != "open":
-                    raise _ApiError(404, f"{kind.path[:-1]} {wanted} not found")
+                    raise _ApiError(403, f"{name} with orderHash {wanted} is not published")
                 if record["signer"] != authorized:
-                    raise _ApiError(403, "only the order signer can unpublish it")
+                    raise _ApiError(403, f"only order signer {record['signer']} can unpublish an order")
                 chosen = [record]
             elif target in ("unpublish_last", "unpublish_all"):
                 resource = _address(body, kind.resource)
                 mine = [r for r in mine if r["order"][kind.resource] == resource]
-                chosen = mine[-1:] if target == "unpublish_last" else mine
+                chosen = mine[-1:] if target == "unpublish_last" else mine[::-1]
+                if not chosen:
+                    raise _ApiError(403, f"no open {name} published by signer {authorized} for "
+                                         f"{kind.resource} {resource}")
             else:
                 raise _ApiError(400, "target must be unpublish_orderHash, unpublish_last or unpublish_all")
-            for record in chosen:
-                record["status"] = "canceled"
+            for record in chosen:  # the real API deletes unpublished orders: GET by hash answers 404
+                del self._books[kind.path][record["orderHash"]]
             return web.json_response({"ok": True, "unpublished": [r["orderHash"] for r in chosen]})
         return unpublish
 
