@@ -5,7 +5,13 @@
 for all jobs (one `eth_getLogs` per cycle whatever the number of jobs; its block cursor is kept in the
 books), and the market client. It knows nothing of Telegram.
 
-Never here: the wallet's key outside the signer, a password in a message, an RPC URL with its key in a log.
+In TEE mode (`settings.tee`) it also holds the bot's result key (RSA, `result_key_path`, encrypted with the
+wallet password) and the SMS client: at start the key is loaded (or made once and saved) and pushed to the SMS
+as the wallet's result-encryption key; per job it derives the photo's AES key from the result key and the job
+id (`input_key`: the same after a restart, never stored) and pushes it as the job's requester secret.
+
+Never here: the wallet's key outside the signer, a password in a message, an RPC URL with its key in a log,
+a secret value (input key, result key) in a log, the books or order params.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import asyncio
 import html
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +33,7 @@ from bot.settings import Settings
 from iexec.errors import ChainError, InsufficientStake, MarketError, OrderConsumed
 from iexec.hub import Hub, TaskStatus
 from iexec.market import MarketClient
-from iexec.orders import Domain, RequestOrder, build_params, build_request_order
+from iexec.orders import Domain, RequestOrder, Tag, build_params, build_request_order, tag_to_int, tags_compatible
 from iexec.results import TaskResult, fetch_result
 from iexec.tx import SenderConfig, TxRecord, connect
 from iexec.tx import close as close_w3
@@ -47,6 +54,10 @@ class NoOffer(BotError):
     def __init__(self, message: str, *, no_stake: bool = False) -> None:
         super().__init__(message)
         self.no_stake = no_stake
+
+
+class TeeUnavailable(BotError):
+    """TEE mode cannot start: no SMS configured, the SMS does not answer, or the result key cannot be opened."""
 
 
 class OfferTaken(BotError):
@@ -103,6 +114,45 @@ def _hex(value: bytes) -> str:
     return "0x" + bytes(value).hex()
 
 
+def secret_name(job_id: str) -> str:
+    """The SMS name of a job's input key (requester secret): `segbot-<job id>` (letters, digits, '-')."""
+    return f"segbot-{job_id}"
+
+
+def load_or_create_result_key(path: Path, password: str) -> Any:
+    """The bot's result key from `path` (PKCS#8 PEM encrypted with `password`), made and saved once when the
+    file is missing (mode 0600, written to a temporary file then renamed: never half a key). A file that
+    exists is never overwritten; one that does not open raises TeeUnavailable."""
+    from iexec.tee import ResultKey, TeeError
+
+    secret = password.encode("utf-8")
+    try:
+        return ResultKey.from_encrypted_pem(path.read_bytes(), secret)
+    except FileNotFoundError:
+        pass
+    except TeeError as exc:
+        raise TeeUnavailable(f"result key {path}: {exc} (it is encrypted with the wallet password)") from None
+    except OSError as exc:
+        raise TeeUnavailable(f"result key {path} cannot be read: {exc.strerror}") from None
+    key = ResultKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.to_encrypted_pem(secret))
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(tmp, path)  # never replaces a key another process saved meanwhile
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        return load_or_create_result_key(path, password)
+    tmp.unlink(missing_ok=True)
+    log.info("event=result_key_created file=%s", path)
+    return key
+
+
 def _bytes(value: str) -> bytes:
     return bytes.fromhex(value[2:] if value.startswith("0x") else value)
 
@@ -122,6 +172,11 @@ class ChainGateway:
         self._tasks: dict[bytes, _TaskState] = {}
         self._watch_task: asyncio.Task[None] | None = None
         self._domain: Domain | None = None
+        self.tee = settings.tee
+        self.request_tag = settings.request_tag
+        self.result_key: Any = None  # iexec.tee.ResultKey in TEE mode
+        self.sms: Any = None  # iexec.sms.SmsClient in TEE mode
+        self._password_value: str | None = None
         self.watch_errors = 0
         #: Set by the pipeline: `crash_hook(name)` stops the process at a named point (crash tests).
         self.crash_hook: Any = None
@@ -132,13 +187,41 @@ class ChainGateway:
     def address(self) -> str:
         return self._account.address if self._account is not None else "(not loaded)"
 
-    def _load_account(self) -> Any:
-        from ledger.wallet import load_wallet, read_password
+    def _password(self) -> str:
+        from ledger.wallet import read_password
 
-        password = self.settings.wallet_password_value()
-        if password is None:
-            password = read_password(env_var=None, password_file=None)
-        return load_wallet(self.settings.wallet_keystore, password)
+        if self._password_value is None:
+            password = self.settings.wallet_password_value()
+            self._password_value = password if password is not None else read_password(env_var=None,
+                                                                                        password_file=None)
+        return self._password_value
+
+    def _load_account(self) -> Any:
+        from ledger.wallet import load_wallet
+
+        return load_wallet(self.settings.wallet_keystore, self._password())
+
+    async def _start_tee(self) -> None:
+        """Load (or make) the result key and make sure the SMS holds its public half as our wallet's
+        result-encryption key (created, or updated when an older key is there). Raises TeeUnavailable."""
+        from iexec.errors import SmsError
+        from iexec.sms import SmsClient
+        from iexec.tee import RESULT_KEY_SECRET
+
+        url = self.settings.resolved_sms_url
+        if not url:
+            raise TeeUnavailable("TEE mode needs the SMS (Secret Management Service): set SMS_URL")
+        self.result_key = await asyncio.to_thread(load_or_create_result_key, self.settings.result_key_path,
+                                                  self._password())
+        self.sms = SmsClient(url)
+        try:
+            await self.sms.set_web2_secret(self._account, RESULT_KEY_SECRET, self.result_key.sms_value)
+        except (SmsError, OSError, asyncio.TimeoutError) as exc:
+            raise TeeUnavailable(f"TEE mode: the SMS at {redact_url(url)} does not answer or refuses the "
+                                 f"bot's result key ({type(exc).__name__}: {str(exc)[:200]}); check SMS_URL, or "
+                                 "set TEE_MODE=off where the network runs standard tasks") from None
+        log.info("event=tee_ready sms=%s tag=%s result_key_file=%s", redact_url(url), _hex(self.request_tag),
+                 self.settings.result_key_path)
 
     async def start(self) -> None:
         """Connect, adopt transactions persisted before a restart, and start following the chain.
@@ -148,6 +231,8 @@ class ChainGateway:
             self._account = self._load_account()
         self._w3 = w3 = connect(self.network.rpc_url)
         try:
+            if self.tee:
+                await self._start_tee()
             config = SenderConfig(fee_cap_wei=self.settings.max_fee_gwei * 10**9)
             self.hub = Hub(None, self.network.hub, self._account, w3=w3, persist=self._persist,
                            sender_config=config)
@@ -173,6 +258,8 @@ class ChainGateway:
         try:
             if self.market:
                 await self.market.close()
+            if self.sms is not None:
+                await self.sms.close()
         finally:
             if self._w3 is not None:
                 await close_w3(self._w3)
@@ -246,16 +333,51 @@ class ChainGateway:
         return self._domain
 
     async def sign_request_order(self, job_id: str, input_url: str, args: str) -> RequestOrder:
-        """The job's one request order: workerpool open, max prices, volume 1, salt from the job id."""
+        """The job's one request order: workerpool open, max prices, volume 1, salt from the job id. In TEE
+        mode it carries the TEE tag, the job's requester secret as input key 1 and result encryption."""
         s = self.settings
-        params = build_params(iexec_args=args, iexec_input_files=[input_url],
-                              iexec_result_storage_provider="ipfs")
+        params: dict[str, Any] = dict(iexec_args=args, iexec_input_files=[input_url],
+                                      iexec_result_storage_provider="ipfs")
+        if self.tee:
+            params.update(iexec_secrets={1: secret_name(job_id)}, iexec_result_encryption=True)
+            if not tag_to_int(self.request_tag) & Tag.TEE:  # settings guarantee it; never sign without it
+                raise TeeUnavailable("refusing a TEE-mode request order without the TEE tag")
         order = build_request_order(
             app=s.app_address, requester=self.address, category=s.category, appmaxprice=s.app_max_price_nrlc,
-            workerpoolmaxprice=s.workerpool_max_price_nrlc, params=params, job_id=job_id, tag=s.tag,
-            trust=s.trust,
+            workerpoolmaxprice=s.workerpool_max_price_nrlc, params=params, job_id=job_id,
+            tag=self.request_tag, trust=s.trust,
         )
         return order.sign(self._account, await self.domain())
+
+    # ------------------------------------------------------------------------------------ TEE inputs
+
+    def input_key(self, job_id: str) -> bytes:
+        """The job's AES-256 input key: derived from the result key and the job id, so a restart finds the
+        same key again; it is never written to the books or a log."""
+        if self.result_key is None:
+            raise TeeUnavailable("TEE mode is not started (no result key)")
+        return self.result_key.derive_key("input:" + job_id)
+
+    async def input_secret_pushed(self, job_id: str) -> bool:
+        """True when the SMS already holds the job's requester secret."""
+        return bool(await self.sms.requester_secret_exists(self.address, secret_name(job_id)))
+
+    async def push_input_secret(self, job_id: str, key: bytes) -> None:
+        """Push the job's input key as requester secret `segbot-<job id>` (the format iExec tools use for
+        dataset keys). An "already exists" answer counts as done: the value is derived, so it is the same.
+        SmsError (an IExecError) propagates for the pipeline to retry."""
+        from iexec.errors import SmsError
+        from iexec.tee import dataset_key_secret
+
+        name = secret_name(job_id)
+        try:
+            await self.sms.push_requester_secret(self._account, name, dataset_key_secret(key))
+        except SmsError as exc:
+            if exc.status == 409 or await self.input_secret_pushed(job_id):
+                log.info("event=input_secret_existed job=%s name=%s", job_id, name)
+                return
+            raise
+        log.info("event=input_secret_pushed job=%s name=%s", job_id, name)
 
     @staticmethod
     def request_order_from_json(data: Any) -> RequestOrder:
@@ -267,22 +389,23 @@ class ChainGateway:
         if stake < amount:
             raise NoOffer(f"free stake {texts.rlc(stake)} < {texts.rlc(amount)}", no_stake=True)
 
-    async def offers(self) -> list[Offer]:
-        """App and workerpool order pairs within the maximum prices, cheapest first."""
+    async def offers(self, tag: Any = None) -> list[Offer]:
+        """App and workerpool order pairs within the maximum prices whose tags match `tag` (the request
+        order's; default this mode's), cheapest first (`usable_offers`)."""
         s = self.settings
+        request_tag = self.request_tag if tag is None else tag
         apps = [o.order for o in await self.market.app_orders(s.app_address, requester=self.address)
-                if o.remaining > 0 and o.order.appprice <= s.app_max_price_nrlc]
+                if o.remaining > 0]
         pools = [o.order for o in await self.market.workerpool_orders(
-                     category=s.category, app=s.app_address, requester=self.address, min_tag=s.tag,
+                     category=s.category, app=s.app_address, requester=self.address, min_tag=request_tag,
                      min_trust=s.trust or None)
-                 if o.remaining > 0 and o.order.workerpoolprice <= s.workerpool_max_price_nrlc]
-        apps.sort(key=lambda o: o.appprice)
-        pools.sort(key=lambda o: o.workerpoolprice)
-        return [Offer(app, pool) for app in apps[:1] for pool in pools]
+                 if o.remaining > 0]
+        return usable_offers(apps, pools, request_tag, app_max_price=s.app_max_price_nrlc,
+                             workerpool_max_price=s.workerpool_max_price_nrlc)
 
-    async def best_offer(self) -> Offer:
+    async def best_offer(self, tag: Any = None) -> Offer:
         try:
-            found = await self.offers()
+            found = await self.offers(tag)
         except MarketError as exc:
             raise NoOffer(f"market unavailable: {exc}") from exc
         if not found:
@@ -457,7 +580,11 @@ class ChainGateway:
             await self._settle_tx_records()
 
     async def fetch_result(self, results: bytes, dest: Path) -> TaskResult:
+        """Download and read a result; in TEE mode an encrypted archive is opened with the result key
+        (DecryptionError, an UnsafeArchive, when it does not open)."""
         gateways = [self.network.ipfs_gateway]
+        if self.result_key is not None:
+            return await fetch_result(results, gateways, dest, result_key=self.result_key)
         return await fetch_result(results, gateways, dest)
 
     # ------------------------------------------------------------------------------------ admin
@@ -507,9 +634,32 @@ class ChainGateway:
         if not found:
             return "No offer within the maximum prices right now."
         best = found[0]
-        return (f"Best offer: app {best.app.appprice / 10**9:g} RLC + workerpool "
+        mode = "TEE (TDX) tasks" if self.tee else "standard tasks"
+        return (f"Mode: {mode}, tag {_hex(self.request_tag)[-4:]}.\n"
+                f"Best offer: app {best.app.appprice / 10**9:g} RLC + workerpool "
                 f"{best.workerpool.workerpoolprice / 10**9:g} RLC (+ fee {self.settings.fee_nrlc / 10**9:g}"
                 f" RLC); {len(found)} workerpool orders within the limits.")
+
+
+def usable_offers(apps: list[Any], pools: list[Any], request_tag: Any, *, app_max_price: int,
+                  workerpool_max_price: int) -> list[Offer]:
+    """The (app order, workerpool order) pairs a request order with `request_tag` can be matched with,
+    cheapest first (then the cheaper app): PoCo takes the deal's TEE bit from the app order (a TEE request
+    needs a TEE app order, and a TEE app order turns any deal into a TEE deal, so a standard request takes
+    only app orders without it), the deal's tag is app | request, and the workerpool's tag must cover it.
+    An app order asking for a bit the request does not (a GPU, say) is left out too."""
+    wanted = tag_to_int(request_tag)
+    tee = bool(wanted & Tag.TEE)
+    pairs = []
+    for app in apps:
+        app_tag = tag_to_int(app.tag)
+        if app.appprice > app_max_price or app_tag & ~wanted or bool(app_tag & Tag.TEE) != tee:
+            continue
+        for pool in pools:
+            if pool.workerpoolprice <= workerpool_max_price and tags_compatible(pool.tag, app_tag, wanted):
+                pairs.append(Offer(app, pool))
+    pairs.sort(key=lambda o: (o.total_price, o.app.appprice))
+    return pairs
 
 
 @dataclass(frozen=True)

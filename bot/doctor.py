@@ -5,7 +5,9 @@ a secret: RPC URLs are shown redacted, the wallet's password and key and the bot
 
 Checked: the settings file (`--env-file`: a missing one is refused before the doctor runs), ADMIN_IDS, the
 Telegram token (`getMe` on TELEGRAM_BASE_URL), the RPC and chain id, the hub, the wallet's gas and hub
-stake, the app, the market's orders.
+stake, the app, the market's orders (app orders whose tag fits the mode: the TEE bit in TEE mode, none in
+standard mode; workerpool orders whose tag covers them) and, in TEE mode, the SMS and the bot's result key
+in it.
 """
 from __future__ import annotations
 
@@ -78,7 +80,8 @@ async def _checks(settings: Settings, out: Callable[[Check], None]) -> None:
 async def _checks_on(settings: Settings, out: Callable[[Check], None], w3: Any) -> None:
     from iexec.hub import Hub
     from iexec.market import MarketClient
-    from iexec.orders import tag_to_int
+    from bot.chain import usable_offers
+    from iexec.orders import Tag, tag_to_int
 
     net = settings.resolved_network
     try:
@@ -118,16 +121,82 @@ async def _checks_on(settings: Settings, out: Callable[[Check], None], w3: Any) 
         return
     finally:
         await market.close()
-    out(Check("ok" if apps else "FAIL", f"{len(apps)} app orders published for our app"
-              + ("" if apps else ": publish one (`iexec app publish`)")))
+    mode = "TEE (TDX)" if settings.tee else "standard"
+    out(Check("ok", f"mode: {mode} tasks, request tag {_tag_hex(settings.request_tag)} (TEE_MODE="
+              f"{settings.tee_mode})"))
+    fitting = [a for a in apps if _app_fits(a.order.tag, settings.request_tag)]
+    if not apps:
+        out(Check("FAIL", "0 app orders published for our app: publish one (`iexec app publish`; SDK 9 gives "
+                  "it the TDX tag 0x...09)"))
+    elif not fitting:
+        tags = ", ".join(sorted({_tag_hex(a.order.tag) for a in apps}))
+        fix = ("publish a TDX app order (`iexec app publish`, tag 0x...09), or set TEE_MODE=off"
+               if settings.tee else "publish an app order without the TEE bit (`iexec app publish --tag 0x0`), "
+               "or set TEE_MODE=on (auto on arbitrum-sepolia and arbitrum)")
+        out(Check("FAIL", f"{len(apps)} app orders published for our app, none with a tag for {mode} tasks "
+                  f"(they have {tags}): a {mode} request cannot be matched with them; {fix}"))
+    else:
+        out(Check("ok", f"{len(apps)} app orders published for our app, {len(fitting)} with a tag for {mode} "
+                  "tasks"))
     usable = [p for p in pools if p.order.workerpoolprice <= settings.workerpool_max_price_nrlc]
     out(Check("ok" if usable else "FAIL", f"{len(pools)} workerpool orders in category {settings.category}, "
               f"{len(usable)} within the maximum price"))
-    our_tag = max([tag_to_int(a.order.tag) for a in apps] + [tag_to_int(settings.tag)])
-    tee_pools = [p for p in pools if tag_to_int(p.order.tag) & 0b1001]
-    if pools and len(tee_pools) == len(pools) and not our_tag & 0b1:
-        out(Check("FAIL", "every workerpool order requires TEE (TDX) tags and our app order has none: "
-                  "standard tasks cannot run on this network; a TDX build of the app is needed"))
+    offers = usable_offers([a.order for a in apps], [p.order for p in pools], settings.request_tag,
+                           app_max_price=settings.app_max_price_nrlc,
+                           workerpool_max_price=settings.workerpool_max_price_nrlc)
+    if usable and fitting and not offers:
+        tee_pools = [p for p in pools if tag_to_int(p.order.tag) & Tag.TEE]
+        hint = ("every workerpool order requires TEE (TDX) tasks: set TEE_MODE=on"
+                if not settings.tee and len(tee_pools) == len(pools) else
+                "no workerpool order's tag covers our app order and request tags (or the prices are too high)")
+        out(Check("FAIL", f"no app + workerpool order pair can be matched for {mode} tasks: {hint}"))
+    elif offers:
+        out(Check("ok", f"{len(offers)} app + workerpool order pairs can be matched for {mode} tasks"))
+    if settings.tee:
+        await _tee_checks(settings, out, address)
+
+
+def _tag_hex(tag: Any) -> str:
+    from iexec.orders import tag_to_int
+
+    return hex(tag_to_int(tag))
+
+
+def _app_fits(app_tag: Any, request_tag: Any) -> bool:
+    """An app order a request with `request_tag` can use: no bit the request lacks, and the same TEE bit."""
+    from iexec.orders import Tag, tag_to_int
+
+    app, wanted = tag_to_int(app_tag), tag_to_int(request_tag)
+    return not app & ~wanted and bool(app & Tag.TEE) == bool(wanted & Tag.TEE)
+
+
+async def _tee_checks(settings: Settings, out: Callable[[Check], None], address: str | None) -> None:
+    """TEE mode: the SMS answers, and it holds our wallet's result-encryption key."""
+    from iexec.sms import SmsClient
+    from iexec.tee import RESULT_KEY_SECRET
+
+    url = settings.resolved_sms_url
+    if not url:
+        out(Check("FAIL", "TEE mode needs the SMS (Secret Management Service): set SMS_URL"))
+        return
+    async with SmsClient(url) as sms:
+        if not await sms.health():
+            out(Check("FAIL", f"the SMS at {redact_url(url)} does not answer: the bot cannot start in TEE mode "
+                      "(check SMS_URL)"))
+            return
+        out(Check("ok", f"the SMS at {redact_url(url)} answers"))
+        if address is None:
+            return
+        try:
+            pushed = await sms.web2_secret_exists(address, RESULT_KEY_SECRET)
+        except Exception as exc:  # noqa: BLE001 - report, do not crash
+            out(Check("FAIL", f"the SMS does not say whether our result key is there: {exc}"))
+            return
+    if pushed:
+        out(Check("ok", f"the SMS holds the wallet's result encryption key ({RESULT_KEY_SECRET})"))
+    else:
+        out(Check("warn", f"the SMS does not hold the wallet's result encryption key yet: the bot pushes it "
+                  f"at its first start in TEE mode (key file {settings.result_key_path})"))
 
 
 def _wallet_address(settings: Settings, out: Callable[[Check], None]) -> str | None:

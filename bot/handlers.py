@@ -36,6 +36,7 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             fee=texts.rlc(svc.settings.fee_nrlc),
             available=texts.rlc(bal.available),
             demo=texts.DEMO_RANDOM if svc.settings.demo_random_weights else "",
+            privacy=texts.privacy(svc.settings.tee, simulated=svc.settings.resolved_network.name == "devnet"),
         )
     )
 

@@ -14,6 +14,10 @@ Unknown, expired, revoked or malformed paths all get the same 404; nothing is ev
 
 What it must never do: log a token or a full input URL (aiohttp's access log is off; our own lines name the
 job), serve a file past its expiry, or keep a file after revoke/forget.
+
+In TEE mode the pipeline publishes only the encrypted photo: here, or on an IPFS node (`upload_to_ipfs`, the
+kubo API the network's upload node speaks), where it is content-addressed, public and cannot be revoked;
+only the enclave that gets the key from the SMS can read it.
 """
 from __future__ import annotations
 
@@ -31,9 +35,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from bot.errors import BotError
+from iexec.bodies import read_capped
+from iexec.errors import IExecError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,44 @@ MAX_TTL_S = 30 * 24 * 3600
 
 class InputsError(BotError):
     """The input server cannot do what was asked (bad name or ttl, not started, disk error)."""
+
+
+class UploadFailed(IExecError):
+    """The IPFS node did not take the upload (unreachable, an error status or an unreadable answer): an
+    IExecError, so the pipeline tries the step again later."""
+
+
+_CID_RE = re.compile(r"[A-Za-z0-9]{20,128}")
+UPLOAD_ANSWER_MAX = 64 * 1024
+
+
+async def upload_to_ipfs(api_url: str, data: bytes, gateway: str, *, timeout: float = 120.0,
+                         session: aiohttp.ClientSession | None = None) -> str:
+    """Add `data` to the IPFS node at `api_url` (kubo `POST /api/v0/add`, multipart field `file`) and return
+    `<gateway>/ipfs/<Hash>`. Content-addressed: the same bytes give the same URL, so a retry is harmless.
+    Raises UploadFailed; the answer body is read with a cap."""
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename="input", content_type="application/octet-stream")
+    own = session is None
+    http = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+    where = api_url.rstrip("/")
+    try:
+        async with http.post(f"{where}/api/v0/add", data=form) as resp:
+            body = await read_capped(resp, UPLOAD_ANSWER_MAX, "IPFS upload answer")
+            if resp.status != 200:
+                raise UploadFailed(f"the IPFS node answered HTTP {resp.status} to the upload")
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise UploadFailed(f"the IPFS node does not answer: {type(exc).__name__}") from None
+    finally:
+        if own:
+            await http.close()
+    try:
+        cid = json.loads(body.decode("utf-8").strip().splitlines()[-1])["Hash"]
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise UploadFailed("the IPFS node's answer has no Hash") from None
+    if not isinstance(cid, str) or not _CID_RE.fullmatch(cid):
+        raise UploadFailed("the IPFS node's answer has no valid Hash")
+    return f"{gateway.rstrip('/')}/ipfs/{cid}"
 
 
 @dataclass(frozen=True)

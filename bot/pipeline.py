@@ -5,7 +5,12 @@ anywhere resumes without a second order, a second charge or a lost reply:
 
 - RECEIVED: the job row and the reservation (max prices + fee) were written together at intake.
 - ORDER_SIGNED: the input is published and the job's one request order (workerpool open, volume 1, salt from
-  the job id) is signed and stored with its hash. It never changes afterwards.
+  the job id) is signed and stored with its hash. It never changes afterwards. In TEE mode, before signing:
+  the photo is encrypted with the job's input key (derived from the bot's result key and the job id, so the
+  same after a restart; never stored), only the encrypted bytes are published (IPFS or our input server),
+  an "input_secret" event is recorded and the key is pushed to the SMS as requester secret
+  `segbot-<job id>` (after a restart: checked first; "already exists" is success); the order then carries
+  the TEE tag, `iexec_secrets` {1: name} and `iexec_result_encryption`.
 - MATCHING: an app order and a workerpool order within the maximum prices were found; the match transaction
   goes through the one nonce-owning sender, which stores it before broadcast. After a crash the stored order
   hash tells whether the match happened (`viewConsumed`): the deal id is derived, never re-ordered.
@@ -48,13 +53,15 @@ from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
 from bot import texts
 from bot.admin_ops import AdminOps
 from bot.endings import PERMANENT_TELEGRAM, Endings, Refund
-from bot.chain import ChainDisagrees, ChainGateway, NoOffer, OfferTaken, TaskEvent
+from bot.chain import ChainDisagrees, ChainGateway, NoOffer, OfferTaken, TaskEvent, secret_name
 from bot.errors import BotError
 from bot.images import check_image_async
+from bot.inputs import upload_to_ipfs
 from bot.intake import DownloadLimiter, InputRejected, fetch_image
 from bot.results import RESULT_LIMITS, made_with_random_weights, read_detections, result_image
 from bot.settings import Settings
-from iexec.errors import IExecError, ResultDownloadError, ResultLocationError, UnsafeArchive
+from iexec.errors import (DecryptionError, IExecError, ResultDownloadError, ResultLocationError, TeeError,
+                          UnsafeArchive)
 from ledger import InsufficientFunds, JobState, Ledger, LedgerBusy, LedgerError
 
 log = logging.getLogger(__name__)
@@ -375,8 +382,11 @@ class Pipeline(AdminOps, Endings):
         """Publish the input and sign the job's one request order."""
         data = Path(job.input_ref).read_bytes()
         ttl = self.settings.match_timeout_s + 10 * CATEGORY_REF_S.get(self.settings.category, 36000) + 600
-        url = self.inputs.publish(job.id, data, ttl, user_id=job.user_id,
-                                  name="input" + Path(job.input_ref).suffix)
+        if self.chain.tee:
+            url = await self._publish_encrypted(job, data, ttl)
+        else:
+            url = self.inputs.publish(job.id, data, ttl, user_id=job.user_id,
+                                      name="input" + Path(job.input_ref).suffix)
         order = await self.chain.sign_request_order(job.id, url, job.options.get("args", self.settings.worker_args))
         self.ledger.transition(job.id, JobState.RECEIVED, JobState.ORDER_SIGNED,
                                request_order=order.to_market_json(),
@@ -384,11 +394,36 @@ class Pipeline(AdminOps, Endings):
         self._crash_point("after_sign")
         self._show(self.ledger.get_job(job.id))
 
+    async def _publish_encrypted(self, job: Any, data: bytes, ttl: float) -> str:
+        """TEE mode: publish the photo encrypted with the job's input key and give the key to the SMS; returns
+        the URL for the order. Each part can run again after a crash: the key is derived (the same), the
+        upload is content-addressed or replaces the job's earlier file, and the secret push is recorded
+        before it happens and checked first when it was (an "already exists" answer is success)."""
+        from iexec.tee import encrypt_dataset
+
+        key = self.chain.input_key(job.id)
+        blob = encrypt_dataset(data, key)
+        upload = self.settings.resolved_ipfs_upload
+        if upload:
+            url = await upload_to_ipfs(upload, blob, self.chain.network.ipfs_gateway)
+            log.info("event=input_uploaded job=%s bytes=%d where=ipfs", job.id, len(blob))
+        else:
+            url = self.inputs.publish(job.id, blob, ttl, user_id=job.user_id, name="input.bin",
+                                      content_type="application/octet-stream")
+        name = secret_name(job.id)
+        if self.ledger.record_event("input_secret", job.id, {"name": name}):
+            self._crash_point("before_secret")
+            await self.chain.push_input_secret(job.id, key)
+        elif not await self.chain.input_secret_pushed(job.id):
+            await self.chain.push_input_secret(job.id, key)
+        self._crash_point("after_secret")
+        return url
+
     async def _step_order_signed(self, job: Any) -> None:
         """Wait for offers within the maximum prices, then move to MATCHING (or refund after the timeout)."""
         try:
             await self.chain.ensure_stake(self.settings.max_price_nrlc - self.settings.fee_nrlc)
-            await self.chain.best_offer()
+            await self.chain.best_offer(self.chain.request_order_from_json(job.request_order).tag)
         except NoOffer as exc:
             if self.clock() - job.created_at / 1000 > self.settings.match_timeout_s:
                 reason = "no_stake" if exc.no_stake else "no_offer"
@@ -410,7 +445,7 @@ class Pipeline(AdminOps, Endings):
             deal_id = await self.chain.deal_of(request)
         if deal_id is None:
             try:
-                offer = await self.chain.best_offer()
+                offer = await self.chain.best_offer(request.tag)
                 await self.chain.ensure_stake(offer.total_price)
                 self._crash_point("before_match")
                 deal_id = await self.chain.match(offer, request, job.id, crash_hook=self._crash_point)
@@ -505,6 +540,13 @@ class Pipeline(AdminOps, Endings):
         shutil.rmtree(dest, ignore_errors=True)
         try:
             result = await self.chain.fetch_result(results, dest)
+        except (DecryptionError, TeeError) as exc:
+            # An encrypted result our key does not open (or one we have no key for) stays so: refunded, the
+            # operator pays the task, never tried again.
+            log.warning("event=result_undecryptable job=%s error=%r", job.id, str(exc)[:200])
+            await self._refund(job, Refund("bad_result", "it could not be decrypted with the bot's key",
+                                           operator_pays=True))
+            return
         except (ResultLocationError, UnsafeArchive) as exc:
             await self._refund(job, Refund("bad_result", str(exc), operator_pays=True))
             return
@@ -531,6 +573,10 @@ class Pipeline(AdminOps, Endings):
                                  result_ref=str(result_image(result.deterministic_output)))
         log.info("event=settled job=%s charged=%d", job.id, price + self.settings.fee_nrlc)
         self._crash_point("after_settle")
+        # The job's encrypted photo stops being served by our input server (one uploaded to IPFS stays there,
+        # encrypted: content cannot be taken back). Its key is NOT overwritten in the SMS: requester secrets
+        # are write-once (the SMS serves no update for them, the SDK has no call for it), so it stays there,
+        # handed only to attested enclaves running tasks whose deal names it, i.e. deals of our wallet.
         self.inputs.revoke(job.id)
 
     async def _step_completed(self, job: Any) -> None:
@@ -620,7 +666,7 @@ class Pipeline(AdminOps, Endings):
                                         job.app_price + job.workerpool_price, error=why.error)
         else:
             self.ledger.refund_job(job.id, f"{job.id}:refund", error=why.error)
-        self.inputs.revoke(job.id)
+        self.inputs.revoke(job.id)  # see _take_result: what becomes of a TEE job's key and encrypted input
         log.info("event=refunded job=%s reason=%s operator_pays=%s", job.id, why.reason, why.operator_pays)
         self._crash_point("before_tell")
         refunded = self.ledger.get_job(job.id)

@@ -4,6 +4,11 @@ Every field has an environment variable of the same name in upper case (`TELEGRA
 `.env.example` lists them all with a comment. Secrets are `SecretStr`: printing the settings, logging them
 or putting them in an error message never shows them. The network preset comes from `iexec.networks`; the
 real-money preset is refused unless `ALLOW_MAINNET=true`.
+
+TEE mode (`TEE_MODE`, resolved by `tee`): every request order carries the network's TEE tag (TDX, 0x...09),
+the photo is published encrypted, its key goes to the SMS as a requester secret and the result comes back
+encrypted to the bot's RSA key (`result_key_path`). `auto` follows the preset (on where the network's
+workerpools run TDX only); the devnet runs both kinds, so it is off there unless `TEE_MODE=on`.
 """
 from __future__ import annotations
 
@@ -16,8 +21,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from iexec.networks import Network, resolve_network
+from iexec.orders import Tag, tag_from_bits, tag_to_int
 
 NRLC_PER_RLC = 10**9
+#: IPFS_UPLOAD_URL value that keeps the encrypted photo on the bot's own input server.
+IPFS_UPLOAD_OFF = ("none", "off")
 
 
 class Settings(BaseSettings):
@@ -47,6 +55,14 @@ class Settings(BaseSettings):
     rlc_address: str = ""
     market_url: str = ""
     ipfs_gateway: str = ""
+    # TEE (TDX) mode: auto (on where the preset's workerpools run TDX), on, off
+    tee_mode: Literal["auto", "on", "off"] = "auto"
+    sms_url: str = ""
+    # Where the encrypted photo goes in TEE mode: an IPFS node's API (kubo /api/v0/add); empty = the preset's
+    # upload node; "none" = the bot's own input server. Standard mode never uploads (the photo is plain).
+    ipfs_upload_url: str = ""
+    # The bot's RSA key for result encryption (encrypted with the wallet password); empty = beside the keystore
+    result_key_file: Path | None = None
     max_fee_gwei: int = Field(default=50, gt=0)
 
     # The app and what a job may cost
@@ -115,6 +131,11 @@ class Settings(BaseSettings):
             return (value,)
         return value
 
+    @field_validator("result_key_file", mode="before")
+    @classmethod
+    def _empty_path(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.mode == "webhook":
@@ -123,6 +144,9 @@ class Settings(BaseSettings):
             if not self.webhook_url.startswith("https://") and not self.webhook_url.startswith("http://127."):
                 raise ValueError("WEBHOOK_URL must be an https:// URL")
         self.resolved_network  # noqa: B018 - raises for an unknown or unconsented network
+        if not self.tee and tag_to_int(self.tag) & Tag.TEE:
+            raise ValueError("TAG has the TEE bit but TEE mode is off: set TEE_MODE=on (a TEE deal needs the "
+                             "encrypted-input path) or clear the TEE bit of TAG")
         return self
 
     @cached_property
@@ -138,6 +162,41 @@ class Settings(BaseSettings):
             market_url=self.market_url,
             ipfs_gateway=self.ipfs_gateway,
         )
+
+    @property
+    def tee(self) -> bool:
+        """True when jobs run as TDX tasks (TEE_MODE=on, or auto on a network whose preset has a TEE tag)."""
+        if self.tee_mode == "auto":
+            return bool(getattr(self.resolved_network, "tee_tag", ""))
+        return self.tee_mode == "on"
+
+    @property
+    def request_tag(self) -> bytes:
+        """The tag of every request order: TAG, plus the network's TEE tag in TEE mode (never without the
+        TEE bit there, whatever TAG says)."""
+        tag = tag_to_int(self.tag)
+        if self.tee:
+            tee_tag = getattr(self.resolved_network, "tee_tag", "") or tag_from_bits(tdx=True)
+            tag |= tag_to_int(tee_tag) | Tag.TEE
+        return int(tag).to_bytes(32, "big")
+
+    @property
+    def resolved_sms_url(self) -> str:
+        """SMS_URL, else the preset's SMS ("" when neither has one)."""
+        return (self.sms_url or getattr(self.resolved_network, "sms_url", "") or "").rstrip("/")
+
+    @property
+    def resolved_ipfs_upload(self) -> str:
+        """The IPFS API the encrypted photo is uploaded to in TEE mode ("" = the bot's own input server)."""
+        value = self.ipfs_upload_url.strip()
+        if value.lower() in IPFS_UPLOAD_OFF:
+            return ""
+        return (value or self.resolved_network.ipfs_upload or "").rstrip("/")
+
+    @property
+    def result_key_path(self) -> Path:
+        """RESULT_KEY_FILE, else `result-key.pem` beside the wallet keystore."""
+        return self.result_key_file or Path(self.wallet_keystore).parent / "result-key.pem"
 
     @property
     def max_price_nrlc(self) -> int:

@@ -77,11 +77,33 @@ START = (
     "<b>Price:</b> at most {price} per picture. I reserve {price}, then charge the price the iExec task was "
     "bought at plus my fee of {fee}; the rest comes back at once.\n<b>Your balance:</b> {available}.\n\n"
     "{demo}"
-    "<b>Privacy:</b> your picture is served to the worker at a secret link that expires when the task ends, "
-    "but that link is written in the task's public parameters on the blockchain while it works, and the "
-    "result is stored on public IPFS by the workerpool. Do not send pictures you need to keep private. "
+    "<b>Privacy:</b> {privacy} "
     "/forget deletes the pictures and results I keep; the books keep amounts only.\n\n/help lists the commands."
 )
+#: /start's privacy paragraph for standard tasks (TEE_MODE off)
+PRIVACY_STANDARD = (
+    "your picture is served to the worker at a secret link that expires when the task ends, "
+    "but that link is written in the task's public parameters on the blockchain while it works, and the "
+    "result is stored on public IPFS by the workerpool. Do not send pictures you need to keep private."
+)
+#: /start's privacy paragraph in TEE (TDX) mode: what is true then, and what is not
+PRIVACY_TEE = (
+    "your picture is encrypted before it leaves me; its key goes to iExec's secret service, which gives it "
+    "only to an attested enclave (Intel TDX) running the segmentation app for this task. The result is "
+    "encrypted to my key before it is stored on IPFS, so the workers' operators, the blockchain and IPFS "
+    "see only encrypted bytes. I (this bot and its operator) still see your picture and the result."
+)
+
+
+PRIVACY_SIMULATED = " (On this test network the enclave and the secret service are simulated.)"
+
+
+def privacy(tee: bool, *, simulated: bool = False) -> str:
+    """The privacy paragraph of /start for the bot's mode (`simulated`: the devnet, whose TDX is a stand-in)."""
+    if not tee:
+        return PRIVACY_STANDARD
+    return PRIVACY_TEE + (PRIVACY_SIMULATED if simulated else "")
+
 
 HELP = (
     "<b>Commands</b>\n"
