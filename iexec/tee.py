@@ -86,7 +86,8 @@ def _cbc_decrypt(body: bytes, key: bytes, iv: bytes, what: str) -> bytes:
     try:
         return unpadder.update(padded) + unpadder.finalize()
     except ValueError:
-        raise DecryptionError(f"{what} does not decrypt with this key (wrong key, or damaged data)") from None
+        raise DecryptionError(f"{what} does not decrypt with this key (wrong key, damaged data, "
+                              "or a file that was never encrypted)") from None
 
 
 def encrypt_dataset(data: bytes, key: bytes) -> bytes:
