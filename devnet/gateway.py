@@ -4,6 +4,12 @@ The workerpool `put`s each task's result archive here and writes `/ipfs/<id>` in
 chain; the bot downloads `GET {gateway}/ipfs/<id>` exactly as it would from iExec's IPFS gateway. The id is
 the archive's sha256 in hex (the devnet form that `iexec.results` accepts and checks against the bytes).
 
+Uploads come in as they do to iExec's IPFS upload node (the SDK's `ipfsNodeURL`, a kubo RPC): `POST
+/api/v0/add` with a multipart body whose file part is named "file" (kubo-rpc-client's `add`; "file-1",
+... for more), answered with one JSON line per file `{"Name", "Hash", "Size"}`. The Hash is a CIDv1 (raw
+codec, sha2-256, base32 "b..."), so kubo clients parse it; the content is then served at `/ipfs/<Hash>` (and
+at `/ipfs/<sha256 hex>`, the devnet's own id of the same bytes). Bodies past `max_upload_bytes` get 413.
+
 Fault modes, per id or for every id, let tests see what a lost or failing gateway does to the bot: `lose`
 answers 404 as if the content was never pinned, `500` answers an internal error. Control them on the
 object or over HTTP (`POST /control/faults`), so tests in other processes can too.
@@ -12,19 +18,22 @@ This server binds 127.0.0.1 only and must never fetch anything itself: it serves
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GatewayError", "GatewayFault", "ResultGateway", "content_id"]
+__all__ = ["GatewayError", "GatewayFault", "ResultGateway", "cid_v1", "content_id"]
 
 _ID = re.compile(r"[0-9a-f]{64}")
+_CID = re.compile(r"b[a-z2-7]{58}")  # CIDv1 raw sha2-256 in base32: 36 bytes -> 58 characters
 _FAULTS = ("lose", "500")
 _MAX_BODY = 64 * 1024 * 1024
 
@@ -46,10 +55,27 @@ def content_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def cid_v1(data: bytes) -> str:
+    """The CIDv1 (raw codec 0x55, sha2-256 multihash) of `data` in multibase base32 ("b" + lowercase)."""
+    raw = bytes([0x01, 0x55, 0x12, 0x20]) + hashlib.sha256(data).digest()
+    return "b" + base64.b32encode(raw).decode("ascii").lower().rstrip("=")
+
+
+def _cid_to_id(cid: str) -> str | None:
+    """The sha256 hex id behind a CIDv1 of ours, None when it is not one."""
+    if not _CID.fullmatch(cid):
+        return None
+    text = cid[1:].upper()
+    raw = base64.b32decode(text + "=" * (-len(text) % 8))
+    return raw[4:].hex() if raw[:4] == bytes([0x01, 0x55, 0x12, 0x20]) else None
+
+
 class ResultGateway:
     """In-memory content-addressed store served at `GET /ipfs/<id>` (Content-Type application/zip)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_upload_bytes: int = _MAX_BODY) -> None:
+        self.max_upload_bytes = max_upload_bytes
+        self.uploads = 0
         self._blobs: dict[str, bytes] = {}
         self._faults: dict[str | None, str] = {}
         self._runner: web.AppRunner | None = None
@@ -109,6 +135,7 @@ class ResultGateway:
         """Serve on 127.0.0.1:`port` (0 = any free port); returns the base URL (no trailing slash)."""
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_get("/ipfs/{cid}", self._handle_get)
+        app.router.add_post("/api/v0/add", self._handle_add)
         app.router.add_get("/health", self._handle_health)
         app.router.add_get("/control/faults", self._handle_faults_get)
         app.router.add_post("/control/faults", self._handle_faults_post)
@@ -130,6 +157,7 @@ class ResultGateway:
     async def _handle_get(self, request: web.Request) -> web.Response:
         self.requests += 1
         cid = request.match_info["cid"]
+        cid = _cid_to_id(cid) or cid
         if not _ID.fullmatch(cid):
             return web.Response(status=400, text=f"invalid content id {cid[:80]!r}\n")
         fault = self._fault_for(cid)
@@ -139,6 +167,40 @@ class ResultGateway:
         if data is None or fault == "lose":
             return web.Response(status=404, text="content not found\n")
         return web.Response(body=data, content_type="application/zip")
+
+    async def _handle_add(self, request: web.Request) -> web.StreamResponse:
+        """kubo's `add`: each "file" part stored; one JSON line per file ({"Name","Hash","Size"})."""
+        try:
+            reader = await request.multipart()
+        except (AssertionError, ValueError, KeyError):
+            return web.json_response({"Message": "expected a multipart/form-data body", "Code": 0,
+                                      "Type": "error"}, status=400)
+        lines: list[str] = []
+        total = 0
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader) or not (part.name or "").split("?")[0].startswith("file"):
+                continue  # directories and other fields: nothing to store
+            buf = bytearray()
+            while chunk := await part.read_chunk(1 << 16):
+                total += len(chunk)
+                if total > self.max_upload_bytes:
+                    log.info("event=gateway_upload_refused bytes_over=%d", self.max_upload_bytes)
+                    return web.json_response({"Message": f"upload larger than {self.max_upload_bytes} bytes",
+                                              "Code": 0, "Type": "error"}, status=413)
+                buf += chunk
+            data = bytes(buf)
+            self.put(data)
+            cid = cid_v1(data)
+            self.uploads += 1
+            log.info("event=gateway_upload cid=%s bytes=%d", cid, len(data))
+            lines.append(json.dumps({"Name": part.filename or cid, "Hash": cid, "Size": str(len(data))}))
+        if not lines:
+            return web.json_response({"Message": "no file part in the body", "Code": 0, "Type": "error"},
+                                     status=400)
+        return web.Response(text="\n".join(lines) + "\n", content_type="application/json")
 
     async def _handle_health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "stored": len(self._blobs)})

@@ -17,6 +17,17 @@ results being `{"storage": "ipfs", "location": "/ipfs/<id>"}`. At most `workers`
 Transactions go through the iExec client (`iexec.pool.WorkerpoolClient`: one nonce-owning sender per
 account, typed revert reasons) and orders through `iexec.market.MarketClient`; the archive is devnet/archive.py.
 
+TEE deals (the deal's tag has bit 0 set; the pool's order tag is TDX, 0x…09, by default, which covers
+standard deals too) run as iExec runs them in an enclave: a fresh enclave account per task (a real
+enclave's ephemeral challenge key) is named in the scheduler's authorization and signs the contribution;
+the request's `iexec_secrets` {"<n>": "<name>"} are read from the SMS stand-in (`sms.requester_secret(deal
+requester, name)`, the attested-enclave path) and given to the app as IEXEC_REQUESTER_SECRET_<n>; with
+`iexec_result_encryption: true` the archive is encrypted to the beneficiary's web2 secret
+`iexec-result-encryption-public-key` as iExec's post-compute does (devnet/postcompute.py). A secret or key
+that is missing, or a TEE deal on a pool without an SMS, is what a TEE session that cannot be created is to
+iexec-worker: no contribution, the task fails at its deadline and is claimable (state `tee_failed`, the
+detail names what was missing, never a value). Standard deals ignore `iexec_secrets` and encryption.
+
 Decisions (mirroring iexec-worker): an input that cannot be downloaded, or an app killed at the time limit,
 leads to no contribution (the task fails at its deadline and is claimable). An app that ends by itself with
 a non-zero code, or without computed.json, still has its archive finalized with an `error.txt` added: the
@@ -54,6 +65,7 @@ from devnet.archive import result_archive
 from devnet.deploy import hub_abi, registry_abi
 from devnet.faults import Fault, FaultBook, FaultError, normalise_deal_id
 from devnet.gateway import ResultGateway
+from devnet.postcompute import RESULT_KEY_SECRET, PostComputeError, encrypt_result, load_public_key
 from iexec.bodies import read_capped
 from iexec.errors import BodyTooLarge, IExecError, MarketError
 from iexec.market import MarketClient
@@ -63,10 +75,11 @@ from iexec.tx import SenderConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InputError", "PoolError", "TaskOutcome", "Workerpool", "task_id"]
+__all__ = ["InputError", "PoolError", "TDX_TAG", "TaskOutcome", "TeeSessionError", "Workerpool", "task_id"]
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 ZERO_TAG = b"\x00" * 32
+TDX_TAG = bytes(31) + b"\x09"  # bits tee (0x01) + tdx (0x08): covers standard deals as well
 _SCHEDULER_NOTICE = keccak(text="SchedulerNotice(address,bytes32)")
 INPUT_RETRY_S = 30.0
 _MAX_INPUT_BYTES = 50 * 1024 * 1024
@@ -82,11 +95,32 @@ class InputError(PoolError):
     """A task's input file could not be fetched (refused URL, HTTP error, too large)."""
 
 
+class TeeSessionError(PoolError):
+    """A TEE task's session cannot be set up: no SMS, a requester secret or the result key is missing."""
+
+
+@dataclass(frozen=True)
+class _Deal:
+    """What a task needs from viewDeal."""
+
+    deal_id: str
+    category: int
+    params: str
+    tag: bytes
+    requester: str
+    beneficiary: str
+
+    @property
+    def tee(self) -> bool:
+        return bool(self.tag[31] & 0x01)
+
+
 @dataclass(frozen=True)
 class TaskOutcome:
     """What the workerpool did with one task.
 
-    `state`: completed | error_archive | no_show | crashed | overrun | input_failed | timeout | failed.
+    `state`: completed | error_archive | no_show | crashed | overrun | input_failed | tee_failed | timeout |
+    failed. `tee` says the task ran as a TEE task, `encrypted` that its archive was encrypted.
     `cid` is the gateway id of the archive when one was stored; `app_seconds` the app's own run time,
     `fetch_seconds` the input download's, `finalize_seconds` archive + store + contributeAndFinalize;
     `finished_at` a time.monotonic() stamp taken when the outcome was final.
@@ -102,6 +136,8 @@ class TaskOutcome:
     fetch_seconds: float = 0.0
     finalize_seconds: float = 0.0
     detail: str = ""
+    tee: bool = False
+    encrypted: bool = False
 
 
 def task_id(deal_id: str | bytes, index: int) -> str:
@@ -139,11 +175,11 @@ class Workerpool:
 
     def __init__(self, rpc_url: str, deployment: Any, owner: LocalAccount, worker: LocalAccount,
                  market_url: str, gateway: ResultGateway, app_cmd: Sequence[str], *, workers: int = 2,
-                 category: int = 0, price: int = 100_000_000, tag: bytes | str = ZERO_TAG, trust: int = 1,
+                 category: int = 0, price: int = 100_000_000, tag: bytes | str = TDX_TAG, trust: int = 1,
                  volume: int = 1000, time_scale: float = 1.0, poll_interval: float = 0.05,
                  description: str = "segbot devnet workerpool", market: Any = None,
                  workdir: Path | None = None, app_env: dict[str, str] | None = None,
-                 app_cwd: Path | None = None) -> None:
+                 app_cwd: Path | None = None, sms: Any = None) -> None:
         self.input_retry_s = INPUT_RETRY_S
         self.max_input_bytes = _MAX_INPUT_BYTES
         if workers < 1:
@@ -155,6 +191,7 @@ class Workerpool:
         self.volume, self.time_scale, self.poll_interval = volume, time_scale, poll_interval
         self.description, self.market = description, market
         self.app_env, self.app_cwd = dict(app_env or {}), app_cwd
+        self.sms = sms  # devnet.sms.SmsStandIn (requester_secret, web2_secret) or None: TEE tasks then fail
         self.faults = FaultBook()
         self.address: str | None = None
         self.orders: list[WorkerpoolOrder] = []
@@ -331,18 +368,21 @@ class Workerpool:
             return
         # viewDeal: app, dataset, workerpool, trust, category, tag, requester, beneficiary, callback, params,
         # startTime, botFirst, botSize, workerStake, schedulerRewardRatio, sponsor
-        category, params, first, size = deal[4], deal[9], deal[11], deal[12]
-        log.info("workerpool_deal deal=%s tasks=%d category=%d", deal_id, size, category)
+        info = _Deal(deal_id, deal[4], deal[9], bytes(deal[5]), str(deal[6]), str(deal[7]))
+        first, size = deal[11], deal[12]
+        log.info("workerpool_deal deal=%s tasks=%d category=%d tee=%s", deal_id, size, info.category,
+                 str(info.tee).lower())
         for index in range(first, first + size):
-            self._spawn(self._run_task(deal_id, index, category, params), f"task-{deal_id[:10]}-{index}")
+            self._spawn(self._run_task(info, index), f"task-{deal_id[:10]}-{index}")
         await self._top_up()
 
     def _record(self, outcome: TaskOutcome) -> None:
         self.outcomes[outcome.task_id] = outcome
         self._waiters.setdefault(outcome.task_id, asyncio.Event()).set()
-        log.info("workerpool_task task=%s deal=%s state=%s cid=%s fetch_s=%.3f app_s=%.3f finalize_s=%.3f %s",
-                 outcome.task_id, outcome.deal_id, outcome.state, outcome.cid, outcome.fetch_seconds,
-                 outcome.app_seconds, outcome.finalize_seconds, outcome.detail[:200])
+        log.info("workerpool_task task=%s deal=%s state=%s tee=%s encrypted=%s cid=%s fetch_s=%.3f app_s=%.3f "
+                 "finalize_s=%.3f %s", outcome.task_id, outcome.deal_id, outcome.state, str(outcome.tee).lower(),
+                 str(outcome.encrypted).lower(), outcome.cid, outcome.fetch_seconds, outcome.app_seconds,
+                 outcome.finalize_seconds, outcome.detail[:200])
 
     async def wait_task(self, task: str, timeout: float = 60.0) -> TaskOutcome:
         """Wait until the workerpool is done with `task` (0x-hex id). Raises TimeoutError."""
@@ -353,11 +393,13 @@ class Workerpool:
 
     # ---------------------------------------------------------------------------------------- one task
 
-    async def _run_task(self, deal_id: str, index: int, category: int, raw_params: str) -> None:
+    async def _run_task(self, deal: _Deal, index: int) -> None:
+        deal_id = deal.deal_id
         tid = task_id(deal_id, index)
         fault = self.faults.for_deal(deal_id)
 
         def outcome(state: str, **kw: Any) -> None:
+            kw.setdefault("tee", deal.tee)
             self._record(TaskOutcome(tid, deal_id, index, state, finished_at=time.monotonic(), **kw))
 
         if fault is Fault.NO_SHOW:
@@ -366,7 +408,7 @@ class Workerpool:
             self.running.add(tid)
             self.max_running = max(self.max_running, len(self.running))
             try:
-                await self._execute(tid, deal_id, index, category, raw_params, fault, outcome)
+                await self._execute(tid, deal, index, fault, outcome)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -374,9 +416,9 @@ class Workerpool:
             finally:
                 self.running.discard(tid)
 
-    async def _execute(self, tid: str, deal_id: str, index: int, category: int, raw_params: str,
-                       fault: Fault, outcome: Any) -> None:
+    async def _execute(self, tid: str, deal: _Deal, index: int, fault: Fault, outcome: Any) -> None:
         assert self._client is not None
+        deal_id = deal.deal_id
         await self._client.initialize(bytes.fromhex(deal_id[2:]), index)  # a revert raises HubRevert (reason)
         if fault is Fault.CRASH_BEFORE_CONTRIBUTE:
             return outcome("crashed", detail="fault: initialized, never contributed")
@@ -389,32 +431,73 @@ class Workerpool:
         in_dir.mkdir(parents=True)
         out_dir.mkdir()
         try:
-            params = _parse_params(raw_params)
+            params = _parse_params(deal.params)
+            secrets, result_key = self._tee_session(deal, params) if deal.tee else ({}, None)
             mark = time.monotonic()
             names = await self._download_inputs(params.get("iexec_input_files") or [], in_dir)
             fetch_s = time.monotonic() - mark
             env = self._app_env(tid, deal_id, index, in_dir, out_dir, names)
+            env.update(secrets)
             args = shlex.split(str(params.get("iexec_args") or ""))
             if fault is Fault.APP_ERROR:
                 args.append("--fail")
-            limit = await self._time_limit(category)
+            limit = await self._time_limit(deal.category)
             code, stdout, stderr, seconds = await self._run_app(self.app_cmd + args, env, limit,
                                                                 self.app_cwd or folder)
             if code is None:
                 return outcome("timeout", app_seconds=seconds, fetch_seconds=fetch_s,
                                detail=f"app killed after {limit:.1f}s")
-            await self._finalize(tid, out_dir, code, stdout, stderr, fault, outcome, seconds, fetch_s)
+            enclave = Account.create() if deal.tee else None  # the enclave's per-task challenge key
+            await self._finalize(tid, out_dir, code, stdout, stderr, fault, outcome, seconds, fetch_s,
+                                 enclave=enclave, result_key=result_key)
         except InputError as exc:
             return outcome("input_failed", detail=str(exc))
+        except TeeSessionError as exc:  # as iexec-worker when the TEE session cannot be created
+            return outcome("tee_failed", detail=str(exc))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
+    def _tee_session(self, deal: _Deal, params: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+        """(IEXEC_REQUESTER_SECRET_<n> env, result key SMS value or None) of a TEE task, read from the SMS as
+        an attested enclave would. Raises TeeSessionError naming what is missing (never a value)."""
+        if self.sms is None:
+            raise TeeSessionError("TEE task but this workerpool has no SMS: no enclave session")
+        wanted = params.get("iexec_secrets") or {}
+        if not isinstance(wanted, dict):
+            raise TeeSessionError("iexec_secrets is not an object")
+        env: dict[str, str] = {}
+        for number, name in sorted(wanted.items(), key=lambda kv: str(kv[0])):
+            if not str(number).isdigit() or int(number) < 1 or not isinstance(name, str) or not name:
+                raise TeeSessionError(f"iexec_secrets entry {str(number)[:20]!r} is not <n>: <secret name>")
+            value = self.sms.requester_secret(deal.requester, name)
+            if value is None:
+                raise TeeSessionError(f"requester secret {name[:80]!r} (#{int(number)}) of {deal.requester} "
+                                      "is not in the SMS")
+            env[f"IEXEC_REQUESTER_SECRET_{int(number)}"] = value
+        result_key = None
+        if params.get("iexec_result_encryption") in (True, "true"):
+            result_key = self.sms.web2_secret(deal.beneficiary, RESULT_KEY_SECRET)
+            if not result_key:
+                raise TeeSessionError(f"result encryption asked but the beneficiary {deal.beneficiary} has no "
+                                      f"{RESULT_KEY_SECRET} in the SMS")
+            try:
+                load_public_key(result_key)
+            except PostComputeError as exc:
+                raise TeeSessionError(f"the beneficiary's {RESULT_KEY_SECRET}: {exc}") from None
+        return env, result_key
+
     async def _finalize(self, tid: str, out_dir: Path, code: int, stdout: bytes, stderr: bytes, fault: Fault,
-                        outcome: Any, seconds: float, fetch_s: float) -> None:
+                        outcome: Any, seconds: float, fetch_s: float, *, enclave: Any = None,
+                        result_key: str | None = None) -> None:
         mark = time.monotonic()
         # zipping a result of several MB takes a moment: off the event loop, which serves other tasks (and,
         # in tests and the demo, the market, the gateway and the Telegram stand-in)
         archive, digest = await asyncio.to_thread(result_archive, out_dir, code, stdout, stderr)
+        if result_key is not None:  # the post-compute: only the beneficiary can open the archive
+            try:
+                archive = await asyncio.to_thread(encrypt_result, archive, result_key)
+            except PostComputeError as exc:
+                raise TeeSessionError(f"result encryption failed: {exc}") from None
         cid = self.gateway.put(archive)
         if fault is Fault.GATEWAY_LOSE:
             self.gateway.set_fault("lose", cid)
@@ -423,10 +506,12 @@ class Workerpool:
         results = json.dumps({"storage": "ipfs", "location": self.gateway.location(cid)}).encode()
         # trust 1: the worker contributes and finalizes at once, with the scheduler's authorization
         assert self._client is not None
-        await self._client.contribute_and_finalize(bytes.fromhex(tid[2:]), results, digest=digest)
+        await self._client.contribute_and_finalize(bytes.fromhex(tid[2:]), results, digest=digest,
+                                                   enclave=enclave)
         error = out_dir / "error.txt"
         outcome("error_archive" if error.exists() else "completed", cid=cid, app_seconds=seconds,
                 fetch_seconds=fetch_s, finalize_seconds=time.monotonic() - mark,
+                encrypted=result_key is not None,
                 detail=error.read_text()[:500] if error.exists() else "")
 
     async def _overrun(self, tid: str) -> None:
@@ -532,6 +617,7 @@ class Workerpool:
         for outcome in self.outcomes.values():
             states[outcome.state] = states.get(outcome.state, 0) + 1
         return {"ok": True, "workerpool": self.address, "workers": self.workers, "running": len(self.running),
+                "tag": "0x" + self.tag.hex(), "sms": self.sms is not None,
                 "tasks": states, "orders": ["0x" + o.hash(self._domain).hex() for o in self.orders[-3:]],
                 "faults": [{"mode": r.fault.value, "deal_id": r.deal_id} for r in self.faults.rules()]}
 

@@ -60,11 +60,12 @@ class WorkerpoolClient:
         packed = bytes.fromhex(self.worker.address[2:]) + bytes(task_id) + bytes.fromhex(enclave[2:])
         return eth_signed(self.scheduler, packed)
 
-    def _enclave_args(self, task_id: bytes, digest: bytes) -> tuple[str, bytes]:
-        if self.enclave is None:
+    def _enclave_args(self, task_id: bytes, digest: bytes, enclave: Any | None = None) -> tuple[str, bytes]:
+        enclave = enclave if enclave is not None else self.enclave
+        if enclave is None:
             return ZERO_ADDRESS, b""
         packed = result_hash(task_id, digest) + result_seal(self.worker.address, task_id, digest)
-        return self.enclave.address, eth_signed(self.enclave, packed)
+        return enclave.address, eth_signed(enclave, packed)
 
     async def initialize(self, deal_id: bytes, idx: int) -> bytes:
         """Initialize task `idx` of the deal (by the scheduler); returns the task id."""
@@ -72,9 +73,10 @@ class WorkerpoolClient:
         await self.scheduler_hub.transact(fn, "initialize")
         return Hub.task_id(deal_id, idx)
 
-    async def contribute(self, task_id: bytes, digest: bytes) -> Any:
-        """The worker's contribution (hash and seal of `digest`)."""
-        enclave, enclave_sign = self._enclave_args(task_id, digest)
+    async def contribute(self, task_id: bytes, digest: bytes, *, enclave: Any | None = None) -> Any:
+        """The worker's contribution (hash and seal of `digest`); `enclave` (an account) signs for this
+        task instead of the client's own enclave (a real enclave's per-task challenge key)."""
+        enclave, enclave_sign = self._enclave_args(task_id, digest, enclave)
         fn = self.worker_hub.contract.functions.contribute(
             bytes(task_id), result_hash(task_id, digest), result_seal(self.worker.address, task_id, digest),
             enclave, enclave_sign, self.authorization(task_id, enclave))
@@ -92,11 +94,11 @@ class WorkerpoolClient:
         return await self.scheduler_hub.transact(fn, "finalize")
 
     async def contribute_and_finalize(self, task_id: bytes, results: bytes, digest: bytes | None = None,
-                                      results_callback: bytes = b"") -> Any:
+                                      results_callback: bytes = b"", *, enclave: Any | None = None) -> Any:
         """One-shot completion for trust-1 deals: contribution, consensus, reveal and finalize at once.
-        `digest` defaults to keccak(results)."""
+        `digest` defaults to keccak(results); `enclave` as for contribute()."""
         digest = digest if digest is not None else keccak(bytes(results))
-        enclave, enclave_sign = self._enclave_args(task_id, digest)
+        enclave, enclave_sign = self._enclave_args(task_id, digest, enclave)
         fn = self.worker_hub.contract.functions.contributeAndFinalize(
             bytes(task_id), bytes(digest), bytes(results), bytes(results_callback), enclave, enclave_sign,
             self.authorization(task_id, enclave))
