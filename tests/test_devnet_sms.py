@@ -9,9 +9,12 @@ import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
@@ -157,11 +160,13 @@ async def test_secrets_survive_a_restart_in_a_private_file(tmp_path: Path, http:
 
 
 @pytest.mark.slow
-async def test_the_js_sdk_pushes_and_checks_secrets_against_the_stand_in(chain, sms: SmsStandIn) -> None:  # noqa: ANN001
+async def test_the_js_sdk_pushes_and_checks_secrets_against_the_stand_in(
+        chain: Any, sms: SmsStandIn) -> None:
     if not SDK.exists():
         pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
-    pem = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA" + "A" * 300 + "\n-----END PUBLIC KEY-----\n"
-    pem2 = pem.replace("AAAA", "BBBB", 1)
+    # two real RSA-4096 public keys, as the bot pushes: their base64 PEM must fit the SMS's 4096-byte limit
+    pem, pem2 = (rsa.generate_private_key(public_exponent=65537, key_size=4096).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode() for _ in range(2))
     env = {**os.environ, "SDK": SDK.as_posix(), "RPC": chain.rpc_url, "KEY": "0x" + bytes(REQUESTER.key).hex(),
            "HUB": chain.deployment.hub, "SMS": sms.base_url, "NAME": "segbot-job-7", "VALUE": "c2VjcmV0a2V5",
            "PEM": pem, "PEM2": pem2}
