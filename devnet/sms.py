@@ -141,9 +141,13 @@ class SmsStandIn:
     def _load(self) -> None:
         if self.state_path is None or not self.state_path.exists():
             return
-        data = json.loads(self.state_path.read_text(encoding="utf-8"))
-        if data.get("version") != _STATE_VERSION:
-            raise ValueError(f"{self.state_path}: unknown SMS state version {data.get('version')!r}")
+        try:
+            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{self.state_path}: unreadable SMS state ({exc}); restore it or remove it "
+                             "(its secrets are then lost)") from None
+        if not isinstance(data, dict) or data.get("version") != _STATE_VERSION:
+            raise ValueError(f"{self.state_path}: not an SMS state file of version {_STATE_VERSION}")
         self._web2 = dict(data.get("web2", {}))
         self._requester = dict(data.get("requester", {}))
 

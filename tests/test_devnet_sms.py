@@ -186,3 +186,13 @@ async def test_the_js_sdk_pushes_and_checks_secrets_against_the_stand_in(
     assert sms.requester_secret(me, "segbot-job-7") == "c2VjcmV0a2V5"
     # the SDK pushes a PEM key base64-encoded
     assert sms.web2_secret(me, "iexec-result-encryption-public-key") == base64.b64encode(pem2.encode()).decode()
+
+
+def test_a_damaged_state_file_stops_the_start_with_a_clear_message(tmp_path: Path) -> None:
+    state = tmp_path / "sms.json"
+    state.write_text('{"version": 1, "web2": {')
+    with pytest.raises(ValueError, match="unreadable SMS state"):
+        SmsStandIn(state_path=state)
+    state.write_text('{"version": 7}')
+    with pytest.raises(ValueError, match="not an SMS state file of version 1"):
+        SmsStandIn(state_path=state)
