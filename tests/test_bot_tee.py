@@ -234,3 +234,114 @@ def test_start_says_what_is_true_in_each_mode() -> None:
     assert "still see your picture" in tee  # the bot itself is not blind
     assert "public parameters" not in tee
     assert "simulated" in start(True, simulated=True) and "simulated" not in tee
+
+
+# ------------------------------------------------------------------------------------------- on a devnet (slow)
+
+from tests.fixtures_bot import bot_on, devnet_module, photo_bytes  # noqa: E402,F401 - fixtures
+from tests.fixtures_e2e import E2E  # noqa: E402
+
+
+async def _deal(chain: ChainGateway, deal_id: str) -> Any:
+    return await chain.hub.view_deal(bytes.fromhex(deal_id.removeprefix("0x")))
+
+
+def _secrets_seen(result_ref: str) -> dict[str, str]:
+    return json.loads((Path(result_ref).parent / "secrets.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_photo_comes_back_segmented_through_a_tdx_deal(devnet_module: Any, tmp_path: Path) -> None:
+    import hashlib
+
+    net = devnet_module
+    async with bot_on(net, tmp_path, tee_mode="on") as botnet:
+        assert botnet.settings.resolved_ipfs_upload  # the devnet's gateway takes uploads: IPFS path
+        user = botnet.new_user()
+        photo = photo_bytes(seed=12)
+        botnet.tg.inject_photo(user, photo)
+        msg = await botnet.result_for(user, timeout=90)
+        await botnet.settle()
+        [job] = botnet.ledger.user_jobs(user.id)
+        assert job.state.value == "DELIVERED", (job.state, job.error)
+        assert msg.data and msg.data != photo
+        chain = botnet.bot.chain
+        deal = await _deal(chain, job.deal_id)
+        assert int.from_bytes(deal.tag, "big") & 0b1001 == 0b1001  # bits 0 (TEE) and 3 (TDX) on chain
+        params = json.loads(deal.params)
+        name = secret_name(job.id)
+        assert params["iexec_secrets"] == {"1": name} and params["iexec_result_encryption"] is True
+        [input_url] = params["iexec_input_files"]
+        assert input_url.startswith(f"{net.gateway.url}/ipfs/")
+        # the SMS holds the job's key, the enclave got it, the stored input is encrypted with it
+        value = net.sms.requester_secret(chain.address, name)
+        assert value == dataset_key_secret(chain.input_key(job.id))
+        assert _secrets_seen(job.result_ref) == {
+            "IEXEC_REQUESTER_SECRET_1": hashlib.sha256(value.encode()).hexdigest()}
+        plain = Path(job.input_ref).read_bytes()
+        cid = input_url.rsplit("/", 1)[1]
+        stored = [b for b in net.gateway._blobs.values() if len(b) >= len(plain)]
+        assert not any(plain in b or photo in b for b in net.gateway._blobs.values())
+        assert any(decrypt_dataset(b, chain.input_key(job.id)) == plain for b in stored if len(b) % 16 == 0)
+        outcome = await net.pool.wait_task(job.task_id, 10)
+        assert outcome.tee and outcome.encrypted, outcome
+        assert cid
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio(loop_scope="session")
+async def test_an_undecryptable_result_is_refunded_and_not_retried(devnet_module: Any, tmp_path: Path) -> None:
+    """Someone replaced the bot's result key in the SMS: the result comes back encrypted to another key."""
+    from iexec.sms import SmsClient
+    from iexec.tee import ResultKey
+
+    net = devnet_module
+    async with bot_on(net, tmp_path, tee_mode="on", ipfs_upload_url="none") as botnet:
+        chain = botnet.bot.chain
+        async with SmsClient(net.sms.base_url) as sms:
+            await sms.set_web2_secret(chain._account, RESULT_KEY_SECRET, ResultKey.generate().sms_value)
+        user = botnet.new_user()
+        botnet.tg.inject_photo(user, photo_bytes(seed=13))
+        await botnet.wait_for_text(user, "could not be decrypted", timeout=90)
+        await botnet.settle()
+        [job] = botnet.ledger.user_jobs(user.id)
+        assert job.state.value == "REFUNDED" and job.error.startswith("bad_result"), (job.state, job.error)
+        bal = botnet.ledger.balance(user.id)
+        assert (bal.available, bal.pending) == (10**9, 0)  # the operator paid the task
+        params = json.loads((await _deal(chain, job.deal_id)).params)
+        assert params["iexec_input_files"][0].startswith(botnet.bot.inputs.base_url)  # own input server
+        assert botnet.bot.inputs.published(job.id) is None  # revoked with the refund
+        outcome = await net.pool.wait_task(job.task_id, 10)
+        assert outcome.state == "completed" and outcome.encrypted
+    # the next start pushes the bot's own key again
+    async with bot_on(net, tmp_path, tee_mode="on") as again:
+        assert net.sms.web2_secret(again.bot.chain.address, RESULT_KEY_SECRET) == \
+            again.bot.chain.result_key.sms_value
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("crash_at", ["before_secret", "after_secret"])
+async def test_a_crash_around_the_secret_push_still_ends_in_one_deal(devnet_module: Any, tmp_path: Path,
+                                                                     crash_at: str) -> None:
+    """The bot as a real process, SIGKILLed just before / just after pushing the job's secret (the order
+    not signed yet), then started again on the same books."""
+    net = devnet_module
+    net.pool.faults.clear()
+    run = E2E(net, tmp_path / "books")
+    run.write_env(TEE_MODE="on")
+    try:
+        user = run.new_user()
+        await run.start_bot(crash_at=crash_at)
+        run.tg.inject_photo(user, photo_bytes(seed=14))
+        assert await run.wait_dead() == -9
+        await run.start_bot()
+        [job] = await run.wait_terminal(user, timeout=90)
+        assert job.state.value == "DELIVERED", (job.state, job.error)
+        assert await __import__("asyncio").to_thread(run.deals_on_chain, job) == (1, 1)
+        assert net.sms.requester_secret(net.bot_address, secret_name(job.id)) is not None
+        assert f"event=crash_injected point={crash_at}" in run.logs()
+        assert "input_secret_pushed" in run.logs() or "input_secret_existed" in run.logs()
+    finally:
+        run.close()
