@@ -56,7 +56,8 @@ def _print_summary(net: Devnet) -> None:
     info = net.describe()
     rows = [("chain (anvil)", info["anvil"]["rpc_url"]), ("hub", info["deployment"]["hub"]),
             ("RLC", info["deployment"]["rlc"]), ("market", info["market"]["url"]),
-            ("result gateway", info["gateway"]["url"]),
+            ("result gateway", f"{info['gateway']['url']} (IPFS uploads at {info['gateway']['upload_url']})"),
+            ("SMS", f"{info['sms']['url']} (secrets in {info['sms']['state']})"),
             ("workerpool", f"{info['workerpool']['address']} (control {info['workerpool']['control_url']})"),
             ("app", f"{info['app']['address']} ({info['workerpool']['app']})"),
             ("telegram stand-in", f"{info['telegram']['url']} (bot @{info['telegram']['bot_username']})"),
@@ -160,6 +161,8 @@ def status(data_dir: Path | None = None, folders: tuple[Path, ...] = (DEMO_DATA,
                           rpc_body),
         "market": _answers(f"{info['market']['url']}/version", lambda d: d.get("ok")),
         "gateway": _answers(f"{info['gateway']['url']}/health", lambda d: d.get("ok")),
+        "sms": (_answers(f"{info['sms']['url']}/actuator/health", lambda d: d.get("status") == "UP")
+                if (info.get("sms") or {}).get("url") else "not in devnet.json (a devnet from before the SMS)"),
         "workerpool": _answers(f"{info['workerpool']['control_url']}/health",
                                lambda d: d.get("workerpool") == info["workerpool"]["address"]),
         "telegram": _answers(f"{info['telegram']['url']}/bot{token}/getMe", lambda d: d.get("ok")),

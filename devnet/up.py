@@ -4,13 +4,15 @@
         net.env           # the bot's settings (also written to <data>/bot.env)
         net.pool.set_fault("no_show")
 
-Start-up, in order (each step printed as "[i/7] name ... ok 0.1s"): anvil (from <data>/chain-state.json
+Start-up, in order (each step printed as "[i/8] name ... ok 0.1s"): anvil (from <data>/chain-state.json
 when a previous run left one, else from the cached PoCo snapshot, built on first use), the market stand-in,
-the result gateway, the segmentation app (registered with worker/iexec.json's image and checksum, an app
-order with a non-zero price published by the app owner), the bot's wallet (created by `python -m ledger
+the result gateway (also the IPFS upload node), the SMS stand-in (secrets kept in <data>/sms.json), the
+segmentation app (registered with worker/iexec.json's image and checksum; two app orders with a non-zero
+price published by the app owner: tag 0 for standard deals and TDX 0x…09), the bot's wallet (created by `python -m ledger
 wallet new` with a devnet-generated password file, mode 0600, when none exists; funded with ETH for gas and
 RLC deposited into the hub; nothing is credited in the books: that is the admin's job), the workerpool, the
-Telegram stand-in. Then <data>/bot.env and <data>/devnet.json (what runs where) are written.
+Telegram stand-in. Then <data>/bot.env (with SMS_URL and IPFS_UPLOAD_URL) and <data>/devnet.json (what runs
+where) are written. The workerpool is given the SMS: TDX deals read their secrets from it.
 
 `stop()` stops everything it started, saves the chain state for the next run (written to a temporary file
 and renamed) and removes devnet.json. <data>/chain-state.NOT-SAVED is written when anvil starts ("not
@@ -53,7 +55,7 @@ from devnet.anvil import Anvil
 from devnet.deploy import Deployment, hub_abi, registry_abi, rlc_abi
 from devnet.gateway import ResultGateway
 from devnet.market import MarketStandIn
-from devnet.workerpool import PoolError, Workerpool
+from devnet.workerpool import TDX_TAG, PoolError, Workerpool
 from iexec.market import MarketClient, MarketError
 from iexec.orders import AppOrder, Domain
 
@@ -63,7 +65,7 @@ __all__ = ["Devnet", "DevnetConfig", "DevnetError", "app_descriptor", "publish_a
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
-STEPS = 7
+STEPS = 8
 DEFAULT_DESCRIPTOR = ("segbot-mrcnn", "docker.io/segbot/mrcnn-worker:0.1.0", bytes(32))
 # The worker arguments of the bot's tasks on the devnet (bot.env, demo-bot.env) and of the inference graph
 # exported at start: one source, so the tasks find the graph. bot/settings.py worker_args is the same.
@@ -90,6 +92,7 @@ class DevnetConfig:
     anvil_port: int | None = None
     market_port: int = 0
     gateway_port: int = 0
+    sms_port: int = 0
     pool_port: int = 0
     telegram_port: int = 0
     bot_username: str = "segbot_devnet_bot"
@@ -341,10 +344,12 @@ class Devnet:
         self.deployment: Deployment | None = None
         self.market: MarketStandIn | None = None
         self.gateway: ResultGateway | None = None
+        self.sms: Any = None  # devnet.sms.SmsStandIn
         self.pool: Workerpool | None = None
         self.telegram: Any = None
         self.app_address = ""
-        self.app_order: AppOrder | None = None
+        self.app_order: AppOrder | None = None      # the standard (tag 0) app order
+        self.tdx_app_order: AppOrder | None = None  # the TDX (0x…09) app order
         self.bot_address = ""
         self.bot_token = ""
         self.keystore = self.password_file = Path()
@@ -392,6 +397,7 @@ class Devnet:
         await self._run_step("anvil", lambda: asyncio.shield(self._anvil_step))
         await self._run_step("market", self._start_market)
         await self._run_step("gateway", self._start_gateway)
+        await self._run_step("sms", self._start_sms)
         await self._run_step("app", self._register_app)
         await self._run_step("wallet", self._prepare_wallet)
         await self._run_step("workerpool", self._start_pool)
@@ -409,13 +415,14 @@ class Devnet:
         if builder is not None and builder.poll() is None:
             builder.terminate()  # its half-written entry is a .tmp folder, never used
             await asyncio.to_thread(builder.wait)
-        for part in (self.telegram, self.pool, self.gateway, self.market):
+        # the pool before the SMS it reads secrets from
+        for part in (self.telegram, self.pool, self.sms, self.gateway, self.market):
             if part is not None:
                 try:
                     await part.stop()
                 except Exception:  # keep stopping the rest
                     pass
-        self.telegram = self.pool = self.gateway = self.market = None
+        self.telegram = self.pool = self.sms = self.gateway = self.market = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -475,6 +482,12 @@ class Devnet:
         self.gateway = ResultGateway()
         await self.gateway.start(self.config.gateway_port)
 
+    async def _start_sms(self) -> None:
+        from devnet.sms import SmsStandIn
+
+        self.sms = SmsStandIn(state_path=self.data_dir / "sms.json")
+        await self.sms.start(self.config.sms_port)
+
     async def _register_app(self) -> None:
         assert self.anvil is not None and self.deployment is not None and self.market is not None
         assert self._session is not None
@@ -482,6 +495,8 @@ class Devnet:
                                                    self.deployment)
         self.app_order = await publish_app_order(self._session, self.market.base_url, self.deployment,
                                                  self.app_address, self.config.app_price)
+        self.tdx_app_order = await publish_app_order(self._session, self.market.base_url, self.deployment,
+                                                     self.app_address, self.config.app_price, tag=TDX_TAG)
 
     async def _prepare_wallet(self) -> None:
         assert self.anvil is not None and self.deployment is not None
@@ -529,7 +544,8 @@ class Devnet:
         self.pool = Workerpool(self.anvil.rpc_url, self.deployment, POOL_OWNER, WORKER, self.market.base_url,
                                self.gateway, cmd, workers=self.config.workers, price=self.config.pool_price,
                                volume=self.config.volume, time_scale=self.config.time_scale,
-                               market=self.market, app_env={**env, **self.config.extra_env}, app_cwd=REPO_DIR)
+                               market=self.market, app_env={**env, **self.config.extra_env}, app_cwd=REPO_DIR,
+                               sms=self.sms)
         await self.pool.start(control_port=self.config.pool_port)
 
     async def _start_telegram(self) -> None:
@@ -584,6 +600,8 @@ class Devnet:
             "RLC_ADDRESS": self.deployment.rlc,
             "MARKET_URL": self.market.base_url,
             "IPFS_GATEWAY": str(self.gateway.url),
+            "IPFS_UPLOAD_URL": str(self.gateway.url),  # kubo RPC `POST /api/v0/add`, as iExec's upload node
+            "SMS_URL": str(self.sms.base_url) if self.sms is not None else "",
             "APP_ADDRESS": self.app_address,
             "CATEGORY": "0",
             "TAG": "0x" + "00" * 32,
@@ -614,11 +632,15 @@ class Devnet:
                            "app_registry": self.deployment.app_registry,
                            "workerpool_registry": self.deployment.workerpool_registry},
             "market": {"url": self.market.base_url},
-            "gateway": {"url": self.gateway.url, "control_url": f"{self.gateway.url}/control/faults"},
+            "gateway": {"url": self.gateway.url, "control_url": f"{self.gateway.url}/control/faults",
+                        "upload_url": f"{self.gateway.url}/api/v0/add"},
+            "sms": {"url": self.sms.base_url if self.sms is not None else None,
+                    "state": str(self.data_dir / "sms.json")},
             "workerpool": {"address": self.pool.address, "control_url": self.pool.control_url,
                            "app": self.config.app, "workers": self.config.workers},
             "telegram": {"url": self.telegram_url, "bot_username": self.config.bot_username},
-            "app": {"address": self.app_address, "price_nrlc": self.config.app_price},
+            "app": {"address": self.app_address, "price_nrlc": self.config.app_price,
+                    "tags": ["0x" + bytes(32).hex(), "0x" + TDX_TAG.hex()]},
             "bot": {"address": self.bot_address, "keystore": str(self.keystore),
                     "env_file": str(self.data_dir / "bot.env")},
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},

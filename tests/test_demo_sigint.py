@@ -327,7 +327,7 @@ def test_ctrl_c_during_start_up_is_answered_and_a_second_one_aborts_it(tmp_path:
     chain saved."""
     proc, out, family = _interrupt_start_up(tmp_path / "once", tmp_path / "once.log", presses=1)
     assert proc.returncode == 0, out[-3000:]
-    assert out.index("stopping after start-up") < out.index("[7/7] telegram ... ok"), out[-3000:]
+    assert out.index("stopping after start-up") < out.index("[8/8] telegram ... ok"), out[-3000:]
     assert "chat page" not in out and "stopped; the chain is saved" in out  # the bot was never started
     assert "COULD NOT SAVE" not in out and not (tmp_path / "once" / NOT_SAVED).exists()
     assert (tmp_path / "once" / "chain-state.json").stat().st_size > 0
@@ -337,7 +337,7 @@ def test_ctrl_c_during_start_up_is_answered_and_a_second_one_aborts_it(tmp_path:
     proc, out, family = _interrupt_start_up(data, tmp_path / "twice.log", presses=2)
     assert proc.returncode == 0, out[-3000:]
     assert "stopping after start-up" in out and "start-up aborted" in out, out[-3000:]
-    assert "[7/7]" not in out  # it did not go on starting
+    assert "[8/8]" not in out  # it did not go on starting
     assert "COULD NOT SAVE" not in out and not (data / NOT_SAVED).exists()
     assert (data / "chain-state.json").stat().st_size > 0 and not (data / "devnet.json").exists()
     assert _all_gone(family, limit=5) == [], "the aborted start-up left processes running"

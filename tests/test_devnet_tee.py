@@ -272,3 +272,36 @@ def test_the_post_compute_format_opens_with_the_beneficiary_key():
     for bad in ("", "not a key", base64.b64encode(b"-----BEGIN PUBLIC KEY-----\nxx").decode()):
         with pytest.raises(PostComputeError):
             encrypt_result(plain, bad)
+
+
+# ------------------------------------------------------------------------------------- devnet up
+
+
+@pytest.mark.slow
+async def test_devnet_up_runs_the_sms_and_publishes_a_standard_and_a_tdx_app_order(tmp_path, capsys):
+    from devnet.__main__ import status
+    from devnet.up import Devnet, DevnetConfig
+    from iexec.market import MarketClient
+
+    data = tmp_path / "devnet"
+    lines: list[str] = []
+    async with Devnet(DevnetConfig(data_dir=data, app="test", persist_chain=False), progress=lines.append) as net:
+        assert "[4/8] sms ... ok" in " ".join(lines) and lines[-1].startswith("[8/8] telegram ... ok")
+        env = dict(line.split("=", 1) for line in (data / "bot.env").read_text().splitlines())
+        assert env["SMS_URL"] == net.sms.base_url and env["SMS_URL"].startswith("http://127.0.0.1:")
+        assert env["IPFS_UPLOAD_URL"] == env["IPFS_GATEWAY"] == net.gateway.url
+        info = json.loads((data / "devnet.json").read_text())
+        assert info["sms"] == {"url": net.sms.base_url, "state": str(data / "sms.json")}
+        assert net.pool.sms is net.sms and net.pool.orders[-1].tag == TDX_TAG
+        assert net.app_order.tag == bytes(32) and net.tdx_app_order.tag == TDX_TAG
+        async with MarketClient(net.market.base_url, net.deployment.chain_id, hub=net.deployment.hub) as market:
+            standard = await market.app_orders(net.app_address, max_tag=0)
+            tdx = await market.app_orders(net.app_address, min_tag=TDX_TAG)
+        assert [m.order.tag for m in standard] == [bytes(32)] and [m.order.tag for m in tdx] == [TDX_TAG]
+        capsys.readouterr()
+        assert await asyncio.to_thread(status, data) == 0
+        assert "sms         ok" in capsys.readouterr().out
+        async with aiohttp.ClientSession() as session:  # the SMS answers as the real one does
+            async with session.get(f"{env['SMS_URL']}/actuator/health") as resp:
+                assert resp.status == 200
+    assert net.sms is None  # stopped with the rest

@@ -88,7 +88,7 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path, capsys):
     finally:
         out = _stop(proc) if proc.poll() is None else ""
     assert proc.returncode == 0, out
-    assert "[7/7] telegram ... ok" in out and "devnet stopped." in out
+    assert "[8/8] telegram ... ok" in out and "devnet stopped." in out
     assert env["TELEGRAM_TOKEN"] not in out
     time.sleep(0.2)
     assert [pid for pid in family | {proc.pid} if _alive(pid)] == []
