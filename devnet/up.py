@@ -8,11 +8,12 @@ Start-up, in order (each step printed as "[i/8] name ... ok 0.1s"): anvil (from 
 when a previous run left one, else from the cached PoCo snapshot, built on first use), the market stand-in,
 the result gateway (also the IPFS upload node), the SMS stand-in (secrets kept in <data>/sms.json), the
 segmentation app (registered with worker/iexec.json's image and checksum; two app orders with a non-zero
-price published by the app owner: tag 0 for standard deals and TDX 0x…09), the bot's wallet (created by `python -m ledger
-wallet new` with a devnet-generated password file, mode 0600, when none exists; funded with ETH for gas and
-RLC deposited into the hub; nothing is credited in the books: that is the admin's job), the workerpool, the
-Telegram stand-in. Then <data>/bot.env (with SMS_URL and IPFS_UPLOAD_URL) and <data>/devnet.json (what runs
-where) are written. The workerpool is given the SMS: TDX deals read their secrets from it.
+price published by the app owner: tag 0 for standard deals and TDX 0x…09), the bot's wallet (created by
+`python -m ledger wallet new` with a devnet-generated password file, mode 0600, when none exists; funded with
+ETH for gas and RLC deposited into the hub; nothing is credited in the books: that is the admin's job), the
+workerpool, the Telegram stand-in. Then <data>/bot.env (with SMS_URL and IPFS_UPLOAD_URL) and
+<data>/devnet.json (what runs where) are written. The workerpool is given the SMS: TDX deals read their
+secrets from it.
 
 `stop()` stops everything it started, saves the chain state for the next run (written to a temporary file
 and renamed) and removes devnet.json. <data>/chain-state.NOT-SAVED is written when anvil starts ("not
