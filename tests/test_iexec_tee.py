@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import os
@@ -16,16 +17,19 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from cryptography.hazmat.primitives import padding, serialization
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from iexec.errors import DecryptionError, ResultKeyMissing, TeeError, UnsafeArchive
+from iexec.results import ResultLimits, fetch_result
 from iexec.tee import (
     RESULT_KEY_SECRET, ResultKey, dataset_key_secret, decrypt_dataset, decrypt_if_encrypted, encrypt_dataset,
     is_encrypted_result, new_dataset_key,
 )
+from tests.fixtures_market import make_zip, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 SDK = ROOT / "devnet/node_modules/iexec/dist/esm/lib/index.js"
@@ -208,3 +212,38 @@ def test_result_decryption_failures_are_decryption_errors(key: ResultKey, other_
         key.decrypt_result(post_compute_encrypt(b"hello, not a zip", key.public_pem))
     # every one of these is a bad result for a caller that refunds on UnsafeArchive
     assert issubclass(DecryptionError, UnsafeArchive) and issubclass(ResultKeyMissing, DecryptionError)
+
+
+# --- fetch_result opens encrypted results ------------------------------------------------------------
+
+async def test_fetch_result_decrypts_before_reading(tmp_path: Path, key: ResultKey, other_key: ResultKey) -> None:
+    plain = make_zip({"iexec_out/computed.json": b'{"deterministic-output-path": "/iexec_out/seg.png"}',
+                      "iexec_out/seg.png": b"PNG-bytes"})
+    encrypted = post_compute_encrypt(plain, key.public_pem)
+    bomb = post_compute_encrypt(make_zip({"iexec_out/computed.json": b"{}", "iexec_out/big": bytes(20 << 20)}),
+                                key.public_pem)
+    blobs = {hashlib.sha256(b).hexdigest(): b for b in (plain, encrypted, bomb)}
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=blobs[request.match_info["cid"]])
+
+    app = web.Application()
+    app.router.add_get("/ipfs/{cid}", handler)
+
+    def results(blob: bytes) -> bytes:
+        return json.dumps({"storage": "ipfs", "location": f"/ipfs/{hashlib.sha256(blob).hexdigest()}"}).encode()
+
+    async with serve(app) as gw:
+        res = await fetch_result(results(encrypted), [gw], tmp_path / "ok", result_key=key)
+        assert res.ok and res.deterministic_output is not None
+        assert res.deterministic_output.read_bytes() == b"PNG-bytes"
+        res = await fetch_result(results(plain), [gw], tmp_path / "plain", result_key=key)
+        assert res.ok  # a standard task's plain result still reads with a key at hand
+        with pytest.raises(ResultKeyMissing, match="no result key"):
+            await fetch_result(results(encrypted), [gw], tmp_path / "nokey")
+        with pytest.raises(DecryptionError, match="another key"):
+            await fetch_result(results(encrypted), [gw], tmp_path / "wrong", result_key=other_key)
+        with pytest.raises(UnsafeArchive):  # the decrypted zip goes through the same safe unzip
+            await fetch_result(results(bomb), [gw], tmp_path / "bomb", result_key=key,
+                               limits=ResultLimits(max_total=5 << 20))
+    assert not (tmp_path / "nokey").exists()  # nothing unpacked from a result that did not open
