@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from aiohttp import web
 from devnet.accounts import REQUESTER, SPARE_1
 from devnet.sms import SmsStandIn
 from iexec.errors import SmsError
+from iexec.networks import ARBITRUM, ARBITRUM_SEPOLIA, DEVNET, TDX_TAG, resolve_network
 from iexec.sms import MAX_SECRET_BYTES, SmsClient
 from iexec.tee import RESULT_KEY_SECRET, ResultKey
 from tests.fixtures_chain import ChainEnv
@@ -203,3 +205,20 @@ async def test_against_the_devnet_stand_in(tmp_path: Path) -> None:
             assert sms.requester_secret(REQUESTER.address, "segbot-8") is None
     finally:
         await sms.stop()
+
+
+def test_network_presets_name_the_sdks_sms_and_tdx_tag() -> None:
+    """sms_url and tee_tag of the Arbitrum presets are the SDK 9.0.1's (read from its sources)."""
+    src = ROOT / "devnet/node_modules/iexec/src/common/utils"
+    if not src.exists():
+        pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
+    config = (src / "config.js").read_text()
+    for net in (ARBITRUM_SEPOLIA, ARBITRUM):
+        block = config[config.index(f"id: {net.chain_id},"):]
+        assert re.search(r"sms: '([^']+)'", block).group(1) == net.sms_url  # type: ignore[union-attr]
+        assert net.tee_tag == TDX_TAG
+    constant = (src / "constant.js").read_text()
+    tdx = re.search(r"TDX_DEFAULT_TAG =\s*'(0x[0-9a-f]{64})'", constant)
+    assert tdx is not None and tdx.group(1) == TDX_TAG
+    assert DEVNET.sms_url == "http://127.0.0.1:13300" and DEVNET.tee_tag == ""
+    assert resolve_network("arbitrum-sepolia", sms_url="http://127.0.0.1:1").sms_url == "http://127.0.0.1:1"
