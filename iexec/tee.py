@@ -139,7 +139,8 @@ def _read_member(zf: zipfile.ZipFile, name: str, cap: int) -> bytes:
     try:
         with zf.open(info) as fh:
             data = fh.read(cap + 1)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, RuntimeError,
+            NotImplementedError) as exc:  # RuntimeError: a password-protected entry
         raise DecryptionError(f"{name} in the encrypted result cannot be read: {exc}") from None
     if len(data) > cap:
         raise DecryptionError(f"{name} in the encrypted result is too large (more than {cap} bytes)")
@@ -190,6 +191,8 @@ class ResultKey:
         """Load a key written by `to_encrypted_pem`; TeeError on a wrong password or a damaged file."""
         if not isinstance(password, (bytes, bytearray)) or not password:
             raise TeeError("a result key file needs a non-empty password")
+        if isinstance(data, str):
+            data = data.encode("utf-8")
         try:
             key = serialization.load_pem_private_key(bytes(data), password=bytes(password))
         except (ValueError, TypeError, UnsupportedAlgorithm):

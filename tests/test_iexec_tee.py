@@ -210,6 +210,12 @@ def test_result_decryption_failures_are_decryption_errors(key: ResultKey, other_
     # a payload that decrypts but is not a zip
     with pytest.raises(DecryptionError, match="not a zip"):
         key.decrypt_result(post_compute_encrypt(b"hello, not a zip", key.public_pem))
+    # an entry flagged as password-protected (zipfile would raise RuntimeError)
+    raw = bytearray(archive)
+    raw[raw.find(b"PK\x03\x04") + 6] |= 1
+    raw[raw.find(b"PK\x01\x02") + 8] |= 1
+    with pytest.raises(DecryptionError, match="cannot be read"):
+        key.decrypt_result(bytes(raw))
     # every one of these is a bad result for a caller that refunds on UnsafeArchive
     assert issubclass(DecryptionError, UnsafeArchive) and issubclass(ResultKeyMissing, DecryptionError)
 
