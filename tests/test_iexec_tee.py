@@ -78,6 +78,22 @@ def post_compute_encrypt(plain: bytes, public_pem: bytes, *, aes_key: bytes | No
     return buf.getvalue()
 
 
+def legacy_encrypt(plain: bytes, public_pem: bytes) -> bytes:
+    """The legacy encrypted result the SDK still reads: AES-128-ECB over base64 text, key base64 twice."""
+    aes_key = os.urandom(16)
+    public = serialization.load_pem_public_key(public_pem)
+    assert isinstance(public, rsa.RSAPublicKey)
+    padder = padding.PKCS7(128).padder()
+    enc = Cipher(algorithms.AES(aes_key), modes.ECB()).encryptor()
+    body = base64.b64encode(enc.update(padder.update(plain) + padder.finalize()) + enc.finalize())
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("aes-key.rsa", base64.b64encode(public.encrypt(base64.b64encode(aes_key),
+                                                                   asym_padding.PKCS1v15())))
+        zf.writestr("iexec_out.zip.aes", body)
+    return buf.getvalue()
+
+
 async def run_sdk(env: dict[str, str]) -> dict[str, object]:
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
@@ -104,6 +120,7 @@ async def test_formats_round_trip_with_the_js_sdk(tmp_path: Path, key: ResultKey
     (tmp_path / "result.zip").write_bytes(post_compute_encrypt(plain, key.public_pem))
     (tmp_path / "private.pem").write_bytes(plain_pem(key))
     (tmp_path / "wrong.pem").write_bytes(plain_pem(other_key))
+    (tmp_path / "legacy.zip").write_bytes(legacy_encrypt(plain, key.public_pem))
 
     seen = await run_sdk({"MODE": "crypto", "DIR": str(tmp_path)})
 
@@ -114,6 +131,8 @@ async def test_formats_round_trip_with_the_js_sdk(tmp_path: Path, key: ResultKey
     archive = (tmp_path / "result.zip").read_bytes()
     assert (tmp_path / "sdk_result.zip").read_bytes() == plain
     assert key.decrypt_result(archive) == plain
+    assert (tmp_path / "sdk_legacy.zip").read_bytes() == plain
+    assert key.decrypt_result((tmp_path / "legacy.zip").read_bytes()) == plain
     assert seen["wrongKey"] == "Failed to decrypt results key with beneficiary key"
     with pytest.raises(DecryptionError, match="another key"):
         other_key.decrypt_result(archive)

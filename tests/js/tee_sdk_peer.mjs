@@ -4,6 +4,7 @@
 // MODE=crypto env SDK, DIR: dataset.encrypt of DIR/data.bin with DIR/key.b64 -> DIR/sdk_dataset.enc;
 //             AES-256-CBC decrypt (node:crypto) of DIR/ours.enc -> DIR/ours.dec; utils.decryptResult of
 //             DIR/result.zip with DIR/private.pem -> DIR/sdk_result.zip, and with DIR/wrong.pem (error text);
+//             of DIR/legacy.zip (the legacy AES-128-ECB form) -> DIR/sdk_legacy.zip;
 //             an RSA key pair made as `iexec result generate-encryption-keypair` does -> DIR/cli.pub.
 // Prints one JSON line.
 import { generateKeyPairSync, createDecipheriv } from 'node:crypto';
@@ -36,6 +37,8 @@ if (env.MODE === 'sms') {
   const result = readFileSync(join(dir, 'result.zip'));
   writeFileSync(join(dir, 'sdk_result.zip'),
     await utils.decryptResult(result, readFileSync(join(dir, 'private.pem'), 'utf8')));
+  writeFileSync(join(dir, 'sdk_legacy.zip'),
+    await utils.decryptResult(readFileSync(join(dir, 'legacy.zip')), readFileSync(join(dir, 'private.pem'), 'utf8')));
   try {
     await utils.decryptResult(result, readFileSync(join(dir, 'wrong.pem'), 'utf8'));
     out.wrongKey = 'accepted';
