@@ -345,3 +345,60 @@ async def test_a_crash_around_the_secret_push_still_ends_in_one_deal(devnet_modu
         assert "input_secret_pushed" in run.logs() or "input_secret_existed" in run.logs()
     finally:
         run.close()
+
+
+def test_the_doctor_knows_which_app_orders_fit_the_mode() -> None:
+    from bot.doctor import _app_fits
+
+    assert _app_fits(TDX, TDX) and _app_fits(TEE_ONLY, TDX)
+    assert not _app_fits(ZERO, TDX)  # a TEE request needs a TEE app order
+    assert not _app_fits(TDX, ZERO)  # it would turn a standard deal into a TDX one
+    assert _app_fits(ZERO, ZERO) and not _app_fits(GPU, ZERO)
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_doctor_checks_the_sms_and_the_app_orders_in_tee_mode(devnet_module: Any,
+                                                                       tmp_path: Path) -> None:
+    from devnet.anvil import free_port
+    from tests.test_bot_doctor import _doctor
+
+    net = devnet_module
+    async with bot_on(net, tmp_path / "books", tee_mode="on"):
+        pass  # a start in TEE mode pushes the result key
+    proc = await _doctor(net, tmp_path, TEE_MODE="on")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "mode: TEE (TDX) tasks" in proc.stdout
+    assert "with a tag for TEE (TDX) tasks" in proc.stdout
+    assert f"the SMS at {net.sms.base_url} answers" in proc.stdout
+    assert "the SMS holds the wallet's result encryption key" in proc.stdout
+    assert "TDX build" not in proc.stdout
+    standard = await _doctor(net, tmp_path)
+    assert standard.returncode == 0 and "with a tag for standard tasks" in standard.stdout
+    assert "SMS" not in standard.stdout
+    down = await _doctor(net, tmp_path, TEE_MODE="on", SMS_URL=f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and "does not answer: the bot cannot start in TEE mode" in down.stdout
+
+
+async def test_the_encrypted_photo_goes_to_ipfs_content_addressed() -> None:
+    import aiohttp
+
+    from bot.inputs import UploadFailed, upload_to_ipfs
+    from devnet.anvil import free_port
+    from devnet.gateway import ResultGateway
+
+    gateway = ResultGateway()
+    await gateway.start()
+    try:
+        blob = encrypt_dataset(b"a photo" * 1000, bytes(range(32)))
+        url = await upload_to_ipfs(gateway.url, blob, gateway.url)
+        assert url.startswith(f"{gateway.url}/ipfs/")
+        assert await upload_to_ipfs(gateway.url, blob, gateway.url) == url  # a retry gives the same URL
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            assert await resp.read() == blob
+        with pytest.raises(UploadFailed, match="HTTP 404"):
+            await upload_to_ipfs(f"{gateway.url}/nowhere", blob, gateway.url)
+        with pytest.raises(UploadFailed, match="does not answer"):
+            await upload_to_ipfs(f"http://127.0.0.1:{free_port()}", blob, gateway.url)
+    finally:
+        await gateway.stop()
