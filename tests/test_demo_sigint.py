@@ -303,7 +303,7 @@ def _interrupt_start_up(data: Path, log: Path, presses: int) -> tuple[subprocess
     """Start the demo, press Ctrl-C once anvil is up (`presses` 2: again as soon as it answers); (demo, its
     output, the processes it had)."""
     proc = _spawn(["demo", "--app", "test", "--workers", "1", "--data", str(data)], log)
-    _wait_for("the anvil step", lambda: "[1/7] anvil ... ok" in log.read_text(), proc, log)
+    _wait_for("the anvil step", lambda: "[1/8] anvil ... ok" in log.read_text(), proc, log)
     family = _children(proc.pid) | {proc.pid}
     os.killpg(proc.pid, signal.SIGINT)
     if presses == 2:  # once the first is answered (two at once are one signal to the kernel)
