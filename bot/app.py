@@ -19,7 +19,7 @@ from telegram.ext import (Application, ApplicationBuilder, CallbackQueryHandler,
 from telegram.request import HTTPXRequest
 
 from bot import admin, handlers
-from bot.chain import ChainGateway
+from bot.chain import ChainGateway, TeeUnavailable
 from bot.errors import BotError
 from bot.inbox import CLAIM_GROUP, FINISH_GROUP, InboxBot, UpdateInbox
 from bot.inputs import InputServer
@@ -202,4 +202,8 @@ def run(settings: Settings | None = None) -> None:
                                               settings.webhook_secret) if s is not None]
     install_logging(settings.log_level, secrets=secrets)
     with InstanceLock(settings.db_path.with_suffix(".lock")):
-        asyncio.run(_serve(settings))
+        try:
+            asyncio.run(_serve(settings))
+        except TeeUnavailable as exc:  # no SMS, or a result key that does not open: say it, no traceback
+            log.error("event=tee_unavailable error=%r", str(exc))
+            raise SystemExit(f"refusing to start: {exc}") from None

@@ -33,7 +33,7 @@ from bot.settings import Settings
 from iexec.errors import ChainError, InsufficientStake, MarketError, OrderConsumed
 from iexec.hub import Hub, TaskStatus
 from iexec.market import MarketClient
-from iexec.orders import Domain, RequestOrder, Tag, build_params, build_request_order, tag_to_int, tags_compatible
+from iexec.orders import Domain, RequestOrder, Tag, build_request_order, tag_to_int, tags_compatible
 from iexec.results import TaskResult, fetch_result
 from iexec.tx import SenderConfig, TxRecord, connect
 from iexec.tx import close as close_w3

@@ -7,6 +7,7 @@ tests run the bot against the Telegram stand-in on a devnet whose workerpool run
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -23,6 +24,8 @@ from bot.settings import Settings
 from devnet.sms import SmsStandIn
 from iexec.orders import AppOrder, Domain, WorkerpoolOrder, tag_to_int
 from iexec.tee import RESULT_KEY_SECRET, dataset_key_secret, decrypt_dataset, encrypt_dataset
+from tests.fixtures_bot import bot_on, photo_bytes
+from tests.fixtures_e2e import E2E
 
 TDX = "0x" + "00" * 31 + "09"
 TEE_ONLY = "0x" + "00" * 31 + "01"
@@ -238,9 +241,6 @@ def test_start_says_what_is_true_in_each_mode() -> None:
 
 # ------------------------------------------------------------------------------------------- on a devnet (slow)
 
-from tests.fixtures_bot import bot_on, devnet_module, photo_bytes  # noqa: E402,F401 - fixtures
-from tests.fixtures_e2e import E2E  # noqa: E402
-
 
 async def _deal(chain: ChainGateway, deal_id: str) -> Any:
     return await chain.hub.view_deal(bytes.fromhex(deal_id.removeprefix("0x")))
@@ -339,7 +339,7 @@ async def test_a_crash_around_the_secret_push_still_ends_in_one_deal(devnet_modu
         await run.start_bot()
         [job] = await run.wait_terminal(user, timeout=90)
         assert job.state.value == "DELIVERED", (job.state, job.error)
-        assert await __import__("asyncio").to_thread(run.deals_on_chain, job) == (1, 1)
+        assert await asyncio.to_thread(run.deals_on_chain, job) == (1, 1)
         assert net.sms.requester_secret(net.bot_address, secret_name(job.id)) is not None
         assert f"event=crash_injected point={crash_at}" in run.logs()
         assert "input_secret_pushed" in run.logs() or "input_secret_existed" in run.logs()
