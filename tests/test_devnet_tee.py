@@ -206,6 +206,9 @@ async def test_a_tdx_deal_without_secrets_completes_enclave_signed_and_plain(cha
         outcome = await env.pool.wait_task(tid, timeout=30)
         assert outcome.state == "completed" and outcome.tee and not outcome.encrypted
         assert (await env.task(tid))[0] == COMPLETED
+        contribution = await asyncio.to_thread(
+            env.chain.hub.functions.viewContribution(tid, env.pool.worker.address).call)
+        assert contribution[3] not in (ZERO, env.pool.worker.address)  # a fresh enclave key signed it
         with zipfile.ZipFile(io.BytesIO(env.gateway.get(outcome.cid))) as zf:
             assert "result.png" in zf.namelist() and "secrets.json" not in zf.namelist()
 
