@@ -27,7 +27,8 @@ from web3.exceptions import ContractCustomError, ContractLogicError
 from iexec import errors
 from iexec.errors import HubRevert, InsufficientStake, OrderConsumed, TransactionReverted
 from iexec.orders import NULL_DATASET_ORDER, AppOrder, DatasetOrder, Domain, RequestOrder, WorkerpoolOrder
-from iexec.tx import Persist, RetryPolicy, SenderConfig, TxSender, connect, with_retry
+from iexec.retry import RetryPolicy
+from iexec.tx import Persist, SenderConfig, TxSender, connect, with_retry
 from iexec.tx import close as close_w3
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"

@@ -8,13 +8,12 @@ sent as `authorization: <hash>_<signature>_<address>`.
 The market is not trusted: every order it returns is parsed, its hash recomputed against the hub's
 EIP-712 domain and its signature recovered and compared with the announced signer; a lie is a
 MarketReplyError. The client signs only a challenge of the exact expected form, never other typed data a
-server sends. Network errors, timeouts and 5xx are retried with exponential backoff (MarketUnavailable
-after the bound). This module must never log the authorization header or a key, and knows nothing of the
+server sends. Network errors, timeouts, 5xx and 429 are retried under the client's retry policy (iexec.retry;
+MarketUnavailable after the bound). This module must never log the authorization header or a key, and knows nothing of the
 bot or the ledger.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -29,6 +28,7 @@ from eth_utils import keccak, to_checksum_address
 from iexec.bodies import read_capped
 from iexec.errors import BodyTooLarge, MarketError, MarketReplyError, MarketUnavailable, OrderError
 from iexec.orders import AppOrder, DatasetOrder, Domain, RequestOrder, WorkerpoolOrder
+from iexec.retry import RetryPolicy, retry_async
 
 __all__ = ["MarketClient", "MarketOrder", "Category", "challenge_hash", "check_challenge",
            "MarketError", "MarketUnavailable", "MarketReplyError", "MarketReplyInvalid"]
@@ -36,6 +36,11 @@ __all__ = ["MarketClient", "MarketOrder", "Category", "challenge_hash", "check_c
 log = logging.getLogger(__name__)
 
 MarketReplyInvalid = MarketReplyError  # the name used in the design notes
+
+
+class _Transient(Exception):
+    """A market answer worth another attempt (network error, timeout, 5xx, 429); its text is the reason."""
+
 O = TypeVar("O", AppOrder, DatasetOrder, WorkerpoolOrder, RequestOrder)
 
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}")
@@ -146,8 +151,9 @@ class MarketClient:
         self._session = session
         self._own_session = session is None
         self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
+        # `retries` retries after the first attempt, waiting `backoff` seconds, then twice as long each time.
+        self.retry = RetryPolicy(base_delay_s=backoff, max_delay_s=backoff * 2 ** max(0, retries - 1),
+                                 deadline_s=None, attempts=retries + 1)
         self.page_size = page_size
         self.max_pages = max_pages
         self.max_reply = max_reply
@@ -192,20 +198,14 @@ class MarketClient:
         query = {"chainId": str(self.chain_id),
                  **{k: str(v).lower() if isinstance(v, bool) else str(v)
                     for k, v in (params or {}).items() if v is not None}}
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+
+        async def attempt() -> dict[str, Any] | None:
             try:
                 status, data = await self._once(method, path, query, body, headers or {})
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                last = str(exc) or type(exc).__name__
-                log.info("market_retry method=%s path=%s attempt=%d reason=%s", method, path, attempt, last)
-                continue
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _Transient(str(exc) or type(exc).__name__) from None
             if status >= 500 or status == 429:
-                last = f"status {status}"
-                log.info("market_retry method=%s path=%s attempt=%d reason=%s", method, path, attempt, last)
-                continue
+                raise _Transient(f"status {status}")
             if status == 404 and allow_404:
                 return None
             error = data.get("error") if isinstance(data, dict) else None
@@ -214,8 +214,16 @@ class MarketClient:
             if not isinstance(data, dict) or data.get("ok") is not True:
                 raise MarketReplyError(f"market reply to {method} {path} is not an ok JSON object")
             return data
-        raise MarketUnavailable(f"market unavailable for {method} {path} after {self.retries + 1} "
-                                f"attempts: {last}")
+
+        def on_retry(exc: BaseException, attempt: int, delay: float) -> None:
+            log.info("event=market_retry method=%s path=%s attempt=%d reason=%s delay=%.2f", method, path, attempt,
+                     exc, delay)
+
+        def give_up(exc: BaseException, attempts: int, waited: float) -> MarketUnavailable:
+            return MarketUnavailable(f"market unavailable for {method} {path} after {attempts} attempts: {exc}")
+
+        return await retry_async(attempt, self.retry, retry_on=lambda exc: isinstance(exc, _Transient),
+                                 give_up=give_up, on_retry=on_retry)
 
     # -- parsing --------------------------------------------------------------------------------------
 

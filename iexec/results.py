@@ -16,7 +16,6 @@ request anywhere but the gateways it is given.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
@@ -35,6 +34,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from iexec.errors import ResultDownloadError, ResultError, ResultLocationError, UnsafeArchive
+from iexec.retry import RetryPolicy, retry_async
 from iexec.tee import ResultKey, decrypt_if_encrypted
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,10 @@ def _gateway_name(gateway: str) -> str:
     return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
+class _RoundFailed(Exception):
+    """No gateway delivered in this round (the reasons are collected by the caller)."""
+
+
 class _TooLarge(Exception):
     pass
 
@@ -174,7 +178,7 @@ async def download_result(location: ResultLocation | str, gateways: list[str], *
     """Download the archive at `location`, trying each gateway in turn, for up to `rounds` rounds.
 
     A 404, a 5xx, a timeout or a connection error moves on to the next gateway; a round that failed
-    everywhere waits `backoff` × 2^round. A sha256-hex location is checked against the bytes. Raises
+    everywhere waits `backoff` × 2^round, jittered (iexec.retry). A sha256-hex location is checked against the bytes. Raises
     ResultLocationError for a bad location, ResultDownloadError when the archive is larger than
     `max_bytes` or no gateway delivered it.
     """
@@ -184,31 +188,39 @@ async def download_result(location: ResultLocation | str, gateways: list[str], *
         raise ResultDownloadError("no IPFS gateway configured")
     urls = [(_gateway_name(g), _gateway_url(g, loc)) for g in gateways]
     own = session is None
-    session = session or aiohttp.ClientSession()
+    http = session or aiohttp.ClientSession()
     failures: list[str] = []
+
+    async def one_round() -> bytes:
+        for name, url in urls:
+            try:
+                body = await _fetch_once(http, url, max_bytes, timeout)
+            except _TooLarge as exc:
+                raise ResultDownloadError(f"result archive at {loc} is too large ({exc})") from None
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                reason = str(exc) or type(exc).__name__
+                failures.append(f"{name}: {reason}")
+                log.info("event=result_download_failed gateway=%s location=%s reason=%s", name, loc, reason)
+                continue
+            cid = loc.removeprefix("/ipfs/")
+            if _SHA256_HEX.fullmatch(cid) and hashlib.sha256(body).hexdigest() != cid:
+                failures.append(f"{name}: content does not match its id")
+                continue
+            return body
+        raise _RoundFailed
+
+    def give_up(exc: BaseException, attempts: int, waited: float) -> ResultDownloadError:
+        return ResultDownloadError(f"no gateway delivered {loc}: " + "; ".join(failures[-6:]))
+
+    # a round that failed everywhere waits `backoff`, then twice as long each time (no wait after the last)
+    policy = RetryPolicy(base_delay_s=backoff, max_delay_s=backoff * 2 ** max(0, rounds - 2), deadline_s=None,
+                         attempts=max(1, rounds))
     try:
-        for attempt in range(rounds):
-            for name, url in urls:
-                try:
-                    body = await _fetch_once(session, url, max_bytes, timeout)
-                except _TooLarge as exc:
-                    raise ResultDownloadError(f"result archive at {loc} is too large ({exc})") from None
-                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-                    reason = str(exc) or type(exc).__name__
-                    failures.append(f"{name}: {reason}")
-                    log.info("result_download_failed gateway=%s location=%s reason=%s", name, loc, reason)
-                    continue
-                cid = loc.removeprefix("/ipfs/")
-                if _SHA256_HEX.fullmatch(cid) and hashlib.sha256(body).hexdigest() != cid:
-                    failures.append(f"{name}: content does not match its id")
-                    continue
-                return body
-            if attempt + 1 < rounds:
-                await asyncio.sleep(backoff * (2 ** attempt))
+        return await retry_async(one_round, policy, retry_on=lambda exc: isinstance(exc, _RoundFailed),
+                                 give_up=give_up)
     finally:
         if own:
-            await session.close()
-    raise ResultDownloadError(f"no gateway delivered {loc}: " + "; ".join(failures[-6:]))
+            await http.close()
 
 
 def _safe_member_path(name: str) -> PurePosixPath:

@@ -7,8 +7,8 @@ never above the fee cap). After a restart, `resume(records)` looks receipts up f
 re-broadcasts only raw transactions the node does not know: it never signs a second transaction for a nonce
 unless it is replacing a stuck one.
 
-`connect()` builds an AsyncWeb3 over a counting HTTP provider (no hidden retries: `with_retry` does them,
-with backoff, and raises ChainUnavailable after a bound). Its aiohttp session opens on the first request and
+`connect()` builds an AsyncWeb3 over a counting HTTP provider (no hidden retries: `with_retry` does them
+under the client's one retry policy, iexec.retry, and raises ChainUnavailable after its bound). Its aiohttp session opens on the first request and
 stays open until `close(w3)` (or `close_all()`, at a teardown that does not hold every owner). This module
 must never log or put in an error a private key, a raw transaction or an RPC URL (they may carry API keys).
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from web3.exceptions import (
 )
 
 from iexec.errors import ChainUnavailable, FeeCapExceeded, TransactionError, TransactionReverted
+from iexec.retry import RetryPolicy, retry_async
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,16 +116,6 @@ def rpc_calls(w3: AsyncWeb3) -> int:
     return provider.total_calls if isinstance(provider, CountingHTTPProvider) else 0
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff for network errors: delays grow from `base_delay_s` to `max_delay_s`; after `deadline_s`
-    seconds of failures the operation raises ChainUnavailable."""
-
-    base_delay_s: float = 0.2
-    max_delay_s: float = 3.0
-    deadline_s: float = 60.0
-
-
 def is_network_error(exc: BaseException) -> bool:
     """True for errors that mean 'the node did not answer' (worth retrying), not 'the node said no'."""
     return isinstance(exc, NETWORK_ERRORS) and not isinstance(exc, Web3RPCError)
@@ -133,26 +123,18 @@ def is_network_error(exc: BaseException) -> bool:
 
 async def with_retry(op: Callable[[], Awaitable[T]], policy: RetryPolicy, what: str,
                      clock: Callable[[], float] = time.monotonic) -> T:
-    """Run `op`, retrying network errors with jittered exponential backoff; ChainUnavailable after the
-    policy's deadline. Other errors propagate at once."""
-    started = clock()
-    delay = policy.base_delay_s
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await op()
-        except Exception as exc:  # noqa: BLE001 - classified just below
-            if not is_network_error(exc):
-                raise
-            waited = clock() - started
-            if waited >= policy.deadline_s:
-                raise ChainUnavailable(
-                    f"chain node unreachable during {what} for {waited:.1f}s "
-                    f"({attempt} attempts, last error {type(exc).__name__})") from None
-            log.warning("event=rpc_retry what=%s attempt=%d error=%s", what, attempt, type(exc).__name__)
-            await asyncio.sleep(min(delay, max(0.0, policy.deadline_s - waited)) * random.uniform(0.8, 1.0))
-            delay = min(delay * 2, policy.max_delay_s)
+    """Run `op` under `policy` (see iexec.retry), retrying network errors; ChainUnavailable when the policy
+    gives up. Other errors propagate at once."""
+    def on_retry(exc: BaseException, attempt: int, delay: float) -> None:
+        log.warning("event=rpc_retry what=%s attempt=%d error=%s delay=%.2f", what, attempt, type(exc).__name__,
+                    delay)
+
+    def give_up(exc: BaseException, attempts: int, waited: float) -> ChainUnavailable:
+        return ChainUnavailable(f"chain node unreachable during {what} for {waited:.1f}s "
+                                f"({attempts} attempts, last error {type(exc).__name__})")
+
+    return await retry_async(op, policy, retry_on=is_network_error, give_up=give_up, on_retry=on_retry,
+                             clock=clock)
 
 
 # ----------------------------------------------------------------------------------------------- records

@@ -29,7 +29,8 @@ from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
 
 from iexec.hub import Hub, HubEvent, Task, TaskStatus, decode_hub_log, event_topic
-from iexec.tx import RetryPolicy, with_retry
+from iexec.retry import RetryPolicy
+from iexec.tx import with_retry
 
 log = logging.getLogger(__name__)
 
