@@ -1,15 +1,17 @@
 """Command line of the devnet.
 
-    python -m devnet up [--data DIR] [--app real|test] [--weights PATH] [--workers N] [--fresh]
+    python -m devnet up [--data DIR] [--app real|test] [--weights PATH] [--workers N] [--fresh] [--tee]
     python -m devnet status [--data DIR]
-    python -m devnet demo [--data DIR] [--app real|test] [--weights PATH] [--fresh]   (+ the bot, chat page)
+    python -m devnet demo [--data DIR] [--app real|test] [--weights PATH] [--fresh] [--standard]
+                                                                    (+ the bot, chat page)
 
 `up` starts the whole local network (see devnet/up.py), prints what runs where and the bot's env file, and
 on Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops all of it, saving the chain state, leaving nothing
-running. `--fresh` moves the data folder aside (kept as <data>.old-<time>) and starts over. `status` reads
-<data>/devnet.json (without --data: data/demo, then data/devnet, whichever runs) and exits 0 only when every
-part answers; otherwise it names what is missing and exits 1 (2: the devnet is not up). None ever prints a
-key, a password or the bot token.
+running. Its bot.env runs standard tasks (TEE_MODE=off); `--tee` writes TEE_MODE=on (TDX deals, as on
+the testnet). The demo runs TDX deals unless `--standard`. `--fresh` moves the data folder aside (kept as
+<data>.old-<time>) and starts over. `status` reads <data>/devnet.json (without --data: data/demo, then
+data/devnet, whichever runs) and exits 0 only when every part answers; otherwise it names what is missing
+and exits 1 (2: the devnet is not up). None ever prints a key, a password or the bot token.
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                                                  "ResNet50 test weights, made once)")
     up.add_argument("--workers", type=int, default=2, help="tasks run at once (default 2)")
     up.add_argument("--fresh", action="store_true", help=FRESH_HELP)
+    up.add_argument("--tee", action="store_true",
+                    help="bot.env runs the bot's tasks as TDX deals (TEE_MODE=on; default: standard tasks)")
     from devnet.demo import add_arguments as demo_arguments
 
     demo = sub.add_parser("demo", help="the devnet, the bot on it and a local chat page (README's first command)")
@@ -61,7 +65,9 @@ def _print_summary(net: Devnet) -> None:
             ("workerpool", f"{info['workerpool']['address']} (control {info['workerpool']['control_url']})"),
             ("app", f"{info['app']['address']} ({info['workerpool']['app']})"),
             ("telegram stand-in", f"{info['telegram']['url']} (bot @{info['telegram']['bot_username']})"),
-            ("bot wallet", info["bot"]["address"]), ("bot settings", info["bot"]["env_file"])]
+            ("bot wallet", info["bot"]["address"]),
+            ("bot settings", f"{info['bot']['env_file']} (TEE_MODE="
+                             + ("on: TDX deals)" if info["bot"]["tee"] else "off: standard deals)"))]
     width = max(len(name) for name, _ in rows)
     print("\ndevnet is up:")
     for name, value in rows:
@@ -97,7 +103,7 @@ async def _up(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed, SSH hung up
         loop.add_signal_handler(sig, stop.set)
     config = DevnetConfig(data_dir=args.data, app=args.app, weights=args.weights, workers=args.workers,
-                          graph_cache=True)
+                          graph_cache=True, tee=args.tee)
     net = Devnet(config, progress=_say)
     try:
         starting = asyncio.create_task(net.start())

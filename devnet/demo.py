@@ -1,9 +1,15 @@
 """`python -m devnet demo`: the whole product on this machine — the devnet, the bot, and a chat page.
 
-Starts the devnet (anvil with the real PoCo contracts, market, result gateway, a workerpool running our Mask
-R-CNN worker, the Telegram stand-in), credits the demo user in the bot's books (`python -m ledger grant`, an
-admin's job done once for the demo), then runs the bot (`python -m bot`) as a child process on the devnet's
-settings. Open the printed chat page, send a photo or an image URL, and watch the bot answer as in Telegram.
+Starts the devnet (anvil with the real PoCo contracts, market, result gateway, SMS stand-in, a
+workerpool running our Mask R-CNN worker, the Telegram stand-in), credits the demo user in the bot's books
+(`python -m ledger grant`, an admin's job done once for the demo), then runs the bot (`python -m bot`) as a
+child process on the devnet's settings. Open the printed chat page, send a photo or an image URL, and watch
+the bot answer as in Telegram.
+
+Tasks run as TDX deals, as on iExec's testnet (TEE_MODE=on in the bot's settings): the bot publishes the
+photo encrypted, gives its key to the SMS stand-in, and the workerpool runs the task as a simulated enclave
+would (the key from the SMS, the result encrypted to the bot's key). `--standard` runs standard deals
+instead (TEE_MODE=off: the photo in the clear at a secret link, the result plain).
 
 With TELEGRAM_TOKEN set in the environment the bot talks to the real Telegram instead (compute still runs on
 the devnet); ADMIN_IDS then names the admins, who get the demo credit too.
@@ -20,7 +26,8 @@ them in order; the bot gets SIGTERM, anvil and the worker apps SIGKILL, from the
 killed outright, and the NOT-SAVED marker then makes the next start refuse with the --fresh advice.
 When the chain could not be saved, or books exist without a chain, the next start refuses and names
 `--fresh`, which keeps the old folder as data/demo.old-<time> and starts over. Each finished task is
-printed with the worker's graph_cache (hit once the inference graph exported at start is there).
+printed with the worker's graph_cache (hit once the inference graph exported at start is there; in TDX
+mode the result is encrypted to the bot's key, so the line says only that it was).
 
 The devnet never imports `bot` or `ledger`: both run as processes.
 """
@@ -92,6 +99,9 @@ def _available(db: str, user: int) -> str:
 def _task_line(net: Devnet, outcome: Any) -> str:
     """One line about a finished task: state, the app's seconds, and what the worker said of its model."""
     line = f"  task {outcome.task_id[:10]}… {outcome.state}, app {outcome.app_seconds:.1f} s"
+    if getattr(outcome, "tee", False):
+        line += ", TDX deal" + (", result encrypted to the bot's key" if getattr(outcome, "encrypted", False)
+                                else "")
     archive = net.gateway.get(outcome.cid) if net.gateway is not None and outcome.cid else None
     if archive:
         try:
@@ -148,7 +158,8 @@ async def run_demo(args: argparse.Namespace) -> int:
 async def _run_demo(args: argparse.Namespace, data: Path) -> int:
     weights = Path(args.weights).resolve() if args.weights else None
     config = DevnetConfig(data_dir=data, app=args.app, weights=weights, workers=args.workers, graph_cache=True,
-                          worker_args=os.environ.get("WORKER_ARGS") or WORKER_ARGS)
+                          worker_args=os.environ.get("WORKER_ARGS") or WORKER_ARGS,
+                          tee=not getattr(args, "standard", False))
     real_token = os.environ.get("TELEGRAM_TOKEN") or None
     admins = os.environ.get("ADMIN_IDS", "") if real_token else str(DEMO_ADMIN)
     _say("starting the devnet (the first run deploys PoCo and makes test weights: about a minute)")
@@ -214,6 +225,9 @@ async def _run_bot(args: argparse.Namespace, net: Devnet, data: Path, env_file: 
          f"credits {DEMO_CREDIT_RLC} RLC once)" if not real_token else "  the bot is on Telegram: write to it there")
     _say(f"  chain       {net.env['RPC_URL']}  (hub {net.env['HUB_ADDRESS']})")
     _say(f"  market      {net.env['MARKET_URL']}   gateway {net.env['IPFS_GATEWAY']}")
+    _say(f"  SMS         {net.env['SMS_URL']}   (secrets in {data / 'sms.json'})")
+    _say("  mode        " + ("tasks run as TDX deals (simulated enclave; --standard for standard tasks)"
+                             if net.config.tee else "tasks run as standard deals (--standard; the default is TDX)"))
     _say(f"  app         {args.app} worker; "
          + ("matterport weights" if weights else "RANDOM weights: masks are meaningless shapes "
             "(python -m worker fetch-weights for the real ones)"))
@@ -244,6 +258,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=os.environ.get("MRCNN_WEIGHTS"),
                         help="matterport's mask_rcnn_coco.h5 (default: random test weights)")
     parser.add_argument("--workers", type=int, default=1, help="tasks run at once by the workerpool")
+    parser.add_argument("--standard", action="store_true",
+                        help="run the bot's tasks as standard deals (TEE_MODE=off) instead of TDX deals")
     parser.add_argument("--fresh", action="store_true",
                         help="start over: move the data folder aside (kept as <data>.old-<time>: books, "
                              "wallet, chain) and begin with a new chain, wallet and books")

@@ -11,8 +11,9 @@ segmentation app (registered with worker/iexec.json's image and checksum; two ap
 price published by the app owner: tag 0 for standard deals and TDX 0x…09), the bot's wallet (created by
 `python -m ledger wallet new` with a devnet-generated password file, mode 0600, when none exists; funded with
 ETH for gas and RLC deposited into the hub; nothing is credited in the books: that is the admin's job), the
-workerpool, the Telegram stand-in. Then <data>/bot.env (with SMS_URL and IPFS_UPLOAD_URL) and
-<data>/devnet.json (what runs where) are written. The workerpool is given the SMS: TDX deals read their
+workerpool, the Telegram stand-in. Then <data>/bot.env (with SMS_URL and IPFS_UPLOAD_URL; TEE_MODE=off,
+standard deals, unless `DevnetConfig.tee`: on, the bot's tasks run as TDX deals) and <data>/devnet.json (what
+runs where) are written. The workerpool is given the SMS: TDX deals read their
 secrets from it.
 
 `stop()` stops everything it started, saves the chain state for the next run (written to a temporary file
@@ -108,6 +109,8 @@ class DevnetConfig:
     graph_cache: bool = False              # real app: export its inference graph in the background at start,
                                            # so tasks load it (~5 s a task instead of ~10 s); up and demo set it
     worker_args: str = WORKER_ARGS         # the bot's WORKER_ARGS (bot.env) and the exported graph's
+    tee: bool = False                      # bot.env TEE_MODE=on: the bot's tasks run as TDX deals (the demo's
+                                           # default; `up --tee`); off: standard deals
 
 
 # ------------------------------------------------------------------------------------------------- the app
@@ -620,6 +623,7 @@ class Devnet:
             "POLL_INTERVAL_S": "0.5",
             "WORKER_ARGS": self.config.worker_args,
             "DEMO_RANDOM_WEIGHTS": str(self.config.app == "real" and self.config.weights is None).lower(),
+            "TEE_MODE": "on" if self.config.tee else "off",
         }
 
     def describe(self) -> dict[str, Any]:
@@ -643,6 +647,6 @@ class Devnet:
             "app": {"address": self.app_address, "price_nrlc": self.config.app_price,
                     "tags": ["0x" + bytes(32).hex(), "0x" + TDX_TAG.hex()]},
             "bot": {"address": self.bot_address, "keystore": str(self.keystore),
-                    "env_file": str(self.data_dir / "bot.env")},
+                    "env_file": str(self.data_dir / "bot.env"), "tee": self.config.tee},
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
