@@ -47,8 +47,10 @@ class TelegramStandIn:
     def __init__(self, *, rate_limits: RateLimits | None = None, webhook_retry_delay: float = 0.2,
                  clock: Callable[[], float] = time.monotonic, data_dir: Path | None = None) -> None:
         """`rate_limits=None` means Telegram's limits (30/s per bot, 1/s burst 3 per chat, 20/min per group).
-        `data_dir`: where each bot's update and message numbers are kept, so that a restarted stand-in
-        never hands out an id twice (as Telegram); None keeps them in memory (a fresh Telegram)."""
+        `data_dir`: where each bot's update and message numbers and its chat history (the last messages of
+        each chat and their files, see devnet.telegram_history) are kept, so that a restarted stand-in never
+        hands out an id twice and shows the earlier conversation (as Telegram); None keeps them in memory
+        (a fresh Telegram)."""
         self.data_dir = data_dir
         self.rate_limits = rate_limits if rate_limits is not None else RateLimits()
         self.webhook_retry_delay = webhook_retry_delay
@@ -107,6 +109,8 @@ class TelegramStandIn:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for state in self._bots.values():
+            state.save_history()  # what the last changes did is on disk before the process ends
 
     async def __aenter__(self) -> TelegramStandIn:
         await self.start()

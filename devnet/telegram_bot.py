@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import mimetypes
 import os
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
+from devnet.telegram_history import History, Snapshot
 from devnet.telegram_model import (
     ApiCall, ApiError, FloodControl, RateLimits, Revision, SentMessage, StoredFile, TgChat, TgUser,
     bad_request, image_size, photo_versions, render_text,
@@ -40,6 +42,8 @@ CHAT_ACTIONS = frozenset({"typing", "upload_photo", "record_video", "upload_vide
 _COMMAND_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+HISTORY_SAVE_DELAY = 0.3  # seconds: a burst of changes (a progress message being edited) is one write
+log = logging.getLogger(__name__)
 _FILE_DIRS = {"photo": ("photos", "jpg"), "document": ("documents", "bin"), "sticker": ("stickers", "webp"),
               "voice": ("voice", "oga"), "video": ("videos", "mp4")}
 
@@ -127,7 +131,8 @@ class BotState:
 
     def __init__(self, token: str, username: str, limits: RateLimits, notify: Callable[[], None],
                  clock: Callable[[], float] = time.monotonic, counters_dir: Path | None = None) -> None:
-        """`counters_dir`: where the ids handed out are kept across restarts (None: in memory only)."""
+        """`counters_dir`: where the ids handed out and the chat history are kept across restarts
+        (None: in memory only, a fresh Telegram each start)."""
         bot_id = token.split(":", 1)[0]
         self.token = token
         known_id = re.fullmatch(r"[0-9]{1,15}", bot_id)  # ASCII digits: isdigit() would take "²"
@@ -153,12 +158,57 @@ class BotState:
         self._notify = notify
         self._poll_generation = 0
         self.counters = Counters(counters_dir / f"bot{self.user.id}.counters.json" if counters_dir else None)
+        self.history = History(counters_dir / f"bot{self.user.id}.history") if counters_dir else None
+        self._history_save: asyncio.TimerHandle | None = None
+        if self.history is not None:
+            self._restore(self.history.load())
         self.webhook_changed: Callable[[], None] = lambda: None
         self.methods: dict[str, Handler] = {name.lower(): getattr(self, f"api_{name}") for name in (
             "getMe", "getUpdates", "setWebhook", "deleteWebhook", "getWebhookInfo", "setMyCommands",
             "getMyCommands", "deleteMyCommands", "sendChatAction", "answerCallbackQuery", "sendMessage",
             "editMessageText", "editMessageCaption", "editMessageReplyMarkup", "deleteMessage",
             "sendPhoto", "sendDocument", "getFile", "logOut", "close")}
+
+    # --- history across restarts -----------------------------------------------------------------------
+
+    def _restore(self, snap: Snapshot) -> None:
+        """Take back the saved chats, messages and files; ids go on after the highest one seen."""
+        self.chats.update(snap.chats)
+        self.messages.update(snap.messages)
+        for stored in snap.files.values():
+            self.files[stored.file_id] = stored
+            self.paths[stored.file_path] = stored
+        for chat_id, found in snap.messages.items():
+            if found:
+                self.counters.messages[chat_id] = max(self.counters.messages.get(chat_id, 0), max(found))
+            for msg in found.values():
+                ids = [size["file_id"] for size in msg.api.get("photo", [])]
+                if ids and all(i in self.files for i in ids):
+                    sizes = tuple(self.files[i] for i in ids)
+                    self.photo_sets.update((i, sizes) for i in ids)
+
+    def _history_changed(self) -> None:
+        """Save the history soon (one write for a burst of changes), or now when no event loop runs."""
+        if self.history is None or self._history_save is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.save_history()
+            return
+        self._history_save = loop.call_later(HISTORY_SAVE_DELAY, self.save_history)
+
+    def save_history(self) -> None:
+        """Write the chat history to the data folder now (a no-op without one). A failed write is logged."""
+        if self._history_save is not None:
+            self._history_save.cancel()
+            self._history_save = None
+        if self.history is None:
+            return
+        try:
+            self.history.save(Snapshot(self.chats, self.messages, self.files))
+        except OSError as exc:
+            log.warning("event=history_save_failed bot=@%s error=%s", self.user.username, type(exc).__name__)
 
     # --- plumbing -------------------------------------------------------------------------------------
 
@@ -194,12 +244,15 @@ class BotState:
         return update
 
     def register_chat(self, chat: TgChat) -> None:
-        self.chats[chat.id] = chat
+        if self.chats.get(chat.id) != chat:
+            self.chats[chat.id] = chat
+            self._history_changed()
         self.messages.setdefault(chat.id, {})
 
     def store(self, message: SentMessage) -> SentMessage:
         self.messages.setdefault(message.chat_id, {})[message.message_id] = message
         self._notify()
+        self._history_changed()
         return message
 
     def store_file(self, kind: str, data: bytes, *, mime_type: str | None = None,
@@ -247,8 +300,10 @@ class BotState:
             self.rate_limited += 1
             raise ApiError(429, f"Too Many Requests: retry after {wait}", retry_after=wait)
 
-    def message_api(self, msg: SentMessage, *, edit_date: int | None = None) -> dict[str, Any]:
-        """The Bot API `Message` object of a stored message."""
+    def message_api(self, msg: SentMessage, *, edit_date: int | None = None,
+                    nested: bool = False) -> dict[str, Any]:
+        """The Bot API `Message` object of a stored message. As on Telegram, the `reply_to_message` it
+        carries has no `reply_to_message` of its own (`nested`)."""
         sender = self.user if msg.from_bot else None
         out: dict[str, Any] = {"message_id": msg.message_id, "date": msg.date,
                                "chat": self.chats[msg.chat_id].to_api(), **msg.api}
@@ -258,10 +313,10 @@ class BotState:
             out["text" if msg.kind == "text" else "caption"] = msg.text
         if msg.reply_markup and "inline_keyboard" in msg.reply_markup:
             out["reply_markup"] = msg.reply_markup
-        if msg.reply_to is not None:
+        if msg.reply_to is not None and not nested:
             replied = self.messages[msg.chat_id].get(msg.reply_to)
-            if replied is not None:
-                out["reply_to_message"] = self.message_api(replied)
+            if replied is not None and not replied.deleted:
+                out["reply_to_message"] = self.message_api(replied, nested=True)
         if edit_date is not None:
             out["edit_date"] = edit_date
         return out
@@ -400,7 +455,8 @@ class BotState:
             lenient = lenient or bool(reply.get("allow_sending_without_reply"))
         if target is None:
             return None
-        if int(target) not in self.messages.get(chat.id, {}):
+        replied = self.messages.get(chat.id, {}).get(int(target))
+        if replied is None or replied.deleted:
             if lenient:
                 return None
             raise bad_request("message to be replied not found")

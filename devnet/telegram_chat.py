@@ -6,11 +6,13 @@ All under `/_chat/{bot_username}/...`, beside the Bot API on the same 127.0.0.1 
     GET  /_chat/bots                                   the registered bots (never their tokens)
     POST /_chat/{bot}/send      {"user": {...}, "text": "...", "chat": {...}?}      a text or /command
     POST /_chat/{bot}/upload    multipart: user_id, first_name, username?, kind=photo|document,
-                                caption?, file                                      a photo or a file
+                                caption? (the message's caption, as Telegram's), file  a photo or a file
     POST /_chat/{bot}/press     {"user": {...}, "message_id": N, "data": "..."}    an inline button
     POST /_chat/{bot}/edit      {"user": {...}, "message_id": N, "text": "..."}    edit own message
     GET  /_chat/{bot}/messages?chat_id=N&after=C&wait=S  the conversation, long-polled until the
-                                                         change counter passes C (at most S seconds)
+                                                         change counter passes C (at most S seconds);
+                                                         a reply's `reply_to` quotes the message it
+                                                         answers (id, snippet, thumb_file_id)
     GET  /_chat/{bot}/file/{file_id}                   a stored file's bytes (no token in this URL)
     GET  /_chat/{bot}/stats                            calls per method, 429s, pending updates
 
@@ -52,14 +54,36 @@ def add_chat_routes(app: web.Application, standin: TelegramStandIn) -> None:
     app.router.add_get("/_chat/{bot}/stats", routes.stats)
 
 
-def message_json(msg: SentMessage) -> dict[str, Any]:
-    """A message as the chat page shows it."""
+SNIPPET_CHARS = 80
+
+
+def message_json(msg: SentMessage, state: BotState) -> dict[str, Any]:
+    """A message as the chat page shows it; `reply_to` quotes the message it answers (None if none)."""
     rows = (msg.reply_markup or {}).get("inline_keyboard", [])
+    stored = state.files.get(msg.file_id) if msg.file_id else None
     return {"message_id": msg.message_id, "from_bot": msg.from_bot, "kind": msg.kind, "text": msg.text,
-            "date": msg.date, "file_id": msg.file_id, "file_name": msg.file_name, "mime_type": msg.mime_type,
+            "date": msg.date, "file_id": msg.file_id if stored is not None else None,
+            "file_name": msg.file_name, "mime_type": msg.mime_type,
             "buttons": [[{"text": b.get("text"), "data": b.get("callback_data"), "url": b.get("url")}
                          for b in row] for row in rows],
-            "edits": len(msg.edits), "deleted": msg.deleted}
+            "edits": len(msg.edits), "deleted": msg.deleted, "reply_to": _quote(msg, state)}
+
+
+def _quote(msg: SentMessage, state: BotState) -> dict[str, Any] | None:
+    """What a reply shows of the message it answers: who wrote it, a snippet, a photo's smallest size."""
+    if msg.reply_to is None:
+        return None
+    replied = state.messages.get(msg.chat_id, {}).get(msg.reply_to)
+    if replied is None or replied.deleted:
+        return {"message_id": msg.reply_to, "from_bot": None, "kind": None, "text": "Deleted message",
+                "thumb_file_id": None}
+    sizes = [s.get("file_id") for s in replied.api.get("photo", []) if isinstance(s, dict)]
+    thumb = next((i for i in sizes if i in state.files), None)
+    text = replied.text or (replied.file_name if replied.kind == "document" else None) or replied.kind.capitalize()
+    if len(text) > SNIPPET_CHARS:
+        text = text[:SNIPPET_CHARS - 1] + "\u2026"
+    return {"message_id": replied.message_id, "from_bot": replied.from_bot, "kind": replied.kind,
+            "text": text, "thumb_file_id": thumb}
 
 
 def _user(raw: Any) -> TgUser:
@@ -179,7 +203,7 @@ class _ChatRoutes:
                 pass  # nothing changed: answer with the same conversation
         found = state.messages.get(chat_id, {})
         return web.json_response({"changes": self.standin.changes,
-                                  "messages": [message_json(found[k]) for k in sorted(found)]})
+                                  "messages": [message_json(found[k], state) for k in sorted(found)]})
 
     async def file(self, request: web.Request) -> web.Response:
         try:
