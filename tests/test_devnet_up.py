@@ -45,8 +45,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start(data: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "devnet", "up", "--data", str(data), "--app", "test"],
+def _start(data: Path, *flags: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "devnet", "up", "--data", str(data), "--app", "test", *flags],
                             cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -83,12 +83,14 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path, capsys):
         env = dict(line.split("=", 1) for line in (data / "bot.env").read_text().splitlines())
         assert env["APP_ADDRESS"] == info["app"]["address"] and env["IPFS_GATEWAY"] == info["gateway"]["url"]
         assert env["WALLET_KEYSTORE"].endswith("wallet.json") and "WALLET_PASSWORD" not in env
+        assert env["TEE_MODE"] == "off"  # up's bot runs standard deals unless --tee
         for secret_file in ("bot.env", "wallet.password", "wallet.json"):
             assert (data / secret_file).stat().st_mode & 0o077 == 0, secret_file
     finally:
         out = _stop(proc) if proc.poll() is None else ""
     assert proc.returncode == 0, out
     assert "[8/8] telegram ... ok" in out and "devnet stopped." in out
+    assert "(TEE_MODE=off: standard deals)" in out
     assert env["TELEGRAM_TOKEN"] not in out
     time.sleep(0.2)
     assert [pid for pid in family | {proc.pid} if _alive(pid)] == []
@@ -114,15 +116,20 @@ def test_status_names_what_is_missing(tmp_path, capsys):
 
 @pytest.mark.slow  # over ~2 s
 def test_second_start_reuses_chain_app_and_wallet(tmp_path):
+    """... also when the second start switches the bot to TDX deals (--tee): same folder, same chain."""
     data = tmp_path / "devnet"
     first_info = second_info = {}
     for round_ in range(2):
-        proc = _start(data)
+        proc = _start(data, *(["--tee"] if round_ else []))
         try:
             _wait_up(proc, data)
             info = json.loads((data / "devnet.json").read_text())
+            env = dict(line.split("=", 1) for line in (data / "bot.env").read_text().splitlines())
+            assert env["TEE_MODE"] == ("on" if round_ else "off") and info["bot"]["tee"] is bool(round_)
         finally:
-            _stop(proc)
+            out = _stop(proc)
+        if round_:
+            assert "(TEE_MODE=on: TDX deals)" in out
         if round_ == 0:
             first_info = info
         else:
