@@ -107,8 +107,14 @@ async def retry_async(
         sleep=sleep,
         reraise=False,
     )
+
+    async def attempt() -> T:
+        # tenacity calls a callable that is not a coroutine function without awaiting it; `op` is often a
+        # lambda returning an awaitable (web3's `fn.call()`), so it is awaited here.
+        return await op()
+
     try:
-        return await retrying(op)
+        return await retrying(attempt)
     except tenacity.RetryError as gave_up:
         last = gave_up.last_attempt.exception()
         assert last is not None  # tenacity gives up only after a failed attempt

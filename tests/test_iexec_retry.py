@@ -115,6 +115,14 @@ async def test_no_wait_keeps_the_bounds_and_drops_the_delays() -> None:
     assert len(calls) == 3 and fake.sleeps == [0.0, 0.0]
 
 
+async def test_a_lambda_returning_an_awaitable_is_awaited_on_every_attempt() -> None:
+    fake = FakeTime()
+    op, calls = failing(2)
+    result = await retry_async(lambda: op(), RetryPolicy(attempts=5, deadline_s=None), retry_on=lambda e: True,
+                               give_up=give_up, sleep=fake.sleep, clock=fake.clock)
+    assert result == "done" and len(calls) == 3
+
+
 def test_a_policy_without_a_bound_or_with_nonsense_is_refused() -> None:
     with pytest.raises(ValueError, match="bound"):
         RetryPolicy(deadline_s=None, attempts=None)
