@@ -2,8 +2,9 @@
 
 Modules: `orders` (order types, EIP-712 hashing/signing, builders), `hub` (async web3 client of the hub),
 `tx` (the one nonce-owning transaction sender), `watch` (event-based task tracking), `pool` (workerpool-side
-calls), `market` (market API client), `results` (result download and checks), `networks` (presets), `tee` (TDX: dataset-format
-encryption, the result key), `sms` (Secret Management Service client).
+calls), `market` (market API client), `results` (result download and checks), `networks` (presets),
+`tee` (TDX: dataset-format encryption, the result key), `sms` (Secret Management Service client), `retry`
+(the one retry policy).
 This package imports nothing else of the project and never logs a private key or a raw transaction.
 Every error it raises derives from `iexec.IExecError` (see `iexec.errors`, re-exported here).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 from iexec import errors as _errors
 from iexec.errors import *  # noqa: F403  (the exception tree is part of the package's surface)
-
-from iexec.tee import RESULT_KEY_SECRET, ResultKey  # noqa: E402  (after the error tree it uses)
+from iexec.tee import RESULT_KEY_SECRET, ResultKey
 
 __all__ = [*_errors.__all__, "ResultKey", "RESULT_KEY_SECRET"]

@@ -102,7 +102,10 @@ class InsufficientStake(HubRevert):
 
 
 class OrderConsumed(HubRevert):
-    """The order's volume is already used up: it was matched before."""
+    """The order's volume is already used up: it was matched before. `which` names the consumed order's
+    kind ("app", "dataset", "workerpool", "request") once the hub client has found it, else ""."""
+
+    which: str = ""
 
 
 class TagMismatch(HubRevert):

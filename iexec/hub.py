@@ -13,13 +13,15 @@ never sends a transaction except through the sender.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from eth_abi import decode as abi_decode
+from eth_typing import ChecksumAddress
 from eth_utils import keccak, to_checksum_address
 from web3 import AsyncWeb3
 from web3.exceptions import ContractCustomError, ContractLogicError
@@ -199,11 +201,13 @@ def decode_hub_log(log: Mapping[str, Any], hub: str) -> HubEvent | None:
         return None
     indexed = [i for i in item["inputs"] if i["indexed"]]
     plain = [i for i in item["inputs"] if not i["indexed"]]
+    if len(topics) != len(indexed) + 1:
+        return None  # not this event's shape: the same topic from an event that indexes other fields
     args: dict[str, Any] = {}
-    for param, topic in zip(indexed, topics[1:]):
+    for param, topic in zip(indexed, topics[1:], strict=True):
         args[param["name"]] = _norm(param["type"], abi_decode([param["type"]], topic)[0])
     values = abi_decode([_canonical(p) for p in plain], _hexbytes(log["data"]))
-    for param, value in zip(plain, values):
+    for param, value in zip(plain, values, strict=True):
         args[param["name"]] = _norm(param["type"], value)
     tx_hash = log["transactionHash"]
     tx_hash = tx_hash if isinstance(tx_hash, str) else "0x" + bytes(tx_hash).hex()
@@ -297,7 +301,7 @@ class Hub:
             sender = TxSender(w3, account, persist=persist, config=sender_config)
         self.sender = sender
         self._domain: Domain | None = None
-        self._token: str | None = None
+        self._token: ChecksumAddress | None = None
 
     async def close(self) -> None:
         """Close the connection this Hub opened itself (a caller's `w3` or `sender` is left open)."""
@@ -341,7 +345,7 @@ class Hub:
                                   version=version)
         return self._domain
 
-    async def token(self) -> str:
+    async def token(self) -> ChecksumAddress:
         """The RLC token the hub escrows."""
         if self._token is None:
             self._token = to_checksum_address(await self._call(self.contract.functions.token(), "token"))
@@ -471,7 +475,7 @@ class Hub:
                                     f"stake, the task costs {price} nRLC: deposit first")
 
     async def _consumed_kind(self, domain: Domain, *orders: Any) -> str:
-        for order, kind in zip(orders, ("app", "dataset", "workerpool", "request")):
+        for order, kind in zip(orders, ("app", "dataset", "workerpool", "request"), strict=True):
             if kind == "dataset" and order.dataset == ZERO_ADDRESS:
                 continue
             if await self.view_consumed(order.hash(domain)) >= order.volume:

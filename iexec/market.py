@@ -9,8 +9,8 @@ The market is not trusted: every order it returns is parsed, its hash recomputed
 EIP-712 domain and its signature recovered and compared with the announced signer; a lie is a
 MarketReplyError. The client signs only a challenge of the exact expected form, never other typed data a
 server sends. Network errors, timeouts, 5xx and 429 are retried under the client's retry policy (iexec.retry;
-MarketUnavailable after the bound). This module must never log the authorization header or a key, and knows nothing of the
-bot or the ledger.
+MarketUnavailable after the bound). This module must never log the authorization header or a key, and
+knows nothing of the bot or the ledger.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import aiohttp
 from eth_account import Account
@@ -41,7 +41,7 @@ MarketReplyInvalid = MarketReplyError  # the name used in the design notes
 class _Transient(Exception):
     """A market answer worth another attempt (network error, timeout, 5xx, 429); its text is the reason."""
 
-O = TypeVar("O", AppOrder, DatasetOrder, WorkerpoolOrder, RequestOrder)
+OrderT = TypeVar("OrderT", AppOrder, DatasetOrder, WorkerpoolOrder, RequestOrder)
 
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 _MAX_REPLY = 8 * 1024 * 1024
@@ -58,7 +58,7 @@ _RESOURCE = {AppOrder: "app", DatasetOrder: "dataset", WorkerpoolOrder: "workerp
 
 
 @dataclass(frozen=True)
-class MarketOrder(Generic[O]):
+class MarketOrder(Generic[OrderT]):
     """One published order with the market's metadata; `order` carries its signature."""
 
     order_hash: str
@@ -67,7 +67,7 @@ class MarketOrder(Generic[O]):
     signer: str
     status: str
     remaining: int
-    order: O
+    order: OrderT
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,16 @@ class MarketClient:
                 data = None
             return resp.status, data
 
+    @overload
+    async def _call(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None,
+                    headers: dict[str, str] | None = None, *, allow_404: Literal[False] = False) -> dict[str, Any]:
+        ...
+
+    @overload
+    async def _call(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None,
+                    headers: dict[str, str] | None = None, *, allow_404: bool) -> dict[str, Any] | None:
+        ...
+
     async def _call(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None,
                     headers: dict[str, str] | None = None, *, allow_404: bool = False) -> dict[str, Any] | None:
         """One API call with retries; returns the JSON object (ok true), or None for an allowed 404."""
@@ -227,7 +237,7 @@ class MarketClient:
 
     # -- parsing --------------------------------------------------------------------------------------
 
-    def _parse(self, cls: type[O], item: Any) -> MarketOrder[O]:
+    def _parse(self, cls: type[OrderT], item: Any) -> MarketOrder[OrderT]:
         """A checked MarketOrder from one reply item; raises MarketReplyError on any inconsistency."""
         if not isinstance(item, dict):
             raise MarketReplyError("market order entry is not a JSON object")
@@ -251,16 +261,16 @@ class MarketClient:
             raise MarketReplyError(f"market {cls.__name__} {order_hash} carries no valid signature") from None
         if recovered != signer:
             raise MarketReplyError(f"market {cls.__name__} {order_hash} is not signed by its announced signer")
-        if cls is RequestOrder and signer != order.requester:
+        if isinstance(order, RequestOrder) and signer != order.requester:
             raise MarketReplyError(f"market request order {order_hash} is not signed by its requester")
         if not 0 <= remaining <= order.volume:
             raise MarketReplyError(f"market {cls.__name__} {order_hash} has an impossible remaining volume")
         return MarketOrder(order_hash=order_hash.lower(), chain_id=chain_id, publication_timestamp=published,
                            signer=signer, status=status, remaining=remaining, order=order)
 
-    async def _list(self, cls: type[O], params: dict[str, Any], limit: int | None) -> list[MarketOrder[O]]:
+    async def _list(self, cls: type[OrderT], params: dict[str, Any], limit: int | None) -> list[MarketOrder[OrderT]]:
         path = "/" + _PATHS[cls]
-        found: dict[str, MarketOrder[O]] = {}
+        found: dict[str, MarketOrder[OrderT]] = {}
         for index in range(self.max_pages):
             data = await self._call("GET", path, {**params, "pageIndex": index, "pageSize": self.page_size})
             items, count = data.get("orders"), data.get("count")
@@ -313,7 +323,7 @@ class MarketClient:
             "app": _addr(app), "requester": _addr(requester), "category": category,
             "workerpool": _addr(workerpool)}, limit)
 
-    async def _get(self, cls: type[O], order_hash: str) -> MarketOrder[O] | None:
+    async def _get(self, cls: type[OrderT], order_hash: str) -> MarketOrder[OrderT] | None:
         if not _HASH.fullmatch(order_hash):
             raise MarketError(f"not an order hash: {order_hash[:70]!r}")
         data = await self._call("GET", f"/{_PATHS[cls]}/{order_hash}", allow_404=True)
@@ -349,7 +359,7 @@ class MarketClient:
         signature = acct.sign_message(encode_typed_data(full_message=typed)).signature
         return f"0x{challenge_hash(typed).hex()}_0x{bytes(signature).hex()}_{acct.address}"
 
-    async def _publish(self, signed: O, account: Any) -> MarketOrder[O]:
+    async def _publish(self, signed: OrderT, account: Any) -> MarketOrder[OrderT]:
         cls = type(signed)
         if not bytes(signed.sign):
             raise MarketError(f"{cls.__name__} is not signed")
@@ -388,7 +398,7 @@ class MarketClient:
         """Publish a signed request order; `account` is the requester. (Matching does not need this.)"""
         return await self._publish(signed, account)
 
-    async def unpublish(self, cls: type[O], order_hash: str, account: Any) -> list[str]:
+    async def unpublish(self, cls: type[OrderT], order_hash: str, account: Any) -> list[str]:
         """Withdraw one published order of type `cls`; returns the hashes the market unpublished."""
         auth = await self._authorization(account)
         data = await self._call("PUT", "/" + _PATHS[cls], body={"target": "unpublish_orderHash",

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntFlag
 from functools import lru_cache
-from typing import Any, ClassVar, Mapping, Sequence, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlparse
 
-from eth_keys import keys
+from eth_keys.datatypes import PrivateKey, Signature
 from eth_utils import is_hex_address, keccak, to_checksum_address
 
 from iexec.errors import OrderError, ParamsError
@@ -31,7 +32,7 @@ ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 ZERO_BYTES32 = b"\x00" * 32
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
-O = TypeVar("O", bound="_Order")
+OrderT = TypeVar("OrderT", bound="_Order")
 
 
 # ----------------------------------------------------------------------------------------------- values
@@ -156,6 +157,7 @@ class _Order:
 
     TYPE_NAME: ClassVar[str]
     FIELDS: ClassVar[tuple[tuple[str, str], ...]]
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # every subclass is a dataclass (dataclasses.replace works)
     sign: bytes
 
     def __post_init__(self) -> None:
@@ -189,7 +191,7 @@ class _Order:
         """The order's 32-byte EIP-712 hash, as the hub, its events and the JS SDK compute it."""
         return keccak(b"\x19\x01" + domain.separator + self.struct_hash())
 
-    def sign_with(self: O, private_key: Any, domain: Domain) -> O:
+    def sign_with(self: OrderT, private_key: Any, domain: Domain) -> OrderT:
         """Alias of `sign()` usable on instances whose `.sign` attribute shadows the method."""
         key = _private_key(private_key)
         signature = key.sign_msg_hash(self.hash(domain))
@@ -210,7 +212,7 @@ class _Order:
 
     def to_tuple(self) -> tuple[Any, ...]:
         """The order as the hub ABI's tuple (fields in order, then `sign`)."""
-        return tuple(getattr(self, name) for name, _ in self.FIELDS) + (bytes(self.sign),)
+        return (*(getattr(self, name) for name, _ in self.FIELDS), bytes(self.sign))
 
     def to_typed_data(self, domain: Domain) -> dict[str, Any]:
         """The full EIP-712 message (for eth-account's `encode_typed_data(full_message=...)`)."""
@@ -236,7 +238,7 @@ class _Order:
         return out
 
     @classmethod
-    def from_market_json(cls: type[O], data: Mapping[str, Any]) -> O:
+    def from_market_json(cls: type[OrderT], data: Mapping[str, Any]) -> OrderT:
         """Parse the market API's JSON of one order; missing or malformed fields raise OrderError."""
         if not isinstance(data, Mapping):
             raise OrderError(cls.TYPE_NAME, f"expected a JSON object, got {type(data).__name__}")
@@ -249,7 +251,7 @@ class _Order:
                 value = int(value)  # some APIs send big numbers as decimal strings
             kwargs[name] = value
         kwargs["sign"] = data.get("sign", b"")
-        return cls(**kwargs)  # type: ignore[call-arg]
+        return cls(**kwargs)
 
 
 # `sign` is a dataclass field (the signature) and also the name of the signing method in the required API.
@@ -290,7 +292,7 @@ def _type_hash(type_string: str) -> bytes:
     return keccak(text=type_string)
 
 
-def _private_key(value: Any) -> keys.PrivateKey:
+def _private_key(value: Any) -> PrivateKey:
     raw = getattr(value, "key", value)  # eth-account LocalAccount
     if isinstance(raw, str):
         try:
@@ -301,7 +303,7 @@ def _private_key(value: Any) -> keys.PrivateKey:
         raise OrderError("private_key", "must be 32 bytes, a hex string or an eth-account LocalAccount")
     if not 0 < int.from_bytes(raw, "big") < _SECP256K1_N:
         raise OrderError("private_key", "out of the secp256k1 range")
-    return keys.PrivateKey(bytes(raw))
+    return PrivateKey(bytes(raw))
 
 
 def recover_signer(message_hash: bytes, sign: bytes) -> str:
@@ -317,9 +319,9 @@ def recover_signer(message_hash: bytes, sign: bytes) -> str:
     if v not in (0, 1) or not 0 < r < _SECP256K1_N or not 0 < s < _SECP256K1_N:
         raise OrderError("sign", "not a valid ECDSA signature")
     try:
-        signature = keys.Signature(vrs=(v, r, s))
+        signature = Signature(vrs=(v, r, s))
         return signature.recover_public_key_from_msg_hash(message_hash).to_checksum_address()
-    except Exception as exc:  # eth_keys raises BadSignature / ValidationError
+    except Exception as exc:  # noqa: BLE001 - eth_keys raises BadSignature, ValidationError and others
         raise OrderError("sign", f"signature does not recover: {exc}") from None
 
 

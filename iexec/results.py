@@ -178,8 +178,8 @@ async def download_result(location: ResultLocation | str, gateways: list[str], *
     """Download the archive at `location`, trying each gateway in turn, for up to `rounds` rounds.
 
     A 404, a 5xx, a timeout or a connection error moves on to the next gateway; a round that failed
-    everywhere waits `backoff` × 2^round, jittered (iexec.retry). A sha256-hex location is checked against the bytes. Raises
-    ResultLocationError for a bad location, ResultDownloadError when the archive is larger than
+    everywhere waits `backoff` × 2^round, jittered (iexec.retry). A sha256-hex location is checked against
+    the bytes. Raises ResultLocationError for a bad location, ResultDownloadError when the archive is larger than
     `max_bytes` or no gateway delivered it.
     """
     loc = location.location if isinstance(location, ResultLocation) else location

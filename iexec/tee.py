@@ -150,7 +150,7 @@ def _read_member(zf: zipfile.ZipFile, name: str, cap: int) -> bytes:
 class ResultKey:
     """The requester's RSA key pair for iExec result encryption (beneficiary key)."""
 
-    __slots__ = ("_key", "_derive_secret")
+    __slots__ = ("_derive_secret", "_key")
 
     def __init__(self, private_key: rsa.RSAPrivateKey) -> None:
         if not isinstance(private_key, rsa.RSAPrivateKey):
@@ -251,7 +251,7 @@ class ResultKey:
                 raise DecryptionError(f"{ENC_RESULT_FILE} (legacy format) is not base64") from None
             if not body or len(body) % _BLOCK:
                 raise DecryptionError(f"{ENC_RESULT_FILE} (legacy format) is truncated")
-            decryptor = Cipher(algorithms.AES(aes_key), modes.ECB()).decryptor()  # noqa: S305 (legacy format)
+            decryptor = Cipher(algorithms.AES(aes_key), modes.ECB()).decryptor()
             unpadder = padding.PKCS7(128).unpadder()
             try:
                 plain = unpadder.update(decryptor.update(body) + decryptor.finalize()) + unpadder.finalize()

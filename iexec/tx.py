@@ -8,9 +8,10 @@ re-broadcasts only raw transactions the node does not know: it never signs a sec
 unless it is replacing a stuck one.
 
 `connect()` builds an AsyncWeb3 over a counting HTTP provider (no hidden retries: `with_retry` does them
-under the client's one retry policy, iexec.retry, and raises ChainUnavailable after its bound). Its aiohttp session opens on the first request and
-stays open until `close(w3)` (or `close_all()`, at a teardown that does not hold every owner). This module
-must never log or put in an error a private key, a raw transaction or an RPC URL (they may carry API keys).
+under the client's one retry policy, iexec.retry, and raises ChainUnavailable after its bound). Its aiohttp
+session opens on the first request and stays open until `close(w3)` (or `close_all()`, at a teardown that
+does not hold every owner). This module must never log or put in an error a private key, a raw transaction
+or an RPC URL (they may carry API keys).
 """
 from __future__ import annotations
 
@@ -18,15 +19,23 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from eth_account.typed_transactions import TypedTransaction
+from eth_typing import ChecksumAddress
+from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import (
-    ContractLogicError, ProviderConnectionError, RequestTimedOut, TimeExhausted, TransactionNotFound, Web3RPCError,
+    ContractLogicError,
+    ProviderConnectionError,
+    RequestTimedOut,
+    TimeExhausted,
+    TransactionNotFound,
+    Web3RPCError,
 )
 
 from iexec.errors import ChainUnavailable, FeeCapExceeded, TransactionError, TransactionReverted
@@ -223,9 +232,9 @@ class TxSender:
         self.on_broadcast: Callable[[TxRecord], None] | None = None
 
     @property
-    def address(self) -> str:
+    def address(self) -> ChecksumAddress:
         """The wallet's address."""
-        return str(self._account.address)
+        return to_checksum_address(self._account.address)
 
     def inflight(self) -> dict[int, list[TxRecord]]:
         """Nonces not yet known mined, with every transaction signed for each (latest last)."""
@@ -257,7 +266,7 @@ class TxSender:
             if to is not None:
                 tx["to"] = to
             if gas is None:
-                call = {k: tx[k] for k in ("from", "to", "value", "data") if k in tx}
+                call: dict[str, Any] = {k: tx[k] for k in ("from", "to", "value", "data") if k in tx}
                 estimate = await self._estimate(call)
                 gas = estimate * (100 + self.config.gas_margin_pct) // 100
             tx["gas"] = gas
@@ -309,7 +318,7 @@ class TxSender:
             raise
 
     async def _flush_unbroadcast(self) -> None:
-        for nonce, records in list(self._inflight.items()):
+        for records in list(self._inflight.values()):
             if records[-1].tx_hash in self._unbroadcast:
                 await self._broadcast(records[-1])
                 self._unbroadcast.discard(records[-1].tx_hash)

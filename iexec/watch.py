@@ -21,8 +21,9 @@ It never sends a transaction: claiming is the caller's decision (see `Hub.claim`
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
@@ -305,7 +306,8 @@ class TaskWatcher:
         for followed in list(self._tasks.values()):
             if followed.deadline_reported:
                 continue
-            if followed.final_deadline is None:
+            deadline = followed.final_deadline
+            if deadline is None:
                 if followed.deal_id is None:
                     continue  # nothing to judge by: the caller gave no deadline and no deal
                 deal = self._deals.get(followed.deal_id)
@@ -320,7 +322,7 @@ class TaskWatcher:
                 followed.final_deadline = deadline
                 if deadline is None:
                     continue
-            if followed.final_deadline > now:
+            if deadline > now:
                 continue
             out.extend(await self._report_deadline(followed))
         return out

@@ -19,13 +19,27 @@ from functools import cached_property
 
 from ledger.amounts import MAX_AMOUNT, NRLC_PER_RLC, format_rlc, parse_rlc
 from ledger.audit import audit_books, audit_path
-from ledger.books import (DEPOSITS, FEES, GRANTS, IEXEC_SPEND, REFUND_EXPENSE, Account, Balance,
-                          Transfer)
+from ledger.books import DEPOSITS, FEES, GRANTS, IEXEC_SPEND, REFUND_EXPENSE, Account, Balance, Transfer
 from ledger.chain import ChainRecords, ChainTx
-from ledger.errors import (AlreadyResolved, AuditError, BalanceOverflow, ExceedsReservation,
-                           IllegalTransition, InsufficientFunds, InvalidAmount, InvalidArgument,
-                           JobConflict, JobError, LedgerBusy, LedgerError, SchemaError,
-                           TransferConflict, UnknownJob, UnknownTransfer, WalletError)
+from ledger.errors import (
+    AlreadyResolved,
+    AuditError,
+    BalanceOverflow,
+    ExceedsReservation,
+    IllegalTransition,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidArgument,
+    JobConflict,
+    JobError,
+    LedgerBusy,
+    LedgerError,
+    SchemaError,
+    TransferConflict,
+    UnknownJob,
+    UnknownTransfer,
+    WalletError,
+)
 from ledger.inbox import Inbox, InboxEntry
 from ledger.jobs import ALLOWED, Job, Jobs, JobState
 
@@ -57,7 +71,8 @@ class Ledger(Jobs, ChainRecords):
 __all__ = [
     "ALLOWED", "DEPOSITS", "FEES", "GRANTS", "IEXEC_SPEND", "MAX_AMOUNT", "NRLC_PER_RLC", "REFUND_EXPENSE",
     "Account", "AlreadyResolved", "AuditError", "Balance", "BalanceOverflow", "ChainTx",
-    "ExceedsReservation", "IllegalTransition", "Inbox", "InboxEntry", "InsufficientFunds", "InvalidAmount", "InvalidArgument",
+    "ExceedsReservation", "IllegalTransition", "Inbox", "InboxEntry", "InsufficientFunds", "InvalidAmount",
+    "InvalidArgument",
     "Job", "JobConflict", "JobError", "JobState", "Ledger", "LedgerBusy", "LedgerError", "SchemaError",
     "Transfer", "TransferConflict", "UnknownJob", "UnknownTransfer", "WalletError", "format_rlc",
     "parse_rlc",

@@ -142,7 +142,7 @@ def _problems(conn: sqlite3.Connection) -> tuple[list[str], tuple[int, int, int,
     for pending_id, count in conn.execute(_DOUBLE_SQL):
         problems.append(f"reservation {pending_id!r} resolved {count} times")
     totals = conn.execute(_GLOBAL_SQL).fetchone()
-    return problems, tuple(totals)  # type: ignore[return-value]
+    return problems, tuple(totals)
 
 
 def audit_books(conn: sqlite3.Connection) -> dict[str, int]:

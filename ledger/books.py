@@ -20,8 +20,16 @@ from dataclasses import dataclass, replace
 
 from ledger.amounts import MAX_AMOUNT, check_amount, check_fee, format_rlc
 from ledger.db import Store
-from ledger.errors import (AlreadyResolved, BalanceOverflow, ExceedsReservation, InsufficientFunds,
-                           InvalidArgument, LedgerError, TransferConflict, UnknownTransfer)
+from ledger.errors import (
+    AlreadyResolved,
+    BalanceOverflow,
+    ExceedsReservation,
+    InsufficientFunds,
+    InvalidArgument,
+    LedgerError,
+    TransferConflict,
+    UnknownTransfer,
+)
 
 GRANTS = "operator:grants"
 DEPOSITS = "operator:deposits"
@@ -215,7 +223,7 @@ class Books(Store):
         """Apply running-total deltas to 1..3 accounts in one UPDATE; with `new_id`, only if no transfer
         has that id yet. Returns how many accounts moved (0: `new_id` exists)."""
         moves = _merged(moves)
-        params = [value for move in moves for value in move]
+        params: list[int | str] = [value for move in moves for value in move]
         if new_id is None:
             sql = _MOVE_SQL[len(moves)]
         else:
@@ -473,7 +481,8 @@ class Books(Store):
     def history(self, user: int | None = None, limit: int = 50, before_seq: int | None = None
                 ) -> list[Transfer]:
         """Transfers touching `user` (all if None), newest first; fee legs folded into their post."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[int | str] = []
         if user is not None:
             # Both sides through transfers_pair: only operator accounts ever credit a user.
             where.append("(t.debit_account = a.id OR (t.credit_account = a.id AND t.debit_account IN "

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import tenacity
 
@@ -168,7 +168,7 @@ class Store:
             raise LedgerBusy(f"the books at {self.path} stayed in use by another thread of this process "
                              f"for {bound:g}s; try again")
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,6 +17,7 @@ This module holds no Telegram types: an update is an id and its JSON text. It mu
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from dataclasses import dataclass
 
@@ -124,8 +125,7 @@ class Inbox:
                                  (int(before_ms),)).rowcount
         with self._store._guard:
             if not self._store._conn.in_transaction:  # not inside a caller's transaction
-                try:
+                # busy or locked: the next pruning tries again
+                with contextlib.suppress(sqlite3.OperationalError):
                     self._store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-                except sqlite3.OperationalError:  # busy or locked: the next pruning tries again
-                    pass
         return count

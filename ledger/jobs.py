@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from ledger.books import IEXEC_SPEND, Books, Transfer, check_id, check_text, check_user, user_account
 from ledger.amounts import check_amount
+from ledger.books import IEXEC_SPEND, Books, Transfer, check_id, check_text, check_user, user_account
 from ledger.errors import IllegalTransition, InvalidArgument, JobConflict, UnknownJob
 
 
