@@ -1,4 +1,5 @@
-"""The local chat page in headless Chromium: a person uploads a photo and sees the segmented picture come back.
+"""The local chat page in headless Chromium: a person uploads a photo with a caption and sees the segmented
+picture come back; the form is cleared for the next photo and each answer quotes the message it answers.
 
 Debian's /usr/bin/chromium is driven by the `playwright` package (never `playwright install`: no browser
 download). The bot is a subprocess on a devnet running the small test app. Skipped, with the reason, when
@@ -56,13 +57,24 @@ async def test_upload_a_photo_on_the_chat_page_and_see_the_result(e2e: E2E, tmp_
             await page.click("#send")
             await page.locator("#log .msg:not(.me)", has_text="Privacy").first.wait_for(timeout=20_000)
             await page.set_input_files("#file", str(picture))
+            await page.fill("#caption", "my street")
             await page.select_option("#kind", "photo")
             await page.click("#upload")
-            result = page.locator("#log .msg:not(.me) img")
+            mine = page.locator("#log .msg.me", has_text="my street")  # the caption under the photo
+            await mine.locator("img").first.wait_for(timeout=20_000)
+            # the form is ready for the next picture: no file still chosen, no caption left
+            assert await page.eval_on_selector("#file", "f => f.files.length") == 0
+            assert await page.input_value("#caption") == ""
+            # the bot's answer quotes the photo it answers (a thumbnail and "You"); a click goes to it
+            quote = page.locator("#log .msg:not(.me) .reply", has_text="You").first
+            await quote.locator("img").wait_for(timeout=30_000)
+            await quote.click()
+            await page.locator("#log .msg.me.flash", has_text="my street").wait_for(timeout=5_000)
+            result = page.locator("#log .msg:not(.me) > img")
             await result.first.wait_for(timeout=60_000)
             await page.locator("#log .msg:not(.me)", has_text="Charged").first.wait_for(timeout=30_000)
             await page.wait_for_function(
-                "[...document.querySelectorAll('#log .msg:not(.me) img')].every(i => i.complete "
+                "[...document.querySelectorAll('#log .msg img')].every(i => i.complete "
                 "&& i.naturalWidth > 0)")
             await page.locator("#log .msg:not(.me)", has_text="Done").first.wait_for(timeout=30_000)
             await page.screenshot(path=str(tmp_path / "shot.png"), full_page=False)
@@ -75,4 +87,6 @@ async def test_upload_a_photo_on_the_chat_page_and_see_the_result(e2e: E2E, tmp_
     assert job.state.value == "DELIVERED"
     [reply] = e2e.results(user)
     assert reply.kind == "photo"
+    [photo] = [m for m in e2e.tg.conversation(user.id) if m.kind == "photo" and not m.from_bot]
+    assert photo.caption == "my street" and reply.reply_to == photo.message_id
     e2e.ledger.audit()
