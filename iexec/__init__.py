@@ -8,6 +8,7 @@ calls), `market` (market API client), `results` (result download and checks), `n
 This package imports nothing else of the project and never logs a private key or a raw transaction.
 Every error it raises derives from `iexec.IExecError` (see `iexec.errors`, re-exported here).
 """
+
 from __future__ import annotations
 
 from iexec import errors as _errors

@@ -7,6 +7,7 @@ n bytes. A body must therefore be read in a loop until its end; and a body from 
 once it passes the caller's cap, without reading the rest. A Content-Length above the cap is refused before
 reading anything.
 """
+
 from __future__ import annotations
 
 import aiohttp

@@ -40,6 +40,7 @@ credentials, or a signed transaction's raw bytes.
 DecryptionError derives from both TeeError and UnsafeArchive: a result that cannot be decrypted is a bad
 result (refunded by a caller that refunds on UnsafeArchive), never something to retry.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -196,5 +197,4 @@ class SmsError(IExecError):
         self.status = status
 
 
-__all__ = [name for name, obj in list(globals().items())
-           if isinstance(obj, type) and issubclass(obj, IExecError)]
+__all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, IExecError)]

@@ -10,6 +10,7 @@ the one nonce-owning TxSender. Hub events are decoded with the hub's ABI (shippe
 contracts' logs in the same receipt (RLC Transfer) are ignored. This module never logs a private key and
 never sends a transaction except through the sender.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,7 @@ def load_abi(name: str) -> list[dict[str, Any]]:
 class TaskStatus(IntEnum):
     """PoCo's TaskStatusEnum."""
 
-    UNSET = 0       # not initialized yet
+    UNSET = 0  # not initialized yet
     ACTIVE = 1
     REVEALING = 2
     COMPLETED = 3
@@ -213,8 +214,13 @@ def decode_hub_log(log: Mapping[str, Any], hub: str) -> HubEvent | None:
     tx_hash = tx_hash if isinstance(tx_hash, str) else "0x" + bytes(tx_hash).hex()
     block = log["blockNumber"]
     index = log["logIndex"]
-    return HubEvent(item["name"], args, int(block, 16) if isinstance(block, str) else int(block),
-                    tx_hash, int(index, 16) if isinstance(index, str) else int(index))
+    return HubEvent(
+        item["name"],
+        args,
+        int(block, 16) if isinstance(block, str) else int(block),
+        tx_hash,
+        int(index, 16) if isinstance(index, str) else int(index),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- reverts
@@ -259,7 +265,7 @@ def revert_reason(exc: BaseException) -> str:
     message = str(getattr(exc, "message", None) or exc)
     for prefix in ("execution reverted: ", "execution reverted:", "execution reverted"):
         if message.startswith(prefix):
-            return message[len(prefix):].strip()
+            return message[len(prefix) :].strip()
     return message.strip()
 
 
@@ -284,10 +290,19 @@ class Hub:
     closes it. A `w3` or `sender` passed in belongs to the caller, who closes it (`iexec.tx.close`).
     """
 
-    def __init__(self, rpc_url: str | None, hub: str, account: Any = None, *, w3: AsyncWeb3 | None = None,
-                 sender: TxSender | None = None, persist: Persist | None = None,
-                 sender_config: SenderConfig | None = None, retry: RetryPolicy | None = None,
-                 timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        rpc_url: str | None,
+        hub: str,
+        account: Any = None,
+        *,
+        w3: AsyncWeb3 | None = None,
+        sender: TxSender | None = None,
+        persist: Persist | None = None,
+        sender_config: SenderConfig | None = None,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
         self._owns_w3 = w3 is None and sender is None
         if w3 is None:
             if rpc_url is None:
@@ -341,8 +356,7 @@ class Hub:
         """The hub's EIP-712 domain (read once from `domain()`)."""
         if self._domain is None:
             name, version, chain_id, contract = await self._call(self.contract.functions.domain(), "domain")
-            self._domain = Domain(chain_id=int(chain_id), verifying_contract=contract, name=name,
-                                  version=version)
+            self._domain = Domain(chain_id=int(chain_id), verifying_contract=contract, name=name, version=version)
         return self._domain
 
     async def token(self) -> ChecksumAddress:
@@ -354,7 +368,8 @@ class Hub:
     async def view_account(self, address: str) -> AccountBalance:
         """(stake, locked) of `address` in nRLC."""
         stake, locked = await self._call(
-            self.contract.functions.viewAccount(to_checksum_address(address)), "viewAccount")
+            self.contract.functions.viewAccount(to_checksum_address(address)), "viewAccount"
+        )
         return AccountBalance(int(stake), int(locked))
 
     async def rlc_balance(self, address: str) -> int:
@@ -366,12 +381,28 @@ class Hub:
         """The deal as the hub stores it (`exists` False when unknown)."""
         raw = await self._call(self.contract.functions.viewDeal(bytes(deal_id)), "viewDeal")
         res = [Resource(to_checksum_address(p), to_checksum_address(o), int(pr)) for p, o, pr in raw[:3]]
-        (trust, category, tag, requester, beneficiary, callback, params, start, first, size, stake,
-         ratio, sponsor) = raw[3:]
-        return Deal(bytes(deal_id), res[0], res[1], res[2], int(trust), int(category), bytes(tag),
-                    to_checksum_address(requester), to_checksum_address(beneficiary),
-                    to_checksum_address(callback), params, int(start), int(first), int(size), int(stake),
-                    int(ratio), to_checksum_address(sponsor))
+        (trust, category, tag, requester, beneficiary, callback, params, start, first, size, stake, ratio, sponsor) = (
+            raw[3:]
+        )
+        return Deal(
+            bytes(deal_id),
+            res[0],
+            res[1],
+            res[2],
+            int(trust),
+            int(category),
+            bytes(tag),
+            to_checksum_address(requester),
+            to_checksum_address(beneficiary),
+            to_checksum_address(callback),
+            params,
+            int(start),
+            int(first),
+            int(size),
+            int(stake),
+            int(ratio),
+            to_checksum_address(sponsor),
+        )
 
     async def view_task(self, task_id: bytes) -> Task:
         """The task as the hub stores it (status UNSET when not initialized)."""
@@ -387,8 +418,7 @@ class Hub:
         count = int(await self._call(self.contract.functions.countCategory(), "countCategory"))
         out = []
         for cat_id in range(count):
-            name, description, ref = await self._call(
-                self.contract.functions.viewCategory(cat_id), "viewCategory")
+            name, description, ref = await self._call(self.contract.functions.viewCategory(cat_id), "viewCategory")
             out.append(Category(cat_id, name, description, int(ref)))
         return out
 
@@ -399,8 +429,7 @@ class Hub:
 
     # -- writes ------------------------------------------------------------------------------------------
 
-    async def transact(self, fn: Any, what: str, meta: Mapping[str, Any] | None = None,
-                        to: str | None = None) -> Any:
+    async def transact(self, fn: Any, what: str, meta: Mapping[str, Any] | None = None, to: str | None = None) -> Any:
         """Simulate (typed revert), then send through the sender; a mined revert is re-simulated."""
         sender = self.sender
         if sender is None:
@@ -408,8 +437,7 @@ class Hub:
         await self._simulate(fn, what)
         data = fn._encode_transaction_data()
         try:
-            return await sender.send(to or fn.address, bytes.fromhex(data[2:]),
-                                     meta={"kind": what, **(meta or {})})
+            return await sender.send(to or fn.address, bytes.fromhex(data[2:]), meta={"kind": what, **(meta or {})})
         except TransactionReverted:
             await self._simulate(fn, what)  # state moved since: tell why if the hub says it now
             raise
@@ -429,8 +457,9 @@ class Hub:
         balance = await self.rlc_balance(self.account_address)
         if balance < amount:
             raise InsufficientStake("", f"deposit: the wallet holds {balance} nRLC, less than {amount}")
-        return await self.transact(rlc.functions.approveAndCall(self.address, amount, b""), "deposit",
-                                    {"amount": amount})
+        return await self.transact(
+            rlc.functions.approveAndCall(self.address, amount, b""), "deposit", {"amount": amount}
+        )
 
     async def withdraw(self, amount: int) -> Any:
         """Move `amount` nRLC of free stake from the hub back to the wallet."""
@@ -440,21 +469,24 @@ class Hub:
             raise InsufficientStake("", f"withdraw: free stake is {stake} nRLC, less than {amount}")
         return await self.transact(self.contract.functions.withdraw(amount), "withdraw", {"amount": amount})
 
-    async def match_orders(self, app: AppOrder, dataset: DatasetOrder | None, workerpool: WorkerpoolOrder,
-                           request: RequestOrder) -> bytes:
+    async def match_orders(
+        self, app: AppOrder, dataset: DatasetOrder | None, workerpool: WorkerpoolOrder, request: RequestOrder
+    ) -> bytes:
         """Match the four orders; returns the deal id from the OrdersMatched event. Raises a typed
         HubRevert (OrderConsumed carries `.which`: the consumed order's kind)."""
         dataset = dataset or NULL_DATASET_ORDER
-        fn = self.contract.functions.matchOrders(app.to_tuple(), dataset.to_tuple(), workerpool.to_tuple(),
-                                                 request.to_tuple())
+        fn = self.contract.functions.matchOrders(
+            app.to_tuple(), dataset.to_tuple(), workerpool.to_tuple(), request.to_tuple()
+        )
         domain = await self.domain()
         await self._check_requester_stake(app, dataset, workerpool, request)
         try:
-            receipt = await self.transact(fn, "matchOrders",
-                                           {"request_hash": "0x" + request.hash(domain).hex()})
+            receipt = await self.transact(fn, "matchOrders", {"request_hash": "0x" + request.hash(domain).hex()})
         except InsufficientStake as exc:
-            exc.args = (f"{exc.args[0]}: the workerpool owner cannot lock its share of the workerpool "
-                        f"price (the requester's stake was checked first)",)
+            exc.args = (
+                f"{exc.args[0]}: the workerpool owner cannot lock its share of the workerpool "
+                f"price (the requester's stake was checked first)",
+            )
             raise
         except OrderConsumed as exc:
             exc.which = await self._consumed_kind(domain, app, dataset, workerpool, request)
@@ -465,14 +497,18 @@ class Hub:
                 return bytes(event.args["dealid"])
         raise errors.ChainError(f"matchOrders mined in {receipt['transactionHash'].hex()} without OrdersMatched")
 
-    async def _check_requester_stake(self, app: AppOrder, dataset: DatasetOrder, workerpool: WorkerpoolOrder,
-                                     request: RequestOrder) -> None:
+    async def _check_requester_stake(
+        self, app: AppOrder, dataset: DatasetOrder, workerpool: WorkerpoolOrder, request: RequestOrder
+    ) -> None:
         price = app.appprice + workerpool.workerpoolprice
         price += dataset.datasetprice if dataset.dataset != ZERO_ADDRESS else 0
         stake = (await self.view_account(request.requester)).stake
         if stake < price:  # volume 1 at least; the hub locks volume x price
-            raise InsufficientStake("", f"matchOrders: requester {request.requester} has {stake} nRLC of free "
-                                    f"stake, the task costs {price} nRLC: deposit first")
+            raise InsufficientStake(
+                "",
+                f"matchOrders: requester {request.requester} has {stake} nRLC of free "
+                f"stake, the task costs {price} nRLC: deposit first",
+            )
 
     async def _consumed_kind(self, domain: Domain, *orders: Any) -> str:
         for order, kind in zip(orders, ("app", "dataset", "workerpool", "request"), strict=True):
@@ -487,14 +523,19 @@ class Hub:
         is refunded. Raises WrongTaskStatus or DeadlineNotReached before sending anything."""
         task = await self.view_task(task_id)
         if task.status not in (TaskStatus.ACTIVE, TaskStatus.REVEALING):
-            raise errors.WrongTaskStatus("", f"claim: task 0x{bytes(task_id).hex()} is {task.status.name}"
-                                         + (" (use initialize_and_claim_array)" if not task.status else ""))
+            raise errors.WrongTaskStatus(
+                "",
+                f"claim: task 0x{bytes(task_id).hex()} is {task.status.name}"
+                + (" (use initialize_and_claim_array)" if not task.status else ""),
+            )
         now = await self.block_timestamp()
         if task.final_deadline > now:
-            raise errors.DeadlineNotReached("", f"claim: final deadline {task.final_deadline} not reached "
-                                            f"(block time {now})")
-        return await self.transact(self.contract.functions.claim(bytes(task_id)), "claim",
-                                    {"task_id": "0x" + bytes(task_id).hex()})
+            raise errors.DeadlineNotReached(
+                "", f"claim: final deadline {task.final_deadline} not reached (block time {now})"
+            )
+        return await self.transact(
+            self.contract.functions.claim(bytes(task_id)), "claim", {"task_id": "0x" + bytes(task_id).hex()}
+        )
 
     async def initialize_and_claim_array(self, deal_ids: Sequence[bytes], idxs: Sequence[int]) -> Any:
         """Initialize then claim never-initialized tasks of deals past their final deadline."""
@@ -511,12 +552,41 @@ class Hub:
 
 def task_from_tuple(task_id: bytes, raw: Sequence[Any]) -> Task:
     """A Task from viewTask's ABI-decoded tuple."""
-    (status, deal_id, idx, timeref, c_deadline, r_deadline, f_deadline, consensus, reveal_counter,
-     winner_counter, contributors, digest, results, results_ts, callback) = raw
-    return Task(task_id, TaskStatus(int(status)), bytes(deal_id), int(idx), int(timeref), int(c_deadline),
-                int(r_deadline), int(f_deadline), bytes(consensus), int(reveal_counter), int(winner_counter),
-                tuple(to_checksum_address(c) for c in contributors), bytes(digest), bytes(results),
-                int(results_ts), bytes(callback))
+    (
+        status,
+        deal_id,
+        idx,
+        timeref,
+        c_deadline,
+        r_deadline,
+        f_deadline,
+        consensus,
+        reveal_counter,
+        winner_counter,
+        contributors,
+        digest,
+        results,
+        results_ts,
+        callback,
+    ) = raw
+    return Task(
+        task_id,
+        TaskStatus(int(status)),
+        bytes(deal_id),
+        int(idx),
+        int(timeref),
+        int(c_deadline),
+        int(r_deadline),
+        int(f_deadline),
+        bytes(consensus),
+        int(reveal_counter),
+        int(winner_counter),
+        tuple(to_checksum_address(c) for c in contributors),
+        bytes(digest),
+        bytes(results),
+        int(results_ts),
+        bytes(callback),
+    )
 
 
 def _check_amount(amount: int) -> None:

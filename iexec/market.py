@@ -12,6 +12,7 @@ server sends. Network errors, timeouts, 5xx and 429 are retried under the client
 MarketUnavailable after the bound). This module must never log the authorization header or a key, and
 knows nothing of the bot or the ledger.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,17 @@ from iexec.errors import BodyTooLarge, MarketError, MarketReplyError, MarketUnav
 from iexec.orders import AppOrder, DatasetOrder, Domain, RequestOrder, WorkerpoolOrder
 from iexec.retry import RetryPolicy, retry_async
 
-__all__ = ["MarketClient", "MarketOrder", "Category", "challenge_hash", "check_challenge",
-           "MarketError", "MarketUnavailable", "MarketReplyError", "MarketReplyInvalid"]
+__all__ = [
+    "MarketClient",
+    "MarketOrder",
+    "Category",
+    "challenge_hash",
+    "check_challenge",
+    "MarketError",
+    "MarketUnavailable",
+    "MarketReplyError",
+    "MarketReplyInvalid",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +51,27 @@ MarketReplyInvalid = MarketReplyError  # the name used in the design notes
 class _Transient(Exception):
     """A market answer worth another attempt (network error, timeout, 5xx, 429); its text is the reason."""
 
+
 OrderT = TypeVar("OrderT", AppOrder, DatasetOrder, WorkerpoolOrder, RequestOrder)
 
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 _MAX_REPLY = 8 * 1024 * 1024
 _CHALLENGE_PREFIX = "Sign this message to log into iExec Gateway: "
 _CHALLENGE_TYPES = {
-    "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                     {"name": "chainId", "type": "uint256"}],
+    "EIP712Domain": [
+        {"name": "name", "type": "string"},
+        {"name": "version", "type": "string"},
+        {"name": "chainId", "type": "uint256"},
+    ],
     "Challenge": [{"name": "challenge", "type": "string"}],
 }
-_PATHS = {AppOrder: "apporders", DatasetOrder: "datasetorders", WorkerpoolOrder: "workerpoolorders",
-          RequestOrder: "requestorders"}
-_RESOURCE = {AppOrder: "app", DatasetOrder: "dataset", WorkerpoolOrder: "workerpool",
-             RequestOrder: "requester"}
+_PATHS = {
+    AppOrder: "apporders",
+    DatasetOrder: "datasetorders",
+    WorkerpoolOrder: "workerpoolorders",
+    RequestOrder: "requestorders",
+}
+_RESOURCE = {AppOrder: "app", DatasetOrder: "dataset", WorkerpoolOrder: "workerpool", RequestOrder: "requester"}
 
 
 @dataclass(frozen=True)
@@ -86,21 +103,27 @@ def check_challenge(typed: Any, chain_id: int) -> dict[str, Any]:
     Raises MarketReplyError otherwise: a server must not get us to sign an order or anything else.
     """
     try:
-        ok = (typed["types"] == _CHALLENGE_TYPES and typed["primaryType"] == "Challenge"
-              and typed["domain"]["name"] == "iExec Gateway" and typed["domain"]["version"] == "1"
-              and int(typed["domain"]["chainId"]) == chain_id
-              and set(typed["domain"]) == {"name", "version", "chainId"}
-              and set(typed["message"]) == {"challenge"}
-              and isinstance(typed["message"]["challenge"], str)
-              and typed["message"]["challenge"].startswith(_CHALLENGE_PREFIX))
+        ok = (
+            typed["types"] == _CHALLENGE_TYPES
+            and typed["primaryType"] == "Challenge"
+            and typed["domain"]["name"] == "iExec Gateway"
+            and typed["domain"]["version"] == "1"
+            and int(typed["domain"]["chainId"]) == chain_id
+            and set(typed["domain"]) == {"name", "version", "chainId"}
+            and set(typed["message"]) == {"challenge"}
+            and isinstance(typed["message"]["challenge"], str)
+            and typed["message"]["challenge"].startswith(_CHALLENGE_PREFIX)
+        )
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
-        raise MarketReplyError("the market's challenge is not a login challenge for this chain; refusing "
-                               "to sign it")
-    return {"types": _CHALLENGE_TYPES, "primaryType": "Challenge",
-            "domain": {"name": "iExec Gateway", "version": "1", "chainId": chain_id},
-            "message": {"challenge": typed["message"]["challenge"]}}
+        raise MarketReplyError("the market's challenge is not a login challenge for this chain; refusing to sign it")
+    return {
+        "types": _CHALLENGE_TYPES,
+        "primaryType": "Challenge",
+        "domain": {"name": "iExec Gateway", "version": "1", "chainId": chain_id},
+        "message": {"challenge": typed["message"]["challenge"]},
+    }
 
 
 def challenge_hash(typed: dict[str, Any]) -> bytes:
@@ -138,9 +161,20 @@ class MarketClient:
     body larger than `max_reply` bytes is refused (MarketReplyError) without being read to its end.
     """
 
-    def __init__(self, base_url: str, chain_id: int, *, hub: str, session: aiohttp.ClientSession | None = None,
-                 timeout: float = 10.0, retries: int = 3, backoff: float = 0.5, page_size: int = 100,
-                 max_pages: int = 20, max_reply: int = _MAX_REPLY) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        chain_id: int,
+        *,
+        hub: str,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        page_size: int = 100,
+        max_pages: int = 20,
+        max_reply: int = _MAX_REPLY,
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise MarketError("market URL must be http(s)")
         if not 10 <= page_size <= 1000:
@@ -152,8 +186,9 @@ class MarketClient:
         self._own_session = session is None
         self.timeout = timeout
         # `retries` retries after the first attempt, waiting `backoff` seconds, then twice as long each time.
-        self.retry = RetryPolicy(base_delay_s=backoff, max_delay_s=backoff * 2 ** max(0, retries - 1),
-                                 deadline_s=None, attempts=retries + 1)
+        self.retry = RetryPolicy(
+            base_delay_s=backoff, max_delay_s=backoff * 2 ** max(0, retries - 1), deadline_s=None, attempts=retries + 1
+        )
         self.page_size = page_size
         self.max_pages = max_pages
         self.max_reply = max_reply
@@ -177,11 +212,19 @@ class MarketClient:
             self._session = aiohttp.ClientSession()
         return self._session
 
-    async def _once(self, method: str, path: str, params: dict[str, Any], body: Any,
-                    headers: dict[str, str]) -> tuple[int, Any]:
+    async def _once(
+        self, method: str, path: str, params: dict[str, Any], body: Any, headers: dict[str, str]
+    ) -> tuple[int, Any]:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with self._http().request(method, self.base_url + path, params=params, json=body,
-                                        headers=headers, timeout=timeout, allow_redirects=False) as resp:
+        async with self._http().request(
+            method,
+            self.base_url + path,
+            params=params,
+            json=body,
+            headers=headers,
+            timeout=timeout,
+            allow_redirects=False,
+        ) as resp:
             try:
                 raw = await read_capped(resp, self.max_reply, f"{method} {path}: reply")
             except BodyTooLarge as exc:
@@ -193,21 +236,46 @@ class MarketClient:
             return resp.status, data
 
     @overload
-    async def _call(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None,
-                    headers: dict[str, str] | None = None, *, allow_404: Literal[False] = False) -> dict[str, Any]:
-        ...
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        *,
+        allow_404: Literal[False] = False,
+    ) -> dict[str, Any]: ...
 
     @overload
-    async def _call(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None,
-                    headers: dict[str, str] | None = None, *, allow_404: bool) -> dict[str, Any] | None:
-        ...
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        *,
+        allow_404: bool,
+    ) -> dict[str, Any] | None: ...
 
-    async def _call(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None,
-                    headers: dict[str, str] | None = None, *, allow_404: bool = False) -> dict[str, Any] | None:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        *,
+        allow_404: bool = False,
+    ) -> dict[str, Any] | None:
         """One API call with retries; returns the JSON object (ok true), or None for an allowed 404."""
-        query = {"chainId": str(self.chain_id),
-                 **{k: str(v).lower() if isinstance(v, bool) else str(v)
-                    for k, v in (params or {}).items() if v is not None}}
+        query = {
+            "chainId": str(self.chain_id),
+            **{
+                k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (params or {}).items() if v is not None
+            },
+        }
 
         async def attempt() -> dict[str, Any] | None:
             try:
@@ -226,14 +294,21 @@ class MarketClient:
             return data
 
         def on_retry(exc: BaseException, attempt: int, delay: float) -> None:
-            log.info("event=market_retry method=%s path=%s attempt=%d reason=%s delay=%.2f", method, path, attempt,
-                     exc, delay)
+            log.info(
+                "event=market_retry method=%s path=%s attempt=%d reason=%s delay=%.2f",
+                method,
+                path,
+                attempt,
+                exc,
+                delay,
+            )
 
         def give_up(exc: BaseException, attempts: int, waited: float) -> MarketUnavailable:
             return MarketUnavailable(f"market unavailable for {method} {path} after {attempts} attempts: {exc}")
 
-        return await retry_async(attempt, self.retry, retry_on=lambda exc: isinstance(exc, _Transient),
-                                 give_up=give_up, on_retry=on_retry)
+        return await retry_async(
+            attempt, self.retry, retry_on=lambda exc: isinstance(exc, _Transient), give_up=give_up, on_retry=on_retry
+        )
 
     # -- parsing --------------------------------------------------------------------------------------
 
@@ -265,8 +340,15 @@ class MarketClient:
             raise MarketReplyError(f"market request order {order_hash} is not signed by its requester")
         if not 0 <= remaining <= order.volume:
             raise MarketReplyError(f"market {cls.__name__} {order_hash} has an impossible remaining volume")
-        return MarketOrder(order_hash=order_hash.lower(), chain_id=chain_id, publication_timestamp=published,
-                           signer=signer, status=status, remaining=remaining, order=order)
+        return MarketOrder(
+            order_hash=order_hash.lower(),
+            chain_id=chain_id,
+            publication_timestamp=published,
+            signer=signer,
+            status=status,
+            remaining=remaining,
+            order=order,
+        )
 
     async def _list(self, cls: type[OrderT], params: dict[str, Any], limit: int | None) -> list[MarketOrder[OrderT]]:
         path = "/" + _PATHS[cls]
@@ -285,43 +367,108 @@ class MarketClient:
 
     # -- order books ----------------------------------------------------------------------------------
 
-    async def app_orders(self, app: str, *, dataset: str | None = None, workerpool: str | None = None,
-                         requester: str | None = None, min_tag: Any = None, max_tag: Any = None,
-                         min_volume: int | None = None, strict: bool = False,
-                         limit: int | None = None) -> list[MarketOrder[AppOrder]]:
+    async def app_orders(
+        self,
+        app: str,
+        *,
+        dataset: str | None = None,
+        workerpool: str | None = None,
+        requester: str | None = None,
+        min_tag: Any = None,
+        max_tag: Any = None,
+        min_volume: int | None = None,
+        strict: bool = False,
+        limit: int | None = None,
+    ) -> list[MarketOrder[AppOrder]]:
         """Open app orders of `app` usable by the given dataset/workerpool/requester, cheapest first."""
-        return await self._list(AppOrder, {
-            "app": _addr(app), "dataset": _addr(dataset), "workerpool": _addr(workerpool),
-            "requester": _addr(requester), "minTag": _tag_hex(min_tag), "maxTag": _tag_hex(max_tag),
-            "minVolume": min_volume, "isDatasetStrict": strict, "isWorkerpoolStrict": strict,
-            "isRequesterStrict": strict}, limit)
+        return await self._list(
+            AppOrder,
+            {
+                "app": _addr(app),
+                "dataset": _addr(dataset),
+                "workerpool": _addr(workerpool),
+                "requester": _addr(requester),
+                "minTag": _tag_hex(min_tag),
+                "maxTag": _tag_hex(max_tag),
+                "minVolume": min_volume,
+                "isDatasetStrict": strict,
+                "isWorkerpoolStrict": strict,
+                "isRequesterStrict": strict,
+            },
+            limit,
+        )
 
-    async def dataset_orders(self, dataset: str, *, app: str | None = None, workerpool: str | None = None,
-                             requester: str | None = None, min_tag: Any = None, max_tag: Any = None,
-                             limit: int | None = None) -> list[MarketOrder[DatasetOrder]]:
+    async def dataset_orders(
+        self,
+        dataset: str,
+        *,
+        app: str | None = None,
+        workerpool: str | None = None,
+        requester: str | None = None,
+        min_tag: Any = None,
+        max_tag: Any = None,
+        limit: int | None = None,
+    ) -> list[MarketOrder[DatasetOrder]]:
         """Open dataset orders of `dataset`, cheapest first."""
-        return await self._list(DatasetOrder, {
-            "dataset": _addr(dataset), "app": _addr(app), "workerpool": _addr(workerpool),
-            "requester": _addr(requester), "minTag": _tag_hex(min_tag), "maxTag": _tag_hex(max_tag)}, limit)
+        return await self._list(
+            DatasetOrder,
+            {
+                "dataset": _addr(dataset),
+                "app": _addr(app),
+                "workerpool": _addr(workerpool),
+                "requester": _addr(requester),
+                "minTag": _tag_hex(min_tag),
+                "maxTag": _tag_hex(max_tag),
+            },
+            limit,
+        )
 
-    async def workerpool_orders(self, *, category: int | None = None, workerpool: str | None = None,
-                                app: str | None = None, dataset: str | None = None,
-                                requester: str | None = None, min_tag: Any = None, max_tag: Any = None,
-                                min_trust: int | None = None, min_volume: int | None = None,
-                                limit: int | None = None) -> list[MarketOrder[WorkerpoolOrder]]:
+    async def workerpool_orders(
+        self,
+        *,
+        category: int | None = None,
+        workerpool: str | None = None,
+        app: str | None = None,
+        dataset: str | None = None,
+        requester: str | None = None,
+        min_tag: Any = None,
+        max_tag: Any = None,
+        min_trust: int | None = None,
+        min_volume: int | None = None,
+        limit: int | None = None,
+    ) -> list[MarketOrder[WorkerpoolOrder]]:
         """Open workerpool orders matching the filters, cheapest first."""
-        return await self._list(WorkerpoolOrder, {
-            "category": category, "workerpool": _addr(workerpool), "app": _addr(app),
-            "dataset": _addr(dataset), "requester": _addr(requester), "minTag": _tag_hex(min_tag),
-            "maxTag": _tag_hex(max_tag), "minTrust": min_trust, "minVolume": min_volume}, limit)
+        return await self._list(
+            WorkerpoolOrder,
+            {
+                "category": category,
+                "workerpool": _addr(workerpool),
+                "app": _addr(app),
+                "dataset": _addr(dataset),
+                "requester": _addr(requester),
+                "minTag": _tag_hex(min_tag),
+                "maxTag": _tag_hex(max_tag),
+                "minTrust": min_trust,
+                "minVolume": min_volume,
+            },
+            limit,
+        )
 
-    async def request_orders(self, *, app: str | None = None, requester: str | None = None,
-                             category: int | None = None, workerpool: str | None = None,
-                             limit: int | None = None) -> list[MarketOrder[RequestOrder]]:
+    async def request_orders(
+        self,
+        *,
+        app: str | None = None,
+        requester: str | None = None,
+        category: int | None = None,
+        workerpool: str | None = None,
+        limit: int | None = None,
+    ) -> list[MarketOrder[RequestOrder]]:
         """Open request orders, highest workerpool price first."""
-        return await self._list(RequestOrder, {
-            "app": _addr(app), "requester": _addr(requester), "category": category,
-            "workerpool": _addr(workerpool)}, limit)
+        return await self._list(
+            RequestOrder,
+            {"app": _addr(app), "requester": _addr(requester), "category": category, "workerpool": _addr(workerpool)},
+            limit,
+        )
 
     async def _get(self, cls: type[OrderT], order_hash: str) -> MarketOrder[OrderT] | None:
         if not _HASH.fullmatch(order_hash):
@@ -366,8 +513,9 @@ class MarketClient:
         auth = await self._authorization(account)
         order_hash = "0x" + signed.hash(self.domain).hex()
         try:
-            data = await self._call("POST", "/" + _PATHS[cls], body={"order": signed.to_market_json()},
-                                    headers={"authorization": auth})
+            data = await self._call(
+                "POST", "/" + _PATHS[cls], body={"order": signed.to_market_json()}, headers={"authorization": auth}
+            )
         except MarketReplyError as exc:
             if "already published" not in str(exc):
                 raise
@@ -389,8 +537,7 @@ class MarketClient:
         """Publish a signed dataset order; `account` is the dataset owner."""
         return await self._publish(signed, account)
 
-    async def publish_workerpool_order(self, signed: WorkerpoolOrder,
-                                       account: Any) -> MarketOrder[WorkerpoolOrder]:
+    async def publish_workerpool_order(self, signed: WorkerpoolOrder, account: Any) -> MarketOrder[WorkerpoolOrder]:
         """Publish a signed workerpool order; `account` is the workerpool owner."""
         return await self._publish(signed, account)
 
@@ -401,9 +548,12 @@ class MarketClient:
     async def unpublish(self, cls: type[OrderT], order_hash: str, account: Any) -> list[str]:
         """Withdraw one published order of type `cls`; returns the hashes the market unpublished."""
         auth = await self._authorization(account)
-        data = await self._call("PUT", "/" + _PATHS[cls], body={"target": "unpublish_orderHash",
-                                                               "orderHash": order_hash},
-                                headers={"authorization": auth})
+        data = await self._call(
+            "PUT",
+            "/" + _PATHS[cls],
+            body={"target": "unpublish_orderHash", "orderHash": order_hash},
+            headers={"authorization": auth},
+        )
         done = data.get("unpublished")
         if not isinstance(done, list):
             raise MarketReplyError("market reply to unpublish lacks `unpublished`")
@@ -415,8 +565,10 @@ class MarketClient:
         """The protocol's categories as the market lists them."""
         data = await self._call("GET", "/categories", {"pageIndex": 0, "pageSize": 1000})
         try:
-            return [Category(int(c["catid"]), str(c["name"]), str(c["description"]),
-                             int(c["workClockTimeRef"])) for c in data["categories"]]
+            return [
+                Category(int(c["catid"]), str(c["name"]), str(c["description"]), int(c["workClockTimeRef"]))
+                for c in data["categories"]
+            ]
         except (KeyError, TypeError, ValueError):
             raise MarketReplyError("market categories have a wrong shape") from None
 

@@ -4,6 +4,7 @@ Each preset is a frozen value; every field can be overridden by the bot's settin
 (arbitrum) moves real money: `resolve_network` refuses it unless the caller passes `allow_mainnet=True`.
 This module must never read the environment itself: the caller decides.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -100,11 +101,7 @@ def resolve_network(name: str, *, allow_mainnet: bool = False, **overrides: Any)
     try:
         preset = PRESETS[name]
     except KeyError:
-        raise NetworkError(
-            f"unknown network {name!r}; choose one of: {', '.join(PRESETS)}"
-        ) from None
+        raise NetworkError(f"unknown network {name!r}; choose one of: {', '.join(PRESETS)}") from None
     if preset.real_money and not allow_mainnet:
-        raise NetworkError(
-            f"network {name!r} spends real RLC from a hot wallet; set ALLOW_MAINNET=true to accept that"
-        )
+        raise NetworkError(f"network {name!r} spends real RLC from a hot wallet; set ALLOW_MAINNET=true to accept that")
     return preset.with_overrides(**overrides)

@@ -10,6 +10,7 @@ Hashes are computed here (typeHash, struct hash, 0x1901 prefix) exactly as `Iexe
 check them against eth-account's `encode_typed_data`, the hub's `OrdersMatched` event and the JS SDK.
 This module never logs and never keeps a private key: `sign()` uses the key for one call only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -110,8 +111,7 @@ class Domain:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chain_id", _uint("chain_id", self.chain_id))
-        object.__setattr__(self, "verifying_contract",
-                           _address("verifying_contract", self.verifying_contract))
+        object.__setattr__(self, "verifying_contract", _address("verifying_contract", self.verifying_contract))
         for attr in ("name", "version"):
             if not isinstance(getattr(self, attr), str):
                 raise OrderError(attr, "must be a string")
@@ -123,8 +123,12 @@ class Domain:
 
     def to_typed_data(self) -> dict[str, Any]:
         """The domain as an EIP-712 JSON object (for eth-account and wallets)."""
-        return {"name": self.name, "version": self.version, "chainId": self.chain_id,
-                "verifyingContract": self.verifying_contract}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "chainId": self.chain_id,
+            "verifyingContract": self.verifying_contract,
+        }
 
 
 _DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
@@ -133,9 +137,12 @@ _DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address 
 @lru_cache(maxsize=64)
 def _domain_separator(domain: Domain) -> bytes:
     return keccak(
-        keccak(text=_DOMAIN_TYPE) + keccak(text=domain.name) + keccak(text=domain.version)
+        keccak(text=_DOMAIN_TYPE)
+        + keccak(text=domain.name)
+        + keccak(text=domain.version)
         + domain.chain_id.to_bytes(32, "big")
-        + bytes(12) + bytes.fromhex(domain.verifying_contract[2:])
+        + bytes(12)
+        + bytes.fromhex(domain.verifying_contract[2:])
     )
 
 
@@ -218,9 +225,12 @@ class _Order:
         """The full EIP-712 message (for eth-account's `encode_typed_data(full_message=...)`)."""
         return {
             "types": {
-                "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                                 {"name": "chainId", "type": "uint256"},
-                                 {"name": "verifyingContract", "type": "address"}],
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
                 self.TYPE_NAME: [{"name": n, "type": t} for n, t in self.FIELDS],
             },
             "primaryType": self.TYPE_NAME,
@@ -331,9 +341,15 @@ class AppOrder(_Order):
 
     TYPE_NAME: ClassVar[str] = "AppOrder"
     FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("app", "address"), ("appprice", "uint256"), ("volume", "uint256"), ("tag", "bytes32"),
-        ("datasetrestrict", "address"), ("workerpoolrestrict", "address"),
-        ("requesterrestrict", "address"), ("salt", "bytes32"))
+        ("app", "address"),
+        ("appprice", "uint256"),
+        ("volume", "uint256"),
+        ("tag", "bytes32"),
+        ("datasetrestrict", "address"),
+        ("workerpoolrestrict", "address"),
+        ("requesterrestrict", "address"),
+        ("salt", "bytes32"),
+    )
     app: str
     appprice: int
     volume: int
@@ -351,9 +367,15 @@ class DatasetOrder(_Order):
 
     TYPE_NAME: ClassVar[str] = "DatasetOrder"
     FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("dataset", "address"), ("datasetprice", "uint256"), ("volume", "uint256"), ("tag", "bytes32"),
-        ("apprestrict", "address"), ("workerpoolrestrict", "address"),
-        ("requesterrestrict", "address"), ("salt", "bytes32"))
+        ("dataset", "address"),
+        ("datasetprice", "uint256"),
+        ("volume", "uint256"),
+        ("tag", "bytes32"),
+        ("apprestrict", "address"),
+        ("workerpoolrestrict", "address"),
+        ("requesterrestrict", "address"),
+        ("salt", "bytes32"),
+    )
     dataset: str
     datasetprice: int
     volume: int
@@ -371,9 +393,17 @@ class WorkerpoolOrder(_Order):
 
     TYPE_NAME: ClassVar[str] = "WorkerpoolOrder"
     FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("workerpool", "address"), ("workerpoolprice", "uint256"), ("volume", "uint256"),
-        ("tag", "bytes32"), ("category", "uint256"), ("trust", "uint256"), ("apprestrict", "address"),
-        ("datasetrestrict", "address"), ("requesterrestrict", "address"), ("salt", "bytes32"))
+        ("workerpool", "address"),
+        ("workerpoolprice", "uint256"),
+        ("volume", "uint256"),
+        ("tag", "bytes32"),
+        ("category", "uint256"),
+        ("trust", "uint256"),
+        ("apprestrict", "address"),
+        ("datasetrestrict", "address"),
+        ("requesterrestrict", "address"),
+        ("salt", "bytes32"),
+    )
     workerpool: str
     workerpoolprice: int
     volume: int
@@ -393,11 +423,22 @@ class RequestOrder(_Order):
 
     TYPE_NAME: ClassVar[str] = "RequestOrder"
     FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("app", "address"), ("appmaxprice", "uint256"), ("dataset", "address"),
-        ("datasetmaxprice", "uint256"), ("workerpool", "address"), ("workerpoolmaxprice", "uint256"),
-        ("requester", "address"), ("volume", "uint256"), ("tag", "bytes32"), ("category", "uint256"),
-        ("trust", "uint256"), ("beneficiary", "address"), ("callback", "address"), ("params", "string"),
-        ("salt", "bytes32"))
+        ("app", "address"),
+        ("appmaxprice", "uint256"),
+        ("dataset", "address"),
+        ("datasetmaxprice", "uint256"),
+        ("workerpool", "address"),
+        ("workerpoolmaxprice", "uint256"),
+        ("requester", "address"),
+        ("volume", "uint256"),
+        ("tag", "bytes32"),
+        ("category", "uint256"),
+        ("trust", "uint256"),
+        ("beneficiary", "address"),
+        ("callback", "address"),
+        ("params", "string"),
+        ("salt", "bytes32"),
+    )
     app: str
     appmaxprice: int
     dataset: str
@@ -419,8 +460,16 @@ class RequestOrder(_Order):
 AnyOrder = AppOrder | DatasetOrder | WorkerpoolOrder | RequestOrder
 
 NULL_DATASET_ORDER = DatasetOrder(
-    dataset=ZERO_ADDRESS, datasetprice=0, volume=0, tag=ZERO_BYTES32, apprestrict=ZERO_ADDRESS,
-    workerpoolrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS, salt=ZERO_BYTES32, sign=b"")
+    dataset=ZERO_ADDRESS,
+    datasetprice=0,
+    volume=0,
+    tag=ZERO_BYTES32,
+    apprestrict=ZERO_ADDRESS,
+    workerpoolrestrict=ZERO_ADDRESS,
+    requesterrestrict=ZERO_ADDRESS,
+    salt=ZERO_BYTES32,
+    sign=b"",
+)
 """The all-zero dataset order (with an empty signature) that `matchOrders` takes when no dataset is used."""
 
 
@@ -457,8 +506,14 @@ def tags_compatible(workerpool_tag: Any, *required: Any) -> bool:
 
 # ----------------------------------------------------------------------------------------------- builders
 
-PARAM_KEYS = ("iexec_args", "iexec_input_files", "iexec_result_storage_provider",
-              "iexec_result_encryption", "iexec_secrets", "bulk_cid")
+PARAM_KEYS = (
+    "iexec_args",
+    "iexec_input_files",
+    "iexec_result_storage_provider",
+    "iexec_result_encryption",
+    "iexec_secrets",
+    "bulk_cid",
+)
 STORAGE_PROVIDERS = ("ipfs", "dropbox")
 
 
@@ -511,24 +566,28 @@ def build_params(*, tee: bool | None = None, **kwargs: Any) -> str:
     if provider not in STORAGE_PROVIDERS:
         raise ParamsError("iexec_result_storage_provider", f"must be one of {STORAGE_PROVIDERS}")
     if provider != "ipfs" and tee is False:
-        raise ParamsError("iexec_result_storage_provider",
-                          f"{provider!r} is only for TEE tasks (the request tag has no TEE bit); use 'ipfs'")
+        raise ParamsError(
+            "iexec_result_storage_provider",
+            f"{provider!r} is only for TEE tasks (the request tag has no TEE bit); use 'ipfs'",
+        )
     out["iexec_result_storage_provider"] = provider
     encryption = kwargs.get("iexec_result_encryption")
     if encryption is not None:
         if not isinstance(encryption, bool):
             raise ParamsError("iexec_result_encryption", "must be true or false")
         if encryption and tee is False:
-            raise ParamsError("iexec_result_encryption",
-                              "only a TEE task encrypts its result (the request tag has no TEE bit)")
+            raise ParamsError(
+                "iexec_result_encryption", "only a TEE task encrypts its result (the request tag has no TEE bit)"
+            )
         out["iexec_result_encryption"] = encryption
     secrets = kwargs.get("iexec_secrets")
     if secrets is not None:
         if not isinstance(secrets, Mapping):
             raise ParamsError("iexec_secrets", "must map positive ints to secret names")
         if tee is False:
-            raise ParamsError("iexec_secrets",
-                              "requester secrets are only for TEE tasks (the request tag has no TEE bit)")
+            raise ParamsError(
+                "iexec_secrets", "requester secrets are only for TEE tasks (the request tag has no TEE bit)"
+            )
         indexed: dict[int, str] = {}
         for k, v in secrets.items():
             n = _secret_index(k)
@@ -562,10 +621,18 @@ def _params_from(values: Mapping[str, Any], tee: bool) -> str:
     return build_params(tee=tee, **values)
 
 
-def build_request_order(app: str, requester: str, category: int, appmaxprice: int,
-                        workerpoolmaxprice: int, params: str | Mapping[str, Any],
-                        job_id: str | int | bytes, tag: Any = 0, trust: int = 0,
-                        datasetmaxprice: int = 0) -> RequestOrder:
+def build_request_order(
+    app: str,
+    requester: str,
+    category: int,
+    appmaxprice: int,
+    workerpoolmaxprice: int,
+    params: str | Mapping[str, Any],
+    job_id: str | int | bytes,
+    tag: Any = 0,
+    trust: int = 0,
+    datasetmaxprice: int = 0,
+) -> RequestOrder:
     """The bot's request order for one job: workerpool open (0x0), no dataset, volume 1, beneficiary =
     requester, no callback, salt = keccak(job id). The same arguments always give the same order (and
     hash), so a job can never be ordered twice. `params` as a mapping is checked by `build_params`;
@@ -586,14 +653,42 @@ def build_request_order(app: str, requester: str, category: int, appmaxprice: in
     else:
         raise ParamsError("params", "must be a JSON string or a mapping")
     return RequestOrder(
-        app=app, appmaxprice=appmaxprice, dataset=ZERO_ADDRESS, datasetmaxprice=datasetmaxprice,
-        workerpool=ZERO_ADDRESS, workerpoolmaxprice=workerpoolmaxprice, requester=requester, volume=1,
-        tag=tag, category=category, trust=trust, beneficiary=requester, callback=ZERO_ADDRESS,
-        params=params, salt=salt_for(job_id))
+        app=app,
+        appmaxprice=appmaxprice,
+        dataset=ZERO_ADDRESS,
+        datasetmaxprice=datasetmaxprice,
+        workerpool=ZERO_ADDRESS,
+        workerpoolmaxprice=workerpoolmaxprice,
+        requester=requester,
+        volume=1,
+        tag=tag,
+        category=category,
+        trust=trust,
+        beneficiary=requester,
+        callback=ZERO_ADDRESS,
+        params=params,
+        salt=salt_for(job_id),
+    )
 
 
 __all__ = [
-    "UINT256_MAX", "ZERO_ADDRESS", "ZERO_BYTES32", "Domain", "AppOrder", "DatasetOrder", "WorkerpoolOrder",
-    "RequestOrder", "AnyOrder", "NULL_DATASET_ORDER", "Tag", "tag_from_bits", "tag_to_int",
-    "tags_compatible", "PARAM_KEYS", "build_params", "build_request_order", "salt_for", "recover_signer",
+    "UINT256_MAX",
+    "ZERO_ADDRESS",
+    "ZERO_BYTES32",
+    "Domain",
+    "AppOrder",
+    "DatasetOrder",
+    "WorkerpoolOrder",
+    "RequestOrder",
+    "AnyOrder",
+    "NULL_DATASET_ORDER",
+    "Tag",
+    "tag_from_bits",
+    "tag_to_int",
+    "tags_compatible",
+    "PARAM_KEYS",
+    "build_params",
+    "build_request_order",
+    "salt_for",
+    "recover_signer",
 ]

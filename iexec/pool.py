@@ -10,6 +10,7 @@ authorizationSign = personal_sign by the scheduler of keccak(worker ‖ taskid �
 personal_sign by the enclave of keccak(resultHash ‖ resultSeal). It never holds keys longer than the
 accounts the caller passes, and never logs them.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,9 +42,17 @@ def eth_signed(account: Any, packed: bytes) -> bytes:
 class WorkerpoolClient:
     """A workerpool's scheduler (its owner) and one worker, acting on a hub through their own senders."""
 
-    def __init__(self, w3: AsyncWeb3, hub: str, *, scheduler: Any, worker: Any | None = None,
-                 enclave: Any | None = None, persist: Persist | None = None,
-                 sender_config: SenderConfig | None = None) -> None:
+    def __init__(
+        self,
+        w3: AsyncWeb3,
+        hub: str,
+        *,
+        scheduler: Any,
+        worker: Any | None = None,
+        enclave: Any | None = None,
+        persist: Persist | None = None,
+        sender_config: SenderConfig | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.worker = worker or scheduler
         self.enclave = enclave
@@ -52,8 +61,9 @@ class WorkerpoolClient:
         if self.worker is scheduler:
             self.worker_hub = self.scheduler_hub
         else:
-            self.worker_hub = Hub(None, hub, w3=w3,
-                                  sender=TxSender(w3, self.worker, persist=persist, config=sender_config))
+            self.worker_hub = Hub(
+                None, hub, w3=w3, sender=TxSender(w3, self.worker, persist=persist, config=sender_config)
+            )
 
     def authorization(self, task_id: bytes, enclave: str = ZERO_ADDRESS) -> bytes:
         """The scheduler's authorization for this client's worker to contribute to `task_id`."""
@@ -78,8 +88,13 @@ class WorkerpoolClient:
         task instead of the client's own enclave (a real enclave's per-task challenge key)."""
         enclave, enclave_sign = self._enclave_args(task_id, digest, enclave)
         fn = self.worker_hub.contract.functions.contribute(
-            bytes(task_id), result_hash(task_id, digest), result_seal(self.worker.address, task_id, digest),
-            enclave, enclave_sign, self.authorization(task_id, enclave))
+            bytes(task_id),
+            result_hash(task_id, digest),
+            result_seal(self.worker.address, task_id, digest),
+            enclave,
+            enclave_sign,
+            self.authorization(task_id, enclave),
+        )
         return await self.worker_hub.transact(fn, "contribute")
 
     async def reveal(self, task_id: bytes, digest: bytes) -> Any:
@@ -89,19 +104,31 @@ class WorkerpoolClient:
 
     async def finalize(self, task_id: bytes, results: bytes, results_callback: bytes = b"") -> Any:
         """The scheduler finalizes with the results (what TaskFinalize carries)."""
-        fn = self.scheduler_hub.contract.functions.finalize(bytes(task_id), bytes(results),
-                                                            bytes(results_callback))
+        fn = self.scheduler_hub.contract.functions.finalize(bytes(task_id), bytes(results), bytes(results_callback))
         return await self.scheduler_hub.transact(fn, "finalize")
 
-    async def contribute_and_finalize(self, task_id: bytes, results: bytes, digest: bytes | None = None,
-                                      results_callback: bytes = b"", *, enclave: Any | None = None) -> Any:
+    async def contribute_and_finalize(
+        self,
+        task_id: bytes,
+        results: bytes,
+        digest: bytes | None = None,
+        results_callback: bytes = b"",
+        *,
+        enclave: Any | None = None,
+    ) -> Any:
         """One-shot completion for trust-1 deals: contribution, consensus, reveal and finalize at once.
         `digest` defaults to keccak(results); `enclave` as for contribute()."""
         digest = digest if digest is not None else keccak(bytes(results))
         enclave, enclave_sign = self._enclave_args(task_id, digest, enclave)
         fn = self.worker_hub.contract.functions.contributeAndFinalize(
-            bytes(task_id), bytes(digest), bytes(results), bytes(results_callback), enclave, enclave_sign,
-            self.authorization(task_id, enclave))
+            bytes(task_id),
+            bytes(digest),
+            bytes(results),
+            bytes(results_callback),
+            enclave,
+            enclave_sign,
+            self.authorization(task_id, enclave),
+        )
         return await self.worker_hub.transact(fn, "contributeAndFinalize")
 
     async def complete(self, deal_id: bytes, idx: int, results: bytes) -> bytes:

@@ -14,6 +14,7 @@ expansion bombs, counting the bytes it actually writes rather than what the zip 
 This module must never follow a symlink out of its folder, never write outside `dest`, and never send a
 request anywhere but the gateways it is given.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,17 @@ from iexec.tee import ResultKey, decrypt_if_encrypted
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ResultLocation", "ResultLimits", "TaskResult", "decode_results", "download_result", "safe_unzip",
-    "read_result", "fetch_result", "ResultError", "ResultLocationError", "ResultDownloadError",
+    "ResultLocation",
+    "ResultLimits",
+    "TaskResult",
+    "decode_results",
+    "download_result",
+    "safe_unzip",
+    "read_result",
+    "fetch_result",
+    "ResultError",
+    "ResultLocationError",
+    "ResultDownloadError",
     "UnsafeArchive",
 ]
 
@@ -158,8 +168,9 @@ class _TooLarge(Exception):
 async def _fetch_once(session: aiohttp.ClientSession, url: str, max_bytes: int, timeout: float) -> bytes:
     """One GET; raises _TooLarge, aiohttp errors, or ValueError('status N')."""
     client_timeout = aiohttp.ClientTimeout(total=timeout)
-    async with session.get(url, headers={"Accept": "application/zip"}, timeout=client_timeout,
-                           allow_redirects=False) as resp:
+    async with session.get(
+        url, headers={"Accept": "application/zip"}, timeout=client_timeout, allow_redirects=False
+    ) as resp:
         if resp.status != 200:
             raise ValueError(f"status {resp.status}")
         if resp.content_length is not None and resp.content_length > max_bytes:
@@ -172,9 +183,16 @@ async def _fetch_once(session: aiohttp.ClientSession, url: str, max_bytes: int, 
         return bytes(buf)
 
 
-async def download_result(location: ResultLocation | str, gateways: list[str], *, max_bytes: int = 50 << 20,
-                          session: aiohttp.ClientSession | None = None, timeout: float = 30.0,
-                          rounds: int = 3, backoff: float = 0.5) -> bytes:
+async def download_result(
+    location: ResultLocation | str,
+    gateways: list[str],
+    *,
+    max_bytes: int = 50 << 20,
+    session: aiohttp.ClientSession | None = None,
+    timeout: float = 30.0,
+    rounds: int = 3,
+    backoff: float = 0.5,
+) -> bytes:
     """Download the archive at `location`, trying each gateway in turn, for up to `rounds` rounds.
 
     A 404, a 5xx, a timeout or a connection error moves on to the next gateway; a round that failed
@@ -213,11 +231,11 @@ async def download_result(location: ResultLocation | str, gateways: list[str], *
         return ResultDownloadError(f"no gateway delivered {loc}: " + "; ".join(failures[-6:]))
 
     # a round that failed everywhere waits `backoff`, then twice as long each time (no wait after the last)
-    policy = RetryPolicy(base_delay_s=backoff, max_delay_s=backoff * 2 ** max(0, rounds - 2), deadline_s=None,
-                         attempts=max(1, rounds))
+    policy = RetryPolicy(
+        base_delay_s=backoff, max_delay_s=backoff * 2 ** max(0, rounds - 2), deadline_s=None, attempts=max(1, rounds)
+    )
     try:
-        return await retry_async(one_round, policy, retry_on=lambda exc: isinstance(exc, _RoundFailed),
-                                 give_up=give_up)
+        return await retry_async(one_round, policy, retry_on=lambda exc: isinstance(exc, _RoundFailed), give_up=give_up)
     finally:
         if own:
             await http.close()
@@ -246,8 +264,9 @@ def _check_entry(info: zipfile.ZipInfo) -> PurePosixPath:
     return path
 
 
-def _extract_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int,
-                   max_ratio: int, zip_size: int) -> int:
+def _extract_entry(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int, max_ratio: int, zip_size: int
+) -> int:
     """Stream one entry to `target`; returns the bytes written. Raises UnsafeArchive past the caps."""
     written = 0
     # The ratio is judged on what comes out, against the compressed size (never below 4 KiB, so that
@@ -265,8 +284,9 @@ def _extract_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, bud
     return written
 
 
-def safe_unzip(zip_bytes: bytes, dest: Path | str, *, max_total: int = 200 << 20, max_ratio: int = 200,
-               max_files: int = 64) -> list[Path]:
+def safe_unzip(
+    zip_bytes: bytes, dest: Path | str, *, max_total: int = 200 << 20, max_ratio: int = 200, max_files: int = 64
+) -> list[Path]:
     """Unpack `zip_bytes` into `dest` (created; must be empty) and return the files written.
 
     Refuses absolute paths, `..`, backslashes, symlinks and special files, encrypted entries, duplicate
@@ -308,8 +328,7 @@ def safe_unzip(zip_bytes: bytes, dest: Path | str, *, max_total: int = 200 << 20
                     raise UnsafeArchive(f"archive entry collides with another: {info.filename[:80]!r}")
                 total += _extract_entry(zf, info, target, cap - total, max_ratio, len(zip_bytes))
                 written_files.append(target)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, EOFError,
-            OSError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, EOFError, OSError) as exc:
         _empty(dest)
         raise UnsafeArchive(f"result archive is corrupt or unsupported: {exc}") from None
     except UnsafeArchive:
@@ -375,8 +394,7 @@ def read_result(folder: Path | str) -> TaskResult:
     stderr = _read_text(folder / "stderr.txt") or _read_text(root / "stderr.txt")
 
     def failed(message: str, computed: dict[str, Any] | None = None) -> TaskResult:
-        return TaskResult(ok=False, computed=computed or {}, error_message=message[:2000],
-                          stdout=stdout, stderr=stderr)
+        return TaskResult(ok=False, computed=computed or {}, error_message=message[:2000], stdout=stdout, stderr=stderr)
 
     for candidate in (folder / "error.txt", root / "error.txt"):
         if candidate.is_file():
@@ -398,10 +416,15 @@ def read_result(folder: Path | str) -> TaskResult:
     return TaskResult(ok=True, computed=computed, deterministic_output=output, stdout=stdout, stderr=stderr)
 
 
-async def fetch_result(results: bytes | str, gateways: list[str], dest: Path | str, *,
-                       limits: ResultLimits = ResultLimits(),
-                       session: aiohttp.ClientSession | None = None,
-                       result_key: ResultKey | None = None) -> TaskResult:
+async def fetch_result(
+    results: bytes | str,
+    gateways: list[str],
+    dest: Path | str,
+    *,
+    limits: ResultLimits = ResultLimits(),
+    session: aiohttp.ClientSession | None = None,
+    result_key: ResultKey | None = None,
+) -> TaskResult:
     """Decode, download, unpack and read a task's result in one call.
 
     An encrypted result (a TEE task with `iexec_result_encryption`: aes-key.rsa + iexec_out.zip.aes) is
@@ -413,6 +436,5 @@ async def fetch_result(results: bytes | str, gateways: list[str], dest: Path | s
     location = decode_results(results)
     body = await download_result(location, gateways, max_bytes=limits.max_download, session=session)
     body = decrypt_if_encrypted(body, result_key, max_size=limits.max_total)
-    safe_unzip(body, dest, max_total=limits.max_total, max_ratio=limits.max_ratio,
-               max_files=limits.max_files)
+    safe_unzip(body, dest, max_total=limits.max_total, max_ratio=limits.max_ratio, max_files=limits.max_files)
     return read_result(dest)

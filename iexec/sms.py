@@ -18,6 +18,7 @@ common/utils/api-utils.js) and the SMS answers it (iexec-sms `AppComputeSecretCo
 This client checks names and sizes before sending, never logs a value or a signature, and raises SmsError
 (with `.status`, None when the SMS did not answer) for everything that is not success.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,15 +44,20 @@ MAX_SECRET_BYTES = 4096
 
 def sms_challenge(owner: str, name: str, value: str) -> bytes:
     """The 32 bytes an owner signs (personal_sign) to set secret `name` to `value`."""
-    return keccak(_DOMAIN_HASH + bytes.fromhex(to_checksum_address(owner)[2:])
-                  + keccak(name.encode("utf-8")) + keccak(value.encode("utf-8")))
+    return keccak(
+        _DOMAIN_HASH
+        + bytes.fromhex(to_checksum_address(owner)[2:])
+        + keccak(name.encode("utf-8"))
+        + keccak(value.encode("utf-8"))
+    )
 
 
 def check_secret_name(name: str) -> str:
     """`name` when the SMS accepts it (1..64 of [0-9A-Za-z_-]); SmsError (status None) otherwise."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise SmsError(f"secret name {str(name)[:80]!r} is invalid: use 1 to 64 characters of "
-                       "letters, digits, '-' and '_'")
+        raise SmsError(
+            f"secret name {str(name)[:80]!r} is invalid: use 1 to 64 characters of letters, digits, '-' and '_'"
+        )
     return name
 
 
@@ -73,8 +79,7 @@ def _address(address: str) -> str:
 class SmsClient:
     """Async client of one SMS at `url` (e.g. https://sms.arbitrum-sepolia-testnet.iex.ec)."""
 
-    def __init__(self, url: str, *, session: aiohttp.ClientSession | None = None,
-                 timeout: float = 15.0) -> None:
+    def __init__(self, url: str, *, session: aiohttp.ClientSession | None = None, timeout: float = 15.0) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise SmsError(f"SMS url must be http(s): {str(url)[:80]!r}")
         self.url = url.rstrip("/")
@@ -102,23 +107,22 @@ class SmsClient:
 
     @staticmethod
     def _web2_path(owner: str, name: str) -> str:
-        return (f"/secrets/web2?ownerAddress={quote(owner, safe='')}"
-                f"&secretName={quote(name, safe='')}")
+        return f"/secrets/web2?ownerAddress={quote(owner, safe='')}&secretName={quote(name, safe='')}"
 
     @staticmethod
     def _requester_path(address: str, name: str) -> str:
         return f"/requesters/{address}/secrets/{quote(name, safe='')}"
 
-    async def _request(self, method: str, path: str, *, body: bytes | None = None,
-                       auth: str | None = None) -> int:
+    async def _request(self, method: str, path: str, *, body: bytes | None = None, auth: str | None = None) -> int:
         headers = {}
         if body is not None:
             headers["Content-Type"] = "text/plain"
         if auth is not None:
             headers["Authorization"] = auth
         try:
-            async with self._get_session().request(method, self.url + path, data=body, headers=headers,
-                                                   timeout=self._timeout, allow_redirects=False) as resp:
+            async with self._get_session().request(
+                method, self.url + path, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as resp:
                 await resp.read()
                 return resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -132,18 +136,18 @@ class SmsClient:
             return False
         raise SmsError(f"the SMS answered {status} when asked whether {what} exists", status)
 
-    async def _push(self, method: str, path: str, account: Any, owner: str, name: str, value: str,
-                    kind: str) -> None:
+    async def _push(self, method: str, path: str, account: Any, owner: str, name: str, value: str, kind: str) -> None:
         raw = _check_value(value)
-        auth = "0x" + bytes(account.sign_message(
-            encode_defunct(primitive=sms_challenge(owner, name, value))).signature).hex()
+        auth = (
+            "0x"
+            + bytes(account.sign_message(encode_defunct(primitive=sms_challenge(owner, name, value))).signature).hex()
+        )
         status = await self._request(method, path, body=raw, auth=auth)
         log.info("event=sms_push kind=%s name=%s method=%s status=%s", kind, name, method, status)
         if 200 <= status < 300:
             return
         if status == 409:
-            raise SmsError(f"{kind} secret {name!r} already exists for {owner} and can't be created again",
-                           status)
+            raise SmsError(f"{kind} secret {name!r} already exists for {owner} and can't be created again", status)
         if status == 401:
             raise SmsError(f"the SMS refused the signature of {owner} for {kind} secret {name!r}", status)
         if status == 404 and method == "PUT":
@@ -175,8 +179,7 @@ class SmsClient:
     async def requester_secret_exists(self, address: str, name: str) -> bool:
         """Whether requester `address` has a secret called `name`."""
         address = _address(address)
-        return await self._exists(self._requester_path(address, check_secret_name(name)),
-                                  f"requester secret {name!r}")
+        return await self._exists(self._requester_path(address, check_secret_name(name)), f"requester secret {name!r}")
 
     async def push_requester_secret(self, account: Any, name: str, value: str) -> None:
         """Create the account's requester secret `name` (SmsError status 409 when it already exists:

@@ -25,6 +25,7 @@ Result encryption (`common/utils/result-utils.js`, `decryptResult`; keys from `c
 Every failure to decrypt raises DecryptionError (a TeeError and an UnsafeArchive) with a message saying what
 was wrong; no `cryptography` exception escapes. Nothing here logs or formats a key.
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,23 +46,34 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from iexec.errors import DecryptionError, ResultKeyMissing, TeeError
 
 __all__ = [
-    "RESULT_KEY_SECRET", "TeeError", "DecryptionError", "ResultKeyMissing", "new_dataset_key",
-    "dataset_key_secret", "encrypt_dataset", "decrypt_dataset", "ResultKey", "is_encrypted_result",
-    "ENC_KEY_FILE", "ENC_RESULT_FILE", "decrypt_if_encrypted",
+    "RESULT_KEY_SECRET",
+    "TeeError",
+    "DecryptionError",
+    "ResultKeyMissing",
+    "new_dataset_key",
+    "dataset_key_secret",
+    "encrypt_dataset",
+    "decrypt_dataset",
+    "ResultKey",
+    "is_encrypted_result",
+    "ENC_KEY_FILE",
+    "ENC_RESULT_FILE",
+    "decrypt_if_encrypted",
 ]
 
 #: Name of the beneficiary's web2 secret holding the result encryption public key (`secrets-utils.js`).
 RESULT_KEY_SECRET = "iexec-result-encryption-public-key"
 ENC_KEY_FILE = "aes-key.rsa"
 ENC_RESULT_FILE = "iexec_out.zip.aes"
-_ENC_KEY_MAX = 1000                      # the SDK's ENC_KEY_MAX_SIZE
-_ENC_RESULT_MAX = 1_000_000_000          # the SDK's ENC_RESULTS_MAX_SIZE (1 GB)
+_ENC_KEY_MAX = 1000  # the SDK's ENC_KEY_MAX_SIZE
+_ENC_RESULT_MAX = 1_000_000_000  # the SDK's ENC_RESULTS_MAX_SIZE (1 GB)
 _IV = 16
 _BLOCK = 16
 _DERIVE_DOMAIN = b"iexec.tee.ResultKey.derive_key/v1\x00"
 
 
 # ----------------------------------------------------------------------------------- dataset format
+
 
 def new_dataset_key() -> bytes:
     """A fresh AES-256 key: 32 random bytes."""
@@ -86,8 +98,9 @@ def _cbc_decrypt(body: bytes, key: bytes, iv: bytes, what: str) -> bytes:
     try:
         return unpadder.update(padded) + unpadder.finalize()
     except ValueError:
-        raise DecryptionError(f"{what} does not decrypt with this key (wrong key, damaged data, "
-                              "or a file that was never encrypted)") from None
+        raise DecryptionError(
+            f"{what} does not decrypt with this key (wrong key, damaged data, or a file that was never encrypted)"
+        ) from None
 
 
 def encrypt_dataset(data: bytes, key: bytes) -> bytes:
@@ -112,11 +125,13 @@ def decrypt_dataset(blob: bytes, key: bytes) -> bytes:
     blob = bytes(blob)
     if len(blob) < _IV + _BLOCK or (len(blob) - _IV) % _BLOCK:
         raise DecryptionError(
-            f"not an encrypted file ({len(blob)} bytes: expected a 16-byte IV and whole 16-byte blocks)")
+            f"not an encrypted file ({len(blob)} bytes: expected a 16-byte IV and whole 16-byte blocks)"
+        )
     return _cbc_decrypt(blob[_IV:], key, blob[:_IV], "the encrypted file")
 
 
 # --------------------------------------------------------------------------------------- result key
+
 
 def _zip_members(archive: bytes) -> dict[str, zipfile.ZipInfo] | None:
     try:
@@ -139,8 +154,15 @@ def _read_member(zf: zipfile.ZipFile, name: str, cap: int) -> bytes:
     try:
         with zf.open(info) as fh:
             data = fh.read(cap + 1)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, RuntimeError,
-            NotImplementedError) as exc:  # RuntimeError: a password-protected entry
+    except (
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        EOFError,
+        zlib.error,
+        RuntimeError,
+        NotImplementedError,
+    ) as exc:  # RuntimeError: a password-protected entry
         raise DecryptionError(f"{name} in the encrypted result cannot be read: {exc}") from None
     if len(data) > cap:
         raise DecryptionError(f"{name} in the encrypted result is too large (more than {cap} bytes)")
@@ -156,8 +178,9 @@ class ResultKey:
         if not isinstance(private_key, rsa.RSAPrivateKey):
             raise TeeError("a result key is an RSA private key")
         self._key = private_key
-        der = private_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption())
+        der = private_key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         self._derive_secret = hashlib.sha256(_DERIVE_DOMAIN + der).digest()
 
     def __repr__(self) -> str:
@@ -171,8 +194,9 @@ class ResultKey:
     @property
     def public_pem(self) -> bytes:
         """The public key as SPKI PEM ("-----BEGIN PUBLIC KEY-----"), newline-terminated like the CLI's file."""
-        return self._key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+        return self._key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     @property
     def sms_value(self) -> str:
@@ -183,8 +207,11 @@ class ResultKey:
         """The private key as password-encrypted PKCS#8 PEM (for the keystore folder)."""
         if not isinstance(password, (bytes, bytearray)) or not password:
             raise TeeError("a result key file needs a non-empty password")
-        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.BestAvailableEncryption(bytes(password)))
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(bytes(password)),
+        )
 
     @classmethod
     def from_encrypted_pem(cls, data: bytes, password: bytes) -> ResultKey:
@@ -235,8 +262,7 @@ class ResultKey:
             names = set(zf.namelist())
             missing = [n for n in (ENC_KEY_FILE, ENC_RESULT_FILE) if n not in names]
             if missing:
-                raise DecryptionError(
-                    f"the result is not encrypted (no {' / '.join(missing)} in the archive)")
+                raise DecryptionError(f"the result is not encrypted (no {' / '.join(missing)} in the archive)")
             enc_key = _read_member(zf, ENC_KEY_FILE, _ENC_KEY_MAX)
             enc_body = _read_member(zf, ENC_RESULT_FILE, min(max_size, _ENC_RESULT_MAX))
         aes_key = self._aes_key(enc_key)
@@ -258,11 +284,13 @@ class ResultKey:
             except ValueError:
                 raise DecryptionError(f"{ENC_RESULT_FILE} does not decrypt (damaged data)") from None
         else:
-            raise DecryptionError(f"{ENC_KEY_FILE} does not decrypt with this result key "
-                                  "(the task was encrypted for another key)")
+            raise DecryptionError(
+                f"{ENC_KEY_FILE} does not decrypt with this result key (the task was encrypted for another key)"
+            )
         if _zip_members(plain) is None:
-            raise DecryptionError(f"{ENC_RESULT_FILE} decrypted to something that is not a zip "
-                                  "(wrong key, or damaged data)")
+            raise DecryptionError(
+                f"{ENC_RESULT_FILE} decrypted to something that is not a zip (wrong key, or damaged data)"
+            )
         return plain
 
 

@@ -13,6 +13,7 @@ session opens on the first request and stays open until `close(w3)` (or `close_a
 does not hold every owner). This module must never log or put in an error a private key, a raw transaction
 or an RPC URL (they may carry API keys).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,11 +22,11 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 from eth_account.typed_transactions import TypedTransaction
-from eth_typing import ChecksumAddress
+from eth_typing import ChecksumAddress, HexStr
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
@@ -37,6 +38,7 @@ from web3.exceptions import (
     TransactionNotFound,
     Web3RPCError,
 )
+from web3.types import TxParams
 
 from iexec.errors import ChainUnavailable, FeeCapExceeded, TransactionError, TransactionReverted
 from iexec.retry import RetryPolicy, retry_async
@@ -46,8 +48,15 @@ T = TypeVar("T")
 Persist = Callable[[bytes, str, int, Mapping[str, Any]], Awaitable[None]]
 
 NETWORK_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, ConnectionError, OSError,
-    ProviderConnectionError, RequestTimedOut, TimeExhausted)
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    TimeoutError,
+    ConnectionError,
+    OSError,
+    ProviderConnectionError,
+    RequestTimedOut,
+    TimeExhausted,
+)
 
 
 # ----------------------------------------------------------------------------------------------- RPC
@@ -88,9 +97,12 @@ _OPEN: weakref.WeakSet[CountingHTTPProvider] = weakref.WeakSet()
 def connect(rpc_url: str, *, timeout_s: float = 10.0) -> AsyncWeb3:
     """An AsyncWeb3 on `rpc_url` with a per-request timeout and no hidden retries (see `with_retry`)."""
     provider = CountingHTTPProvider(
-        rpc_url, request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout_s)},
-        exception_retry_configuration=None, cache_allowed_requests=True,
-        cacheable_requests={"eth_chainId", "net_version"})  # never cache state that changes
+        rpc_url,
+        request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout_s)},
+        exception_retry_configuration=None,
+        cache_allowed_requests=True,
+        cacheable_requests={"eth_chainId", "net_version"},
+    )  # never cache state that changes
     _OPEN.add(provider)
     return AsyncWeb3(provider)
 
@@ -130,20 +142,22 @@ def is_network_error(exc: BaseException) -> bool:
     return isinstance(exc, NETWORK_ERRORS) and not isinstance(exc, Web3RPCError)
 
 
-async def with_retry(op: Callable[[], Awaitable[T]], policy: RetryPolicy, what: str,
-                     clock: Callable[[], float] = time.monotonic) -> T:
+async def with_retry(
+    op: Callable[[], Awaitable[T]], policy: RetryPolicy, what: str, clock: Callable[[], float] = time.monotonic
+) -> T:
     """Run `op` under `policy` (see iexec.retry), retrying network errors; ChainUnavailable when the policy
     gives up. Other errors propagate at once."""
+
     def on_retry(exc: BaseException, attempt: int, delay: float) -> None:
-        log.warning("event=rpc_retry what=%s attempt=%d error=%s delay=%.2f", what, attempt, type(exc).__name__,
-                    delay)
+        log.warning("event=rpc_retry what=%s attempt=%d error=%s delay=%.2f", what, attempt, type(exc).__name__, delay)
 
     def give_up(exc: BaseException, attempts: int, waited: float) -> ChainUnavailable:
-        return ChainUnavailable(f"chain node unreachable during {what} for {waited:.1f}s "
-                                f"({attempts} attempts, last error {type(exc).__name__})")
+        return ChainUnavailable(
+            f"chain node unreachable during {what} for {waited:.1f}s "
+            f"({attempts} attempts, last error {type(exc).__name__})"
+        )
 
-    return await retry_async(op, policy, retry_on=is_network_error, give_up=give_up, on_retry=on_retry,
-                             clock=clock)
+    return await retry_async(op, policy, retry_on=is_network_error, give_up=give_up, on_retry=on_retry, clock=clock)
 
 
 # ----------------------------------------------------------------------------------------------- records
@@ -214,9 +228,15 @@ def _rpc_message(exc: Web3RPCError) -> str:
 class TxSender:
     """The one coroutine-safe owner of a wallet's nonce; every transaction of the wallet goes through it."""
 
-    def __init__(self, w3: AsyncWeb3, account: Any, *, persist: Persist | None = None,
-                 config: SenderConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        w3: AsyncWeb3,
+        account: Any,
+        *,
+        persist: Persist | None = None,
+        config: SenderConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.w3 = w3
         self._account = account
         self._persist = persist or _no_persist
@@ -243,26 +263,47 @@ class TxSender:
     async def _retry(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         return await with_retry(op, self.config.retry, what, self._clock)
 
-    async def send(self, to: str | None, data: bytes = b"", *, value: int = 0, gas: int | None = None,
-                   meta: Mapping[str, Any] | None = None) -> Any:
+    async def send(
+        self,
+        to: str | None,
+        data: bytes = b"",
+        *,
+        value: int = 0,
+        gas: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Any:
         """Sign, persist, broadcast and wait: the receipt of a successful transaction.
         Raises TransactionReverted (with the receipt), TransactionError, FeeCapExceeded, ChainUnavailable."""
         record = await self.submit(to, data, value=value, gas=gas, meta=meta)
         return await self.wait(record.nonce)
 
-    async def submit(self, to: str | None, data: bytes = b"", *, value: int = 0, gas: int | None = None,
-                     meta: Mapping[str, Any] | None = None) -> TxRecord:
+    async def submit(
+        self,
+        to: str | None,
+        data: bytes = b"",
+        *,
+        value: int = 0,
+        gas: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> TxRecord:
         """Sign with the next nonce, persist, broadcast; return the record without waiting for it."""
         async with self._lock:
             await self._flush_unbroadcast()
             if self._chain_id is None:
                 self._chain_id = int(await self._retry(lambda: self.w3.eth.chain_id, "eth_chainId"))
             if self._next_nonce is None:
-                self._next_nonce = int(await self._retry(
-                    lambda: self.w3.eth.get_transaction_count(self.address, "pending"), "nonce"))
+                self._next_nonce = int(
+                    await self._retry(lambda: self.w3.eth.get_transaction_count(self.address, "pending"), "nonce")
+                )
             nonce = self._next_nonce
-            tx: dict[str, Any] = {"from": self.address, "value": value, "data": HexBytes(data),
-                                  "chainId": self._chain_id, "nonce": nonce, "type": 2}
+            tx: dict[str, Any] = {
+                "from": self.address,
+                "value": value,
+                "data": HexBytes(data),
+                "chainId": self._chain_id,
+                "nonce": nonce,
+                "type": 2,
+            }
             if to is not None:
                 tx["to"] = to
             if gas is None:
@@ -277,15 +318,15 @@ class TxSender:
             self._inflight[nonce] = [record]
             self._next_nonce = nonce + 1
             await self._broadcast_first(record)
-            log.info("event=tx_sent nonce=%d tx=%s kind=%s", nonce, record.tx_hash,
-                     record.meta.get("kind", "-"))
+            log.info("event=tx_sent nonce=%d tx=%s kind=%s", nonce, record.tx_hash, record.meta.get("kind", "-"))
             if self.on_broadcast is not None:
                 self.on_broadcast(record)
             return record
 
     async def _estimate(self, call: Mapping[str, Any]) -> int:
         try:
-            return int(await self._retry(lambda: self.w3.eth.estimate_gas(dict(call)), "estimate_gas"))  # type: ignore[arg-type]
+            params = cast(TxParams, dict(call))  # the same keys a transaction has: from, to, value, data
+            return int(await self._retry(lambda: self.w3.eth.estimate_gas(params), "estimate_gas"))
         except (Web3RPCError, ContractLogicError) as exc:
             message = _rpc_message(exc) if isinstance(exc, Web3RPCError) else str(exc)
             raise TransactionError(f"gas estimation failed (the transaction would fail): {message}") from None
@@ -302,8 +343,12 @@ class TxSender:
 
     def _sign(self, tx: Mapping[str, Any], meta: Mapping[str, Any]) -> TxRecord:
         signed = self._account.sign_transaction(dict(tx))
-        return TxRecord(raw_tx=bytes(signed.raw_transaction), tx_hash="0x" + bytes(signed.hash).hex(),
-                        nonce=int(tx["nonce"]), meta=dict(meta))
+        return TxRecord(
+            raw_tx=bytes(signed.raw_transaction),
+            tx_hash="0x" + bytes(signed.hash).hex(),
+            nonce=int(tx["nonce"]),
+            meta=dict(meta),
+        )
 
     async def _broadcast_first(self, record: TxRecord) -> None:
         try:
@@ -334,8 +379,9 @@ class TxSender:
             if "nonce too low" in message or "nonce has already been used" in message:
                 if await self._receipt(record.tx_hash) is not None or len(self._inflight.get(record.nonce, [])) > 1:
                     return  # ours (or a replacement of ours) is mined
-                raise TransactionError(f"nonce {record.nonce} was used by another transaction "
-                                       f"of this wallet (is another sender running?)") from None
+                raise TransactionError(
+                    f"nonce {record.nonce} was used by another transaction of this wallet (is another sender running?)"
+                ) from None
             if "underpriced" in message:
                 return  # a replacement the node does not want yet: the previous one stays
             raise TransactionError(f"node rejected transaction nonce={record.nonce}: {message}") from None
@@ -343,18 +389,20 @@ class TxSender:
     async def _receipt(self, tx_hash: str) -> Any:
         async def get() -> Any:
             try:
-                return await self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+                return await self.w3.eth.get_transaction_receipt(HexStr(tx_hash))
             except TransactionNotFound:
                 return None
+
         return await self._retry(get, "get_receipt")
 
     async def _known(self, tx_hash: str) -> bool:
         async def get() -> bool:
             try:
-                await self.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
+                await self.w3.eth.get_transaction(HexStr(tx_hash))
                 return True
             except TransactionNotFound:
                 return False
+
         return await self._retry(get, "get_transaction")
 
     async def wait(self, nonce: int) -> Any:
@@ -368,16 +416,17 @@ class TxSender:
                 if receipt is not None:
                     self._inflight.pop(nonce, None)
                     if int(receipt["status"]) != 1:
-                        raise TransactionReverted(
-                            f"transaction {record.tx_hash} (nonce {nonce}) reverted", receipt)
+                        raise TransactionReverted(f"transaction {record.tx_hash} (nonce {nonce}) reverted", receipt)
                     return receipt
             if nonce not in self._inflight:
                 raise TransactionError(f"no transaction of ours is in flight for nonce {nonce}")
             now = self._clock()
             if now - started > cfg.receipt_timeout_s:
-                raise TransactionError(f"nonce {nonce} not mined after {cfg.receipt_timeout_s:.0f}s "
-                                       f"({len(self._inflight[nonce])} transactions signed, fee cap "
-                                       f"{cfg.fee_cap_wei} wei)")
+                raise TransactionError(
+                    f"nonce {nonce} not mined after {cfg.receipt_timeout_s:.0f}s "
+                    f"({len(self._inflight[nonce])} transactions signed, fee cap "
+                    f"{cfg.fee_cap_wei} wei)"
+                )
             if now - last_action > cfg.stuck_after_s:
                 await self._unstick(nonce)
                 last_action = self._clock()
@@ -396,13 +445,19 @@ class TxSender:
                 return
             replacement = self._bumped(latest)
             if replacement is None:
-                log.warning("event=tx_stuck_at_cap nonce=%d tx=%s cap=%d", nonce, latest.tx_hash,
-                            self.config.fee_cap_wei)
+                log.warning(
+                    "event=tx_stuck_at_cap nonce=%d tx=%s cap=%d", nonce, latest.tx_hash, self.config.fee_cap_wei
+                )
                 return
             await self._persist(replacement.raw_tx, replacement.tx_hash, nonce, replacement.meta)
             records.append(replacement)
-            log.info("event=tx_replaced nonce=%d old=%s new=%s max_fee=%d", nonce, latest.tx_hash,
-                     replacement.tx_hash, replacement.max_fee_per_gas)
+            log.info(
+                "event=tx_replaced nonce=%d old=%s new=%s max_fee=%d",
+                nonce,
+                latest.tx_hash,
+                replacement.tx_hash,
+                replacement.max_fee_per_gas,
+            )
             await self._broadcast(replacement)
 
     def _bumped(self, record: TxRecord) -> TxRecord | None:
@@ -429,8 +484,7 @@ class TxSender:
         meta["replaces"] = record.tx_hash
         return self._sign(tx, meta)
 
-    async def resume(self, records: Iterable[TxRecord | tuple[bytes, str, int, Mapping[str, Any]]]
-                     ) -> list[ResumedTx]:
+    async def resume(self, records: Iterable[TxRecord | tuple[bytes, str, int, Mapping[str, Any]]]) -> list[ResumedTx]:
         """Take over persisted transactions after a restart: look receipts up, re-broadcast persisted raw
         transactions the node does not know, and adopt pending nonces (then `wait(nonce)` on them).
         Never signs anything."""
@@ -439,13 +493,16 @@ class TxSender:
             record = item if isinstance(item, TxRecord) else TxRecord(*item)
             by_nonce.setdefault(record.nonce, []).append(record)
         async with self._lock:
-            mined_nonce = int(await self._retry(
-                lambda: self.w3.eth.get_transaction_count(self.address, "latest"), "nonce"))
-            results = [await self._resume_nonce(nonce, sorted(group, key=lambda r: r.max_fee_per_gas),
-                                                mined_nonce)
-                       for nonce, group in sorted(by_nonce.items())]
-            pending = int(await self._retry(
-                lambda: self.w3.eth.get_transaction_count(self.address, "pending"), "nonce"))
+            mined_nonce = int(
+                await self._retry(lambda: self.w3.eth.get_transaction_count(self.address, "latest"), "nonce")
+            )
+            results = [
+                await self._resume_nonce(nonce, sorted(group, key=lambda r: r.max_fee_per_gas), mined_nonce)
+                for nonce, group in sorted(by_nonce.items())
+            ]
+            pending = int(
+                await self._retry(lambda: self.w3.eth.get_transaction_count(self.address, "pending"), "nonce")
+            )
             highest = max((r.nonce + 1 for r in results if r.status == "pending"), default=0)
             self._next_nonce = max(pending, highest, self._next_nonce or 0)
             return results

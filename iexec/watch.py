@@ -18,6 +18,7 @@ event may come again after a restart (handlers must be idempotent); within one w
 deduplicated. A log removed by a reorg deeper than the window is not retracted.
 It never sends a transaction: claiming is the caller's decision (see `Hub.claim`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,6 +29,7 @@ from typing import Any
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
 from web3.exceptions import Web3RPCError
+from web3.types import FilterParams
 
 from iexec.hub import Hub, HubEvent, Task, TaskStatus, decode_hub_log, event_topic
 from iexec.retry import RetryPolicy
@@ -143,9 +145,18 @@ CursorSave = Callable[[int], Awaitable[None]]
 class TaskWatcher:
     """Event-driven tracker of tasks, deals and request orders on one hub."""
 
-    def __init__(self, w3: AsyncWeb3, hub: str, *, load_cursor: CursorLoad | None = None,
-                 save_cursor: CursorSave | None = None, start_block: int = 0, max_range: int = 2000,
-                 reorg_depth: int = 5, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        w3: AsyncWeb3,
+        hub: str,
+        *,
+        load_cursor: CursorLoad | None = None,
+        save_cursor: CursorSave | None = None,
+        start_block: int = 0,
+        max_range: int = 2000,
+        reorg_depth: int = 5,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.w3 = w3
         self.hub = to_checksum_address(hub)
         self._views = Hub(None, self.hub, w3=w3, retry=retry)
@@ -166,15 +177,15 @@ class TaskWatcher:
 
     # -- what to follow -----------------------------------------------------------------------------------
 
-    def follow_task(self, task_id: bytes, *, final_deadline: int | None = None,
-                    deal_id: bytes | None = None) -> None:
+    def follow_task(self, task_id: bytes, *, final_deadline: int | None = None, deal_id: bytes | None = None) -> None:
         """Follow one task. Without `final_deadline` (block time), it is read once from its deal."""
         task_id = bytes(task_id)
         if task_id not in self._tasks:
             self._tasks[task_id] = _Followed(task_id, deal_id, final_deadline)
 
-    def follow_deal(self, deal_id: bytes, *, bot_first: int = 0, bot_size: int = 1,
-                    final_deadline: int | None = None) -> list[bytes]:
+    def follow_deal(
+        self, deal_id: bytes, *, bot_first: int = 0, bot_size: int = 1, final_deadline: int | None = None
+    ) -> list[bytes]:
         """Follow the deal's tasks (idx bot_first .. bot_first+bot_size-1); returns their ids."""
         deal_id = bytes(deal_id)
         deal = self._deals.setdefault(deal_id, _Deal(bot_first, bot_size, final_deadline))
@@ -225,9 +236,14 @@ class TaskWatcher:
         return events
 
     async def _get_logs(self, start: int, end: int) -> list[Any] | None:
-        params = {"address": self.hub, "fromBlock": start, "toBlock": end, "topics": [self._topics]}
+        params: FilterParams = {
+            "address": self.hub,
+            "fromBlock": start,
+            "toBlock": end,
+            "topics": [self._topics],
+        }
         try:
-            logs = await with_retry(lambda: self.w3.eth.get_logs(params), self.retry, "get_logs")  # type: ignore[arg-type]
+            logs = await with_retry(lambda: self.w3.eth.get_logs(params), self.retry, "get_logs")
         except Web3RPCError as exc:
             self.stats.get_logs += 1
             if self.max_range > 1 and any(w in str(exc).lower() for w in ("range", "limit", "too many")):
@@ -260,11 +276,20 @@ class TaskWatcher:
         if deal_id not in self._deals:
             deal = await self._views.view_deal(deal_id)
             self.stats.view_deal += 1
-            self.follow_deal(deal_id, bot_first=deal.bot_first, bot_size=deal.bot_size,
-                             final_deadline=await self._deadline_of(deal))
-        return [DealMatched(event.block_number, event.tx_hash, deal_id, request_hash,
-                            bytes(event.args["appHash"]), bytes(event.args["workerpoolHash"]),
-                            int(event.args["volume"]))]
+            self.follow_deal(
+                deal_id, bot_first=deal.bot_first, bot_size=deal.bot_size, final_deadline=await self._deadline_of(deal)
+            )
+        return [
+            DealMatched(
+                event.block_number,
+                event.tx_hash,
+                deal_id,
+                request_hash,
+                bytes(event.args["appHash"]),
+                bytes(event.args["workerpoolHash"]),
+                int(event.args["volume"]),
+            )
+        ]
 
     async def _on_SchedulerNotice(self, event: HubEvent) -> list[WatchEvent]:
         deal_id = bytes(event.args["dealid"])

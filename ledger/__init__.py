@@ -13,6 +13,7 @@ may share the file. Transfer ids are chosen by the caller: a retry with the same
 stored transfer; the same id with other fields raises TransferConflict. This package imports nothing of
 the bot and must never log a secret or hold a private key outside `ledger.wallet`.
 """
+
 from __future__ import annotations
 
 from functools import cached_property
@@ -69,11 +70,40 @@ class Ledger(Jobs, ChainRecords):
 
 
 __all__ = [
-    "ALLOWED", "DEPOSITS", "FEES", "GRANTS", "IEXEC_SPEND", "MAX_AMOUNT", "NRLC_PER_RLC", "REFUND_EXPENSE",
-    "Account", "AlreadyResolved", "AuditError", "Balance", "BalanceOverflow", "ChainTx",
-    "ExceedsReservation", "IllegalTransition", "Inbox", "InboxEntry", "InsufficientFunds", "InvalidAmount",
+    "ALLOWED",
+    "DEPOSITS",
+    "FEES",
+    "GRANTS",
+    "IEXEC_SPEND",
+    "MAX_AMOUNT",
+    "NRLC_PER_RLC",
+    "REFUND_EXPENSE",
+    "Account",
+    "AlreadyResolved",
+    "AuditError",
+    "Balance",
+    "BalanceOverflow",
+    "ChainTx",
+    "ExceedsReservation",
+    "IllegalTransition",
+    "Inbox",
+    "InboxEntry",
+    "InsufficientFunds",
+    "InvalidAmount",
     "InvalidArgument",
-    "Job", "JobConflict", "JobError", "JobState", "Ledger", "LedgerBusy", "LedgerError", "SchemaError",
-    "Transfer", "TransferConflict", "UnknownJob", "UnknownTransfer", "WalletError", "format_rlc",
+    "Job",
+    "JobConflict",
+    "JobError",
+    "JobState",
+    "Ledger",
+    "LedgerBusy",
+    "LedgerError",
+    "SchemaError",
+    "Transfer",
+    "TransferConflict",
+    "UnknownJob",
+    "UnknownTransfer",
+    "WalletError",
+    "format_rlc",
     "parse_rlc",
 ]

@@ -3,6 +3,7 @@
 1 RLC = 10**9 nRLC. Amounts are plain ints everywhere; RLC text typed by an operator is parsed with
 Decimal, at most 9 decimals, and converted once. This module must never use floats.
 """
+
 from __future__ import annotations
 
 import re
@@ -45,8 +46,7 @@ def parse_rlc(text: str) -> int:
         raise InvalidAmount(f"RLC amount must be text, got {type(text).__name__}")
     match = _RLC_RE.fullmatch(text)
     if match is None:
-        raise InvalidAmount(
-            f"not an RLC amount: {text!r} (use digits with at most 9 decimals, e.g. 1.5)")
+        raise InvalidAmount(f"not an RLC amount: {text!r} (use digits with at most 9 decimals, e.g. 1.5)")
     nrlc = int(Decimal(text).scaleb(9))
     if nrlc == 0:
         raise InvalidAmount(f"RLC amount must be positive, got {text!r}")

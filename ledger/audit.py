@@ -13,6 +13,7 @@ pass over the `transfers_pair` index gives all four totals of every account, wit
 
 This module only reads; it must never repair anything (a person decides what a breach means).
 """
+
 from __future__ import annotations
 
 import os
@@ -74,8 +75,9 @@ _RESOLUTION_BAD = """
     OR (fee.seq IS NOT NULL AND (fee.kind IS NOT 'post' OR fee.pending_id IS NOT r.pending_id
                                  OR fee.debit_account <> r.debit_account))
 """
-_RESOLUTIONS_COUNT_SQL = (f"SELECT COUNT(fee.seq), COALESCE(SUM(CASE WHEN {_RESOLUTION_BAD} THEN 1 ELSE 0 END), 0) "
-                          f"{_RESOLUTION_FROM}")
+_RESOLUTIONS_COUNT_SQL = (
+    f"SELECT COUNT(fee.seq), COALESCE(SUM(CASE WHEN {_RESOLUTION_BAD} THEN 1 ELSE 0 END), 0) {_RESOLUTION_FROM}"
+)
 _RESOLUTIONS_LIST_SQL = f"""
 SELECT r.id, r.kind, COALESCE(r.pending_id, '-'), res.kind, res.amount, r.reserved,
        r.amount + COALESCE(fee.amount, 0) {_RESOLUTION_FROM} AND ({_RESOLUTION_BAD}) LIMIT 5
@@ -88,8 +90,9 @@ FROM transfers NOT INDEXED
 WHERE leg <> 0 OR (pending_id IS NOT NULL AND reserve_seq IS NULL) OR (reserved IS NULL) <> (reserve_seq IS NULL)
 """
 _LEGS_BAD = "leg <> 1 OR reserve_seq IS NOT NULL OR reserved IS NOT NULL"
-_LEGS_COUNT_SQL = (f"SELECT COALESCE(SUM(leg = 1), 0), COALESCE(SUM(CASE WHEN {_LEGS_BAD} THEN 1 ELSE 0 END), 0) "
-                   f"{_LEGS_FROM}")
+_LEGS_COUNT_SQL = (
+    f"SELECT COALESCE(SUM(leg = 1), 0), COALESCE(SUM(CASE WHEN {_LEGS_BAD} THEN 1 ELSE 0 END), 0) {_LEGS_FROM}"
+)
 _LEGS_LIST_SQL = f"SELECT id, leg, kind, COALESCE(pending_id, '-') {_LEGS_FROM} AND ({_LEGS_BAD}) LIMIT 5"
 
 # Each reservation resolved at most once: duplicates sit side by side in the resolution index.
@@ -125,14 +128,17 @@ def _problems(conn: sqlite3.Connection) -> tuple[list[str], tuple[int, int, int,
     for row in conn.execute(_TOTALS_SQL):
         problems.append(
             f"account {row[0]}: totals (dpend {row[1]}, dpost {row[3]}, cpend {row[5]}, "
-            f"cpost {row[7]}) differ from its transfers ({row[2]}, {row[4]}, {row[6]}, {row[8]})")
+            f"cpost {row[7]}) differ from its transfers ({row[2]}, {row[4]}, {row[6]}, {row[8]})"
+        )
     for name, available in conn.execute(_OVERDRAWN_SQL):
         problems.append(f"account {name} is overdrawn: available {available} nRLC")
     fees_found, bad = conn.execute(_RESOLUTIONS_COUNT_SQL).fetchone()
     if bad:
         for tid, kind, pending_id, res_kind, res_amount, reserved, used in conn.execute(_RESOLUTIONS_LIST_SQL):
-            problems.append(f"transfer {tid!r} ({kind}) does not fit reservation {pending_id!r} "
-                            f"({res_kind or 'missing'}, {res_amount} nRLC; recorded {reserved}, used {used})")
+            problems.append(
+                f"transfer {tid!r} ({kind}) does not fit reservation {pending_id!r} "
+                f"({res_kind or 'missing'}, {res_amount} nRLC; recorded {reserved}, used {used})"
+            )
     fee_legs, bad = conn.execute(_LEGS_COUNT_SQL).fetchone()
     if bad:
         for tid, leg, kind, pending_id in conn.execute(_LEGS_LIST_SQL):

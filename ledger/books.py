@@ -9,11 +9,16 @@ below zero. Operator accounts (see `ledger.schema.OPERATOR_ACCOUNTS`) are where 
 Balances of a user: posted = credits_posted - debits_posted; pending = debits_pending (open
 reservations); available = posted - pending.
 
+External events (a deposit's tx hash, a Telegram update id) are recorded once, keyed by their natural
+id (`record_event`), so that replaying one does nothing twice: a credit can hang on one.
+
 This module must never update or delete a transfer, never use floats, and never write outside
 a Store write transaction (`Store.transaction()` or `Store._write()`).
 """
+
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -73,11 +78,11 @@ class Transfer:
     """One transfer as the caller sees it; a post with a fee is one transfer with two legs."""
 
     id: str
-    kind: str          # grant, deposit, reserve, post, void, refund_expense
-    debit: str         # account name
-    credit: str        # account name (for a post with a fee, the main leg's credit)
-    amount: int        # nRLC; for a void, the amount that was reserved
-    fee: int = 0       # nRLC posted to operator:fees by the same post
+    kind: str  # grant, deposit, reserve, post, void, refund_expense
+    debit: str  # account name
+    credit: str  # account name (for a post with a fee, the main leg's credit)
+    amount: int  # nRLC; for a void, the amount that was reserved
+    fee: int = 0  # nRLC posted to operator:fees by the same post
     pending_id: str | None = None
     job: str = ""
     memo: str = ""
@@ -126,6 +131,7 @@ SELECT t.seq, t.id, t.leg, t.kind, d.name, c.name, t.amount, t.pending_id, t.job
 FROM transfers t JOIN accounts d ON d.id = t.debit_account JOIN accounts c ON c.id = t.credit_account
 """
 
+
 # One UPDATE moves the four running totals of every account a transfer touches (1 to 3 distinct accounts),
 # so the CHECK constraints see them all at once; a failing CHECK undoes the whole statement. Parameters:
 # per account ?(5k+1) = id, then its deltas for debits_pending, debits_posted, credits_pending, credits_posted.
@@ -133,22 +139,29 @@ def _move_sql(n: int) -> str:
     def column(name: str, offset: int) -> str:
         cases = " ".join(f"WHEN ?{5 * k + 1} THEN ?{5 * k + offset}" for k in range(n))
         return f"{name} = {name} + (CASE id {cases} END)"
-    sets = ", ".join(column(name, offset) for offset, name in enumerate(
-        ("debits_pending", "debits_posted", "credits_pending", "credits_posted"), start=2))
+
+    sets = ", ".join(
+        column(name, offset)
+        for offset, name in enumerate(("debits_pending", "debits_posted", "credits_pending", "credits_posted"), start=2)
+    )
     ids = ", ".join(f"?{5 * k + 1}" for k in range(n))
     return f"UPDATE accounts SET {sets} WHERE id IN ({ids})"
 
 
 _MOVE_SQL = {n: _move_sql(n) for n in (1, 2, 3)}
 # The same, moving nothing when transfer id ? exists already (a retry or a conflict, sorted out after).
-_MOVE_NEW_SQL = {n: sql + f" AND NOT EXISTS (SELECT 1 FROM transfers WHERE id = ?{5 * n + 1})"
-                 for n, sql in _MOVE_SQL.items()}
+_MOVE_NEW_SQL = {
+    n: sql + f" AND NOT EXISTS (SELECT 1 FROM transfers WHERE id = ?{5 * n + 1})" for n, sql in _MOVE_SQL.items()
+}
 
 _APPEND_SQL = {
-    n: ("INSERT INTO transfers (id, leg, kind, phase, debit_account, credit_account, amount, pending_id, "
+    n: (
+        "INSERT INTO transfers (id, leg, kind, phase, debit_account, credit_account, amount, pending_id, "
         "job, memo, created_at, reserved, reserve_seq) VALUES "
-        + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n))
-    for n in (1, 2)}
+        + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n)
+    )
+    for n in (1, 2)
+}
 
 # A reservation with what post/void need in one lookup: its row, the transfer that resolved it (if any)
 # and whether the resolving transfer's id (first ?) is taken already.
@@ -172,7 +185,15 @@ def _merged(moves: tuple[Move, ...]) -> tuple[Move, ...]:
         total = sums.setdefault(account, [0, 0, 0, 0])
         for i, delta in enumerate(deltas):
             total[i] += delta
-    return tuple((account, *total) for account, total in sums.items())  # type: ignore[misc]
+    return tuple((account, total[0], total[1], total[2], total[3]) for account, total in sums.items())
+
+
+def _main_from_legs(rows: list[sqlite3.Row]) -> Transfer:
+    """The transfer of a leg 0 read in the same snapshot (its legs cannot be missing)."""
+    transfer = _from_legs(rows)
+    if transfer is None:
+        raise LedgerError("a transfer's legs vanished inside one snapshot")
+    return transfer
 
 
 def _from_legs(rows: list[sqlite3.Row]) -> Transfer | None:
@@ -180,8 +201,19 @@ def _from_legs(rows: list[sqlite3.Row]) -> Transfer | None:
         return None
     main = rows[0]
     fee = rows[1][6] if len(rows) > 1 else 0
-    return Transfer(id=main[1], kind=main[3], debit=main[4], credit=main[5], amount=main[6], fee=fee,
-                    pending_id=main[7], job=main[8], memo=main[9], created_at=main[10], seq=main[0])
+    return Transfer(
+        id=main[1],
+        kind=main[3],
+        debit=main[4],
+        credit=main[5],
+        amount=main[6],
+        fee=fee,
+        pending_id=main[7],
+        job=main[8],
+        memo=main[9],
+        created_at=main[10],
+        seq=main[0],
+    )
 
 
 class Books(Store):
@@ -205,8 +237,9 @@ class Books(Store):
             if user is None:
                 raise InvalidArgument(f"no account named {name!r}")
             row = conn.execute(
-                "INSERT INTO accounts (name, user_id, no_overdraft, created_at) VALUES (?, ?, 1, ?) "
-                "RETURNING id", (name, user, self._now_ms())).fetchone()
+                "INSERT INTO accounts (name, user_id, no_overdraft, created_at) VALUES (?, ?, 1, ?) RETURNING id",
+                (name, user, self._now_ms()),
+            ).fetchone()
         cache[name] = row[0]
         self.__dict__.setdefault("_names", {})[row[0]] = name
         return row[0]
@@ -241,18 +274,26 @@ class Books(Store):
     def _append(conn: sqlite3.Connection, legs: tuple[tuple[object, ...], ...]) -> int:
         """Append the legs of one transfer (consecutive rows); returns the seq of leg 0."""
         cursor = conn.execute(_APPEND_SQL[len(legs)], [value for leg in legs for value in leg])
-        return cursor.lastrowid - len(legs) + 1  # type: ignore[operator]
+        last = cursor.lastrowid
+        if last is None:  # sqlite3 sets it after every INSERT; None would mean nothing was appended
+            raise LedgerError("appending a transfer's legs returned no row id")
+        return last - len(legs) + 1
 
     def account(self, name: str) -> Account | None:
         """The running totals of account `name` (None if it does not exist yet)."""
-        rows = self._read("SELECT name, user_id, debits_pending, debits_posted, credits_pending, "
-                          "credits_posted FROM accounts WHERE name = ?", (name,))
+        rows = self._read(
+            "SELECT name, user_id, debits_pending, debits_posted, credits_pending, "
+            "credits_posted FROM accounts WHERE name = ?",
+            (name,),
+        )
         return Account(*rows[0]) if rows else None
 
     def accounts(self) -> list[Account]:
         """Every account, operators first, then users by id."""
-        rows = self._read("SELECT name, user_id, debits_pending, debits_posted, credits_pending, "
-                          "credits_posted FROM accounts ORDER BY user_id IS NOT NULL, user_id, id")
+        rows = self._read(
+            "SELECT name, user_id, debits_pending, debits_posted, credits_pending, "
+            "credits_posted FROM accounts ORDER BY user_id IS NOT NULL, user_id, id"
+        )
         return [Account(*row) for row in rows]
 
     def balance(self, user: int) -> Balance:
@@ -278,39 +319,84 @@ class Books(Store):
         if not existing.same_fields(wanted):
             raise TransferConflict(
                 f"transfer id {wanted.id!r} already used by a {existing.kind} of "
-                f"{existing.amount} nRLC {existing.debit} -> {existing.credit}; choose a new id")
+                f"{existing.amount} nRLC {existing.debit} -> {existing.credit}; choose a new id"
+            )
         return existing
+
+    def record_event(self, kind: str, natural_id: str, payload: object = None) -> bool:
+        """Record external event (kind, natural_id) once; False if it was seen before (a credit hangs on it).
+
+        Joins the caller's `transaction()` if one is open, so it commits together with what follows.
+        """
+        check_id(kind, "kind")
+        check_id(natural_id, "natural_id")
+        text = json.dumps(payload, sort_keys=True, default=str)
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO events (kind, natural_id, payload, created_at) VALUES (?, ?, ?, ?)",
+                (kind, natural_id, text, self._now_ms()),
+            )
+            return cursor.rowcount == 1
+
+    def seen_event(self, kind: str, natural_id: str) -> bool:
+        """True if the event was recorded."""
+        return bool(self._read("SELECT 1 FROM events WHERE kind = ? AND natural_id = ?", (kind, natural_id)))
 
     def _posted(self, wanted: Transfer, user: int, event: tuple[str, str] | None) -> Transfer | None:
         """Write a single-leg posted transfer from an operator account to `user`."""
         return self._write(self._post_credit, wanted, user, event)
 
-    def _post_credit(self, conn: sqlite3.Connection, wanted: Transfer, user: int,
-                     event: tuple[str, str] | None) -> Transfer | None:
+    def _post_credit(
+        self, conn: sqlite3.Connection, wanted: Transfer, user: int, event: tuple[str, str] | None
+    ) -> Transfer | None:
         existing = self._replay(conn, wanted)
         if existing is not None:
             return existing
-        if event is not None and not self.record_event(event[0], event[1],  # type: ignore[attr-defined]
-                                                       {"transfer": wanted.id}):
+        if event is not None and not self.record_event(event[0], event[1], {"transfer": wanted.id}):
             return None
         debit = self._account_id(conn, wanted.debit)
         credit = self._account_id(conn, wanted.credit, user)
         now = self._now_ms()
         self._move(conn, ((debit, 0, wanted.amount, 0, 0), (credit, 0, 0, 0, wanted.amount)))
-        seq = self._append(conn, ((wanted.id, 0, wanted.kind, "posted", debit, credit, wanted.amount, None,
-                                   wanted.job, wanted.memo, now, None, None),))
+        seq = self._append(
+            conn,
+            (
+                (
+                    wanted.id,
+                    0,
+                    wanted.kind,
+                    "posted",
+                    debit,
+                    credit,
+                    wanted.amount,
+                    None,
+                    wanted.job,
+                    wanted.memo,
+                    now,
+                    None,
+                    None,
+                ),
+            ),
+        )
         return replace(wanted, created_at=now, seq=seq)
 
-    def grant(self, id: str, user: int, amount: int, memo: str = "", *,
-              event: tuple[str, str] | None = None) -> Transfer | None:
+    def grant(
+        self, id: str, user: int, amount: int, memo: str = "", *, event: tuple[str, str] | None = None
+    ) -> Transfer | None:
         """Credit `user` with `amount` nRLC from operator:grants (posted at once).
 
         With `event=(kind, natural_id)` the event is recorded in the same transaction and the grant is
         skipped (returns None) if that event was seen before under another transfer id.
         Raises InvalidAmount, InvalidArgument, TransferConflict, BalanceOverflow.
         """
-        wanted = Transfer(check_id(id), "grant", GRANTS, user_account(check_user(user)),
-                          check_amount(amount), memo=check_text(memo, "memo"))
+        wanted = Transfer(
+            check_id(id),
+            "grant",
+            GRANTS,
+            user_account(check_user(user)),
+            check_amount(amount),
+            memo=check_text(memo, "memo"),
+        )
         return self._posted(wanted, user, event)
 
     def deposit(self, id: str, user: int, amount: int, tx_hash: str, memo: str = "") -> Transfer | None:
@@ -318,15 +404,29 @@ class Books(Store):
 
         Returns None when that tx hash was already credited under another transfer id.
         """
-        wanted = Transfer(check_id(id), "deposit", DEPOSITS, user_account(check_user(user)),
-                          check_amount(amount), job=check_id(tx_hash, "tx_hash"), memo=check_text(memo, "memo"))
+        wanted = Transfer(
+            check_id(id),
+            "deposit",
+            DEPOSITS,
+            user_account(check_user(user)),
+            check_amount(amount),
+            job=check_id(tx_hash, "tx_hash"),
+            memo=check_text(memo, "memo"),
+        )
         return self._posted(wanted, user, ("deposit", tx_hash))
 
     def refund_expense(self, id: str, user: int, amount: int, job: str, memo: str = "") -> Transfer:
         """Credit `user` from operator:refund_expense: the operator refunds a task that was paid on
         chain but failed in the app. Raises like grant()."""
-        wanted = Transfer(check_id(id), "refund_expense", REFUND_EXPENSE, user_account(check_user(user)),
-                          check_amount(amount), job=check_text(job, "job"), memo=check_text(memo, "memo"))
+        wanted = Transfer(
+            check_id(id),
+            "refund_expense",
+            REFUND_EXPENSE,
+            user_account(check_user(user)),
+            check_amount(amount),
+            job=check_text(job, "job"),
+            memo=check_text(memo, "memo"),
+        )
         result = self._posted(wanted, user, None)
         assert result is not None
         return result
@@ -354,11 +454,13 @@ class Books(Store):
         try:
             moved = self._move(conn, ((debit, amount, 0, 0, 0), (credit, 0, 0, amount, 0)), id)
         except (InsufficientFunds, BalanceOverflow):
-            available = conn.execute("SELECT credits_posted - debits_posted - debits_pending FROM accounts "
-                                     "WHERE id = ?", (debit,)).fetchone()[0]
+            available = conn.execute(
+                "SELECT credits_posted - debits_posted - debits_pending FROM accounts WHERE id = ?", (debit,)
+            ).fetchone()[0]
             if amount > available:
                 raise InsufficientFunds(
-                    f"user {user} has {format_rlc(available)} available, {format_rlc(amount)} needed") from None
+                    f"user {user} has {format_rlc(available)} available, {format_rlc(amount)} needed"
+                ) from None
             raise
         if not moved:  # the id is taken: the same reservation again, or a conflict
             existing = self._replay(conn, Transfer(id, "reserve", name, IEXEC_SPEND, amount, job=job))
@@ -366,8 +468,9 @@ class Books(Store):
                 raise LedgerError(f"account {name} vanished while reserving {id!r}")
             return existing
         now = self._now_ms()
-        seq = self._append(conn, ((id, 0, "reserve", "pending", debit, credit, amount, None, job, "", now,
-                                   None, None),))
+        seq = self._append(
+            conn, ((id, 0, "reserve", "pending", debit, credit, amount, None, job, "", now, None, None),)
+        )
         return Transfer(id, "reserve", name, IEXEC_SPEND, amount, 0, None, job, "", now, seq)
 
     def _reservation(self, conn: sqlite3.Connection, pending_id: str) -> Transfer:
@@ -377,14 +480,14 @@ class Books(Store):
         return reservation
 
     def _check_open(self, conn: sqlite3.Connection, pending_id: str) -> None:
-        row = conn.execute("SELECT id, kind FROM transfers WHERE pending_id = ? AND leg = 0",
-                           (pending_id,)).fetchone()
+        row = conn.execute("SELECT id, kind FROM transfers WHERE pending_id = ? AND leg = 0", (pending_id,)).fetchone()
         if row is not None:
             done = "posted" if row[1] == "post" else "voided"
             raise AlreadyResolved(f"reservation {pending_id!r} was already {done} by transfer {row[0]!r}")
 
-    def _open(self, conn: sqlite3.Connection, id: str, pending_id: str, wanted: Callable[[Transfer], Transfer]
-              ) -> tuple[int, int, int, int, str] | Transfer:
+    def _open(
+        self, conn: sqlite3.Connection, id: str, pending_id: str, wanted: Callable[[Transfer], Transfer]
+    ) -> tuple[int, int, int, int, str] | Transfer:
         """(seq, amount, debit id, credit id, job) of open reservation `pending_id` when `id` is new;
         otherwise the stored transfer `id` if it is `wanted(reservation)` again, or the error that fits
         (UnknownTransfer, TransferConflict, AlreadyResolved, in that order)."""
@@ -398,8 +501,7 @@ class Books(Store):
         self._check_open(conn, pending_id)
         raise LedgerError(f"reservation {pending_id!r} changed while resolving it")
 
-    def post(self, id: str, pending_id: str, amount: int | None = None, *, fee: int = 0,
-             memo: str = "") -> Transfer:
+    def post(self, id: str, pending_id: str, amount: int | None = None, *, fee: int = 0, memo: str = "") -> Transfer:
         """Post reservation `pending_id`: `amount` to operator:iexec_spend and `fee` to operator:fees,
         both legs in one transaction; the rest of the reservation returns to the user.
 
@@ -414,8 +516,9 @@ class Books(Store):
         check_text(memo, "memo")
         return self._write(self._post, id, pending_id, amount, fee, memo)
 
-    def _post(self, conn: sqlite3.Connection, id: str, pending_id: str, amount: int | None,
-              fee: int, memo: str) -> Transfer:
+    def _post(
+        self, conn: sqlite3.Connection, id: str, pending_id: str, amount: int | None, fee: int, memo: str
+    ) -> Transfer:
         def wanted(res: Transfer) -> Transfer:
             to_post = res.amount - fee if amount is None else amount
             return Transfer(id, "post", res.debit, res.credit, to_post, fee, pending_id, res.job, memo)
@@ -428,20 +531,35 @@ class Books(Store):
         if to_post <= 0 or to_post + fee > reserved:
             raise ExceedsReservation(
                 f"cannot post {format_rlc(max(to_post, 0))} + fee {format_rlc(fee)} from reservation "
-                f"{pending_id!r} of {format_rlc(reserved)}")
+                f"{pending_id!r} of {format_rlc(reserved)}"
+            )
         now = self._now_ms()
         main = (id, 0, "post", "posted", debit, credit, to_post, pending_id, job, memo, now, reserved, res_seq)
         if fee:  # the fee leg is the very next row (the audit finds it at seq + 1)
             fees = self._account_id(conn, FEES)
-            self._move(conn, ((debit, -reserved, to_post + fee, 0, 0), (credit, 0, 0, -reserved, to_post),
-                              (fees, 0, 0, 0, fee)))
-            seq = self._append(conn, (main, (id, 1, "post", "posted", debit, fees, fee, pending_id, job, memo,
-                                             now, None, None)))
+            self._move(
+                conn,
+                ((debit, -reserved, to_post + fee, 0, 0), (credit, 0, 0, -reserved, to_post), (fees, 0, 0, 0, fee)),
+            )
+            seq = self._append(
+                conn, (main, (id, 1, "post", "posted", debit, fees, fee, pending_id, job, memo, now, None, None))
+            )
         else:
             self._move(conn, ((debit, -reserved, to_post, 0, 0), (credit, 0, 0, -reserved, to_post)))
             seq = self._append(conn, (main,))
-        return Transfer(id, "post", self._account_name(conn, debit), self._account_name(conn, credit), to_post,
-                        fee, pending_id, job, memo, now, seq)
+        return Transfer(
+            id,
+            "post",
+            self._account_name(conn, debit),
+            self._account_name(conn, credit),
+            to_post,
+            fee,
+            pending_id,
+            job,
+            memo,
+            now,
+            seq,
+        )
 
     def void(self, id: str, pending_id: str, memo: str = "") -> Transfer:
         """Void reservation `pending_id`: the whole reserved amount returns to the user.
@@ -463,10 +581,22 @@ class Books(Store):
         res_seq, reserved, debit, credit, job = found
         now = self._now_ms()
         self._move(conn, ((debit, -reserved, 0, 0, 0), (credit, 0, 0, -reserved, 0)))
-        seq = self._append(conn, ((id, 0, "void", "void", debit, credit, reserved, pending_id, job, memo, now,
-                                   reserved, res_seq),))
-        return Transfer(id, "void", self._account_name(conn, debit), self._account_name(conn, credit), reserved,
-                        0, pending_id, job, memo, now, seq)
+        seq = self._append(
+            conn, ((id, 0, "void", "void", debit, credit, reserved, pending_id, job, memo, now, reserved, res_seq),)
+        )
+        return Transfer(
+            id,
+            "void",
+            self._account_name(conn, debit),
+            self._account_name(conn, credit),
+            reserved,
+            0,
+            pending_id,
+            job,
+            memo,
+            now,
+            seq,
+        )
 
     def reservation_state(self, pending_id: str) -> str | None:
         """'open', 'posted' or 'voided' for a reservation id; None if there is no such reservation."""
@@ -474,19 +604,19 @@ class Books(Store):
             res = self._get(conn, check_id(pending_id, "pending_id"))
             if res is None or res.kind != "reserve":
                 return None
-            row = conn.execute("SELECT kind FROM transfers WHERE pending_id = ? AND leg = 0",
-                               (pending_id,)).fetchone()
+            row = conn.execute("SELECT kind FROM transfers WHERE pending_id = ? AND leg = 0", (pending_id,)).fetchone()
         return "open" if row is None else ("posted" if row[0] == "post" else "voided")
 
-    def history(self, user: int | None = None, limit: int = 50, before_seq: int | None = None
-                ) -> list[Transfer]:
+    def history(self, user: int | None = None, limit: int = 50, before_seq: int | None = None) -> list[Transfer]:
         """Transfers touching `user` (all if None), newest first; fee legs folded into their post."""
         where: list[str] = []
         params: list[int | str] = []
         if user is not None:
             # Both sides through transfers_pair: only operator accounts ever credit a user.
-            where.append("(t.debit_account = a.id OR (t.credit_account = a.id AND t.debit_account IN "
-                         "(SELECT id FROM accounts WHERE user_id IS NULL)))")
+            where.append(
+                "(t.debit_account = a.id OR (t.credit_account = a.id AND t.debit_account IN "
+                "(SELECT id FROM accounts WHERE user_id IS NULL)))"
+            )
         if before_seq is not None:
             where.append("t.seq < ?")
             params.append(before_seq)
@@ -494,9 +624,16 @@ class Books(Store):
         if user is not None:
             join = " JOIN accounts a ON a.name = ?"
             params.insert(0, user_account(check_user(user)))
-        sql = (_TRANSFER_SQL + join + " WHERE t.leg = 0" + "".join(f" AND {w}" for w in where)
-               + " ORDER BY t.seq DESC LIMIT ?")
+        sql = (
+            _TRANSFER_SQL
+            + join
+            + " WHERE t.leg = 0"
+            + "".join(f" AND {w}" for w in where)
+            + " ORDER BY t.seq DESC LIMIT ?"
+        )
         with self.snapshot() as conn:
             mains = conn.execute(sql, (*params, limit)).fetchall()
-            return [_from_legs(conn.execute(_TRANSFER_SQL + " WHERE t.id = ? ORDER BY t.leg",
-                                            (row[1],)).fetchall()) for row in mains]  # type: ignore[misc]
+            return [
+                _main_from_legs(conn.execute(_TRANSFER_SQL + " WHERE t.id = ? ORDER BY t.leg", (row[1],)).fetchall())
+                for row in mains
+            ]

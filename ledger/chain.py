@@ -1,17 +1,18 @@
-"""The record of on-chain transactions, of external events and a small key-value store.
+"""The record of on-chain transactions and a small key-value store (external events: `ledger.books`).
 
 Chain transactions are written BEFORE broadcast (status `persisted`), then moved to `broadcast`,
 `mined`, `failed` or `replaced`; after a restart the sender looks their receipts up instead of
-re-sending blindly. External events (a deposit's tx hash, a Telegram update id) are recorded once,
-keyed by their natural id, so that replaying one does nothing twice. The kv table holds small
+re-sending blindly. The kv table holds small
 cursors (e.g. the last scanned block).
 
 This module must never hold a private key: a raw transaction is already signed when it gets here.
 """
+
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from ledger.books import check_id, check_text
@@ -63,9 +64,16 @@ def _row_tx(row: sqlite3.Row) -> ChainTx:
 class ChainRecords(Store):
     """Chain transactions, external events and kv on the books' connection."""
 
-    def record_tx(self, raw_tx: bytes | str, tx_hash: bytes | str, nonce: int, sender: str,
-                  purpose: str, job_id: str | None = None, meta: dict[str, object] | None = None
-                  ) -> ChainTx:
+    def record_tx(
+        self,
+        raw_tx: bytes | str,
+        tx_hash: bytes | str,
+        nonce: int,
+        sender: str,
+        purpose: str,
+        job_id: str | None = None,
+        meta: Mapping[str, object] | None = None,
+    ) -> ChainTx:
         """Store a signed transaction before it is broadcast (status `persisted`).
 
         Idempotent on tx_hash; the same hash with another raw tx raises TransferConflict.
@@ -77,7 +85,7 @@ class ChainRecords(Store):
         check_id(purpose, "purpose")
         if job_id is not None:
             check_id(job_id, "job_id")
-        meta_text = json.dumps(meta or {}, sort_keys=True, default=str)
+        meta_text = json.dumps(dict(meta or {}), sort_keys=True, default=str)
         now = self._now_ms()
         with self.transaction() as conn:
             row = conn.execute("SELECT raw_tx FROM chain_txs WHERE tx_hash = ?", (digest,)).fetchone()
@@ -87,11 +95,19 @@ class ChainRecords(Store):
                 conn.execute(
                     "INSERT INTO chain_txs (tx_hash, raw_tx, nonce, sender, purpose, job_id, status, "
                     "meta, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'persisted', ?, ?, ?)",
-                    (digest, raw, nonce, sender.lower(), purpose, job_id, meta_text, now, now))
+                    (digest, raw, nonce, sender.lower(), purpose, job_id, meta_text, now, now),
+                )
             return _row_tx(conn.execute("SELECT * FROM chain_txs WHERE tx_hash = ?", (digest,)).fetchone())
 
-    def update_tx(self, tx_hash: bytes | str, status: str, *, block_number: int | None = None,
-                  replaced_by: bytes | str | None = None, error: str | None = None) -> ChainTx:
+    def update_tx(
+        self,
+        tx_hash: bytes | str,
+        status: str,
+        *,
+        block_number: int | None = None,
+        replaced_by: bytes | str | None = None,
+        error: str | None = None,
+    ) -> ChainTx:
         """Set a recorded transaction's status (and block, replacement hash, error)."""
         digest = _hex(tx_hash, "tx_hash")
         if status not in TX_STATUSES:
@@ -101,7 +117,9 @@ class ChainRecords(Store):
             cursor = conn.execute(
                 "UPDATE chain_txs SET status = ?, block_number = COALESCE(?, block_number), "
                 "replaced_by = COALESCE(?, replaced_by), error = COALESCE(?, error), updated_at = ? "
-                "WHERE tx_hash = ?", (status, block_number, replacement, error, self._now_ms(), digest))
+                "WHERE tx_hash = ?",
+                (status, block_number, replacement, error, self._now_ms(), digest),
+            )
             if cursor.rowcount == 0:
                 raise InvalidArgument(f"no recorded transaction {digest}")
             return _row_tx(conn.execute("SELECT * FROM chain_txs WHERE tx_hash = ?", (digest,)).fetchone())
@@ -123,32 +141,13 @@ class ChainRecords(Store):
         """The highest nonce among `sender`'s transactions recorded with `status`, or None (read-only)."""
         if status not in TX_STATUSES:
             raise InvalidArgument(f"tx status must be one of {', '.join(TX_STATUSES)}, got {status!r}")
-        rows = self._read("SELECT MAX(nonce) FROM chain_txs WHERE sender = ? AND status = ?",
-                          (sender.lower(), status))
+        rows = self._read("SELECT MAX(nonce) FROM chain_txs WHERE sender = ? AND status = ?", (sender.lower(), status))
         return None if rows[0][0] is None else int(rows[0][0])
 
     def txs_for_job(self, job_id: str) -> list[ChainTx]:
         """Every transaction recorded for a job, oldest first."""
         rows = self._read("SELECT * FROM chain_txs WHERE job_id = ? ORDER BY created_at, nonce", (job_id,))
         return [_row_tx(row) for row in rows]
-
-    def record_event(self, kind: str, natural_id: str, payload: object = None) -> bool:
-        """Record external event (kind, natural_id) once; False if it was seen before.
-
-        Joins the caller's `transaction()` if one is open, so it commits together with what follows.
-        """
-        check_id(kind, "kind")
-        check_id(natural_id, "natural_id")
-        text = json.dumps(payload, sort_keys=True, default=str)
-        with self.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO events (kind, natural_id, payload, created_at) VALUES (?, ?, ?, ?)",
-                (kind, natural_id, text, self._now_ms()))
-            return cursor.rowcount == 1
-
-    def seen_event(self, kind: str, natural_id: str) -> bool:
-        """True if the event was recorded."""
-        return bool(self._read("SELECT 1 FROM events WHERE kind = ? AND natural_id = ?", (kind, natural_id)))
 
     def get_value(self, key: str, default: str | None = None) -> str | None:
         """A kv value (e.g. a block cursor), or `default`."""
@@ -159,16 +158,19 @@ class ChainRecords(Store):
         """Set a kv value (joins an open transaction)."""
         check_text(value, "value")
         with self.transaction() as conn:
-            conn.execute("INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
-                         "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                         (check_id(key, "key"), value, self._now_ms()))
+            conn.execute(
+                "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
+                "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (check_id(key, "key"), value, self._now_ms()),
+            )
 
-    def persist_hook(self, sender: str):  # type: ignore[no-untyped-def]
+    def persist_hook(self, sender: str) -> Callable[[bytes, bytes | str, int, Mapping[str, object]], Awaitable[None]]:
         """An `async persist(raw_tx, tx_hash, nonce, meta)` for the iexec sender: records the tx
         (purpose and job id taken from meta["purpose"] / meta["job_id"]) before it is broadcast."""
-        async def persist(raw_tx: bytes, tx_hash: bytes, nonce: int, meta: dict[str, object]) -> None:
+
+        async def persist(raw_tx: bytes, tx_hash: bytes | str, nonce: int, meta: Mapping[str, object]) -> None:
             purpose = str(meta.get("purpose") or "tx")
             job_id = meta.get("job_id")
-            self.record_tx(raw_tx, tx_hash, nonce, sender, purpose,
-                           str(job_id) if job_id is not None else None, meta)
+            self.record_tx(raw_tx, tx_hash, nonce, sender, purpose, str(job_id) if job_id is not None else None, meta)
+
         return persist

@@ -12,6 +12,7 @@ The database defaults to env LEDGER_DB, else ./data/books.db. Passwords come fro
 env WALLET_PASSWORD or a prompt; a private key to import from --key-file or a prompt, never argv.
 Errors print one line on stderr and exit non-zero; this module must never print a key or password.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,11 @@ def _user(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ledger", description="Operate the bot's books and wallet.")
-    parser.add_argument("--db", default=os.environ.get("LEDGER_DB", "data/books.db"),
-                        help="books file (env LEDGER_DB, default ./data/books.db)")
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("LEDGER_DB", "data/books.db"),
+        help="books file (env LEDGER_DB, default ./data/books.db)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="create or migrate the books")
     wallet = sub.add_parser("wallet", help="the hot wallet's keystore")
@@ -71,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _wallet(args: argparse.Namespace) -> None:
     from ledger import wallet as wallet_mod  # eth-account is slow to import: only for this command
+
     if args.action == "address":
         print(wallet_mod.wallet_address(args.keystore))
         return
@@ -124,24 +129,32 @@ def _books(book: Ledger, args: argparse.Namespace) -> None:
         amount = parse_rlc(args.amount)
         transfer_id = args.id or f"cli-grant-{uuid.uuid4()}"
         book.grant(transfer_id, args.user, amount, args.memo)
-        print(f"granted {format_rlc(amount)} to user {args.user} (transfer {transfer_id}); "
-              f"available {format_rlc(book.balance(args.user).available)}")
+        print(
+            f"granted {format_rlc(amount)} to user {args.user} (transfer {transfer_id}); "
+            f"available {format_rlc(book.balance(args.user).available)}"
+        )
     elif args.command == "balance":
         bal = book.balance(args.user)
-        print(f"user {args.user}: posted {format_rlc(bal.posted)}, pending {format_rlc(bal.pending)}, "
-              f"available {format_rlc(bal.available)}")
+        print(
+            f"user {args.user}: posted {format_rlc(bal.posted)}, pending {format_rlc(bal.pending)}, "
+            f"available {format_rlc(bal.available)}"
+        )
     elif args.command == "history":
         for t in book.history(args.user, limit=args.limit):
             fee = f" fee {format_rlc(t.fee)}" if t.fee else ""
             print(f"{t.seq}\t{t.kind}\t{t.id}\t{t.debit} -> {t.credit}\t{format_rlc(t.amount)}{fee}\t{t.job}\t{t.memo}")
     elif args.command == "jobs":
         for job in book.jobs_in_states(*(args.state or ()), limit=args.limit):
-            print(f"{job.id}\tuser {job.user_id}\t{job.state.value}\tmax {format_rlc(job.max_price)}\t"
-                  f"deal {job.deal_id or '-'}\ttask {job.task_id or '-'}\t{job.error or ''}")
+            print(
+                f"{job.id}\tuser {job.user_id}\t{job.state.value}\tmax {format_rlc(job.max_price)}\t"
+                f"deal {job.deal_id or '-'}\ttask {job.task_id or '-'}\t{job.error or ''}"
+            )
     elif args.command == "audit":
         totals = book.audit()
-        print(f"ok: the books balance (posted {format_rlc(totals['debits_posted'])}, "
-              f"pending {format_rlc(totals['debits_pending'])})")
+        print(
+            f"ok: the books balance (posted {format_rlc(totals['debits_posted'])}, "
+            f"pending {format_rlc(totals['debits_pending'])})"
+        )
     elif args.command == "export":
         if args.output:
             with open(args.output, "w", encoding="utf-8", newline="") as out:

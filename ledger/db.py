@@ -14,6 +14,7 @@ thread inside a call) is bounded the same way. Opening the books (migrations) ke
 
 This module must never hold a transaction open across a caller's await or sleep.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -109,9 +110,14 @@ class Store:
     (and for the lock), `loop_busy_limit_s` the same wait when the caller runs an event loop.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_limit_s: float = 30.0,
-                 loop_busy_limit_s: float = LOOP_BUSY_LIMIT_S,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_limit_s: float = 30.0,
+        loop_busy_limit_s: float = LOOP_BUSY_LIMIT_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._busy_limit_s = busy_limit_s
@@ -125,9 +131,12 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _check_is_sqlite(self.path)
         try:
-            self._conn = sqlite3.connect(str(self.path), isolation_level=None,
-                                         check_same_thread=False,
-                                         timeout=min(SQLITE_BUSY_WAIT_S, busy_limit_s / 2))
+            self._conn = sqlite3.connect(
+                str(self.path),
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=min(SQLITE_BUSY_WAIT_S, busy_limit_s / 2),
+            )
             self._conn.row_factory = sqlite3.Row
             self._configure()
             self._migrate()
@@ -165,8 +174,9 @@ class Store:
             return
         bound = self._busy_bound()
         if not self._lock.acquire(timeout=bound):
-            raise LedgerBusy(f"the books at {self.path} stayed in use by another thread of this process "
-                             f"for {bound:g}s; try again")
+            raise LedgerBusy(
+                f"the books at {self.path} stayed in use by another thread of this process for {bound:g}s; try again"
+            )
 
     def __enter__(self) -> Self:
         return self
@@ -301,9 +311,11 @@ class Store:
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         """Run a read-only query (one consistent snapshot), retrying busy."""
         with self._guard:
+
             def run() -> list[sqlite3.Row]:
                 cursor = self._conn.execute(sql, params)
                 return cursor.fetchall()
+
             return self._retry_busy(run)
 
     def schema_version(self) -> int:
@@ -325,7 +337,8 @@ class Store:
         if current > SCHEMA_VERSION:
             raise SchemaError(
                 f"{self.path} has schema version {current}, newer than this code's "
-                f"{SCHEMA_VERSION}; upgrade the software instead of opening it")
+                f"{SCHEMA_VERSION}; upgrade the software instead of opening it"
+            )
 
     def _migrate(self) -> None:
         """Bring the file to SCHEMA_VERSION inside one write transaction; refuse newer files."""
@@ -334,8 +347,10 @@ class Store:
             return  # the usual case: no write lock needed to open the books
         self._refuse_newer(current)
         with self.transaction() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
-                         "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+            )
             current = self._version(conn)
             self._refuse_newer(current)
             for version, name, script, after in MIGRATIONS:
@@ -343,7 +358,9 @@ class Store:
                     continue
                 for statement in _split_script(script):
                     conn.execute(statement)
-                for sql, params in after(self._now_ms()):  # type: ignore[operator]
+                for sql, params in after(self._now_ms()):
                     conn.execute(sql, params)
-                conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                             (version, name, self._now_ms()))
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, self._now_ms()),
+                )

@@ -20,6 +20,7 @@ LedgerError
 
 This module must never import anything else of the ledger (everything imports it).
 """
+
 from __future__ import annotations
 
 

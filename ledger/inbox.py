@@ -15,6 +15,7 @@ that it is never handled and a redelivery is recognised.
 
 This module holds no Telegram types: an update is an id and its JSON text. It must never store a token.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -76,8 +77,10 @@ class Inbox:
         with self._store.transaction() as conn:
             fresh = []
             for update_id, body in updates:
-                cursor = conn.execute("INSERT OR IGNORE INTO inbox (update_id, body, received_at) "
-                                      "VALUES (?, ?, ?)", (update_id, body, now))
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO inbox (update_id, body, received_at) VALUES (?, ?, ?)",
+                    (update_id, body, now),
+                )
                 if cursor.rowcount:
                     fresh.append(update_id)
             return fresh
@@ -89,8 +92,10 @@ class Inbox:
         """
         now = self._store._now_ms()
         with self._store.transaction() as conn:
-            cursor = conn.execute("INSERT OR IGNORE INTO inbox (update_id, body, received_at, done_at) "
-                                  "VALUES (?, ?, ?, ?)", (_check_update_id(update_id), DONE_BODY, now, now))
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO inbox (update_id, body, received_at, done_at) VALUES (?, ?, ?, ?)",
+                (_check_update_id(update_id), DONE_BODY, now, now),
+            )
             return bool(cursor.rowcount)
 
     def done(self, update_id: int) -> bool:
@@ -98,9 +103,10 @@ class Inbox:
         already done)."""
         now = self._store._now_ms()
         with self._store.transaction() as conn:
-            cursor = conn.execute("UPDATE inbox SET done_at = MAX(?, received_at), body = ? "
-                                  "WHERE update_id = ? AND done_at IS NULL",
-                                  (now, DONE_BODY, _check_update_id(update_id)))
+            cursor = conn.execute(
+                "UPDATE inbox SET done_at = MAX(?, received_at), body = ? WHERE update_id = ? AND done_at IS NULL",
+                (now, DONE_BODY, _check_update_id(update_id)),
+            )
             return bool(cursor.rowcount)
 
     def is_done(self, update_id: int) -> bool:
@@ -110,8 +116,9 @@ class Inbox:
 
     def pending(self) -> list[InboxEntry]:
         """Updates stored but not handled, oldest first."""
-        rows = self._store._read("SELECT update_id, body, received_at FROM inbox WHERE done_at IS NULL "
-                                 "ORDER BY update_id")
+        rows = self._store._read(
+            "SELECT update_id, body, received_at FROM inbox WHERE done_at IS NULL ORDER BY update_id"
+        )
         return [InboxEntry(int(r[0]), str(r[1]), int(r[2])) for r in rows]
 
     def prune(self, before_ms: int) -> int:
@@ -121,8 +128,9 @@ class Inbox:
         its old frames may still hold the bodies of handled updates.
         """
         with self._store.transaction() as conn:
-            count = conn.execute("DELETE FROM inbox WHERE done_at IS NOT NULL AND done_at < ?",
-                                 (int(before_ms),)).rowcount
+            count = conn.execute(
+                "DELETE FROM inbox WHERE done_at IS NOT NULL AND done_at < ?", (int(before_ms),)
+            ).rowcount
         with self._store._guard:
             if not self._store._conn.in_transaction:  # not inside a caller's transaction
                 # busy or locked: the next pruning tries again

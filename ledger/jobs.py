@@ -19,6 +19,7 @@ one transaction. Repeating a transition already made returns quietly.
 
 This module must never post or void outside the transaction that changes the job's state.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,13 +67,28 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     S.RUNNING: frozenset({S.COMPLETED, S.REFUNDED, S.NEEDS_ADMIN}),
     S.COMPLETED: frozenset({S.DELIVERED, S.REFUNDED, S.NEEDS_ADMIN}),
     S.NEEDS_ADMIN: frozenset(set(JobState) - {S.NEEDS_ADMIN}),
-    S.DELIVERED: frozenset(), S.REFUNDED: frozenset(), S.CANCELLED: frozenset(),
+    S.DELIVERED: frozenset(),
+    S.REFUNDED: frozenset(),
+    S.CANCELLED: frozenset(),
 }
 MONEY_STATES = frozenset({S.COMPLETED, S.REFUNDED, S.CANCELLED})
 
 # Fields a caller may set; the write-once ones may be set again only to the same value.
-_FIELDS = ("user_message_id", "status_message_id", "input_ref", "options", "request_order", "order_hash",
-           "deal_id", "task_id", "app_price", "workerpool_price", "result_ref", "error", "attempts")
+_FIELDS = (
+    "user_message_id",
+    "status_message_id",
+    "input_ref",
+    "options",
+    "request_order",
+    "order_hash",
+    "deal_id",
+    "task_id",
+    "app_price",
+    "workerpool_price",
+    "result_ref",
+    "error",
+    "attempts",
+)
 _WRITE_ONCE = frozenset({"request_order", "order_hash", "deal_id", "task_id"})
 _JSON_FIELDS = frozenset({"options", "request_order"})
 
@@ -154,9 +170,19 @@ class Jobs(Books):
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (check_id(job_id, "job_id"),))
         return _job(rows[0]) if rows else None
 
-    def create_job(self, job_id: str, user: int, chat: int, amount: int, *, reservation_id: str | None = None,
-                   user_message_id: int | None = None, status_message_id: int | None = None,
-                   input_ref: str | None = None, options: dict[str, Any] | None = None) -> Job:
+    def create_job(
+        self,
+        job_id: str,
+        user: int,
+        chat: int,
+        amount: int,
+        *,
+        reservation_id: str | None = None,
+        user_message_id: int | None = None,
+        status_message_id: int | None = None,
+        input_ref: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> Job:
         """Create job `job_id` (RECEIVED) and reserve `amount` nRLC of `user` in ONE transaction.
 
         The reservation id defaults to "<job_id>:reserve". Idempotent on job_id: a retry with the same
@@ -171,14 +197,26 @@ class Jobs(Books):
         reservation = check_id(reservation_id or f"{job_id}:reserve", "reservation_id")
         if input_ref is not None:
             check_text(input_ref, "input_ref")
-        fields = _encode({"user_message_id": user_message_id, "status_message_id": status_message_id,
-                          "input_ref": input_ref, "options": options or {}})
+        fields = _encode(
+            {
+                "user_message_id": user_message_id,
+                "status_message_id": status_message_id,
+                "input_ref": input_ref,
+                "options": options or {},
+            }
+        )
         with self.transaction() as conn:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is not None:
                 job = _job(row)
-                if (job.user_id, job.chat_id, job.max_price, job.reservation, job.input_ref,
-                        job.options) != (user, chat, amount, reservation, input_ref, options or {}):
+                if (job.user_id, job.chat_id, job.max_price, job.reservation, job.input_ref, job.options) != (
+                    user,
+                    chat,
+                    amount,
+                    reservation,
+                    input_ref,
+                    options or {},
+                ):
                     raise JobConflict(f"job {job_id!r} exists with other fields")
                 return job
             wanted = Transfer(reservation, "reserve", user_account(user), IEXEC_SPEND, amount, job=job_id)
@@ -188,9 +226,21 @@ class Jobs(Books):
                 "INSERT INTO jobs (id, user_id, chat_id, reservation, max_price, state, created_at, "
                 "updated_at, state_times, user_message_id, status_message_id, input_ref, options) "
                 "VALUES (?, ?, ?, ?, ?, 'RECEIVED', ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, user, chat, reservation, amount, now, now, json.dumps({"RECEIVED": now}),
-                 fields["user_message_id"], fields["status_message_id"], fields["input_ref"],
-                 fields["options"]))
+                (
+                    job_id,
+                    user,
+                    chat,
+                    reservation,
+                    amount,
+                    now,
+                    now,
+                    json.dumps({"RECEIVED": now}),
+                    fields["user_message_id"],
+                    fields["status_message_id"],
+                    fields["input_ref"],
+                    fields["options"],
+                ),
+            )
             return self._load(conn, job_id)
 
     def _set(self, conn: sqlite3.Connection, job: Job, state: JobState | None, fields: dict[str, Any]) -> Job:
@@ -213,12 +263,18 @@ class Jobs(Books):
     def _check_move(self, job: Job, from_states: frozenset[JobState], to: JobState) -> None:
         if job.state not in from_states:
             raise IllegalTransition(
-                f"job {job.id} is {job.state.value}, not {' or '.join(sorted(s.value for s in from_states))}")
+                f"job {job.id} is {job.state.value}, not {' or '.join(sorted(s.value for s in from_states))}"
+            )
         if to not in ALLOWED[job.state]:
             raise IllegalTransition(f"job {job.id}: {job.state.value} -> {to.value} is not allowed")
 
-    def transition(self, job_id: str, from_states: JobState | str | Iterable[JobState | str],
-                   to_state: JobState | str, **fields: Any) -> Job:
+    def transition(
+        self,
+        job_id: str,
+        from_states: JobState | str | Iterable[JobState | str],
+        to_state: JobState | str,
+        **fields: Any,
+    ) -> Job:
         """Move a job from one of `from_states` to `to_state` and set `fields`, in one transaction.
 
         Returns quietly (changing nothing) if the job is already in `to_state`. Raises UnknownJob,
@@ -241,8 +297,16 @@ class Jobs(Books):
         with self.transaction() as conn:
             return self._set(conn, self._load(conn, job_id), None, fields)
 
-    def complete_job(self, job_id: str, post_id: str, amount: int | None = None, *, fee: int = 0,
-                     from_states: Iterable[JobState | str] | None = None, **fields: Any) -> Job:
+    def complete_job(
+        self,
+        job_id: str,
+        post_id: str,
+        amount: int | None = None,
+        *,
+        fee: int = 0,
+        from_states: Iterable[JobState | str] | None = None,
+        **fields: Any,
+    ) -> Job:
         """COMPLETED + post the job's reservation (`amount` to iExec spend, `fee` to fees) atomically.
 
         Idempotent: a job already COMPLETED (or DELIVERED) is returned unchanged.
@@ -258,8 +322,15 @@ class Jobs(Books):
             self._post(conn, check_id(post_id), job.reservation, amount, fee, f"job {job.id} completed")
             return self._set(conn, job, S.COMPLETED, fields)
 
-    def refund_job(self, job_id: str, refund_id: str, *, error: str,
-                   from_states: Iterable[JobState | str] | None = None, **fields: Any) -> Job:
+    def refund_job(
+        self,
+        job_id: str,
+        refund_id: str,
+        *,
+        error: str,
+        from_states: Iterable[JobState | str] | None = None,
+        **fields: Any,
+    ) -> Job:
         """REFUNDED + give the user their money back, atomically, and record `error` (told to the user).
 
         An open reservation is voided; one already posted (the task was paid on chain but failed in
@@ -268,9 +339,18 @@ class Jobs(Books):
         """
         return self._refund(job_id, refund_id, error, from_states, fields)
 
-    def refund_paid_job(self, job_id: str, post_id: str, refund_id: str, amount: int, *, error: str,
-                        fee: int = 0, from_states: Iterable[JobState | str] | None = None,
-                        **fields: Any) -> Job:
+    def refund_paid_job(
+        self,
+        job_id: str,
+        post_id: str,
+        refund_id: str,
+        amount: int,
+        *,
+        error: str,
+        fee: int = 0,
+        from_states: Iterable[JobState | str] | None = None,
+        **fields: Any,
+    ) -> Job:
         """REFUNDED after the task was paid on chain, in ONE transaction: post the job's reservation
         (`amount` to iExec spend, `fee` to fees) if it is still open, then pay the user back from
         operator:refund_expense, and record `error`.
@@ -282,8 +362,15 @@ class Jobs(Books):
         check_amount(amount)
         return self._refund(job_id, refund_id, error, from_states, fields, paid=(post_id, amount, fee))
 
-    def _refund(self, job_id: str, refund_id: str, error: str, from_states: Iterable[JobState | str] | None,
-                fields: dict[str, Any], paid: tuple[str, int, int] | None = None) -> Job:
+    def _refund(
+        self,
+        job_id: str,
+        refund_id: str,
+        error: str,
+        from_states: Iterable[JobState | str] | None,
+        fields: dict[str, Any],
+        paid: tuple[str, int, int] | None = None,
+    ) -> Job:
         """`refund_job`, and with `paid` = (post id, amount, fee) first the post of a still open reservation."""
         check_id(refund_id, "refund_id")
         check_text(error, "error")
@@ -293,15 +380,26 @@ class Jobs(Books):
             if job.state is S.REFUNDED:
                 return job
             self._check_move(job, froms, S.REFUNDED)
-            if paid is not None and conn.execute("SELECT 1 FROM transfers WHERE pending_id = ? AND leg = 0",
-                                                 (job.reservation,)).fetchone() is None:
+            if (
+                paid is not None
+                and conn.execute(
+                    "SELECT 1 FROM transfers WHERE pending_id = ? AND leg = 0", (job.reservation,)
+                ).fetchone()
+                is None
+            ):
                 post_id, amount, fee = paid
                 self._post(conn, post_id, job.reservation, amount, fee, f"job {job.id} paid on chain")
             self._give_back(conn, job, refund_id)
             return self._set(conn, job, S.REFUNDED, {**fields, "error": error})
 
-    def cancel_job(self, job_id: str, void_id: str, *, error: str = "cancelled by the user",
-                   from_states: Iterable[JobState | str] | None = None) -> Job:
+    def cancel_job(
+        self,
+        job_id: str,
+        void_id: str,
+        *,
+        error: str = "cancelled by the user",
+        from_states: Iterable[JobState | str] | None = None,
+    ) -> Job:
         """CANCELLED + void the reservation, atomically (only before matching)."""
         check_id(void_id, "void_id")
         froms = _states(from_states)
@@ -314,52 +412,61 @@ class Jobs(Books):
             return self._set(conn, job, S.CANCELLED, {"error": error})
 
     def _give_back(self, conn: sqlite3.Connection, job: Job, transfer_id: str) -> None:
-        row = conn.execute("SELECT kind, id FROM transfers WHERE pending_id = ? AND leg = 0",
-                           (job.reservation,)).fetchone()
+        row = conn.execute(
+            "SELECT kind, id FROM transfers WHERE pending_id = ? AND leg = 0", (job.reservation,)
+        ).fetchone()
         if row is None:
             self._void(conn, transfer_id, job.reservation, f"job {job.id} refunded")
         elif row[0] == "post":
             posted = self._get(conn, row[1])
             assert posted is not None
-            self.refund_expense(transfer_id, job.user_id, posted.amount + posted.fee, job.id,
-                                f"job {job.id} refunded after payment")
+            self.refund_expense(
+                transfer_id, job.user_id, posted.amount + posted.fee, job.id, f"job {job.id} refunded after payment"
+            )
 
     def jobs_in_states(self, *states: JobState | str, limit: int = 1000) -> list[Job]:
         """Jobs in any of `states` (all states if none given), oldest first."""
         wanted = sorted(s.value for s in _states(states or None))
         marks = ", ".join("?" * len(wanted))
-        rows = self._read(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at, id LIMIT ?",
-                          (*wanted, limit))
+        rows = self._read(
+            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at, id LIMIT ?", (*wanted, limit)
+        )
         return [_job(row) for row in rows]
 
     def user_jobs(self, user: int, limit: int = 10) -> list[Job]:
         """A user's most recent jobs, newest first."""
-        rows = self._read("SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?",
-                          (check_user(user), limit))
+        rows = self._read(
+            "SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?", (check_user(user), limit)
+        )
         return [_job(row) for row in rows]
 
-    def job_by(self, *, task_id: str | None = None, order_hash: str | None = None,
-               deal_id: str | None = None) -> Job | None:
+    def job_by(
+        self, *, task_id: str | None = None, order_hash: str | None = None, deal_id: str | None = None
+    ) -> Job | None:
         """The job with this task id, order hash or deal id (exactly one of them), or None."""
-        given = {k: v for k, v in {"task_id": task_id, "order_hash": order_hash, "deal_id": deal_id}.items()
-                 if v is not None}
+        given = {
+            k: v for k, v in {"task_id": task_id, "order_hash": order_hash, "deal_id": deal_id}.items() if v is not None
+        }
         if len(given) != 1:
             raise InvalidArgument("give exactly one of task_id, order_hash, deal_id")
-        (column, value), = given.items()
+        ((column, value),) = given.items()
         rows = self._read(f"SELECT * FROM jobs WHERE {column} = ? LIMIT 1", (value,))
         return _job(rows[0]) if rows else None
 
     def jobs_in_flight(self, user: int) -> int:
         """How many of the user's jobs are not terminal. A NEEDS_ADMIN job counts while its money is
         reserved; one held after it was charged (e.g. a result Telegram refused) does not."""
-        rows = self._read("SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state NOT IN "
-                          "('DELIVERED', 'REFUNDED', 'CANCELLED') AND NOT (state = 'NEEDS_ADMIN' AND EXISTS "
-                          "(SELECT 1 FROM transfers t WHERE t.pending_id = jobs.reservation AND t.leg = 0))",
-                          (check_user(user),))
+        rows = self._read(
+            "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state NOT IN "
+            "('DELIVERED', 'REFUNDED', 'CANCELLED') AND NOT (state = 'NEEDS_ADMIN' AND EXISTS "
+            "(SELECT 1 FROM transfers t WHERE t.pending_id = jobs.reservation AND t.leg = 0))",
+            (check_user(user),),
+        )
         return rows[0][0]
 
-    def untold_jobs(self, kind: str, states: Iterable[JobState | str], *, since_ms: int = 0,
-                    limit: int = 1000) -> list[Job]:
+    def untold_jobs(
+        self, kind: str, states: Iterable[JobState | str], *, since_ms: int = 0, limit: int = 1000
+    ) -> list[Job]:
         """Jobs in `states`, changed at or after `since_ms`, with no event (`kind`, "<state>:<job id>"):
         e.g. refunds whose user was not told yet (`record_event("told", "REFUNDED:<id>")` marks them)."""
         wanted = sorted(s.value for s in _states(states))
@@ -367,13 +474,16 @@ class Jobs(Books):
         rows = self._read(
             f"SELECT * FROM jobs WHERE state IN ({marks}) AND updated_at >= ? AND NOT EXISTS (SELECT 1 FROM "
             "events e WHERE e.kind = ? AND e.natural_id = jobs.state || ':' || jobs.id) "
-            "ORDER BY updated_at, id LIMIT ?", (*wanted, since_ms, check_id(kind, "kind"), limit))
+            "ORDER BY updated_at, id LIMIT ?",
+            (*wanted, since_ms, check_id(kind, "kind"), limit),
+        )
         return [_job(row) for row in rows]
 
     def jobs_since(self, user: int, since_ms: int) -> int:
         """How many jobs the user created at or after `since_ms` (unix ms)."""
-        rows = self._read("SELECT COUNT(*) FROM jobs WHERE user_id = ? AND created_at >= ?",
-                          (check_user(user), since_ms))
+        rows = self._read(
+            "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND created_at >= ?", (check_user(user), since_ms)
+        )
         return rows[0][0]
 
     def spent_since(self, user: int, since_ms: int) -> int:
@@ -383,5 +493,6 @@ class Jobs(Books):
                 "SELECT COALESCE(SUM(t.amount), 0) FROM transfers t JOIN accounts a ON a.id = t.debit_account "
                 "WHERE a.name = ? AND t.created_at >= ? AND (t.kind = 'post' OR (t.kind = 'reserve' AND "
                 "NOT EXISTS (SELECT 1 FROM transfers r WHERE r.pending_id = t.id AND r.leg = 0)))",
-                (user_account(check_user(user)), since_ms)).fetchone()
+                (user_account(check_user(user)), since_ms),
+            ).fetchone()
         return row[0]

@@ -3,7 +3,10 @@
 Append new migrations at the end; never edit one that has shipped. This module holds SQL only and must
 never touch a connection.
 """
+
 from __future__ import annotations
+
+from collections.abc import Callable
 
 OPERATOR_ACCOUNTS: dict[str, str] = {
     "operator:grants": "source of credit an admin grants to users",
@@ -120,8 +123,7 @@ CREATE TABLE kv (
 
 def _v1_accounts(now_ms: int) -> list[tuple[str, tuple[object, ...]]]:
     return [
-        ("INSERT INTO accounts (name, user_id, no_overdraft, created_at) VALUES (?, NULL, 0, ?)",
-         (name, now_ms))
+        ("INSERT INTO accounts (name, user_id, no_overdraft, created_at) VALUES (?, NULL, 0, ?)", (name, now_ms))
         for name in OPERATOR_ACCOUNTS
     ]
 
@@ -178,7 +180,10 @@ CREATE TABLE inbox (
 
 
 # (version, name, DDL script, function giving parameterised statements to run after the script)
-MIGRATIONS: list[tuple[int, str, str, object]] = [
+#: rows a migration writes after its SQL: (statement, parameters) for the time of the migration
+AfterMigration = Callable[[int], list[tuple[str, tuple[object, ...]]]]
+
+MIGRATIONS: list[tuple[int, str, str, AfterMigration]] = [
     (1, "books, jobs, chain txs, events, kv", _V1, _v1_accounts),
     (2, "reserved amount and row on each resolution; account-pair index for the audit", _V2, _nothing),
     (3, "drop transfers_credit (fewer pages per commit)", _V3, _nothing),
