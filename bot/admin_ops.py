@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from bot import texts
 from bot.chain import ChainDisagrees
+from bot.endings import Refund
 from ledger import JobState, LedgerError
 
 if TYPE_CHECKING:
     from bot.chain import ChainGateway
-    from bot.pipeline import Refund
     from ledger import Ledger
 
 
@@ -46,8 +46,6 @@ class AdminOps:
 
     async def admin_refund(self, ref: str) -> str:
         """Refund a job held for an admin, unless its task completed on chain (/retry delivers it then)."""
-        from bot.pipeline import Refund  # the pipeline imports this module: import it late
-
         job = self.find_job(ref)
         if job is None or job.state is not JobState.NEEDS_ADMIN:
             return "Only a job held for an admin (NEEDS_ADMIN) can be refunded."
@@ -75,8 +73,6 @@ class AdminOps:
 
     async def reconcile(self) -> str:
         """The books against the chain: stake covers reservations, deals and task states agree."""
-        from bot.pipeline import RESUMABLE  # the pipeline imports this module: import it late
-
         lines = []
         try:
             await asyncio.to_thread(self.ledger.audit_apart)  # ~1 s a million transfers: off the event loop
@@ -84,7 +80,8 @@ class AdminOps:
         except LedgerError as exc:
             lines.append(f"❌ audit: {exc}")
         wallet = await self.chain.wallet_report()
-        reserved = sum(j.max_price for j in self.ledger.jobs_in_states(*RESUMABLE, JobState.NEEDS_ADMIN))
+        unsettled = [s for s in JobState if s.is_resumable() or s is JobState.NEEDS_ADMIN]
+        reserved = sum(j.max_price for j in self.ledger.jobs_in_states(*unsettled))
         owed = self.user_credit()
         lines.append(f"hub stake {texts.rlc(wallet.stake)}, locked {texts.rlc(wallet.locked)}, wallet "
                      f"{texts.rlc(wallet.rlc)}; users are owed {texts.rlc(owed)} ({texts.rlc(reserved)} reserved)")

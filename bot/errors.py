@@ -8,3 +8,11 @@ from __future__ import annotations
 
 class BotError(Exception):
     """Base class of the errors raised on purpose by the bot package."""
+
+
+class InputRejected(BotError):
+    """An input (photo, file or URL) the bot will not process; str(exc) is a message for the user."""
+
+
+class NeedsAdmin(BotError):
+    """Something is inconsistent: the job is held for a person, its money stays reserved."""

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bot.intake import InputRejected
+from bot.errors import InputRejected
 
 log = logging.getLogger(__name__)
 

@@ -43,13 +43,10 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from bot.errors import BotError
+from bot import images
+from bot.errors import InputRejected
 
 log = logging.getLogger(__name__)
-
-
-class InputRejected(BotError):
-    """An input (photo, file or URL) the bot will not process; str(exc) is a message for the user."""
 
 
 # --- the address table -------------------------------------------------------------------------------------
@@ -170,8 +167,6 @@ class FetchPolicy:
 
         Raises TypeError for an unknown option, ValueError for an out-of-range value.
         """
-        from bot import images  # images imports this module: import it late
-
         values: dict[str, Any] = {
             "max_bytes": images.DEFAULT_MAX_BYTES,
             "max_pixels": images.DEFAULT_MAX_PIXELS,
@@ -463,8 +458,6 @@ async def _read_limited(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
 async def _check_is_image(data: bytes, policy: FetchPolicy) -> None:
     """The header says an accepted image of a deliverable shape (on the image threads: a GIF's frames are
     counted there, and a page of HTML is sniffed there too)."""
-    from bot import images  # images imports this module: import it late
-
     limits = images.ImageLimits(max_bytes=policy.max_bytes, max_pixels=policy.max_pixels,
                                 max_aspect=policy.max_aspect, min_side=policy.min_side)
     await images.identify_async(data, limits)

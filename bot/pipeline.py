@@ -54,10 +54,10 @@ from bot import texts
 from bot.admin_ops import AdminOps
 from bot.endings import PERMANENT_TELEGRAM, Endings, Refund
 from bot.chain import ChainDisagrees, ChainGateway, NoOffer, OfferTaken, TaskEvent, secret_name
-from bot.errors import BotError
+from bot.errors import BotError, InputRejected, NeedsAdmin
 from bot.images import check_image_async
 from bot.inputs import upload_to_ipfs
-from bot.intake import DownloadLimiter, InputRejected, fetch_image
+from bot.intake import DownloadLimiter, fetch_image
 from bot.results import RESULT_LIMITS, made_with_random_weights, read_detections, result_image
 from bot.settings import Settings
 from iexec.errors import (DecryptionError, IExecError, ResultDownloadError, ResultLocationError, TeeError,
@@ -81,17 +81,12 @@ SPIN_PAUSE_S = 1.0
 INTAKE_BUSY_LIMIT_S = 30.0
 #: A driver that died of an unexpected error is started again once, after this pause.
 DRIVER_RESTART_S = 5.0
-RESUMABLE = (JobState.RECEIVED, JobState.ORDER_SIGNED, JobState.MATCHING, JobState.MATCHED,
-             JobState.RUNNING, JobState.COMPLETED)
+RESUMABLE = tuple(state for state in JobState if state.is_resumable())
 
 
 def job_id_of(chat: int, message_id: int) -> str:
     """A job's id: one per Telegram message, so a replayed or edited update never makes a second job."""
     return f"c{chat}m{message_id}"
-
-
-class NeedsAdmin(BotError):
-    """Something is inconsistent: the job is held for a person, its money stays reserved."""
 
 
 class Pipeline(AdminOps, Endings):

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bot.errors import NeedsAdmin
 from bot.images import ImageLimits
 
 RESULT_LIMITS = ImageLimits(max_bytes=50 * 1024 * 1024, max_pixels=50_000_000)
@@ -17,8 +18,6 @@ RESULT_LIMITS = ImageLimits(max_bytes=50 * 1024 * 1024, max_pixels=50_000_000)
 
 def result_image(output: Path | None) -> Path:
     """The result picture: the deterministic output itself, or the result.* file in that folder."""
-    from bot.pipeline import NeedsAdmin  # the pipeline imports this module: import it late
-
     if output is None:
         raise NeedsAdmin("the result has no deterministic output")
     if output.is_dir():

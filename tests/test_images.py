@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bot.errors import InputRejected
 from bot.images import (
     ACCEPTED_FORMATS,
     DEFAULT_MAX_BYTES,
@@ -21,7 +22,6 @@ from bot.images import (
     check_image,
     identify,
 )
-from bot.intake import InputRejected
 from tests.loop_stalls import loop_stalls
 
 

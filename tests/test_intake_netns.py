@@ -35,7 +35,8 @@ import asyncio, io, json, sys
 sys.path.insert(0, ROOT)
 from aiohttp import web
 from PIL import Image
-from bot.intake import InputRejected, fetch_image
+from bot.errors import InputRejected
+from bot.intake import fetch_image
 
 buf = io.BytesIO(); Image.new("RGB", (32, 32), (9, 99, 199)).save(buf, "JPEG"); JPEG = buf.getvalue()
 hits = []
