@@ -63,6 +63,11 @@ class RetryPolicy:
         """The wait after the `failed`-th failed attempt (1 = the first), before jitter and deadline."""
         return min(self.base_delay_s * 2 ** (failed - 1), self.max_delay_s)
 
+    def wait_s(self, failed: int, rand: Callable[[], float] = random.random) -> float:
+        """The jittered wait after the `failed`-th failed attempt (no deadline applied): for a supervising
+        loop that never gives up on its own (a job driver, a watcher) but should back off like everyone."""
+        return self.delay(failed) * (1.0 - self.jitter * rand())
+
     def no_wait(self) -> RetryPolicy:
         """The same bounds with every delay zero (tests)."""
         return replace(self, base_delay_s=0.0, max_delay_s=0.0)
@@ -89,7 +94,7 @@ async def retry_async(
         return policy.deadline_s is not None and clock() - started >= policy.deadline_s
 
     def wait(state: tenacity.RetryCallState) -> float:
-        delay = policy.delay(state.attempt_number) * (1.0 - policy.jitter * rand())
+        delay = policy.wait_s(state.attempt_number, rand)
         if policy.deadline_s is not None:
             delay = min(delay, max(0.0, policy.deadline_s - (clock() - started)))
         return delay

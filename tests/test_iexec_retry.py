@@ -56,9 +56,15 @@ async def test_retries_what_it_is_told_until_success_with_growing_capped_delays(
     op, calls = failing(5)
     policy = RetryPolicy(base_delay_s=0.5, max_delay_s=2.0, deadline_s=None, attempts=10, jitter=0.0)
     retried: list[tuple[int, float]] = []
-    result = await retry_async(op, policy, retry_on=lambda e: isinstance(e, Flaky), give_up=give_up,
-                               on_retry=lambda e, n, d: retried.append((n, d)),
-                               sleep=fake.sleep, clock=fake.clock)
+    result = await retry_async(
+        op,
+        policy,
+        retry_on=lambda e: isinstance(e, Flaky),
+        give_up=give_up,
+        on_retry=lambda e, n, d: retried.append((n, d)),
+        sleep=fake.sleep,
+        clock=fake.clock,
+    )
     assert result == "done" and len(calls) == 6
     assert fake.sleeps == [0.5, 1.0, 2.0, 2.0, 2.0]
     assert retried == [(1, 0.5), (2, 1.0), (3, 2.0), (4, 2.0), (5, 2.0)]
@@ -68,8 +74,14 @@ async def test_an_error_it_is_not_told_to_retry_propagates_at_once() -> None:
     fake = FakeTime()
     op, calls = failing(3, exc=ValueError)
     with pytest.raises(ValueError, match="no answer"):
-        await retry_async(op, RetryPolicy(), retry_on=lambda e: isinstance(e, Flaky), give_up=give_up,
-                          sleep=fake.sleep, clock=fake.clock)
+        await retry_async(
+            op,
+            RetryPolicy(),
+            retry_on=lambda e: isinstance(e, Flaky),
+            give_up=give_up,
+            sleep=fake.sleep,
+            clock=fake.clock,
+        )
     assert len(calls) == 1 and fake.sleeps == []
 
 
@@ -77,9 +89,8 @@ async def test_attempts_bound_gives_the_callers_typed_error() -> None:
     fake = FakeTime()
     op, calls = failing(100)
     policy = RetryPolicy(base_delay_s=0.1, deadline_s=None, attempts=4)
-    with pytest.raises(GaveUp, match="after 4 attempts.*no answer") as raised:
-        await retry_async(op, policy, retry_on=lambda e: True, give_up=give_up, sleep=fake.sleep,
-                          clock=fake.clock)
+    with pytest.raises(GaveUp, match=r"after 4 attempts.*no answer") as raised:
+        await retry_async(op, policy, retry_on=lambda e: True, give_up=give_up, sleep=fake.sleep, clock=fake.clock)
     assert len(calls) == 4 and len(fake.sleeps) == 3  # no wait after the last attempt
     assert raised.value.__cause__ is None
 
@@ -89,8 +100,7 @@ async def test_deadline_bound_never_sleeps_past_it() -> None:
     op, calls = failing(1000)
     policy = RetryPolicy(base_delay_s=1.0, max_delay_s=8.0, deadline_s=20.0)
     with pytest.raises(GaveUp, match=r"in 20\.00s"):
-        await retry_async(op, policy, retry_on=lambda e: True, give_up=give_up, sleep=fake.sleep,
-                          clock=fake.clock)
+        await retry_async(op, policy, retry_on=lambda e: True, give_up=give_up, sleep=fake.sleep, clock=fake.clock)
     assert sum(fake.sleeps) == pytest.approx(20.0)
     assert all(s <= 8.0 for s in fake.sleeps) and 5 <= len(calls) <= 12
 
@@ -100,9 +110,17 @@ async def test_jitter_only_shortens_delays_within_its_fraction() -> None:
     draws = iter([0.0, 1.0, 0.5])
     op, _ = failing(3)
     policy = RetryPolicy(base_delay_s=1.0, max_delay_s=10.0, deadline_s=None, attempts=5, jitter=0.2)
-    await retry_async(op, policy, retry_on=lambda e: True, give_up=give_up, sleep=fake.sleep,
-                      clock=fake.clock, rand=lambda: next(draws))
+    await retry_async(
+        op,
+        policy,
+        retry_on=lambda e: True,
+        give_up=give_up,
+        sleep=fake.sleep,
+        clock=fake.clock,
+        rand=lambda: next(draws),
+    )
     assert fake.sleeps == pytest.approx([1.0, 2.0 * 0.8, 4.0 * 0.9])
+    assert policy.wait_s(5, rand=lambda: 1.0) == pytest.approx(10.0 * 0.8)  # capped, then jittered
 
 
 async def test_no_wait_keeps_the_bounds_and_drops_the_delays() -> None:
@@ -110,16 +128,21 @@ async def test_no_wait_keeps_the_bounds_and_drops_the_delays() -> None:
     op, calls = failing(100)
     policy = RetryPolicy(base_delay_s=0.5, deadline_s=None, attempts=3).no_wait()
     with pytest.raises(GaveUp):
-        await retry_async(op, policy, retry_on=lambda e: True, give_up=give_up, sleep=fake.sleep,
-                          clock=fake.clock)
+        await retry_async(op, policy, retry_on=lambda e: True, give_up=give_up, sleep=fake.sleep, clock=fake.clock)
     assert len(calls) == 3 and fake.sleeps == [0.0, 0.0]
 
 
 async def test_a_lambda_returning_an_awaitable_is_awaited_on_every_attempt() -> None:
     fake = FakeTime()
     op, calls = failing(2)
-    result = await retry_async(lambda: op(), RetryPolicy(attempts=5, deadline_s=None), retry_on=lambda e: True,
-                               give_up=give_up, sleep=fake.sleep, clock=fake.clock)
+    result = await retry_async(
+        lambda: op(),
+        RetryPolicy(attempts=5, deadline_s=None),
+        retry_on=lambda e: True,
+        give_up=give_up,
+        sleep=fake.sleep,
+        clock=fake.clock,
+    )
     assert result == "done" and len(calls) == 3
 
 
