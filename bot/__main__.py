@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_doctor(settings, env_file=env_file)
     from bot.app import run
-    from bot.consistency import BooksDoNotMatchChain
-    from bot.lock import AlreadyRunning
+    from bot.errors import AlreadyRunning, BooksDoNotMatchChain
 
     try:
         run(settings)

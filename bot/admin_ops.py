@@ -10,8 +10,8 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from bot import texts
-from bot.chain import ChainDisagrees
 from bot.endings import Refund
+from bot.errors import ChainDisagrees
 from ledger import JobState, LedgerError
 
 if TYPE_CHECKING:

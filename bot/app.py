@@ -19,8 +19,8 @@ from telegram.ext import (Application, ApplicationBuilder, CallbackQueryHandler,
 from telegram.request import HTTPXRequest
 
 from bot import admin, handlers
-from bot.chain import ChainGateway, TeeUnavailable
-from bot.errors import BotError
+from bot.chain import ChainGateway
+from bot.errors import BotError, TeeUnavailable, WebhookRefused
 from bot.inbox import CLAIM_GROUP, FINISH_GROUP, InboxBot, UpdateInbox
 from bot.inputs import InputServer
 from bot.lock import InstanceLock
@@ -35,8 +35,6 @@ from ledger import Ledger
 log = logging.getLogger(__name__)
 
 
-class WebhookRefused(BotError):
-    """Webhook mode was asked for without a secret token."""
 
 USER_COMMANDS = [
     ("start", "what this bot does, price, privacy"), ("help", "the commands"),

@@ -27,7 +27,7 @@ from typing import Any
 from web3.exceptions import TransactionNotFound
 
 from bot import texts
-from bot.errors import BotError
+from bot.errors import ChainDisagrees, NoOffer, OfferTaken, TeeUnavailable
 from bot.logs import redact_url
 from bot.settings import Settings
 from iexec.errors import ChainError, InsufficientStake, MarketError, OrderConsumed
@@ -46,27 +46,6 @@ CURSOR_KEY = "watcher.cursor"
 #: does not know a deal mined a moment ago.
 DEAL_REREADS = 3
 DEAL_REREAD_MAX_S = 30.0
-
-
-class NoOffer(BotError):
-    """No app + workerpool order pair within the maximum prices (or not enough stake to pay one)."""
-
-    def __init__(self, message: str, *, no_stake: bool = False) -> None:
-        super().__init__(message)
-        self.no_stake = no_stake
-
-
-class TeeUnavailable(BotError):
-    """TEE mode cannot start: no SMS configured, the SMS does not answer, or the result key cannot be opened."""
-
-
-class OfferTaken(BotError):
-    """The chosen app or workerpool order was consumed by someone else before our match was mined."""
-
-
-class ChainDisagrees(BotError):
-    """The chain does not know what the books recorded (a deal, a started task): was the chain reset?
-    Waiting would not change it; the job is held for an admin with this message."""
 
 
 @dataclass(frozen=True)
@@ -439,7 +418,7 @@ class ChainGateway:
         try:
             deal = await self.hub.match_orders(offer.app, None, offer.workerpool, request)
         except OrderConsumed as exc:
-            if getattr(exc, "which", "") == "request":
+            if exc.which == "request":
                 found = await self.deal_of(request)
                 if found:
                     return found

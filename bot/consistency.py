@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bot.errors import BotError
+from bot.errors import BooksDoNotMatchChain
 from ledger import JobState
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,6 @@ DEVNET_WHAT_TO_DO = ("the chain was reset: start the demo with --fresh (python -
 WHAT_TO_DO = ("check that RPC_URL and NETWORK name the chain these books were written on (a node still "
               "syncing answers like this too: wait and start again); never delete or replace the books: "
               "they hold users' money and the record of what was paid on chain")
-
-
-class BooksDoNotMatchChain(BotError):
-    """The books record transactions or deals the chain does not know: the bot must not run on them."""
-
-    exit_code = 4
 
 
 @dataclass

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bot.errors import InputRejected
+from bot.errors import ImageRejected
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,6 @@ PNG_MAX_PIXELS = 4_000_000
 
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png"}
 _FORMAT_NAMES = "JPEG, PNG, WebP, GIF or BMP"
-
-
-class ImageRejected(InputRejected):
-    """The bytes are not an image the bot accepts; str(exc) is a message for the user."""
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot.errors import BotError
+from bot.errors import InputsError, UploadFailed
 from iexec.bodies import read_capped
-from iexec.errors import IExecError
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +48,6 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _KEY_RE = re.compile(r"[0-9a-f]{64}")
 _TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 MAX_TTL_S = 30 * 24 * 3600
-
-
-class InputsError(BotError):
-    """The input server cannot do what was asked (bad name or ttl, not started, disk error)."""
-
-
-class UploadFailed(IExecError):
-    """The IPFS node did not take the upload (unreachable, an error status or an unreadable answer): an
-    IExecError, so the pipeline tries the step again later."""
 
 
 _CID_RE = re.compile(r"[A-Za-z0-9]{20,128}")

@@ -44,7 +44,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from bot import images
-from bot.errors import InputRejected
+from bot.errors import DownloadsBusy, InputRejected
 
 log = logging.getLogger(__name__)
 
@@ -468,10 +468,6 @@ async def _check_is_image(data: bytes, policy: FetchPolicy) -> None:
 DEFAULT_DOWNLOADS_PER_USER = 2
 DEFAULT_DOWNLOADS_OVERALL = 16
 DEFAULT_DOWNLOADS_WAITING = 8
-
-
-class DownloadsBusy(InputRejected):
-    """A user has too many downloads running and waiting; str(exc) is a message for the user."""
 
 
 class _UserDownloads:

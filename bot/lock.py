@@ -9,9 +9,7 @@ import fcntl
 import os
 from pathlib import Path
 
-
-class AlreadyRunning(RuntimeError):
-    """Another bot process holds the lock on these books."""
+from bot.errors import AlreadyRunning
 
 
 class InstanceLock:

@@ -53,8 +53,8 @@ from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
 from bot import texts
 from bot.admin_ops import AdminOps
 from bot.endings import PERMANENT_TELEGRAM, Endings, Refund
-from bot.chain import ChainDisagrees, ChainGateway, NoOffer, OfferTaken, TaskEvent, secret_name
-from bot.errors import BotError, InputRejected, NeedsAdmin
+from bot.chain import ChainGateway, TaskEvent, secret_name
+from bot.errors import BotError, ChainDisagrees, InputRejected, NeedsAdmin, NoOffer, OfferTaken
 from bot.images import check_image_async
 from bot.inputs import upload_to_ipfs
 from bot.intake import DownloadLimiter, fetch_image

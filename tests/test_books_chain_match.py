@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.consistency import BooksDoNotMatchChain, check_books_match_chain
+from bot.consistency import check_books_match_chain
+from bot.errors import BooksDoNotMatchChain
 from devnet import chain as devchain
 from devnet.accounts import REQUESTER
 from iexec.hub import Hub

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.lock import AlreadyRunning, InstanceLock
+from bot.errors import AlreadyRunning
+from bot.lock import InstanceLock
 from tests.fixtures_e2e import E2E
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,8 +18,8 @@ import pytest
 from eth_account import Account
 
 from bot import texts
-from bot.chain import (ChainGateway, TeeUnavailable, load_or_create_result_key, secret_name,
-                       usable_offers)
+from bot.chain import ChainGateway, load_or_create_result_key, secret_name, usable_offers
+from bot.errors import TeeUnavailable
 from bot.settings import Settings
 from devnet.sms import SmsStandIn
 from iexec.orders import AppOrder, Domain, WorkerpoolOrder, tag_to_int
@@ -383,7 +383,8 @@ async def test_the_doctor_checks_the_sms_and_the_app_orders_in_tee_mode(devnet_m
 async def test_the_encrypted_photo_goes_to_ipfs_content_addressed() -> None:
     import aiohttp
 
-    from bot.inputs import UploadFailed, upload_to_ipfs
+    from bot.errors import UploadFailed
+    from bot.inputs import upload_to_ipfs
     from devnet.anvil import free_port
     from devnet.gateway import ResultGateway
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot.errors import InputRejected
+from bot.errors import ImageRejected, InputRejected
 from bot.images import (
     ACCEPTED_FORMATS,
     DEFAULT_MAX_BYTES,
@@ -18,7 +18,6 @@ from bot.images import (
     OUTPUT_FORMATS,
     CheckedImage,
     ImageLimits,
-    ImageRejected,
     check_image,
     identify,
 )

@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from bot.inputs import InputsError, InputServer
+from bot.errors import InputsError
+from bot.inputs import InputServer
 
 URL_RE = re.compile(r"http://127\.0\.0\.1:\d+/in/([A-Za-z0-9_-]{43})/input\.jpg")
 DATA = b"\xff\xd8\xff\xe0" + b"pretend jpeg" * 100

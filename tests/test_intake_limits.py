@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from bot.errors import InputRejected
+from bot.errors import DownloadsBusy, InputRejected
 from bot.images import MAX_FRAMES_COUNTED
-from bot.intake import DownloadLimiter, DownloadsBusy, fetch_image
+from bot.intake import DownloadLimiter, fetch_image
 from tests.loop_stalls import loop_stalls
 
 LOOPBACK_OK = SimpleNamespace(url_allow_loopback=True, url_fetch_timeout=20.0, max_image_bytes=10 * 1024 * 1024)
