@@ -5,6 +5,7 @@ The private key exists in clear only in memory: it is written nowhere but the en
 The password comes from an environment variable (its name chosen by the caller, e.g. WALLET_PASSWORD),
 a password file, or an interactive prompt.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -20,8 +21,13 @@ from ledger.errors import WalletError
 DEFAULT_SCRYPT_N = 2**18  # eth-account's default work factor; tests pass a smaller one
 
 
-def read_password(*, env_var: str | None = "WALLET_PASSWORD", password_file: str | os.PathLike[str] | None = None,
-                  prompt: str | None = "Keystore password: ", confirm: bool = False) -> str:
+def read_password(
+    *,
+    env_var: str | None = "WALLET_PASSWORD",
+    password_file: str | os.PathLike[str] | None = None,
+    prompt: str | None = "Keystore password: ",
+    confirm: bool = False,
+) -> str:
     """The keystore password: from `password_file` if given, else env var `env_var`, else a prompt.
 
     A password file's trailing newline is dropped. Raises WalletError if none is available or empty.
@@ -73,14 +79,15 @@ def create_wallet(path: str | os.PathLike[str], password: str, *, scrypt_n: int 
     return _save(path, Account.create(), password, scrypt_n)
 
 
-def import_wallet(path: str | os.PathLike[str], private_key: str, password: str, *,
-                  scrypt_n: int = DEFAULT_SCRYPT_N) -> str:
+def import_wallet(
+    path: str | os.PathLike[str], private_key: str, password: str, *, scrypt_n: int = DEFAULT_SCRYPT_N
+) -> str:
     """Encrypt an existing hex private key into a keystore at `path`; return its address."""
     if not password:
         raise WalletError("refusing an empty keystore password")
     try:
         account = Account.from_key(private_key.strip())
-    except Exception:  # the library's message may echo the key: never pass it on
+    except Exception:  # noqa: BLE001 - the library's message may echo the key: never pass it on
         raise WalletError("not a valid private key (expected 32 bytes of hex)") from None
     return _save(path, account, password, scrypt_n)
 
@@ -92,7 +99,7 @@ def _read_keystore(path: str | os.PathLike[str]) -> dict[str, object]:
         raise WalletError(f"no keystore at {path}; create one with `python -m ledger wallet new`") from None
     except (OSError, ValueError) as exc:
         raise WalletError(f"{path} is not a readable keystore: {type(exc).__name__}") from None
-    if not isinstance(data, dict) or "crypto" not in data and "Crypto" not in data:
+    if not isinstance(data, dict) or ("crypto" not in data and "Crypto" not in data):
         raise WalletError(f"{path} is not an Ethereum keystore")
     return data
 
@@ -104,6 +111,7 @@ def wallet_address(path: str | os.PathLike[str]) -> str:
     if not isinstance(address, str):
         raise WalletError(f"{path} does not record its address")
     from eth_utils import to_checksum_address
+
     return to_checksum_address("0x" + address.removeprefix("0x"))
 
 
@@ -114,6 +122,6 @@ def load_wallet(path: str | os.PathLike[str], password: str) -> LocalAccount:
         key = Account.decrypt(data, password)
     except ValueError:
         raise WalletError(f"wrong password for keystore {path}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any decrypt failure is a keystore we cannot open; its type is named, never its text
         raise WalletError(f"cannot decrypt keystore {path}: {type(exc).__name__}") from None
     return Account.from_key(key)
