@@ -22,10 +22,15 @@ from ledger.amounts import MAX_AMOUNT, NRLC_PER_RLC, format_rlc, parse_rlc
 from ledger.audit import audit_books, audit_path
 from ledger.books import DEPOSITS, FEES, GRANTS, IEXEC_SPEND, REFUND_EXPENSE, Account, Balance, Transfer
 from ledger.chain import ChainRecords, ChainTx
+from ledger.deposits import Challenge, Deposit, DepositBook, DepositTotals, Links, WalletLink, deposit_transfer_id
 from ledger.errors import (
+    AddressTaken,
     AlreadyResolved,
     AuditError,
     BalanceOverflow,
+    ChallengeRefused,
+    DepositConflict,
+    DepositError,
     ExceedsReservation,
     IllegalTransition,
     InsufficientFunds,
@@ -35,8 +40,10 @@ from ledger.errors import (
     JobError,
     LedgerBusy,
     LedgerError,
+    LinkError,
     SchemaError,
     TransferConflict,
+    UnknownDeposit,
     UnknownJob,
     UnknownTransfer,
     WalletError,
@@ -52,6 +59,16 @@ class Ledger(Jobs, ChainRecords):
     def inbox(self) -> Inbox:
         """Telegram updates kept until handled (see `ledger.inbox`)."""
         return Inbox(self)
+
+    @cached_property
+    def links(self) -> Links:
+        """Wallet addresses proven to be users' and the challenges they signed (see `ledger.deposits`)."""
+        return Links(self)
+
+    @cached_property
+    def deposits(self) -> DepositBook:
+        """Final RLC transfers to the hot wallet, credited or held for an admin (see `ledger.deposits`)."""
+        return DepositBook(self)
 
     def audit(self) -> dict[str, int]:
         """Check every invariant over one snapshot; raise AuditError on any breach.
@@ -70,6 +87,19 @@ class Ledger(Jobs, ChainRecords):
 
 
 __all__ = [
+    "AddressTaken",
+    "Challenge",
+    "ChallengeRefused",
+    "Deposit",
+    "DepositBook",
+    "DepositConflict",
+    "DepositError",
+    "DepositTotals",
+    "Links",
+    "LinkError",
+    "UnknownDeposit",
+    "WalletLink",
+    "deposit_transfer_id",
     "ALLOWED",
     "DEPOSITS",
     "FEES",

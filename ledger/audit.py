@@ -3,7 +3,9 @@
 Per account: the four running totals equal the sums of the transfers touching it (open reservations
 for pending, posted legs for posted); user accounts never below zero. Per reservation: resolved at
 most once, by a transfer on the same accounts, posting no more than was reserved (fee leg included), a
-void returning exactly what was reserved. Global: sum of debits == sum of credits, posted and pending.
+void returning exactly what was reserved. Deposits: each credited deposit has its transfer from
+operator:deposits with the same amount and user, and each watcher deposit transfer has its row.
+Global: sum of debits == sum of credits, posted and pending.
 
 How it stays fast over millions of transfers (schema v2): each resolution's leg 0 carries the reserved
 amount and the reservation's row (`reserved`, `reserve_seq`), and the audit checks both against that row
@@ -102,6 +104,25 @@ WHERE pending_id IS NOT NULL AND leg = 0
 GROUP BY pending_id HAVING COUNT(*) > 1 LIMIT 5
 """
 
+# Deposits (schema v5): each credited deposit row against its transfer (one lookup by id), and every
+# watcher-made deposit transfer (id `deposit:<tx>:<log index>`, found through transfers_pair by its debit
+# account) against its row. Together: operator:deposits paid out exactly the credited deposits.
+_DEPOSIT_ROWS_SQL = """
+SELECT d.tx_hash || ':' || d.log_index, d.amount, t.amount FROM deposits d
+LEFT JOIN transfers t ON t.id = d.transfer_id AND t.leg = 0
+LEFT JOIN accounts u ON u.id = t.credit_account
+LEFT JOIN accounts o ON o.id = t.debit_account
+WHERE d.status = 'credited' AND (t.seq IS NULL OR t.kind <> 'deposit' OR t.phase <> 'posted'
+    OR t.amount <> d.amount OR u.user_id IS NOT d.user_id OR o.name <> 'operator:deposits')
+LIMIT 5
+"""
+_DEPOSIT_TRANSFERS_SQL = """
+SELECT t.id, t.amount FROM transfers t INDEXED BY transfers_pair
+WHERE t.debit_account = (SELECT id FROM accounts WHERE name = 'operator:deposits') AND t.id LIKE 'deposit:%'
+  AND NOT EXISTS (SELECT 1 FROM deposits d WHERE d.transfer_id = t.id AND d.status = 'credited')
+LIMIT 5
+"""
+
 _GLOBAL_SQL = """
 SELECT COALESCE(SUM(debits_posted), 0), COALESCE(SUM(credits_posted), 0),
        COALESCE(SUM(debits_pending), 0), COALESCE(SUM(credits_pending), 0) FROM accounts
@@ -147,8 +168,24 @@ def _problems(conn: sqlite3.Connection) -> tuple[list[str], tuple[int, int, int,
         problems.append(f"{fee_legs - fees_found} fee legs do not follow the leg 0 of their post")
     for pending_id, count in conn.execute(_DOUBLE_SQL):
         problems.append(f"reservation {pending_id!r} resolved {count} times")
+    problems.extend(_deposit_problems(conn))
     totals = conn.execute(_GLOBAL_SQL).fetchone()
     return problems, tuple(totals)
+
+
+def _deposit_problems(conn: sqlite3.Connection) -> list[str]:
+    """Credited deposits without their transfer, and deposit transfers without their row (schema v5)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deposits'").fetchone():
+        return []
+    problems = [
+        f"deposit {natural} of {amount} nRLC is credited but its transfer is missing or differs (found {found})"
+        for natural, amount, found in conn.execute(_DEPOSIT_ROWS_SQL)
+    ]
+    problems += [
+        f"transfer {tid!r} credits {amount} nRLC from operator:deposits without a credited deposit row"
+        for tid, amount in conn.execute(_DEPOSIT_TRANSFERS_SQL)
+    ]
+    return problems
 
 
 def audit_books(conn: sqlite3.Connection) -> dict[str, int]:

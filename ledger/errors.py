@@ -17,6 +17,13 @@ LedgerError
  |    +-- JobConflict         create_job retried with other fields
  |    +-- IllegalTransition   a state change the job graph does not allow
  +-- WalletError              keystore missing/unreadable, wrong password, bad key, file exists
+ +-- LinkError
+ |    +-- ChallengeRefused    a link nonce that is unknown, expired, used, or issued to another user
+ |    +-- AddressTaken        the address is linked to another user already
+ +-- DepositError
+      +-- DepositConflict     a deposit's natural id seen again with another sender or amount, or
+      |                       assigned to another user already
+      +-- UnknownDeposit      no deposit with that (tx hash, log index)
 
 This module must never import anything else of the ledger (everything imports it).
 """
@@ -90,3 +97,27 @@ class IllegalTransition(JobError):
 
 class WalletError(LedgerError):
     """The keystore cannot be created, read or decrypted."""
+
+
+class LinkError(LedgerError):
+    """Base of the wallet-link errors."""
+
+
+class ChallengeRefused(LinkError):
+    """The link nonce is unknown, expired, already used, or was issued to another user."""
+
+
+class AddressTaken(LinkError):
+    """The address is linked to another user already (one address, one user)."""
+
+
+class DepositError(LedgerError):
+    """Base of the on-chain deposit errors."""
+
+
+class DepositConflict(DepositError):
+    """The deposit's (tx hash, log index) is recorded with other fields, or credited to another user."""
+
+
+class UnknownDeposit(DepositError):
+    """No deposit is recorded with that (tx hash, log index)."""

@@ -179,6 +179,53 @@ CREATE TABLE inbox (
 """
 
 
+# v5: users fund themselves (issue 15). `wallet_links`: an address proven (by a signature) to belong to a
+# Telegram user; one address has one user (PRIMARY KEY), a user may have several. `link_challenges`: the
+# one-time nonces the proofs sign; a nonce is used at most once (`used_at`). `deposits`: every RLC transfer to
+# the hot wallet that reached finality, keyed by its natural id (tx hash, log index), recorded once; credited
+# ones name the transfer that credited them (`transfer_id`, UNIQUE), unclaimed ones (from an unlinked
+# address) wait for an admin. Addresses are stored lowercase 0x-hex.
+_V5 = """
+CREATE TABLE wallet_links (
+    address TEXT PRIMARY KEY CHECK (length(address) = 42 AND address = lower(address) AND address LIKE '0x%'),
+    user_id INTEGER NOT NULL CHECK (user_id > 0),
+    form TEXT NOT NULL CHECK (form IN ('eip712', 'personal_sign', 'admin')),
+    nonce TEXT NOT NULL,
+    linked_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX wallet_links_user ON wallet_links(user_id);
+
+CREATE TABLE link_challenges (
+    nonce TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL CHECK (user_id > 0),
+    issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL CHECK (expires_at > issued_at),
+    used_at INTEGER
+) STRICT;
+CREATE INDEX link_challenges_user ON link_challenges(user_id, issued_at);
+
+CREATE TABLE deposits (
+    tx_hash TEXT NOT NULL CHECK (length(tx_hash) = 66 AND tx_hash = lower(tx_hash)),
+    log_index INTEGER NOT NULL CHECK (log_index >= 0),
+    block_number INTEGER NOT NULL CHECK (block_number >= 0),
+    block_hash TEXT NOT NULL,
+    sender TEXT NOT NULL CHECK (length(sender) = 42 AND sender = lower(sender)),
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    status TEXT NOT NULL CHECK (status IN ('credited', 'unclaimed')),
+    user_id INTEGER CHECK (user_id IS NULL OR user_id > 0),
+    transfer_id TEXT UNIQUE,
+    assigned_by INTEGER,
+    notified_at INTEGER,
+    seen_at INTEGER NOT NULL,
+    credited_at INTEGER,
+    PRIMARY KEY (tx_hash, log_index),
+    CHECK ((status = 'credited') = (user_id IS NOT NULL AND transfer_id IS NOT NULL AND credited_at IS NOT NULL))
+) STRICT;
+CREATE INDEX deposits_status ON deposits(status, notified_at);
+CREATE INDEX deposits_user ON deposits(user_id, block_number);
+"""
+
+
 # (version, name, DDL script, function giving parameterised statements to run after the script)
 #: rows a migration writes after its SQL: (statement, parameters) for the time of the migration
 AfterMigration = Callable[[int], list[tuple[str, tuple[object, ...]]]]
@@ -188,5 +235,6 @@ MIGRATIONS: list[tuple[int, str, str, AfterMigration]] = [
     (2, "reserved amount and row on each resolution; account-pair index for the audit", _V2, _nothing),
     (3, "drop transfers_credit (fewer pages per commit)", _V3, _nothing),
     (4, "inbox of Telegram updates kept until handled", _V4, _nothing),
+    (5, "wallet links, link challenges and on-chain deposits to the hot wallet", _V5, _nothing),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
