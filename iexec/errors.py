@@ -34,6 +34,7 @@ credentials, or a signed transaction's raw bytes.
         │   └── DecryptionError     (also a TeeError) an encrypted result or input cannot be opened
         │       └── ResultKeyMissing  the result is encrypted and no result key was given
         └── ErrorArchive            the app reported an error instead of a result
+    ├── LinkProofError              a wallet-link signature that does not prove the address (iexec.link)
     ├── TeeError                    TEE (TDX) client side: keys, encryption formats (iexec.tee)
     └── SmsError                    the Secret Management Service refused or failed (carries .status)
 
@@ -195,6 +196,10 @@ class SmsError(IExecError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class LinkProofError(IExecError, ValueError):
+    """A wallet-link signature is malformed, or was not made by the address over this request."""
 
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, IExecError)]

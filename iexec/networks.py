@@ -36,6 +36,9 @@ class Network:
     sms_url: str = ""
     #: Tag of TEE tasks on this network (bytes32 hex, TDX = 0x...09); "" means no TEE tasks by default.
     tee_tag: str = ""
+    #: Blocks that must sit on top of a user's RLC transfer to the hot wallet before it is credited
+    #: (iexec.deposits): a transfer in block N is final once the head is at N + deposit_confirmations.
+    deposit_confirmations: int = 0
 
     def with_overrides(self, **values: Any) -> Network:
         """A copy with the non-empty values of `values` replacing the preset's."""
@@ -57,6 +60,9 @@ DEVNET = Network(
     market_url="http://127.0.0.1:3000",
     ipfs_gateway="http://127.0.0.1:8088",
     sms_url="http://127.0.0.1:13300",
+    # anvil mines one block per transaction and nothing else mines: waiting for blocks on top would hold a
+    # deposit until the bot's next transaction. Tests that play a reorg set their own depth.
+    deposit_confirmations=0,
 )
 
 ARBITRUM_SEPOLIA = Network(
@@ -72,6 +78,9 @@ ARBITRUM_SEPOLIA = Network(
     default_workerpool="0x2956f0cb779904795a5f30d3b3ea88b714c3123f",
     sms_url="https://sms.arbitrum-sepolia-testnet.iex.ec",
     tee_tag=TDX_TAG,
+    # Arbitrum makes a block about every 0.25 s while there is traffic, ordered by one sequencer: 20 blocks
+    # is a few seconds, enough against a sequencer-feed hiccup; testnet RLC has no value, quick credit wins.
+    deposit_confirmations=20,
 )
 
 ARBITRUM = Network(
@@ -88,6 +97,10 @@ ARBITRUM = Network(
     real_money=True,
     sms_url="https://sms.arbitrum-mainnet.iex.ec",
     tee_tag=TDX_TAG,
+    # Real money: ~1200 blocks at ~4 blocks/s is about 5 minutes, the order of the interval at which the
+    # sequencer posts its batches to Ethereum; after that a reorg needs an Ethereum reorg as well. An operator
+    # who wants Ethereum finality (~15-20 min more) raises it.
+    deposit_confirmations=1200,
 )
 
 PRESETS: dict[str, Network] = {n.name: n for n in (DEVNET, ARBITRUM_SEPOLIA, ARBITRUM)}
