@@ -135,7 +135,7 @@ async def confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await query.answer("Sending the transaction…")
         text = await svc.pipeline.chain.move_stake(kind, nrlc, key=f"{kind}:{key}", ledger=svc.ledger)
     elif kind == "refund":
-        text = await svc.pipeline.admin_refund(rest[0])
+        text = await svc.admin_ops.admin_refund(rest[0])
     else:
         await query.answer()
         return
@@ -198,7 +198,7 @@ async def wallet(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/wallet: address, ETH, RLC, hub stake and locked, users' credit, solvency."""
     svc = services_of(context)
     w = await svc.pipeline.chain.wallet_report()
-    owed = svc.pipeline.user_credit()
+    owed = svc.admin_ops.user_credit()
     solvent = w.stake + w.locked + w.rlc >= owed
     await update.effective_message.reply_html(
         f"<b>Wallet</b> <code>{w.address}</code>\nETH (gas): {w.eth_wei / 10**18:.6f}\n"
@@ -263,7 +263,7 @@ async def job(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/job ID: everything about one job."""
     svc = services_of(context)
     job_id = (context.args or [""])[0]
-    found = svc.pipeline.find_job(job_id)
+    found = svc.admin_ops.find_job(job_id)
     if found is None:
         await update.effective_message.reply_html("Usage: /job ID (the id or its last 8 characters).")
         return
@@ -279,7 +279,7 @@ async def job(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def refund(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/refund ID: refund a job held for an admin, after confirmation."""
     svc = services_of(context)
-    found = svc.pipeline.find_job((context.args or [""])[0])
+    found = svc.admin_ops.find_job((context.args or [""])[0])
     if found is None or found.state is not JobState.NEEDS_ADMIN:
         await update.effective_message.reply_html("Only a job held for an admin (NEEDS_ADMIN) can be refunded.")
         return
@@ -295,7 +295,7 @@ async def retry(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     svc = services_of(context)
     pressed = (update.callback_query.data or "").split(":") if update.callback_query else []
     job_id = (context.args or [""])[0] or (pressed[2] if len(pressed) > 2 else "")
-    text = await svc.pipeline.admin_retry(job_id)
+    text = await svc.admin_ops.admin_retry(job_id)
     if update.callback_query:
         await update.callback_query.answer()
     await update.effective_message.reply_html(text)
@@ -304,7 +304,7 @@ async def retry(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 @admin_only
 async def reconcile(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/reconcile: the books against the chain, differences listed."""
-    report = await services_of(context).pipeline.reconcile()
+    report = await services_of(context).admin_ops.reconcile()
     await update.effective_message.reply_html(report[:4000])
 
 

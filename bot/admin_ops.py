@@ -1,36 +1,41 @@
-"""What the admin commands ask of the pipeline: find a job, refund or retry a held one, reconcile the books.
+"""What the admin commands ask of the books, the chain and the jobs: find a job, refund or retry a held one,
+reconcile the books with the chain.
 
-`AdminOps` is mixed into `bot.pipeline.Pipeline`, whose books, chain gateway and job drivers it uses, so the
-admin commands keep calling `services.pipeline.find_job(...)` and the like. Nothing here runs on its own:
-every change of a job still goes through the ledger's transitions and the pipeline's drivers.
+`AdminOps` is its own object (`services.admin_ops`), built beside the pipeline: it reads the books and the
+chain gateway, and changes a job only through the ledger's transitions and the pipeline's public
+`drive(job_id)` and `refund(job, why)` (the `JobDriver` it is given). Nothing here runs on its own.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 from bot import texts
+from bot.chain import ChainGateway
 from bot.endings import Refund
 from bot.errors import ChainDisagrees
-from ledger import JobState, LedgerError
+from ledger import Job, JobState, Ledger, LedgerError
 
-if TYPE_CHECKING:
-    from bot.chain import ChainGateway
-    from ledger import Ledger
+
+class JobDriver(Protocol):
+    """What admin operations ask of the pipeline (`bot.pipeline.Pipeline` is one)."""
+
+    def drive(self, job_id: str) -> None:
+        """Drive the job from the state the books say (a no-op when a driver runs already)."""
+
+    async def refund(self, job: Job, why: Refund) -> None:
+        """Give the job's money back (REFUNDED) and tell its user."""
 
 
 class AdminOps:
-    """The admin side of the pipeline (a mixin: `Pipeline` provides the attributes declared here)."""
+    """Owns the admin commands' operations on jobs and books; every change goes through the ledger or `jobs`."""
 
-    ledger: Ledger
-    chain: ChainGateway
+    def __init__(self, ledger: Ledger, chain: ChainGateway, jobs: JobDriver) -> None:
+        self.ledger = ledger
+        self.chain = chain
+        self.jobs = jobs
 
-    if TYPE_CHECKING:
-        def drive(self, job_id: str) -> None: ...
-
-        async def _refund(self, job: Any, why: Refund) -> None: ...
-
-    def find_job(self, ref: str) -> Any:
+    def find_job(self, ref: str) -> Job | None:
         """A job by its id or the last characters of it (as shown to users)."""
         if not ref:
             return None
@@ -57,7 +62,7 @@ class AdminOps:
             else:
                 if event.kind == "finalized":
                     return "The task completed on chain: use /retry to deliver it instead."
-        await self._refund(job, Refund("admin"))
+        await self.jobs.refund(job, Refund("admin"))
         return f"↩️ Job <code>{job.id}</code> refunded."
 
     async def admin_retry(self, ref: str) -> str:
@@ -68,7 +73,7 @@ class AdminOps:
         held_from = max((k for k in job.state_times if k != "NEEDS_ADMIN"),
                         key=lambda k: job.state_times[k], default="RECEIVED")
         self.ledger.transition(job.id, JobState.NEEDS_ADMIN, JobState(held_from), error="")
-        self.drive(job.id)
+        self.jobs.drive(job.id)
         return f"🔁 Job <code>{job.id}</code> resumed from {held_from}."
 
     async def reconcile(self) -> str:

@@ -19,6 +19,7 @@ from telegram.ext import (Application, ApplicationBuilder, CallbackQueryHandler,
 from telegram.request import HTTPXRequest
 
 from bot import admin, handlers
+from bot.admin_ops import AdminOps
 from bot.chain import ChainGateway
 from bot.errors import BotError, TeeUnavailable, WebhookRefused
 from bot.inbox import CLAIM_GROUP, FINISH_GROUP, InboxBot, UpdateInbox
@@ -167,7 +168,9 @@ def build_bot(settings: Settings, *, account: Any = None, crash_at: str | None =
     chain = ChainGateway(settings, ledger, account=account)
     pipeline = Pipeline(settings, ledger, chain, inputs, app.bot, board, crash_at=crash_at)
     tg_bot.keep_updates_in(inbox, pipeline._crash_point)  # in the books before getUpdates confirms them
-    services = Services(settings=settings, ledger=ledger, pipeline=pipeline, board=board, inbox=inbox)
+    admin_ops = AdminOps(ledger, chain, pipeline)
+    services = Services(settings=settings, ledger=ledger, pipeline=pipeline, admin_ops=admin_ops, board=board,
+                        inbox=inbox)
     app.bot_data[KEY] = services
     register_handlers(app, inbox)
     return Bot(app=app, services=services, inputs=inputs, chain=chain)

@@ -1,7 +1,7 @@
 """Telling users how their jobs ended (refunded, or held for an admin), with the telling recorded in the books.
 
-`Endings` is mixed into `bot.pipeline.Pipeline` (like `bot.admin_ops.AdminOps`): the pipeline changes a
-job's state and money, then calls `_tell_soon(job)`; the message goes out in a task of its own (a reply to
+`Endings` is one part of `bot.pipeline.Pipeline` (it holds one): the pipeline changes a job's state and
+money, then calls `endings.tell_soon(job)`; the message goes out in a task of its own (a reply to
 the user's picture, so that they get a notification, unlike the status message's edits), and only once
 Telegram has taken it do the books record the event ("told", "REFUNDED:<job>") or ("told",
 "NEEDS_ADMIN:<job>:<hold time ms>"). At least once: killed in between, the next start tells again.
@@ -17,18 +17,15 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
 
 from bot import texts
-from ledger import JobState, LedgerBusy
-
-if TYPE_CHECKING:
-    from ledger import Ledger
+from bot.busy import when_free
+from ledger import Job, JobState, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -65,31 +62,44 @@ class Refund:
 
 
 class Endings:
-    """The telling side of the pipeline (a mixin: `Pipeline` provides the attributes declared here)."""
+    """Owns telling users how their jobs ended: the ending's message, the task that sends it (one per ending,
+    `tasks`) and the books' record that Telegram took it. It never changes a job."""
 
-    ledger: Ledger
-    bot: Any
-    board: Any
-    clock: Callable[[], float]
-    retry_delays: tuple[float, ...]
-    _tasks: dict[str, asyncio.Task[Any]]
+    def __init__(self, ledger: Ledger, bot: Any, board: Any, *, clock: Callable[[], float],
+                 retry_delays: tuple[float, ...], crash_point: Callable[[str], None]) -> None:
+        self.ledger = ledger
+        self.bot = bot
+        self.board = board
+        self.clock = clock
+        self.retry_delays = retry_delays
+        self.crash_point = crash_point
+        #: The telling tasks in flight, by "tell:" + the ending's told key.
+        self.tasks: dict[str, asyncio.Task[None]] = {}
 
-    if TYPE_CHECKING:
-        def _crash_point(self, name: str) -> None: ...
+    async def stop(self) -> None:
+        """Cancel the tellings in flight (they are told again at the next start: not recorded yet)."""
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
 
-    def untold(self) -> list[Any]:
+    def idle(self) -> bool:
+        """True when no telling is in flight."""
+        return all(t.done() for t in self.tasks.values())
+
+    def untold(self) -> list[Job]:
         """Refunded and held jobs whose user was not told yet (since telling is recorded in the books)."""
         since = self._since(TELL_SINCE_KEY)  # books from before: their endings were told by status edits
         refunded = self.ledger.untold_jobs("told", [JobState.REFUNDED], since_ms=int(since))
         held = [j for j in self.ledger.jobs_in_states(JobState.NEEDS_ADMIN)
-                if j.updated_at >= int(since) and not self.ledger.seen_event("told", self._told_key(j))]
+                if j.updated_at >= int(since) and not self.ledger.seen_event("told", self.told_key(j))]
         return refunded + held
 
-    def unannounced_holds(self) -> list[Any]:
+    def unannounced_holds(self) -> list[Job]:
         """Held jobs whose admins were not told yet (killed between the hold and the admins' message)."""
         since = int(self._since(ADMIN_TOLD_SINCE_KEY))
         return [j for j in self.ledger.jobs_in_states(JobState.NEEDS_ADMIN)
-                if j.updated_at >= since and not self.ledger.seen_event("admin_told", self._told_key(j))]
+                if j.updated_at >= since and not self.ledger.seen_event("admin_told", self.told_key(j))]
 
     def _since(self, key: str) -> str:
         """The time (ms) kept under `key`, set to now the first time it is asked for."""
@@ -100,42 +110,42 @@ class Endings:
         return since
 
     @staticmethod
-    def _told_key(job: Any) -> str:
+    def told_key(job: Job) -> str:
         """The "told" event of a job's ending: one per refund, one per hold (a job may be held again)."""
         if job.state is JobState.NEEDS_ADMIN:
             return f"NEEDS_ADMIN:{job.id}:{job.state_times.get('NEEDS_ADMIN', job.updated_at)}"
         return f"{job.state.value}:{job.id}"
 
-    def _ending_text(self, job: Any) -> str:
+    def ending_text(self, job: Job) -> str:
         short = job.id[-8:]
         if job.state is JobState.REFUNDED:
             return texts.REFUND_NOTICE.format(short=short, reason=Refund.from_error(job.error).text())
-        return texts.HELD.format(short=short, money=self._held_money(job))
+        return texts.HELD.format(short=short, money=self.held_money(job))
 
-    def _held_money(self, job: Any) -> str:
+    def held_money(self, job: Job) -> str:
         charged = self.ledger.reservation_state(job.reservation) == "posted"
         return texts.HELD_CHARGED if charged else texts.HELD_RESERVED
 
-    def _tell_soon(self, job: Any) -> None:
+    def tell_soon(self, job: Job | None) -> None:
         """Tell the user how their job ended, in a task of its own (a driver may be ending meanwhile)."""
         if job is None or job.state not in (JobState.REFUNDED, JobState.NEEDS_ADMIN):
             return
-        key = "tell:" + self._told_key(job)
-        task = self._tasks.get(key)
+        key = "tell:" + self.told_key(job)
+        task = self.tasks.get(key)
         if task is None or task.done():
             task = asyncio.get_running_loop().create_task(self._tell(job), name=key)
-            self._tasks[key] = task
-            task.add_done_callback(lambda t: self._tasks.pop(key, None) if self._tasks.get(key) is t else None)
+            self.tasks[key] = task
+            task.add_done_callback(lambda t: self.tasks.pop(key, None) if self.tasks.get(key) is t else None)
 
-    async def _tell(self, job: Any) -> None:
+    async def _tell(self, job: Job) -> None:
         """Send the ending's message, then record in the books that it was sent (at least once).
 
         A temporary failure is retried with backoff; a refusal (the user blocked the bot, the chat is
         gone) is recorded too: nobody can be told, and trying again would not change it."""
-        key = self._told_key(job)
-        if await self._when_free(self.ledger.seen_event, "told", key):
+        key = self.told_key(job)
+        if await when_free(self.ledger.seen_event, "told", key):
             return
-        text = await self._when_free(self._ending_text, job)
+        text = await when_free(self.ending_text, job)
         failures = 0
         parse_mode: str | None = "HTML"
         while True:
@@ -162,26 +172,6 @@ class Endings:
                 failures += 1
                 log.warning("event=tell_retry job=%s error=%r delay=%s", job.id, str(exc)[:200], delay)
                 await asyncio.sleep(delay)
-        self._crash_point("after_tell")
-        await self._when_free(self.ledger.record_event, "told", key, {"outcome": outcome})
+        self.crash_point("after_tell")
+        await when_free(self.ledger.record_event, "told", key, {"outcome": outcome})
         log.info("event=told job=%s state=%s outcome=%r", job.id, job.state.value, outcome)
-
-    async def _when_free(self, call: Callable[..., Any], *args: Any, limit_s: float | None = None) -> Any:
-        """`call(*args)` on the books, tried again after a pause while the database is busy (LedgerBusy):
-        what was sent must still be recorded, and the event loop must not wait on the lock.
-
-        With `limit_s`, the LedgerBusy of the last try is raised once that much time has passed."""
-        pauses = 0
-        start = time.monotonic()
-        name = getattr(getattr(call, "func", call), "__name__", "?")
-        while True:
-            try:
-                return call(*args)
-            except LedgerBusy as exc:
-                pauses += 1
-                pause = min(2.0, 0.25 * pauses)
-                if limit_s is not None and time.monotonic() - start + pause > limit_s:
-                    log.warning("event=books_busy_gave_up call=%s pauses=%d error=%r", name, pauses, str(exc)[:200])
-                    raise
-                log.warning("event=books_busy call=%s pauses=%d error=%r", name, pauses, str(exc)[:200])
-                await asyncio.sleep(pause)

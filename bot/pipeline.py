@@ -27,9 +27,10 @@ No loop here may spin: every wait yields to the event loop, and every state the 
 branch (a state the books cannot explain holds the job for an admin with the reason). `_drive` also slows
 down a step that keeps returning without changing the job.
 
-What the admin commands ask of it (find, refund, retry, reconcile) is in `bot.admin_ops` and telling users
-how their jobs ended is in `bot.endings`, both mixed into `Pipeline`; reading a downloaded result's files
-is in `bot.results`.
+Telling users how their jobs ended is the job of `bot.endings.Endings`, which the pipeline holds
+(`self.endings`); what the admin commands ask (find, refund, retry, reconcile) is `bot.admin_ops.AdminOps`,
+which uses the pipeline's public `drive` and `refund`; reading a downloaded result's files is in
+`bot.results`; calls on a busy database wait in `bot.busy.when_free`.
 
 Never here: a Telegram token (the bot downloads photos itself), floats for money, or long work in a handler.
 """
@@ -51,7 +52,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
 
 from bot import texts
-from bot.admin_ops import AdminOps
+from bot.busy import when_free
 from bot.endings import PERMANENT_TELEGRAM, Endings, Refund
 from bot.chain import ChainGateway, TaskEvent, secret_name
 from bot.errors import BotError, ChainDisagrees, InputRejected, NeedsAdmin, NoOffer, OfferTaken
@@ -89,7 +90,7 @@ def job_id_of(chat: int, message_id: int) -> str:
     return f"c{chat}m{message_id}"
 
 
-class Pipeline(AdminOps, Endings):
+class Pipeline:
     """Owns every job in flight: one asyncio task per job, resumed from the books at start-up."""
 
     def __init__(self, settings: Settings, ledger: Ledger, chain: ChainGateway, inputs: Any, bot: Any,
@@ -117,6 +118,8 @@ class Pipeline(AdminOps, Endings):
         self._restarts: dict[str, asyncio.TimerHandle] = {}
         self._stopping = False
         self.results_dir = Path(settings.data_dir) / "results"
+        self.endings = Endings(ledger, bot, board, clock=clock, retry_delays=self.retry_delays,
+                               crash_point=self._crash_point)
         self.uploads_dir = Path(settings.data_dir) / "uploads"
 
     # ------------------------------------------------------------------------------------ life cycle
@@ -127,11 +130,11 @@ class Pipeline(AdminOps, Endings):
         jobs = self.ledger.jobs_in_states(*RESUMABLE)
         for job in jobs:
             self.drive(job.id)
-        untold = self.untold()
+        untold = self.endings.untold()
         for job in untold:
             self._show(job, reason=Refund.from_error(job.error).text())
-            self._tell_soon(job)
-        unannounced = self.unannounced_holds()
+            self.endings.tell_soon(job)
+        unannounced = self.endings.unannounced_holds()
         for job in unannounced:  # killed between the hold and the admins' message
             self._in_background(self._announce_hold(job, job.error or "unknown reason"))
         log.info("event=resume jobs=%d untold=%d unannounced=%d", len(jobs), len(untold), len(unannounced))
@@ -177,12 +180,13 @@ class Pipeline(AdminOps, Endings):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
+        await self.endings.stop()
 
     async def idle(self, timeout: float) -> bool:
         """Wait until no job task runs (tests); True when everything finished in time."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(t.done() for t in self._tasks.values()):
+            if all(t.done() for t in self._tasks.values()) and self.endings.idle():
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -238,7 +242,7 @@ class Pipeline(AdminOps, Endings):
     async def when_free(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """`call(*args, **kwargs)` on the books, tried again with pauses while the database is busy, for at
         most `intake_busy_limit_s` (then LedgerBusy: the caller leaves the update for the next start)."""
-        return await self._when_free(functools.partial(call, *args, **kwargs), limit_s=self.intake_busy_limit_s)
+        return await when_free(functools.partial(call, *args, **kwargs), limit_s=self.intake_busy_limit_s)
 
     def is_known(self, chat: int, message_id: int) -> bool:
         """True when this message already started a job (or is being taken in): a replay does nothing."""
@@ -425,7 +429,7 @@ class Pipeline(AdminOps, Endings):
                 if exc.no_stake:
                     await self.notify_admins(f"⚠️ Hub stake too low to match job {job.id}: "
                                              f"{html.escape(str(exc))}")
-                await self._refund(job, Refund(reason))
+                await self.refund(job, Refund(reason))
                 return
             await asyncio.sleep(self.settings.poll_interval_s)
             return
@@ -452,7 +456,7 @@ class Pipeline(AdminOps, Endings):
                 return
             except NoOffer as exc:
                 if self.clock() - job.created_at / 1000 > self.settings.match_timeout_s:
-                    await self._refund(job, Refund("no_stake" if exc.no_stake else "no_offer"))
+                    await self.refund(job, Refund("no_stake" if exc.no_stake else "no_offer"))
                     return
                 await asyncio.sleep(self.settings.poll_interval_s)
                 return
@@ -496,12 +500,12 @@ class Pipeline(AdminOps, Endings):
             self.chain.unfollow(job.task_id)
         elif event.kind == "claimed":
             self.chain.unfollow(job.task_id)
-            await self._refund(job, Refund("expired"))
+            await self.refund(job, Refund("expired"))
         elif event.kind == "deadline":
             await self.chain.claim(job.deal_id, job.task_id, initialized=event.initialized)
             self._crash_point("after_claim")
             self.chain.unfollow(job.task_id)
-            await self._refund(job, Refund("expired"))
+            await self.refund(job, Refund("expired"))
         elif event.kind == "waiting" and job.state is JobState.MATCHED:
             await self._warn_not_started(job, event)
             self._show(job)  # the elapsed time moves on
@@ -539,28 +543,28 @@ class Pipeline(AdminOps, Endings):
             # An encrypted result our key does not open (or one we have no key for) stays so: refunded, the
             # operator pays the task, never tried again.
             log.warning("event=result_undecryptable job=%s error=%r", job.id, str(exc)[:200])
-            await self._refund(job, Refund("bad_result", "it could not be decrypted with the bot's key",
+            await self.refund(job, Refund("bad_result", "it could not be decrypted with the bot's key",
                                            operator_pays=True))
             return
         except (ResultLocationError, UnsafeArchive) as exc:
-            await self._refund(job, Refund("bad_result", str(exc), operator_pays=True))
+            await self.refund(job, Refund("bad_result", str(exc), operator_pays=True))
             return
         except ResultDownloadError as exc:
             # A gateway that lost the result may get it back; give it a while, then refund.
             attempts = job.attempts + 1
             self.ledger.update_job(job.id, attempts=attempts)
             if attempts >= self.result_attempts:
-                await self._refund(job, Refund("bad_result", "the result could not be downloaded",
+                await self.refund(job, Refund("bad_result", "the result could not be downloaded",
                                                operator_pays=True))
                 return
             raise
         if not result.ok:
-            await self._refund(job, Refund("app_error", result.error_message or "", operator_pays=True))
+            await self.refund(job, Refund("app_error", result.error_message or "", operator_pays=True))
             return
         try:
             await check_image_async(result_image(result.deterministic_output).read_bytes(), RESULT_LIMITS)
         except InputRejected as exc:
-            await self._refund(job, Refund("bad_result", str(exc), operator_pays=True))
+            await self.refund(job, Refund("bad_result", str(exc), operator_pays=True))
             return
         self._crash_point("after_download")
         price = job.app_price + job.workerpool_price
@@ -652,7 +656,7 @@ class Pipeline(AdminOps, Endings):
 
     # ------------------------------------------------------------------------------------ endings
 
-    async def _refund(self, job: Any, why: Refund) -> None:
+    async def refund(self, job: Any, why: Refund) -> None:
         """Give the money back and mark the job REFUNDED in one transaction, then tell the user."""
         if why.operator_pays and job.app_price is not None:
             # The task was paid on chain: book that spending and pay the user back from the operator's
@@ -666,7 +670,7 @@ class Pipeline(AdminOps, Endings):
         self._crash_point("before_tell")
         refunded = self.ledger.get_job(job.id)
         self._show(refunded, reason=why.text())
-        self._tell_soon(refunded)
+        self.endings.tell_soon(refunded)
 
     async def _hold(self, job: Any, why: str) -> None:
         self.ledger.transition(job.id, job.state, JobState.NEEDS_ADMIN, error=why[:500])
@@ -674,7 +678,7 @@ class Pipeline(AdminOps, Endings):
         self._crash_point("before_tell")
         held = self.ledger.get_job(job.id)
         self._show(held)
-        self._tell_soon(held)
+        self.endings.tell_soon(held)
         await self._announce_hold(held, why)
 
     async def _announce_hold(self, job: Any, why: str) -> None:
@@ -682,7 +686,7 @@ class Pipeline(AdminOps, Endings):
         it again at the next start (`resume`)."""
         text = f"⚠️ Job <code>{job.id}</code> needs an admin: {html.escape(why)}\n/job {job.id}"
         if await self.notify_admins(text):
-            await self._when_free(self.ledger.record_event, "admin_told", self._told_key(job))
+            await when_free(self.ledger.record_event, "admin_told", self.endings.told_key(job))
             log.info("event=admin_told job=%s", job.id)
 
     async def notify_admins(self, text: str) -> bool:
@@ -713,7 +717,7 @@ class Pipeline(AdminOps, Endings):
         fmt = dict(reserved=texts.rlc(job.max_price), deal=(job.deal_id or "")[:10] + "…",
                    elapsed="", charged="", reason="", money="")
         if job.state is JobState.NEEDS_ADMIN:
-            fmt["money"] = self._held_money(job)
+            fmt["money"] = self.endings.held_money(job)
         fmt.update(values)
         text = texts.STAGES[job.state.value].format(**fmt)
         working = not job.state.is_terminal() and job.state is not JobState.NEEDS_ADMIN

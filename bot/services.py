@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ledger import Ledger
 
+    from bot.admin_ops import AdminOps
     from bot.inbox import UpdateInbox
     from bot.pipeline import Pipeline
     from bot.progress import StatusBoard
@@ -25,6 +26,7 @@ class Services:
     settings: Settings
     ledger: Ledger
     pipeline: Pipeline
+    admin_ops: AdminOps
     board: StatusBoard
     inbox: UpdateInbox | None = None  # None: updates are not kept (e.g. an application built by a test)
     extra: dict[str, Any] = field(default_factory=dict)

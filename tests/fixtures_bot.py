@@ -152,6 +152,7 @@ async def start_botnet(net: Devnet, books: Path, *, crash_at: str | None = None,
     bot = build_bot(settings, crash_at=crash_at)
     if fast_retries:
         bot.services.pipeline.retry_delays = (0.2,)
+        bot.services.pipeline.endings.retry_delays = (0.2,)
         bot.services.pipeline.result_attempts = 3
     await bot.start(poll_timeout=1, polling=polling)
     return BotNet(net=net, bot=bot, settings=settings, books=books)
