@@ -10,11 +10,19 @@ Run: `.venv/bin/python bench/worker.py`.
 Targets (ResNet101, 1024 px, defaults, random weights, fresh process): task <= 7 s, warm detect <= 2.0 s
 median, peak RSS < 2 GiB. The default precision is `auto` (bf16 where the CPU has it natively); the same
 path in fp32 is measured beside it as the anchor, and the Keras model in fp32 (mrcnn's own predict).
+
+Albums (issue 14): an album of 10 photos (1280 px JPEGs, as Telegram sends them) in one task process beside
+the same 10 photos as 10 single tasks (10 processes), interleaved over two rounds, with the devnet's worker
+arguments (`devnet.up.WORKER_ARGS`), its random ResNet50 test weights and its cached graph. Per photo:
+process wall time / 10; the parts say what the album saves (interpreter start, TensorFlow import and graph
+load once instead of 10 times) and what it cannot (detect, draw, save: per photo either way).
+Target: album per photo at least 3x less than single. `--album` runs only this part.
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -26,6 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "worker"
 GRAPHS = CACHE / "graphs"
 RUNS = 5
+# run as a script, bench/ comes first on sys.path and bench/devnet.py would stand for the devnet package
+sys.path[:] = [str(REPO) if Path(entry or ".").resolve() == REPO / "bench" else entry for entry in sys.path]
 
 WARM = r"""
 import json, sys, time
@@ -105,14 +115,121 @@ def describe(label: str, runs: list[dict]) -> str:
             f"{best['n']} detections, {best['precision']}")
 
 
+ALBUM = 10
+ROUNDS = 2
+
+
+def album_photos(folder: Path) -> list[str]:
+    """10 distinct photos, 1280 px on the longest side (Telegram's largest photo size), JPEG."""
+    import skimage.data
+    from PIL import Image, ImageOps
+
+    names = ["astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field", "immunohistochemistry"]
+    images = [Image.fromarray(getattr(skimage.data, n)()) for n in names]
+    images += [ImageOps.mirror(im) for im in images[:ALBUM - len(images)]]
+    files = []
+    for n, im in enumerate(images, 1):
+        scale = 1280 / max(im.size)
+        im = im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)))
+        name = f"{n:02d}" + "ab" * 31  # sha256(url)-like names, as iExec gives them
+        im.save(folder / name, "JPEG", quality=90)
+        files.append(name)
+    return files
+
+
+def album_task(names: list[str], folder: Path, out: Path, wfile: Path, args: list[str]) -> dict:
+    """One `python -m worker` process over `names` (an album when 2 or more); wall time and its parts."""
+    out.mkdir(parents=True)
+    env = dict(os.environ, IEXEC_OUT=str(out), IEXEC_IN=str(folder), IEXEC_INPUT_FILES_FOLDER=str(folder),
+               IEXEC_INPUT_FILES_NUMBER=str(len(names)), IEXEC_DATASET_FILENAME="", MRCNN_WEIGHTS=str(wfile),
+               SEGBOT_GRAPH_CACHE=str(GRAPHS))
+    env.update({f"IEXEC_INPUT_FILE_NAME_{n}": name for n, name in enumerate(names, 1)})
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "worker", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    docs = [json.loads(p.read_text()) for p in out.glob("detections*.json")]
+    assert len(docs) == len(names), sorted(p.name for p in out.iterdir())
+    docs.sort(key=lambda d: d.get("album", {}).get("index", 1))  # the last one written last
+    assert all(d["model"]["precision"] == docs[0]["model"]["precision"] for d in docs)
+    assert all(d["model"]["graph_cache"] == "hit" for d in docs), docs[0]["model"]
+    t = docs[-1]["timings"]
+    work = t["total_s"] - t["checks_s"] - t["import_s"] - t["build_s"] - t["weights_s"]  # all pictures, written
+    return {"wall": wall, "in_process": t["total_s"], "checks": t["checks_s"], "import": t["import_s"],
+            "load": t["build_s"], "pictures": work, "detect": sum(d["timings"]["detect_s"] for d in docs),
+            "precision": docs[0]["model"]["precision"]}
+
+
+def album_bench(tmp: Path, result: dict[str, float]) -> None:
+    """Album of 10 in one process beside 10 single tasks, interleaved; adds album_* figures to `result`."""
+    from devnet.up import WORKER_ARGS, graph_arguments
+
+    wfile = weights("resnet50")  # the devnet's random test weights are ResNet50
+    subprocess.run([sys.executable, "-m", "worker", "build-graph", "--weights", str(wfile), "--cache-dir", str(GRAPHS),
+                    *graph_arguments(WORKER_ARGS)], cwd=REPO, capture_output=True, text=True, check=True)
+    folder = tmp / "album_in"
+    folder.mkdir()
+    names = album_photos(folder)
+    args = shlex.split(WORKER_ARGS)
+    albums: list[dict] = []
+    singles: list[dict] = []
+    for round_no in range(ROUNDS):  # interleaved, order swapped each round: the machine is shared
+        steps = ["album", "singles"] if round_no % 2 == 0 else ["singles", "album"]
+        for step in steps:
+            if step == "album":
+                albums.append(album_task(names, folder, tmp / f"album_{round_no}", wfile, args))
+            else:
+                singles += [album_task([name], folder, tmp / f"single_{round_no}_{n}", wfile, args)
+                            for n, name in enumerate(names)]
+    album_pp = sum(a["wall"] for a in albums) / (ALBUM * len(albums))
+    single_pp = sum(s["wall"] for s in singles) / len(singles)
+
+    def mean(runs: list[dict], part: str) -> float:
+        return statistics.mean(r[part] for r in runs)
+
+    def walls(runs: list[dict]) -> str:
+        return ", ".join(f"{r['wall']:.1f}" for r in runs)
+
+    outside = mean(singles, "wall") - mean(singles, "in_process")
+    fixed = outside + mean(singles, "checks") + mean(singles, "import") + mean(singles, "load")
+    print(f"album of {ALBUM} vs {ALBUM} single tasks (resnet50 random weights, {WORKER_ARGS}, "
+          f"{albums[0]['precision']}, "
+          f"{ROUNDS} rounds, load average {os.getloadavg()[0]:.2f}):")
+    print(f"  single task: {single_pp:.2f} s per photo (wall of [{walls(singles)}] s) "
+          f"= interpreter start/exit {outside:.2f} + checks {mean(singles, 'checks'):.2f} + TF import "
+          f"{mean(singles, 'import'):.2f} + graph load {mean(singles, 'load'):.2f} + detect "
+          f"{mean(singles, 'detect'):.2f} + draw/RLE/save {mean(singles, 'pictures') - mean(singles, 'detect'):.2f}")
+    print(f"  album of {ALBUM}: {album_pp:.2f} s per photo (wall of [{walls(albums)}] s)"
+          f" = once: start/exit {mean(albums, 'wall') - mean(albums, 'in_process'):.2f} + checks "
+          f"{mean(albums, 'checks'):.2f} + TF import {mean(albums, 'import'):.2f} + graph load "
+          f"{mean(albums, 'load'):.2f}; per photo: detect {mean(albums, 'detect') / ALBUM:.2f} + draw/RLE/save "
+          f"{(mean(albums, 'pictures') - mean(albums, 'detect')) / ALBUM:.2f}")
+    per_photo_work = mean(albums, "pictures") / ALBUM
+    print(f"  speedup per photo {single_pp / album_pp:.2f}x (target >= 3x); a single task's fixed part "
+          f"(start, import, load) is {fixed:.2f} s of {single_pp:.2f} s, the per-photo work "
+          f"{per_photo_work:.2f} s, so no album can beat {single_pp / per_photo_work:.2f}x here")
+    result["album_per_photo_s"] = album_pp
+    result["single_per_photo_s"] = single_pp
+    result["album_speedup"] = single_pp / album_pp
+    result["album_fixed_s"] = fixed
+    result["album_work_per_photo_s"] = per_photo_work
+
+
 def main() -> None:
     import skimage.data
     from PIL import Image
 
     print(f"cores={os.cpu_count()} python={sys.version.split()[0]} load average at start {os.getloadavg()}")
     result: dict[str, float] = {}
+    only_album = "--album" in sys.argv[1:]
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
+        album_bench(tmp, result)
+        if only_album:
+            print(f"load average at end {os.getloadavg()}")
+            print("RESULT " + " ".join(f"{k}={v:.2f}" for k, v in result.items()))
+            return
         image = tmp / "in" / "photo1024"
         image.parent.mkdir()
         Image.fromarray(skimage.data.astronaut()).resize((1024, 1024)).save(image, "JPEG", quality=92)

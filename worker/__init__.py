@@ -1,4 +1,5 @@
-"""The iExec app: Mask R-CNN instance segmentation of one image, run as `python -m worker`.
+"""The iExec app: Mask R-CNN instance segmentation of one image (or an album of up to 10), run as
+`python -m worker`.
 
 It reads its input as an iExec task does (input files, `iexec_args`), writes the segmented image,
 `detections.json` and `computed.json` to `IEXEC_OUT`, and ships alone in a Docker image: it must never import

@@ -1,5 +1,8 @@
 """One segmentation run, as an iExec task (`IEXEC_OUT` set) or for a person (`segment IMAGE`).
 
+A task with several input files is an album: every picture is segmented in this one process, the model
+loaded once (output layout in `worker/album.py`). With one input file the layout is the single one.
+
 Order matters for speed: options, input and weights are checked before TensorFlow is imported, so bad
 input fails in well under a second. On any failure `computed.json` carries an `error-message` (iExec
 mode), nothing else is left in the output folder, and the exit code is non-zero.
@@ -13,14 +16,15 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from worker import limits
-from worker.decrypt import MAX_ENCRYPTED_BYTES, NOT_AN_IMAGE, decrypt_input, input_key
-from worker.errors import (DecryptionError, InputError, ModelError, NotAnImageError, OptionError, WeightsError,
-                           WorkerError)
-from worker.images import LoadedImage, load_image_bytes, read_input_file
+from worker import album
+from worker.decrypt import input_key
+from worker.errors import InputError, ModelError, OptionError, WeightsError, WorkerError
+from worker.images import LoadedImage, read_input_file
+from worker.inputs import decode_input, input_count, input_path
 from worker.options import TaskOptions, parse_task
 from worker.weights import WeightsInfo, resolve_weights
 
@@ -35,20 +39,20 @@ class Outcome:
     image_path: str
     detections_path: str
     count: int
+    pictures: int = 1   # an album: how many pictures, and how many of them failed
+    failed: int = 0
 
 
 def _input_path(opts: TaskOptions, env: Mapping[str, str]) -> str | None:
     """The task's first input file, if the task has one."""
-    number = env.get("IEXEC_INPUT_FILES_NUMBER", "0").strip() or "0"
-    if not number.isdigit():
-        raise InputError(f"IEXEC_INPUT_FILES_NUMBER is not a number: {number!r}.")
-    if int(number) < 1:
-        return None
-    name = env.get("IEXEC_INPUT_FILE_NAME_1", "")
-    if not name or "/" in name or name in (".", ".."):
-        raise InputError("The task declares an input file but IEXEC_INPUT_FILE_NAME_1 is missing or invalid.")
-    folder = env.get("IEXEC_INPUT_FILES_FOLDER") or env.get("IEXEC_IN") or "/iexec_in"
-    return os.path.join(folder, name)
+    return input_path(env, 1) if input_count(env) >= 1 else None
+
+
+def album_size(opts: TaskOptions, env: Mapping[str, str]) -> int:
+    """How many input files an iExec task without an URL has (an album when 2 or more); 0 otherwise."""
+    if "IEXEC_OUT" not in env or opts.url or opts.image:
+        return 0
+    return input_count(env)
 
 
 def _input_bytes(opts: TaskOptions, env: Mapping[str, str], max_bytes: int) -> bytes:
@@ -69,14 +73,7 @@ def load_input(opts: TaskOptions, env: Mapping[str, str]) -> LoadedImage:
     With `IEXEC_REQUESTER_SECRET_1` set, the input is decrypted before any other check of it, in memory.
     Raises InputError (DecryptionError) / DownloadError.
     """
-    key = input_key(env)
-    if key is None:
-        return load_image_bytes(_input_bytes(opts, env, limits.MAX_IMAGE_BYTES))
-    data = decrypt_input(_input_bytes(opts, env, MAX_ENCRYPTED_BYTES), key)
-    try:
-        return load_image_bytes(data)
-    except NotAnImageError:
-        raise DecryptionError(NOT_AN_IMAGE) from None
+    return decode_input(lambda max_bytes: _input_bytes(opts, env, max_bytes), input_key(env))
 
 
 def _hash_in_background(path: str | None, env: Mapping[str, str]) -> tuple[threading.Thread | None,
@@ -137,10 +134,20 @@ def _load_model(opts: TaskOptions, weights: WeightsInfo, sha256: str | None, env
     return keras_net, key, status, precision
 
 
-def segment(opts: TaskOptions, env: Mapping[str, str], out_dir: str, started: float) -> Outcome:
-    """Check everything cheap, then load the model, detect, draw and write the outputs."""
-    timings: dict[str, float] = {}
-    loaded = load_input(opts, env)
+@dataclass(frozen=True)
+class Loaded:
+    """The model, ready to detect, and what the outputs say about it."""
+
+    net: Any
+    weights: WeightsInfo
+    sha256: str | None
+    key: dict[str, Any] | None     # the graph cache key (for SEGBOT_GRAPH_AUTOBUILD)
+    status: str                    # graph cache: hit, miss, stale, broken, off
+    precision: str
+
+
+def prepare_model(opts: TaskOptions, env: Mapping[str, str], started: float, timings: dict[str, float]) -> Loaded:
+    """Find the weights, import TensorFlow and load the model (the cached graph when valid)."""
     weights = resolve_weights(opts.weights, opts.backbone, opts.random_weights, env)
     from worker.precision import resolve as resolve_precision
     precision = resolve_precision(opts.precision)
@@ -153,14 +160,109 @@ def segment(opts: TaskOptions, env: Mapping[str, str], out_dir: str, started: fl
         hasher.join()
     timings["import_s"] = time.perf_counter() - mark
     net, key, status, precision = _load_model(opts, weights, digest.get("sha256"), env, timings, precision)
+    return Loaded(net, weights, digest.get("sha256"), key, status, precision)
+
+
+def segment(opts: TaskOptions, env: Mapping[str, str], out_dir: str, started: float) -> Outcome:
+    """Check everything cheap, then load the model, detect, draw and write the outputs."""
+    count = album_size(opts, env)
+    if count >= 2:
+        return segment_album(opts, env, out_dir, started, count)
+    timings: dict[str, float] = {}
+    loaded = load_input(opts, env)
+    model = prepare_model(opts, env, started, timings)
     mark = time.perf_counter()
-    found = net.detect(loaded.pixels, opts.classes)
+    found = model.net.detect(loaded.pixels, opts.classes)
     timings["detect_s"] = time.perf_counter() - mark
-    outcome = write_outputs(out_dir, opts, loaded, found, weights, digest.get("sha256"), timings, started,
-                            status, precision)
-    if key is not None and status != "hit" and env.get("SEGBOT_GRAPH_AUTOBUILD") == "1":
-        _autobuild(net, key, env)
+    outcome = write_outputs(out_dir, opts, loaded, found, model.weights, model.sha256, timings, started,
+                            model.status, model.precision)
+    _maybe_autobuild(model, env)
     return outcome
+
+
+def segment_album(opts: TaskOptions, env: Mapping[str, str], out_dir: str, started: float,
+                  count: int) -> Outcome:
+    """Every input file of the task, the model loaded once; a picture that fails fails alone."""
+    album.check_size(count)
+    pictures = album.load_pictures(env, count, input_key(env))
+    if all(p.error for p in pictures):
+        raise album.all_failed(pictures)   # before TensorFlow: refused inputs cost no model load
+    shared: dict[str, float] = {}
+    model = prepare_model(opts, env, started, shared)
+    _segment_pictures(pictures, opts, model, out_dir, shared, started)
+    if all(p.error for p in pictures):
+        raise album.all_failed(pictures)
+    manifest = album.manifest(pictures, model.weights.random)
+    manifest_path = os.path.join(out_dir, album.MANIFEST)
+    _write_json(manifest_path, manifest)
+    _write_json(os.path.join(out_dir, "computed.json"), {"deterministic-output-path": manifest_path})
+    _maybe_autobuild(model, env)
+    return Outcome(out_dir=out_dir, image_path=manifest_path, detections_path=manifest_path,
+                   count=sum(p.entry["count"] for p in pictures if p.entry), pictures=count,
+                   failed=manifest["failed"])
+
+
+def _segment_pictures(pictures: list[album.Picture], opts: TaskOptions, model: Loaded, out_dir: str,
+                      shared: dict[str, float], started: float) -> None:
+    """Detect each loaded picture in turn; picture n is drawn and written in a thread while n+1 is detected
+    (Pillow and numpy release the GIL). An error marks only its picture failed."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="album-writer") as writer:
+        pending = []
+        for picture in pictures:
+            if picture.loaded is None:
+                continue
+            timings = dict(shared)
+            try:
+                mark = time.perf_counter()
+                found = model.net.detect(picture.loaded.pixels, opts.classes)
+                timings["detect_s"] = time.perf_counter() - mark
+            except Exception as exc:  # noqa: BLE001 - one picture's failure is reported in its entry
+                _picture_failed(picture, exc)
+                continue
+            pending.append((picture, writer.submit(_write_picture, picture, len(pictures), found, opts, model,
+                                                   out_dir, timings, started)))
+        for picture, job in pending:
+            try:
+                job.result()
+            except Exception as exc:  # noqa: BLE001 - one picture's failure is reported in its entry
+                _picture_failed(picture, exc)
+    for picture in pictures:
+        state = f"{picture.entry['count']} instances" if picture.entry else f"failed ({picture.error})"
+        print(f"picture {picture.index}: {state}", file=sys.stderr)
+
+
+def _write_picture(picture: album.Picture, total: int, found: Sequence[object], opts: TaskOptions, model: Loaded,
+                   out_dir: str, timings: dict[str, float], started: float) -> None:
+    """Draw and write one album picture, then make its manifest entry."""
+    loaded = picture.loaded
+    assert loaded is not None
+    image_name = album.result_name(picture.index, opts.fmt)
+    written = write_outputs(out_dir, opts, loaded, found, model.weights, model.sha256, timings, started,
+                            model.status, model.precision, image_name=image_name,
+                            detections_name=album.detections_name(picture.index),
+                            extra={"album": {"index": picture.index, "total": total}}, computed=False)
+    height, width = loaded.pixels.shape[:2]
+    with open(written.image_path, "rb") as fh:
+        picture.entry = album.ok_entry(picture, image_name, album.detections_name(picture.index), written.count,
+                                       width, height, fh.read())
+    picture.loaded = None
+
+
+def _picture_failed(picture: album.Picture, exc: Exception) -> None:
+    """Mark an album picture failed with a message for the person who sent it."""
+    if isinstance(exc, WorkerError):
+        picture.failed(str(exc), album.error_kind(exc), exc.exit_code)
+    elif isinstance(exc, MemoryError):
+        picture.failed(album.MEMORY_MESSAGE, "memory", 7)
+    else:  # a bug: the traceback is for the operator, the words for the requester
+        traceback.print_exception(exc)
+        picture.failed(f"Internal error of the segmentation app ({type(exc).__name__}) on this picture.",
+                       "internal", 8)
+
+
+def _maybe_autobuild(model: Loaded, env: Mapping[str, str]) -> None:
+    if model.key is not None and model.status != "hit" and env.get("SEGBOT_GRAPH_AUTOBUILD") == "1":
+        _autobuild(model.net, model.key, env)
 
 
 def _autobuild(net: Any, key: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -200,8 +302,11 @@ def build_graphs(weights: WeightsInfo, max_dims: Sequence[int], min_confidence: 
 
 def write_outputs(out_dir: str, opts: TaskOptions, loaded: LoadedImage, found: Sequence[object],
                   weights: WeightsInfo, sha256: str | None, timings: dict[str, float], started: float,
-                  graph_cache: str = "off", precision: str = "fp32") -> Outcome:
-    """Draw and write result image, detections.json and (last) computed.json."""
+                  graph_cache: str = "off", precision: str = "fp32", *, image_name: str | None = None,
+                  detections_name: str = "detections.json", extra: dict[str, Any] | None = None,
+                  computed: bool = True) -> Outcome:
+    """Draw and write the result image, detections.json (plus `extra` keys) and (last, unless `computed` is
+    false: an album writes its own) computed.json."""
     from worker import rle
     from worker.coco import CLASS_NAMES
     from worker.draw import draw
@@ -211,7 +316,7 @@ def write_outputs(out_dir: str, opts: TaskOptions, loaded: LoadedImage, found: S
     picture = draw(loaded.pixels, found, CLASS_NAMES, weights.random)  # type: ignore[arg-type]
     timings["draw_s"] = time.perf_counter() - mark
     ext = "png" if opts.fmt == "png" else "jpg"
-    image_path = os.path.join(out_dir, f"{RESULT_STEM}.{ext}")
+    image_path = os.path.join(out_dir, image_name or f"{RESULT_STEM}.{ext}")
     mark = time.perf_counter()
     if ext == "png":
         picture.save(image_path, "PNG", compress_level=1)
@@ -234,12 +339,14 @@ def write_outputs(out_dir: str, opts: TaskOptions, loaded: LoadedImage, found: S
                   "graph_cache": graph_cache, "precision": precision},
         "count": len(items), "detections": items,
         "timings": {k: round(v, 3) for k, v in timings.items()},
+        **(extra or {}),
     }
-    det_path = os.path.join(out_dir, "detections.json")
+    det_path = os.path.join(out_dir, detections_name)
     with open(det_path, "w") as fh:
         json.dump(doc, fh, separators=(",", ":"))
     # the image is the deterministic part (detections.json carries timings)
-    _write_json(os.path.join(out_dir, "computed.json"), {"deterministic-output-path": image_path})
+    if computed:
+        _write_json(os.path.join(out_dir, "computed.json"), {"deterministic-output-path": image_path})
     return Outcome(out_dir=out_dir, image_path=image_path, detections_path=det_path, count=len(items))
 
 
@@ -255,7 +362,9 @@ def fail(out_dir: str | None, message: str) -> None:
     if not out_dir:
         return
     os.makedirs(out_dir, exist_ok=True)
-    for name in (f"{RESULT_STEM}.png", f"{RESULT_STEM}.jpg", "detections.json"):
+    ours = [f"{RESULT_STEM}.png", f"{RESULT_STEM}.jpg", "detections.json"]
+    ours += [name for name in os.listdir(out_dir) if album.OUTPUT_NAME.match(name)]
+    for name in ours:
         path = os.path.join(out_dir, name)
         if os.path.exists(path):
             os.unlink(path)
@@ -300,9 +409,11 @@ def run_task(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
         fail(out_dir if "IEXEC_OUT" in env else None, message)
         print(f"error: {message}", file=sys.stderr)
         return 8
-    print(f"segmented: {outcome.count} instances -> {outcome.image_path} "
+    pictures = (f"{outcome.pictures} pictures ({outcome.failed} failed), " if outcome.pictures > 1 else "")
+    print(f"segmented: {pictures}{outcome.count} instances -> {outcome.image_path} "
           f"({time.perf_counter() - started:.2f} s)", file=sys.stderr)
     return 0
 
 
-__all__ = ["Outcome", "build_graphs", "load_input", "run_task", "segment", "write_outputs"]
+__all__ = ["Loaded", "Outcome", "album_size", "build_graphs", "load_input", "prepare_model", "run_task", "segment",
+           "segment_album", "write_outputs"]

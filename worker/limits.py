@@ -24,3 +24,5 @@ DEFAULT_MAX_DIM = 1024
 DEFAULT_MIN_CONFIDENCE = 0.7
 BACKBONES = ("resnet101", "resnet50")
 OUTPUT_FORMATS = ("png", "jpeg")
+#: most input files (pictures) in one task: a Telegram album holds at most 10
+MAX_ALBUM_PICTURES = 10

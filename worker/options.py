@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser (also used for --help)."""
     p = _Parser(prog="python -m worker", description=(
         "Mask R-CNN (COCO) segmentation as an iExec app. With IEXEC_OUT set, the arguments are the task's "
-        "iexec_args: the input is the task's first input file, or an image URL (--url URL or a bare URL)."),
+        "iexec_args: the input is the task's input file (several: an album, one result each), or an image URL "
+        "(--url URL or a bare URL)."),
         epilog="commands: segment IMAGE [--out DIR] | fetch-weights [--url U] [--sha256 H] [--dest F] | "
                "make-test-weights PATH [--backbone B] | build-graph [--weights F] [--max-dim N ...]")
     p.add_argument("--url", default=None, help="image URL to download (iExec mode)")
