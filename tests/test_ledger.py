@@ -264,7 +264,7 @@ def test_reopen_keeps_schema_and_data(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     with Ledger(path) as book:
         book.grant("g", 1, 10, "")
-        assert book.schema_version() == SCHEMA_VERSION == 4
+        assert book.schema_version() == SCHEMA_VERSION == 5
     with Ledger(path) as book:
         assert book.balance(1).posted == 10
         assert book.schema_version() == SCHEMA_VERSION
