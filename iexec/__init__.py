@@ -4,7 +4,8 @@ Modules: `orders` (order types, EIP-712 hashing/signing, builders), `hub` (async
 `tx` (the one nonce-owning transaction sender), `watch` (event-based task tracking), `pool` (workerpool-side
 calls), `market` (market API client), `results` (result download and checks), `networks` (presets),
 `tee` (TDX: dataset-format encryption, the result key), `sms` (Secret Management Service client), `retry`
-(the one retry policy).
+(the one retry policy), `deposits` (RLC transfers to one address, handed over once final), `link` (proof that
+a user owns an address: EIP-712 / personal_sign).
 This package imports nothing else of the project and never logs a private key or a raw transaction.
 Every error it raises derives from `iexec.IExecError` (see `iexec.errors`, re-exported here).
 """

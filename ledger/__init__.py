@@ -7,6 +7,8 @@
     book.post("p-1", "r-1", 6 * 10**8, fee=10**8)  # price to iExec spend, fee to operator:fees
     book.balance(42)                               # Balance(posted=..., pending=..., available=...)
     book.audit()                                   # raises AuditError on any broken invariant
+    book.links.link(42, "0xab..", nonce, "eip712")  # an address proven to be user 42's (ledger.deposits)
+    book.deposits.record(tx, 0, block, bhash, "0xab..", 2 * 10**9)  # a final RLC transfer: credited once
 
 Every write is one `BEGIN IMMEDIATE` transaction on a WAL file with synchronous=FULL; several processes
 may share the file. Transfer ids are chosen by the caller: a retry with the same id and fields returns the
