@@ -144,3 +144,20 @@ def test_a_transfer_log_is_decoded_and_other_logs_are_not() -> None:
         LINKED, HOT, 2 * RLC, ("0x" + "aa" * 32, 3))
     assert decode_transfer({**raw, "removed": True}) is None
     assert decode_transfer({**raw, "topics": raw["topics"][:1]}) is None  # not an ERC-20 Transfer shape
+
+
+def test_a_v4_file_migrates_to_deposits_keeping_its_books(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ledger.db
+    from ledger.schema import MIGRATIONS
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ledger.db, "MIGRATIONS", MIGRATIONS[:4])
+        patch.setattr(ledger.db, "SCHEMA_VERSION", 4)
+        with Ledger(tmp_path / "old.db") as old:
+            old.grant("g1", USER, 5 * RLC)
+            assert old.schema_version() == 4
+    with Ledger(tmp_path / "old.db") as book:
+        assert book.schema_version() == 5 and book.balance(USER).available == 5 * RLC
+        assert book.links.count() == 0 and book.deposits.unclaimed() == []
+        book.deposits.record(tx(), 0, 1, BLOCK_HASH, STRANGER, RLC)
+        book.audit()
