@@ -7,25 +7,32 @@ volume-N request order). Calls are counted at the RPC boundary (each call of a b
   ours_idle    one watcher cycle while nothing happens (after the first cycle, which reads deadlines once)
   ours_finish  one watcher cycle in which all N tasks finish (TaskFinalize for each)
   sdk          the SDK's way: one viewTask per task per cycle (measured, not computed)
-Then the time to build and sign 1000 request orders. Ends with one RESULT line.
+Then the time to build and sign 1000 request orders, and the deposit watcher (bot.deposits over
+iexec.deposits, confirmations 1): JSON-RPC calls of one idle cycle and of one cycle that credits 5 transfers,
+with 1 and with 1000 linked users in the books (they must be equal: the logs are filtered by the hot wallet,
+never per user). Ends with one RESULT line.
 """
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devnet.accounts import APP_OWNER, POOL_OWNER, REQUESTER, WORKER  # noqa: E402
+from bot.deposits import DepositService  # noqa: E402
+from devnet.accounts import APP_OWNER, BOT, POOL_OWNER, REQUESTER, SPARE_1, WORKER  # noqa: E402
 from devnet.anvil import Anvil  # noqa: E402
-from devnet.chain import deployed_snapshot, deposit, register_app, register_workerpool  # noqa: E402
+from devnet.chain import deployed_snapshot, deposit, fund_rlc, mine, register_app, register_workerpool  # noqa: E402
 from iexec.hub import Hub  # noqa: E402
 from iexec.orders import ZERO_ADDRESS, AppOrder, Domain, WorkerpoolOrder, build_request_order  # noqa: E402
 from iexec.pool import WorkerpoolClient  # noqa: E402
 from iexec.tx import close, connect, rpc_calls  # noqa: E402
 from iexec.watch import TaskFinalized, TaskWatcher  # noqa: E402
+from ledger import Ledger  # noqa: E402
 
 RESULTS = b'{"storage":"ipfs","location":"/ipfs/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"}'
 
@@ -94,6 +101,37 @@ def sign_time(count: int = 1000) -> float:
     return time.perf_counter() - t0
 
 
+async def deposit_calls(state: Path, dep, linked: int) -> dict[str, float]:
+    """Calls of one idle deposit cycle and of one that credits 5 transfers, with `linked` users linked."""
+    with Anvil(load_state=state) as anvil, tempfile.TemporaryDirectory() as tmp:
+        book = Ledger(Path(tmp) / "books.db")
+        for i in range(linked - 1):
+            nonce = "0x" + secrets.token_hex(32)
+            book.links.issue(1000 + i, nonce)
+            book.links.link(1000 + i, "0x" + (1000 + i).to_bytes(20, "big").hex(), nonce, "eip712")
+        nonce = "0x" + secrets.token_hex(32)
+        book.links.issue(1, nonce)
+        book.links.link(1, SPARE_1.address, nonce, "eip712")
+        w3 = connect(anvil.rpc_url)
+        service = DepositService.build(book, w3, chain_id=31337, rlc=dep.rlc, hot_wallet=BOT.address, hub=dep.hub,
+                                       confirmations=1, start_block=await w3.eth.block_number)
+        await service.cycle()
+        before = rpc_calls(w3)
+        await service.cycle()
+        idle = rpc_calls(w3) - before
+        for _ in range(5):
+            fund_rlc(anvil.rpc_url, dep, BOT.address, 10**9, sender=SPARE_1)
+        mine(anvil.rpc_url, 1)
+        before = rpc_calls(w3)
+        t0 = time.perf_counter()
+        await service.cycle()
+        credit, credit_s = rpc_calls(w3) - before, time.perf_counter() - t0
+        assert book.balance(1).available == 5 * 10**9, "the 5 transfers were not credited"
+        book.audit()
+        await close(w3)
+        return {"idle": idle, "credit": credit, "credit_s": credit_s}
+
+
 async def main() -> None:
     state, dep = deployed_snapshot()
     figures: dict[int, dict[str, float]] = {}
@@ -105,10 +143,16 @@ async def main() -> None:
               f"{f['sdk_s']:>12.3f}")
     sign_s = sign_time()
     print(f"build + sign 1000 request orders: {sign_s * 1000:.0f} ms ({sign_s:.3f} ms per order)")
+    deposits = {n: await deposit_calls(state, dep, n) for n in (1, 1000)}
+    print(f"{'linked users':>12} {'deposit idle calls':>19} {'credit-5 calls':>15} {'credit-5 cycle s':>17}")
+    for n, f in deposits.items():
+        print(f"{n:>12} {f['idle']:>19.0f} {f['credit']:>15.0f} {f['credit_s']:>17.3f}")
     print("RESULT " + " ".join(
         [f"calls_idle_{n}={figures[n]['idle']:.0f} calls_finish_{n}={figures[n]['finish']:.0f} "
          f"sdk_calls_{n}={figures[n]['sdk']:.0f}" for n in figures]
-        + [f"sign_1000_ms={sign_s * 1000:.0f}"]))
+        + [f"sign_1000_ms={sign_s * 1000:.0f}"]
+        + [f"deposit_calls_idle_{n}={f['idle']:.0f} deposit_calls_credit5_{n}={f['credit']:.0f}"
+           for n, f in deposits.items()]))
 
 
 if __name__ == "__main__":
