@@ -243,10 +243,19 @@ class DepositBook:
         self._books = books
 
     def record(
-        self, tx_hash: str, log_index: int, block_number: int, block_hash: str, sender: str, amount: int
+        self,
+        tx_hash: str,
+        log_index: int,
+        block_number: int,
+        block_hash: str,
+        sender: str,
+        amount: int,
+        *,
+        min_credit: int = 1,
     ) -> tuple[Deposit, bool]:
         """Record a final transfer of `amount` nRLC from `sender`; credit the linked user in the same transaction.
 
+        A transfer from an unlinked address, or below `min_credit` nRLC, is kept unclaimed for an admin.
         Returns (the stored deposit, True if this call recorded it). Idempotent on (tx_hash, log_index): a
         second call with the same sender and amount returns the stored row and False. Raises DepositConflict
         (same natural id, other sender or amount), InvalidAmount, InvalidArgument, BalanceOverflow.
@@ -274,7 +283,7 @@ class DepositBook:
                 (tx_hash, log_index, block_number, block_hash, sender, amount, now),
             )
             row = conn.execute("SELECT user_id FROM wallet_links WHERE address = ?", (sender,)).fetchone()
-            if row is not None:
+            if row is not None and amount >= min_credit:
                 self._credit(conn, tx_hash, log_index, int(row[0]), None)
             deposit = self._get(conn, tx_hash, log_index)
             assert deposit is not None
