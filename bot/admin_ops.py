@@ -11,7 +11,7 @@ import asyncio
 from typing import Protocol
 
 from bot import texts
-from bot.chain import ChainGateway
+from bot.chain import ChainGateway, TaskKind
 from bot.endings import Refund
 from bot.errors import ChainDisagrees
 from ledger import Job, JobState, Ledger, LedgerError
@@ -60,7 +60,7 @@ class AdminOps:
             except ChainDisagrees:
                 pass  # the chain does not know the deal (a reset chain): nothing was paid there
             else:
-                if event.kind == "finalized":
+                if event.kind is TaskKind.FINALIZED:
                     return "The task completed on chain: use /retry to deliver it instead."
         await self.jobs.refund(job, Refund("admin"))
         return f"↩️ Job <code>{job.id}</code> refunded."

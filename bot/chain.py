@@ -21,6 +21,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from iexec.results import TaskResult, fetch_result
 from iexec.tx import SenderConfig, TxRecord, connect
 from iexec.tx import close as close_w3
 from iexec.watch import TaskClaimed, TaskDeadlinePassed, TaskFinalized, TaskInitialized, TaskWatcher
+from ledger import Ledger
 
 log = logging.getLogger(__name__)
 CURSOR_KEY = "watcher.cursor"
@@ -60,12 +62,22 @@ class Offer:
         return self.app.appprice + self.workerpool.workerpoolprice
 
 
+class TaskKind(str, Enum):
+    """Where a task stands, as far as the bot knows (`TaskEvent.kind`)."""
+
+    WAITING = "waiting"  # matched, not started on chain
+    INITIALIZED = "initialized"  # started by the workerpool
+    FINALIZED = "finalized"  # completed: the results are known
+    CLAIMED = "claimed"  # claimed (refunded on chain) by anyone
+    DEADLINE = "deadline"  # its final deadline passed without a result: it can be claimed
+
+
 @dataclass(frozen=True)
 class TaskEvent:
-    """What the pipeline learns about a task: `kind` in waiting, initialized, finalized, claimed, failed,
-    deadline; `results` with finalized; `initialized` tells which claim a deadline needs."""
+    """What the pipeline learns about a task: its `kind`; `results` with FINALIZED; `initialized` tells which
+    claim a DEADLINE needs."""
 
-    kind: str
+    kind: TaskKind
     results: bytes = b""
     final_deadline: int | None = None
     initialized: bool = False
@@ -82,7 +94,7 @@ class WalletReport:
 
 @dataclass
 class _TaskState:
-    kind: str = "waiting"
+    kind: TaskKind = TaskKind.WAITING
     results: bytes = b""
     final_deadline: int | None = None
     initialized: bool = False
@@ -139,7 +151,7 @@ def _bytes(value: str) -> bytes:
 class ChainGateway:
     """The custodial wallet's view of iExec, shared by every job."""
 
-    def __init__(self, settings: Settings, ledger: Any, *, account: Any = None) -> None:
+    def __init__(self, settings: Settings, ledger: Ledger, *, account: Any = None) -> None:
         self.settings = settings
         self.network = settings.resolved_network
         self.ledger = ledger
@@ -476,14 +488,14 @@ class ChainGateway:
         state = self._tasks.get(bytes(task_id)) if task_id is not None else None
         if state is None:
             return
-        if isinstance(event, TaskInitialized) and state.kind == "waiting":
-            state.kind, state.initialized = "initialized", True
+        if isinstance(event, TaskInitialized) and state.kind == TaskKind.WAITING:
+            state.kind, state.initialized = TaskKind.INITIALIZED, True
         elif isinstance(event, TaskFinalized):
-            state.kind, state.results = "finalized", bytes(event.results)
+            state.kind, state.results = TaskKind.FINALIZED, bytes(event.results)
         elif isinstance(event, TaskClaimed):
-            state.kind = "claimed"
-        elif isinstance(event, TaskDeadlinePassed) and state.kind in ("waiting", "initialized"):
-            state.kind = "deadline"
+            state.kind = TaskKind.CLAIMED
+        elif isinstance(event, TaskDeadlinePassed) and state.kind in (TaskKind.WAITING, TaskKind.INITIALIZED):
+            state.kind = TaskKind.DEADLINE
             state.initialized = event.task.status != TaskStatus.UNSET
         else:
             return
@@ -506,17 +518,17 @@ class ChainGateway:
         task = await self.hub.view_task(key)
         state = _TaskState(final_deadline=final_deadline, changed=asyncio.Event())
         if task.status == TaskStatus.COMPLETED:
-            state.kind, state.results, state.initialized = "finalized", bytes(task.results), True
+            state.kind, state.results, state.initialized = TaskKind.FINALIZED, bytes(task.results), True
         elif task.status == TaskStatus.FAILED:
-            state.kind, state.initialized = "claimed", True
+            state.kind, state.initialized = TaskKind.CLAIMED, True
         elif task.status in (TaskStatus.ACTIVE, TaskStatus.REVEALING):
-            state.kind, state.initialized = "initialized", True
+            state.kind, state.initialized = TaskKind.INITIALIZED, True
             state.final_deadline = task.final_deadline or final_deadline
         self._tasks[key] = state
         self.watcher.follow_task(key, final_deadline=state.final_deadline, deal_id=_bytes(deal_id))
         return state
 
-    async def wait_task(self, deal_id: str, task_id: str, *, known: str = "waiting",
+    async def wait_task(self, deal_id: str, task_id: str, *, known: TaskKind = TaskKind.WAITING,
                         timeout: float = 30.0) -> TaskEvent:
         """Wait until the task's state differs from `known` (or `timeout`); returns what is known then.
 
@@ -574,7 +586,7 @@ class ChainGateway:
         return WalletReport(self.address, int(await w3.eth.get_balance(self.address)),
                             await self.hub.rlc_balance(self.address), account.stake, account.locked)
 
-    async def move_stake(self, kind: str, nrlc: int, *, key: str, ledger: Any) -> str:
+    async def move_stake(self, kind: str, nrlc: int, *, key: str, ledger: Ledger) -> str:
         """Deposit into or withdraw from the hub once per confirmation key."""
         if not ledger.record_event("admin_stake", key, {"kind": kind, "nrlc": nrlc}):
             if ledger.seen_event("admin_stake_failed", key):

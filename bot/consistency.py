@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import BooksDoNotMatchChain
-from ledger import JobState
+from ledger import JobState, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class _Look:
     deals_checked: int = 0
 
 
-def _mined_tip(ledger: Any, wallet: str) -> tuple[int | None, int | None]:
+def _mined_tip(ledger: Ledger, wallet: str) -> tuple[int | None, int | None]:
     """(highest mined nonce, highest block recorded for a mined transaction) of `wallet` in the books."""
     with ledger.snapshot() as conn:
         row = conn.execute("SELECT MAX(nonce), MAX(block_number) FROM chain_txs WHERE sender = ? "
@@ -67,13 +67,13 @@ def _mined_tip(ledger: Any, wallet: str) -> tuple[int | None, int | None]:
     return (None if row[0] is None else int(row[0]), None if row[1] is None else int(row[1]))
 
 
-def _job_block(ledger: Any, job_id: str) -> int | None:
+def _job_block(ledger: Ledger, job_id: str) -> int | None:
     blocks = [tx.block_number for tx in ledger.txs_for_job(job_id)
               if tx.status == "mined" and tx.block_number is not None]
     return max(blocks) if blocks else None
 
 
-async def _look(ledger: Any, w3: Any, hub: Any, wallet: str) -> _Look:
+async def _look(ledger: Ledger, w3: Any, hub: Any, wallet: str) -> _Look:
     found = _Look([], [], [])
     try:
         head = int(await w3.eth.block_number)
@@ -126,7 +126,7 @@ async def _look(ledger: Any, w3: Any, hub: Any, wallet: str) -> _Look:
     return found
 
 
-async def check_books_match_chain(ledger: Any, w3: Any, hub: Any, wallet: str, rpc_label: str = "", *,
+async def check_books_match_chain(ledger: Ledger, w3: Any, hub: Any, wallet: str, rpc_label: str = "", *,
                                   network: str = "", lag_wait_s: float | None = None,
                                   poll_s: float = POLL_S) -> list[str]:
     """Raise BooksDoNotMatchChain when the books (a `ledger.Ledger`) record a mined transaction of

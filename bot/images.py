@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bot.errors import ImageRejected
+from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class ImageLimits:
         return cls(**values)
 
     @classmethod
-    def coerce(cls, limits: Any = None) -> ImageLimits:
+    def coerce(cls, limits: ImageLimits | Settings | None = None) -> ImageLimits:
         """`limits` itself, the intake defaults for None, or the intake limits read (duck-typed) from a
         settings object (`max_image_bytes`, `max_image_pixels`, `max_image_aspect`, `min_image_side`)."""
         if isinstance(limits, cls):
@@ -133,7 +134,7 @@ class CheckedImage:
     source_format: str
 
 
-def identify(data: bytes, limits: Any = None) -> ImageInfo:
+def identify(data: bytes, limits: ImageLimits | Settings | None = None) -> ImageInfo:
     """Format, size and frame count from the header only. Raises ImageRejected (empty, too big, not an
     accepted image, too many pixels)."""
     limits = ImageLimits.coerce(limits)
@@ -146,12 +147,12 @@ def identify(data: bytes, limits: Any = None) -> ImageInfo:
         return ImageInfo(fmt, im.width, im.height, max(frames, 1))
 
 
-async def identify_async(data: bytes, limits: Any = None) -> ImageInfo:
+async def identify_async(data: bytes, limits: ImageLimits | Settings | None = None) -> ImageInfo:
     """`identify` on the image threads (never on the event loop)."""
     return await _in_thread(identify, data, limits)
 
 
-def check_image(data: bytes, limits: Any = None) -> CheckedImage:
+def check_image(data: bytes, limits: ImageLimits | Settings | None = None) -> CheckedImage:
     """Check `data` and return the cleaned image (first frame, upright, RGB, re-encoded, no metadata).
 
     `limits` is an ImageLimits, a settings object (`max_image_bytes`, `max_image_pixels`) or None for the
@@ -177,7 +178,7 @@ def check_image(data: bytes, limits: Any = None) -> CheckedImage:
     return CheckedImage(payload, out_format, rgb.width, rgb.height, _MIME[out_format], source_format)
 
 
-async def check_image_async(data: bytes, limits: Any = None) -> CheckedImage:
+async def check_image_async(data: bytes, limits: ImageLimits | Settings | None = None) -> CheckedImage:
     """`check_image` on the image threads: decoding a 12-megapixel photo takes about half a second of CPU,
     which must not stall the bot's event loop. At most IMAGE_WORKERS pictures are decoded at once; the
     others wait their turn without blocking anything."""

@@ -39,6 +39,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.errors import InputsError, UploadFailed
+from bot.settings import Settings
 from iexec.bodies import read_capped
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class InputServer:
         self.restore()
 
     @classmethod
-    def from_settings(cls, settings: Any, **kwargs: Any) -> InputServer:
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> InputServer:
         """A server configured from the bot settings (`data_dir`, `inputs_listen`, `inputs_port`,
         `inputs_public_url`), its files in `<data_dir>/inputs`."""
         return cls(

@@ -45,6 +45,7 @@ from yarl import URL
 
 from bot import images
 from bot.errors import DownloadsBusy, InputRejected
+from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class FetchPolicy:
             raise ValueError("min_side must be at least 1 and max_aspect at least 1 (or 0: unchecked)")
 
     @classmethod
-    def from_settings(cls, settings: Any = None, **options: Any) -> FetchPolicy:
+    def from_settings(cls, settings: Settings | None = None, **options: Any) -> FetchPolicy:
         """The policy of `settings` (duck-typed, None = built-in defaults), then `options` on top.
 
         Raises TypeError for an unknown option, ValueError for an out-of-range value.
@@ -338,7 +339,7 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PAGE_TYPES = ("text/", "application/xhtml", "application/json", "application/xml", "application/javascript")
 
 
-async def fetch_image(url: str, settings: Any = None, **options: Any) -> bytes:
+async def fetch_image(url: str, settings: Settings | None = None, **options: Any) -> bytes:
     """Download the image at `url` and return its bytes (still to be checked with `bot.images.check_image`).
 
     `settings` is read duck-typed (`max_image_bytes`, `url_fetch_timeout`, `url_allow_loopback`, ...);
@@ -494,7 +495,7 @@ class DownloadLimiter:
         self._users: dict[Any, _UserDownloads] = {}
 
     @classmethod
-    def from_settings(cls, settings: Any = None) -> DownloadLimiter:
+    def from_settings(cls, settings: Settings | None = None) -> DownloadLimiter:
         """Read duck-typed: `max_downloads_per_user`, `max_downloads`, `max_downloads_waiting_per_user`."""
         def get(name: str, default: int) -> int:
             value = getattr(settings, name, None)

@@ -54,7 +54,7 @@ from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
 from bot import texts
 from bot.busy import when_free
 from bot.endings import PERMANENT_TELEGRAM, Endings, Refund
-from bot.chain import ChainGateway, TaskEvent, secret_name
+from bot.chain import ChainGateway, TaskEvent, TaskKind, secret_name
 from bot.errors import BotError, ChainDisagrees, InputRejected, NeedsAdmin, NoOffer, OfferTaken
 from bot.images import check_image_async
 from bot.inputs import upload_to_ipfs
@@ -63,7 +63,7 @@ from bot.results import RESULT_LIMITS, made_with_random_weights, read_detections
 from bot.settings import Settings
 from iexec.errors import (DecryptionError, IExecError, ResultDownloadError, ResultLocationError, TeeError,
                           UnsafeArchive)
-from ledger import InsufficientFunds, JobState, Ledger, LedgerBusy, LedgerError
+from ledger import InsufficientFunds, Job, JobState, Ledger, LedgerBusy, LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,15 @@ class Pipeline:
         self._restarts: dict[str, asyncio.TimerHandle] = {}
         self._stopping = False
         self.results_dir = Path(settings.data_dir) / "results"
+        #: What `_drive` does in each state it drives (the resumable ones).
+        self._steps: dict[JobState, Callable[[Job], Awaitable[None]]] = {
+            JobState.RECEIVED: self._step_received,
+            JobState.ORDER_SIGNED: self._step_order_signed,
+            JobState.MATCHING: self._step_matching,
+            JobState.MATCHED: self._step_matched,
+            JobState.RUNNING: self._step_running,
+            JobState.COMPLETED: self._step_completed,
+        }
         self.endings = Endings(ledger, bot, board, clock=clock, retry_delays=self.retry_delays,
                                crash_point=self._crash_point)
         self.uploads_dir = Path(settings.data_dir) / "uploads"
@@ -325,7 +334,7 @@ class Pipeline:
                 return
             await self._slow_down_if_spinning(job, last, unchanged)
             last = (job.state, job.updated_at)
-            step: Callable[[Any], Awaitable[None]] = getattr(self, f"_step_{job.state.value.lower()}")
+            step = self._steps[job.state]
             hold: str | None = None
             try:
                 await step(job)
@@ -363,7 +372,7 @@ class Pipeline:
                     log.warning("event=hold_retry job=%s error=%r", job_id, str(exc)[:300])
                     await asyncio.sleep(self.retry_delays[min(failures, len(self.retry_delays) - 1)])
 
-    async def _slow_down_if_spinning(self, job: Any, last: tuple[Any, ...] | None,
+    async def _slow_down_if_spinning(self, job: Job, last: tuple[Any, ...] | None,
                                      unchanged: collections.deque[float]) -> None:
         """Sleep when the steps keep returning at once without changing the job (a missing wait)."""
         if (job.state, job.updated_at) != last:
@@ -377,7 +386,7 @@ class Pipeline:
             unchanged.clear()
             await asyncio.sleep(SPIN_PAUSE_S)
 
-    async def _step_received(self, job: Any) -> None:
+    async def _step_received(self, job: Job) -> None:
         """Publish the input and sign the job's one request order."""
         data = Path(job.input_ref).read_bytes()
         ttl = self.settings.match_timeout_s + 10 * CATEGORY_REF_S.get(self.settings.category, 36000) + 600
@@ -393,7 +402,7 @@ class Pipeline:
         self._crash_point("after_sign")
         self._show(self.ledger.get_job(job.id))
 
-    async def _publish_encrypted(self, job: Any, data: bytes, ttl: float) -> str:
+    async def _publish_encrypted(self, job: Job, data: bytes, ttl: float) -> str:
         """TEE mode: publish the photo encrypted with the job's input key and give the key to the SMS; returns
         the URL for the order. Each part can run again after a crash: the key is derived (the same), the
         upload is content-addressed or replaces the job's earlier file, and the secret push is recorded
@@ -418,7 +427,7 @@ class Pipeline:
         self._crash_point("after_secret")
         return url
 
-    async def _step_order_signed(self, job: Any) -> None:
+    async def _step_order_signed(self, job: Job) -> None:
         """Wait for offers within the maximum prices, then move to MATCHING (or refund after the timeout)."""
         try:
             await self.chain.ensure_stake(self.settings.max_price_nrlc - self.settings.fee_nrlc)
@@ -436,7 +445,7 @@ class Pipeline:
         self.ledger.transition(job.id, JobState.ORDER_SIGNED, JobState.MATCHING)
         self._show(self.ledger.get_job(job.id))
 
-    async def _step_matching(self, job: Any) -> None:
+    async def _step_matching(self, job: Job) -> None:
         """Find out whether the order was matched (after a crash too); match it if not."""
         request = self.chain.request_order_from_json(job.request_order)
         deal_id = await self.chain.deal_of(request)
@@ -475,55 +484,55 @@ class Pipeline:
         self._show(self.ledger.get_job(job.id))
         await self._check_funds()
 
-    async def _step_matched(self, job: Any) -> None:
+    async def _step_matched(self, job: Job) -> None:
         await self._follow_task(job)
 
-    async def _step_running(self, job: Any) -> None:
+    async def _step_running(self, job: Job) -> None:
         await self._follow_task(job)
 
-    async def _follow_task(self, job: Any) -> None:
+    async def _follow_task(self, job: Job) -> None:
         """One wait on the watcher; act on what it says (start, result, claim, deadline)."""
-        known = "initialized" if job.state is JobState.RUNNING else "waiting"
+        known = TaskKind.INITIALIZED if job.state is JobState.RUNNING else TaskKind.WAITING
         timeout = 30.0
         if job.state is JobState.MATCHED:  # wake up in time to tell the user their task has not started
             waited = self.clock() - job.state_times.get("MATCHED", job.updated_at) / 1000
             if waited < self.settings.start_warning_s:
                 timeout = min(timeout, max(0.5, self.settings.start_warning_s - waited))
         event: TaskEvent = await self.chain.wait_task(job.deal_id, job.task_id, known=known, timeout=timeout)
-        if event.kind == "initialized" and job.state is JobState.MATCHED:
+        if event.kind == TaskKind.INITIALIZED and job.state is JobState.MATCHED:
             self.ledger.transition(job.id, JobState.MATCHED, JobState.RUNNING)
             self._show(self.ledger.get_job(job.id))
-        elif event.kind == "finalized":
+        elif event.kind == TaskKind.FINALIZED:
             if job.state is JobState.MATCHED:
                 self.ledger.transition(job.id, JobState.MATCHED, JobState.RUNNING)
             await self._take_result(self.ledger.get_job(job.id), event.results)
             self.chain.unfollow(job.task_id)
-        elif event.kind == "claimed":
+        elif event.kind == TaskKind.CLAIMED:
             self.chain.unfollow(job.task_id)
             await self.refund(job, Refund("expired"))
-        elif event.kind == "deadline":
+        elif event.kind == TaskKind.DEADLINE:
             await self.chain.claim(job.deal_id, job.task_id, initialized=event.initialized)
             self._crash_point("after_claim")
             self.chain.unfollow(job.task_id)
             await self.refund(job, Refund("expired"))
-        elif event.kind == "waiting" and job.state is JobState.MATCHED:
+        elif event.kind == TaskKind.WAITING and job.state is JobState.MATCHED:
             await self._warn_not_started(job, event)
             self._show(job)  # the elapsed time moves on
-        elif event.kind == "waiting":
+        elif event.kind == TaskKind.WAITING:
             # The books saw the task start; the chain says it never did. Read it again a moment later (a
             # node behind the chain answers stale reads); if it still says so, waiting changes nothing.
             await asyncio.sleep(self.settings.poll_interval_s)
-            if (await self.chain.reread_task(job.deal_id, job.task_id)).kind != "waiting":
+            if (await self.chain.reread_task(job.deal_id, job.task_id)).kind != TaskKind.WAITING:
                 return
             raise NeedsAdmin(f"the chain says task {job.task_id} of job {job.id} is not started although the "
                              "books saw it start: was the chain reset?")
         elif event.kind == known:
             self._show(job)
         else:  # a kind this code does not know: never call wait_task again at once
-            raise NeedsAdmin(f"the chain reports task {job.task_id} as {event.kind!r} while the job is "
+            raise NeedsAdmin(f"the chain reports task {job.task_id} as {event.kind.value!r} while the job is "
                              f"{job.state.value}")
 
-    async def _warn_not_started(self, job: Any, event: TaskEvent) -> None:
+    async def _warn_not_started(self, job: Job, event: TaskEvent) -> None:
         waited = self.clock() - job.state_times.get("MATCHED", job.updated_at) / 1000
         if waited < self.settings.start_warning_s or self.ledger.seen_event("start_warning", job.id):
             return
@@ -531,7 +540,7 @@ class Pipeline:
         deadline = time.strftime("%Y-%m-%d %H:%M", time.gmtime(event.final_deadline or 0))
         await self._send_text(job.chat_id, texts.NOT_STARTED.format(waited=texts.elapsed(waited), deadline=deadline))
 
-    async def _take_result(self, job: Any, results: bytes) -> None:
+    async def _take_result(self, job: Job, results: bytes) -> None:
         """Download and check the result; settle on success, refund on an error archive."""
         dest = self.results_dir / job.id
         # A crash after an earlier download left this folder filled: start it anew (the result is
@@ -578,7 +587,7 @@ class Pipeline:
         # handed only to attested enclaves running tasks whose deal names it, i.e. deals of our wallet.
         self.inputs.revoke(job.id)
 
-    async def _step_completed(self, job: Any) -> None:
+    async def _step_completed(self, job: Job) -> None:
         """Send the result (at least once), then record it."""
         path = Path(job.result_ref)
         detections = read_detections(path.parent)
@@ -609,7 +618,7 @@ class Pipeline:
         self._show(self.ledger.get_job(job.id), elapsed=texts.elapsed(took))
         log.info("event=delivered job=%s seconds=%.1f", job.id, took)
 
-    async def _send_result(self, job: Any, chat: int, data: bytes, name: str, caption: str, markup: Any, *,
+    async def _send_result(self, job: Job, chat: int, data: bytes, name: str, caption: str, markup: Any, *,
                            reply: bool = True) -> str:
         """Send the result as a photo, else as a file, else the caption as a text saying the picture could
         not be sent; returns a note for the books ("" when it went as planned).
@@ -656,7 +665,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------ endings
 
-    async def refund(self, job: Any, why: Refund) -> None:
+    async def refund(self, job: Job, why: Refund) -> None:
         """Give the money back and mark the job REFUNDED in one transaction, then tell the user."""
         if why.operator_pays and job.app_price is not None:
             # The task was paid on chain: book that spending and pay the user back from the operator's
@@ -672,7 +681,7 @@ class Pipeline:
         self._show(refunded, reason=why.text())
         self.endings.tell_soon(refunded)
 
-    async def _hold(self, job: Any, why: str) -> None:
+    async def _hold(self, job: Job, why: str) -> None:
         self.ledger.transition(job.id, job.state, JobState.NEEDS_ADMIN, error=why[:500])
         log.error("event=needs_admin job=%s why=%r", job.id, why)
         self._crash_point("before_tell")
@@ -681,7 +690,7 @@ class Pipeline:
         self.endings.tell_soon(held)
         await self._announce_hold(held, why)
 
-    async def _announce_hold(self, job: Any, why: str) -> None:
+    async def _announce_hold(self, job: Job, why: str) -> None:
         """Tell the admins a job is held, then record it ("admin_told"): a kill before the record announces
         it again at the next start (`resume`)."""
         text = f"⚠️ Job <code>{job.id}</code> needs an admin: {html.escape(why)}\n/job {job.id}"
@@ -710,7 +719,7 @@ class Pipeline:
             log.warning("event=send_failed chat=%s error=%r", chat, str(exc))
             return False
 
-    def _show(self, job: Any, **values: str) -> None:
+    def _show(self, job: Job, **values: str) -> None:
         """Edit the job's status message to its stage (with the time so far while it works)."""
         if job is None or not job.status_message_id:
             return
@@ -755,7 +764,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------ user actions
 
-    def active_jobs(self, user: int) -> list[Any]:
+    def active_jobs(self, user: int) -> list[Job]:
         return [j for j in self.ledger.user_jobs(user, limit=50) if not j.state.is_terminal()]
 
     async def cancel(self, user: int) -> list[tuple[str, int]]:
@@ -777,7 +786,7 @@ class Pipeline:
             done.append((job.id, job.max_price))
         return done
 
-    def _stored(self, user: int) -> list[tuple[Any, list[Path]]]:
+    def _stored(self, user: int) -> list[tuple[Job, list[Path]]]:
         """The user's finished jobs with the pictures and results still stored for them."""
         found = []
         for job in self.ledger.user_jobs(user, limit=10_000):

@@ -4,8 +4,10 @@ Handlers take everything from here instead of globals, so tests can run several 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from telegram.ext import ContextTypes
 
 if TYPE_CHECKING:
     from ledger import Ledger
@@ -29,11 +31,14 @@ class Services:
     admin_ops: AdminOps
     board: StatusBoard
     inbox: UpdateInbox | None = None  # None: updates are not kept (e.g. an application built by a test)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def is_admin(self, user_id: int | None) -> bool:
         return user_id is not None and user_id in self.settings.admin_ids
 
 
-def services_of(context: Any) -> Services:
-    return context.application.bot_data[KEY]
+def services_of(context: ContextTypes.DEFAULT_TYPE) -> Services:
+    """The bot's `Services` from a handler's context (stored under `KEY` by `bot.app.build_bot`)."""
+    services = context.application.bot_data[KEY]
+    if not isinstance(services, Services):
+        raise TypeError(f"bot_data[{KEY!r}] is not the bot's Services")
+    return services

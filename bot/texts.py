@@ -5,11 +5,14 @@ or an internal id other than the job's short id.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import html
 import re
 from collections import Counter
 from collections.abc import Iterable
 from decimal import Decimal
+
+from ledger import Job, JobState
 
 NRLC = 10**9
 
@@ -213,14 +216,11 @@ STAGE_NAMES = {
 }
 
 
-def job_line(job: object) -> str:
+def job_line(job: Job) -> str:
     """One line of /jobs: short id, date, outcome and what it cost."""
-    import datetime as _dt
-
-    when = _dt.datetime.fromtimestamp(getattr(job, "created_at") / 1000, _dt.timezone.utc).strftime("%m-%d %H:%M")
-    state = getattr(job, "state")
-    state = getattr(state, "value", state)
-    line = f"<code>{getattr(job, 'id')[-8:]}</code> {when} · {STAGE_NAMES.get(state, state)}"
-    if state == "DELIVERED" and getattr(job, "app_price", None) is not None:
+    when = _dt.datetime.fromtimestamp(job.created_at / 1000, _dt.timezone.utc).strftime("%m-%d %H:%M")
+    state = job.state.value
+    line = f"<code>{job.id[-8:]}</code> {when} · {STAGE_NAMES.get(state, state)}"
+    if job.state is JobState.DELIVERED and job.app_price is not None and job.workerpool_price is not None:
         line += f" · {rlc(job.app_price + job.workerpool_price)} + fee"
     return line
