@@ -33,7 +33,9 @@ RLC = 10**9
 NODE_MODULES = Path(__file__).resolve().parent.parent / "devnet/node_modules"
 
 
-def make_service(book: Ledger, chain: ChainEnv, confirmations: int = 0, start_block: int | None = None) -> DepositService:
+def make_service(
+    book: Ledger, chain: ChainEnv, confirmations: int = 0, start_block: int | None = None
+) -> DepositService:
     w3 = connect(chain.rpc_url)
     return DepositService.build(book, w3, chain_id=31337, rlc=chain.deployment.rlc, hot_wallet=BOT.address,
                                 hub=chain.deployment.hub, confirmations=confirmations, min_deposit_nrlc=RLC // 100,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from bot.linking import LinkRefused, Linking, LinkSettings, parse_link_args
-from iexec.link import LinkRequest, verify_link
+from bot.linking import Linking, LinkRefused, LinkSettings, parse_link_args
 from iexec.errors import LinkProofError
+from iexec.link import LinkRequest, verify_link
 from ledger import Ledger
 
 CHAIN_ID = 31337
