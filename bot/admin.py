@@ -133,7 +133,7 @@ async def confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             await query.edit_message_text(f"❌ Nothing done: {short}", parse_mode="HTML")
             return
         await query.answer("Sending the transaction…")
-        text = await svc.pipeline.chain.move_stake(kind, nrlc, key=f"{kind}:{key}", ledger=svc.ledger)
+        text = await svc.admin_ops.move_stake(kind, nrlc, key=f"{kind}:{key}")
     elif kind == "refund":
         text = await svc.admin_ops.admin_refund(rest[0])
     else:
@@ -326,5 +326,5 @@ async def resume(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def price(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/price: the best offer on the market now."""
     svc: Services = services_of(context)
-    text = await svc.pipeline.chain.price_report()
+    text = await svc.admin_ops.price_report()
     await update.effective_message.reply_html(text)

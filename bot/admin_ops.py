@@ -1,5 +1,5 @@
 """What the admin commands ask of the books, the chain and the jobs: find a job, refund or retry a held one,
-reconcile the books with the chain.
+reconcile the books with the chain, move stake, report prices (the answers are the admin's chat text).
 
 `AdminOps` is its own object (`services.admin_ops`), built beside the pipeline: it reads the books and the
 chain gateway, and changes a job only through the ledger's transitions and the pipeline's public
@@ -8,13 +8,18 @@ chain gateway, and changes a job only through the ledger's transitions and the p
 from __future__ import annotations
 
 import asyncio
+import html
+import logging
 from typing import Protocol
 
 from bot import texts
-from bot.chain import ChainGateway, TaskKind
+from bot.chain_gateway import ChainGateway, TaskKind
 from bot.endings import Refund
 from bot.errors import ChainDisagrees
+from iexec.errors import ChainError, InsufficientStake, MarketError
 from ledger import Job, JobState, Ledger, LedgerError
+
+log = logging.getLogger(__name__)
 
 
 class JobDriver(Protocol):
@@ -104,3 +109,47 @@ class AdminOps:
         if len(lines) == 2 and "❌" not in lines[1]:
             lines.append("✅ no differences")
         return "\n".join(lines)
+
+    async def move_stake(self, kind: str, nrlc: int, *, key: str) -> str:
+        """Deposit into (`kind` "deposit") or withdraw from ("withdraw") the hub, once per confirmation `key`;
+        returns the admin's answer (`texts.ALREADY_DONE` when this key was done before)."""
+        ledger = self.ledger
+        if not ledger.record_event("admin_stake", key, {"kind": kind, "nrlc": nrlc}):
+            if ledger.seen_event("admin_stake_failed", key):
+                return texts.STAKE_FAILED_BEFORE.format(kind=kind)
+            return texts.ALREADY_DONE
+        try:
+            await self.chain.move_stake(kind, nrlc)
+        except (ChainError, ValueError) as exc:
+            # Recorded, so that this button says "failed" (not "already done") if pressed again; a new
+            # command makes a new confirmation key and may try again.
+            ledger.record_event("admin_stake_failed", key, {"kind": kind, "nrlc": nrlc, "error": str(exc)[:300]})
+            log.warning("event=stake_move_failed kind=%s nrlc=%d error=%r", kind, nrlc, str(exc)[:300])
+            why = html.escape(str(exc))
+            if isinstance(exc, InsufficientStake):  # its own text counts in nRLC: say it in RLC
+                try:
+                    report = await self.chain.wallet_report()
+                    have = report.rlc if kind == "deposit" else report.stake
+                    where = "the wallet holds" if kind == "deposit" else "the free stake is"
+                    why = f"{where} {texts.rlc(have)}, less than {texts.rlc(nrlc)}"
+                except ChainError:
+                    why = f"not enough RLC for {texts.rlc(nrlc)}"
+            return f"❌ {kind} failed, nothing moved: {why}\nSend /{kind} again to try again."
+        report = await self.chain.wallet_report()
+        return f"✅ {kind.capitalize()} done. Hub stake is now {texts.rlc(report.stake)}."
+
+    async def price_report(self) -> str:
+        """The best offer on the market now, for /price."""
+        try:
+            found = await self.chain.offers()
+        except MarketError as exc:
+            return f"The market does not answer: {html.escape(str(exc))}"
+        if not found:
+            return "No offer within the maximum prices right now."
+        best = found[0]
+        mode = "TEE (TDX) tasks" if self.chain.tee else "standard tasks"
+        fee = self.chain.settings.fee_nrlc
+        return (f"Mode: {mode}, tag {bytes(self.chain.request_tag).hex()[-4:]}.\n"
+                f"Best offer: app {best.app.appprice / 10**9:g} RLC + workerpool "
+                f"{best.workerpool.workerpoolprice / 10**9:g} RLC (+ fee {fee / 10**9:g}"
+                f" RLC); {len(found)} workerpool orders within the limits.")

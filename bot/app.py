@@ -1,6 +1,6 @@
 """Build and run the bot: python-telegram-bot `Application`, handlers, the pipeline and its services.
 
-`build_application` wires everything and is what tests drive (against the Telegram stand-in and the devnet);
+`build_bot` wires everything and is what tests drive (against the Telegram stand-in and the devnet);
 `run` is `python -m bot`: lock file, logs, polling or webhook, a clean shutdown on Ctrl-C / SIGTERM.
 """
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -20,14 +19,16 @@ from telegram.request import HTTPXRequest
 
 from bot import admin, handlers
 from bot.admin_ops import AdminOps
-from bot.chain import ChainGateway
+from bot.chain_gateway import ChainGateway
+from bot.crashpoints import CrashPoints
 from bot.errors import BotError, TeeUnavailable, WebhookRefused
 from bot.inbox import CLAIM_GROUP, FINISH_GROUP, InboxBot, UpdateInbox
-from bot.inputs import InputServer
+from bot.input_server import InputServer
 from bot.lock import InstanceLock
 from bot.logs import install_logging, redact_url
 from bot.pipeline import Pipeline
-from bot.progress import ChatRateLimiter, StatusBoard
+from bot.rate_limit import ChatRateLimiter
+from bot.status_board import StatusBoard
 from bot.services import KEY, Services
 from bot.settings import Settings
 from bot.webhook import WebhookServer
@@ -166,8 +167,9 @@ def build_bot(settings: Settings, *, account: Any = None, crash_at: str | None =
     board = StatusBoard(app.bot)
     inputs = InputServer.from_settings(settings)
     chain = ChainGateway(settings, ledger, account=account)
-    pipeline = Pipeline(settings, ledger, chain, inputs, app.bot, board, crash_at=crash_at)
-    tg_bot.keep_updates_in(inbox, pipeline._crash_point)  # in the books before getUpdates confirms them
+    crash_points = CrashPoints(crash_at)
+    pipeline = Pipeline(settings, ledger, chain, inputs, app.bot, board, crash_points=crash_points)
+    tg_bot.keep_updates_in(inbox, crash_points)  # in the books before getUpdates confirms them
     admin_ops = AdminOps(ledger, chain, pipeline)
     services = Services(settings=settings, ledger=ledger, pipeline=pipeline, admin_ops=admin_ops, board=board,
                         inbox=inbox)
@@ -177,7 +179,7 @@ def build_bot(settings: Settings, *, account: Any = None, crash_at: str | None =
 
 
 async def _serve(settings: Settings) -> None:
-    bot = build_bot(settings, crash_at=os.environ.get("SEGBOT_CRASH_AT") or None)
+    bot = build_bot(settings, crash_at=CrashPoints.from_env().at)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

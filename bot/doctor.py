@@ -80,7 +80,7 @@ async def _checks(settings: Settings, out: Callable[[Check], None]) -> None:
 async def _checks_on(settings: Settings, out: Callable[[Check], None], w3: Any) -> None:
     from iexec.hub import Hub
     from iexec.market import MarketClient
-    from bot.chain import usable_offers
+    from bot.chain_gateway import usable_offers
     from iexec.orders import Tag, tag_to_int
 
     net = settings.resolved_network

@@ -1,6 +1,6 @@
 """Telegram handlers for users: commands, photos, image files and links.
 
-Handlers answer at once and hand any long work to the pipeline (`Pipeline.intake` runs as a background task):
+Handlers answer at once and hand any long work to the pipeline (`Pipeline.start_job` runs as a background task):
 PTB processes updates concurrently, but a handler that waits on the chain would still hold a user's reply.
 Edited messages are ignored on purpose: an edit must never start a second job or a second charge.
 """
@@ -246,11 +246,11 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
             await _left_for_later(svc, job_id, message.chat_id, ack_id, update.update_id)
             return
     svc.board.touch(message.chat_id)
-    svc.pipeline._crash_point("after_ack")
+    svc.pipeline.crash_point("after_ack")
 
     async def take_in() -> None:
         try:
-            answered = await svc.pipeline.intake(
+            answered = await svc.pipeline.start_job(
                 user=update.effective_user.id, chat=message.chat_id, message_id=message.message_id,
                 status_message_id=ack_id, source=source,
             )

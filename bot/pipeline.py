@@ -53,11 +53,12 @@ from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
 
 from bot import texts
 from bot.busy import when_free
+from bot.chain_gateway import ChainGateway, TaskEvent, TaskKind, secret_name
+from bot.crashpoints import CrashPoints
 from bot.endings import PERMANENT_TELEGRAM, Endings, Refund
-from bot.chain import ChainGateway, TaskEvent, TaskKind, secret_name
 from bot.errors import BotError, ChainDisagrees, InputRejected, NeedsAdmin, NoOffer, OfferTaken
 from bot.images import check_image_async
-from bot.inputs import upload_to_ipfs
+from bot.input_server import upload_to_ipfs
 from bot.intake import DownloadLimiter, fetch_image
 from bot.results import RESULT_LIMITS, made_with_random_weights, read_detections, result_image
 from bot.settings import Settings
@@ -95,7 +96,7 @@ class Pipeline:
 
     def __init__(self, settings: Settings, ledger: Ledger, chain: ChainGateway, inputs: Any, bot: Any,
                  board: Any, *, clock: Callable[[], float] = time.time,
-                 crash_at: str | None = None) -> None:
+                 crash_points: CrashPoints | None = None) -> None:
         self.settings = settings
         self.ledger = ledger
         self.chain = chain
@@ -103,8 +104,9 @@ class Pipeline:
         self.bot = bot
         self.board = board
         self.clock = clock
-        self.crash_at = crash_at
-        chain.crash_hook = self._crash_point
+        #: `crash_point(name)` dies there when the crash tests ask for it (see `bot.crashpoints`).
+        self.crash_point = crash_points or CrashPoints()
+        chain.crash_hook = self.crash_point
         self.paused = False
         self.retry_delays: tuple[float, ...] = RETRY_DELAYS
         self.result_attempts = RESULT_ATTEMPTS
@@ -128,7 +130,7 @@ class Pipeline:
             JobState.COMPLETED: self._step_completed,
         }
         self.endings = Endings(ledger, bot, board, clock=clock, retry_delays=self.retry_delays,
-                               crash_point=self._crash_point)
+                               crash_point=self.crash_point)
         self.uploads_dir = Path(settings.data_dir) / "uploads"
 
     # ------------------------------------------------------------------------------------ life cycle
@@ -200,15 +202,6 @@ class Pipeline:
             await asyncio.sleep(0.05)
         return False
 
-    def _crash_point(self, name: str) -> None:
-        """Die here, at once and without cleanup, if the crash tests asked for this point."""
-        if self.crash_at == name:
-            import os
-            import signal
-
-            log.warning("event=crash_injected point=%s", name)
-            os.kill(os.getpid(), signal.SIGKILL)
-
     # ------------------------------------------------------------------------------------ intake
 
     def refusal_before_download(self, user: int) -> str | None:
@@ -231,8 +224,8 @@ class Pipeline:
             return texts.NO_CREDIT.format(available=texts.rlc(available), price=texts.rlc(s.max_price_nrlc))
         return None
 
-    async def intake(self, *, user: int, chat: int, message_id: int, status_message_id: int,
-                     source: tuple[str, str]) -> bool:
+    async def start_job(self, *, user: int, chat: int, message_id: int, status_message_id: int,
+                        source: tuple[str, str]) -> bool:
         """Download and check the input, then create the job and its reservation in one transaction.
 
         Returns True once the message is answered for good (the job exists, or the user can read why
@@ -292,7 +285,7 @@ class Pipeline:
                 available=texts.rlc(available), price=texts.rlc(self.settings.max_price_nrlc)))
         log.info("event=job_created job=%s user=%s reserved=%d source_format=%s size=%dx%d bytes=%d", job.id, user,
                  self.settings.max_price_nrlc, image.source_format, image.width, image.height, len(image.data))
-        self._crash_point("after_reserve")
+        self.crash_point("after_reserve")
         self._show(job, reserved=texts.rlc(self.settings.max_price_nrlc))
         self.drive(job.id)
         return True
@@ -399,7 +392,7 @@ class Pipeline:
         self.ledger.transition(job.id, JobState.RECEIVED, JobState.ORDER_SIGNED,
                                request_order=order.to_market_json(),
                                order_hash="0x" + order.hash(await self.chain.domain()).hex())
-        self._crash_point("after_sign")
+        self.crash_point("after_sign")
         self._show(self.ledger.get_job(job.id))
 
     async def _publish_encrypted(self, job: Job, data: bytes, ttl: float) -> str:
@@ -420,11 +413,11 @@ class Pipeline:
                                       content_type="application/octet-stream")
         name = secret_name(job.id)
         if self.ledger.record_event("input_secret", job.id, {"name": name}):
-            self._crash_point("before_secret")
+            self.crash_point("before_secret")
             await self.chain.push_input_secret(job.id, key)
         elif not await self.chain.input_secret_pushed(job.id):
             await self.chain.push_input_secret(job.id, key)
-        self._crash_point("after_secret")
+        self.crash_point("after_secret")
         return url
 
     async def _step_order_signed(self, job: Job) -> None:
@@ -455,8 +448,8 @@ class Pipeline:
             try:
                 offer = await self.chain.best_offer(request.tag)
                 await self.chain.ensure_stake(offer.total_price)
-                self._crash_point("before_match")
-                deal_id = await self.chain.match(offer, request, job.id, crash_hook=self._crash_point)
+                self.crash_point("before_match")
+                deal_id = await self.chain.match(offer, request, job.id, crash_hook=self.crash_point)
             except OfferTaken as exc:
                 # The next offer on the next pass (the request order is the same), after a pause: the
                 # market may still list the taken order for a moment.
@@ -480,7 +473,7 @@ class Pipeline:
                                workerpool_price=deal.workerpool_price)
         log.info("event=matched job=%s deal=%s app_price=%d pool_price=%d", job.id, deal_id, deal.app_price,
                  deal.workerpool_price)
-        self._crash_point("after_deal")
+        self.crash_point("after_deal")
         self._show(self.ledger.get_job(job.id))
         await self._check_funds()
 
@@ -512,7 +505,7 @@ class Pipeline:
             await self.refund(job, Refund("expired"))
         elif event.kind == TaskKind.DEADLINE:
             await self.chain.claim(job.deal_id, job.task_id, initialized=event.initialized)
-            self._crash_point("after_claim")
+            self.crash_point("after_claim")
             self.chain.unfollow(job.task_id)
             await self.refund(job, Refund("expired"))
         elif event.kind == TaskKind.WAITING and job.state is JobState.MATCHED:
@@ -575,12 +568,12 @@ class Pipeline:
         except InputRejected as exc:
             await self.refund(job, Refund("bad_result", str(exc), operator_pays=True))
             return
-        self._crash_point("after_download")
+        self.crash_point("after_download")
         price = job.app_price + job.workerpool_price
         self.ledger.complete_job(job.id, f"{job.id}:post", price, fee=self.settings.fee_nrlc,
                                  result_ref=str(result_image(result.deterministic_output)))
         log.info("event=settled job=%s charged=%d", job.id, price + self.settings.fee_nrlc)
-        self._crash_point("after_settle")
+        self.crash_point("after_settle")
         # The job's encrypted photo stops being served by our input server (one uploaded to IPFS stays there,
         # encrypted: content cannot be taken back). Its key is NOT overwritten in the SMS: requester secrets
         # are write-once (the SMS serves no update for them, the SDK has no call for it), so it stays there,
@@ -611,7 +604,7 @@ class Pipeline:
         except ChatMigrated as exc:
             raise NeedsAdmin(f"the result could not be sent: the chat moved twice ({exc}); the job was "
                              "charged") from None
-        self._crash_point("after_reply")
+        self.crash_point("after_reply")
         self.ledger.transition(job.id, JobState.COMPLETED, JobState.DELIVERED,
                                **({"error": note[:500]} if note else {}))
         took = self.clock() - job.created_at / 1000
@@ -676,7 +669,7 @@ class Pipeline:
             self.ledger.refund_job(job.id, f"{job.id}:refund", error=why.error)
         self.inputs.revoke(job.id)  # see _take_result: what becomes of a TEE job's key and encrypted input
         log.info("event=refunded job=%s reason=%s operator_pays=%s", job.id, why.reason, why.operator_pays)
-        self._crash_point("before_tell")
+        self.crash_point("before_tell")
         refunded = self.ledger.get_job(job.id)
         self._show(refunded, reason=why.text())
         self.endings.tell_soon(refunded)
@@ -684,7 +677,7 @@ class Pipeline:
     async def _hold(self, job: Job, why: str) -> None:
         self.ledger.transition(job.id, job.state, JobState.NEEDS_ADMIN, error=why[:500])
         log.error("event=needs_admin job=%s why=%r", job.id, why)
-        self._crash_point("before_tell")
+        self.crash_point("before_tell")
         held = self.ledger.get_job(job.id)
         self._show(held)
         self.endings.tell_soon(held)
@@ -802,8 +795,6 @@ class Pipeline:
 
     async def forget(self, user: int) -> int:
         """Delete the user's stored pictures and results of finished jobs."""
-        import shutil
-
         count = 0
         for job, paths in self._stored(user):
             for path in paths:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from bot.admin_ops import AdminOps
     from bot.inbox import UpdateInbox
     from bot.pipeline import Pipeline
-    from bot.progress import StatusBoard
+    from bot.status_board import StatusBoard
     from bot.settings import Settings
 
 KEY = "segbot.services"

@@ -286,7 +286,7 @@ async def test_a_picture_taken_in_while_the_books_are_busy_waits_for_them(botnet
     ack = await pipeline.bot.send_message(chat_id=user.id, text="📥 Got it. Checking your picture…")
     lock = hold_books(botnet.books / "books.db")
     try:
-        intake = asyncio.create_task(pipeline.intake(user=user.id, chat=user.id, message_id=9004,
+        intake = asyncio.create_task(pipeline.start_job(user=user.id, chat=user.id, message_id=9004,
                                                      status_message_id=ack.message_id, source=("telegram", file_id)))
         upload = botnet.books / "uploads" / f"c{user.id}m9004.jpg"
         await botnet.tg.wait_for(upload.exists, timeout=20)  # downloaded and checked: the job is written next
@@ -303,7 +303,7 @@ async def test_a_picture_taken_in_while_the_books_are_busy_waits_for_them(botnet
     lock = hold_books(botnet.books / "books.db")
     try:
         with pytest.raises(LedgerBusy):
-            await pipeline.intake(user=user.id, chat=user.id, message_id=9005, status_message_id=ack.message_id,
+            await pipeline.start_job(user=user.id, chat=user.id, message_id=9005, status_message_id=ack.message_id,
                                   source=("telegram", file_id))
     finally:
         lock.rollback()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bot.progress import ChatRateLimiter
+from bot.rate_limit import ChatRateLimiter
 from devnet.telegram import TelegramStandIn, TgChat, TgUser
 from tests.fixtures_telegram import ptb_app
 

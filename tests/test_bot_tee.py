@@ -18,7 +18,7 @@ import pytest
 from eth_account import Account
 
 from bot import texts
-from bot.chain import ChainGateway, load_or_create_result_key, secret_name, usable_offers
+from bot.chain_gateway import ChainGateway, load_or_create_result_key, secret_name, usable_offers
 from bot.errors import TeeUnavailable
 from bot.settings import Settings
 from devnet.sms import SmsStandIn
@@ -384,7 +384,7 @@ async def test_the_encrypted_photo_goes_to_ipfs_content_addressed() -> None:
     import aiohttp
 
     from bot.errors import UploadFailed
-    from bot.inputs import upload_to_ipfs
+    from bot.input_server import upload_to_ipfs
     from devnet.anvil import free_port
     from devnet.gateway import ResultGateway
 

@@ -1,4 +1,4 @@
-"""bot.inputs: publish, fetch, expire, revoke, forget and restore job inputs over real HTTP on 127.0.0.1."""
+"""bot.input_server: publish, fetch, expire, revoke, forget and restore job inputs over real HTTP on 127.0.0.1."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +13,7 @@ import pytest
 from yarl import URL
 
 from bot.errors import InputsError
-from bot.inputs import InputServer
+from bot.input_server import InputServer
 
 URL_RE = re.compile(r"http://127\.0\.0\.1:\d+/in/([A-Za-z0-9_-]{43})/input\.jpg")
 DATA = b"\xff\xd8\xff\xe0" + b"pretend jpeg" * 100

@@ -3,7 +3,8 @@
 `ChainGateway` is what the pipeline calls. It owns the one transaction sender of the custodial wallet
 (every transaction is written to the books before broadcast, with the job it belongs to), one event watcher
 for all jobs (one `eth_getLogs` per cycle whatever the number of jobs; its block cursor is kept in the
-books), and the market client. It knows nothing of Telegram.
+books), and the market client. It knows nothing of Telegram and writes no chat text: what admins read about
+stake moves and prices is made by `bot.admin_ops` from what this returns.
 
 In TEE mode (`settings.tee`) it also holds the bot's result key (RSA, `result_key_path`, encrypted with the
 wallet password) and the SMS client: at start the key is loaded (or made once and saved) and pushed to the SMS
@@ -11,15 +12,15 @@ as the wallet's result-encryption key; per job it derives the photo's AES key fr
 id (`input_key`: the same after a restart, never stored) and pushes it as the job's requester secret.
 
 Never here: the wallet's key outside the signer, a password in a message, an RPC URL with its key in a log,
-a secret value (input key, result key) in a log, the books or order params.
+a secret value (input key, result key) in a log, the books or order params; a sentence for a chat.
 """
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -27,7 +28,6 @@ from typing import Any
 
 from web3.exceptions import TransactionNotFound
 
-from bot import texts
 from bot.errors import ChainDisagrees, NoOffer, OfferTaken, TeeUnavailable
 from bot.logs import redact_url
 from bot.settings import Settings
@@ -40,6 +40,7 @@ from iexec.tx import SenderConfig, TxRecord, connect
 from iexec.tx import close as close_w3
 from iexec.watch import TaskClaimed, TaskDeadlinePassed, TaskFinalized, TaskInitialized, TaskWatcher
 from ledger import Ledger
+from ledger.amounts import format_rlc
 
 log = logging.getLogger(__name__)
 CURSOR_KEY = "watcher.cursor"
@@ -156,9 +157,9 @@ class ChainGateway:
         self.network = settings.resolved_network
         self.ledger = ledger
         self._account = account
-        self.hub: Hub | None = None
-        self.market: MarketClient | None = None
-        self.watcher: TaskWatcher | None = None
+        self._hub: Hub | None = None  # these three exist once `start` ran: see the properties below
+        self._market: MarketClient | None = None
+        self._watcher: TaskWatcher | None = None
         self._w3: Any = None  # the one chain connection, shared by the hub client and the watcher
         self._tasks: dict[bytes, _TaskState] = {}
         self._watch_task: asyncio.Task[None] | None = None
@@ -170,7 +171,28 @@ class ChainGateway:
         self._password_value: str | None = None
         self.watch_errors = 0
         #: Set by the pipeline: `crash_hook(name)` stops the process at a named point (crash tests).
-        self.crash_hook: Any = None
+        self.crash_hook: Callable[[str], None] | None = None
+
+    @property
+    def hub(self) -> Hub:
+        """The hub client (exists once `start` ran; RuntimeError before)."""
+        if self._hub is None:
+            raise RuntimeError("the chain gateway is not started")
+        return self._hub
+
+    @property
+    def market(self) -> MarketClient:
+        """The market client (exists once `start` ran; RuntimeError before)."""
+        if self._market is None:
+            raise RuntimeError("the chain gateway is not started")
+        return self._market
+
+    @property
+    def watcher(self) -> TaskWatcher:
+        """The event watcher (exists once `start` ran; RuntimeError before)."""
+        if self._watcher is None:
+            raise RuntimeError("the chain gateway is not started")
+        return self._watcher
 
     # ------------------------------------------------------------------------------------ life cycle
 
@@ -225,11 +247,11 @@ class ChainGateway:
             if self.tee:
                 await self._start_tee()
             config = SenderConfig(fee_cap_wei=self.settings.max_fee_gwei * 10**9)
-            self.hub = Hub(None, self.network.hub, self._account, w3=w3, persist=self._persist,
-                           sender_config=config)
-            self.market = MarketClient(self.network.market_url, self.network.chain_id, hub=self.network.hub)
-            self.watcher = TaskWatcher(w3, self.network.hub, load_cursor=self._load_cursor,
-                                       save_cursor=self._save_cursor)
+            self._hub = Hub(None, self.network.hub, self._account, w3=w3, persist=self._persist,
+                            sender_config=config)
+            self._market = MarketClient(self.network.market_url, self.network.chain_id, hub=self.network.hub)
+            self._watcher = TaskWatcher(w3, self.network.hub, load_cursor=self._load_cursor,
+                                        save_cursor=self._save_cursor)
             self.hub.sender.on_broadcast = self._on_broadcast
             await self._resume_sender()
         except BaseException:
@@ -247,8 +269,8 @@ class ChainGateway:
             self._watch_task.cancel()
             await asyncio.gather(self._watch_task, return_exceptions=True)
         try:
-            if self.market:
-                await self.market.close()
+            if self._market is not None:
+                await self._market.close()
             if self.sms is not None:
                 await self.sms.close()
         finally:
@@ -378,7 +400,7 @@ class ChainGateway:
         """Raise NoOffer(no_stake=True) when the hub's free stake cannot pay `amount`."""
         stake = (await self.hub.view_account(self.address)).stake
         if stake < amount:
-            raise NoOffer(f"free stake {texts.rlc(stake)} < {texts.rlc(amount)}", no_stake=True)
+            raise NoOffer(f"free stake {format_rlc(stake)} < {format_rlc(amount)}", no_stake=True)
 
     async def offers(self, tag: Any = None) -> list[Offer]:
         """App and workerpool order pairs within the maximum prices whose tags match `tag` (the request
@@ -554,7 +576,7 @@ class ChainGateway:
     def unfollow(self, task_id: str) -> None:
         key = _bytes(task_id)
         self._tasks.pop(key, None)
-        if self.watcher:
+        if self._watcher is not None:
             self.watcher.unfollow(key)
 
     async def claim(self, deal_id: str, task_id: str, *, initialized: bool) -> None:
@@ -586,50 +608,17 @@ class ChainGateway:
         return WalletReport(self.address, int(await w3.eth.get_balance(self.address)),
                             await self.hub.rlc_balance(self.address), account.stake, account.locked)
 
-    async def move_stake(self, kind: str, nrlc: int, *, key: str, ledger: Ledger) -> str:
-        """Deposit into or withdraw from the hub once per confirmation key."""
-        if not ledger.record_event("admin_stake", key, {"kind": kind, "nrlc": nrlc}):
-            if ledger.seen_event("admin_stake_failed", key):
-                return texts.STAKE_FAILED_BEFORE.format(kind=kind)
-            return texts.ALREADY_DONE
+    async def move_stake(self, kind: str, nrlc: int) -> None:
+        """Deposit `nrlc` into the hub (`kind` "deposit") or withdraw it ("withdraw"), through the one sender.
+        Raises ChainError (InsufficientStake when the wallet or the stake holds too little) or ValueError:
+        nothing moved then."""
         try:
             if kind == "deposit":
                 await self.hub.deposit(nrlc)
             else:
                 await self.hub.withdraw(nrlc)
-        except (ChainError, ValueError) as exc:
-            # Recorded, so that this button says "failed" (not "already done") if pressed again; a new
-            # command makes a new confirmation key and may try again.
-            ledger.record_event("admin_stake_failed", key, {"kind": kind, "nrlc": nrlc, "error": str(exc)[:300]})
-            log.warning("event=stake_move_failed kind=%s nrlc=%d error=%r", kind, nrlc, str(exc)[:300])
-            why = html.escape(str(exc))
-            if isinstance(exc, InsufficientStake):  # its own text counts in nRLC: say it in RLC
-                try:
-                    report = await self.wallet_report()
-                    have = report.rlc if kind == "deposit" else report.stake
-                    where = "the wallet holds" if kind == "deposit" else "the free stake is"
-                    why = f"{where} {texts.rlc(have)}, less than {texts.rlc(nrlc)}"
-                except ChainError:
-                    why = f"not enough RLC for {texts.rlc(nrlc)}"
-            return f"❌ {kind} failed, nothing moved: {why}\nSend /{kind} again to try again."
         finally:
             await self._settle_tx_records()
-        report = await self.wallet_report()
-        return f"✅ {kind.capitalize()} done. Hub stake is now {texts.rlc(report.stake)}."
-
-    async def price_report(self) -> str:
-        try:
-            found = await self.offers()
-        except MarketError as exc:
-            return f"The market does not answer: {html.escape(str(exc))}"
-        if not found:
-            return "No offer within the maximum prices right now."
-        best = found[0]
-        mode = "TEE (TDX) tasks" if self.tee else "standard tasks"
-        return (f"Mode: {mode}, tag {_hex(self.request_tag)[-4:]}.\n"
-                f"Best offer: app {best.app.appprice / 10**9:g} RLC + workerpool "
-                f"{best.workerpool.workerpoolprice / 10**9:g} RLC (+ fee {self.settings.fee_nrlc / 10**9:g}"
-                f" RLC); {len(found)} workerpool orders within the limits.")
 
 
 def usable_offers(apps: list[Any], pools: list[Any], request_tag: Any, *, app_max_price: int,
