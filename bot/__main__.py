@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     from bot.settings import Settings
 
     try:
-        settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+        settings = Settings(_env_file=env_file)  # type: ignore[call-arg]  # a pydantic-settings option
     except (ValidationError, ValueError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

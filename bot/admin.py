@@ -18,6 +18,8 @@ from telegram.ext import ContextTypes
 from bot import texts
 from bot.handlers import unknown_command
 from bot.services import Services, services_of
+from bot.errors import UpdateLacks
+from bot.updates import message_of, query_of, user_of
 from ledger import JobState, LedgerError
 from ledger.amounts import parse_rlc
 
@@ -50,7 +52,7 @@ def admin_only(handler: Any) -> Any:
     "not for you" (and nothing happens)."""
 
     async def wrapped(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        user = update.effective_user.id if update.effective_user else None
+        user = user_of(update).id if update.effective_user else None
         if not services_of(context).is_admin(user):
             if update.callback_query:
                 log.info("event=button_refused user=%s data=%r", user, (update.callback_query.data or "")[:64])
@@ -82,19 +84,19 @@ async def fund(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     args = context.args or []
     user = user_id_arg(args[0]) if args else None
     if len(args) < 2 or user is None:
-        await update.effective_message.reply_html(
+        await message_of(update).reply_html(
             "Usage: /fund USER_ID RLC [memo], e.g. /fund 123456 2.5 (USER_ID: the numeric Telegram id, "
             "digits 0-9 only)")
         return
     try:
         nrlc = _amount(args[1])
     except LedgerError as exc:
-        await update.effective_message.reply_html(f"Not funded: {exc}")
+        await message_of(update).reply_html(f"Not funded: {exc}")
         return
     memo = " ".join(args[2:])[:100]
     if memo:  # kept in the books: the button stays valid after a restart, with the same memo
         services_of(context).ledger.set_value(f"fund.memo:{update.update_id}", memo)
-    await update.effective_message.reply_html(
+    await message_of(update).reply_html(
         f"Credit user <code>{user}</code> with {texts.rlc(nrlc)}?",
         reply_markup=_confirm(f"fund:{update.update_id}:{user}:{nrlc}"),
     )
@@ -106,12 +108,12 @@ async def confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
     A second press (or a replayed update) only gets a short notice; the message keeps saying what was done.
     """
-    query = update.callback_query
+    query = query_of(update)
     svc = services_of(context)
     kind, key, *rest = (query.data or "").split(":")
     numbers = [key, *rest] if kind != "refund" else [key]
     if not all(_ASCII_ID.fullmatch(n) for n in numbers) or len(rest) != {"fund": 2}.get(kind, 1):
-        log.warning("event=button_malformed admin=%s data=%r", update.effective_user.id, (query.data or "")[:64])
+        log.warning("event=button_malformed admin=%s data=%r", user_of(update).id, (query.data or "")[:64])
         await query.answer("This button is not valid.", show_alert=True)
         return
     if kind == "fund":
@@ -119,7 +121,7 @@ async def confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if svc.ledger.get_transfer(f"fund:{key}") is not None:
             text = ALREADY_DONE
         else:
-            memo = svc.ledger.get_value(f"fund.memo:{key}") or f"by admin {update.effective_user.id}"
+            memo = svc.ledger.get_value(f"fund.memo:{key}") or f"by admin {user_of(update).id}"
             svc.ledger.grant(f"fund:{key}", user, nrlc, memo=memo)
             text = (f"✅ Credited {texts.rlc(nrlc)} to <code>{user}</code>; available now "
                     f"{texts.rlc(svc.ledger.balance(user).available)}.")
@@ -139,12 +141,12 @@ async def confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     else:
         await query.answer()
         return
-    log.info("event=admin_action kind=%s key=%s admin=%s done=%s", kind, key, update.effective_user.id,
+    log.info("event=admin_action kind=%s key=%s admin=%s done=%s", kind, key, user_of(update).id,
              text != ALREADY_DONE)
     if text == ALREADY_DONE:
         if kind not in ("deposit", "withdraw"):
             await query.answer(ALREADY_DONE, show_alert=True)
-        await update.effective_message.reply_html(ALREADY_DONE)
+        await message_of(update).reply_html(ALREADY_DONE)
         return
     if kind not in ("deposit", "withdraw"):
         await query.answer()
@@ -154,29 +156,32 @@ async def confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 @admin_only
 async def dismissed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """The cancel button of a confirmation."""
-    await update.callback_query.answer()
-    await update.callback_query.edit_message_text("Cancelled; nothing done.")
+    await query_of(update).answer()
+    await query_of(update).edit_message_text("Cancelled; nothing done.")
 
 
 @admin_only
 async def stake_move(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/deposit RLC and /withdraw RLC: move RLC between the wallet and the hub, after confirmation."""
-    command = update.effective_message.text.split()[0].lstrip("/").split("@")[0]
+    command_text = message_of(update).text
+    if command_text is None:  # registered as a CommandHandler: a command has its text
+        raise UpdateLacks(f"update {update.update_id} has no command text")
+    command = command_text.split()[0].lstrip("/").split("@")[0]
     args = context.args or []
     try:
         nrlc = _amount(args[0]) if args else 0
     except LedgerError as exc:
-        await update.effective_message.reply_html(f"Nothing done: {exc}")
+        await message_of(update).reply_html(f"Nothing done: {exc}")
         return
     if not nrlc:
-        await update.effective_message.reply_html(f"Usage: /{command} RLC, e.g. /{command} 10")
+        await message_of(update).reply_html(f"Usage: /{command} RLC, e.g. /{command} 10")
         return
     short = await _stake_shortfall(services_of(context), command, nrlc)
     if short:
-        await update.effective_message.reply_html(f"Nothing done: {short}")
+        await message_of(update).reply_html(f"Nothing done: {short}")
         return
     where = "from the wallet into the hub" if command == "deposit" else "from the hub back to the wallet"
-    await update.effective_message.reply_html(
+    await message_of(update).reply_html(
         f"Move {texts.rlc(nrlc)} {where}?", reply_markup=_confirm(f"{command}:{update.update_id}:{nrlc}")
     )
 
@@ -200,7 +205,7 @@ async def wallet(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     w = await svc.pipeline.chain.wallet_report()
     owed = svc.admin_ops.user_credit()
     solvent = w.stake + w.locked + w.rlc >= owed
-    await update.effective_message.reply_html(
+    await message_of(update).reply_html(
         f"<b>Wallet</b> <code>{w.address}</code>\nETH (gas): {w.eth_wei / 10**18:.6f}\n"
         f"RLC in wallet: {texts.rlc(w.rlc)}\nHub stake: {texts.rlc(w.stake)} · locked: {texts.rlc(w.locked)}\n"
         f"Users' credit: {texts.rlc(owed)}\n" + ("✅ solvent" if solvent else "❌ NOT solvent: fund the wallet")
@@ -211,13 +216,13 @@ async def wallet(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def users(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/users: users with credit or jobs."""
     ledger = services_of(context).ledger
-    rows = [a for a in ledger.accounts() if a.user_id is not None][:50]
+    rows = [(a.user_id, a) for a in ledger.accounts() if a.user_id is not None][:50]
     if not rows:
-        await update.effective_message.reply_html("No users yet.")
+        await message_of(update).reply_html("No users yet.")
         return
-    lines = [f"<code>{a.user_id}</code> available {texts.rlc(a.balance.available)} · reserved "
-             f"{texts.rlc(a.balance.pending)} · in flight {ledger.jobs_in_flight(a.user_id)}" for a in rows]
-    await update.effective_message.reply_html("\n".join(lines))
+    lines = [f"<code>{user}</code> available {texts.rlc(a.balance.available)} · reserved "
+             f"{texts.rlc(a.balance.pending)} · in flight {ledger.jobs_in_flight(user)}" for user, a in rows]
+    await message_of(update).reply_html("\n".join(lines))
 
 
 def _utc(ms: int) -> str:
@@ -265,14 +270,14 @@ async def job(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     job_id = (context.args or [""])[0]
     found = svc.admin_ops.find_job(job_id)
     if found is None:
-        await update.effective_message.reply_html("Usage: /job ID (the id or its last 8 characters).")
+        await message_of(update).reply_html("Usage: /job ID (the id or its last 8 characters).")
         return
     body = job_receipt(found, fee=svc.settings.fee_nrlc, explorer=svc.settings.resolved_network.explorer)
     buttons = None
     if found.state is JobState.NEEDS_ADMIN:
         buttons = InlineKeyboardMarkup([[button("↩️ Refund", f"refund:{update.update_id}:{found.id}"),
                                          button("🔁 Retry", f"retry:{update.update_id}:{found.id}")]])
-    await update.effective_message.reply_html(body[:4000], reply_markup=buttons)
+    await message_of(update).reply_html(body[:4000], reply_markup=buttons)
 
 
 @admin_only
@@ -281,9 +286,9 @@ async def refund(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     svc = services_of(context)
     found = svc.admin_ops.find_job((context.args or [""])[0])
     if found is None or found.state is not JobState.NEEDS_ADMIN:
-        await update.effective_message.reply_html("Only a job held for an admin (NEEDS_ADMIN) can be refunded.")
+        await message_of(update).reply_html("Only a job held for an admin (NEEDS_ADMIN) can be refunded.")
         return
-    await update.effective_message.reply_html(
+    await message_of(update).reply_html(
         f"Refund job <code>{found.id}</code> ({texts.rlc(found.max_price)} back to the user)?",
         reply_markup=_confirm(f"refund:{update.update_id}:{found.id}"),
     )
@@ -298,28 +303,28 @@ async def retry(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     text = await svc.admin_ops.admin_retry(job_id)
     if update.callback_query:
         await update.callback_query.answer()
-    await update.effective_message.reply_html(text)
+    await message_of(update).reply_html(text)
 
 
 @admin_only
 async def reconcile(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/reconcile: the books against the chain, differences listed."""
     report = await services_of(context).admin_ops.reconcile()
-    await update.effective_message.reply_html(report[:4000])
+    await message_of(update).reply_html(report[:4000])
 
 
 @admin_only
 async def pause(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/pause: stop taking new pictures (jobs in flight go on)."""
     services_of(context).pipeline.paused = True
-    await update.effective_message.reply_html("⏸ Intake paused. Jobs in flight go on. /resume to restart.")
+    await message_of(update).reply_html("⏸ Intake paused. Jobs in flight go on. /resume to restart.")
 
 
 @admin_only
 async def resume(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/resume: take pictures again."""
     services_of(context).pipeline.paused = False
-    await update.effective_message.reply_html("▶️ Intake resumed.")
+    await message_of(update).reply_html("▶️ Intake resumed.")
 
 
 @admin_only
@@ -327,4 +332,4 @@ async def price(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/price: the best offer on the market now."""
     svc: Services = services_of(context)
     text = await svc.admin_ops.price_report()
-    await update.effective_message.reply_html(text)
+    await message_of(update).reply_html(text)

@@ -59,7 +59,7 @@ class AdminOps:
         job = self.find_job(ref)
         if job is None or job.state is not JobState.NEEDS_ADMIN:
             return "Only a job held for an admin (NEEDS_ADMIN) can be refunded."
-        if job.task_id:
+        if job.task_id and job.deal_id:  # a task id comes with its deal id (MATCHED)
             try:
                 event = await self.chain.wait_task(job.deal_id, job.task_id, timeout=0)
             except ChainDisagrees:

@@ -100,6 +100,8 @@ class Bot:
         if self.services.inbox is not None:  # what arrived before a crash, before anything new
             await self.services.inbox.replay(self.app)
         if polling:
+            if self.app.updater is None:
+                raise RuntimeError("the application was built without an updater: it cannot poll")
             await self.app.updater.start_polling(timeout=poll_timeout, drop_pending_updates=False,
                                                  allowed_updates=Update.ALL_TYPES)
         await self.services.pipeline.resume()

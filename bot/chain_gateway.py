@@ -21,11 +21,13 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from eth_typing import HexStr
+from eth_utils import to_checksum_address
 from web3.exceptions import TransactionNotFound
 
 from bot.errors import ChainDisagrees, NoOffer, OfferTaken, TeeUnavailable
@@ -36,7 +38,7 @@ from iexec.hub import Hub, TaskStatus
 from iexec.market import MarketClient
 from iexec.orders import Domain, RequestOrder, Tag, build_request_order, tag_to_int, tags_compatible
 from iexec.results import TaskResult, fetch_result
-from iexec.tx import SenderConfig, TxRecord, connect
+from iexec.tx import SenderConfig, TxRecord, TxSender, connect
 from iexec.tx import close as close_w3
 from iexec.watch import TaskClaimed, TaskDeadlinePassed, TaskFinalized, TaskInitialized, TaskWatcher
 from ledger import Ledger
@@ -99,7 +101,7 @@ class _TaskState:
     results: bytes = b""
     final_deadline: int | None = None
     initialized: bool = False
-    changed: asyncio.Event | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _hex(value: bytes) -> str:
@@ -181,6 +183,14 @@ class ChainGateway:
         return self._hub
 
     @property
+    def _sender(self) -> TxSender:
+        """The hub's transaction sender, the one owner of the wallet's nonce (the hub has one once started)."""
+        sender = self.hub.sender
+        if sender is None:
+            raise RuntimeError("the chain gateway is not started")
+        return sender
+
+    @property
     def market(self) -> MarketClient:
         """The market client (exists once `start` ran; RuntimeError before)."""
         if self._market is None:
@@ -252,7 +262,7 @@ class ChainGateway:
             self._market = MarketClient(self.network.market_url, self.network.chain_id, hub=self.network.hub)
             self._watcher = TaskWatcher(w3, self.network.hub, load_cursor=self._load_cursor,
                                         save_cursor=self._save_cursor)
-            self.hub.sender.on_broadcast = self._on_broadcast
+            self._sender.on_broadcast = self._on_broadcast
             await self._resume_sender()
         except BaseException:
             await self.stop()
@@ -300,7 +310,7 @@ class ChainGateway:
             return
         records = [TxRecord(_bytes(t.raw_tx), t.tx_hash, t.nonce,
                             t.meta if isinstance(t.meta, dict) else json.loads(t.meta or "{}")) for t in pending]
-        for outcome in await self.hub.sender.resume(records):
+        for outcome in await self._sender.resume(records):
             log.info("event=tx_resumed nonce=%d status=%s tx=%s", outcome.nonce, outcome.status, outcome.tx_hash)
         await self._settle_tx_records()
 
@@ -312,13 +322,13 @@ class ChainGateway:
         a mined transaction is never relabelled `replaced` on a blip. Never raises for an RPC error."""
         w3 = self.hub.w3
         try:
-            mined_nonce = await w3.eth.get_transaction_count(self.address, "latest")
+            mined_nonce = await w3.eth.get_transaction_count(to_checksum_address(self.address), "latest")
         except Exception as exc:  # noqa: BLE001 - any RPC failure: settle the records next time
             log.warning("event=tx_settle_deferred error=%r", str(exc)[:200])
             return
         for tx in self.ledger.pending_txs(self.address):
             try:
-                receipt = await w3.eth.get_transaction_receipt(tx.tx_hash)
+                receipt = await w3.eth.get_transaction_receipt(HexStr(tx.tx_hash))
             except TransactionNotFound:
                 receipt = None
             except Exception as exc:  # noqa: BLE001 - any RPC failure: this record waits for the next time
@@ -437,11 +447,11 @@ class ChainGateway:
         pending = [t for t in self.ledger.txs_for_job(job_id) if t.status in ("persisted", "broadcast")]
         if not pending:
             return False
-        inflight = self.hub.sender.inflight()
+        inflight = self._sender.inflight()
         for nonce in sorted({t.nonce for t in pending}):
             if nonce in inflight:
                 try:
-                    await self.hub.sender.wait(nonce)
+                    await self._sender.wait(nonce)
                 except ChainError as exc:
                     log.info("event=pending_match_failed job=%s nonce=%d error=%r", job_id, nonce, str(exc))
         await self._settle_tx_records()
@@ -538,7 +548,7 @@ class ChainGateway:
         timeref = category.work_clock_time_ref if category else 0
         final_deadline = deal.start_time + 10 * timeref if timeref else None
         task = await self.hub.view_task(key)
-        state = _TaskState(final_deadline=final_deadline, changed=asyncio.Event())
+        state = _TaskState(final_deadline=final_deadline)
         if task.status == TaskStatus.COMPLETED:
             state.kind, state.results, state.initialized = TaskKind.FINALIZED, bytes(task.results), True
         elif task.status == TaskStatus.FAILED:
@@ -605,7 +615,7 @@ class ChainGateway:
     async def wallet_report(self) -> WalletReport:
         w3 = self.hub.w3
         account = await self.hub.view_account(self.address)
-        return WalletReport(self.address, int(await w3.eth.get_balance(self.address)),
+        return WalletReport(self.address, int(await w3.eth.get_balance(to_checksum_address(self.address))),
                             await self.hub.rlc_balance(self.address), account.stake, account.locked)
 
     async def move_stake(self, kind: str, nrlc: int) -> None:

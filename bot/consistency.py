@@ -92,7 +92,7 @@ async def _look(ledger: Ledger, w3: Any, hub: Any, wallet: str) -> _Look:
     if mined is not None:
         try:
             sent = int(await w3.eth.get_transaction_count(wallet, "latest"))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - cannot check: skip this check, say so in the log
             log.warning("event=books_chain_check_skipped what=nonce error=%r", str(exc)[:200])
         else:
             if mined >= sent:
@@ -103,8 +103,8 @@ async def _look(ledger: Ledger, w3: Any, hub: Any, wallet: str) -> _Look:
     unknown: list[tuple[str, int | None]] = []
     for job in followed + held:
         try:
-            deal = await hub.view_deal(bytes.fromhex(job.deal_id.removeprefix("0x")))
-        except Exception as exc:  # noqa: BLE001
+            deal = await hub.view_deal(bytes.fromhex((job.deal_id or "").removeprefix("0x")))
+        except Exception as exc:  # noqa: BLE001 - cannot check: skip this check, say so in the log
             log.warning("event=books_chain_check_skipped what=deal job=%s error=%r", job.id, str(exc)[:200])
             break
         found.deals_checked += 1

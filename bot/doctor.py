@@ -116,7 +116,7 @@ async def _checks_on(settings: Settings, out: Callable[[Check], None], w3: Any) 
     try:
         apps = await market.app_orders(settings.app_address)
         pools = await market.workerpool_orders(category=settings.category)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - report, do not crash
         out(Check("FAIL", f"market {net.market_url} does not answer: {exc}"))
         return
     finally:
@@ -204,7 +204,7 @@ def _wallet_address(settings: Settings, out: Callable[[Check], None]) -> str | N
 
     try:
         address = wallet_address(settings.wallet_keystore)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - report, do not crash
         out(Check("FAIL", f"wallet keystore {settings.wallet_keystore}: {exc} "
                   "(create one: python -m ledger wallet new)"))
         return None

@@ -16,7 +16,8 @@ catch any of them without importing the module that raises it (which is how impo
     ├── UploadFailed            the IPFS node did not take an upload (also an `iexec.errors.IExecError`)
     ├── AlreadyRunning          another bot process holds the lock on these books
     ├── BooksDoNotMatchChain    the books record what the chain does not know: the bot must not run
-    └── WebhookRefused          webhook mode without a secret token
+    ├── WebhookRefused          webhook mode without a secret token
+    └── UpdateLacks             a handler got an update without the part it was registered for (a bug)
 
 It imports nothing of ours but `iexec.errors` (UploadFailed is one of its errors too).
 """
@@ -88,3 +89,7 @@ class BooksDoNotMatchChain(BotError):
 
 class WebhookRefused(BotError):
     """Webhook mode was asked for without a secret token."""
+
+
+class UpdateLacks(BotError):
+    """A handler got an update without the user, message, chat or button press it was registered for."""

@@ -18,6 +18,8 @@ from telegram.ext import ContextTypes
 from bot import texts
 from bot.pipeline import job_id_of
 from bot.services import Services, services_of
+from bot.errors import UpdateLacks
+from bot.updates import chat_of, message_of, query_of, user_of
 from ledger import LedgerBusy
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,9 @@ IMAGE_MIME_PREFIX = "image/"
 async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Say what the bot does, what it costs, the user's balance and the privacy notice."""
     svc = services_of(context)
-    user = update.effective_user.id
+    user = user_of(update).id
     bal = svc.ledger.balance(user)
-    await update.effective_message.reply_html(
+    await message_of(update).reply_html(
         texts.START.format(
             price=texts.rlc(svc.settings.max_price_nrlc),
             fee=texts.rlc(svc.settings.fee_nrlc),
@@ -44,14 +46,14 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """List the commands (admins also see theirs)."""
     svc = services_of(context)
-    extra = texts.ADMIN_HELP if svc.is_admin(update.effective_user.id) else ""
-    await update.effective_message.reply_html(texts.HELP + extra)
+    extra = texts.ADMIN_HELP if svc.is_admin(user_of(update).id) else ""
+    await message_of(update).reply_html(texts.HELP + extra)
 
 
 async def balance(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Available and reserved credit."""
-    bal = services_of(context).ledger.balance(update.effective_user.id)
-    await update.effective_message.reply_html(
+    bal = services_of(context).ledger.balance(user_of(update).id)
+    await message_of(update).reply_html(
         texts.BALANCE.format(available=texts.rlc(bal.available), pending=texts.rlc(bal.pending))
     )
 
@@ -82,16 +84,16 @@ def _refresh(user: int, chat: int) -> InlineKeyboardMarkup:
 
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Jobs in progress, with a refresh button."""
-    user = update.effective_user.id
-    await update.effective_message.reply_html(_status_text(services_of(context), user),
-                                              reply_markup=_refresh(user, update.effective_chat.id))
+    user = user_of(update).id
+    await message_of(update).reply_html(_status_text(services_of(context), user),
+                                              reply_markup=_refresh(user, chat_of(update).id))
 
 
 async def status_refresh(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """The refresh button of /status: only its owner may press it (a button without an owner is one of a
     private chat, whose only user is its owner)."""
-    query = update.callback_query
-    presser = update.effective_user.id
+    query = query_of(update)
+    presser = user_of(update).id
     owner_text = (query.data or "").partition(":")[2]
     chat = query.message.chat if query.message else None
     owner = int(owner_text) if re.fullmatch(r"[0-9]{1,16}", owner_text) else (
@@ -102,7 +104,7 @@ async def status_refresh(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
         return
     await query.answer()
     text = _status_text(services_of(context), presser)
-    if text != (query.message.text_html if query.message else None):
+    if text != (query.message.text_html if isinstance(query.message, Message) else None):
         await query.edit_message_text(text, parse_mode=ParseMode.HTML,
                                       reply_markup=_refresh(presser, chat.id if chat else presser))
 
@@ -110,43 +112,43 @@ async def status_refresh(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
 async def jobs(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Recent jobs and how they ended."""
     svc = services_of(context)
-    recent = svc.ledger.user_jobs(update.effective_user.id, limit=10)
+    recent = svc.ledger.user_jobs(user_of(update).id, limit=10)
     if not recent:
-        await update.effective_message.reply_html(texts.NO_JOBS)
+        await message_of(update).reply_html(texts.NO_JOBS)
         return
     lines = [texts.job_line(job) for job in recent]
-    await update.effective_message.reply_html("<b>Recent jobs</b>\n" + "\n".join(lines))
+    await message_of(update).reply_html("<b>Recent jobs</b>\n" + "\n".join(lines))
 
 
 async def cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Cancel the user's jobs that are not bought on iExec yet."""
     svc = services_of(context)
-    cancelled = await svc.pipeline.cancel(update.effective_user.id)
+    cancelled = await svc.pipeline.cancel(user_of(update).id)
     if not cancelled:
-        await update.effective_message.reply_html(texts.CANCEL_NONE)
+        await message_of(update).reply_html(texts.CANCEL_NONE)
         return
     for job_id, amount in cancelled:
-        await update.effective_message.reply_html(
+        await message_of(update).reply_html(
             texts.CANCELLED.format(short=job_id[-8:], amount=texts.rlc(amount))
         )
 
 
 async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/forget: ask, with buttons that only the asker may press, before deleting anything."""
-    user = update.effective_user.id
+    user = user_of(update).id
     n = services_of(context).pipeline.stored_count(user)
     if not n:
-        await update.effective_message.reply_html(texts.FORGET_NOTHING)
+        await message_of(update).reply_html(texts.FORGET_NOTHING)
         return
     buttons = InlineKeyboardMarkup([[InlineKeyboardButton("🗑 Delete", callback_data=f"forget:yes:{user}"),
                                      InlineKeyboardButton("✖ Keep them", callback_data=f"forget:no:{user}")]])
-    await update.effective_message.reply_html(texts.FORGET_ASK.format(n=n), reply_markup=buttons)
+    await message_of(update).reply_html(texts.FORGET_ASK.format(n=n), reply_markup=buttons)
 
 
 async def forget_pressed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A button of /forget: only the user who asked may press it; deleting twice deletes nothing more."""
-    query = update.callback_query
-    presser = update.effective_user.id
+    query = query_of(update)
+    presser = user_of(update).id
     _, answer, owner = ((query.data or "").split(":") + ["", "", ""])[:3]
     if answer not in ("yes", "no") or not re.fullmatch(r"[0-9]{1,16}", owner) or int(owner) != presser:
         log.info("event=button_refused user=%s data=%r", presser, (query.data or "")[:64])
@@ -163,16 +165,16 @@ async def forget_pressed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
 
 async def detections(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """The "detections.json" button under a result."""
-    query = update.callback_query
+    query = query_of(update)
     svc = services_of(context)
     job_id = (query.data or "").partition(":")[2]
     job = svc.ledger.get_job(job_id) if 0 < len(job_id) <= 64 else None
-    if job is None or job.user_id != update.effective_user.id:
-        log.info("event=button_refused job=%s user=%s", job_id[:64], update.effective_user.id)
+    if job is None or job.user_id != user_of(update).id:
+        log.info("event=button_refused job=%s user=%s", job_id[:64], user_of(update).id)
         await query.answer(NOT_FOR_YOU, show_alert=True)
         return
     await query.answer()
-    await svc.pipeline.send_detections(update.effective_user.id, job_id)
+    await svc.pipeline.send_detections(user_of(update).id, job_id)
 
 
 REUSED_MESSAGE_ID = ("⚠️ I could not take this picture: Telegram gave it the number of an earlier message "
@@ -212,7 +214,7 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
     job yet (replayed from the inbox) goes on with the "got it" message it already has.
     """
     svc = services_of(context)
-    message: Message = update.effective_message
+    message = message_of(update)
     job_id = job_id_of(message.chat_id, message.message_id)
     if svc.pipeline.is_known(message.chat_id, message.message_id):
         if _same_message(svc, message, job_id, fingerprint):
@@ -225,7 +227,7 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
         return
     record = _intake_record(svc, job_id)
     earlier_ack = record[1] if record is not None and record[0] == fingerprint else None
-    refusal = svc.pipeline.refusal_before_download(update.effective_user.id)
+    refusal = svc.pipeline.refusal_before_download(user_of(update).id)
     if refusal:
         if earlier_ack is not None:
             await svc.board.show_now(message.chat_id, earlier_ack, refusal)
@@ -251,7 +253,7 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
     async def take_in() -> None:
         try:
             answered = await svc.pipeline.start_job(
-                user=update.effective_user.id, chat=message.chat_id, message_id=message.message_id,
+                user=user_of(update).id, chat=message.chat_id, message_id=message.message_id,
                 status_message_id=ack_id, source=source,
             )
         except LedgerBusy:  # still busy after INTAKE_BUSY_LIMIT_S: the update stays for the next start
@@ -281,39 +283,41 @@ async def _left_for_later(svc: Services, job_id: str, chat: int, ack_id: int, up
 
 async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A photo: take its largest size."""
-    largest = max(update.effective_message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
+    largest = max(message_of(update).photo, key=lambda p: (p.width * p.height, p.file_size or 0))
     await _begin(update, context, ("telegram", largest.file_id), _fingerprint("file", largest.file_unique_id))
 
 
 async def document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A file: only images go further (the content is checked again after download)."""
-    doc = update.effective_message.document
+    doc = message_of(update).document
+    if doc is None:  # registered for filters.Document.ALL: a document is there
+        raise UpdateLacks(f"update {update.update_id} has no document")
     mime = (doc.mime_type or "").lower()
     if not mime.startswith(IMAGE_MIME_PREFIX) or mime == "image/svg+xml":
         what = f"A {mime or 'file'} file" if mime else "This file"
-        await update.effective_message.reply_html(texts.UNSUPPORTED.format(what=what))
+        await message_of(update).reply_html(texts.UNSUPPORTED.format(what=what))
         return
     await _begin(update, context, ("telegram", doc.file_id), _fingerprint("file", doc.file_unique_id))
 
 
 async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A text: an image link starts a job; anything else gets a hint."""
-    body = update.effective_message.text or ""
+    body = message_of(update).text or ""
     match = URL_RE.search(body)
     if match is None:
         if re.search(r"\b[a-z][a-z0-9+.-]*://", body, re.IGNORECASE):
-            await update.effective_message.reply_html(
+            await message_of(update).reply_html(
                 texts.REJECTED.format(reason="Only http:// and https:// links work.")
             )
         else:
-            await update.effective_message.reply_html(texts.HINT)
+            await message_of(update).reply_html(texts.HINT)
         return
     await _begin(update, context, ("url", match.group(0)), _fingerprint("url", match.group(0)))
 
 
 async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Stickers, voice, video, audio...: say what works instead."""
-    msg = update.effective_message
+    msg = message_of(update)
     kind = next(
         (name for name in ("sticker", "voice", "video", "video_note", "audio", "animation", "contact",
                            "location", "poll") if getattr(msg, name, None)),
@@ -324,14 +328,14 @@ async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 
 async def stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A button press no handler knows (an old message, a forged press): say so instead of spinning."""
-    log.info("event=button_unknown user=%s data=%r", update.effective_user.id,
-             (update.callback_query.data or "")[:64])
-    await update.callback_query.answer("This button no longer works.", show_alert=True)
+    log.info("event=button_unknown user=%s data=%r", user_of(update).id,
+             (query_of(update).data or "")[:64])
+    await query_of(update).answer("This button no longer works.", show_alert=True)
 
 
 async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Any command the bot does not have (and admin commands sent by non-admins)."""
-    await update.effective_message.reply_html(texts.UNKNOWN_COMMAND)
+    await message_of(update).reply_html(texts.UNKNOWN_COMMAND)
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -339,6 +343,6 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     log.error("event=handler_error error=%r", context.error, exc_info=context.error)
     if isinstance(update, Update) and update.effective_message:
         try:
-            await update.effective_message.reply_html(texts.ERROR)
+            await message_of(update).reply_html(texts.ERROR)
         except Exception:  # noqa: BLE001 - the error handler must not raise
             log.warning("event=error_reply_failed")

@@ -150,7 +150,7 @@ class UpdateInbox:
         return len(entries)
 
 
-class InboxBot(ExtBot):  # type: ignore[type-arg]
+class InboxBot(ExtBot):
     """PTB's bot whose getUpdates stores what it fetched in the inbox before returning it."""
 
     _inbox: UpdateInbox | None = None

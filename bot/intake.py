@@ -58,7 +58,7 @@ _PRIVATE = "a private network address"
 _V4_LOOPBACK = ip_network("127.0.0.0/8")
 _V4_PRIVATE = tuple(ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 _V4_DENIED: tuple[tuple[IPv4Network, str], ...] = tuple(
-    (ip_network(net), reason)  # type: ignore[misc]
+    (IPv4Network(net), reason)
     for net, reason in (
         ("0.0.0.0/8", "an unspecified address"),
         ("100.64.0.0/10", "a shared (carrier-grade NAT) address"),
@@ -78,7 +78,7 @@ _V6_LOOPBACK = IPv6Address("::1")
 _V6_PRIVATE = ip_network("fc00::/7")  # unique local addresses
 _V6_GLOBAL_UNICAST = ip_network("2000::/3")
 _V6_DENIED: tuple[tuple[IPv6Network, str], ...] = tuple(
-    (ip_network(net), reason)  # type: ignore[misc]
+    (IPv6Network(net), reason)
     for net, reason in (
         ("::/128", "an unspecified address"),
         ("::ffff:0:0/96", "an IPv4-mapped address"),

@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from typing import TextIO
 
 _TOKEN_RE = re.compile(r"\b\d{5,12}:[A-Za-z0-9_-]{30,}\b")
 _BOT_PATH_RE = re.compile(r"/(file/)?bot[^/\s]+")
@@ -56,7 +57,7 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def install_logging(level: str = "INFO", secrets: Iterable[str] = (), stream=None) -> RedactingFilter:
+def install_logging(level: str = "INFO", secrets: Iterable[str] = (), stream: TextIO | None = None) -> RedactingFilter:
     """Configure the root logger with key=value lines and the redacting filter on every handler."""
     redactor = RedactingFilter(secrets)
     handler = logging.StreamHandler(stream or sys.stderr)

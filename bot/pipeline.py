@@ -44,9 +44,9 @@ import io
 import shutil
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
@@ -64,7 +64,7 @@ from bot.results import RESULT_LIMITS, made_with_random_weights, read_detections
 from bot.settings import Settings
 from iexec.errors import (DecryptionError, IExecError, ResultDownloadError, ResultLocationError, TeeError,
                           UnsafeArchive)
-from ledger import InsufficientFunds, Job, JobState, Ledger, LedgerBusy, LedgerError
+from ledger import InsufficientFunds, Job, JobState, Ledger, LedgerBusy, LedgerError, UnknownJob
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,21 @@ INTAKE_BUSY_LIMIT_S = 30.0
 #: A driver that died of an unexpected error is started again once, after this pause.
 DRIVER_RESTART_S = 5.0
 RESUMABLE = tuple(state for state in JobState if state.is_resumable())
+
+
+T = TypeVar("T")
+
+
+def _needs(value: T | None, what: str, job: Job) -> T:
+    """`value`, which the books always hold for a job in this state; NeedsAdmin when they do not."""
+    if value is None:
+        raise NeedsAdmin(f"the books have no {what} for job {job.id} in state {job.state.value}")
+    return value
+
+
+def _task_price(job: Job) -> int:
+    """What the job's task cost on chain (app + workerpool), known from MATCHED on."""
+    return _needs(job.app_price, "app price", job) + _needs(job.workerpool_price, "workerpool price", job)
 
 
 def job_id_of(chat: int, message_id: int) -> str:
@@ -177,8 +192,8 @@ class Pipeline:
                 self.drive(job_id)
         self._restarts[job_id] = asyncio.get_running_loop().call_later(self.driver_restart_s, restart)
 
-    def _in_background(self, work: Awaitable[Any]) -> None:
-        task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
@@ -381,13 +396,14 @@ class Pipeline:
 
     async def _step_received(self, job: Job) -> None:
         """Publish the input and sign the job's one request order."""
-        data = Path(job.input_ref).read_bytes()
+        input_path = Path(_needs(job.input_ref, "input file", job))
+        data = input_path.read_bytes()
         ttl = self.settings.match_timeout_s + 10 * CATEGORY_REF_S.get(self.settings.category, 36000) + 600
         if self.chain.tee:
             url = await self._publish_encrypted(job, data, ttl)
         else:
             url = self.inputs.publish(job.id, data, ttl, user_id=job.user_id,
-                                      name="input" + Path(job.input_ref).suffix)
+                                      name="input" + input_path.suffix)
         order = await self.chain.sign_request_order(job.id, url, job.options.get("args", self.settings.worker_args))
         self.ledger.transition(job.id, JobState.RECEIVED, JobState.ORDER_SIGNED,
                                request_order=order.to_market_json(),
@@ -485,28 +501,29 @@ class Pipeline:
 
     async def _follow_task(self, job: Job) -> None:
         """One wait on the watcher; act on what it says (start, result, claim, deadline)."""
+        deal_id, task_id = _needs(job.deal_id, "deal", job), _needs(job.task_id, "task", job)
         known = TaskKind.INITIALIZED if job.state is JobState.RUNNING else TaskKind.WAITING
         timeout = 30.0
         if job.state is JobState.MATCHED:  # wake up in time to tell the user their task has not started
             waited = self.clock() - job.state_times.get("MATCHED", job.updated_at) / 1000
             if waited < self.settings.start_warning_s:
                 timeout = min(timeout, max(0.5, self.settings.start_warning_s - waited))
-        event: TaskEvent = await self.chain.wait_task(job.deal_id, job.task_id, known=known, timeout=timeout)
+        event: TaskEvent = await self.chain.wait_task(deal_id, task_id, known=known, timeout=timeout)
         if event.kind == TaskKind.INITIALIZED and job.state is JobState.MATCHED:
             self.ledger.transition(job.id, JobState.MATCHED, JobState.RUNNING)
             self._show(self.ledger.get_job(job.id))
         elif event.kind == TaskKind.FINALIZED:
             if job.state is JobState.MATCHED:
                 self.ledger.transition(job.id, JobState.MATCHED, JobState.RUNNING)
-            await self._take_result(self.ledger.get_job(job.id), event.results)
-            self.chain.unfollow(job.task_id)
+            await self._take_result(self._reload(job.id), event.results)
+            self.chain.unfollow(task_id)
         elif event.kind == TaskKind.CLAIMED:
-            self.chain.unfollow(job.task_id)
+            self.chain.unfollow(task_id)
             await self.refund(job, Refund("expired"))
         elif event.kind == TaskKind.DEADLINE:
-            await self.chain.claim(job.deal_id, job.task_id, initialized=event.initialized)
+            await self.chain.claim(deal_id, task_id, initialized=event.initialized)
             self.crash_point("after_claim")
-            self.chain.unfollow(job.task_id)
+            self.chain.unfollow(task_id)
             await self.refund(job, Refund("expired"))
         elif event.kind == TaskKind.WAITING and job.state is JobState.MATCHED:
             await self._warn_not_started(job, event)
@@ -515,7 +532,7 @@ class Pipeline:
             # The books saw the task start; the chain says it never did. Read it again a moment later (a
             # node behind the chain answers stale reads); if it still says so, waiting changes nothing.
             await asyncio.sleep(self.settings.poll_interval_s)
-            if (await self.chain.reread_task(job.deal_id, job.task_id)).kind != TaskKind.WAITING:
+            if (await self.chain.reread_task(deal_id, task_id)).kind != TaskKind.WAITING:
                 return
             raise NeedsAdmin(f"the chain says task {job.task_id} of job {job.id} is not started although the "
                              "books saw it start: was the chain reset?")
@@ -569,7 +586,7 @@ class Pipeline:
             await self.refund(job, Refund("bad_result", str(exc), operator_pays=True))
             return
         self.crash_point("after_download")
-        price = job.app_price + job.workerpool_price
+        price = _task_price(job)
         self.ledger.complete_job(job.id, f"{job.id}:post", price, fee=self.settings.fee_nrlc,
                                  result_ref=str(result_image(result.deterministic_output)))
         log.info("event=settled job=%s charged=%d", job.id, price + self.settings.fee_nrlc)
@@ -582,11 +599,11 @@ class Pipeline:
 
     async def _step_completed(self, job: Job) -> None:
         """Send the result (at least once), then record it."""
-        path = Path(job.result_ref)
+        path = Path(_needs(job.result_ref, "result", job))
         detections = read_detections(path.parent)
         caption = texts.result_caption((d.get("class_name", "?") for d in detections),
                                        random_weights=made_with_random_weights(path.parent),
-                                       task=job.app_price + job.workerpool_price, fee=self.settings.fee_nrlc)
+                                       task=_task_price(job), fee=self.settings.fee_nrlc)
         markup = InlineKeyboardMarkup([[InlineKeyboardButton("detections.json", callback_data=f"det:{job.id}")]])
         data = path.read_bytes()
         note = ""
@@ -660,7 +677,7 @@ class Pipeline:
 
     async def refund(self, job: Job, why: Refund) -> None:
         """Give the money back and mark the job REFUNDED in one transaction, then tell the user."""
-        if why.operator_pays and job.app_price is not None:
+        if why.operator_pays and job.app_price is not None and job.workerpool_price is not None:
             # The task was paid on chain: book that spending and pay the user back from the operator's
             # refund expense, in the same transaction as REFUNDED.
             self.ledger.refund_paid_job(job.id, f"{job.id}:post", f"{job.id}:refund",
@@ -678,7 +695,7 @@ class Pipeline:
         self.ledger.transition(job.id, job.state, JobState.NEEDS_ADMIN, error=why[:500])
         log.error("event=needs_admin job=%s why=%r", job.id, why)
         self.crash_point("before_tell")
-        held = self.ledger.get_job(job.id)
+        held = self._reload(job.id)
         self._show(held)
         self.endings.tell_soon(held)
         await self._announce_hold(held, why)
@@ -712,7 +729,14 @@ class Pipeline:
             log.warning("event=send_failed chat=%s error=%r", chat, str(exc))
             return False
 
-    def _show(self, job: Job, **values: str) -> None:
+    def _reload(self, job_id: str) -> Job:
+        """The job as the books hold it now (it exists: UnknownJob otherwise)."""
+        job = self.ledger.get_job(job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        return job
+
+    def _show(self, job: Job | None, **values: str) -> None:
         """Edit the job's status message to its stage (with the time so far while it works)."""
         if job is None or not job.status_message_id:
             return

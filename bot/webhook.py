@@ -111,7 +111,7 @@ class WebhookServer:
                           f"not an update PTB can read: {error!s:.100}")
                 return web.Response(status=200)
             if self.inbox is None:
-                fresh, aside = [update.update_id], []
+                fresh, aside = [update.update_id], list[int]()
             else:
                 fresh, aside = self.inbox.store([update])
         except LedgerBusy as exc:
