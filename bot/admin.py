@@ -16,9 +16,9 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.ext import ContextTypes
 
 from bot import texts
+from bot.errors import UpdateLacks
 from bot.handlers import unknown_command
 from bot.services import Services, services_of
-from bot.errors import UpdateLacks
 from bot.updates import message_of, query_of, user_of
 from ledger import JobState, LedgerError
 from ledger.amounts import parse_rlc
@@ -226,7 +226,7 @@ async def users(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 def _utc(ms: int) -> str:
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def job_receipt(found: Any, *, fee: int, explorer: str = "") -> str:

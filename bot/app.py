@@ -13,24 +13,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from telegram import BotCommand, Update
-from telegram.ext import (Application, ApplicationBuilder, CallbackQueryHandler,
-                          CommandHandler, MessageHandler, TypeHandler, filters)
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
 from telegram.request import HTTPXRequest
 
 from bot import admin, handlers
 from bot.admin_ops import AdminOps
 from bot.chain_gateway import ChainGateway
 from bot.crashpoints import CrashPoints
-from bot.errors import BotError, TeeUnavailable, WebhookRefused
+from bot.errors import TeeUnavailable, WebhookRefused
 from bot.inbox import CLAIM_GROUP, FINISH_GROUP, InboxBot, UpdateInbox
 from bot.input_server import InputServer
 from bot.lock import InstanceLock
 from bot.logs import install_logging, redact_url
 from bot.pipeline import Pipeline
 from bot.rate_limit import ChatRateLimiter
-from bot.status_board import StatusBoard
 from bot.services import KEY, Services
 from bot.settings import Settings
+from bot.status_board import StatusBoard
 from bot.webhook import WebhookServer
 from ledger import Ledger
 

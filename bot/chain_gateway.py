@@ -17,6 +17,7 @@ a secret value (input key, result key) in a log, the books or order params; a se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -239,7 +240,7 @@ class ChainGateway:
         self.sms = SmsClient(url)
         try:
             await self.sms.set_web2_secret(self._account, RESULT_KEY_SECRET, self.result_key.sms_value)
-        except (SmsError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, SmsError, OSError) as exc:
             raise TeeUnavailable(f"TEE mode: the SMS at {redact_url(url)} does not answer or refuses the "
                                  f"bot's result key ({type(exc).__name__}: {str(exc)[:200]}); check SMS_URL, or "
                                  "set TEE_MODE=off where the network runs standard tasks") from None
@@ -570,10 +571,8 @@ class ChainGateway:
         state = await self._follow(deal_id, task_id)
         if state.kind == known:
             state.changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.changed.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
         return TaskEvent(state.kind, state.results, state.final_deadline, state.initialized)
 
     async def reread_task(self, deal_id: str, task_id: str) -> TaskEvent:

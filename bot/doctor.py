@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bot.logs import redact_url
@@ -78,9 +78,9 @@ async def _checks(settings: Settings, out: Callable[[Check], None]) -> None:
 
 
 async def _checks_on(settings: Settings, out: Callable[[Check], None], w3: Any) -> None:
+    from bot.chain_gateway import usable_offers
     from iexec.hub import Hub
     from iexec.market import MarketClient
-    from bot.chain_gateway import usable_offers
     from iexec.orders import Tag, tag_to_int
 
     net = settings.resolved_network

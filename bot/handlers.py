@@ -16,9 +16,9 @@ from telegram.constants import ParseMode
 from telegram.ext import ContextTypes
 
 from bot import texts
+from bot.errors import UpdateLacks
 from bot.pipeline import job_id_of
 from bot.services import Services, services_of
-from bot.errors import UpdateLacks
 from bot.updates import chat_of, message_of, query_of, user_of
 from ledger import LedgerBusy
 
@@ -149,7 +149,7 @@ async def forget_pressed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     """A button of /forget: only the user who asked may press it; deleting twice deletes nothing more."""
     query = query_of(update)
     presser = user_of(update).id
-    _, answer, owner = ((query.data or "").split(":") + ["", "", ""])[:3]
+    _, answer, owner = [*(query.data or "").split(":"), "", "", ""][:3]
     if answer not in ("yes", "no") or not re.fullmatch(r"[0-9]{1,16}", owner) or int(owner) != presser:
         log.info("event=button_refused user=%s data=%r", presser, (query.data or "")[:64])
         await query.answer(NOT_FOR_YOU, show_alert=True)

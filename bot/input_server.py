@@ -70,7 +70,7 @@ async def upload_to_ipfs(api_url: str, data: bytes, gateway: str, *, timeout: fl
             body = await read_capped(resp, UPLOAD_ANSWER_MAX, "IPFS upload answer")
             if resp.status != 200:
                 raise UploadFailed(f"the IPFS node answered HTTP {resp.status} to the upload")
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         raise UploadFailed(f"the IPFS node does not answer: {type(exc).__name__}") from None
     finally:
         if own:

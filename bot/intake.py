@@ -472,7 +472,7 @@ DEFAULT_DOWNLOADS_WAITING = 8
 
 
 class _UserDownloads:
-    __slots__ = ("gate", "entered")
+    __slots__ = ("entered", "gate")
 
     def __init__(self, per_user: int) -> None:
         self.gate = asyncio.Semaphore(per_user)

@@ -45,7 +45,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a bad format string must not take logging down
+        except Exception:  # noqa: BLE001 - a bad format string must not take logging down
             message = str(record.msg)
         record.msg = self.redact(message)
         record.args = None

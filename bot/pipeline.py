@@ -41,8 +41,8 @@ import collections
 import functools
 import html
 import io
-import shutil
 import logging
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -56,14 +56,13 @@ from bot.busy import when_free
 from bot.chain_gateway import ChainGateway, TaskEvent, TaskKind, secret_name
 from bot.crashpoints import CrashPoints
 from bot.endings import PERMANENT_TELEGRAM, Endings, Refund
-from bot.errors import BotError, ChainDisagrees, InputRejected, NeedsAdmin, NoOffer, OfferTaken
+from bot.errors import ChainDisagrees, InputRejected, NeedsAdmin, NoOffer, OfferTaken
 from bot.images import check_image_async
 from bot.input_server import upload_to_ipfs
 from bot.intake import DownloadLimiter, fetch_image
 from bot.results import RESULT_LIMITS, made_with_random_weights, read_detections, result_image
 from bot.settings import Settings
-from iexec.errors import (DecryptionError, IExecError, ResultDownloadError, ResultLocationError, TeeError,
-                          UnsafeArchive)
+from iexec.errors import DecryptionError, IExecError, ResultDownloadError, ResultLocationError, TeeError, UnsafeArchive
 from ledger import InsufficientFunds, Job, JobState, Ledger, LedgerBusy, LedgerError, UnknownJob
 
 log = logging.getLogger(__name__)
@@ -354,7 +353,7 @@ class Pipeline:
             except PERMANENT_TELEGRAM as exc:
                 # Telegram refused the request itself: the same request would be refused again.
                 hold = f"Telegram refused a request: {exc}"[:500]
-            except (IExecError, OSError, TelegramError, asyncio.TimeoutError, LedgerBusy) as exc:
+            except (TimeoutError, IExecError, OSError, TelegramError, LedgerBusy) as exc:
                 # The chain, the market, a gateway or Telegram is unreachable: wait and try the same step
                 # again; nothing was lost because every step starts from what the books say.
                 delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
@@ -362,7 +361,7 @@ class Pipeline:
                 log.warning("event=step_retry job=%s state=%s error=%r delay=%s", job_id, job.state.value,
                             str(exc)[:300], delay)
                 await asyncio.sleep(delay)
-            except Exception as exc:  # noqa: BLE001 - an unexpected bug must not lose the job
+            except Exception as exc:  # an unexpected bug must not lose the job
                 log.exception("event=step_crashed job=%s state=%s", job_id, job.state.value)
                 failures += 1
                 if failures >= 5:
@@ -568,7 +567,7 @@ class Pipeline:
         except (ResultLocationError, UnsafeArchive) as exc:
             await self.refund(job, Refund("bad_result", str(exc), operator_pays=True))
             return
-        except ResultDownloadError as exc:
+        except ResultDownloadError:
             # A gateway that lost the result may get it back; give it a while, then refund.
             attempts = job.attempts + 1
             self.ledger.update_job(job.id, attempts=attempts)

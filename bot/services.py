@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING
 from telegram.ext import ContextTypes
 
 if TYPE_CHECKING:
-    from ledger import Ledger
-
     from bot.admin_ops import AdminOps
     from bot.inbox import UpdateInbox
     from bot.pipeline import Pipeline
-    from bot.status_board import StatusBoard
     from bot.settings import Settings
+    from bot.status_board import StatusBoard
+    from ledger import Ledger
 
 KEY = "segbot.services"
 

@@ -115,7 +115,8 @@ HELP = (
     "/jobs — your recent jobs and how they ended\n"
     "/cancel — cancel a job that has not started on iExec yet (full refund)\n"
     "/forget — delete the pictures and results I keep for you\n\n"
-    "Send a photo, an image file (JPEG, PNG, WEBP, GIF, BMP; the first frame of an animation) or an http(s) link to one."
+    "Send a photo, an image file (JPEG, PNG, WEBP, GIF, BMP; the first frame of an animation) "
+    "or an http(s) link to one."
 )
 
 ADMIN_HELP = (
@@ -203,8 +204,8 @@ DEMO_RANDOM = (
     "show how the service works, not what is in your picture.\n\n"
 )
 RESULT_RANDOM = (  # a caption: plain text (captions are sent without a parse mode)
-    "⚠️ Random weights: these shapes mean nothing. This demo runs Mask R-CNN without its trained weights, so the labels below are "
-    "random too: {found}."
+    "⚠️ Random weights: these shapes mean nothing. This demo runs Mask R-CNN without its trained weights, "
+    "so the labels below are random too: {found}."
 )
 CHARGED = "Charged {charged} (task {task} + fee {fee})."
 
@@ -218,7 +219,7 @@ STAGE_NAMES = {
 
 def job_line(job: Job) -> str:
     """One line of /jobs: short id, date, outcome and what it cost."""
-    when = _dt.datetime.fromtimestamp(job.created_at / 1000, _dt.timezone.utc).strftime("%m-%d %H:%M")
+    when = _dt.datetime.fromtimestamp(job.created_at / 1000, _dt.UTC).strftime("%m-%d %H:%M")
     state = job.state.value
     line = f"<code>{job.id[-8:]}</code> {when} · {STAGE_NAMES.get(state, state)}"
     if job.state is JobState.DELIVERED and job.app_price is not None and job.workerpool_price is not None:
