@@ -10,6 +10,7 @@
    and the number of 429 answers from the stand-in, which enforces Telegram's limits (target: >= 25/s, 0).
 Last line: `RESULT ack_median_s=... ack_p95_s=... send_rate_per_s=... rate_limited=...`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from bot.app import build_bot  # noqa: E402
-from bot.settings import Settings  # noqa: E402
-from devnet.telegram import TgChat, TgUser  # noqa: E402
-from devnet.up import Devnet, DevnetConfig  # noqa: E402
+from bot.app import build_bot
+from bot.settings import Settings
+from devnet.telegram import TgChat, TgUser
+from devnet.up import Devnet, DevnetConfig
 
 USERS = 50
 CHATS = 300
@@ -68,8 +69,9 @@ async def ack_latency(net: Devnet, data: Path) -> list[float]:
             return len(first) == USERS
 
         await tg.wait_for(check, timeout=60)
-        await e2e.wait_for(lambda: all(len(e2e.jobs(u)) == 1 and e2e.jobs(u)[0].state.is_terminal()
-                                       for u in users), 180, "every job")
+        await e2e.wait_for(
+            lambda: all(len(e2e.jobs(u)) == 1 and e2e.jobs(u)[0].state.is_terminal() for u in users), 180, "every job"
+        )
         return [first[u] - sent_at[u] for u in (x.id for x in users)]
     finally:
         e2e.close()
@@ -83,8 +85,7 @@ async def send_rate(net: Devnet, bot: object) -> tuple[float, int]:
     await asyncio.sleep(1.5)  # let the window of the previous phase pass
     limited_before = tg.rate_limited
     started = time.monotonic()
-    await asyncio.gather(*(bot.app.bot.send_message(chat_id=u.id, text="Service notice: all good.")
-                           for u in chats))
+    await asyncio.gather(*(bot.app.bot.send_message(chat_id=u.id, text="Service notice: all good.") for u in chats))
     took = time.monotonic() - started
     return CHATS / took, tg.rate_limited - limited_before
 
@@ -92,15 +93,21 @@ async def send_rate(net: Devnet, bot: object) -> tuple[float, int]:
 async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
-        async with Devnet(DevnetConfig(data_dir=data / "devnet", app="test", persist_chain=False,
-                                       workers=2)) as net:
+        async with Devnet(DevnetConfig(data_dir=data / "devnet", app="test", persist_chain=False, workers=2)) as net:
             values = {k.lower(): v for k, v in net.env.items()}
-            values.update(db_path=data / "books.db", data_dir=data / "bot", poll_interval_s=0.5,
-                          max_jobs_per_hour=100, log_level="WARNING")
+            values.update(
+                db_path=data / "books.db",
+                data_dir=data / "bot",
+                poll_interval_s=0.5,
+                max_jobs_per_hour=100,
+                log_level="WARNING",
+            )
             settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
             latencies = await ack_latency(net, data / "acks")
-            print(f"ack latency, {USERS} users at once: median {statistics.median(latencies):.3f} s, "
-                  f"p95 {_pct(latencies, 0.95):.3f} s, max {max(latencies):.3f} s")
+            print(
+                f"ack latency, {USERS} users at once: median {statistics.median(latencies):.3f} s, "
+                f"p95 {_pct(latencies, 0.95):.3f} s, max {max(latencies):.3f} s"
+            )
             bot = build_bot(settings)
             await bot.start(poll_timeout=1)
             try:
@@ -108,8 +115,10 @@ async def main() -> None:
                 print(f"send rate to {CHATS} chats: {rate:.1f} messages/s, 429 answers: {limited}")
             finally:
                 await bot.stop()
-    print(f"RESULT ack_median_s={statistics.median(latencies):.3f} ack_p95_s={_pct(latencies, 0.95):.3f} "
-          f"send_rate_per_s={rate:.1f} rate_limited={limited}")
+    print(
+        f"RESULT ack_median_s={statistics.median(latencies):.3f} ack_p95_s={_pct(latencies, 0.95):.3f} "
+        f"send_rate_per_s={rate:.1f} rate_limited={limited}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
    PoCo and dumps a snapshot) and from the snapshot (cache present, new data folder).
 Ends with one line `RESULT ...`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,14 +24,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from web3 import Web3  # noqa: E402
+from web3 import Web3
 
-from devnet import chain as devchain  # noqa: E402
-from devnet.anvil import Anvil  # noqa: E402
-from devnet.deploy import hub_abi  # noqa: E402
-from devnet.up import Devnet, DevnetConfig  # noqa: E402
-from iexec.results import download_result, decode_results  # noqa: E402
-from tests.fixtures_devnet import make_pool_env  # noqa: E402
+from devnet import chain as devchain
+from devnet.anvil import Anvil
+from devnet.deploy import hub_abi
+from devnet.up import Devnet, DevnetConfig
+from iexec.results import decode_results, download_result
+from tests.fixtures_devnet import make_pool_env
 
 TASKS = 20
 
@@ -72,9 +73,11 @@ async def task_overhead() -> list[float]:
     overheads = [r[0] for r in results]
     apps = [r[1] for r in results]
     print(f"tasks: {TASKS}, app run time median {statistics.median(apps) * 1000:.0f} ms")
-    print(f"overhead (matchOrders mined -> result downloadable, minus app): median "
-          f"{statistics.median(overheads) * 1000:.0f} ms, min {min(overheads) * 1000:.0f} ms, "
-          f"max {max(overheads) * 1000:.0f} ms")
+    print(
+        f"overhead (matchOrders mined -> result downloadable, minus app): median "
+        f"{statistics.median(overheads) * 1000:.0f} ms, min {min(overheads) * 1000:.0f} ms, "
+        f"max {max(overheads) * 1000:.0f} ms"
+    )
     return overheads
 
 
@@ -92,8 +95,10 @@ async def main() -> None:
         cold = await startup(Path(tmp) / "cache", Path(tmp) / "data1")
         warm = await startup(Path(tmp) / "cache", Path(tmp) / "data2")
     print(f"devnet up: cold {cold:.2f} s (deploys PoCo, new wallet), from snapshot {warm:.2f} s (new wallet)")
-    print(f"RESULT task_overhead_median_ms={statistics.median(overheads) * 1000:.0f} "
-          f"task_overhead_max_ms={max(overheads) * 1000:.0f} up_cold_s={cold:.2f} up_snapshot_s={warm:.2f}")
+    print(
+        f"RESULT task_overhead_median_ms={statistics.median(overheads) * 1000:.0f} "
+        f"task_overhead_max_ms={max(overheads) * 1000:.0f} up_cold_s={cold:.2f} up_snapshot_s={warm:.2f}"
+    )
 
 
 if __name__ == "__main__":

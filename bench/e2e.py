@@ -22,6 +22,7 @@ test app    As before: 30 photos with the test app (latency minus the app) and 6
 
 Ends with one RESULT line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.settings import Settings  # noqa: E402
-from tests.fixtures_bot import phone_photo, photo_bytes  # noqa: E402
-from tests.fixtures_e2e import E2E, open_devnet  # noqa: E402
+from bot.settings import Settings
+from tests.fixtures_bot import phone_photo, photo_bytes
+from tests.fixtures_e2e import E2E, open_devnet
 
 PHOTOS = 6
 GRAPH_WORKER_ARGS = "--max-dim 1024 --min-confidence 0.7"  # devnet/up.py's, when the devnet env lacks them
@@ -82,12 +83,18 @@ async def one_photo(e2e: E2E, picture: bytes, kind: str, name: str) -> dict[str,
     outcome = e2e.net.pool.outcomes[job.task_id.lower()]
     detections = json.loads((Path(job.result_ref).parent / "detections.json").read_text())
     e2e_s = arrived - started
-    return {"e2e": e2e_s, "worker": outcome.app_seconds, "overhead": e2e_s - outcome.app_seconds,
-            "before": outcome.finished_at - started - outcome.app_seconds, "after": arrived - outcome.finished_at,
-            "fetch": outcome.fetch_seconds, "finalize": outcome.finalize_seconds,
-            "worker_inner": float(detections["timings"].get("total_s", 0.0)),
-            "graph": detections["model"]["graph_cache"],
-            "size": (detections["image"]["source_width"], detections["image"]["source_height"])}
+    return {
+        "e2e": e2e_s,
+        "worker": outcome.app_seconds,
+        "overhead": e2e_s - outcome.app_seconds,
+        "before": outcome.finished_at - started - outcome.app_seconds,
+        "after": arrived - outcome.finished_at,
+        "fetch": outcome.fetch_seconds,
+        "finalize": outcome.finalize_seconds,
+        "worker_inner": float(detections["timings"].get("total_s", 0.0)),
+        "graph": detections["model"]["graph_cache"],
+        "size": (detections["image"]["source_width"], detections["image"]["source_height"]),
+    }
 
 
 async def real_worker(tmp: Path, photos: int, kind: str) -> dict[str, float]:
@@ -98,21 +105,30 @@ async def real_worker(tmp: Path, photos: int, kind: str) -> dict[str, float]:
         print(f"real worker: WORKER_ARGS={worker_args!r}, POLL_INTERVAL_S={poll} (the demo's bot.env)")
         await wait_for_graph(net)
         e2e = E2E(net, tmp / "books-real")
-        e2e.write_env(WORKER_ARGS=worker_args, POLL_INTERVAL_S=poll, MATCH_TIMEOUT_S="120",
-                      MAX_JOBS_PER_HOUR="1000", MAX_DAILY_SPEND_NRLC=str(100 * 10**9))
+        e2e.write_env(
+            WORKER_ARGS=worker_args,
+            POLL_INTERVAL_S=poll,
+            MATCH_TIMEOUT_S="120",
+            MAX_JOBS_PER_HOUR="1000",
+            MAX_DAILY_SPEND_NRLC=str(100 * 10**9),
+        )
         await e2e.start_bot()
         pictures = [phone_photo(3000, 3000, seed=100 + i) for i in range(photos + 1)]
-        print(f"  {photos} + 1 warm-up 3000x3000 JPEGs of {statistics.mean(map(len, pictures)) / 1e6:.1f} MB "
-              f"each, sent as a {kind}")
+        print(
+            f"  {photos} + 1 warm-up 3000x3000 JPEGs of {statistics.mean(map(len, pictures)) / 1e6:.1f} MB "
+            f"each, sent as a {kind}"
+        )
         rows = []
         for i, picture in enumerate(pictures):
             row = await one_photo(e2e, picture, kind, f"IMG_{i:04d}.jpg")
             label = "warm-up" if i == 0 else f"photo {i}"
-            print(f"  {label:>8}: e2e {row['e2e']:6.2f} s  worker {row['worker']:5.2f} s"
-                  f" (inside {row['worker_inner']:.2f})"
-                  f"  overhead {row['overhead']:5.2f} s = before {row['before']:.2f} (pool: input {row['fetch']:.2f},"
-                  f" finalize {row['finalize']:.2f}) + after {row['after']:.2f}"
-                  f"  graph_cache {row['graph']}  input {row['size'][0]}x{row['size'][1]}")
+            print(
+                f"  {label:>8}: e2e {row['e2e']:6.2f} s  worker {row['worker']:5.2f} s"
+                f" (inside {row['worker_inner']:.2f})"
+                f"  overhead {row['overhead']:5.2f} s = before {row['before']:.2f} (pool: input {row['fetch']:.2f},"
+                f" finalize {row['finalize']:.2f}) + after {row['after']:.2f}"
+                f"  graph_cache {row['graph']}  input {row['size'][0]}x{row['size'][1]}"
+            )
             if i:
                 rows.append(row)
         e2e.close()
@@ -120,12 +136,21 @@ async def real_worker(tmp: Path, photos: int, kind: str) -> dict[str, float]:
         await net.stop()
     med = {k: statistics.median(r[k] for r in rows) for k in ("e2e", "worker", "overhead", "before", "after")}
     hits = sum(r["graph"] == "hit" for r in rows)
-    print(f"real worker, median of {len(rows)}: e2e {med['e2e']:.2f} s, worker {med['worker']:.2f} s, "
-          f"overhead {med['overhead']:.2f} s (before {med['before']:.2f} + after {med['after']:.2f}; "
-          f"target < 2 s); graph cache hits {hits}/{len(rows)}")
-    return {"e2e_median_s": med["e2e"], "worker_median_s": med["worker"], "overhead_median_s": med["overhead"],
-            "overhead_max_s": max(r["overhead"] for r in rows), "before_median_s": med["before"],
-            "after_median_s": med["after"], "graph_hits": hits, "photos": len(rows)}
+    print(
+        f"real worker, median of {len(rows)}: e2e {med['e2e']:.2f} s, worker {med['worker']:.2f} s, "
+        f"overhead {med['overhead']:.2f} s (before {med['before']:.2f} + after {med['after']:.2f}; "
+        f"target < 2 s); graph cache hits {hits}/{len(rows)}"
+    )
+    return {
+        "e2e_median_s": med["e2e"],
+        "worker_median_s": med["worker"],
+        "overhead_median_s": med["overhead"],
+        "overhead_max_s": max(r["overhead"] for r in rows),
+        "before_median_s": med["before"],
+        "after_median_s": med["after"],
+        "graph_hits": hits,
+        "photos": len(rows),
+    }
 
 
 # --------------------------------------------------------------------------------------- the test app
@@ -180,17 +205,30 @@ async def test_app(tmp: Path) -> dict[str, float]:
         await net.stop()
     med, p95 = statistics.median(lat), _pct(lat, 0.95)
     print(f"test app: bot overhead per job median {med:.2f} s, p95 {p95:.2f} s (target median < 2 s)")
-    print(f"saturation: {done} jobs, {rate:.1f} jobs/min vs the pool's own limit {limit:.0f} jobs/min "
-          f"({rate / limit:.0%}); 429 answers: {limited}")
-    return {"testapp_overhead_median_s": med, "testapp_overhead_p95_s": p95, "jobs_per_min": rate,
-            "pool_limit_per_min": limit, "utilisation": rate / limit, "rate_limited": limited}
+    print(
+        f"saturation: {done} jobs, {rate:.1f} jobs/min vs the pool's own limit {limit:.0f} jobs/min "
+        f"({rate / limit:.0%}); 429 answers: {limited}"
+    )
+    return {
+        "testapp_overhead_median_s": med,
+        "testapp_overhead_p95_s": p95,
+        "jobs_per_min": rate,
+        "pool_limit_per_min": limit,
+        "utilisation": rate / limit,
+        "rate_limited": limited,
+    }
 
 
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=PHOTOS, help="timed photos after the warm-up")
-    parser.add_argument("--as", dest="kind", choices=("document", "photo"), default="document",
-                        help="send the JPEG as a file (whole 3000x3000) or as a Telegram photo (2560 px)")
+    parser.add_argument(
+        "--as",
+        dest="kind",
+        choices=("document", "photo"),
+        default="document",
+        help="send the JPEG as a file (whole 3000x3000) or as a Telegram photo (2560 px)",
+    )
     parser.add_argument("--test-app", action="store_true", help="also the test app's latency and saturation")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (bot logs, books)")
     args = parser.parse_args(argv)
@@ -202,8 +240,7 @@ async def main(argv: list[str] | None = None) -> None:
         figures.update(await real_worker(Path(tmp), args.photos, args.kind))
         if args.test_app:
             figures.update(await test_app(Path(tmp)))
-    print("RESULT " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in figures.items()))
+    print("RESULT " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ so the ledger and the floor share one disk).
   then audit() is timed on the reopened file with production settings.
 Last line: RESULT ledger_ops_per_s=... floor_ops_per_s=... ratio=... audit_1m_s=...
 """
+
 from __future__ import annotations
 
 import random
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ledger import Ledger  # noqa: E402
+from ledger import Ledger
 
 OPS = 2000
 TRANSFERS = 1_000_000
@@ -79,8 +80,17 @@ def _rows(ids: dict[str, int]) -> tuple[list[tuple[object, ...]], dict[int, list
     totals: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # dpend, dpost, cpend, cpost
     rows: list[tuple[object, ...]] = []
 
-    def add(tid: str, leg: int, kind: str, phase: str, d: int, c: int, amount: int, pid: str | None,
-            res: tuple[int, int] | None = None) -> int:
+    def add(
+        tid: str,
+        leg: int,
+        kind: str,
+        phase: str,
+        d: int,
+        c: int,
+        amount: int,
+        pid: str | None,
+        res: tuple[int, int] | None = None,
+    ) -> int:
         """Append one row (seq given explicitly: the table starts empty); `res` = (seq, amount) reserved."""
         seq = len(rows) + 1
         reserve_seq, reserved = res if res is not None else (None, None)
@@ -118,15 +128,23 @@ def build_million(path: Path) -> int:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("INSERT INTO accounts (name, user_id, no_overdraft, created_at) VALUES (?, ?, 1, 0)",
-                     [(f"user:{u}", u) for u in range(1, USERS + 1)])
+    conn.executemany(
+        "INSERT INTO accounts (name, user_id, no_overdraft, created_at) VALUES (?, ?, 1, 0)",
+        [(f"user:{u}", u) for u in range(1, USERS + 1)],
+    )
     ids = dict(conn.execute("SELECT name, id FROM accounts").fetchall())
     rows, totals = _rows(ids)
-    conn.executemany("INSERT INTO transfers (seq, id, leg, kind, phase, debit_account, credit_account, amount, "
-                     "pending_id, job, memo, created_at, reserved, reserve_seq) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    conn.executemany("UPDATE accounts SET debits_pending = ?, debits_posted = ?, credits_pending = ?, "
-                     "credits_posted = ? WHERE id = ?", [(*t, acct) for acct, t in totals.items()])
+    conn.executemany(
+        "INSERT INTO transfers (seq, id, leg, kind, phase, debit_account, credit_account, amount, "
+        "pending_id, job, memo, created_at, reserved, reserve_seq) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    conn.executemany(
+        "UPDATE accounts SET debits_pending = ?, debits_posted = ?, credits_pending = ?, "
+        "credits_posted = ? WHERE id = ?",
+        [(*t, acct) for acct, t in totals.items()],
+    )
     conn.execute("COMMIT")
     conn.close()
     return len(rows)
@@ -147,8 +165,10 @@ def main() -> None:
             book.audit()
             audit_s = time.perf_counter() - started
         print(f"audit over {count:,} transfers: {audit_s:.2f}s (target < 2s)")
-    print(f"RESULT ledger_ops_per_s={ops:.0f} floor_ops_per_s={floor:.0f} ratio={ops / floor:.2f} "
-          f"audit_1m_s={audit_s:.2f}")
+    print(
+        f"RESULT ledger_ops_per_s={ops:.0f} floor_ops_per_s={floor:.0f} ratio={ops / floor:.2f} "
+        f"audit_1m_s={audit_s:.2f}"
+    )
 
 
 if __name__ == "__main__":

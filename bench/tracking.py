@@ -12,6 +12,7 @@ iexec.deposits, confirmations 1): JSON-RPC calls of one idle cycle and of one cy
 with 1 and with 1000 linked users in the books (they must be equal: the logs are filtered by the hot wallet,
 never per user). Ends with one RESULT line.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,16 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.deposits import DepositService  # noqa: E402
-from devnet.accounts import APP_OWNER, BOT, POOL_OWNER, REQUESTER, SPARE_1, WORKER  # noqa: E402
-from devnet.anvil import Anvil  # noqa: E402
-from devnet.chain import deployed_snapshot, deposit, fund_rlc, mine, register_app, register_workerpool  # noqa: E402
-from iexec.hub import Hub  # noqa: E402
-from iexec.orders import ZERO_ADDRESS, AppOrder, Domain, WorkerpoolOrder, build_request_order  # noqa: E402
-from iexec.pool import WorkerpoolClient  # noqa: E402
-from iexec.tx import close, connect, rpc_calls  # noqa: E402
-from iexec.watch import TaskFinalized, TaskWatcher  # noqa: E402
-from ledger import Ledger  # noqa: E402
+from bot.deposits import DepositService
+from devnet.accounts import APP_OWNER, BOT, POOL_OWNER, REQUESTER, SPARE_1, WORKER
+from devnet.anvil import Anvil
+from devnet.chain import deployed_snapshot, deposit, fund_rlc, mine, register_app, register_workerpool
+from iexec.hub import Hub
+from iexec.orders import ZERO_ADDRESS, AppOrder, Domain, WorkerpoolOrder, build_request_order
+from iexec.pool import WorkerpoolClient
+from iexec.tx import close, connect, rpc_calls
+from iexec.watch import TaskFinalized, TaskWatcher
+from ledger import Ledger
 
 RESULTS = b'{"storage":"ipfs","location":"/ipfs/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"}'
 
@@ -44,11 +45,28 @@ async def one_deal(rpc_url: str, dep, n: int) -> tuple[Hub, bytes]:
     pool = register_workerpool(rpc_url, dep, POOL_OWNER, "bench pool")
     hub = Hub(rpc_url, dep.hub, account=REQUESTER)
     domain = await hub.domain()
-    ao = AppOrder(app=app, appprice=1, volume=n, tag=0, datasetrestrict=ZERO_ADDRESS,
-                  workerpoolrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS, salt=1).sign(APP_OWNER, domain)
-    wo = WorkerpoolOrder(workerpool=pool, workerpoolprice=1, volume=n, tag=0, category=0, trust=0,
-                         apprestrict=ZERO_ADDRESS, datasetrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS,
-                         salt=2).sign(POOL_OWNER, domain)
+    ao = AppOrder(
+        app=app,
+        appprice=1,
+        volume=n,
+        tag=0,
+        datasetrestrict=ZERO_ADDRESS,
+        workerpoolrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=1,
+    ).sign(APP_OWNER, domain)
+    wo = WorkerpoolOrder(
+        workerpool=pool,
+        workerpoolprice=1,
+        volume=n,
+        tag=0,
+        category=0,
+        trust=0,
+        apprestrict=ZERO_ADDRESS,
+        datasetrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=2,
+    ).sign(POOL_OWNER, domain)
     ro = build_request_order(app, REQUESTER.address, 0, 1, 1, {"iexec_args": "bench"}, f"bench-{n}")
     ro = type(ro)(**{**{f: getattr(ro, f) for f, _ in ro.FIELDS}, "volume": n}).sign(REQUESTER, domain)
     return hub, await hub.match_orders(ao, None, wo, ro)
@@ -95,9 +113,15 @@ def sign_time(count: int = 1000) -> float:
     domain = Domain(chain_id=31337, verifying_contract="0x5FC8d32690cc91D4c39d9d3abcBD16989F875707")
     t0 = time.perf_counter()
     for i in range(count):
-        build_request_order("0x" + "11" * 20, REQUESTER.address, 0, 10**9, 10**9,
-                            {"iexec_args": "--score 0.7", "iexec_input_files": [f"https://in.example/{i}.png"]},
-                            f"job-{i}").sign(REQUESTER, domain)
+        build_request_order(
+            "0x" + "11" * 20,
+            REQUESTER.address,
+            0,
+            10**9,
+            10**9,
+            {"iexec_args": "--score 0.7", "iexec_input_files": [f"https://in.example/{i}.png"]},
+            f"job-{i}",
+        ).sign(REQUESTER, domain)
     return time.perf_counter() - t0
 
 
@@ -113,8 +137,16 @@ async def deposit_calls(state: Path, dep, linked: int) -> dict[str, float]:
         book.links.issue(1, nonce)
         book.links.link(1, SPARE_1.address, nonce, "eip712")
         w3 = connect(anvil.rpc_url)
-        service = DepositService.build(book, w3, chain_id=31337, rlc=dep.rlc, hot_wallet=BOT.address, hub=dep.hub,
-                                       confirmations=1, start_block=await w3.eth.block_number)
+        service = DepositService.build(
+            book,
+            w3,
+            chain_id=31337,
+            rlc=dep.rlc,
+            hot_wallet=BOT.address,
+            hub=dep.hub,
+            confirmations=1,
+            start_block=await w3.eth.block_number,
+        )
         await service.cycle()
         before = rpc_calls(w3)
         await service.cycle()
@@ -135,24 +167,37 @@ async def deposit_calls(state: Path, dep, linked: int) -> dict[str, float]:
 async def main() -> None:
     state, dep = deployed_snapshot()
     figures: dict[int, dict[str, float]] = {}
-    print(f"{'tasks':>6} {'ours idle':>10} {'ours finish':>12} {'finish cycle s':>15} {'sdk viewTask':>13} "
-          f"{'sdk cycle s':>12}")
+    print(
+        f"{'tasks':>6} {'ours idle':>10} {'ours finish':>12} {'finish cycle s':>15} {'sdk viewTask':>13} "
+        f"{'sdk cycle s':>12}"
+    )
     for n in (10, 100, 1000):
         f = figures[n] = await measure(n, state, dep)
-        print(f"{n:>6} {f['idle']:>10.0f} {f['finish']:>12.0f} {f['finish_s']:>15.3f} {f['sdk']:>13.0f} "
-              f"{f['sdk_s']:>12.3f}")
+        print(
+            f"{n:>6} {f['idle']:>10.0f} {f['finish']:>12.0f} {f['finish_s']:>15.3f} {f['sdk']:>13.0f} "
+            f"{f['sdk_s']:>12.3f}"
+        )
     sign_s = sign_time()
     print(f"build + sign 1000 request orders: {sign_s * 1000:.0f} ms ({sign_s:.3f} ms per order)")
     deposits = {n: await deposit_calls(state, dep, n) for n in (1, 1000)}
     print(f"{'linked users':>12} {'deposit idle calls':>19} {'credit-5 calls':>15} {'credit-5 cycle s':>17}")
     for n, f in deposits.items():
         print(f"{n:>12} {f['idle']:>19.0f} {f['credit']:>15.0f} {f['credit_s']:>17.3f}")
-    print("RESULT " + " ".join(
-        [f"calls_idle_{n}={figures[n]['idle']:.0f} calls_finish_{n}={figures[n]['finish']:.0f} "
-         f"sdk_calls_{n}={figures[n]['sdk']:.0f}" for n in figures]
-        + [f"sign_1000_ms={sign_s * 1000:.0f}"]
-        + [f"deposit_calls_idle_{n}={f['idle']:.0f} deposit_calls_credit5_{n}={f['credit']:.0f}"
-           for n, f in deposits.items()]))
+    print(
+        "RESULT "
+        + " ".join(
+            [
+                f"calls_idle_{n}={figures[n]['idle']:.0f} calls_finish_{n}={figures[n]['finish']:.0f} "
+                f"sdk_calls_{n}={figures[n]['sdk']:.0f}"
+                for n in figures
+            ]
+            + [f"sign_1000_ms={sign_s * 1000:.0f}"]
+            + [
+                f"deposit_calls_idle_{n}={f['idle']:.0f} deposit_calls_credit5_{n}={f['credit']:.0f}"
+                for n, f in deposits.items()
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ process wall time / 10; the parts say what the album saves (interpreter start, T
 load once instead of 10 times) and what it cannot (detect, draw, save: per photo either way).
 Target: album per photo at least 3x less than single. `--album` runs only this part.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,16 +64,39 @@ print(json.dumps({"first": times[0], "warm": times[1:], "draw": draws[1:], "n": 
 def weights(backbone: str) -> Path:
     path = CACHE / f"random_{'r101' if backbone == 'resnet101' else 'r50'}_v1.h5"
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "worker", "make-test-weights", str(path), "--backbone", backbone],
-                       cwd=REPO, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "worker", "make-test-weights", str(path), "--backbone", backbone],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
     return path
 
 
 def graph_entry(backbone: str, dim: int, wfile: Path, precision: str = "auto") -> Path:
     """Export (or reuse) the cached inference graph for this config."""
-    proc = subprocess.run([sys.executable, "-m", "worker", "build-graph", "--weights", str(wfile), "--backbone",
-                           backbone, "--max-dim", str(dim), "--cache-dir", str(GRAPHS), "--precision", precision],
-                          cwd=REPO, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "build-graph",
+            "--weights",
+            str(wfile),
+            "--backbone",
+            backbone,
+            "--max-dim",
+            str(dim),
+            "--cache-dir",
+            str(GRAPHS),
+            "--precision",
+            precision,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return Path(proc.stderr.strip().splitlines()[-1].split(": ", 1)[1])
 
 
@@ -80,27 +104,47 @@ def task(backbone: str, dim: int, image: Path, wfile: Path, tmp: Path, cached: b
     """One fresh iExec-mode process; returns its timings, wall time and peak RSS."""
     out = tmp / f"out_{backbone}_{dim}_{cached}_{precision}"
     out.mkdir(exist_ok=True)
-    env = dict(os.environ, IEXEC_OUT=str(out), IEXEC_IN=str(image.parent), IEXEC_INPUT_FILES_FOLDER=str(image.parent),
-               IEXEC_INPUT_FILES_NUMBER="1", IEXEC_INPUT_FILE_NAME_1=image.name, IEXEC_DATASET_FILENAME="",
-               MRCNN_WEIGHTS=str(wfile), SEGBOT_GRAPH_CACHE=str(GRAPHS))
+    env = dict(
+        os.environ,
+        IEXEC_OUT=str(out),
+        IEXEC_IN=str(image.parent),
+        IEXEC_INPUT_FILES_FOLDER=str(image.parent),
+        IEXEC_INPUT_FILES_NUMBER="1",
+        IEXEC_INPUT_FILE_NAME_1=image.name,
+        IEXEC_DATASET_FILENAME="",
+        MRCNN_WEIGHTS=str(wfile),
+        SEGBOT_GRAPH_CACHE=str(GRAPHS),
+    )
     args = ["--max-dim", str(dim), "--backbone", backbone, "--precision", precision] + (
-        [] if cached else ["--no-graph-cache"])
+        [] if cached else ["--no-graph-cache"]
+    )
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "worker", *args],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     assert status == 0 and (out / "computed.json").exists(), proc.stderr.read().decode()[-2000:]
     doc = json.loads((out / "detections.json").read_text())
     assert doc["model"]["graph_cache"] == ("hit" if cached else "off"), doc["model"]
-    return {"wall": wall, "rss_mib": usage.ru_maxrss / 1024, "t": doc["timings"], "n": doc["count"],
-            "precision": doc["model"]["precision"]}
+    return {
+        "wall": wall,
+        "rss_mib": usage.ru_maxrss / 1024,
+        "t": doc["timings"],
+        "n": doc["count"],
+        "precision": doc["model"]["precision"],
+    }
 
 
 def warm(backbone: str, dim: int, image: Path, wfile: Path, entry: Path | None) -> dict:
     mode = ["graph", str(entry)] if entry else ["keras", ""]
-    proc = subprocess.run([sys.executable, "-c", WARM, backbone, str(dim), str(image), str(wfile), str(RUNS), *mode],
-                          cwd=REPO, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", WARM, backbone, str(dim), str(image), str(wfile), str(RUNS), *mode],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -108,11 +152,13 @@ def describe(label: str, runs: list[dict]) -> str:
     best = min(runs, key=lambda r: r["wall"])
     t = best["t"]
     walls = ", ".join(f"{r['wall']:.2f}" for r in runs)
-    return (f"  {label}: task {statistics.median(r['wall'] for r in runs):.2f} s median of [{walls}] (fastest: "
-            f"in-process {t['total_s']:.2f} = checks {t['checks_s']:.2f} import {t['import_s']:.2f} "
-            f"build/load {t['build_s']:.2f} weights {t['weights_s']:.2f} detect(cold) {t['detect_s']:.2f} "
-            f"draw {t['draw_s']:.2f} save {t['save_s']:.2f}), peak RSS {max(r['rss_mib'] for r in runs):.0f} MiB, "
-            f"{best['n']} detections, {best['precision']}")
+    return (
+        f"  {label}: task {statistics.median(r['wall'] for r in runs):.2f} s median of [{walls}] (fastest: "
+        f"in-process {t['total_s']:.2f} = checks {t['checks_s']:.2f} import {t['import_s']:.2f} "
+        f"build/load {t['build_s']:.2f} weights {t['weights_s']:.2f} detect(cold) {t['detect_s']:.2f} "
+        f"draw {t['draw_s']:.2f} save {t['save_s']:.2f}), peak RSS {max(r['rss_mib'] for r in runs):.0f} MiB, "
+        f"{best['n']} detections, {best['precision']}"
+    )
 
 
 ALBUM = 10
@@ -126,7 +172,7 @@ def album_photos(folder: Path) -> list[str]:
 
     names = ["astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field", "immunohistochemistry"]
     images = [Image.fromarray(getattr(skimage.data, n)()) for n in names]
-    images += [ImageOps.mirror(im) for im in images[:ALBUM - len(images)]]
+    images += [ImageOps.mirror(im) for im in images[: ALBUM - len(images)]]
     files = []
     for n, im in enumerate(images, 1):
         scale = 1280 / max(im.size)
@@ -140,13 +186,21 @@ def album_photos(folder: Path) -> list[str]:
 def album_task(names: list[str], folder: Path, out: Path, wfile: Path, args: list[str]) -> dict:
     """One `python -m worker` process over `names` (an album when 2 or more); wall time and its parts."""
     out.mkdir(parents=True)
-    env = dict(os.environ, IEXEC_OUT=str(out), IEXEC_IN=str(folder), IEXEC_INPUT_FILES_FOLDER=str(folder),
-               IEXEC_INPUT_FILES_NUMBER=str(len(names)), IEXEC_DATASET_FILENAME="", MRCNN_WEIGHTS=str(wfile),
-               SEGBOT_GRAPH_CACHE=str(GRAPHS))
+    env = dict(
+        os.environ,
+        IEXEC_OUT=str(out),
+        IEXEC_IN=str(folder),
+        IEXEC_INPUT_FILES_FOLDER=str(folder),
+        IEXEC_INPUT_FILES_NUMBER=str(len(names)),
+        IEXEC_DATASET_FILENAME="",
+        MRCNN_WEIGHTS=str(wfile),
+        SEGBOT_GRAPH_CACHE=str(GRAPHS),
+    )
     env.update({f"IEXEC_INPUT_FILE_NAME_{n}": name for n, name in enumerate(names, 1)})
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "worker", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     _, status, usage = os.wait4(proc.pid, 0)  # its CPU time: what the task costs, whatever the machine's load
     wall = time.perf_counter() - started
     assert status == 0, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
@@ -157,10 +211,18 @@ def album_task(names: list[str], folder: Path, out: Path, wfile: Path, args: lis
     assert all(d["model"]["graph_cache"] == "hit" for d in docs), docs[0]["model"]
     t = docs[-1]["timings"]
     work = t["total_s"] - t["checks_s"] - t["import_s"] - t["build_s"] - t["weights_s"]  # all pictures, written
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024,
-            "in_process": t["total_s"], "checks": t["checks_s"], "import": t["import_s"],
-            "load": t["build_s"], "pictures": work, "detect": sum(d["timings"]["detect_s"] for d in docs),
-            "precision": docs[0]["model"]["precision"]}
+    return {
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss_mib": usage.ru_maxrss / 1024,
+        "in_process": t["total_s"],
+        "checks": t["checks_s"],
+        "import": t["import_s"],
+        "load": t["build_s"],
+        "pictures": work,
+        "detect": sum(d["timings"]["detect_s"] for d in docs),
+        "precision": docs[0]["model"]["precision"],
+    }
 
 
 def album_bench(tmp: Path, result: dict[str, float]) -> None:
@@ -168,8 +230,23 @@ def album_bench(tmp: Path, result: dict[str, float]) -> None:
     from devnet.up import WORKER_ARGS, graph_arguments
 
     wfile = weights("resnet50")  # the devnet's random test weights are ResNet50
-    subprocess.run([sys.executable, "-m", "worker", "build-graph", "--weights", str(wfile), "--cache-dir", str(GRAPHS),
-                    *graph_arguments(WORKER_ARGS)], cwd=REPO, capture_output=True, text=True, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "build-graph",
+            "--weights",
+            str(wfile),
+            "--cache-dir",
+            str(GRAPHS),
+            *graph_arguments(WORKER_ARGS),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     folder = tmp / "album_in"
     folder.mkdir()
     names = album_photos(folder)
@@ -182,8 +259,10 @@ def album_bench(tmp: Path, result: dict[str, float]) -> None:
             if step == "album":
                 albums.append(album_task(names, folder, tmp / f"album_{round_no}", wfile, args))
             else:
-                singles += [album_task([name], folder, tmp / f"single_{round_no}_{n}", wfile, args)
-                            for n, name in enumerate(names)]
+                singles += [
+                    album_task([name], folder, tmp / f"single_{round_no}_{n}", wfile, args)
+                    for n, name in enumerate(names)
+                ]
     album_pp = sum(a["wall"] for a in albums) / (ALBUM * len(albums))
     single_pp = sum(s["wall"] for s in singles) / len(singles)
     album_cpu = sum(a["cpu"] for a in albums) / (ALBUM * len(albums))
@@ -197,25 +276,35 @@ def album_bench(tmp: Path, result: dict[str, float]) -> None:
 
     outside = mean(singles, "wall") - mean(singles, "in_process")
     fixed = outside + mean(singles, "checks") + mean(singles, "import") + mean(singles, "load")
-    print(f"album of {ALBUM} vs {ALBUM} single tasks (resnet50 random weights, {WORKER_ARGS}, "
-          f"{albums[0]['precision']}, "
-          f"{ROUNDS} rounds, load average {os.getloadavg()[0]:.2f}):")
-    print(f"  single task: {single_pp:.2f} s per photo (wall of [{walls(singles)}] s) "
-          f"= interpreter start/exit {outside:.2f} + checks {mean(singles, 'checks'):.2f} + TF import "
-          f"{mean(singles, 'import'):.2f} + graph load {mean(singles, 'load'):.2f} + detect "
-          f"{mean(singles, 'detect'):.2f} + draw/RLE/save {mean(singles, 'pictures') - mean(singles, 'detect'):.2f}")
-    print(f"  album of {ALBUM}: {album_pp:.2f} s per photo (wall of [{walls(albums)}] s)"
-          f" = once: start/exit {mean(albums, 'wall') - mean(albums, 'in_process'):.2f} + checks "
-          f"{mean(albums, 'checks'):.2f} + TF import {mean(albums, 'import'):.2f} + graph load "
-          f"{mean(albums, 'load'):.2f}; per photo: detect {mean(albums, 'detect') / ALBUM:.2f} + draw/RLE/save "
-          f"{(mean(albums, 'pictures') - mean(albums, 'detect')) / ALBUM:.2f}")
-    print(f"  CPU time per photo (user+sys, less sensitive to a shared machine's load): single {single_cpu:.2f} s, "
-          f"album {album_cpu:.2f} s: {single_cpu / album_cpu:.2f}x; peak RSS single "
-          f"{max(r['rss_mib'] for r in singles):.0f} MiB, album {max(r['rss_mib'] for r in albums):.0f} MiB")
+    print(
+        f"album of {ALBUM} vs {ALBUM} single tasks (resnet50 random weights, {WORKER_ARGS}, "
+        f"{albums[0]['precision']}, "
+        f"{ROUNDS} rounds, load average {os.getloadavg()[0]:.2f}):"
+    )
+    print(
+        f"  single task: {single_pp:.2f} s per photo (wall of [{walls(singles)}] s) "
+        f"= interpreter start/exit {outside:.2f} + checks {mean(singles, 'checks'):.2f} + TF import "
+        f"{mean(singles, 'import'):.2f} + graph load {mean(singles, 'load'):.2f} + detect "
+        f"{mean(singles, 'detect'):.2f} + draw/RLE/save {mean(singles, 'pictures') - mean(singles, 'detect'):.2f}"
+    )
+    print(
+        f"  album of {ALBUM}: {album_pp:.2f} s per photo (wall of [{walls(albums)}] s)"
+        f" = once: start/exit {mean(albums, 'wall') - mean(albums, 'in_process'):.2f} + checks "
+        f"{mean(albums, 'checks'):.2f} + TF import {mean(albums, 'import'):.2f} + graph load "
+        f"{mean(albums, 'load'):.2f}; per photo: detect {mean(albums, 'detect') / ALBUM:.2f} + draw/RLE/save "
+        f"{(mean(albums, 'pictures') - mean(albums, 'detect')) / ALBUM:.2f}"
+    )
+    print(
+        f"  CPU time per photo (user+sys, less sensitive to a shared machine's load): single {single_cpu:.2f} s, "
+        f"album {album_cpu:.2f} s: {single_cpu / album_cpu:.2f}x; peak RSS single "
+        f"{max(r['rss_mib'] for r in singles):.0f} MiB, album {max(r['rss_mib'] for r in albums):.0f} MiB"
+    )
     per_photo_work = mean(albums, "pictures") / ALBUM
-    print(f"  speedup per photo {single_pp / album_pp:.2f}x (target >= 3x); a single task's fixed part "
-          f"(start, import, load) is {fixed:.2f} s of {single_pp:.2f} s, the per-photo work "
-          f"{per_photo_work:.2f} s, so no album can beat {single_pp / per_photo_work:.2f}x here")
+    print(
+        f"  speedup per photo {single_pp / album_pp:.2f}x (target >= 3x); a single task's fixed part "
+        f"(start, import, load) is {fixed:.2f} s of {single_pp:.2f} s, the per-photo work "
+        f"{per_photo_work:.2f} s, so no album can beat {single_pp / per_photo_work:.2f}x here"
+    )
     result["album_per_photo_s"] = album_pp
     result["single_per_photo_s"] = single_pp
     result["album_speedup"] = single_pp / album_pp
@@ -239,8 +328,10 @@ def main() -> None:
         album_bench(tmp, result)
         if only_album:
             print(f"load average at end {os.getloadavg()}")
-            print("RESULT " + " ".join(f"{k}={v:.2f}" if not k.endswith("mib") else f"{k}={v:.0f}"
-                                       for k, v in result.items()))
+            print(
+                "RESULT "
+                + " ".join(f"{k}={v:.2f}" if not k.endswith("mib") else f"{k}={v:.0f}" for k, v in result.items())
+            )
             return
         image = tmp / "in" / "photo1024"
         image.parent.mkdir()
@@ -259,9 +350,12 @@ def main() -> None:
                 print(f"{tag} @{dim} (load average {os.getloadavg()[0]:.2f}):", flush=True)
                 print(describe("cold (Keras build + h5)", cold))
                 print(describe("cached graph", hot))
-                print(f"  warm detect (cached graph) median {med:.2f} s (min {min(warm_graph['warm']):.2f} max "
-                      f"{max(warm_graph['warm']):.2f}, first {warm_graph['first']:.2f}), draw median "
-                      f"{statistics.median(warm_graph['draw']) * 1000:.0f} ms", flush=True)
+                print(
+                    f"  warm detect (cached graph) median {med:.2f} s (min {min(warm_graph['warm']):.2f} max "
+                    f"{max(warm_graph['warm']):.2f}, first {warm_graph['first']:.2f}), draw median "
+                    f"{statistics.median(warm_graph['draw']) * 1000:.0f} ms",
+                    flush=True,
+                )
                 key = f"{tag}_{dim}"
                 if (tag, dim) == ("r101", 1024):
                     # anchor: the same cached-graph path in fp32 (exact arithmetic), interleaved
@@ -272,22 +366,30 @@ def main() -> None:
                     warm_fp32 = warm(backbone, dim, image, wfile, fp32_entry)
                     print(describe("cached graph, fp32 anchor", fp32))
                     med32 = statistics.median(warm_fp32["warm"])
-                    print(f"  warm detect (cached graph, fp32) median {med32:.2f} s (min {min(warm_fp32['warm']):.2f} "
-                          f"max {max(warm_fp32['warm']):.2f})", flush=True)
+                    print(
+                        f"  warm detect (cached graph, fp32) median {med32:.2f} s (min {min(warm_fp32['warm']):.2f} "
+                        f"max {max(warm_fp32['warm']):.2f})",
+                        flush=True,
+                    )
                     result[f"{key}_fp32_task_s"] = statistics.median(r["wall"] for r in fp32)
                     result[f"{key}_fp32_detect_median_s"] = med32
                     result[f"{key}_bf16"] = float(hot[0]["precision"] == "bf16")
                     warm_keras = warm(backbone, dim, image, wfile, None)
                     result[f"{key}_detect_keras_median_s"] = statistics.median(warm_keras["warm"])
-                    print(f"  warm detect (Keras model, fp32) median {result[f'{key}_detect_keras_median_s']:.2f} s "
-                          f"(min {min(warm_keras['warm']):.2f} max {max(warm_keras['warm']):.2f})", flush=True)
+                    print(
+                        f"  warm detect (Keras model, fp32) median {result[f'{key}_detect_keras_median_s']:.2f} s "
+                        f"(min {min(warm_keras['warm']):.2f} max {max(warm_keras['warm']):.2f})",
+                        flush=True,
+                    )
                 result[f"{key}_task_s"] = statistics.median(r["wall"] for r in hot)
                 result[f"{key}_task_cold_s"] = statistics.median(r["wall"] for r in cold)
                 result[f"{key}_detect_median_s"] = med
                 result[f"{key}_peak_rss_mib"] = max(r["rss_mib"] for r in hot + cold)
     print(f"load average at end {os.getloadavg()}")
-    print("RESULT " + " ".join(f"{k}={v:.2f}" if not k.endswith(("mib", "bf16")) else f"{k}={v:.0f}"
-                               for k, v in result.items()))
+    print(
+        "RESULT "
+        + " ".join(f"{k}={v:.2f}" if not k.endswith(("mib", "bf16")) else f"{k}={v:.0f}" for k, v in result.items())
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """`python -m bot` runs the bot; `python -m bot doctor` checks a configuration and says what is missing."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,13 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "doctor"),
-                        help="run the bot (default) or check the configuration")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="run",
+        choices=("run", "doctor"),
+        help="run the bot (default) or check the configuration",
+    )
     parser.add_argument("--env-file", default=None, help="settings file (default .env, when there is one)")
     args = parser.parse_args(argv)
     if args.env_file is not None and not Path(args.env_file).is_file():

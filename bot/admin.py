@@ -4,6 +4,7 @@ Commands that move money (/fund, /deposit, /withdraw, /refund) first show what t
 confirmation button. The button carries everything needed (update id, user, amount), so a double press or
 a replayed update reuses the same transfer id or event key: nothing happens twice, even after a restart.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -85,8 +86,8 @@ async def fund(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     user = user_id_arg(args[0]) if args else None
     if len(args) < 2 or user is None:
         await message_of(update).reply_html(
-            "Usage: /fund USER_ID RLC [memo], e.g. /fund 123456 2.5 (USER_ID: the numeric Telegram id, "
-            "digits 0-9 only)")
+            "Usage: /fund USER_ID RLC [memo], e.g. /fund 123456 2.5 (USER_ID: the numeric Telegram id, digits 0-9 only)"
+        )
         return
     try:
         nrlc = _amount(args[1])
@@ -123,13 +124,16 @@ async def confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         else:
             memo = svc.ledger.get_value(f"fund.memo:{key}") or f"by admin {user_of(update).id}"
             svc.ledger.grant(f"fund:{key}", user, nrlc, memo=memo)
-            text = (f"✅ Credited {texts.rlc(nrlc)} to <code>{user}</code>; available now "
-                    f"{texts.rlc(svc.ledger.balance(user).available)}.")
+            text = (
+                f"✅ Credited {texts.rlc(nrlc)} to <code>{user}</code>; available now "
+                f"{texts.rlc(svc.ledger.balance(user).available)}."
+            )
     elif kind in ("deposit", "withdraw"):
         nrlc = int(rest[0])
         # A used button says so first: after the move, the same amount may well be missing now.
-        short = None if svc.ledger.seen_event("admin_stake", f"{kind}:{key}") else \
-            await _stake_shortfall(svc, kind, nrlc)
+        short = (
+            None if svc.ledger.seen_event("admin_stake", f"{kind}:{key}") else await _stake_shortfall(svc, kind, nrlc)
+        )
         if short:  # checked again: the stake may have moved since the question was asked
             await query.answer()
             await query.edit_message_text(f"❌ Nothing done: {short}", parse_mode="HTML")
@@ -141,8 +145,7 @@ async def confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     else:
         await query.answer()
         return
-    log.info("event=admin_action kind=%s key=%s admin=%s done=%s", kind, key, user_of(update).id,
-             text != ALREADY_DONE)
+    log.info("event=admin_action kind=%s key=%s admin=%s done=%s", kind, key, user_of(update).id, text != ALREADY_DONE)
     if text == ALREADY_DONE:
         if kind not in ("deposit", "withdraw"):
             await query.answer(ALREADY_DONE, show_alert=True)
@@ -191,8 +194,10 @@ async def _stake_shortfall(svc: Services, kind: str, nrlc: int) -> str | None:
     holds), else None: such a request is refused before anything is recorded or sent."""
     w = await svc.pipeline.chain.wallet_report()
     if kind == "withdraw" and nrlc > w.stake:
-        return (f"the hub holds {texts.rlc(w.stake)} of free stake (locked: {texts.rlc(w.locked)}); "
-                f"{texts.rlc(nrlc)} cannot be withdrawn.")
+        return (
+            f"the hub holds {texts.rlc(w.stake)} of free stake (locked: {texts.rlc(w.locked)}); "
+            f"{texts.rlc(nrlc)} cannot be withdrawn."
+        )
     if kind == "deposit" and nrlc > w.rlc:
         return f"the wallet holds {texts.rlc(w.rlc)}; {texts.rlc(nrlc)} cannot be deposited."
     return None
@@ -220,8 +225,11 @@ async def users(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if not rows:
         await message_of(update).reply_html("No users yet.")
         return
-    lines = [f"<code>{user}</code> available {texts.rlc(a.balance.available)} · reserved "
-             f"{texts.rlc(a.balance.pending)} · in flight {ledger.jobs_in_flight(user)}" for user, a in rows]
+    lines = [
+        f"<code>{user}</code> available {texts.rlc(a.balance.available)} · reserved "
+        f"{texts.rlc(a.balance.pending)} · in flight {ledger.jobs_in_flight(user)}"
+        for user, a in rows
+    ]
     await message_of(update).reply_html("\n".join(lines))
 
 
@@ -233,19 +241,25 @@ def job_receipt(found: Any, *, fee: int, explorer: str = "") -> str:
     """/job ID as a receipt: state in words, times in UTC, amounts in RLC, the deal and task ids (HTML;
     the error and options are untrusted and escaped)."""
     state = found.state.value
-    lines = [f"<b>Job</b> <code>{found.id}</code>",
-             f"User <code>{found.user_id}</code> · chat <code>{found.chat_id}</code>",
-             f"State: {texts.STAGE_NAMES.get(state, state)} ({state})",
-             f"Created: {_utc(found.created_at)} · last change: {_utc(found.updated_at)}"]
+    lines = [
+        f"<b>Job</b> <code>{found.id}</code>",
+        f"User <code>{found.user_id}</code> · chat <code>{found.chat_id}</code>",
+        f"State: {texts.STAGE_NAMES.get(state, state)} ({state})",
+        f"Created: {_utc(found.created_at)} · last change: {_utc(found.updated_at)}",
+    ]
     times = sorted(found.state_times.items(), key=lambda item: item[1])
     if times:
-        lines.append("Steps: " + " · ".join(f"{texts.STAGE_NAMES.get(s, html.escape(str(s)))} "
-                                            f"{_utc(int(ms))[11:19]}" for s, ms in times))
+        lines.append(
+            "Steps: "
+            + " · ".join(f"{texts.STAGE_NAMES.get(s, html.escape(str(s)))} {_utc(int(ms))[11:19]}" for s, ms in times)
+        )
     lines.append(f"Reserved: {texts.rlc(found.max_price)}")
     if found.app_price is not None and found.workerpool_price is not None:
         task = found.app_price + found.workerpool_price
-        lines.append(f"Price: app {texts.rlc(found.app_price)} + workerpool {texts.rlc(found.workerpool_price)} "
-                     f"+ fee {texts.rlc(fee)} = {texts.rlc(task + fee)}")
+        lines.append(
+            f"Price: app {texts.rlc(found.app_price)} + workerpool {texts.rlc(found.workerpool_price)} "
+            f"+ fee {texts.rlc(fee)} = {texts.rlc(task + fee)}"
+        )
     if found.deal_id:
         link = f' · <a href="{html.escape(explorer)}/deal/{found.deal_id}">explorer</a>' if explorer else ""
         lines.append(f"Deal: <code>{found.deal_id}</code>{link}")
@@ -275,8 +289,14 @@ async def job(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     body = job_receipt(found, fee=svc.settings.fee_nrlc, explorer=svc.settings.resolved_network.explorer)
     buttons = None
     if found.state is JobState.NEEDS_ADMIN:
-        buttons = InlineKeyboardMarkup([[button("↩️ Refund", f"refund:{update.update_id}:{found.id}"),
-                                         button("🔁 Retry", f"retry:{update.update_id}:{found.id}")]])
+        buttons = InlineKeyboardMarkup(
+            [
+                [
+                    button("↩️ Refund", f"refund:{update.update_id}:{found.id}"),
+                    button("🔁 Retry", f"retry:{update.update_id}:{found.id}"),
+                ]
+            ]
+        )
     await message_of(update).reply_html(body[:4000], reply_markup=buttons)
 
 

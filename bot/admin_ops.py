@@ -5,6 +5,7 @@ reconcile the books with the chain, move stake, report prices (the answers are t
 chain gateway, and changes a job only through the ledger's transitions and the pipeline's public
 `drive(job_id)` and `refund(job, why)` (the `JobDriver` it is given). Nothing here runs on its own.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -75,8 +76,9 @@ class AdminOps:
         job = self.find_job(ref)
         if job is None or job.state is not JobState.NEEDS_ADMIN:
             return "Only a job held for an admin (NEEDS_ADMIN) can be retried."
-        held_from = max((k for k in job.state_times if k != "NEEDS_ADMIN"),
-                        key=lambda k: job.state_times[k], default="RECEIVED")
+        held_from = max(
+            (k for k in job.state_times if k != "NEEDS_ADMIN"), key=lambda k: job.state_times[k], default="RECEIVED"
+        )
         self.ledger.transition(job.id, JobState.NEEDS_ADMIN, JobState(held_from), error="")
         self.jobs.drive(job.id)
         return f"🔁 Job <code>{job.id}</code> resumed from {held_from}."
@@ -93,12 +95,15 @@ class AdminOps:
         unsettled = [s for s in JobState if s.is_resumable() or s is JobState.NEEDS_ADMIN]
         reserved = sum(j.max_price for j in self.ledger.jobs_in_states(*unsettled))
         owed = self.user_credit()
-        lines.append(f"hub stake {texts.rlc(wallet.stake)}, locked {texts.rlc(wallet.locked)}, wallet "
-                     f"{texts.rlc(wallet.rlc)}; users are owed {texts.rlc(owed)} ({texts.rlc(reserved)} reserved)")
+        lines.append(
+            f"hub stake {texts.rlc(wallet.stake)}, locked {texts.rlc(wallet.locked)}, wallet "
+            f"{texts.rlc(wallet.rlc)}; users are owed {texts.rlc(owed)} ({texts.rlc(reserved)} reserved)"
+        )
         if wallet.stake + wallet.locked + wallet.rlc < owed:
             lines.append("❌ the wallet holds less than the users' credit")
-        for job in self.ledger.jobs_in_states(JobState.MATCHED, JobState.RUNNING, JobState.MATCHING,
-                                              JobState.NEEDS_ADMIN):
+        for job in self.ledger.jobs_in_states(
+            JobState.MATCHED, JobState.RUNNING, JobState.MATCHING, JobState.NEEDS_ADMIN
+        ):
             if job.order_hash:
                 request = self.chain.request_order_from_json(job.request_order)
                 deal = await self.chain.deal_of(request)
@@ -149,7 +154,9 @@ class AdminOps:
         best = found[0]
         mode = "TEE (TDX) tasks" if self.chain.tee else "standard tasks"
         fee = self.chain.settings.fee_nrlc
-        return (f"Mode: {mode}, tag {bytes(self.chain.request_tag).hex()[-4:]}.\n"
-                f"Best offer: app {best.app.appprice / 10**9:g} RLC + workerpool "
-                f"{best.workerpool.workerpoolprice / 10**9:g} RLC (+ fee {fee / 10**9:g}"
-                f" RLC); {len(found)} workerpool orders within the limits.")
+        return (
+            f"Mode: {mode}, tag {bytes(self.chain.request_tag).hex()[-4:]}.\n"
+            f"Best offer: app {best.app.appprice / 10**9:g} RLC + workerpool "
+            f"{best.workerpool.workerpoolprice / 10**9:g} RLC (+ fee {fee / 10**9:g}"
+            f" RLC); {len(found)} workerpool orders within the limits."
+        )

@@ -3,6 +3,7 @@
 `build_bot` wires everything and is what tests drive (against the Telegram stand-in and the devnet);
 `run` is `python -m bot`: lock file, logs, polling or webhook, a clean shutdown on Ctrl-C / SIGTERM.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,11 +45,14 @@ from ledger import Ledger
 log = logging.getLogger(__name__)
 
 
-
 USER_COMMANDS = [
-    ("start", "what this bot does, price, privacy"), ("help", "the commands"),
-    ("balance", "your credit"), ("status", "jobs in progress"), ("jobs", "recent jobs"),
-    ("cancel", "cancel a job not started yet"), ("forget", "delete your stored pictures"),
+    ("start", "what this bot does, price, privacy"),
+    ("help", "the commands"),
+    ("balance", "your credit"),
+    ("status", "jobs in progress"),
+    ("jobs", "recent jobs"),
+    ("cancel", "cancel a job not started yet"),
+    ("forget", "delete your stored pictures"),
 ]
 
 
@@ -58,13 +62,29 @@ def register_handlers(app: Application, inbox: UpdateInbox | None = None) -> Non
     if inbox is not None:
         app.add_handler(TypeHandler(Update, inbox.claim), group=CLAIM_GROUP)
         app.add_handler(TypeHandler(Update, inbox.finish), group=FINISH_GROUP)
-    user_cmds = {"start": handlers.start, "help": handlers.help_command, "balance": handlers.balance,
-                 "status": handlers.status, "jobs": handlers.jobs, "cancel": handlers.cancel,
-                 "forget": handlers.forget}
-    admin_cmds = {"fund": admin.fund, "wallet": admin.wallet, "deposit": admin.stake_move,
-                  "withdraw": admin.stake_move, "users": admin.users, "job": admin.job, "refund": admin.refund,
-                  "retry": admin.retry, "reconcile": admin.reconcile, "pause": admin.pause,
-                  "resume": admin.resume, "price": admin.price}
+    user_cmds = {
+        "start": handlers.start,
+        "help": handlers.help_command,
+        "balance": handlers.balance,
+        "status": handlers.status,
+        "jobs": handlers.jobs,
+        "cancel": handlers.cancel,
+        "forget": handlers.forget,
+    }
+    admin_cmds = {
+        "fund": admin.fund,
+        "wallet": admin.wallet,
+        "deposit": admin.stake_move,
+        "withdraw": admin.stake_move,
+        "users": admin.users,
+        "job": admin.job,
+        "refund": admin.refund,
+        "retry": admin.retry,
+        "reconcile": admin.reconcile,
+        "pause": admin.pause,
+        "resume": admin.resume,
+        "price": admin.price,
+    }
     new = filters.UpdateType.MESSAGE
     for name, fn in {**user_cmds, **admin_cmds}.items():
         app.add_handler(CommandHandler(name, fn, filters=new))
@@ -98,9 +118,15 @@ class Bot:
         await self.inputs.start()
         await self.chain.start()
         from bot.consistency import check_books_match_chain  # raises BooksDoNotMatchChain (a reset chain)
-        await check_books_match_chain(self.services.ledger, self.chain.hub.w3, self.chain.hub, self.chain.address,
-                                      redact_url(self.services.settings.resolved_network.rpc_url),
-                                      network=self.services.settings.resolved_network.name)
+
+        await check_books_match_chain(
+            self.services.ledger,
+            self.chain.hub.w3,
+            self.chain.hub,
+            self.chain.address,
+            redact_url(self.services.settings.resolved_network.rpc_url),
+            network=self.services.settings.resolved_network.name,
+        )
         await self.app.initialize()
         await self.app.start()
         await self._set_commands()
@@ -109,8 +135,9 @@ class Bot:
         if polling:
             if self.app.updater is None:
                 raise RuntimeError("the application was built without an updater: it cannot poll")
-            await self.app.updater.start_polling(timeout=poll_timeout, drop_pending_updates=False,
-                                                 allowed_updates=Update.ALL_TYPES)
+            await self.app.updater.start_polling(
+                timeout=poll_timeout, drop_pending_updates=False, allowed_updates=Update.ALL_TYPES
+            )
         await self.services.pipeline.resume()
 
     async def start_webhook(self) -> None:
@@ -123,11 +150,11 @@ class Bot:
         if s.webhook_secret is None or not s.webhook_secret.get_secret_value():
             raise WebhookRefused("webhook mode needs WEBHOOK_SECRET: without it anyone could post updates")
         secret = s.webhook_secret.get_secret_value()
-        self.webhook = WebhookServer(self.app, self.services.inbox, secret, listen=s.webhook_listen,
-                                     port=s.webhook_port, path="/telegram")
+        self.webhook = WebhookServer(
+            self.app, self.services.inbox, secret, listen=s.webhook_listen, port=s.webhook_port, path="/telegram"
+        )
         await self.webhook.start()
-        await self.app.bot.set_webhook(url=s.webhook_url, secret_token=secret,
-                                       allowed_updates=Update.ALL_TYPES)
+        await self.app.bot.set_webhook(url=s.webhook_url, secret_token=secret, allowed_updates=Update.ALL_TYPES)
 
     async def _set_commands(self) -> None:
         try:
@@ -154,8 +181,9 @@ class Bot:
             await self.app.shutdown()
 
 
-def build_bot(settings: Settings, *, account: Any = None, crash_at: str | None = None,
-              concurrent_updates: int = 64) -> Bot:
+def build_bot(
+    settings: Settings, *, account: Any = None, crash_at: str | None = None, concurrent_updates: int = 64
+) -> Bot:
     """Wire the application, the books, the chain gateway, the input server and the pipeline."""
     if settings.telegram_token is None:
         raise SystemExit("TELEGRAM_TOKEN is not set (see .env.example)")
@@ -164,13 +192,14 @@ def build_bot(settings: Settings, *, account: Any = None, crash_at: str | None =
     ledger = Ledger(str(settings.db_path))
     inbox = UpdateInbox(ledger)
     tg_bot = InboxBot(
-        token, base_url=settings.telegram_base_url, base_file_url=settings.telegram_base_file_url,
-        request=HTTPXRequest(connection_pool_size=256, connect_timeout=10, read_timeout=30, write_timeout=30,
-                             media_write_timeout=60),
-        get_updates_request=HTTPXRequest(connection_pool_size=1, connect_timeout=10, read_timeout=30,
-                                         write_timeout=30),
-        rate_limiter=ChatRateLimiter(overall_per_second=28, group_max_rate=18, group_time_period=60,
-                                     max_retries=3),
+        token,
+        base_url=settings.telegram_base_url,
+        base_file_url=settings.telegram_base_file_url,
+        request=HTTPXRequest(
+            connection_pool_size=256, connect_timeout=10, read_timeout=30, write_timeout=30, media_write_timeout=60
+        ),
+        get_updates_request=HTTPXRequest(connection_pool_size=1, connect_timeout=10, read_timeout=30, write_timeout=30),
+        rate_limiter=ChatRateLimiter(overall_per_second=28, group_max_rate=18, group_time_period=60, max_retries=3),
     )
     app = ApplicationBuilder().bot(tg_bot).concurrent_updates(concurrent_updates).build()
     board = StatusBoard(app.bot)
@@ -180,8 +209,9 @@ def build_bot(settings: Settings, *, account: Any = None, crash_at: str | None =
     pipeline = Pipeline(settings, ledger, chain, inputs, app.bot, board, crash_points=crash_points)
     tg_bot.keep_updates_in(inbox, crash_points)  # in the books before getUpdates confirms them
     admin_ops = AdminOps(ledger, chain, pipeline)
-    services = Services(settings=settings, ledger=ledger, pipeline=pipeline, admin_ops=admin_ops, board=board,
-                        inbox=inbox)
+    services = Services(
+        settings=settings, ledger=ledger, pipeline=pipeline, admin_ops=admin_ops, board=board, inbox=inbox
+    )
     app.bot_data[KEY] = services
     register_handlers(app, inbox)
     return Bot(app=app, services=services, inputs=inputs, chain=chain)
@@ -198,9 +228,13 @@ async def _serve(settings: Settings) -> None:
         await bot.start(polling=not webhook)
         if webhook:
             await bot.start_webhook()
-        log.info("event=bot_started mode=%s network=%s rpc=%s wallet=%s", settings.mode,
-                 settings.resolved_network.name, redact_url(settings.resolved_network.rpc_url),
-                 bot.chain.address)
+        log.info(
+            "event=bot_started mode=%s network=%s rpc=%s wallet=%s",
+            settings.mode,
+            settings.resolved_network.name,
+            redact_url(settings.resolved_network.rpc_url),
+            bot.chain.address,
+        )
         await stop.wait()
         log.info("event=bot_stopping")
     finally:
@@ -210,8 +244,11 @@ async def _serve(settings: Settings) -> None:
 def run(settings: Settings | None = None) -> None:
     """`python -m bot`: one bot per books (lock file), redacted logs, clean shutdown."""
     settings = settings or Settings()
-    secrets = [s.get_secret_value() for s in (settings.telegram_token, settings.wallet_password,
-                                              settings.webhook_secret) if s is not None]
+    secrets = [
+        s.get_secret_value()
+        for s in (settings.telegram_token, settings.wallet_password, settings.webhook_secret)
+        if s is not None
+    ]
     install_logging(settings.log_level, secrets=secrets)
     with InstanceLock(settings.db_path.with_suffix(".lock")):
         try:

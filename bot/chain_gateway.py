@@ -14,6 +14,7 @@ id (`input_key`: the same after a restart, never stored) and pushes it as the jo
 Never here: the wallet's key outside the signer, a password in a message, an RPC URL with its key in a log,
 a secret value (input key, result key) in a log, the books or order params; a sentence for a chat.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -216,8 +217,7 @@ class ChainGateway:
 
         if self._password_value is None:
             password = self.settings.wallet_password_value()
-            self._password_value = password if password is not None else read_password(env_var=None,
-                                                                                        password_file=None)
+            self._password_value = password if password is not None else read_password(env_var=None, password_file=None)
         return self._password_value
 
     def _load_account(self) -> Any:
@@ -235,17 +235,24 @@ class ChainGateway:
         url = self.settings.resolved_sms_url
         if not url:
             raise TeeUnavailable("TEE mode needs the SMS (Secret Management Service): set SMS_URL")
-        self.result_key = await asyncio.to_thread(load_or_create_result_key, self.settings.result_key_path,
-                                                  self._password())
+        self.result_key = await asyncio.to_thread(
+            load_or_create_result_key, self.settings.result_key_path, self._password()
+        )
         self.sms = SmsClient(url)
         try:
             await self.sms.set_web2_secret(self._account, RESULT_KEY_SECRET, self.result_key.sms_value)
         except (TimeoutError, SmsError, OSError) as exc:
-            raise TeeUnavailable(f"TEE mode: the SMS at {redact_url(url)} does not answer or refuses the "
-                                 f"bot's result key ({type(exc).__name__}: {str(exc)[:200]}); check SMS_URL, or "
-                                 "set TEE_MODE=off where the network runs standard tasks") from None
-        log.info("event=tee_ready sms=%s tag=%s result_key_file=%s", redact_url(url), _hex(self.request_tag),
-                 self.settings.result_key_path)
+            raise TeeUnavailable(
+                f"TEE mode: the SMS at {redact_url(url)} does not answer or refuses the "
+                f"bot's result key ({type(exc).__name__}: {str(exc)[:200]}); check SMS_URL, or "
+                "set TEE_MODE=off where the network runs standard tasks"
+            ) from None
+        log.info(
+            "event=tee_ready sms=%s tag=%s result_key_file=%s",
+            redact_url(url),
+            _hex(self.request_tag),
+            self.settings.result_key_path,
+        )
 
     async def start(self) -> None:
         """Connect, adopt transactions persisted before a restart, and start following the chain.
@@ -258,19 +265,23 @@ class ChainGateway:
             if self.tee:
                 await self._start_tee()
             config = SenderConfig(fee_cap_wei=self.settings.max_fee_gwei * 10**9)
-            self._hub = Hub(None, self.network.hub, self._account, w3=w3, persist=self._persist,
-                            sender_config=config)
+            self._hub = Hub(None, self.network.hub, self._account, w3=w3, persist=self._persist, sender_config=config)
             self._market = MarketClient(self.network.market_url, self.network.chain_id, hub=self.network.hub)
-            self._watcher = TaskWatcher(w3, self.network.hub, load_cursor=self._load_cursor,
-                                        save_cursor=self._save_cursor)
+            self._watcher = TaskWatcher(
+                w3, self.network.hub, load_cursor=self._load_cursor, save_cursor=self._save_cursor
+            )
             self._sender.on_broadcast = self._on_broadcast
             await self._resume_sender()
         except BaseException:
             await self.stop()
             raise
         self._watch_task = asyncio.get_running_loop().create_task(self._watch_loop(), name="watcher")
-        log.info("event=chain_ready rpc=%s hub=%s wallet=%s", redact_url(self.network.rpc_url),
-                 self.network.hub, self.address)
+        log.info(
+            "event=chain_ready rpc=%s hub=%s wallet=%s",
+            redact_url(self.network.rpc_url),
+            self.network.hub,
+            self.address,
+        )
 
     async def stop(self) -> None:
         """Stop following the chain and close the market client and the chain connection (idempotent).
@@ -302,15 +313,20 @@ class ChainGateway:
             job = self.ledger.job_by(task_id=str(meta["task_id"]))
             meta["job_id"] = job.id if job else None
         purpose = str(meta.get("purpose") or meta.get("kind") or "tx")
-        self.ledger.record_tx(raw_tx, tx_hash, nonce, self.address, purpose,
-                              str(meta["job_id"]) if meta.get("job_id") else None, meta)
+        self.ledger.record_tx(
+            raw_tx, tx_hash, nonce, self.address, purpose, str(meta["job_id"]) if meta.get("job_id") else None, meta
+        )
 
     async def _resume_sender(self) -> None:
         pending = self.ledger.pending_txs(self.address)
         if not pending:
             return
-        records = [TxRecord(_bytes(t.raw_tx), t.tx_hash, t.nonce,
-                            t.meta if isinstance(t.meta, dict) else json.loads(t.meta or "{}")) for t in pending]
+        records = [
+            TxRecord(
+                _bytes(t.raw_tx), t.tx_hash, t.nonce, t.meta if isinstance(t.meta, dict) else json.loads(t.meta or "{}")
+            )
+            for t in pending
+        ]
         for outcome in await self._sender.resume(records):
             log.info("event=tx_resumed nonce=%d status=%s tx=%s", outcome.nonce, outcome.status, outcome.tx_hash)
         await self._settle_tx_records()
@@ -333,8 +349,7 @@ class ChainGateway:
             except TransactionNotFound:
                 receipt = None
             except Exception as exc:  # noqa: BLE001 - any RPC failure: this record waits for the next time
-                log.warning("event=tx_settle_deferred job=%s tx=%s error=%r", tx.job_id, tx.tx_hash,
-                            str(exc)[:200])
+                log.warning("event=tx_settle_deferred job=%s tx=%s error=%r", tx.job_id, tx.tx_hash, str(exc)[:200])
                 continue
             if receipt is not None:
                 status = "mined" if int(receipt["status"]) == 1 else "failed"
@@ -360,16 +375,23 @@ class ChainGateway:
         """The job's one request order: workerpool open, max prices, volume 1, salt from the job id. In TEE
         mode it carries the TEE tag, the job's requester secret as input key 1 and result encryption."""
         s = self.settings
-        params: dict[str, Any] = dict(iexec_args=args, iexec_input_files=[input_url],
-                                      iexec_result_storage_provider="ipfs")
+        params: dict[str, Any] = dict(
+            iexec_args=args, iexec_input_files=[input_url], iexec_result_storage_provider="ipfs"
+        )
         if self.tee:
             params.update(iexec_secrets={1: secret_name(job_id)}, iexec_result_encryption=True)
             if not tag_to_int(self.request_tag) & Tag.TEE:  # settings guarantee it; never sign without it
                 raise TeeUnavailable("refusing a TEE-mode request order without the TEE tag")
         order = build_request_order(
-            app=s.app_address, requester=self.address, category=s.category, appmaxprice=s.app_max_price_nrlc,
-            workerpoolmaxprice=s.workerpool_max_price_nrlc, params=params, job_id=job_id,
-            tag=self.request_tag, trust=s.trust,
+            app=s.app_address,
+            requester=self.address,
+            category=s.category,
+            appmaxprice=s.app_max_price_nrlc,
+            workerpoolmaxprice=s.workerpool_max_price_nrlc,
+            params=params,
+            job_id=job_id,
+            tag=self.request_tag,
+            trust=s.trust,
         )
         return order.sign(self._account, await self.domain())
 
@@ -418,14 +440,25 @@ class ChainGateway:
         order's; default this mode's), cheapest first (`usable_offers`)."""
         s = self.settings
         request_tag = self.request_tag if tag is None else tag
-        apps = [o.order for o in await self.market.app_orders(s.app_address, requester=self.address)
-                if o.remaining > 0]
-        pools = [o.order for o in await self.market.workerpool_orders(
-                     category=s.category, app=s.app_address, requester=self.address, min_tag=request_tag,
-                     min_trust=s.trust or None)
-                 if o.remaining > 0]
-        return usable_offers(apps, pools, request_tag, app_max_price=s.app_max_price_nrlc,
-                             workerpool_max_price=s.workerpool_max_price_nrlc)
+        apps = [o.order for o in await self.market.app_orders(s.app_address, requester=self.address) if o.remaining > 0]
+        pools = [
+            o.order
+            for o in await self.market.workerpool_orders(
+                category=s.category,
+                app=s.app_address,
+                requester=self.address,
+                min_tag=request_tag,
+                min_trust=s.trust or None,
+            )
+            if o.remaining > 0
+        ]
+        return usable_offers(
+            apps,
+            pools,
+            request_tag,
+            app_max_price=s.app_max_price_nrlc,
+            workerpool_max_price=s.workerpool_max_price_nrlc,
+        )
 
     async def best_offer(self, tag: Any = None) -> Offer:
         try:
@@ -513,8 +546,11 @@ class ChainGateway:
             except Exception as exc:  # noqa: BLE001 - the chain may be down for a while
                 self.watch_errors += 1
                 log.warning("event=watch_failed errors=%d error=%r", self.watch_errors, str(exc)[:200])
-            await asyncio.sleep(self.settings.poll_interval_s if self.watch_errors == 0
-                                else min(30.0, self.settings.poll_interval_s * 2 ** self.watch_errors))
+            await asyncio.sleep(
+                self.settings.poll_interval_s
+                if self.watch_errors == 0
+                else min(30.0, self.settings.poll_interval_s * 2**self.watch_errors)
+            )
 
     def _apply(self, event: Any) -> None:
         task_id = getattr(event, "task_id", None)
@@ -543,8 +579,10 @@ class ChainGateway:
             return state
         deal = (await self.known_deal(deal_id)).deal
         if int(deal.requester, 16) == 0:
-            raise ChainDisagrees(f"the chain does not know deal {deal_id} of task {task_id} although the "
-                                 "books recorded it: was the chain reset?")
+            raise ChainDisagrees(
+                f"the chain does not know deal {deal_id} of task {task_id} although the "
+                "books recorded it: was the chain reset?"
+            )
         category = next((c for c in await self.hub.categories() if c.id == deal.category), None)
         timeref = category.work_clock_time_ref if category else 0
         final_deadline = deal.start_time + 10 * timeref if timeref else None
@@ -561,8 +599,9 @@ class ChainGateway:
         self.watcher.follow_task(key, final_deadline=state.final_deadline, deal_id=_bytes(deal_id))
         return state
 
-    async def wait_task(self, deal_id: str, task_id: str, *, known: TaskKind = TaskKind.WAITING,
-                        timeout: float = 30.0) -> TaskEvent:
+    async def wait_task(
+        self, deal_id: str, task_id: str, *, known: TaskKind = TaskKind.WAITING, timeout: float = 30.0
+    ) -> TaskEvent:
         """Wait until the task's state differs from `known` (or `timeout`); returns what is known then.
 
         Returns at once when the state already differs: the caller must act on every kind it can get
@@ -614,8 +653,13 @@ class ChainGateway:
     async def wallet_report(self) -> WalletReport:
         w3 = self.hub.w3
         account = await self.hub.view_account(self.address)
-        return WalletReport(self.address, int(await w3.eth.get_balance(to_checksum_address(self.address))),
-                            await self.hub.rlc_balance(self.address), account.stake, account.locked)
+        return WalletReport(
+            self.address,
+            int(await w3.eth.get_balance(to_checksum_address(self.address))),
+            await self.hub.rlc_balance(self.address),
+            account.stake,
+            account.locked,
+        )
 
     async def move_stake(self, kind: str, nrlc: int) -> None:
         """Deposit `nrlc` into the hub (`kind` "deposit") or withdraw it ("withdraw"), through the one sender.
@@ -630,8 +674,9 @@ class ChainGateway:
             await self._settle_tx_records()
 
 
-def usable_offers(apps: list[Any], pools: list[Any], request_tag: Any, *, app_max_price: int,
-                  workerpool_max_price: int) -> list[Offer]:
+def usable_offers(
+    apps: list[Any], pools: list[Any], request_tag: Any, *, app_max_price: int, workerpool_max_price: int
+) -> list[Offer]:
     """The (app order, workerpool order) pairs a request order with `request_tag` can be matched with,
     cheapest first (then the cheaper app): PoCo takes the deal's TEE bit from the app order (a TEE request
     needs a TEE app order, and a TEE app order turns any deal into a TEE deal, so a standard request takes

@@ -25,6 +25,7 @@ start: only the running bot's admin commands can resolve it. It is logged (`even
 and returned to the caller, which may tell the admins. An RPC failure while checking is logged and does not
 stop the start (the chain's own errors follow).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,11 +45,15 @@ LAG_WAIT_S = 30.0  # how long a node behind the books' blocks is waited for
 POLL_S = 2.0
 _FOLLOWED = (JobState.MATCHED, JobState.RUNNING, JobState.COMPLETED)
 _HELD = (JobState.NEEDS_ADMIN,)
-DEVNET_WHAT_TO_DO = ("the chain was reset: start the demo with --fresh (python -m devnet demo --fresh), "
-                     "or point RPC_URL at the chain these books belong to")
-WHAT_TO_DO = ("check that RPC_URL and NETWORK name the chain these books were written on (a node still "
-              "syncing answers like this too: wait and start again); never delete or replace the books: "
-              "they hold users' money and the record of what was paid on chain")
+DEVNET_WHAT_TO_DO = (
+    "the chain was reset: start the demo with --fresh (python -m devnet demo --fresh), "
+    "or point RPC_URL at the chain these books belong to"
+)
+WHAT_TO_DO = (
+    "check that RPC_URL and NETWORK name the chain these books were written on (a node still "
+    "syncing answers like this too: wait and start again); never delete or replace the books: "
+    "they hold users' money and the record of what was paid on chain"
+)
 
 
 @dataclass
@@ -62,14 +67,17 @@ class _Look:
 def _mined_tip(ledger: Ledger, wallet: str) -> tuple[int | None, int | None]:
     """(highest mined nonce, highest block recorded for a mined transaction) of `wallet` in the books."""
     with ledger.snapshot() as conn:
-        row = conn.execute("SELECT MAX(nonce), MAX(block_number) FROM chain_txs WHERE sender = ? "
-                           "AND status = 'mined'", (wallet.lower(),)).fetchone()
+        row = conn.execute(
+            "SELECT MAX(nonce), MAX(block_number) FROM chain_txs WHERE sender = ? AND status = 'mined'",
+            (wallet.lower(),),
+        ).fetchone()
     return (None if row[0] is None else int(row[0]), None if row[1] is None else int(row[1]))
 
 
 def _job_block(ledger: Ledger, job_id: str) -> int | None:
-    blocks = [tx.block_number for tx in ledger.txs_for_job(job_id)
-              if tx.status == "mined" and tx.block_number is not None]
+    blocks = [
+        tx.block_number for tx in ledger.txs_for_job(job_id) if tx.status == "mined" and tx.block_number is not None
+    ]
     return max(blocks) if blocks else None
 
 
@@ -85,8 +93,10 @@ async def _look(ledger: Ledger, w3: Any, hub: Any, wallet: str) -> _Look:
         if block is not None and head >= block:
             found.differences.append(sign)
         else:
-            found.behind.append(sign + f" (this node is at block {head}, the books recorded "
-                                       f"{'no block' if block is None else f'block {block}'})")
+            found.behind.append(
+                sign + f" (this node is at block {head}, the books recorded "
+                f"{'no block' if block is None else f'block {block}'})"
+            )
 
     mined, mined_block = _mined_tip(ledger, wallet)
     if mined is not None:
@@ -96,8 +106,11 @@ async def _look(ledger: Ledger, w3: Any, hub: Any, wallet: str) -> _Look:
             log.warning("event=books_chain_check_skipped what=nonce error=%r", str(exc)[:200])
         else:
             if mined >= sent:
-                file(f"the books record transaction nonce {mined} of wallet {wallet} as mined, "
-                     f"but this chain has seen only {sent} transaction(s) from it", mined_block)
+                file(
+                    f"the books record transaction nonce {mined} of wallet {wallet} as mined, "
+                    f"but this chain has seen only {sent} transaction(s) from it",
+                    mined_block,
+                )
     followed = [j for j in ledger.jobs_in_states(*_FOLLOWED, limit=MAX_DEALS_CHECKED) if j.deal_id]
     held = [j for j in ledger.jobs_in_states(*_HELD, limit=MAX_DEALS_CHECKED) if j.deal_id]
     unknown: list[tuple[str, int | None]] = []
@@ -115,20 +128,33 @@ async def _look(ledger: Ledger, w3: Any, hub: Any, wallet: str) -> _Look:
             log.warning("event=books_chain_held_unknown job=%s deal=%s", job.id, job.deal_id)
         else:
             unknown.append((f"{job.deal_id} (job {job.id})", _job_block(ledger, job.id)))
-    for group in ([u for u in unknown if u[1] is not None and head >= u[1]],
-                  [u for u in unknown if u[1] is None or head < u[1]]):
+    for group in (
+        [u for u in unknown if u[1] is not None and head >= u[1]],
+        [u for u in unknown if u[1] is None or head < u[1]],
+    ):
         if group:
             names = [name for name, _ in group]
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             blocks = [b for _, b in group if b is not None]
-            file(f"the hub does not know the deal{'s' if len(names) > 1 else ''} of {len(names)} job(s) in "
-                 f"progress: {shown}", max(blocks) if len(blocks) == len(group) else None)
+            file(
+                f"the hub does not know the deal{'s' if len(names) > 1 else ''} of {len(names)} job(s) in "
+                f"progress: {shown}",
+                max(blocks) if len(blocks) == len(group) else None,
+            )
     return found
 
 
-async def check_books_match_chain(ledger: Ledger, w3: Any, hub: Any, wallet: str, rpc_label: str = "", *,
-                                  network: str = "", lag_wait_s: float | None = None,
-                                  poll_s: float = POLL_S) -> list[str]:
+async def check_books_match_chain(
+    ledger: Ledger,
+    w3: Any,
+    hub: Any,
+    wallet: str,
+    rpc_label: str = "",
+    *,
+    network: str = "",
+    lag_wait_s: float | None = None,
+    poll_s: float = POLL_S,
+) -> list[str]:
     """Raise BooksDoNotMatchChain when the books (a `ledger.Ledger`) record a mined transaction of
     `wallet` with a nonce the chain has not reached, or a followed job whose deal `hub` does not know.
 
@@ -147,12 +173,22 @@ async def check_books_match_chain(ledger: Ledger, w3: Any, hub: Any, wallet: str
         await asyncio.sleep(poll_s)
     differences = found.differences + found.behind
     if differences:
-        log.error("event=books_chain_mismatch wallet=%s rpc=%s network=%s differences=%d", wallet, rpc_label,
-                  network, len(differences))
+        log.error(
+            "event=books_chain_mismatch wallet=%s rpc=%s network=%s differences=%d",
+            wallet,
+            rpc_label,
+            network,
+            len(differences),
+        )
         where = f" at {rpc_label}" if rpc_label else ""
         advice = DEVNET_WHAT_TO_DO if network == "devnet" else WHAT_TO_DO
-        raise BooksDoNotMatchChain(f"the books do not match the chain{where}: " + "; ".join(differences)
-                                   + f". {advice}.")
-    log.info("event=books_chain_match wallet=%s deals_checked=%d held_unknown=%d", wallet,
-             found.deals_checked, len(found.held))
+        raise BooksDoNotMatchChain(
+            f"the books do not match the chain{where}: " + "; ".join(differences) + f". {advice}."
+        )
+    log.info(
+        "event=books_chain_match wallet=%s deals_checked=%d held_unknown=%d",
+        wallet,
+        found.deals_checked,
+        len(found.held),
+    )
     return found.held

@@ -45,12 +45,12 @@ def short_address(address: str) -> str:
 
 
 def notice_text(amount: int, sender: str, balance: int) -> str:
-    """"Received 2 RLC from 0xab…cd; balance 4.7 RLC"."""
+    """ "Received 2 RLC from 0xab…cd; balance 4.7 RLC"."""
     return f"Received {format_rlc(amount)} from {short_address(sender)}; balance {format_rlc(balance)}"
 
 
 def natural_id(deposit: Deposit | RlcTransfer) -> str:
-    """"0x<tx hash>:<log index>": how an admin names a deposit."""
+    """ "0x<tx hash>:<log index>": how an admin names a deposit."""
     return f"{deposit.tx_hash}:{deposit.log_index}"
 
 

@@ -9,6 +9,7 @@ stake, the app, the market's orders (app orders whose tag fits the mode: the TEE
 standard mode; workerpool orders whose tag covers them) and, in TEE mode, the SMS and the bot's result key
 in it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,8 +43,9 @@ async def _telegram_check(settings: Settings, out: Callable[[Check], None]) -> N
     token = settings.telegram_token.get_secret_value()
     where = redact_url(settings.telegram_base_url)
     try:
-        async with Bot(token, base_url=settings.telegram_base_url,
-                       base_file_url=settings.telegram_base_file_url) as bot:
+        async with Bot(
+            token, base_url=settings.telegram_base_url, base_file_url=settings.telegram_base_file_url
+        ) as bot:
             me = bot.bot  # initialize() called getMe
     except InvalidToken:
         out(Check("FAIL", f"Telegram ({where}) refuses TELEGRAM_TOKEN: check it with @BotFather"))
@@ -58,8 +60,13 @@ async def _telegram_check(settings: Settings, out: Callable[[Check], None]) -> N
 def _admin_check(settings: Settings, out: Callable[[Check], None]) -> None:
     """ADMIN_IDS names at least one numeric Telegram id (the settings refuse anything else)."""
     if not settings.admin_ids:
-        out(Check("FAIL", "ADMIN_IDS is not set: nobody can fund users, refund or deposit; put your numeric "
-                  "Telegram id there (comma-separated for several)"))
+        out(
+            Check(
+                "FAIL",
+                "ADMIN_IDS is not set: nobody can fund users, refund or deposit; put your numeric "
+                "Telegram id there (comma-separated for several)",
+            )
+        )
         return
     out(Check("ok", f"ADMIN_IDS: {len(settings.admin_ids)} admin(s), numeric ids"))
 
@@ -89,8 +96,12 @@ async def _checks_on(settings: Settings, out: Callable[[Check], None], w3: Any) 
     except Exception as exc:  # noqa: BLE001 - report, do not crash
         out(Check("FAIL", f"RPC {redact_url(net.rpc_url)} does not answer ({type(exc).__name__}); set RPC_URL"))
         return
-    out(Check("ok" if chain_id == net.chain_id else "FAIL",
-              f"RPC {redact_url(net.rpc_url)} answers, chain id {chain_id} (expected {net.chain_id})"))
+    out(
+        Check(
+            "ok" if chain_id == net.chain_id else "FAIL",
+            f"RPC {redact_url(net.rpc_url)} answers, chain id {chain_id} (expected {net.chain_id})",
+        )
+    )
     code = await w3.eth.get_code(net.hub)
     if not code:
         out(Check("FAIL", f"no contract at the hub address {net.hub}: wrong network or HUB_ADDRESS"))
@@ -101,13 +112,21 @@ async def _checks_on(settings: Settings, out: Callable[[Check], None], w3: Any) 
     if address:
         eth = await w3.eth.get_balance(address)
         stake = await hub.view_account(address)
-        out(Check("ok" if eth >= settings.low_gas_wei else "FAIL",
-                  f"wallet {address} holds {eth / 10**18:.6f} ETH for gas"
-                  + ("" if eth >= settings.low_gas_wei else ": send it some (testnet faucet)")))
+        out(
+            Check(
+                "ok" if eth >= settings.low_gas_wei else "FAIL",
+                f"wallet {address} holds {eth / 10**18:.6f} ETH for gas"
+                + ("" if eth >= settings.low_gas_wei else ": send it some (testnet faucet)"),
+            )
+        )
         enough = stake.stake >= settings.max_price_nrlc
-        out(Check("ok" if enough else "FAIL",
-                  f"hub stake {stake.stake / 10**9:g} RLC (locked {stake.locked / 10**9:g})"
-                  + ("" if enough else ": deposit RLC into the hub (/deposit or `iexec account deposit`)")))
+        out(
+            Check(
+                "ok" if enough else "FAIL",
+                f"hub stake {stake.stake / 10**9:g} RLC (locked {stake.locked / 10**9:g})"
+                + ("" if enough else ": deposit RLC into the hub (/deposit or `iexec account deposit`)"),
+            )
+        )
     if not settings.app_address or not await w3.eth.get_code(settings.app_address):
         out(Check("FAIL", "APP_ADDRESS is not a deployed app: deploy worker/iexec.json with the iExec SDK"))
         return
@@ -122,33 +141,54 @@ async def _checks_on(settings: Settings, out: Callable[[Check], None], w3: Any) 
     finally:
         await market.close()
     mode = "TEE (TDX)" if settings.tee else "standard"
-    out(Check("ok", f"mode: {mode} tasks, request tag {_tag_hex(settings.request_tag)} (TEE_MODE="
-              f"{settings.tee_mode})"))
+    out(Check("ok", f"mode: {mode} tasks, request tag {_tag_hex(settings.request_tag)} (TEE_MODE={settings.tee_mode})"))
     fitting = [a for a in apps if _app_fits(a.order.tag, settings.request_tag)]
     if not apps:
-        out(Check("FAIL", "0 app orders published for our app: publish one (`iexec app publish`; SDK 9 gives "
-                  "it the TDX tag 0x...09)"))
+        out(
+            Check(
+                "FAIL",
+                "0 app orders published for our app: publish one (`iexec app publish`; SDK 9 gives "
+                "it the TDX tag 0x...09)",
+            )
+        )
     elif not fitting:
         tags = ", ".join(sorted({_tag_hex(a.order.tag) for a in apps}))
-        fix = ("publish a TDX app order (`iexec app publish`, tag 0x...09), or set TEE_MODE=off"
-               if settings.tee else "publish an app order without the TEE bit (`iexec app publish --tag 0x0`), "
-               "or set TEE_MODE=on (auto on arbitrum-sepolia and arbitrum)")
-        out(Check("FAIL", f"{len(apps)} app orders published for our app, none with a tag for {mode} tasks "
-                  f"(they have {tags}): a {mode} request cannot be matched with them; {fix}"))
+        fix = (
+            "publish a TDX app order (`iexec app publish`, tag 0x...09), or set TEE_MODE=off"
+            if settings.tee
+            else "publish an app order without the TEE bit (`iexec app publish --tag 0x0`), "
+            "or set TEE_MODE=on (auto on arbitrum-sepolia and arbitrum)"
+        )
+        out(
+            Check(
+                "FAIL",
+                f"{len(apps)} app orders published for our app, none with a tag for {mode} tasks "
+                f"(they have {tags}): a {mode} request cannot be matched with them; {fix}",
+            )
+        )
     else:
-        out(Check("ok", f"{len(apps)} app orders published for our app, {len(fitting)} with a tag for {mode} "
-                  "tasks"))
+        out(Check("ok", f"{len(apps)} app orders published for our app, {len(fitting)} with a tag for {mode} tasks"))
     usable = [p for p in pools if p.order.workerpoolprice <= settings.workerpool_max_price_nrlc]
-    out(Check("ok" if usable else "FAIL", f"{len(pools)} workerpool orders in category {settings.category}, "
-              f"{len(usable)} within the maximum price"))
-    offers = usable_offers([a.order for a in apps], [p.order for p in pools], settings.request_tag,
-                           app_max_price=settings.app_max_price_nrlc,
-                           workerpool_max_price=settings.workerpool_max_price_nrlc)
+    out(
+        Check(
+            "ok" if usable else "FAIL",
+            f"{len(pools)} workerpool orders in category {settings.category}, {len(usable)} within the maximum price",
+        )
+    )
+    offers = usable_offers(
+        [a.order for a in apps],
+        [p.order for p in pools],
+        settings.request_tag,
+        app_max_price=settings.app_max_price_nrlc,
+        workerpool_max_price=settings.workerpool_max_price_nrlc,
+    )
     if usable and fitting and not offers:
         tee_pools = [p for p in pools if tag_to_int(p.order.tag) & Tag.TEE]
-        hint = ("every workerpool order requires TEE (TDX) tasks: set TEE_MODE=on"
-                if not settings.tee and len(tee_pools) == len(pools) else
-                "no workerpool order's tag covers our app order and request tags (or the prices are too high)")
+        hint = (
+            "every workerpool order requires TEE (TDX) tasks: set TEE_MODE=on"
+            if not settings.tee and len(tee_pools) == len(pools)
+            else "no workerpool order's tag covers our app order and request tags (or the prices are too high)"
+        )
         out(Check("FAIL", f"no app + workerpool order pair can be matched for {mode} tasks: {hint}"))
     elif offers:
         out(Check("ok", f"{len(offers)} app + workerpool order pairs can be matched for {mode} tasks"))
@@ -181,8 +221,12 @@ async def _tee_checks(settings: Settings, out: Callable[[Check], None], address:
         return
     async with SmsClient(url) as sms:
         if not await sms.health():
-            out(Check("FAIL", f"the SMS at {redact_url(url)} does not answer: the bot cannot start in TEE mode "
-                      "(check SMS_URL)"))
+            out(
+                Check(
+                    "FAIL",
+                    f"the SMS at {redact_url(url)} does not answer: the bot cannot start in TEE mode (check SMS_URL)",
+                )
+            )
             return
         out(Check("ok", f"the SMS at {redact_url(url)} answers"))
         if address is None:
@@ -195,8 +239,13 @@ async def _tee_checks(settings: Settings, out: Callable[[Check], None], address:
     if pushed:
         out(Check("ok", f"the SMS holds the wallet's result encryption key ({RESULT_KEY_SECRET})"))
     else:
-        out(Check("warn", f"the SMS does not hold the wallet's result encryption key yet: the bot pushes it "
-                  f"at its first start in TEE mode (key file {settings.result_key_path})"))
+        out(
+            Check(
+                "warn",
+                f"the SMS does not hold the wallet's result encryption key yet: the bot pushes it "
+                f"at its first start in TEE mode (key file {settings.result_key_path})",
+            )
+        )
 
 
 def _wallet_address(settings: Settings, out: Callable[[Check], None]) -> str | None:
@@ -205,8 +254,11 @@ def _wallet_address(settings: Settings, out: Callable[[Check], None]) -> str | N
     try:
         address = wallet_address(settings.wallet_keystore)
     except Exception as exc:  # noqa: BLE001 - report, do not crash
-        out(Check("FAIL", f"wallet keystore {settings.wallet_keystore}: {exc} "
-                  "(create one: python -m ledger wallet new)"))
+        out(
+            Check(
+                "FAIL", f"wallet keystore {settings.wallet_keystore}: {exc} (create one: python -m ledger wallet new)"
+            )
+        )
         return None
     out(Check("ok", f"wallet keystore {settings.wallet_keystore} ({address})"))
     return address
@@ -221,8 +273,11 @@ def run_doctor(settings: Settings, printer: Callable[[str], Any] = print, env_fi
         printer(str(check))
 
     if env_file is not None:
-        out(Check("ok", f"settings file {env_file}") if Path(env_file).is_file() else
-            Check("warn", f"no settings file {env_file}: settings come from the environment only"))
+        out(
+            Check("ok", f"settings file {env_file}")
+            if Path(env_file).is_file()
+            else Check("warn", f"no settings file {env_file}: settings come from the environment only")
+        )
     printer(f"network {settings.resolved_network.name} (chain id {settings.resolved_network.chain_id})")
     asyncio.run(_checks(settings, out))
     failed = [c for c in found if c.level == "FAIL"]

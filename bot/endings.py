@@ -12,6 +12,7 @@ their users are not told twice.
 
 Never here: a change of a job's state or money.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,8 +66,16 @@ class Endings:
     """Owns telling users how their jobs ended: the ending's message, the task that sends it (one per ending,
     `tasks`) and the books' record that Telegram took it. It never changes a job."""
 
-    def __init__(self, ledger: Ledger, bot: Any, board: Any, *, clock: Callable[[], float],
-                 retry_delays: tuple[float, ...], crash_point: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        bot: Any,
+        board: Any,
+        *,
+        clock: Callable[[], float],
+        retry_delays: tuple[float, ...],
+        crash_point: Callable[[str], None],
+    ) -> None:
         self.ledger = ledger
         self.bot = bot
         self.board = board
@@ -91,15 +100,21 @@ class Endings:
         """Refunded and held jobs whose user was not told yet (since telling is recorded in the books)."""
         since = self._since(TELL_SINCE_KEY)  # books from before: their endings were told by status edits
         refunded = self.ledger.untold_jobs("told", [JobState.REFUNDED], since_ms=int(since))
-        held = [j for j in self.ledger.jobs_in_states(JobState.NEEDS_ADMIN)
-                if j.updated_at >= int(since) and not self.ledger.seen_event("told", self.told_key(j))]
+        held = [
+            j
+            for j in self.ledger.jobs_in_states(JobState.NEEDS_ADMIN)
+            if j.updated_at >= int(since) and not self.ledger.seen_event("told", self.told_key(j))
+        ]
         return refunded + held
 
     def unannounced_holds(self) -> list[Job]:
         """Held jobs whose admins were not told yet (killed between the hold and the admins' message)."""
         since = int(self._since(ADMIN_TOLD_SINCE_KEY))
-        return [j for j in self.ledger.jobs_in_states(JobState.NEEDS_ADMIN)
-                if j.updated_at >= since and not self.ledger.seen_event("admin_told", self.told_key(j))]
+        return [
+            j
+            for j in self.ledger.jobs_in_states(JobState.NEEDS_ADMIN)
+            if j.updated_at >= since and not self.ledger.seen_event("admin_told", self.told_key(j))
+        ]
 
     def _since(self, key: str) -> str:
         """The time (ms) kept under `key`, set to now the first time it is asked for."""
@@ -150,9 +165,13 @@ class Endings:
         parse_mode: str | None = "HTML"
         while True:
             try:
-                await self.bot.send_message(chat_id=job.chat_id, text=text, parse_mode=parse_mode,
-                                            reply_to_message_id=job.user_message_id,
-                                            allow_sending_without_reply=True)
+                await self.bot.send_message(
+                    chat_id=job.chat_id,
+                    text=text,
+                    parse_mode=parse_mode,
+                    reply_to_message_id=job.user_message_id,
+                    allow_sending_without_reply=True,
+                )
                 self.board.touch(job.chat_id)
                 outcome = "sent" if parse_mode else "sent as plain text"
                 break

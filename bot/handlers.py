@@ -4,6 +4,7 @@ Handlers answer at once and hand any long work to the pipeline (`Pipeline.start_
 PTB processes updates concurrently, but a handler that waits on the chain would still hold a user's reply.
 Edited messages are ignored on purpose: an edit must never start a second job or a second charge.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,7 +66,8 @@ def _status_text(svc: Services, user: int) -> str:
     now = time.time()
     lines = [
         texts.STATUS_LINE.format(
-            short=job.id[-8:], stage=texts.STAGE_NAMES.get(job.state.value, job.state.value),
+            short=job.id[-8:],
+            stage=texts.STAGE_NAMES.get(job.state.value, job.state.value),
             elapsed=texts.elapsed(now - job.created_at / 1000),
         )
         for job in active
@@ -85,8 +87,9 @@ def _refresh(user: int, chat: int) -> InlineKeyboardMarkup:
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Jobs in progress, with a refresh button."""
     user = user_of(update).id
-    await message_of(update).reply_html(_status_text(services_of(context), user),
-                                              reply_markup=_refresh(user, chat_of(update).id))
+    await message_of(update).reply_html(
+        _status_text(services_of(context), user), reply_markup=_refresh(user, chat_of(update).id)
+    )
 
 
 async def status_refresh(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -96,8 +99,11 @@ async def status_refresh(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     presser = user_of(update).id
     owner_text = (query.data or "").partition(":")[2]
     chat = query.message.chat if query.message else None
-    owner = int(owner_text) if re.fullmatch(r"[0-9]{1,16}", owner_text) else (
-        chat.id if chat is not None and chat.type == "private" else None)
+    owner = (
+        int(owner_text)
+        if re.fullmatch(r"[0-9]{1,16}", owner_text)
+        else (chat.id if chat is not None and chat.type == "private" else None)
+    )
     if owner != presser:
         log.info("event=button_refused user=%s data=%r", presser, (query.data or "")[:64])
         await query.answer(NOT_FOR_YOU, show_alert=True)
@@ -105,8 +111,9 @@ async def status_refresh(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     await query.answer()
     text = _status_text(services_of(context), presser)
     if text != (query.message.text_html if isinstance(query.message, Message) else None):
-        await query.edit_message_text(text, parse_mode=ParseMode.HTML,
-                                      reply_markup=_refresh(presser, chat.id if chat else presser))
+        await query.edit_message_text(
+            text, parse_mode=ParseMode.HTML, reply_markup=_refresh(presser, chat.id if chat else presser)
+        )
 
 
 async def jobs(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -128,9 +135,7 @@ async def cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await message_of(update).reply_html(texts.CANCEL_NONE)
         return
     for job_id, amount in cancelled:
-        await message_of(update).reply_html(
-            texts.CANCELLED.format(short=job_id[-8:], amount=texts.rlc(amount))
-        )
+        await message_of(update).reply_html(texts.CANCELLED.format(short=job_id[-8:], amount=texts.rlc(amount)))
 
 
 async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -140,8 +145,14 @@ async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if not n:
         await message_of(update).reply_html(texts.FORGET_NOTHING)
         return
-    buttons = InlineKeyboardMarkup([[InlineKeyboardButton("🗑 Delete", callback_data=f"forget:yes:{user}"),
-                                     InlineKeyboardButton("✖ Keep them", callback_data=f"forget:no:{user}")]])
+    buttons = InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton("🗑 Delete", callback_data=f"forget:yes:{user}"),
+                InlineKeyboardButton("✖ Keep them", callback_data=f"forget:no:{user}"),
+            ]
+        ]
+    )
     await message_of(update).reply_html(texts.FORGET_ASK.format(n=n), reply_markup=buttons)
 
 
@@ -177,9 +188,11 @@ async def detections(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     await svc.pipeline.send_detections(user_of(update).id, job_id)
 
 
-REUSED_MESSAGE_ID = ("⚠️ I could not take this picture: Telegram gave it the number of an earlier message "
-                     "of this chat, which already has job <code>{short}</code>. Nothing was charged; "
-                     "please send the picture again.")
+REUSED_MESSAGE_ID = (
+    "⚠️ I could not take this picture: Telegram gave it the number of an earlier message "
+    "of this chat, which already has job <code>{short}</code>. Nothing was charged; "
+    "please send the picture again."
+)
 
 
 def _fingerprint(kind: str, ref: str) -> str:
@@ -205,8 +218,7 @@ def _same_message(svc: Services, message: Message, job_id: str, fingerprint: str
     return job is None or message.date.timestamp() <= job.created_at / 1000 + 1
 
 
-async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tuple[str, str],
-                 fingerprint: str) -> None:
+async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tuple[str, str], fingerprint: str) -> None:
     """Acknowledge at once, then let the pipeline check the input and start the job in the background.
 
     A message whose job exists already is a redelivery (nothing happens) unless it carries another picture:
@@ -218,11 +230,15 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
     job_id = job_id_of(message.chat_id, message.message_id)
     if svc.pipeline.is_known(message.chat_id, message.message_id):
         if _same_message(svc, message, job_id, fingerprint):
-            log.info("event=replayed_update job=%s chat=%s message=%s", job_id, message.chat_id,
-                     message.message_id)
+            log.info("event=replayed_update job=%s chat=%s message=%s", job_id, message.chat_id, message.message_id)
             return
-        log.warning("event=message_id_reused job=%s chat=%s message=%s update=%s", job_id, message.chat_id,
-                    message.message_id, update.update_id)
+        log.warning(
+            "event=message_id_reused job=%s chat=%s message=%s update=%s",
+            job_id,
+            message.chat_id,
+            message.message_id,
+            update.update_id,
+        )
         await message.reply_html(REUSED_MESSAGE_ID.format(short=job_id[-8:]))
         return
     record = _intake_record(svc, job_id)
@@ -253,8 +269,11 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
     async def take_in() -> None:
         try:
             answered = await svc.pipeline.start_job(
-                user=user_of(update).id, chat=message.chat_id, message_id=message.message_id,
-                status_message_id=ack_id, source=source,
+                user=user_of(update).id,
+                chat=message.chat_id,
+                message_id=message.message_id,
+                status_message_id=ack_id,
+                source=source,
             )
         except LedgerBusy:  # still busy after INTAKE_BUSY_LIMIT_S: the update stays for the next start
             await _left_for_later(svc, job_id, message.chat_id, ack_id, update.update_id)
@@ -270,8 +289,7 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
 
     if inbox is not None:
         inbox.defer(update.update_id)
-    context.application.create_task(take_in(), update=update,
-                                    name=f"intake-{message.chat_id}-{message.message_id}")
+    context.application.create_task(take_in(), update=update, name=f"intake-{message.chat_id}-{message.message_id}")
 
 
 async def _left_for_later(svc: Services, job_id: str, chat: int, ack_id: int, update_id: int) -> None:
@@ -306,9 +324,7 @@ async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     match = URL_RE.search(body)
     if match is None:
         if re.search(r"\b[a-z][a-z0-9+.-]*://", body, re.IGNORECASE):
-            await message_of(update).reply_html(
-                texts.REJECTED.format(reason="Only http:// and https:// links work.")
-            )
+            await message_of(update).reply_html(texts.REJECTED.format(reason="Only http:// and https:// links work."))
         else:
             await message_of(update).reply_html(texts.HINT)
         return
@@ -319,8 +335,11 @@ async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     """Stickers, voice, video, audio...: say what works instead."""
     msg = message_of(update)
     kind = next(
-        (name for name in ("sticker", "voice", "video", "video_note", "audio", "animation", "contact",
-                           "location", "poll") if getattr(msg, name, None)),
+        (
+            name
+            for name in ("sticker", "voice", "video", "video_note", "audio", "animation", "contact", "location", "poll")
+            if getattr(msg, name, None)
+        ),
         "message",
     )
     await msg.reply_html(texts.UNSUPPORTED.format(what=f"A {kind.replace('_', ' ')}"))
@@ -328,8 +347,7 @@ async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 
 async def stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A button press no handler knows (an old message, a forged press): say so instead of spinning."""
-    log.info("event=button_unknown user=%s data=%r", user_of(update).id,
-             (query_of(update).data or "")[:64])
+    log.info("event=button_unknown user=%s data=%r", user_of(update).id, (query_of(update).data or "")[:64])
     await query_of(update).answer("This button no longer works.", show_alert=True)
 
 

@@ -23,6 +23,7 @@ loop. Frame counting is bounded too: a hostile GIF of a million empty frames is 
 What it must never do: let Pillow try a format outside the allow-list (no EPS, no PSD, ...), decode an image
 before its size was checked, change Pillow's process-wide settings, or pass the input's metadata on.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -173,7 +174,11 @@ def check_image(data: bytes, limits: ImageLimits | Settings | None = None) -> Ch
     payload, out_format = _encode(rgb, source_format, limits)
     log.debug(  # the caller logs it with its job id
         "event=image_checked source=%s format=%s size=%dx%d bytes=%d",
-        source_format, out_format, rgb.width, rgb.height, len(payload),
+        source_format,
+        out_format,
+        rgb.width,
+        rgb.height,
+        len(payload),
     )
     return CheckedImage(payload, out_format, rgb.width, rgb.height, _MIME[out_format], source_format)
 
@@ -327,9 +332,7 @@ def _not_an_image(data: bytes) -> ImageRejected:
         return ImageRejected("That image file is damaged or incomplete. Please send it again.")
     kind = _sniff(data)
     what = f" ({kind})" if kind else ""
-    return ImageRejected(
-        f"That file is not an image I can read{what}. Please send a photo in {_FORMAT_NAMES} format."
-    )
+    return ImageRejected(f"That file is not an image I can read{what}. Please send a photo in {_FORMAT_NAMES} format.")
 
 
 # --- frame counting ----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ wait after an error that is not Telegram's). An update that can never be stored 
 instead: stored as handled without a body and logged (`event=update_set_aside`), so that one such update
 cannot hold the others back; it is then not handled (the claim group stops it).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -118,7 +119,7 @@ class UpdateInbox:
             log.info("event=duplicate_update update=%s", uid)
             raise ApplicationHandlerStop
         if len(self._claimed) >= _CLAIMED_MAX:  # ids grow: the oldest half are long confirmed
-            self._claimed = set(sorted(self._claimed)[_CLAIMED_MAX // 2:])
+            self._claimed = set(sorted(self._claimed)[_CLAIMED_MAX // 2 :])
         self._claimed.add(uid)
 
     async def finish(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -143,8 +144,11 @@ class UpdateInbox:
                 log.error("event=inbox_unreadable update=%s error=%r", entry.update_id, str(exc)[:200])
                 self._mark_done(entry.update_id)
                 continue
-            log.info("event=inbox_replay update=%s age_s=%d", entry.update_id,
-                     max(0, int(self.clock() * 1000) - entry.received_at) // 1000)
+            log.info(
+                "event=inbox_replay update=%s age_s=%d",
+                entry.update_id,
+                max(0, int(self.clock() * 1000) - entry.received_at) // 1000,
+            )
             await app.update_queue.put(update)
         log.info("event=inbox_resume updates=%d pruned=%d", len(entries), pruned)
         return len(entries)

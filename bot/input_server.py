@@ -19,6 +19,7 @@ In TEE mode the pipeline publishes only the encrypted photo: here, or on an IPFS
 kubo API the network's upload node speaks), where it is content-addressed, public and cannot be revoked;
 only the enclave that gets the key from the SMS can read it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,8 +56,9 @@ _CID_RE = re.compile(r"[A-Za-z0-9]{20,128}")
 UPLOAD_ANSWER_MAX = 64 * 1024
 
 
-async def upload_to_ipfs(api_url: str, data: bytes, gateway: str, *, timeout: float = 120.0,
-                         session: aiohttp.ClientSession | None = None) -> str:
+async def upload_to_ipfs(
+    api_url: str, data: bytes, gateway: str, *, timeout: float = 120.0, session: aiohttp.ClientSession | None = None
+) -> str:
     """Add `data` to the IPFS node at `api_url` (kubo `POST /api/v0/add`, multipart field `file`) and return
     `<gateway>/ipfs/<Hash>`. Content-addressed: the same bytes give the same URL, so a retry is harmless.
     Raises UploadFailed; the answer body is read with a cap."""
@@ -218,9 +220,7 @@ class InputServer:
         job = str(job_id)
         self.revoke(job)
         token = secrets.token_urlsafe(32)
-        entry = PublishedInput(
-            _key_of(token), job, user_id, name, ctype, len(data), self._clock() + float(ttl)
-        )
+        entry = PublishedInput(_key_of(token), job, user_id, name, ctype, len(data), self._clock() + float(ttl))
         try:
             _write_atomic(self._dir / f"{entry.key}.bin", data)
             _write_atomic(self._dir / f"{entry.key}.json", json.dumps(asdict(entry)).encode())
@@ -253,9 +253,7 @@ class InputServer:
         """The live entry of a job (no token in it), or None."""
         job = str(job_id)
         now = self._clock()
-        return next(
-            (e for e in self._entries.values() if e.job_id == job and e.expires_at > now), None
-        )
+        return next((e for e in self._entries.values() if e.job_id == job and e.expires_at > now), None)
 
     def purge_expired(self) -> int:
         """Delete the files whose time is over. Returns how many."""

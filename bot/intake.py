@@ -27,6 +27,7 @@ shared (CGNAT) and the IPv6 forms that embed an IPv4 address are always refused.
 What it must never do: connect to a refused address, use proxies from the environment, keep cookies, or log
 a URL's path or query (they may carry a user's secret): logs show the host only.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -188,9 +189,7 @@ class FetchPolicy:
 
     def denial(self, address: str | IPv4Address | IPv6Address) -> str | None:
         """`address_denial` under this policy."""
-        return address_denial(
-            address, allow_loopback=self.allow_loopback, allow_private=self.allow_private
-        )
+        return address_denial(address, allow_loopback=self.allow_loopback, allow_private=self.allow_private)
 
 
 _SETTING_NAMES = {
@@ -238,8 +237,7 @@ def check_url(url: str | URL, policy: FetchPolicy | None = None) -> URL:
         raise InputRejected(_NOT_A_LINK if not url.scheme else "I only fetch http:// and https:// links.")
     if url.raw_user or url.raw_password:
         raise InputRejected(
-            "Links with a user name or password in them are not accepted. "
-            "Send a public link to the image."
+            "Links with a user name or password in them are not accepted. Send a public link to the image."
         )
     host = (url.host or "").rstrip(".").lower()
     try:
@@ -307,7 +305,11 @@ class _GuardedResolver(AbstractResolver):
                 raise _AddressRefused(reason)
             results.append(
                 ResolveResult(
-                    hostname=host, host=address, port=int(sockaddr[1]), family=fam, proto=proto,
+                    hostname=host,
+                    host=address,
+                    port=int(sockaddr[1]),
+                    family=fam,
+                    proto=proto,
                     flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
                 )
             )
@@ -399,13 +401,9 @@ async def _follow(session: aiohttp.ClientSession, target: URL, policy: FetchPoli
         except aiohttp.ClientConnectorError as exc:
             raise _connect_error(exc) from None
         except aiohttp.ClientError:
-            raise InputRejected(
-                "The download failed. Check the link, or send the image itself."
-            ) from None
+            raise InputRejected("The download failed. Check the link, or send the image itself.") from None
         return data
-    raise InputRejected(
-        f"That link redirects more than {policy.max_redirects} times. Send a direct link to the image."
-    )
+    raise InputRejected(f"That link redirects more than {policy.max_redirects} times. Send a direct link to the image.")
 
 
 def _redirect_target(resp: aiohttp.ClientResponse, policy: FetchPolicy) -> URL:
@@ -459,8 +457,9 @@ async def _read_limited(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
 async def _check_is_image(data: bytes, policy: FetchPolicy) -> None:
     """The header says an accepted image of a deliverable shape (on the image threads: a GIF's frames are
     counted there, and a page of HTML is sniffed there too)."""
-    limits = images.ImageLimits(max_bytes=policy.max_bytes, max_pixels=policy.max_pixels,
-                                max_aspect=policy.max_aspect, min_side=policy.min_side)
+    limits = images.ImageLimits(
+        max_bytes=policy.max_bytes, max_pixels=policy.max_pixels, max_aspect=policy.max_aspect, min_side=policy.min_side
+    )
     await images.identify_async(data, limits)
 
 
@@ -486,8 +485,12 @@ class DownloadLimiter:
     One limiter per event loop (the pipeline owns one). Use: `async with limiter.slot(user): ...`.
     """
 
-    def __init__(self, per_user: int = DEFAULT_DOWNLOADS_PER_USER, overall: int = DEFAULT_DOWNLOADS_OVERALL,
-                 max_waiting: int = DEFAULT_DOWNLOADS_WAITING) -> None:
+    def __init__(
+        self,
+        per_user: int = DEFAULT_DOWNLOADS_PER_USER,
+        overall: int = DEFAULT_DOWNLOADS_OVERALL,
+        max_waiting: int = DEFAULT_DOWNLOADS_WAITING,
+    ) -> None:
         if per_user <= 0 or overall <= 0 or max_waiting < 0:
             raise ValueError("download limits must be positive (max_waiting may be 0)")
         self.per_user, self.overall, self.max_waiting = per_user, overall, max_waiting
@@ -497,13 +500,16 @@ class DownloadLimiter:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> DownloadLimiter:
         """Read duck-typed: `max_downloads_per_user`, `max_downloads`, `max_downloads_waiting_per_user`."""
+
         def get(name: str, default: int) -> int:
             value = getattr(settings, name, None)
             return default if value is None else int(value)
 
-        return cls(get("max_downloads_per_user", DEFAULT_DOWNLOADS_PER_USER),
-                   get("max_downloads", DEFAULT_DOWNLOADS_OVERALL),
-                   get("max_downloads_waiting_per_user", DEFAULT_DOWNLOADS_WAITING))
+        return cls(
+            get("max_downloads_per_user", DEFAULT_DOWNLOADS_PER_USER),
+            get("max_downloads", DEFAULT_DOWNLOADS_OVERALL),
+            get("max_downloads_waiting_per_user", DEFAULT_DOWNLOADS_WAITING),
+        )
 
     def pending(self, user: Any) -> int:
         """The user's downloads running or waiting now."""

@@ -131,7 +131,7 @@ class Linking:
             "<b>EIP-712</b> (preferred; MetaMask: <code>eth_signTypedData_v4</code>, e.g. on a page such as "
             "the MyCrypto or Etherscan verified-signature tool, or <code>cast wallet sign --data</code>):\n"
             f"<code>{html.escape(typed)}</code>\n\n"
-            "<b>Or as plain text</b> (personal_sign, \"Sign message\" in most wallets):\n"
+            '<b>Or as plain text</b> (personal_sign, "Sign message" in most wallets):\n'
             f"<code>{html.escape(request.text())}</code>\n\n"
             "Then send the signature here, or <code>/link 0xYOURADDRESS 0xSIGNATURE</code> "
             "(the address is needed for a plain-text signature)."

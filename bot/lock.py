@@ -3,6 +3,7 @@
 The lock is an `fcntl.flock` on a file beside the books, so it is released by the kernel when the process
 dies, even by SIGKILL: a crash never leaves a stale lock that blocks the restart.
 """
+
 from __future__ import annotations
 
 import fcntl

@@ -5,6 +5,7 @@ URLs often carry an API key in their path or query. `install_logging` adds a fil
 record's final text, so neither reaches a log whatever library printed it, and turns httpx's request lines
 down to WARNING.
 """
+
 from __future__ import annotations
 
 import logging

@@ -34,6 +34,7 @@ which uses the pipeline's public `drive` and `refund`; reading a downloaded resu
 
 Never here: a Telegram token (the bot downloads photos itself), floats for money, or long work in a handler.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -108,9 +109,18 @@ def job_id_of(chat: int, message_id: int) -> str:
 class Pipeline:
     """Owns every job in flight: one asyncio task per job, resumed from the books at start-up."""
 
-    def __init__(self, settings: Settings, ledger: Ledger, chain: ChainGateway, inputs: Any, bot: Any,
-                 board: Any, *, clock: Callable[[], float] = time.time,
-                 crash_points: CrashPoints | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        chain: ChainGateway,
+        inputs: Any,
+        bot: Any,
+        board: Any,
+        *,
+        clock: Callable[[], float] = time.time,
+        crash_points: CrashPoints | None = None,
+    ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.chain = chain
@@ -143,8 +153,9 @@ class Pipeline:
             JobState.RUNNING: self._step_running,
             JobState.COMPLETED: self._step_completed,
         }
-        self.endings = Endings(ledger, bot, board, clock=clock, retry_delays=self.retry_delays,
-                               crash_point=self.crash_point)
+        self.endings = Endings(
+            ledger, bot, board, clock=clock, retry_delays=self.retry_delays, crash_point=self.crash_point
+        )
         self.uploads_dir = Path(settings.data_dir) / "uploads"
 
     # ------------------------------------------------------------------------------------ life cycle
@@ -189,6 +200,7 @@ class Pipeline:
             if not self._stopping and self._tasks.get(job_id) is task:
                 log.warning("event=driver_restarted job=%s", job_id)
                 self.drive(job_id)
+
         self._restarts[job_id] = asyncio.get_running_loop().call_later(self.driver_restart_s, restart)
 
     def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
@@ -238,8 +250,9 @@ class Pipeline:
             return texts.NO_CREDIT.format(available=texts.rlc(available), price=texts.rlc(s.max_price_nrlc))
         return None
 
-    async def start_job(self, *, user: int, chat: int, message_id: int, status_message_id: int,
-                        source: tuple[str, str]) -> bool:
+    async def start_job(
+        self, *, user: int, chat: int, message_id: int, status_message_id: int, source: tuple[str, str]
+    ) -> bool:
         """Download and check the input, then create the job and its reservation in one transaction.
 
         Returns True once the message is answered for good (the job exists, or the user can read why
@@ -250,8 +263,9 @@ class Pipeline:
         self._intakes.add(job_id)
         log.info("event=intake job=%s user=%s source=%s", job_id, user, source[0])
         try:
-            return await self._take_in(job_id, user=user, chat=chat, message_id=message_id,
-                                       status_message_id=status_message_id, source=source)
+            return await self._take_in(
+                job_id, user=user, chat=chat, message_id=message_id, status_message_id=status_message_id, source=source
+            )
         finally:
             self._intakes.discard(job_id)
 
@@ -265,8 +279,9 @@ class Pipeline:
         job_id = job_id_of(chat, message_id)
         return job_id in self._intakes or self.ledger.get_job(job_id) is not None
 
-    async def _take_in(self, job_id: str, *, user: int, chat: int, message_id: int, status_message_id: int,
-                       source: tuple[str, str]) -> bool:
+    async def _take_in(
+        self, job_id: str, *, user: int, chat: int, message_id: int, status_message_id: int, source: tuple[str, str]
+    ) -> bool:
         try:
             async with self.downloads.slot(user):
                 data = await self._download(source)
@@ -276,8 +291,9 @@ class Pipeline:
             return await self._refuse(job_id, chat, status_message_id, texts.REJECTED.format(reason=str(exc)))
         except TelegramError as exc:
             log.info("event=download_failed job=%s error=%r", job_id, str(exc)[:200])
-            return await self._refuse(job_id, chat, status_message_id,
-                                      texts.REJECTED.format(reason=texts.DOWNLOAD_FAILED))
+            return await self._refuse(
+                job_id, chat, status_message_id, texts.REJECTED.format(reason=texts.DOWNLOAD_FAILED)
+            )
         refusal = self.refusal_before_download(user)
         if refusal:  # the limits are checked again: several pictures may have been sent at once
             log.info("event=intake_over_limit job=%s user=%s", job_id, user)
@@ -287,18 +303,36 @@ class Pipeline:
         path.write_bytes(image.data)
         try:
             job = await self.when_free(
-                self.ledger.create_job, job_id, user, chat, self.settings.max_price_nrlc, user_message_id=message_id,
-                status_message_id=status_message_id, input_ref=str(path),
+                self.ledger.create_job,
+                job_id,
+                user,
+                chat,
+                self.settings.max_price_nrlc,
+                user_message_id=message_id,
+                status_message_id=status_message_id,
+                input_ref=str(path),
                 options={"args": self.settings.worker_args},
             )
         except InsufficientFunds:
             path.unlink(missing_ok=True)
             available = self.ledger.balance(user).available
             log.info("event=intake_no_credit job=%s user=%s available=%d", job_id, user, available)
-            return await self._refuse(job_id, chat, status_message_id, texts.NO_CREDIT.format(
-                available=texts.rlc(available), price=texts.rlc(self.settings.max_price_nrlc)))
-        log.info("event=job_created job=%s user=%s reserved=%d source_format=%s size=%dx%d bytes=%d", job.id, user,
-                 self.settings.max_price_nrlc, image.source_format, image.width, image.height, len(image.data))
+            return await self._refuse(
+                job_id,
+                chat,
+                status_message_id,
+                texts.NO_CREDIT.format(available=texts.rlc(available), price=texts.rlc(self.settings.max_price_nrlc)),
+            )
+        log.info(
+            "event=job_created job=%s user=%s reserved=%d source_format=%s size=%dx%d bytes=%d",
+            job.id,
+            user,
+            self.settings.max_price_nrlc,
+            image.source_format,
+            image.width,
+            image.height,
+            len(image.data),
+        )
         self.crash_point("after_reserve")
         self._show(job, reserved=texts.rlc(self.settings.max_price_nrlc))
         self.drive(job.id)
@@ -316,8 +350,9 @@ class Pipeline:
             return await fetch_image(ref, self.settings)
         tg_file = await self.bot.get_file(ref)
         if tg_file.file_size and tg_file.file_size > self.settings.max_image_bytes:
-            raise InputRejected("That file is too large (the limit is "
-                                f"{self.settings.max_image_bytes // (1024 * 1024)} MB).")
+            raise InputRejected(
+                f"That file is too large (the limit is {self.settings.max_image_bytes // (1024 * 1024)} MB)."
+            )
         buffer = io.BytesIO()
         await tg_file.download_to_memory(buffer)
         return buffer.getvalue()
@@ -358,8 +393,9 @@ class Pipeline:
                 # again; nothing was lost because every step starts from what the books say.
                 delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
                 failures += 1
-                log.warning("event=step_retry job=%s state=%s error=%r delay=%s", job_id, job.state.value,
-                            str(exc)[:300], delay)
+                log.warning(
+                    "event=step_retry job=%s state=%s error=%r delay=%s", job_id, job.state.value, str(exc)[:300], delay
+                )
                 await asyncio.sleep(delay)
             except Exception as exc:  # an unexpected bug must not lose the job
                 log.exception("event=step_crashed job=%s state=%s", job_id, job.state.value)
@@ -379,8 +415,9 @@ class Pipeline:
                     log.warning("event=hold_retry job=%s error=%r", job_id, str(exc)[:300])
                     await asyncio.sleep(self.retry_delays[min(failures, len(self.retry_delays) - 1)])
 
-    async def _slow_down_if_spinning(self, job: Job, last: tuple[Any, ...] | None,
-                                     unchanged: collections.deque[float]) -> None:
+    async def _slow_down_if_spinning(
+        self, job: Job, last: tuple[Any, ...] | None, unchanged: collections.deque[float]
+    ) -> None:
         """Sleep when the steps keep returning at once without changing the job (a missing wait)."""
         if (job.state, job.updated_at) != last:
             unchanged.clear()
@@ -388,8 +425,14 @@ class Pipeline:
         now = time.monotonic()
         unchanged.append(now)
         if len(unchanged) == unchanged.maxlen and now - unchanged[0] < SPIN_WINDOW_S:
-            log.warning("event=step_spinning job=%s state=%s returns=%d within_s=%.3f pause_s=%s", job.id,
-                        job.state.value, len(unchanged), now - unchanged[0], SPIN_PAUSE_S)
+            log.warning(
+                "event=step_spinning job=%s state=%s returns=%d within_s=%.3f pause_s=%s",
+                job.id,
+                job.state.value,
+                len(unchanged),
+                now - unchanged[0],
+                SPIN_PAUSE_S,
+            )
             unchanged.clear()
             await asyncio.sleep(SPIN_PAUSE_S)
 
@@ -401,12 +444,15 @@ class Pipeline:
         if self.chain.tee:
             url = await self._publish_encrypted(job, data, ttl)
         else:
-            url = self.inputs.publish(job.id, data, ttl, user_id=job.user_id,
-                                      name="input" + input_path.suffix)
+            url = self.inputs.publish(job.id, data, ttl, user_id=job.user_id, name="input" + input_path.suffix)
         order = await self.chain.sign_request_order(job.id, url, job.options.get("args", self.settings.worker_args))
-        self.ledger.transition(job.id, JobState.RECEIVED, JobState.ORDER_SIGNED,
-                               request_order=order.to_market_json(),
-                               order_hash="0x" + order.hash(await self.chain.domain()).hex())
+        self.ledger.transition(
+            job.id,
+            JobState.RECEIVED,
+            JobState.ORDER_SIGNED,
+            request_order=order.to_market_json(),
+            order_hash="0x" + order.hash(await self.chain.domain()).hex(),
+        )
         self.crash_point("after_sign")
         self._show(self.ledger.get_job(job.id))
 
@@ -424,8 +470,9 @@ class Pipeline:
             url = await upload_to_ipfs(upload, blob, self.chain.network.ipfs_gateway)
             log.info("event=input_uploaded job=%s bytes=%d where=ipfs", job.id, len(blob))
         else:
-            url = self.inputs.publish(job.id, blob, ttl, user_id=job.user_id, name="input.bin",
-                                      content_type="application/octet-stream")
+            url = self.inputs.publish(
+                job.id, blob, ttl, user_id=job.user_id, name="input.bin", content_type="application/octet-stream"
+            )
         name = secret_name(job.id)
         if self.ledger.record_event("input_secret", job.id, {"name": name}):
             self.crash_point("before_secret")
@@ -444,8 +491,7 @@ class Pipeline:
             if self.clock() - job.created_at / 1000 > self.settings.match_timeout_s:
                 reason = "no_stake" if exc.no_stake else "no_offer"
                 if exc.no_stake:
-                    await self.notify_admins(f"⚠️ Hub stake too low to match job {job.id}: "
-                                             f"{html.escape(str(exc))}")
+                    await self.notify_admins(f"⚠️ Hub stake too low to match job {job.id}: {html.escape(str(exc))}")
                 await self.refund(job, Refund(reason))
                 return
             await asyncio.sleep(self.settings.poll_interval_s)
@@ -479,15 +525,28 @@ class Pipeline:
                 return
         deal = await self.chain.known_deal(deal_id)  # read again a few times while the chain says unknown
         if int(deal.requester, 16) == 0:
-            raise NeedsAdmin(f"the chain does not know deal {deal_id} of job {job.id} although its request "
-                             "order is consumed: was the chain reset?")
+            raise NeedsAdmin(
+                f"the chain does not know deal {deal_id} of job {job.id} although its request "
+                "order is consumed: was the chain reset?"
+            )
         if deal.requester.lower() != self.chain.address.lower():
             raise NeedsAdmin(f"deal {deal_id} of job {job.id} is not ours")
-        self.ledger.transition(job.id, JobState.MATCHING, JobState.MATCHED, deal_id=deal_id,
-                               task_id=self.chain.task_id(deal_id), app_price=deal.app_price,
-                               workerpool_price=deal.workerpool_price)
-        log.info("event=matched job=%s deal=%s app_price=%d pool_price=%d", job.id, deal_id, deal.app_price,
-                 deal.workerpool_price)
+        self.ledger.transition(
+            job.id,
+            JobState.MATCHING,
+            JobState.MATCHED,
+            deal_id=deal_id,
+            task_id=self.chain.task_id(deal_id),
+            app_price=deal.app_price,
+            workerpool_price=deal.workerpool_price,
+        )
+        log.info(
+            "event=matched job=%s deal=%s app_price=%d pool_price=%d",
+            job.id,
+            deal_id,
+            deal.app_price,
+            deal.workerpool_price,
+        )
         self.crash_point("after_deal")
         self._show(self.ledger.get_job(job.id))
         await self._check_funds()
@@ -533,13 +592,16 @@ class Pipeline:
             await asyncio.sleep(self.settings.poll_interval_s)
             if (await self.chain.reread_task(deal_id, task_id)).kind != TaskKind.WAITING:
                 return
-            raise NeedsAdmin(f"the chain says task {job.task_id} of job {job.id} is not started although the "
-                             "books saw it start: was the chain reset?")
+            raise NeedsAdmin(
+                f"the chain says task {job.task_id} of job {job.id} is not started although the "
+                "books saw it start: was the chain reset?"
+            )
         elif event.kind == known:
             self._show(job)
         else:  # a kind this code does not know: never call wait_task again at once
-            raise NeedsAdmin(f"the chain reports task {job.task_id} as {event.kind.value!r} while the job is "
-                             f"{job.state.value}")
+            raise NeedsAdmin(
+                f"the chain reports task {job.task_id} as {event.kind.value!r} while the job is {job.state.value}"
+            )
 
     async def _warn_not_started(self, job: Job, event: TaskEvent) -> None:
         waited = self.clock() - job.state_times.get("MATCHED", job.updated_at) / 1000
@@ -561,8 +623,9 @@ class Pipeline:
             # An encrypted result our key does not open (or one we have no key for) stays so: refunded, the
             # operator pays the task, never tried again.
             log.warning("event=result_undecryptable job=%s error=%r", job.id, str(exc)[:200])
-            await self.refund(job, Refund("bad_result", "it could not be decrypted with the bot's key",
-                                           operator_pays=True))
+            await self.refund(
+                job, Refund("bad_result", "it could not be decrypted with the bot's key", operator_pays=True)
+            )
             return
         except (ResultLocationError, UnsafeArchive) as exc:
             await self.refund(job, Refund("bad_result", str(exc), operator_pays=True))
@@ -572,8 +635,7 @@ class Pipeline:
             attempts = job.attempts + 1
             self.ledger.update_job(job.id, attempts=attempts)
             if attempts >= self.result_attempts:
-                await self.refund(job, Refund("bad_result", "the result could not be downloaded",
-                                               operator_pays=True))
+                await self.refund(job, Refund("bad_result", "the result could not be downloaded", operator_pays=True))
                 return
             raise
         if not result.ok:
@@ -586,8 +648,13 @@ class Pipeline:
             return
         self.crash_point("after_download")
         price = _task_price(job)
-        self.ledger.complete_job(job.id, f"{job.id}:post", price, fee=self.settings.fee_nrlc,
-                                 result_ref=str(result_image(result.deterministic_output)))
+        self.ledger.complete_job(
+            job.id,
+            f"{job.id}:post",
+            price,
+            fee=self.settings.fee_nrlc,
+            result_ref=str(result_image(result.deterministic_output)),
+        )
         log.info("event=settled job=%s charged=%d", job.id, price + self.settings.fee_nrlc)
         self.crash_point("after_settle")
         # The job's encrypted photo stops being served by our input server (one uploaded to IPFS stays there,
@@ -600,9 +667,12 @@ class Pipeline:
         """Send the result (at least once), then record it."""
         path = Path(_needs(job.result_ref, "result", job))
         detections = read_detections(path.parent)
-        caption = texts.result_caption((d.get("class_name", "?") for d in detections),
-                                       random_weights=made_with_random_weights(path.parent),
-                                       task=_task_price(job), fee=self.settings.fee_nrlc)
+        caption = texts.result_caption(
+            (d.get("class_name", "?") for d in detections),
+            random_weights=made_with_random_weights(path.parent),
+            task=_task_price(job),
+            fee=self.settings.fee_nrlc,
+        )
         markup = InlineKeyboardMarkup([[InlineKeyboardButton("detections.json", callback_data=f"det:{job.id}")]])
         data = path.read_bytes()
         note = ""
@@ -610,25 +680,26 @@ class Pipeline:
             try:
                 note = await self._send_result(job, job.chat_id, data, path.name, caption, markup)
             except ChatMigrated as exc:  # a group became a supergroup: its new id takes the reply
-                log.info("event=chat_migrated job=%s chat=%s new_chat=%s", job.id, job.chat_id,
-                         exc.new_chat_id)
-                note = await self._send_result(job, exc.new_chat_id, data, path.name, caption, markup,
-                                               reply=False)
+                log.info("event=chat_migrated job=%s chat=%s new_chat=%s", job.id, job.chat_id, exc.new_chat_id)
+                note = await self._send_result(job, exc.new_chat_id, data, path.name, caption, markup, reply=False)
         except Forbidden:
             log.info("event=user_blocked_bot job=%s", job.id)  # paid for the work done, reply impossible
             note = "not sent: the user blocked the bot"
         except ChatMigrated as exc:
-            raise NeedsAdmin(f"the result could not be sent: the chat moved twice ({exc}); the job was "
-                             "charged") from None
+            raise NeedsAdmin(
+                f"the result could not be sent: the chat moved twice ({exc}); the job was charged"
+            ) from None
         self.crash_point("after_reply")
-        self.ledger.transition(job.id, JobState.COMPLETED, JobState.DELIVERED,
-                               **({"error": note[:500]} if note else {}))
+        self.ledger.transition(
+            job.id, JobState.COMPLETED, JobState.DELIVERED, **({"error": note[:500]} if note else {})
+        )
         took = self.clock() - job.created_at / 1000
         self._show(self.ledger.get_job(job.id), elapsed=texts.elapsed(took))
         log.info("event=delivered job=%s seconds=%.1f", job.id, took)
 
-    async def _send_result(self, job: Job, chat: int, data: bytes, name: str, caption: str, markup: Any, *,
-                           reply: bool = True) -> str:
+    async def _send_result(
+        self, job: Job, chat: int, data: bytes, name: str, caption: str, markup: Any, *, reply: bool = True
+    ) -> str:
         """Send the result as a photo, else as a file, else the caption as a text saying the picture could
         not be sent; returns a note for the books ("" when it went as planned).
 
@@ -640,11 +711,21 @@ class Pipeline:
 
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
-        forms = [form for form, fits in (
-            ("photo", len(data) <= PHOTO_MAX_BYTES and width + height <= PHOTO_MAX_SIDES),
-            ("document", len(data) <= DOCUMENT_MAX_BYTES)) if fits]
-        kwargs = dict(chat_id=chat, caption=caption, reply_to_message_id=job.user_message_id if reply else None,
-                      reply_markup=markup, allow_sending_without_reply=True)
+        forms = [
+            form
+            for form, fits in (
+                ("photo", len(data) <= PHOTO_MAX_BYTES and width + height <= PHOTO_MAX_SIDES),
+                ("document", len(data) <= DOCUMENT_MAX_BYTES),
+            )
+            if fits
+        ]
+        kwargs = dict(
+            chat_id=chat,
+            caption=caption,
+            reply_to_message_id=job.user_message_id if reply else None,
+            reply_markup=markup,
+            allow_sending_without_reply=True,
+        )
         refusals: list[str] = []
         for form in forms:
             try:
@@ -660,14 +741,20 @@ class Pipeline:
         why = refusals[-1].partition(": ")[2][:120] if refusals else "it is too large to send"
         text = f"{caption}\n\n{texts.PICTURE_NOT_SENT.format(why=why, short=job.id[-8:])}"
         try:
-            await self.bot.send_message(chat_id=chat, text=text, reply_markup=markup,
-                                        reply_to_message_id=kwargs["reply_to_message_id"],
-                                        allow_sending_without_reply=True)
+            await self.bot.send_message(
+                chat_id=chat,
+                text=text,
+                reply_markup=markup,
+                reply_to_message_id=kwargs["reply_to_message_id"],
+                allow_sending_without_reply=True,
+            )
         except BadRequest as exc:
             log.warning("event=result_refused job=%s form=text error=%r", job.id, str(exc)[:200])
             refusals.append(f"text refused: {exc}")
-            raise NeedsAdmin("Telegram refused the result (" + "; ".join(refusals) + "); the job was "
-                             "charged: send it by other means or refund it") from None
+            raise NeedsAdmin(
+                "Telegram refused the result (" + "; ".join(refusals) + "); the job was "
+                "charged: send it by other means or refund it"
+            ) from None
         self.board.touch(chat)
         log.warning("event=result_sent_as_text job=%s refusals=%r", job.id, "; ".join(refusals)[:300])
         return "picture not sent, caption sent as text: " + "; ".join(refusals)
@@ -679,8 +766,9 @@ class Pipeline:
         if why.operator_pays and job.app_price is not None and job.workerpool_price is not None:
             # The task was paid on chain: book that spending and pay the user back from the operator's
             # refund expense, in the same transaction as REFUNDED.
-            self.ledger.refund_paid_job(job.id, f"{job.id}:post", f"{job.id}:refund",
-                                        job.app_price + job.workerpool_price, error=why.error)
+            self.ledger.refund_paid_job(
+                job.id, f"{job.id}:post", f"{job.id}:refund", job.app_price + job.workerpool_price, error=why.error
+            )
         else:
             self.ledger.refund_job(job.id, f"{job.id}:refund", error=why.error)
         self.inputs.revoke(job.id)  # see _take_result: what becomes of a TEE job's key and encrypted input
@@ -739,8 +827,14 @@ class Pipeline:
         """Edit the job's status message to its stage (with the time so far while it works)."""
         if job is None or not job.status_message_id:
             return
-        fmt = dict(reserved=texts.rlc(job.max_price), deal=(job.deal_id or "")[:10] + "…",
-                   elapsed="", charged="", reason="", money="")
+        fmt = dict(
+            reserved=texts.rlc(job.max_price),
+            deal=(job.deal_id or "")[:10] + "…",
+            elapsed="",
+            charged="",
+            reason="",
+            money="",
+        )
         if job.state is JobState.NEEDS_ADMIN:
             fmt["money"] = self.endings.held_money(job)
         fmt.update(values)
@@ -754,11 +848,13 @@ class Pipeline:
 
     def _chat_action(self, chat: int) -> None:
         """Show "sending a photo…" in the chat while the job works (best effort, in the background)."""
+
         async def send() -> None:
             try:
                 await self.bot.send_chat_action(chat_id=chat, action="upload_photo")
             except TelegramError as exc:
                 log.debug("event=chat_action_failed chat=%s error=%r", chat, str(exc))
+
         self._in_background(send())
 
     async def _check_funds(self) -> None:
@@ -807,8 +903,11 @@ class Pipeline:
         found = []
         for job in self.ledger.user_jobs(user, limit=10_000):
             if job.state.is_terminal():
-                paths = [p for p in (Path(job.input_ref) if job.input_ref else None, self.results_dir / job.id)
-                         if p is not None and p.exists()]
+                paths = [
+                    p
+                    for p in (Path(job.input_ref) if job.input_ref else None, self.results_dir / job.id)
+                    if p is not None and p.exists()
+                ]
                 found.append((job, paths))
         return found
 
@@ -834,7 +933,11 @@ class Pipeline:
         if not path.exists():
             await self._send_text(job.chat_id, texts.DETECTIONS_GONE)
             return
-        await self.bot.send_document(chat_id=job.chat_id, document=path.read_bytes(),
-                                     filename="detections.json", reply_to_message_id=job.user_message_id,
-                                     allow_sending_without_reply=True)
+        await self.bot.send_document(
+            chat_id=job.chat_id,
+            document=path.read_bytes(),
+            filename="detections.json",
+            reply_to_message_id=job.user_message_id,
+            allow_sending_without_reply=True,
+        )
         self.board.touch(job.chat_id)

@@ -24,8 +24,7 @@ class ChatRateLimiter(AIORateLimiter):
     difference between when a request leaves here and when Telegram counts it.
     """
 
-    def __init__(self, *, per_second: float = 0.9, burst: int = 2, overall_per_second: int = 28,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, per_second: float = 0.9, burst: int = 2, overall_per_second: int = 28, **kwargs: Any) -> None:
         # PTB's overall limiter is a leaky bucket that lets a full burst through on top of its rate (up to
         # twice the rate within one second); Telegram counts a sliding second, so this one does too.
         super().__init__(overall_max_rate=0, overall_time_period=0, **kwargs)
@@ -86,8 +85,15 @@ class ChatRateLimiter(AIORateLimiter):
             for c in full[:2048]:
                 self._buckets.pop(c, None)
 
-    async def process_request(self, callback: Any, args: Any, kwargs: dict[str, Any], endpoint: str,
-                              data: dict[str, Any], rate_limit_args: int | None) -> Any:
+    async def process_request(
+        self,
+        callback: Any,
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: int | None,
+    ) -> Any:
         chat_id = data.get("chat_id")
         try:
             chat = int(chat_id) if chat_id is not None else 0
@@ -116,8 +122,15 @@ class ChatRateLimiter(AIORateLimiter):
             else:
                 self._locks[chat] = (lock, users - 1)
 
-    async def _send(self, callback: Any, args: Any, kwargs: dict[str, Any], endpoint: str,
-                    data: dict[str, Any], rate_limit_args: int | None) -> Any:
+    async def _send(
+        self,
+        callback: Any,
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: int | None,
+    ) -> Any:
         # Edits of status messages leave room for new replies (acknowledgements) when the bot is busy.
         edit = endpoint.lower().startswith("edit")
         await self._take_overall(self.overall_per_second - (8 if edit else 0))

@@ -4,6 +4,7 @@ The pipeline downloads and unzips a result into its own folder (`data_dir/result
 only read that folder. They never download anything and never trust the worker's output: a missing picture
 holds the job for an admin, and unreadable detections make an empty list (the caption must not fail).
 """
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 
 Handlers take everything from here instead of globals, so tests can run several bots in one process.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

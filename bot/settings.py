@@ -10,6 +10,7 @@ the photo is published encrypted, its key goes to the SMS as a requester secret 
 encrypted to the bot's RSA key (`result_key_path`). `auto` follows the preset (on where the network's
 workerpools run TDX only); the devnet runs both kinds, so it is off there unless `TEE_MODE=on`.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,9 +32,7 @@ IPFS_UPLOAD_OFF = ("none", "off")
 class Settings(BaseSettings):
     """Everything the bot can be told. Amounts are integers in nRLC (1 RLC = 10^9 nRLC)."""
 
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
 
     # Telegram
     telegram_token: SecretStr | None = None
@@ -145,8 +144,10 @@ class Settings(BaseSettings):
                 raise ValueError("WEBHOOK_URL must be an https:// URL")
         self.resolved_network  # noqa: B018 - raises for an unknown or unconsented network
         if not self.tee and tag_to_int(self.tag) & Tag.TEE:
-            raise ValueError("TAG has the TEE bit but TEE mode is off: set TEE_MODE=on (a TEE deal needs the "
-                             "encrypted-input path) or clear the TEE bit of TAG")
+            raise ValueError(
+                "TAG has the TEE bit but TEE mode is off: set TEE_MODE=on (a TEE deal needs the "
+                "encrypted-input path) or clear the TEE bit of TAG"
+            )
         return self
 
     @cached_property

@@ -62,8 +62,9 @@ class StatusBoard:
                 await asyncio.sleep(wait)
             queue.last_sent = time.monotonic()
             try:
-                await self.bot.edit_message_text(chat_id=chat_id, message_id=message_id, text=text,
-                                                 parse_mode="HTML", reply_markup=reply_markup)
+                await self.bot.edit_message_text(
+                    chat_id=chat_id, message_id=message_id, text=text, parse_mode="HTML", reply_markup=reply_markup
+                )
                 self.edits_sent += 1
                 return True
             except BadRequest as exc:
@@ -75,8 +76,13 @@ class StatusBoard:
                 log.info("event=status_edit_forbidden chat=%s", chat_id)
                 return True
             except TelegramError as exc:
-                log.warning("event=status_edit_failed chat=%s message=%s error=%r retry_in=%s", chat_id,
-                            message_id, str(exc), delay)
+                log.warning(
+                    "event=status_edit_failed chat=%s message=%s error=%r retry_in=%s",
+                    chat_id,
+                    message_id,
+                    str(exc),
+                    delay,
+                )
                 if delay is None:
                     return False
                 await asyncio.sleep(delay)

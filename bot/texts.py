@@ -3,6 +3,7 @@
 Texts say what happened and what to do next in plain words; they never contain a secret, a raw exception
 or an internal id other than the job's short id.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -16,8 +17,15 @@ from ledger import Job, JobState
 
 NRLC = 10**9
 
-_IRREGULAR = {"person": "persons", "mouse": "mice", "knife": "knives", "sheep": "sheep", "skis": "skis",
-              "scissors": "scissors", "broccoli": "broccoli"}
+_IRREGULAR = {
+    "person": "persons",
+    "mouse": "mice",
+    "knife": "knives",
+    "sheep": "sheep",
+    "skis": "skis",
+    "scissors": "scissors",
+    "broccoli": "broccoli",
+}
 
 
 def rlc(nrlc: int) -> str:
@@ -156,9 +164,7 @@ HELD_RESERVED = "Your money is safe (reserved, not spent)."
 HELD_CHARGED = "The task was done and charged; the operator will get the result to you or refund it."
 HELD = "⚠️ Your job <code>{short}</code> is held for an operator, who has been told. {money}"
 REFUND_NOTICE = "↩️ Job <code>{short}</code> was refunded in full: {reason} Nothing was charged."
-PICTURE_NOT_SENT = (
-    "⚠️ The picture could not be sent: Telegram refused it ({why}). Ask the operator for job {short}."
-)
+PICTURE_NOT_SENT = "⚠️ The picture could not be sent: Telegram refused it ({why}). Ask the operator for job {short}."
 WORKING = "⏱ {elapsed} so far · job <code>{short}</code> · /status"
 DOWNLOAD_FAILED = "I could not download that file from Telegram (it may be over Telegram's 20 MB limit)."
 DETECTIONS_GONE = "The detections of that job are no longer stored (deleted with /forget)."
@@ -179,8 +185,7 @@ FORGET_NOTHING = "I keep no pictures or results of yours; nothing to delete."
 FORGET_KEPT = "Nothing deleted."
 FORGET_DONE = "Deleted {n} stored pictures and results. Your balance and job amounts stay in the books."
 ALREADY_DONE = "Already done (this confirmation was used before); nothing was done twice."
-STAKE_FAILED_BEFORE = ("This {kind} failed when it was confirmed, and nothing moved. "
-                       "Send /{kind} again to try again.")
+STAKE_FAILED_BEFORE = "This {kind} failed when it was confirmed, and nothing moved. Send /{kind} again to try again."
 UNKNOWN_COMMAND = "I don't know that command. /help lists what I can do."
 ERROR = "Sorry, something went wrong on my side. Nothing was charged twice; try again in a minute."
 INTAKE_BUSY = (
@@ -211,9 +216,16 @@ CHARGED = "Charged {charged} (task {task} + fee {fee})."
 
 HINT = "Send me a photo, an image file or an http(s) link to an image, and I will segment it. /help for more."
 STAGE_NAMES = {
-    "RECEIVED": "received", "ORDER_SIGNED": "looking for a worker", "MATCHING": "buying the task",
-    "MATCHED": "waiting for the worker", "RUNNING": "segmenting", "COMPLETED": "sending the result",
-    "DELIVERED": "delivered", "REFUNDED": "refunded", "CANCELLED": "cancelled", "NEEDS_ADMIN": "held for an operator",
+    "RECEIVED": "received",
+    "ORDER_SIGNED": "looking for a worker",
+    "MATCHING": "buying the task",
+    "MATCHED": "waiting for the worker",
+    "RUNNING": "segmenting",
+    "COMPLETED": "sending the result",
+    "DELIVERED": "delivered",
+    "REFUNDED": "refunded",
+    "CANCELLED": "cancelled",
+    "NEEDS_ADMIN": "held for an operator",
 }
 
 

@@ -17,6 +17,7 @@ buffer large posts. This one decides from the headers first:
 
 It must never log the secret, and never listen anywhere the settings did not name.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -44,8 +45,17 @@ def _refuse(status: int, reason: str) -> web.Response:
 class WebhookServer:
     """An aiohttp server on (listen, port) that takes Telegram's POSTs at `path`."""
 
-    def __init__(self, app: Any, inbox: UpdateInbox | None, secret: str, *, listen: str, port: int,
-                 path: str = "/telegram", max_bytes: int = MAX_UPDATE_BYTES) -> None:
+    def __init__(
+        self,
+        app: Any,
+        inbox: UpdateInbox | None,
+        secret: str,
+        *,
+        listen: str,
+        port: int,
+        path: str = "/telegram",
+        max_bytes: int = MAX_UPDATE_BYTES,
+    ) -> None:
         if not secret:
             raise ValueError("a webhook needs a secret token")
         self.app = app
@@ -92,8 +102,11 @@ class WebhookServer:
             data = json.loads(body)
         except (ValueError, RecursionError) as exc:  # also bytes that are not UTF-8, nesting too deep
             data, error = None, exc
-        if not isinstance(data, dict) or isinstance(data.get("update_id"), bool) \
-                or not isinstance(data.get("update_id"), int):
+        if (
+            not isinstance(data, dict)
+            or isinstance(data.get("update_id"), bool)
+            or not isinstance(data.get("update_id"), int)
+        ):
             if data is not None:
                 error = ValueError("no int update_id")
             log.warning("event=webhook_not_an_update bytes=%d error=%r", len(body), str(error)[:100])
@@ -107,8 +120,11 @@ class WebhookServer:
             if update is None:
                 if self.inbox is not None and self.inbox.ledger.inbox.problem(update_id, "{}") is None:
                     self.inbox.ledger.inbox.set_aside(update_id)
-                log.error("event=update_set_aside update=%s reason=%r", update_id,
-                          f"not an update PTB can read: {error!s:.100}")
+                log.error(
+                    "event=update_set_aside update=%s reason=%r",
+                    update_id,
+                    f"not an update PTB can read: {error!s:.100}",
+                )
                 return web.Response(status=200)
             if self.inbox is None:
                 fresh, aside = [update.update_id], list[int]()

@@ -13,6 +13,7 @@ the testnet). The demo runs TDX deals unless `--standard`. `--fresh` moves the d
 data/devnet, whichever runs) and exits 0 only when every part answers; otherwise it names what is missing
 and exits 1 (2: the devnet is not up). None ever prints a key, a password or the bot token.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ from devnet.up import REPO_DIR, Devnet, DevnetConfig, DevnetError, move_aside
 
 DEFAULT_DATA = REPO_DIR / "data" / "devnet"
 DEMO_DATA = REPO_DIR / "data" / "demo"
-FRESH_HELP = ("start over: move the data folder aside (kept as <data>.old-<time>: books, wallet, chain) "
-              "and begin with a new chain, wallet and books")
+FRESH_HELP = (
+    "start over: move the data folder aside (kept as <data>.old-<time>: books, wallet, chain) "
+    "and begin with a new chain, wallet and books"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,42 +41,65 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start anvil, PoCo, market, gateway, workerpool and Telegram stand-ins")
     up.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"data folder (default {DEFAULT_DATA})")
-    up.add_argument("--app", choices=("real", "test"), default="real",
-                    help="real: python -m worker (Mask R-CNN); test: the fast devnet test app")
-    up.add_argument("--weights", type=Path, help="Mask R-CNN weights for the real app (default: random "
-                                                 "ResNet50 test weights, made once)")
+    up.add_argument(
+        "--app",
+        choices=("real", "test"),
+        default="real",
+        help="real: python -m worker (Mask R-CNN); test: the fast devnet test app",
+    )
+    up.add_argument(
+        "--weights",
+        type=Path,
+        help="Mask R-CNN weights for the real app (default: random ResNet50 test weights, made once)",
+    )
     up.add_argument("--workers", type=int, default=2, help="tasks run at once (default 2)")
     up.add_argument("--fresh", action="store_true", help=FRESH_HELP)
-    up.add_argument("--tee", action="store_true",
-                    help="bot.env runs the bot's tasks as TDX deals (TEE_MODE=on; default: standard tasks)")
+    up.add_argument(
+        "--tee",
+        action="store_true",
+        help="bot.env runs the bot's tasks as TDX deals (TEE_MODE=on; default: standard tasks)",
+    )
     from devnet.demo import add_arguments as demo_arguments
 
     demo = sub.add_parser("demo", help="the devnet, the bot on it and a local chat page (README's first command)")
     demo_arguments(demo)
     status = sub.add_parser("status", help="exit 0 when every part of a running devnet answers")
-    status.add_argument("--data", type=Path, default=None,
-                        help=f"data folder (default: {DEMO_DATA} when the demo runs, else {DEFAULT_DATA})")
+    status.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"data folder (default: {DEMO_DATA} when the demo runs, else {DEFAULT_DATA})",
+    )
     return parser
 
 
 def _print_summary(net: Devnet) -> None:
     info = net.describe()
-    rows = [("chain (anvil)", info["anvil"]["rpc_url"]), ("hub", info["deployment"]["hub"]),
-            ("RLC", info["deployment"]["rlc"]), ("market", info["market"]["url"]),
-            ("result gateway", f"{info['gateway']['url']} (IPFS uploads at {info['gateway']['upload_url']})"),
-            ("SMS", f"{info['sms']['url']} (secrets in {info['sms']['state']})"),
-            ("workerpool", f"{info['workerpool']['address']} (control {info['workerpool']['control_url']})"),
-            ("app", f"{info['app']['address']} ({info['workerpool']['app']})"),
-            ("telegram stand-in", f"{info['telegram']['url']} (bot @{info['telegram']['bot_username']})"),
-            ("bot wallet", info["bot"]["address"]),
-            ("bot settings", f"{info['bot']['env_file']} (TEE_MODE="
-                             + ("on: TDX deals)" if info["bot"]["tee"] else "off: standard deals)"))]
+    rows = [
+        ("chain (anvil)", info["anvil"]["rpc_url"]),
+        ("hub", info["deployment"]["hub"]),
+        ("RLC", info["deployment"]["rlc"]),
+        ("market", info["market"]["url"]),
+        ("result gateway", f"{info['gateway']['url']} (IPFS uploads at {info['gateway']['upload_url']})"),
+        ("SMS", f"{info['sms']['url']} (secrets in {info['sms']['state']})"),
+        ("workerpool", f"{info['workerpool']['address']} (control {info['workerpool']['control_url']})"),
+        ("app", f"{info['app']['address']} ({info['workerpool']['app']})"),
+        ("telegram stand-in", f"{info['telegram']['url']} (bot @{info['telegram']['bot_username']})"),
+        ("bot wallet", info["bot"]["address"]),
+        (
+            "bot settings",
+            f"{info['bot']['env_file']} (TEE_MODE="
+            + ("on: TDX deals)" if info["bot"]["tee"] else "off: standard deals)"),
+        ),
+    ]
     width = max(len(name) for name, _ in rows)
     print("\ndevnet is up:")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
-    print(f"\nrun the bot with:  set -a; . {info['bot']['env_file']}; set +a; python -m bot\n"
-          "Ctrl-C stops everything.", flush=True)
+    print(
+        f"\nrun the bot with:  set -a; . {info['bot']['env_file']}; set +a; python -m bot\nCtrl-C stops everything.",
+        flush=True,
+    )
 
 
 def _say(line: str) -> None:
@@ -102,8 +128,9 @@ async def _up(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed, SSH hung up
         loop.add_signal_handler(sig, stop.set)
-    config = DevnetConfig(data_dir=args.data, app=args.app, weights=args.weights, workers=args.workers,
-                          graph_cache=True, tee=args.tee)
+    config = DevnetConfig(
+        data_dir=args.data, app=args.app, weights=args.weights, workers=args.workers, graph_cache=True, tee=args.tee
+    )
     net = Devnet(config, progress=_say)
     try:
         starting = asyncio.create_task(net.start())
@@ -163,14 +190,20 @@ def status(data_dir: Path | None = None, folders: tuple[Path, ...] = (DEMO_DATA,
     token = (data_dir / "telegram.token").read_text().strip() if (data_dir / "telegram.token").exists() else ""
     rpc_body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}).encode()
     checks = {
-        "anvil": _answers(info["anvil"]["rpc_url"], lambda d: int(d["result"], 16) == info["anvil"]["chain_id"],
-                          rpc_body),
+        "anvil": _answers(
+            info["anvil"]["rpc_url"], lambda d: int(d["result"], 16) == info["anvil"]["chain_id"], rpc_body
+        ),
         "market": _answers(f"{info['market']['url']}/version", lambda d: d.get("ok")),
         "gateway": _answers(f"{info['gateway']['url']}/health", lambda d: d.get("ok")),
-        "sms": (_answers(f"{info['sms']['url']}/actuator/health", lambda d: d.get("status") == "UP")
-                if (info.get("sms") or {}).get("url") else "not in devnet.json (a devnet from before the SMS)"),
-        "workerpool": _answers(f"{info['workerpool']['control_url']}/health",
-                               lambda d: d.get("workerpool") == info["workerpool"]["address"]),
+        "sms": (
+            _answers(f"{info['sms']['url']}/actuator/health", lambda d: d.get("status") == "UP")
+            if (info.get("sms") or {}).get("url")
+            else "not in devnet.json (a devnet from before the SMS)"
+        ),
+        "workerpool": _answers(
+            f"{info['workerpool']['control_url']}/health",
+            lambda d: d.get("workerpool") == info["workerpool"]["address"],
+        ),
         "telegram": _answers(f"{info['telegram']['url']}/bot{token}/getMe", lambda d: d.get("ok")),
     }
     for name, problem in checks.items():

@@ -17,6 +17,7 @@ Mnemonic "test test test test test test test test test test test junk", path m/4
     7      ENCLAVE      signs as the enclave of TEE-tagged tasks
     8, 9   SPARE_1/2    unused, for tests that need a stranger
 """
+
 from __future__ import annotations
 
 from eth_account import Account
@@ -53,6 +54,17 @@ SPARE_1: LocalAccount = ACCOUNTS[8]
 SPARE_2: LocalAccount = ACCOUNTS[9]
 
 __all__ = [
-    "ACCOUNTS", "APP_OWNER", "BOT", "DEPLOYER", "ENCLAVE", "MNEMONIC", "POOL_OWNER", "REQUESTER",
-    "SCHEDULER", "SPARE_1", "SPARE_2", "WORKER", "WORKER_2",
+    "ACCOUNTS",
+    "APP_OWNER",
+    "BOT",
+    "DEPLOYER",
+    "ENCLAVE",
+    "MNEMONIC",
+    "POOL_OWNER",
+    "REQUESTER",
+    "SCHEDULER",
+    "SPARE_1",
+    "SPARE_2",
+    "WORKER",
+    "WORKER_2",
 ]

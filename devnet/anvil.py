@@ -16,6 +16,7 @@ Errors of the devnet's chain half are declared here, together:
     ├── TransactionFailed   a devnet transaction could not be sent, or it reverted
     └── DeployError         deploying or configuring the PoCo contracts failed
 """
+
 from __future__ import annotations
 
 import atexit
@@ -59,16 +60,22 @@ class DeployError(DevnetChainError):
 def anvil_binary() -> Path:
     """Path of the npm-installed anvil binary (or $SEGBOT_ANVIL). Raises AnvilError when missing."""
     override = os.environ.get(ANVIL_ENV)
-    candidates = [Path(override)] if override else [
-        DEVNET_DIR / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil",
-        DEVNET_DIR / "node_modules/@foundry-rs/anvil/bin/anvil",
-        DEVNET_DIR / "node_modules/.bin/anvil",
-    ]
+    candidates = (
+        [Path(override)]
+        if override
+        else [
+            DEVNET_DIR / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil",
+            DEVNET_DIR / "node_modules/@foundry-rs/anvil/bin/anvil",
+            DEVNET_DIR / "node_modules/.bin/anvil",
+        ]
+    )
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path
-    raise AnvilError(f"anvil binary not found (looked at {', '.join(map(str, candidates))}); "
-                     f"run `npm ci` in {DEVNET_DIR} or set {ANVIL_ENV}")
+    raise AnvilError(
+        f"anvil binary not found (looked at {', '.join(map(str, candidates))}); "
+        f"run `npm ci` in {DEVNET_DIR} or set {ANVIL_ENV}"
+    )
 
 
 def free_port() -> int:
@@ -83,7 +90,7 @@ def rpc_call(rpc_url: str, method: str, params: list[Any] | None = None, *, time
     network errors (URLError, TimeoutError) propagate so callers can tell an outage apart."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
     request = urllib.request.Request(rpc_url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as reply:  # noqa: S310 (loopback only)
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
         answer = json.loads(reply.read())
     if "error" in answer:
         raise AnvilError(f"{method} failed: {answer['error'].get('message', answer['error'])}")
@@ -119,8 +126,15 @@ _live: set[Anvil] = set()  # started and not stopped yet: stopped at interpreter
 def _popen(argv: list[str], log: Any) -> subprocess.Popen[bytes]:
     def spawn() -> subprocess.Popen[bytes]:
         # own session: a terminal's group SIGINT must not kill the chain before the parent saved it
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=child_preexec(), close_fds=True, start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=child_preexec(),
+            close_fds=True,
+            start_new_session=True,
+        )
 
     if threading.current_thread() is threading.main_thread():
         return spawn()
@@ -136,9 +150,15 @@ def _stop_all() -> None:
 class Anvil:
     """A child anvil process on 127.0.0.1. Use as a context manager, or start()/stop()."""
 
-    def __init__(self, *, port: int | None = None, load_state: Path | None = None,
-                 dump_state: Path | None = None, chain_id: int = 31337,
-                 block_time: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        load_state: Path | None = None,
+        dump_state: Path | None = None,
+        chain_id: int = 31337,
+        block_time: float | None = None,
+    ) -> None:
         self._fixed_port = port
         self.port: int = port or 0
         self.load_state = Path(load_state) if load_state else None
@@ -160,8 +180,7 @@ class Anvil:
         return self._process.pid
 
     def _argv(self) -> list[str]:
-        argv = [str(anvil_binary()), "--host", "127.0.0.1", "--port", str(self.port),
-                "--chain-id", str(self.chain_id)]
+        argv = [str(anvil_binary()), "--host", "127.0.0.1", "--port", str(self.port), "--chain-id", str(self.chain_id)]
         if self.load_state is not None:
             if not self.load_state.is_file():
                 raise AnvilError(f"state file {self.load_state} does not exist")

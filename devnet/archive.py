@@ -7,6 +7,7 @@ contributes is the sha256 of the deterministic output named by computed.json; wh
 exit, or no valid computed.json) an `error.txt` saying why is added and the digest is keccak(archive).
 Pure functions of a folder: no network, no chain.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,7 +47,7 @@ def containerise_computed(out: Path) -> None:
     declared = computed.get("deterministic-output-path") if isinstance(computed, dict) else None
     host = str(out)
     if isinstance(declared, str) and (declared == host or declared.startswith(host + "/")):
-        computed["deterministic-output-path"] = "/iexec_out" + declared[len(host):]
+        computed["deterministic-output-path"] = "/iexec_out" + declared[len(host) :]
         path.write_text(json.dumps(computed))
 
 
@@ -82,8 +83,11 @@ def pack(out: Path, stdout: bytes, stderr: bytes) -> bytes:
         for path in sorted(out.rglob("*")):
             if path.is_file() and not path.is_symlink():
                 stored = path.suffix.lower() in _COMPRESSED
-                zf.write(path, path.relative_to(out).as_posix(),
-                         compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+                zf.write(
+                    path,
+                    path.relative_to(out).as_posix(),
+                    compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED,
+                )
         zf.writestr("stdout.txt", stdout[-1_000_000:])
         zf.writestr("stderr.txt", stderr[-1_000_000:])
     return buf.getvalue()

@@ -8,6 +8,7 @@
 These helpers use dev-chain shortcuts (anvil_setBalance, evm_increaseTime, the deployer's RLC, a nonce
 read per call): they are for the devnet and tests, never for a real network or a wallet that matters.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,8 +76,12 @@ def _minted(receipt: Any, registry: str) -> str:
     """The address of the registry entry minted in `receipt` (ERC-721 tokenId = uint256(address))."""
     for log in receipt["logs"]:
         topics = log["topics"]
-        if (log["address"].lower() == registry.lower() and len(topics) == 4
-                and bytes(topics[0]) == _TRANSFER_TOPIC and int.from_bytes(bytes(topics[1]), "big") == 0):
+        if (
+            log["address"].lower() == registry.lower()
+            and len(topics) == 4
+            and bytes(topics[0]) == _TRANSFER_TOPIC
+            and int.from_bytes(bytes(topics[1]), "big") == 0
+        ):
             return to_checksum_address(bytes(topics[3])[-20:])
     raise TransactionFailed(f"no registry entry was minted by {registry} in this transaction")
 
@@ -88,21 +93,46 @@ def _bytes32(value: bytes | str) -> bytes:
     return raw
 
 
-def register_app(rpc_url: str, dep: Deployment, owner: LocalAccount, name: str, multiaddr: str | bytes,
-                 checksum: bytes | str, mrenclave: bytes = b"") -> str:
+def register_app(
+    rpc_url: str,
+    dep: Deployment,
+    owner: LocalAccount,
+    name: str,
+    multiaddr: str | bytes,
+    checksum: bytes | str,
+    mrenclave: bytes = b"",
+) -> str:
     """Register a DOCKER app owned by `owner`; returns its address. `checksum` is 32 bytes (or 0x-hex).
     Raises TransactionFailed if the same app (same arguments) is already registered."""
     if isinstance(multiaddr, str):
         multiaddr = multiaddr.encode()
-    receipt = _send(rpc_url, owner, dep.app_registry, registry_abi("app"), "createApp", owner.address, name,
-                    "DOCKER", multiaddr, _bytes32(checksum), mrenclave)
+    receipt = _send(
+        rpc_url,
+        owner,
+        dep.app_registry,
+        registry_abi("app"),
+        "createApp",
+        owner.address,
+        name,
+        "DOCKER",
+        multiaddr,
+        _bytes32(checksum),
+        mrenclave,
+    )
     return _minted(receipt, dep.app_registry)
 
 
 def register_workerpool(rpc_url: str, dep: Deployment, owner: LocalAccount, description: str) -> str:
     """Register a workerpool owned by `owner`; returns its address."""
-    receipt = _send(rpc_url, owner, dep.workerpool_registry, registry_abi("workerpool"), "createWorkerpool",
-                    owner.address, description)
+    receipt = _send(
+        rpc_url,
+        owner,
+        dep.workerpool_registry,
+        registry_abi("workerpool"),
+        "createWorkerpool",
+        owner.address,
+        description,
+    )
     return _minted(receipt, dep.workerpool_registry)
 
 
@@ -125,8 +155,12 @@ def increase_time(rpc_url: str, seconds: int) -> int:
 
 def _snapshot_key() -> str:
     digest = hashlib.sha256()
-    for path in (DEVNET_DIR / "package-lock.json", DEVNET_DIR / "deploy.py", Path(__file__),
-                 DEVNET_DIR / "accounts.py"):
+    for path in (
+        DEVNET_DIR / "package-lock.json",
+        DEVNET_DIR / "deploy.py",
+        Path(__file__),
+        DEVNET_DIR / "accounts.py",
+    ):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

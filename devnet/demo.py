@@ -31,6 +31,7 @@ mode the result is encrypted to the bot's key, so the line says only that it was
 
 The devnet never imports `bot` or `ledger`: both run as processes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,17 +82,41 @@ def _bot_env_file(net: Devnet, data: Path, admins: str, real_token: str | None) 
 
 def _grant(db: str, user: int, rlc: str) -> None:
     """The demo credit, once per books (idempotent on its id: a restart credits nothing more)."""
-    proc = subprocess.run([sys.executable, "-m", "ledger", "--db", db, "grant", str(user), rlc,
-                           "--memo", "demo credit", "--id", f"demo-credit-{user}"],
-                          cwd=REPO_DIR, capture_output=True, text=True, timeout=60, start_new_session=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ledger",
+            "--db",
+            db,
+            "grant",
+            str(user),
+            rlc,
+            "--memo",
+            "demo credit",
+            "--id",
+            f"demo-credit-{user}",
+        ],
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"could not credit the demo user: {proc.stderr.strip()}")
 
 
 def _available(db: str, user: int) -> str:
     """The user's available credit as the ledger CLI says it ("4.68 RLC"), or "?" if it cannot say."""
-    proc = subprocess.run([sys.executable, "-m", "ledger", "--db", db, "balance", str(user)], cwd=REPO_DIR,
-                          capture_output=True, text=True, timeout=60, start_new_session=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ledger", "--db", db, "balance", str(user)],
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
     found = re.search(r"available ([0-9.]+ RLC)", proc.stdout)
     return found.group(1) if proc.returncode == 0 and found else "?"
 
@@ -100,8 +125,7 @@ def _task_line(net: Devnet, outcome: Any) -> str:
     """One line about a finished task: state, the app's seconds, and what the worker said of its model."""
     line = f"  task {outcome.task_id[:10]}… {outcome.state}, app {outcome.app_seconds:.1f} s"
     if getattr(outcome, "tee", False):
-        line += ", TDX deal" + (", result encrypted to the bot's key" if getattr(outcome, "encrypted", False)
-                                else "")
+        line += ", TDX deal" + (", result encrypted to the bot's key" if getattr(outcome, "encrypted", False) else "")
     archive = net.gateway.get(outcome.cid) if net.gateway is not None and outcome.cid else None
     if archive:
         try:
@@ -132,7 +156,7 @@ async def _stop_bot(bot: asyncio.subprocess.Process) -> None:
         bot.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(bot.wait(), 15)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             _say("the bot did not stop within 15 s: killed")
             bot.kill()
             await bot.wait()
@@ -157,9 +181,15 @@ async def run_demo(args: argparse.Namespace) -> int:
 
 async def _run_demo(args: argparse.Namespace, data: Path) -> int:
     weights = Path(args.weights).resolve() if args.weights else None
-    config = DevnetConfig(data_dir=data, app=args.app, weights=weights, workers=args.workers, graph_cache=True,
-                          worker_args=os.environ.get("WORKER_ARGS") or WORKER_ARGS,
-                          tee=not getattr(args, "standard", False))
+    config = DevnetConfig(
+        data_dir=data,
+        app=args.app,
+        weights=weights,
+        workers=args.workers,
+        graph_cache=True,
+        worker_args=os.environ.get("WORKER_ARGS") or WORKER_ARGS,
+        tee=not getattr(args, "standard", False),
+    )
     real_token = os.environ.get("TELEGRAM_TOKEN") or None
     admins = os.environ.get("ADMIN_IDS", "") if real_token else str(DEMO_ADMIN)
     _say("starting the devnet (the first run deploys PoCo and makes test weights: about a minute)")
@@ -195,8 +225,15 @@ async def _run_demo(args: argparse.Namespace, data: Path) -> int:
             loop.remove_signal_handler(sig)
 
 
-async def _run_started(args: argparse.Namespace, data: Path, config: DevnetConfig, admins: str,
-                       real_token: str | None, stop: asyncio.Event, started: asyncio.Event) -> int:
+async def _run_started(
+    args: argparse.Namespace,
+    data: Path,
+    config: DevnetConfig,
+    admins: str,
+    real_token: str | None,
+    stop: asyncio.Event,
+    started: asyncio.Event,
+) -> int:
     weights = config.weights
     async with Devnet(config, progress=_say) as net:
         env_file = _bot_env_file(net, data, admins, real_token)
@@ -211,26 +248,55 @@ async def _run_started(args: argparse.Namespace, data: Path, config: DevnetConfi
     return code
 
 
-async def _run_bot(args: argparse.Namespace, net: Devnet, data: Path, env_file: Path, weights: Path | None,
-                   real_token: str | None, stop: asyncio.Event) -> int:
+async def _run_bot(
+    args: argparse.Namespace,
+    net: Devnet,
+    data: Path,
+    env_file: Path,
+    weights: Path | None,
+    real_token: str | None,
+    stop: asyncio.Event,
+) -> int:
     """Run the bot on the started devnet until a signal (0) or until it stops by itself (its exit code)."""
     # own session (Ctrl-C reaches only us: we stop the bot first); SIGTERM from the kernel if we die
-    bot = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "--env-file", str(env_file),
-                                               cwd=str(REPO_DIR), start_new_session=True,
-                                               preexec_fn=child_preexec(signal.SIGTERM))
+    bot = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "--env-file",
+        str(env_file),
+        cwd=str(REPO_DIR),
+        start_new_session=True,
+        preexec_fn=child_preexec(signal.SIGTERM),
+    )
     chat = f"{net.telegram_url}/_chat/"
     _say("")
     available = await asyncio.to_thread(_available, net.env["DB_PATH"], DEMO_USER)
-    _say(f"  chat page   {chat}   (you are user {DEMO_USER}, also admin: {available} available; the demo "
-         f"credits {DEMO_CREDIT_RLC} RLC once)" if not real_token else "  the bot is on Telegram: write to it there")
+    _say(
+        f"  chat page   {chat}   (you are user {DEMO_USER}, also admin: {available} available; the demo "
+        f"credits {DEMO_CREDIT_RLC} RLC once)"
+        if not real_token
+        else "  the bot is on Telegram: write to it there"
+    )
     _say(f"  chain       {net.env['RPC_URL']}  (hub {net.env['HUB_ADDRESS']})")
     _say(f"  market      {net.env['MARKET_URL']}   gateway {net.env['IPFS_GATEWAY']}")
     _say(f"  SMS         {net.env['SMS_URL']}   (secrets in {data / 'sms.json'})")
-    _say("  mode        " + ("tasks run as TDX deals (simulated enclave; --standard for standard tasks)"
-                             if net.config.tee else "tasks run as standard deals (--standard; the default is TDX)"))
-    _say(f"  app         {args.app} worker; "
-         + ("matterport weights" if weights else "RANDOM weights: masks are meaningless shapes "
-            "(python -m worker fetch-weights for the real ones)"))
+    _say(
+        "  mode        "
+        + (
+            "tasks run as TDX deals (simulated enclave; --standard for standard tasks)"
+            if net.config.tee
+            else "tasks run as standard deals (--standard; the default is TDX)"
+        )
+    )
+    _say(
+        f"  app         {args.app} worker; "
+        + (
+            "matterport weights"
+            if weights
+            else "RANDOM weights: masks are meaningless shapes (python -m worker fetch-weights for the real ones)"
+        )
+    )
     _say(f"  books       {net.env['DB_PATH']}   (python -m ledger --db ... balance {DEMO_USER})")
     _say(f"  data        {data}   (Ctrl-C saves the chain here; --fresh starts over)")
     _say("  Ctrl-C stops everything.")
@@ -246,23 +312,39 @@ async def _run_bot(args: argparse.Namespace, net: Devnet, data: Path, env_file: 
         await asyncio.gather(reporter, stopper, waiter, return_exceptions=True)
     code = bot.returncode or 0
     if not stop.is_set():
-        print(f"devnet: the bot stopped by itself (exit code {code}); see its last lines above",
-              file=sys.stderr, flush=True)
+        print(
+            f"devnet: the bot stopped by itself (exit code {code}); see its last lines above",
+            file=sys.stderr,
+            flush=True,
+        )
     return 0 if stop.is_set() else (code or 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=str(REPO_DIR / "data" / "demo"), help="data folder (books, chain)")
-    parser.add_argument("--app", default="real", choices=("real", "test"),
-                        help="real: the Mask R-CNN worker (default); test: a tiny app without TensorFlow")
-    parser.add_argument("--weights", default=os.environ.get("MRCNN_WEIGHTS"),
-                        help="matterport's mask_rcnn_coco.h5 (default: random test weights)")
+    parser.add_argument(
+        "--app",
+        default="real",
+        choices=("real", "test"),
+        help="real: the Mask R-CNN worker (default); test: a tiny app without TensorFlow",
+    )
+    parser.add_argument(
+        "--weights",
+        default=os.environ.get("MRCNN_WEIGHTS"),
+        help="matterport's mask_rcnn_coco.h5 (default: random test weights)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="tasks run at once by the workerpool")
-    parser.add_argument("--standard", action="store_true",
-                        help="run the bot's tasks as standard deals (TEE_MODE=off) instead of TDX deals")
-    parser.add_argument("--fresh", action="store_true",
-                        help="start over: move the data folder aside (kept as <data>.old-<time>: books, "
-                             "wallet, chain) and begin with a new chain, wallet and books")
+    parser.add_argument(
+        "--standard",
+        action="store_true",
+        help="run the bot's tasks as standard deals (TEE_MODE=off) instead of TDX deals",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: move the data folder aside (kept as <data>.old-<time>: books, "
+        "wallet, chain) and begin with a new chain, wallet and books",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

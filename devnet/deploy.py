@@ -10,6 +10,7 @@ set), `configure(...)` and the five categories. It only reads the npm artifacts:
 downloads or talks to anything but the given RPC URL, and it is meant for dev chains only (the deployer
 key becomes the hub's owner).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,10 +39,19 @@ REGISTRY_BASE_URI = "https://nfts-metadata.iex.ec/{}/"  # PoCo sets one per regi
 
 # Token-mode facets, in PoCo's order. IexecEscrowNativeFacet is for native-token chains only.
 FACETS = (
-    "IexecAccessorsABILegacyFacet", "IexecCategoryManagerFacet", "IexecConfigurationExtraFacet",
-    "IexecConfigurationFacet", "IexecEscrowTokenFacet", "IexecOrderManagementFacet", "IexecPoco1Facet",
-    "IexecPoco2Facet", "IexecPocoAccessorsFacet", "IexecPocoBoostFacet", "IexecPocoBoostAccessorsFacet",
-    "IexecRelayFacet", "IexecERC20Facet",
+    "IexecAccessorsABILegacyFacet",
+    "IexecCategoryManagerFacet",
+    "IexecConfigurationExtraFacet",
+    "IexecConfigurationFacet",
+    "IexecEscrowTokenFacet",
+    "IexecOrderManagementFacet",
+    "IexecPoco1Facet",
+    "IexecPoco2Facet",
+    "IexecPocoAccessorsFacet",
+    "IexecPocoBoostFacet",
+    "IexecPocoBoostAccessorsFacet",
+    "IexecRelayFacet",
+    "IexecERC20Facet",
 )
 _TIP_WEI = 10**9
 _RECEIVE_SELECTOR = "0x00000000"
@@ -101,8 +111,11 @@ def rlc_abi() -> list[dict[str, Any]]:
     return list(_rlc_artifact()["abi"])
 
 
-_REGISTRIES = {"app": ("apps", "AppRegistry"), "dataset": ("datasets", "DatasetRegistry"),
-               "workerpool": ("workerpools", "WorkerpoolRegistry")}
+_REGISTRIES = {
+    "app": ("apps", "AppRegistry"),
+    "dataset": ("datasets", "DatasetRegistry"),
+    "workerpool": ("workerpools", "WorkerpoolRegistry"),
+}
 
 
 def _registry_artifact(kind: str) -> dict[str, Any]:
@@ -127,7 +140,7 @@ def _canonical_type(param: dict[str, Any]) -> str:
     kind: str = param["type"]
     if kind.startswith("tuple"):
         inner = ",".join(_canonical_type(c) for c in param["components"])
-        return f"({inner}){kind[len('tuple'):]}"
+        return f"({inner}){kind[len('tuple') :]}"
     return kind
 
 
@@ -212,8 +225,9 @@ class TxSender:
         return to_checksum_address(receipt["contractAddress"])
 
     def call(self, address: str, abi: list[Any], function: str, *args: Any) -> Any:
-        item = next(i for i in abi if i["type"] == "function" and i["name"] == function
-                    and len(i["inputs"]) == len(args))
+        item = next(
+            i for i in abi if i["type"] == "function" and i["name"] == function and len(i["inputs"]) == len(args)
+        )
         data = "0x" + (_selector(item) + _encode_args(item, args)).hex()
         return self.send({"to": address, "data": data}, f"{function} on {address}")
 
@@ -229,8 +243,9 @@ def _deploy_diamond(sender: TxSender) -> str:
         cuts.append((address, 0, [bytes.fromhex(s[2:]) for s in selectors(artifact["abi"])]))
     diamond = _artifact("artifacts/contracts/Diamond.sol/Diamond.json")
     init_calldata = keccak(text="init()")[:4]
-    return sender.create(diamond["bytecode"], "Diamond", diamond["abi"],
-                         (cuts, (sender.account.address, init, init_calldata)))
+    return sender.create(
+        diamond["bytecode"], "Diamond", diamond["abi"], (cuts, (sender.account.address, init, init_calldata))
+    )
 
 
 def _cut_facets(sender: TxSender, hub: str) -> None:
@@ -275,12 +290,30 @@ def deploy_poco(rpc_url: str, deployer: LocalAccount = DEPLOYER) -> Deployment:
         _cut_facets(sender, hub)
         app_registry, dataset_registry, workerpool_registry = _deploy_registries(sender)
         abi = hub_abi()
-        sender.call(hub, abi, "configure", rlc, "Staked RLC", "SRLC", 9, app_registry, dataset_registry,
-                    workerpool_registry, ZERO_ADDRESS)
+        sender.call(
+            hub,
+            abi,
+            "configure",
+            rlc,
+            "Staked RLC",
+            "SRLC",
+            9,
+            app_registry,
+            dataset_registry,
+            workerpool_registry,
+            ZERO_ADDRESS,
+        )
         for name, work_clock_time_ref in CATEGORIES:
             sender.call(hub, abi, "createCategory", name, "{}", work_clock_time_ref)
     except (TransactionFailed, Web3Exception, OSError) as exc:
         raise DeployError(f"deploying PoCo to the chain failed: {exc}") from exc
-    return Deployment(chain_id=sender.chain_id, hub=hub, rlc=rlc, app_registry=app_registry,
-                      dataset_registry=dataset_registry, workerpool_registry=workerpool_registry,
-                      deployer=deployer.address, block=w3.eth.block_number)
+    return Deployment(
+        chain_id=sender.chain_id,
+        hub=hub,
+        rlc=rlc,
+        app_registry=app_registry,
+        dataset_registry=dataset_registry,
+        workerpool_registry=workerpool_registry,
+        deployer=deployer.address,
+        block=w3.eth.block_number,
+    )

@@ -16,6 +16,7 @@ Modes (what a real iExec network can do to a requester):
 
 This module only keeps the rules; it must never act on the chain itself.
 """
+
 from __future__ import annotations
 
 import enum

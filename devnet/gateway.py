@@ -16,6 +16,7 @@ object or over HTTP (`POST /control/faults`), so tests in other processes can to
 
 This server binds 127.0.0.1 only and must never fetch anything itself: it serves what it was given.
 """
+
 from __future__ import annotations
 
 import base64
@@ -173,8 +174,9 @@ class ResultGateway:
         try:
             reader = await request.multipart()
         except (AssertionError, ValueError, KeyError):
-            return web.json_response({"Message": "expected a multipart/form-data body", "Code": 0,
-                                      "Type": "error"}, status=400)
+            return web.json_response(
+                {"Message": "expected a multipart/form-data body", "Code": 0, "Type": "error"}, status=400
+            )
         lines: list[str] = []
         total = 0
         while True:
@@ -188,8 +190,10 @@ class ResultGateway:
                 total += len(chunk)
                 if total > self.max_upload_bytes:
                     log.info("event=gateway_upload_refused bytes_over=%d", self.max_upload_bytes)
-                    return web.json_response({"Message": f"upload larger than {self.max_upload_bytes} bytes",
-                                              "Code": 0, "Type": "error"}, status=413)
+                    return web.json_response(
+                        {"Message": f"upload larger than {self.max_upload_bytes} bytes", "Code": 0, "Type": "error"},
+                        status=413,
+                    )
                 buf += chunk
             data = bytes(buf)
             self.put(data)
@@ -198,8 +202,7 @@ class ResultGateway:
             log.info("event=gateway_upload cid=%s bytes=%d", cid, len(data))
             lines.append(json.dumps({"Name": part.filename or cid, "Hash": cid, "Size": str(len(data))}))
         if not lines:
-            return web.json_response({"Message": "no file part in the body", "Code": 0, "Type": "error"},
-                                     status=400)
+            return web.json_response({"Message": "no file part in the body", "Code": 0, "Type": "error"}, status=400)
         return web.Response(text="\n".join(lines) + "\n", content_type="application/json")
 
     async def _handle_health(self, request: web.Request) -> web.Response:

@@ -10,13 +10,15 @@ from the chain on every answer, so a matched order's volume goes down and a used
 Orders live in memory. Faults can be injected (`fail_next`, `fail_mode`) so tests see 5xx answers.
 It binds 127.0.0.1 only and must never reach any address but its chain node.
 """
+
 from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from eth_utils import to_checksum_address
@@ -24,9 +26,8 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devnet.deploy import hub_abi
 from iexec.errors import OrderError
-from iexec.orders import AppOrder, DatasetOrder, Domain, RequestOrder, WorkerpoolOrder, recover_signer
-from iexec.orders import tag_to_int
 from iexec.market import challenge_hash
+from iexec.orders import AppOrder, DatasetOrder, Domain, RequestOrder, WorkerpoolOrder, recover_signer, tag_to_int
 
 __all__ = ["MarketStandIn", "challenge_typed_data", "VERSION"]
 
@@ -37,29 +38,78 @@ MIN_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 1000
 
 _HUB_ABI = [
-    {"type": "function", "name": name, "stateMutability": "view", "inputs": [],
-     "outputs": [{"name": "", "type": "address"}]}
+    {
+        "type": "function",
+        "name": name,
+        "stateMutability": "view",
+        "inputs": [],
+        "outputs": [{"name": "", "type": "address"}],
+    }
     for name in ("appregistry", "datasetregistry", "workerpoolregistry")
 ] + [
-    {"type": "function", "name": "viewConsumed", "stateMutability": "view",
-     "inputs": [{"name": "id", "type": "bytes32"}], "outputs": [{"name": "", "type": "uint256"}]},
-    {"type": "function", "name": "verifySignature", "stateMutability": "view",
-     "inputs": [{"name": "identity", "type": "address"}, {"name": "hash", "type": "bytes32"},
-                {"name": "signature", "type": "bytes"}], "outputs": [{"name": "", "type": "bool"}]},
-    {"type": "function", "name": "countCategory", "stateMutability": "view", "inputs": [],
-     "outputs": [{"name": "", "type": "uint256"}]},
-    {"type": "function", "name": "viewCategory", "stateMutability": "view",
-     "inputs": [{"name": "index", "type": "uint256"}],
-     "outputs": [{"name": "", "type": "tuple", "components": [
-         {"name": "name", "type": "string"}, {"name": "description", "type": "string"},
-         {"name": "workClockTimeRef", "type": "uint256"}]}]},
+    {
+        "type": "function",
+        "name": "viewConsumed",
+        "stateMutability": "view",
+        "inputs": [{"name": "id", "type": "bytes32"}],
+        "outputs": [{"name": "", "type": "uint256"}],
+    },
+    {
+        "type": "function",
+        "name": "verifySignature",
+        "stateMutability": "view",
+        "inputs": [
+            {"name": "identity", "type": "address"},
+            {"name": "hash", "type": "bytes32"},
+            {"name": "signature", "type": "bytes"},
+        ],
+        "outputs": [{"name": "", "type": "bool"}],
+    },
+    {
+        "type": "function",
+        "name": "countCategory",
+        "stateMutability": "view",
+        "inputs": [],
+        "outputs": [{"name": "", "type": "uint256"}],
+    },
+    {
+        "type": "function",
+        "name": "viewCategory",
+        "stateMutability": "view",
+        "inputs": [{"name": "index", "type": "uint256"}],
+        "outputs": [
+            {
+                "name": "",
+                "type": "tuple",
+                "components": [
+                    {"name": "name", "type": "string"},
+                    {"name": "description", "type": "string"},
+                    {"name": "workClockTimeRef", "type": "uint256"},
+                ],
+            }
+        ],
+    },
 ]
 # From the devnet's full hub ABI: what the deal book and the stake check read.
 _HUB_ABI += [e for e in hub_abi() if e.get("name") in ("viewAccount", "viewDeal", "OrdersMatched")]
-_REGISTRY_ABI = [{"type": "function", "name": "isRegistered", "stateMutability": "view",
-                  "inputs": [{"name": "", "type": "address"}], "outputs": [{"name": "", "type": "bool"}]}]
-_OWNABLE_ABI = [{"type": "function", "name": "owner", "stateMutability": "view", "inputs": [],
-                 "outputs": [{"name": "", "type": "address"}]}]
+_REGISTRY_ABI = [
+    {
+        "type": "function",
+        "name": "isRegistered",
+        "stateMutability": "view",
+        "inputs": [{"name": "", "type": "address"}],
+        "outputs": [{"name": "", "type": "bool"}],
+    }
+]
+_OWNABLE_ABI = [
+    {
+        "type": "function",
+        "name": "owner",
+        "stateMutability": "view",
+        "inputs": [],
+        "outputs": [{"name": "", "type": "address"}],
+    }
+]
 
 
 class _ApiError(Exception):
@@ -74,8 +124,11 @@ def challenge_typed_data(chain_id: int, value: str) -> dict[str, Any]:
     """The EIP-712 challenge the market API hands out (chainId as a decimal string, as the real API)."""
     return {
         "types": {
-            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                             {"name": "chainId", "type": "uint256"}],
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+            ],
             "Challenge": [{"name": "challenge", "type": "string"}],
         },
         "domain": {"name": "iExec Gateway", "version": "1", "chainId": str(chain_id)},
@@ -102,15 +155,15 @@ TEE_BIT = 1  # tag bit 0: the order needs a TEE (TDX tags are 0x...09)
 _KINDS = {
     "apporders": _Kind("apporders", AppOrder, "appprice", "app", "appregistry"),
     "datasetorders": _Kind("datasetorders", DatasetOrder, "datasetprice", "dataset", "datasetregistry"),
-    "workerpoolorders": _Kind("workerpoolorders", WorkerpoolOrder, "workerpoolprice", "workerpool",
-                              "workerpoolregistry"),
-    "requestorders": _Kind("requestorders", RequestOrder, "workerpoolmaxprice", "requester", None,
-                           descending=True),
+    "workerpoolorders": _Kind(
+        "workerpoolorders", WorkerpoolOrder, "workerpoolprice", "workerpool", "workerpoolregistry"
+    ),
+    "requestorders": _Kind("requestorders", RequestOrder, "workerpoolmaxprice", "requester", None, descending=True),
 }
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _address(query: Any, name: str, *, any_ok: bool = False) -> str | None:
@@ -283,19 +336,28 @@ class MarketStandIn:
 
     async def _category_json(self, catid: int) -> dict[str, Any]:
         name, description, ref = await self._hub.functions.viewCategory(catid).call()
-        return {"catid": catid, "chainId": str(self.chain_id), "name": name, "description": description,
-                "workClockTimeRef": ref}
+        return {
+            "catid": catid,
+            "chainId": str(self.chain_id),
+            "name": name,
+            "description": description,
+            "workClockTimeRef": ref,
+        }
 
     async def _categories(self, request: web.Request) -> web.Response:
         count = await self._hub.functions.countCategory().call()
         cats = [await self._category_json(i) for i in range(count)]
         low = _int(request.query, "minWorkClockTimeRef")
         high = _int(request.query, "maxWorkClockTimeRef")
-        cats = [c for c in cats if (low is None or c["workClockTimeRef"] >= low)
-                and (high is None or c["workClockTimeRef"] <= high)]
+        cats = [
+            c
+            for c in cats
+            if (low is None or c["workClockTimeRef"] >= low) and (high is None or c["workClockTimeRef"] <= high)
+        ]
         page, skip, limit = _page(request.query, cats)
-        return web.json_response({"ok": True, "categories": page, "count": len(cats),
-                                  **_next_page(len(page), skip, limit)})
+        return web.json_response(
+            {"ok": True, "categories": page, "count": len(cats), **_next_page(len(page), skip, limit)}
+        )
 
     async def _category(self, request: web.Request) -> web.Response:
         catid = request.match_info["catid"]
@@ -313,8 +375,9 @@ class MarketStandIn:
             if head <= self._deals_scanned:
                 return
             event = self._hub.events.OrdersMatched()
-            logs = await self._w3.eth.get_logs({"address": self.hub, "fromBlock": self._deals_scanned + 1,
-                                                "toBlock": head, "topics": [event.topic]})
+            logs = await self._w3.eth.get_logs(
+                {"address": self.hub, "fromBlock": self._deals_scanned + 1, "toBlock": head, "topics": [event.topic]}
+            )
             for entry in logs:
                 matched = event.process_log(entry)
                 self._deals["0x" + bytes(matched["args"]["dealid"]).hex()] = await self._deal_record(matched)
@@ -327,19 +390,34 @@ class MarketStandIn:
         block = await self._w3.eth.get_block(matched["blockNumber"])
         # viewDeal: app, dataset, workerpool (pointer, owner, price), trust, category, tag, requester,
         # beneficiary, callback, params, startTime, botFirst, botSize, workerStake, schedulerRewardRatio, sponsor
-        resource = [{"pointer": to_checksum_address(r[0]), "owner": to_checksum_address(r[1]), "price": r[2]}
-                    for r in deal[:3]]
-        stamp = datetime.fromtimestamp(block["timestamp"], timezone.utc)
+        resource = [
+            {"pointer": to_checksum_address(r[0]), "owner": to_checksum_address(r[1]), "price": r[2]} for r in deal[:3]
+        ]
+        stamp = datetime.fromtimestamp(block["timestamp"], UTC)
         return {
-            "dealid": "0x" + dealid.hex(), "chainId": self.chain_id,
-            "app": resource[0], "dataset": resource[1], "workerpool": resource[2],
-            "requester": to_checksum_address(deal[6]), "beneficiary": to_checksum_address(deal[7]),
+            "dealid": "0x" + dealid.hex(),
+            "chainId": self.chain_id,
+            "app": resource[0],
+            "dataset": resource[1],
+            "workerpool": resource[2],
+            "requester": to_checksum_address(deal[6]),
+            "beneficiary": to_checksum_address(deal[7]),
             "callback": to_checksum_address(deal[8]),
-            **{f"{name}Hash": "0x" + bytes(args[f"{name}Hash"]).hex()
-               for name in ("app", "dataset", "workerpool", "request")},
-            "params": deal[9], "volume": args["volume"], "category": deal[4], "tag": "0x" + bytes(deal[5]).hex(),
-            "trust": deal[3], "startTime": deal[10], "botFirst": deal[11], "botSize": deal[12],
-            "workerStake": deal[13], "schedulerRewardRatio": deal[14], "blockNumber": matched["blockNumber"],
+            **{
+                f"{name}Hash": "0x" + bytes(args[f"{name}Hash"]).hex()
+                for name in ("app", "dataset", "workerpool", "request")
+            },
+            "params": deal[9],
+            "volume": args["volume"],
+            "category": deal[4],
+            "tag": "0x" + bytes(deal[5]).hex(),
+            "trust": deal[3],
+            "startTime": deal[10],
+            "botFirst": deal[11],
+            "botSize": deal[12],
+            "workerStake": deal[13],
+            "schedulerRewardRatio": deal[14],
+            "blockNumber": matched["blockNumber"],
             "blockTimestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "transactionHash": "0x" + bytes(matched["transactionHash"]).hex(),
         }
@@ -347,17 +425,25 @@ class MarketStandIn:
     async def _deals_list(self, request: web.Request) -> web.Response:
         q = request.query
         wanted: list[tuple[Callable[[dict[str, Any]], Any], Any]] = []
-        for name, get in (("requester", lambda d: d["requester"]), ("beneficiary", lambda d: d["beneficiary"]),
-                          ("app", lambda d: d["app"]["pointer"]), ("dataset", lambda d: d["dataset"]["pointer"]),
-                          ("workerpool", lambda d: d["workerpool"]["pointer"]),
-                          ("appOwner", lambda d: d["app"]["owner"]),
-                          ("datasetOwner", lambda d: d["dataset"]["owner"]),
-                          ("workerpoolOwner", lambda d: d["workerpool"]["owner"])):
+        for name, get in (
+            ("requester", lambda d: d["requester"]),
+            ("beneficiary", lambda d: d["beneficiary"]),
+            ("app", lambda d: d["app"]["pointer"]),
+            ("dataset", lambda d: d["dataset"]["pointer"]),
+            ("workerpool", lambda d: d["workerpool"]["pointer"]),
+            ("appOwner", lambda d: d["app"]["owner"]),
+            ("datasetOwner", lambda d: d["dataset"]["owner"]),
+            ("workerpoolOwner", lambda d: d["workerpool"]["owner"]),
+        ):
             value = _address(q, name)
             if value is not None:
                 wanted.append((get, value))
-        for name, field in (("apporderHash", "appHash"), ("datasetorderHash", "datasetHash"),
-                            ("workerpoolorderHash", "workerpoolHash"), ("requestorderHash", "requestHash")):
+        for name, field in (
+            ("apporderHash", "appHash"),
+            ("datasetorderHash", "datasetHash"),
+            ("workerpoolorderHash", "workerpoolHash"),
+            ("requestorderHash", "requestHash"),
+        ):
             if q.get(name):
                 wanted.append((lambda d, f=field: d[f], q[name].lower()))
         category = _int(q, "category")
@@ -367,8 +453,7 @@ class MarketStandIn:
         deals = [d for d in self._deals.values() if all(get(d) == value for get, value in wanted)]
         deals.sort(key=lambda d: (-d["blockNumber"], d["dealid"]))
         page, skip, limit = _page(q, deals)
-        return web.json_response({"ok": True, "deals": page, "count": len(deals),
-                                  **_next_page(len(page), skip, limit)})
+        return web.json_response({"ok": True, "deals": page, "count": len(deals), **_next_page(len(page), skip, limit)})
 
     async def _deal_get(self, request: web.Request) -> web.Response:
         await self._sync_deals()
@@ -385,6 +470,7 @@ class MarketStandIn:
             if record is None:
                 raise _ApiError(404, f"{kind.path[:-1]} not found")
             return web.json_response({"ok": True, **await self._with_remaining(record)})
+
         return get
 
     def _lister(self, kind: _Kind) -> Callable[[web.Request], Any]:
@@ -393,15 +479,20 @@ class MarketStandIn:
             min_volume = _int(request.query, "minVolume", minimum=1)
             # the real API's owner filter is the order's signer (the resource owner when it was published)
             owner = _address(request.query, _OWNER_PARAMS[kind.path]) if kind.path in _OWNER_PARAMS else None
-            candidates = [r for r in self._books[kind.path].values()
-                          if r["status"] == "open" and keep(r["order"]) and owner in (None, r["signer"])]
+            candidates = [
+                r
+                for r in self._books[kind.path].values()
+                if r["status"] == "open" and keep(r["order"]) and owner in (None, r["signer"])
+            ]
             live = await asyncio.gather(*(self._with_remaining(r) for r in candidates))
             live = [r for r in live if r["remaining"] > 0 and (min_volume is None or r["remaining"] >= min_volume)]
             sign = -1 if kind.descending else 1
             live.sort(key=lambda r: (sign * r["order"][kind.price], r["publicationTimestamp"], r["orderHash"]))
             page, skip, limit = _page(request.query, live)
-            return web.json_response({"ok": True, "orders": page, "count": len(live),
-                                      **_next_page(len(page), skip, limit)})
+            return web.json_response(
+                {"ok": True, "orders": page, "count": len(live), **_next_page(len(page), skip, limit)}
+            )
+
         return list_orders
 
     async def _authorized(self, request: web.Request) -> str:
@@ -440,8 +531,7 @@ class MarketStandIn:
             signer = resource if kind.registry is None else await self._owner(kind, resource)
             if signer != authorized:
                 raise _ApiError(403, f"only order signer {signer} can publish an order")
-            ok = await self._hub.functions.verifySignature(signer, order.hash(self.domain),
-                                                           bytes(order.sign)).call()
+            ok = await self._hub.functions.verifySignature(signer, order.hash(self.domain), bytes(order.sign)).call()
             if not ok:
                 raise _ApiError(403, "invalid sign")
             if order.volume - await self._consumed(order_hash) <= 0:
@@ -450,10 +540,17 @@ class MarketStandIn:
                 await self._check_requester_stake(order, order_hash)
                 self._check_matchable_app(order)
                 self._check_matchable_dataset(order)
-            record = {"orderHash": order_hash, "chainId": self.chain_id, "publicationTimestamp": _now_iso(),
-                      "signer": signer, "status": "open", "order": order.to_market_json()}
+            record = {
+                "orderHash": order_hash,
+                "chainId": self.chain_id,
+                "publicationTimestamp": _now_iso(),
+                "signer": signer,
+                "status": "open",
+                "order": order.to_market_json(),
+            }
             self._books[kind.path][order_hash] = record
             return web.json_response({"ok": True, "published": await self._with_remaining(record)})
+
         return publish
 
     async def _check_requester_stake(self, order: RequestOrder, order_hash: str) -> None:
@@ -462,39 +559,48 @@ class MarketStandIn:
         cost = (order.appmaxprice + order.datasetmaxprice + order.workerpoolmaxprice) * remaining
         stake, _locked = await self._hub.functions.viewAccount(order.requester).call()
         if stake < cost:
-            raise _ApiError(403, "requester stake is too low to cover requestorder payment, "
-                                 f"minimum stake required is {cost} nRLC")
+            raise _ApiError(
+                403, f"requester stake is too low to cover requestorder payment, minimum stake required is {cost} nRLC"
+            )
 
     def _check_matchable_app(self, order: RequestOrder) -> None:
         """As the real API: a request order needs a published app order it can pay for (a TEE one for a
         TEE request)."""
         tee = tag_to_int(order.tag) & TEE_BIT == TEE_BIT
-        prices = [r["order"]["appprice"] for r in self._books["apporders"].values()
-                  if r["status"] == "open" and r["order"]["app"] == order.app
-                  and r["order"]["workerpoolrestrict"] in (ZERO, order.workerpool)
-                  and r["order"]["datasetrestrict"] in (ZERO, order.dataset)
-                  and r["order"]["requesterrestrict"] in (ZERO, order.requester)
-                  and (not tee or int(r["order"]["tag"], 16) & TEE_BIT == TEE_BIT)]
+        prices = [
+            r["order"]["appprice"]
+            for r in self._books["apporders"].values()
+            if r["status"] == "open"
+            and r["order"]["app"] == order.app
+            and r["order"]["workerpoolrestrict"] in (ZERO, order.workerpool)
+            and r["order"]["datasetrestrict"] in (ZERO, order.dataset)
+            and r["order"]["requesterrestrict"] in (ZERO, order.requester)
+            and (not tee or int(r["order"]["tag"], 16) & TEE_BIT == TEE_BIT)
+        ]
         if not prices:
             raise _ApiError(403, f"No {'tee enabled ' if tee else ''}apporder published for app {order.app}")
         if order.appmaxprice < min(prices):
-            raise _ApiError(403, f"appmaxprice for app {order.app} is too low, actual best price is "
-                                 f"{min(prices)} nRLC")
+            raise _ApiError(403, f"appmaxprice for app {order.app} is too low, actual best price is {min(prices)} nRLC")
 
     def _check_matchable_dataset(self, order: RequestOrder) -> None:
         """As the real API: a request order naming a dataset needs a published dataset order for it."""
         if order.dataset == ZERO:
             return
-        prices = [r["order"]["datasetprice"] for r in self._books["datasetorders"].values()
-                  if r["status"] == "open" and r["order"]["dataset"] == order.dataset
-                  and r["order"]["workerpoolrestrict"] in (ZERO, order.workerpool)
-                  and r["order"]["apprestrict"] in (ZERO, order.app)
-                  and r["order"]["requesterrestrict"] in (ZERO, order.requester)]
+        prices = [
+            r["order"]["datasetprice"]
+            for r in self._books["datasetorders"].values()
+            if r["status"] == "open"
+            and r["order"]["dataset"] == order.dataset
+            and r["order"]["workerpoolrestrict"] in (ZERO, order.workerpool)
+            and r["order"]["apprestrict"] in (ZERO, order.app)
+            and r["order"]["requesterrestrict"] in (ZERO, order.requester)
+        ]
         if not prices:
             raise _ApiError(403, f"No datasetorder published for dataset {order.dataset}")
         if order.datasetmaxprice < min(prices):
-            raise _ApiError(403, f"datasetmaxprice for dataset {order.dataset} is too low, actual best price "
-                                 f"is {min(prices)} nRLC")
+            raise _ApiError(
+                403, f"datasetmaxprice for dataset {order.dataset} is too low, actual best price is {min(prices)} nRLC"
+            )
 
     def _unpublisher(self, kind: _Kind) -> Callable[[web.Request], Any]:
         async def unpublish(request: web.Request) -> web.Response:
@@ -504,9 +610,10 @@ class MarketStandIn:
             except ValueError:
                 raise _ApiError(400, "body must be JSON") from None
             target = body.get("target", "unpublish_orderHash")
-            mine = sorted((r for r in self._books[kind.path].values()
-                           if r["status"] == "open" and r["signer"] == authorized),
-                          key=lambda r: r["publicationTimestamp"])
+            mine = sorted(
+                (r for r in self._books[kind.path].values() if r["status"] == "open" and r["signer"] == authorized),
+                key=lambda r: r["publicationTimestamp"],
+            )
             name = kind.path[:-1]
             if target == "unpublish_orderHash":
                 wanted = str(body.get("orderHash", "")).lower()
@@ -521,13 +628,15 @@ class MarketStandIn:
                 mine = [r for r in mine if r["order"][kind.resource] == resource]
                 chosen = mine[-1:] if target == "unpublish_last" else mine[::-1]
                 if not chosen:
-                    raise _ApiError(403, f"no open {name} published by signer {authorized} for "
-                                         f"{kind.resource} {resource}")
+                    raise _ApiError(
+                        403, f"no open {name} published by signer {authorized} for {kind.resource} {resource}"
+                    )
             else:
                 raise _ApiError(400, "target must be unpublish_orderHash, unpublish_last or unpublish_all")
             for record in chosen:  # the real API deletes unpublished orders: GET by hash answers 404
                 del self._books[kind.path][record["orderHash"]]
             return web.json_response({"ok": True, "unpublished": [r["orderHash"] for r in chosen]})
+
         return unpublish
 
 
@@ -540,7 +649,7 @@ def _page(query: Any, items: list[Any]) -> tuple[list[Any], int, int]:
         skip = (_int(query, "pageIndex") or 0) * limit
     else:
         limit, skip = DEFAULT_PAGE_SIZE, _int(query, "page") or 0
-    return items[skip:skip + limit], skip, limit
+    return items[skip : skip + limit], skip, limit
 
 
 def _next_page(length: int, skip: int, limit: int) -> dict[str, int]:
@@ -558,11 +667,13 @@ def _app_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
         raise _ApiError(400, "app or appOwner is required")
     ds, wp, rq = (_address(q, n, any_ok=True) for n in ("dataset", "workerpool", "requester"))
     min_tag, max_tag = _tag(q, "minTag"), _tag(q, "maxTag")
-    return lambda o: ((app in (None, "any") or o["app"] == app)
-                      and _restrict(o["datasetrestrict"], ds, _bool(q, "isDatasetStrict"))
-                      and _restrict(o["workerpoolrestrict"], wp, _bool(q, "isWorkerpoolStrict"))
-                      and _restrict(o["requesterrestrict"], rq, _bool(q, "isRequesterStrict"))
-                      and _tags_ok(o, min_tag, max_tag))
+    return lambda o: (
+        (app in (None, "any") or o["app"] == app)
+        and _restrict(o["datasetrestrict"], ds, _bool(q, "isDatasetStrict"))
+        and _restrict(o["workerpoolrestrict"], wp, _bool(q, "isWorkerpoolStrict"))
+        and _restrict(o["requesterrestrict"], rq, _bool(q, "isRequesterStrict"))
+        and _tags_ok(o, min_tag, max_tag)
+    )
 
 
 def _dataset_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
@@ -571,11 +682,13 @@ def _dataset_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
         raise _ApiError(400, "dataset or datasetOwner is required")
     app, wp, rq = (_address(q, n, any_ok=True) for n in ("app", "workerpool", "requester"))
     min_tag, max_tag = _tag(q, "minTag"), _tag(q, "maxTag")
-    return lambda o: ((ds in (None, "any") or o["dataset"] == ds)
-                      and _restrict(o["apprestrict"], app, _bool(q, "isAppStrict"))
-                      and _restrict(o["workerpoolrestrict"], wp, _bool(q, "isWorkerpoolStrict"))
-                      and _restrict(o["requesterrestrict"], rq, _bool(q, "isRequesterStrict"))
-                      and _tags_ok(o, min_tag, max_tag))
+    return lambda o: (
+        (ds in (None, "any") or o["dataset"] == ds)
+        and _restrict(o["apprestrict"], app, _bool(q, "isAppStrict"))
+        and _restrict(o["workerpoolrestrict"], wp, _bool(q, "isWorkerpoolStrict"))
+        and _restrict(o["requesterrestrict"], rq, _bool(q, "isRequesterStrict"))
+        and _tags_ok(o, min_tag, max_tag)
+    )
 
 
 def _workerpool_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
@@ -583,13 +696,15 @@ def _workerpool_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
     app, ds, rq = (_address(q, n, any_ok=True) for n in ("app", "dataset", "requester"))
     category, min_trust = _int(q, "category"), _int(q, "minTrust")
     min_tag, max_tag = _tag(q, "minTag"), _tag(q, "maxTag")
-    return lambda o: ((wp in (None, "any") or o["workerpool"] == wp)
-                      and (category is None or o["category"] == category)
-                      and (min_trust is None or min_trust <= 1 or o["trust"] >= min_trust)
-                      and _restrict(o["apprestrict"], app, _bool(q, "isAppStrict"))
-                      and _restrict(o["datasetrestrict"], ds, _bool(q, "isDatasetStrict"))
-                      and _restrict(o["requesterrestrict"], rq, _bool(q, "isRequesterStrict"))
-                      and _tags_ok(o, min_tag, max_tag))
+    return lambda o: (
+        (wp in (None, "any") or o["workerpool"] == wp)
+        and (category is None or o["category"] == category)
+        and (min_trust is None or min_trust <= 1 or o["trust"] >= min_trust)
+        and _restrict(o["apprestrict"], app, _bool(q, "isAppStrict"))
+        and _restrict(o["datasetrestrict"], ds, _bool(q, "isDatasetStrict"))
+        and _restrict(o["requesterrestrict"], rq, _bool(q, "isRequesterStrict"))
+        and _tags_ok(o, min_tag, max_tag)
+    )
 
 
 def _request_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
@@ -601,14 +716,21 @@ def _request_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
     def match(field: str, wanted: str | None, o: dict[str, Any]) -> bool:
         return wanted in (None, "any") or o[field] == wanted
 
-    return lambda o: (match("app", app, o) and match("dataset", ds, o) and match("requester", rq, o)
-                      and match("beneficiary", ben, o) and _restrict(o["workerpool"], wp, False)
-                      and (category is None or o["category"] == category)
-                      and (max_trust is None or o["trust"] <= max_trust)
-                      and _tags_ok(o, min_tag, max_tag))
+    return lambda o: (
+        match("app", app, o)
+        and match("dataset", ds, o)
+        and match("requester", rq, o)
+        and match("beneficiary", ben, o)
+        and _restrict(o["workerpool"], wp, False)
+        and (category is None or o["category"] == category)
+        and (max_trust is None or o["trust"] <= max_trust)
+        and _tags_ok(o, min_tag, max_tag)
+    )
 
 
 _FILTERS: dict[str, Callable[[Any], Callable[[dict[str, Any]], bool]]] = {
-    "apporders": _app_filter, "datasetorders": _dataset_filter,
-    "workerpoolorders": _workerpool_filter, "requestorders": _request_filter,
+    "apporders": _app_filter,
+    "datasetorders": _dataset_filter,
+    "workerpoolorders": _workerpool_filter,
+    "requestorders": _request_filter,
 }

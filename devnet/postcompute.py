@@ -14,6 +14,7 @@ The SMS value of `iexec-result-encryption-public-key` is base64 of the PEM publi
 Written from the SDK's reader, never importing `iexec` (the bot's client is checked against this, and this
 against the SDK). Pure functions: no network, no chain; the AES key lives only in this call.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,8 +28,14 @@ from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["ENC_KEY_FILE", "ENC_RESULT_FILE", "PostComputeError", "RESULT_KEY_SECRET", "encrypt_result",
-           "load_public_key"]
+__all__ = [
+    "ENC_KEY_FILE",
+    "ENC_RESULT_FILE",
+    "PostComputeError",
+    "RESULT_KEY_SECRET",
+    "encrypt_result",
+    "load_public_key",
+]
 
 RESULT_KEY_SECRET = "iexec-result-encryption-public-key"
 ENC_KEY_FILE = "aes-key.rsa"

@@ -20,6 +20,7 @@ In-process reads (`requester_secret`, `web2_secret`) are the devnet workerpool's
 Secrets persist to `state_path` (mode 0600, written atomically) so a demo restart keeps them.
 It binds loopback only, never logs a secret value, and never imports the client it stands in for (`iexec`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,9 +29,10 @@ import logging
 import os
 import re
 import tempfile
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 from eth_account import Account
@@ -52,8 +54,7 @@ _STATE_VERSION = 1
 
 def sms_challenge(address: str, name: str, value: str) -> bytes:
     """The 32-byte message the SDK personal_signs to push web2 and requester secrets."""
-    return keccak(keccak(DOMAIN.encode()) + bytes.fromhex(address[2:]) + keccak(name.encode())
-                  + keccak(value.encode()))
+    return keccak(keccak(DOMAIN.encode()) + bytes.fromhex(address[2:]) + keccak(name.encode()) + keccak(value.encode()))
 
 
 def _signed_by(authorization: str, challenge: bytes, address: str) -> bool:
@@ -119,8 +120,7 @@ class SmsStandIn:
         await web.TCPSite(self._runner, self.host, port).start()
         host, bound = self._runner.addresses[0][:2]
         self.base_url = f"http://{host}:{bound}"
-        log.info("event=sms_started url=%s web2=%d requester=%d", self.base_url, len(self._web2),
-                 len(self._requester))
+        log.info("event=sms_started url=%s web2=%d requester=%d", self.base_url, len(self._web2), len(self._requester))
         return self.base_url
 
     async def stop(self) -> None:
@@ -144,8 +144,9 @@ class SmsStandIn:
         try:
             data = json.loads(self.state_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ValueError(f"{self.state_path}: unreadable SMS state ({exc}); restore it or remove it "
-                             "(its secrets are then lost)") from None
+            raise ValueError(
+                f"{self.state_path}: unreadable SMS state ({exc}); restore it or remove it (its secrets are then lost)"
+            ) from None
         if not isinstance(data, dict) or data.get("version") != _STATE_VERSION:
             raise ValueError(f"{self.state_path}: not an SMS state file of version {_STATE_VERSION}")
         self._web2 = dict(data.get("web2", {}))
@@ -157,8 +158,9 @@ class SmsStandIn:
             return
         folder = self.state_path.parent
         folder.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"version": _STATE_VERSION, "web2": self._web2, "requester": self._requester},
-                             sort_keys=True).encode()
+        payload = json.dumps(
+            {"version": _STATE_VERSION, "web2": self._web2, "requester": self._requester}, sort_keys=True
+        ).encode()
         fd, tmp = tempfile.mkstemp(prefix=f".{self.state_path.name}.", dir=folder)
         try:
             os.fchmod(fd, 0o600)
@@ -250,7 +252,7 @@ class SmsStandIn:
     # -- endpoints ------------------------------------------------------------------------------------
 
     async def _up(self, request: web.Request) -> web.Response:
-        return web.Response(text=f"Up! ({datetime.now(timezone.utc).isoformat(timespec='seconds')})")
+        return web.Response(text=f"Up! ({datetime.now(UTC).isoformat(timespec='seconds')})")
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "UP"})
@@ -288,8 +290,7 @@ class SmsStandIn:
     async def _requester_add(self, request: web.Request) -> web.Response:
         requester, name = self._requester_key(request)
         value = await self._value(request)
-        if not _signed_by(request.headers.get("Authorization", ""), sms_challenge(requester, name, value),
-                          requester):
+        if not _signed_by(request.headers.get("Authorization", ""), sms_challenge(requester, name, value), requester):
             raise _Refused(401, "Invalid authorization")
         if len(value.encode()) > MAX_SECRET_BYTES:
             raise _Refused(400, "Secret size should not exceed 4 Kb")

@@ -16,13 +16,15 @@ Use it like this (PTB 22):
 It must never listen on anything but 127.0.0.1, never send a packet to another address (webhooks go to
 loopback URLs only), and never log a request line: bot tokens are in every URL.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -30,12 +32,31 @@ from aiohttp import web
 from devnet import telegram_inject as inject
 from devnet.telegram_bot import BotState, Upload, Webhook
 from devnet.telegram_model import (
-    ApiCall, ApiError, RateLimits, SentMessage, StandInError, StandInTimeout, TgChat, TgUser, UnknownBot,
-    UnknownFile, coerce_param,
+    ApiCall,
+    ApiError,
+    RateLimits,
+    SentMessage,
+    StandInError,
+    StandInTimeout,
+    TgChat,
+    TgUser,
+    UnknownBot,
+    UnknownFile,
+    coerce_param,
 )
 
-__all__ = ["TelegramStandIn", "TgUser", "TgChat", "RateLimits", "SentMessage", "ApiCall",
-           "StandInError", "StandInTimeout", "UnknownBot", "UnknownFile"]
+__all__ = [
+    "TelegramStandIn",
+    "TgUser",
+    "TgChat",
+    "RateLimits",
+    "SentMessage",
+    "ApiCall",
+    "StandInError",
+    "StandInTimeout",
+    "UnknownBot",
+    "UnknownFile",
+]
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 60 * 1024 * 1024  # above Telegram's 50 MB upload limit, so that limit answers
@@ -44,8 +65,14 @@ MAX_REQUEST_BYTES = 60 * 1024 * 1024  # above Telegram's 50 MB upload limit, so 
 class TelegramStandIn:
     """The Bot API stand-in: register bots, start it, point PTB at `bot_base_url`, drive users from tests."""
 
-    def __init__(self, *, rate_limits: RateLimits | None = None, webhook_retry_delay: float = 0.2,
-                 clock: Callable[[], float] = time.monotonic, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        rate_limits: RateLimits | None = None,
+        webhook_retry_delay: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+        data_dir: Path | None = None,
+    ) -> None:
         """`rate_limits=None` means Telegram's limits (30/s per bot, 1/s burst 3 per chat, 20/min per group).
         `data_dir`: where each bot's update and message numbers and its chat history (the last messages of
         each chat and their files, see devnet.telegram_history) are kept, so that a restarted stand-in never
@@ -70,8 +97,9 @@ class TelegramStandIn:
         """Make `token` valid (any other token gets 401 Unauthorized). `username` without "@"."""
         if not token or "/" in token or token in self._bots:
             raise StandInError("a bot token must be non-empty, without '/', and registered once")
-        state = BotState(token, username.lstrip("@"), self.rate_limits, self._notify, self._clock,
-                         counters_dir=self.data_dir)
+        state = BotState(
+            token, username.lstrip("@"), self.rate_limits, self._notify, self._clock, counters_dir=self.data_dir
+        )
         state.webhook_changed = lambda: self._webhook_changed(state)
         self._bots[token] = state
 
@@ -167,8 +195,7 @@ class TelegramStandIn:
         self.request_urls.append(str(request.url))
         state = self._bots.get(request.match_info["token"])
         if state is None:
-            return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"},
-                                     status=401)
+            return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
         try:
             params, uploads = await _read_params(request)
             result = await state.call(request.match_info["method"], params, uploads)
@@ -180,12 +207,10 @@ class TelegramStandIn:
         self.request_urls.append(str(request.url))
         state = self._bots.get(request.match_info["token"])
         if state is None:
-            return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"},
-                                     status=401)
+            return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
         stored = state.paths.get(request.match_info["path"])
         if stored is None:
-            return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"},
-                                     status=404)
+            return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"}, status=404)
         return web.Response(body=stored.data, content_type=stored.mime_type or "application/octet-stream")
 
     # --- webhooks ------------------------------------------------------------------------------------------
@@ -213,8 +238,13 @@ class TelegramStandIn:
                 self._notify()
                 continue
             state.webhook_error = (int(time.time()), failure)
-            log.info("webhook_failed bot=@%s update_id=%s error=%r retry_in=%.2fs", state.user.username,
-                     update["update_id"], failure, delay)
+            log.info(
+                "webhook_failed bot=@%s update_id=%s error=%r retry_in=%.2fs",
+                state.user.username,
+                update["update_id"],
+                failure,
+                delay,
+            )
             self._notify()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -224,8 +254,7 @@ class TelegramStandIn:
         assert self._session is not None
         headers = {"X-Telegram-Bot-Api-Secret-Token": hook.secret_token} if hook.secret_token else {}
         try:
-            async with self._session.post(hook.url, json=update, headers=headers,
-                                          allow_redirects=False) as resp:
+            async with self._session.post(hook.url, json=update, headers=headers, allow_redirects=False) as resp:
                 if 200 <= resp.status < 300:
                     return None
                 return f"Wrong response from the webhook: {resp.status} {resp.reason}"
@@ -245,60 +274,86 @@ class TelegramStandIn:
     def unblock(self, user: TgUser | int, token: str | None = None) -> None:
         self.bot(token).blocked.discard(user if isinstance(user, int) else user.id)
 
-    def inject_text(self, user: TgUser, text: str, *, chat: TgChat | None = None,
-                    token: str | None = None) -> dict[str, Any]:
+    def inject_text(
+        self, user: TgUser, text: str, *, chat: TgChat | None = None, token: str | None = None
+    ) -> dict[str, Any]:
         """The user sends `text`; returns the Message object the bot receives."""
         return inject.text(self.bot(token), user, text, chat)
 
-    def inject_command(self, user: TgUser, command: str, args: str = "", *, chat: TgChat | None = None,
-                       token: str | None = None) -> dict[str, Any]:
+    def inject_command(
+        self, user: TgUser, command: str, args: str = "", *, chat: TgChat | None = None, token: str | None = None
+    ) -> dict[str, Any]:
         """The user sends `/command args`."""
         body = f"/{command.lstrip('/')}" + (f" {args}" if args else "")
         return inject.text(self.bot(token), user, body, chat)
 
-    def inject_photo(self, user: TgUser, data: bytes, *, caption: str | None = None,
-                     chat: TgChat | None = None, token: str | None = None) -> dict[str, Any]:
+    def inject_photo(
+        self,
+        user: TgUser,
+        data: bytes,
+        *,
+        caption: str | None = None,
+        chat: TgChat | None = None,
+        token: str | None = None,
+    ) -> dict[str, Any]:
         """The user sends a photo; raises BadInjection when `data` is no image."""
         return inject.photo(self.bot(token), user, data, caption, chat)
 
-    def inject_document(self, user: TgUser, data: bytes, file_name: str,
-                        mime_type: str = "application/octet-stream", *, caption: str | None = None,
-                        chat: TgChat | None = None, token: str | None = None) -> dict[str, Any]:
+    def inject_document(
+        self,
+        user: TgUser,
+        data: bytes,
+        file_name: str,
+        mime_type: str = "application/octet-stream",
+        *,
+        caption: str | None = None,
+        chat: TgChat | None = None,
+        token: str | None = None,
+    ) -> dict[str, Any]:
         """The user sends a file."""
         return inject.document(self.bot(token), user, data, file_name, mime_type, caption, chat)
 
-    def inject_sticker(self, user: TgUser, *, chat: TgChat | None = None,
-                       token: str | None = None) -> dict[str, Any]:
+    def inject_sticker(self, user: TgUser, *, chat: TgChat | None = None, token: str | None = None) -> dict[str, Any]:
         return inject.sticker(self.bot(token), user, chat)
 
-    def inject_voice(self, user: TgUser, seconds: int = 1, *, chat: TgChat | None = None,
-                     token: str | None = None) -> dict[str, Any]:
+    def inject_voice(
+        self, user: TgUser, seconds: int = 1, *, chat: TgChat | None = None, token: str | None = None
+    ) -> dict[str, Any]:
         return inject.voice(self.bot(token), user, seconds, chat)
 
-    def inject_video(self, user: TgUser, *, caption: str | None = None, chat: TgChat | None = None,
-                     token: str | None = None) -> dict[str, Any]:
+    def inject_video(
+        self, user: TgUser, *, caption: str | None = None, chat: TgChat | None = None, token: str | None = None
+    ) -> dict[str, Any]:
         return inject.video(self.bot(token), user, caption=caption, chat=chat)
 
-    def inject_edit(self, user: TgUser, message_id: int, new_text: str, *, chat: TgChat | None = None,
-                    token: str | None = None) -> dict[str, Any]:
+    def inject_edit(
+        self, user: TgUser, message_id: int, new_text: str, *, chat: TgChat | None = None, token: str | None = None
+    ) -> dict[str, Any]:
         """The user edits their earlier text message `message_id`."""
         return inject.edit(self.bot(token), user, message_id, new_text, chat)
 
-    def press_button(self, user: TgUser, message_id: int, data: str, *, chat: TgChat | None = None,
-                     must_exist: bool = True, token: str | None = None) -> str:
+    def press_button(
+        self,
+        user: TgUser,
+        message_id: int,
+        data: str,
+        *,
+        chat: TgChat | None = None,
+        must_exist: bool = True,
+        token: str | None = None,
+    ) -> str:
         """The user presses the inline button with callback_data `data`; returns the callback query id."""
         return inject.press(self.bot(token), user, message_id, data, chat, must_exist=must_exist)
 
     # --- test side: what the bot did ---------------------------------------------------------------------
 
-    def sent(self, chat_id: int, *, include_deleted: bool = False,
-             token: str | None = None) -> list[SentMessage]:
+    def sent(self, chat_id: int, *, include_deleted: bool = False, token: str | None = None) -> list[SentMessage]:
         """The bot's messages in a chat, oldest first, as they are now (edits applied, history in `.edits`)."""
-        return [m for m in self.conversation(chat_id, include_deleted=include_deleted, token=token)
-                if m.from_bot]
+        return [m for m in self.conversation(chat_id, include_deleted=include_deleted, token=token) if m.from_bot]
 
-    def conversation(self, chat_id: int, *, include_deleted: bool = False,
-                     token: str | None = None) -> list[SentMessage]:
+    def conversation(
+        self, chat_id: int, *, include_deleted: bool = False, token: str | None = None
+    ) -> list[SentMessage]:
         """Every message of a chat (the user's and the bot's), oldest first."""
         messages = self.bot(token).messages.get(chat_id, {})
         return [messages[k] for k in sorted(messages) if include_deleted or not messages[k].deleted]
@@ -350,19 +405,23 @@ class TelegramStandIn:
             except TimeoutError:
                 continue
 
-    async def wait_calls(self, method: str, n: int = 1, timeout: float = 5.0, *, ok_only: bool = True,
-                         token: str | None = None) -> list[ApiCall]:
+    async def wait_calls(
+        self, method: str, n: int = 1, timeout: float = 5.0, *, ok_only: bool = True, token: str | None = None
+    ) -> list[ApiCall]:
         """Wait until the bot made `n` calls of `method` (successful ones unless ok_only=False)."""
+
         def matching() -> list[ApiCall]:
             return [c for c in self.calls(method, token=token) if c.status == 200 or not ok_only]
+
         try:
             await self.wait_for(lambda: len(matching()) >= n, timeout)
         except StandInTimeout:
             raise StandInTimeout(f"{len(matching())} of {n} {method} calls within {timeout} s") from None
         return matching()
 
-    async def wait_sent(self, chat_id: int, n: int = 1, timeout: float = 5.0, *,
-                        token: str | None = None) -> list[SentMessage]:
+    async def wait_sent(
+        self, chat_id: int, n: int = 1, timeout: float = 5.0, *, token: str | None = None
+    ) -> list[SentMessage]:
         """Wait until the bot has `n` messages in the chat; returns them."""
         try:
             await self.wait_for(lambda: len(self.sent(chat_id, token=token)) >= n, timeout)

@@ -7,6 +7,7 @@ the HTTP requests, calls `BotState.call`, and delivers webhooks.
 It must never fetch a URL it is given (a photo "URL" or a webhook address outside loopback is refused),
 and never put the bot token into an answer, a file path or a log line.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,15 +19,27 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from devnet.telegram_history import History, Snapshot
 from devnet.telegram_model import (
-    ApiCall, ApiError, FloodControl, RateLimits, Revision, SentMessage, StoredFile, TgChat, TgUser,
-    bad_request, image_size, photo_versions, render_text,
+    ApiCall,
+    ApiError,
+    FloodControl,
+    RateLimits,
+    Revision,
+    SentMessage,
+    StoredFile,
+    TgChat,
+    TgUser,
+    bad_request,
+    image_size,
+    photo_versions,
+    render_text,
 )
 
 MAX_TEXT = 4096
@@ -34,18 +47,37 @@ MAX_CAPTION = 1024
 MAX_PHOTO_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
-NOT_MODIFIED = ("message is not modified: specified new message content and reply markup are exactly "
-                "the same as a content and reply markup of the current message")
-CHAT_ACTIONS = frozenset({"typing", "upload_photo", "record_video", "upload_video", "record_voice",
-                          "upload_voice", "upload_document", "choose_sticker", "find_location",
-                          "record_video_note", "upload_video_note"})
+NOT_MODIFIED = (
+    "message is not modified: specified new message content and reply markup are exactly "
+    "the same as a content and reply markup of the current message"
+)
+CHAT_ACTIONS = frozenset(
+    {
+        "typing",
+        "upload_photo",
+        "record_video",
+        "upload_video",
+        "record_voice",
+        "upload_voice",
+        "upload_document",
+        "choose_sticker",
+        "find_location",
+        "record_video_note",
+        "upload_video_note",
+    }
+)
 _COMMAND_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 HISTORY_SAVE_DELAY = 0.3  # seconds: a burst of changes (a progress message being edited) is one write
 log = logging.getLogger(__name__)
-_FILE_DIRS = {"photo": ("photos", "jpg"), "document": ("documents", "bin"), "sticker": ("stickers", "webp"),
-              "voice": ("voice", "oga"), "video": ("videos", "mp4")}
+_FILE_DIRS = {
+    "photo": ("photos", "jpg"),
+    "document": ("documents", "bin"),
+    "sticker": ("stickers", "webp"),
+    "voice": ("voice", "oga"),
+    "video": ("videos", "mp4"),
+}
 
 
 @dataclass(frozen=True)
@@ -121,23 +153,42 @@ class Counters:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         scratch = self.path.with_suffix(".tmp")
-        scratch.write_text(json.dumps({"update_id": self.update_id, "files": self.files,
-                                       "messages": {str(c): n for c, n in self.messages.items()}}))
+        scratch.write_text(
+            json.dumps(
+                {
+                    "update_id": self.update_id,
+                    "files": self.files,
+                    "messages": {str(c): n for c, n in self.messages.items()},
+                }
+            )
+        )
         os.replace(scratch, self.path)  # a kill mid-write leaves the old numbers, never a torn file
 
 
 class BotState:
     """Everything Telegram knows about one bot; the Bot API methods act on it."""
 
-    def __init__(self, token: str, username: str, limits: RateLimits, notify: Callable[[], None],
-                 clock: Callable[[], float] = time.monotonic, counters_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        token: str,
+        username: str,
+        limits: RateLimits,
+        notify: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+        counters_dir: Path | None = None,
+    ) -> None:
         """`counters_dir`: where the ids handed out and the chat history are kept across restarts
         (None: in memory only, a fresh Telegram each start)."""
         bot_id = token.split(":", 1)[0]
         self.token = token
         known_id = re.fullmatch(r"[0-9]{1,15}", bot_id)  # ASCII digits: isdigit() would take "²"
-        self.user = TgUser(id=int(bot_id) if known_id else 1_000_000 + len(username),
-                           first_name=username, username=username, is_bot=True, language_code=None)
+        self.user = TgUser(
+            id=int(bot_id) if known_id else 1_000_000 + len(username),
+            first_name=username,
+            username=username,
+            is_bot=True,
+            language_code=None,
+        )
         self.flood = FloodControl(limits, clock)
         self.clock = clock
         self.chats: dict[int, TgChat] = {}
@@ -163,11 +214,31 @@ class BotState:
         if self.history is not None:
             self._restore(self.history.load())
         self.webhook_changed: Callable[[], None] = lambda: None
-        self.methods: dict[str, Handler] = {name.lower(): getattr(self, f"api_{name}") for name in (
-            "getMe", "getUpdates", "setWebhook", "deleteWebhook", "getWebhookInfo", "setMyCommands",
-            "getMyCommands", "deleteMyCommands", "sendChatAction", "answerCallbackQuery", "sendMessage",
-            "editMessageText", "editMessageCaption", "editMessageReplyMarkup", "deleteMessage",
-            "sendPhoto", "sendDocument", "getFile", "logOut", "close")}
+        self.methods: dict[str, Handler] = {
+            name.lower(): getattr(self, f"api_{name}")
+            for name in (
+                "getMe",
+                "getUpdates",
+                "setWebhook",
+                "deleteWebhook",
+                "getWebhookInfo",
+                "setMyCommands",
+                "getMyCommands",
+                "deleteMyCommands",
+                "sendChatAction",
+                "answerCallbackQuery",
+                "sendMessage",
+                "editMessageText",
+                "editMessageCaption",
+                "editMessageReplyMarkup",
+                "deleteMessage",
+                "sendPhoto",
+                "sendDocument",
+                "getFile",
+                "logOut",
+                "close",
+            )
+        }
 
     # --- history across restarts -----------------------------------------------------------------------
 
@@ -255,8 +326,15 @@ class BotState:
         self._history_changed()
         return message
 
-    def store_file(self, kind: str, data: bytes, *, mime_type: str | None = None,
-                   file_name: str | None = None, size: tuple[int, int] | None = None) -> StoredFile:
+    def store_file(
+        self,
+        kind: str,
+        data: bytes,
+        *,
+        mime_type: str | None = None,
+        file_name: str | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> StoredFile:
         """Keep a file's bytes under new ids and a getFile path that is not a file on this machine."""
         number = self.counters.next_file_number()
         folder, ext = _FILE_DIRS[kind]
@@ -267,17 +345,25 @@ class BotState:
             path = f"tg_{path}"
         stored = StoredFile(
             file_id=f"{kind[:2].upper()}{number}x{secrets.token_urlsafe(24)}",
-            file_unique_id=f"U{number}{secrets.token_hex(4)}", kind=kind, file_path=path, data=data,
-            mime_type=mime_type, file_name=file_name,
-            width=size[0] if size else None, height=size[1] if size else None)
+            file_unique_id=f"U{number}{secrets.token_hex(4)}",
+            kind=kind,
+            file_path=path,
+            data=data,
+            mime_type=mime_type,
+            file_name=file_name,
+            width=size[0] if size else None,
+            height=size[1] if size else None,
+        )
         self.files[stored.file_id] = stored
         self.paths[path] = stored
         return stored
 
     def store_photo(self, data: bytes) -> tuple[StoredFile, ...]:
         """Store a photo the way Telegram does: several sizes, largest last."""
-        sizes = tuple(self.store_file("photo", v.data, mime_type="image/jpeg", size=(v.width, v.height))
-                      for v in photo_versions(data))
+        sizes = tuple(
+            self.store_file("photo", v.data, mime_type="image/jpeg", size=(v.width, v.height))
+            for v in photo_versions(data)
+        )
         for size in sizes:
             self.photo_sets[size.file_id] = sizes
         return sizes
@@ -286,8 +372,11 @@ class BotState:
         chat_id = params.get("chat_id")
         if chat_id is None or chat_id == "":
             raise bad_request("chat_id is empty")
-        chat = self.chats.get(chat_id) if isinstance(chat_id, int) else next(
-            (c for c in self.chats.values() if c.username and f"@{c.username}" == chat_id), None)
+        chat = (
+            self.chats.get(chat_id)
+            if isinstance(chat_id, int)
+            else next((c for c in self.chats.values() if c.username and f"@{c.username}" == chat_id), None)
+        )
         if chat is None:
             raise bad_request("chat not found")
         if chat.type == "private" and chat.id in self.blocked:
@@ -300,13 +389,16 @@ class BotState:
             self.rate_limited += 1
             raise ApiError(429, f"Too Many Requests: retry after {wait}", retry_after=wait)
 
-    def message_api(self, msg: SentMessage, *, edit_date: int | None = None,
-                    nested: bool = False) -> dict[str, Any]:
+    def message_api(self, msg: SentMessage, *, edit_date: int | None = None, nested: bool = False) -> dict[str, Any]:
         """The Bot API `Message` object of a stored message. As on Telegram, the `reply_to_message` it
         carries has no `reply_to_message` of its own (`nested`)."""
         sender = self.user if msg.from_bot else None
-        out: dict[str, Any] = {"message_id": msg.message_id, "date": msg.date,
-                               "chat": self.chats[msg.chat_id].to_api(), **msg.api}
+        out: dict[str, Any] = {
+            "message_id": msg.message_id,
+            "date": msg.date,
+            "chat": self.chats[msg.chat_id].to_api(),
+            **msg.api,
+        }
         if sender is not None:
             out["from"] = sender.to_api()
         if msg.text is not None:
@@ -324,9 +416,14 @@ class BotState:
     # --- identity, updates, webhooks --------------------------------------------------------------------
 
     async def api_getMe(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
-        return {**self.user.to_api(), "can_join_groups": True, "can_read_all_group_messages": False,
-                "supports_inline_queries": False, "can_connect_to_business": False,
-                "has_main_web_app": False}
+        return {
+            **self.user.to_api(),
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+            "can_connect_to_business": False,
+            "has_main_web_app": False,
+        }
 
     async def api_logOut(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
         return True
@@ -344,8 +441,11 @@ class BotState:
 
     async def api_getUpdates(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
         if self.webhook is not None:
-            raise ApiError(409, "Conflict: can't use getUpdates method while webhook is active; "
-                                "use deleteWebhook to delete the webhook first")
+            raise ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
         self._confirm(params.get("offset"))
         limit = min(max(int(params.get("limit") or 100), 1), 100)
         timeout = max(int(params.get("timeout") or 0), 0)
@@ -361,8 +461,10 @@ class BotState:
             except TimeoutError:
                 break
             if generation != self._poll_generation:
-                raise ApiError(409, "Conflict: terminated by other getUpdates request; make sure that "
-                                    "only one bot instance is running")
+                raise ApiError(
+                    409,
+                    "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+                )
             if self.webhook is not None:
                 return []
         return self.updates[:limit]
@@ -394,8 +496,11 @@ class BotState:
         return True
 
     async def api_getWebhookInfo(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
-        info: dict[str, Any] = {"url": self.webhook.url if self.webhook else "",
-                                "has_custom_certificate": False, "pending_update_count": len(self.updates)}
+        info: dict[str, Any] = {
+            "url": self.webhook.url if self.webhook else "",
+            "has_custom_certificate": False,
+            "pending_update_count": len(self.updates),
+        }
         if self.webhook is not None:
             info["max_connections"] = self.webhook.max_connections
         if self.webhook_error is not None:
@@ -419,7 +524,8 @@ class BotState:
             if not 1 <= len(str(cmd.get("description", ""))) <= 256:
                 raise bad_request("BOT_COMMAND_DESCRIPTION_INVALID")
         self.commands[self._scope_key(params)] = [
-            {"command": c["command"], "description": c["description"]} for c in commands]
+            {"command": c["command"], "description": c["description"]} for c in commands
+        ]
         return True
 
     async def api_getMyCommands(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
@@ -462,17 +568,27 @@ class BotState:
             raise bad_request("message to be replied not found")
         return int(target)
 
-    def _new_bot_message(self, chat: TgChat, params: dict[str, Any], kind: str, text: str | None,
-                         **extra: Any) -> SentMessage:
+    def _new_bot_message(
+        self, chat: TgChat, params: dict[str, Any], kind: str, text: str | None, **extra: Any
+    ) -> SentMessage:
         rendered = render_text(text, params.get("parse_mode")) if text else None
         limit = MAX_TEXT if kind == "text" else MAX_CAPTION
         if rendered is not None and len(rendered) > limit:
             raise bad_request("message is too long" if kind == "text" else "message caption is too long")
         markup = check_markup(params.get("reply_markup"))
-        return SentMessage(message_id=self.next_message_id(chat.id), chat_id=chat.id, kind=kind,
-                           from_bot=True, text=rendered or None, raw_text=text,
-                           parse_mode=params.get("parse_mode"), reply_markup=markup, date=self.now(),
-                           reply_to=self._reply_to(chat, params), **extra)
+        return SentMessage(
+            message_id=self.next_message_id(chat.id),
+            chat_id=chat.id,
+            kind=kind,
+            from_bot=True,
+            text=rendered or None,
+            raw_text=text,
+            parse_mode=params.get("parse_mode"),
+            reply_markup=markup,
+            date=self.now(),
+            reply_to=self._reply_to(chat, params),
+            **extra,
+        )
 
     async def api_sendMessage(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
         text = params.get("text")
@@ -491,7 +607,7 @@ class BotState:
         if not isinstance(value, str) or not value:
             raise bad_request(f"there is no {name} in the request")
         if value.startswith("attach://"):
-            part = uploads.get(value[len("attach://"):])
+            part = uploads.get(value[len("attach://") :])
             if part is None:
                 raise bad_request(f"wrong remote file identifier specified: {value} is not in the request")
             return part
@@ -516,9 +632,16 @@ class BotState:
         if not isinstance(source, str):
             sizes = self.store_photo(source.data)
         largest = sizes[-1]
-        msg = self._new_bot_message(chat, params, "photo", params.get("caption"), file_id=largest.file_id,
-                                    data=largest.data, mime_type="image/jpeg",
-                                    api={"photo": [s.photo_size() for s in sizes]})
+        msg = self._new_bot_message(
+            chat,
+            params,
+            "photo",
+            params.get("caption"),
+            file_id=largest.file_id,
+            data=largest.data,
+            mime_type="image/jpeg",
+            api={"photo": [s.photo_size() for s in sizes]},
+        )
         return self.message_api(self.store(msg))
 
     async def api_sendDocument(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
@@ -535,12 +658,23 @@ class BotState:
         self._flood(chat)
         if not isinstance(source, str):
             name = source.filename or "file"
-            mime = source.content_type if source.content_type not in (None, "application/octet-stream") \
+            mime = (
+                source.content_type
+                if source.content_type not in (None, "application/octet-stream")
                 else (mimetypes.guess_type(name)[0] or "application/octet-stream")
+            )
             doc = self.store_file("document", source.data, mime_type=mime, file_name=name)
-        msg = self._new_bot_message(chat, params, "document", params.get("caption"), file_id=doc.file_id,
-                                    data=doc.data, file_name=doc.file_name, mime_type=doc.mime_type,
-                                    api={"document": doc.document()})
+        msg = self._new_bot_message(
+            chat,
+            params,
+            "document",
+            params.get("caption"),
+            file_id=doc.file_id,
+            data=doc.data,
+            file_name=doc.file_name,
+            mime_type=doc.mime_type,
+            api={"document": doc.document()},
+        )
         return self.message_api(self.store(msg))
 
     async def api_getFile(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
@@ -549,8 +683,12 @@ class BotState:
             raise bad_request("invalid file_id")
         if stored.file_size > MAX_DOWNLOAD_BYTES:
             raise bad_request("file is too big")
-        return {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
-                "file_size": stored.file_size, "file_path": stored.file_path}
+        return {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": stored.file_size,
+            "file_path": stored.file_path,
+        }
 
     # --- editing and deleting ----------------------------------------------------------------------------
 
@@ -565,16 +703,22 @@ class BotState:
             raise bad_request("message can't be edited")
         return chat, msg
 
-    def _apply_edit(self, chat: TgChat, msg: SentMessage, *, text: str | None, raw: str | None,
-                    params: dict[str, Any]) -> Any:
+    def _apply_edit(
+        self, chat: TgChat, msg: SentMessage, *, text: str | None, raw: str | None, params: dict[str, Any]
+    ) -> Any:
         markup = check_markup(params.get("reply_markup"))
         if text == msg.text and markup == msg.reply_markup:
             raise bad_request(NOT_MODIFIED)
         self._flood(chat)
         when = self.now()
         edited = dataclasses.replace(
-            msg, text=text, raw_text=raw, parse_mode=params.get("parse_mode"), reply_markup=markup,
-            edits=msg.edits + (Revision(msg.text, msg.reply_markup, when),))
+            msg,
+            text=text,
+            raw_text=raw,
+            parse_mode=params.get("parse_mode"),
+            reply_markup=markup,
+            edits=msg.edits + (Revision(msg.text, msg.reply_markup, when),),
+        )
         return self.message_api(self.store(edited), edit_date=when)
 
     async def api_editMessageText(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
@@ -601,8 +745,9 @@ class BotState:
 
     async def api_editMessageReplyMarkup(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
         chat, msg = self._editable(params)
-        return self._apply_edit(chat, msg, text=msg.text, raw=msg.raw_text,
-                                params={**params, "parse_mode": msg.parse_mode})
+        return self._apply_edit(
+            chat, msg, text=msg.text, raw=msg.raw_text, params={**params, "parse_mode": msg.parse_mode}
+        )
 
     async def api_deleteMessage(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
         chat = self._chat(params)

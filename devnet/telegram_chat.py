@@ -19,6 +19,7 @@ All under `/_chat/{bot_username}/...`, beside the Bot API on the same 127.0.0.1 
 A user is `{"id": int, "first_name": str, "username": str?}`. Errors answer `{"error": "..."}` with 400
 (bad input) or 404 (unknown bot, message or file). These endpoints must never reveal a bot token.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -30,7 +31,14 @@ from aiohttp import web
 from devnet import telegram_inject as inject
 from devnet.telegram_bot import BotState
 from devnet.telegram_model import (
-    BadInjection, SentMessage, StandInError, TgChat, TgUser, UnknownBot, UnknownFile, UnknownMessage,
+    BadInjection,
+    SentMessage,
+    StandInError,
+    TgChat,
+    TgUser,
+    UnknownBot,
+    UnknownFile,
+    UnknownMessage,
 )
 
 if TYPE_CHECKING:
@@ -61,12 +69,22 @@ def message_json(msg: SentMessage, state: BotState) -> dict[str, Any]:
     """A message as the chat page shows it; `reply_to` quotes the message it answers (None if none)."""
     rows = (msg.reply_markup or {}).get("inline_keyboard", [])
     stored = state.files.get(msg.file_id) if msg.file_id else None
-    return {"message_id": msg.message_id, "from_bot": msg.from_bot, "kind": msg.kind, "text": msg.text,
-            "date": msg.date, "file_id": msg.file_id if stored is not None else None,
-            "file_name": msg.file_name, "mime_type": msg.mime_type,
-            "buttons": [[{"text": b.get("text"), "data": b.get("callback_data"), "url": b.get("url")}
-                         for b in row] for row in rows],
-            "edits": len(msg.edits), "deleted": msg.deleted, "reply_to": _quote(msg, state)}
+    return {
+        "message_id": msg.message_id,
+        "from_bot": msg.from_bot,
+        "kind": msg.kind,
+        "text": msg.text,
+        "date": msg.date,
+        "file_id": msg.file_id if stored is not None else None,
+        "file_name": msg.file_name,
+        "mime_type": msg.mime_type,
+        "buttons": [
+            [{"text": b.get("text"), "data": b.get("callback_data"), "url": b.get("url")} for b in row] for row in rows
+        ],
+        "edits": len(msg.edits),
+        "deleted": msg.deleted,
+        "reply_to": _quote(msg, state),
+    }
 
 
 def _quote(msg: SentMessage, state: BotState) -> dict[str, Any] | None:
@@ -75,22 +93,31 @@ def _quote(msg: SentMessage, state: BotState) -> dict[str, Any] | None:
         return None
     replied = state.messages.get(msg.chat_id, {}).get(msg.reply_to)
     if replied is None or replied.deleted:
-        return {"message_id": msg.reply_to, "from_bot": None, "kind": None, "text": "Deleted message",
-                "thumb_file_id": None}
+        return {
+            "message_id": msg.reply_to,
+            "from_bot": None,
+            "kind": None,
+            "text": "Deleted message",
+            "thumb_file_id": None,
+        }
     sizes = [s.get("file_id") for s in replied.api.get("photo", []) if isinstance(s, dict)]
     thumb = next((i for i in sizes if i in state.files), None)
     text = replied.text or (replied.file_name if replied.kind == "document" else None) or replied.kind.capitalize()
     if len(text) > SNIPPET_CHARS:
-        text = text[:SNIPPET_CHARS - 1] + "\u2026"
-    return {"message_id": replied.message_id, "from_bot": replied.from_bot, "kind": replied.kind,
-            "text": text, "thumb_file_id": thumb}
+        text = text[: SNIPPET_CHARS - 1] + "\u2026"
+    return {
+        "message_id": replied.message_id,
+        "from_bot": replied.from_bot,
+        "kind": replied.kind,
+        "text": text,
+        "thumb_file_id": thumb,
+    }
 
 
 def _user(raw: Any) -> TgUser:
     if not isinstance(raw, dict) or not isinstance(raw.get("id"), int) or raw["id"] <= 0:
         raise BadInjection("user must be an object with a positive integer id")
-    return TgUser(id=raw["id"], first_name=str(raw.get("first_name") or "User"),
-                  username=raw.get("username") or None)
+    return TgUser(id=raw["id"], first_name=str(raw.get("first_name") or "User"), username=raw.get("username") or None)
 
 
 def _chat(raw: Any) -> TgChat | None:
@@ -128,19 +155,28 @@ class _ChatRoutes:
     async def page(self, request: web.Request) -> web.Response:
         """The chat page itself (static HTML + JS that uses only the endpoints below)."""
         html = resources.files("devnet").joinpath("telegram_chat.html").read_text(encoding="utf-8")
-        return web.Response(text=html, content_type="text/html",
-                            headers={"Content-Security-Policy": "default-src 'self'; "
-                                     "script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
+        return web.Response(
+            text=html,
+            content_type="text/html",
+            headers={
+                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
+            },
+        )
 
     async def bots(self, request: web.Request) -> web.Response:
-        return web.json_response([{"username": s.user.username, "id": s.user.id,
-                                   "first_name": s.user.first_name} for s in self.standin.bots()])
+        return web.json_response(
+            [
+                {"username": s.user.username, "id": s.user.id, "first_name": s.user.first_name}
+                for s in self.standin.bots()
+            ]
+        )
 
     async def send(self, request: web.Request) -> web.Response:
         try:
             body = await self._json(request)
-            message = inject.text(self._state(request), _user(body.get("user")), str(body.get("text") or ""),
-                                  _chat(body.get("chat")))
+            message = inject.text(
+                self._state(request), _user(body.get("user")), str(body.get("text") or ""), _chat(body.get("chat"))
+            )
         except StandInError as err:
             return self._error(err)
         return web.json_response({"message": message})
@@ -151,15 +187,21 @@ class _ChatRoutes:
             part = form.get("file")
             if not isinstance(part, web.FileField):
                 raise BadInjection("the form needs a file part named 'file'")
-            user = _user({"id": int(str(form.get("user_id", "0"))), "first_name": form.get("first_name"),
-                          "username": form.get("username")})
+            user = _user(
+                {
+                    "id": int(str(form.get("user_id", "0"))),
+                    "first_name": form.get("first_name"),
+                    "username": form.get("username"),
+                }
+            )
             caption = str(form.get("caption") or "") or None
             data, state = part.file.read(), self._state(request)
             if form.get("kind") == "photo":
                 message = inject.photo(state, user, data, caption)
             else:
-                message = inject.document(state, user, data, part.filename or "file",
-                                          part.content_type or "application/octet-stream", caption)
+                message = inject.document(
+                    state, user, data, part.filename or "file", part.content_type or "application/octet-stream", caption
+                )
         except ValueError:
             return web.json_response({"error": "user_id must be an integer"}, status=400)
         except StandInError as err:
@@ -169,9 +211,13 @@ class _ChatRoutes:
     async def press(self, request: web.Request) -> web.Response:
         try:
             body = await self._json(request)
-            query_id = inject.press(self._state(request), _user(body.get("user")),
-                                    int(body.get("message_id") or 0), str(body.get("data") or ""),
-                                    _chat(body.get("chat")))
+            query_id = inject.press(
+                self._state(request),
+                _user(body.get("user")),
+                int(body.get("message_id") or 0),
+                str(body.get("data") or ""),
+                _chat(body.get("chat")),
+            )
         except StandInError as err:
             return self._error(err)
         return web.json_response({"callback_query_id": query_id})
@@ -179,9 +225,13 @@ class _ChatRoutes:
     async def edit(self, request: web.Request) -> web.Response:
         try:
             body = await self._json(request)
-            message = inject.edit(self._state(request), _user(body.get("user")),
-                                  int(body.get("message_id") or 0), str(body.get("text") or ""),
-                                  _chat(body.get("chat")))
+            message = inject.edit(
+                self._state(request),
+                _user(body.get("user")),
+                int(body.get("message_id") or 0),
+                str(body.get("text") or ""),
+                _chat(body.get("chat")),
+            )
         except StandInError as err:
             return self._error(err)
         return web.json_response({"message": message})
@@ -202,8 +252,9 @@ class _ChatRoutes:
             except StandInError:
                 pass  # nothing changed: answer with the same conversation
         found = state.messages.get(chat_id, {})
-        return web.json_response({"changes": self.standin.changes,
-                                  "messages": [message_json(found[k], state) for k in sorted(found)]})
+        return web.json_response(
+            {"changes": self.standin.changes, "messages": [message_json(found[k], state) for k in sorted(found)]}
+        )
 
     async def file(self, request: web.Request) -> web.Response:
         try:
@@ -219,6 +270,11 @@ class _ChatRoutes:
             state = self._state(request)
         except StandInError as err:
             return self._error(err)
-        return web.json_response({
-            "calls": dict(Counter(c.method for c in state.calls)), "rate_limited": state.rate_limited,
-            "pending_updates": len(state.updates), "webhook": state.webhook.url if state.webhook else ""})
+        return web.json_response(
+            {
+                "calls": dict(Counter(c.method for c in state.calls)),
+                "rate_limited": state.rate_limited,
+                "pending_updates": len(state.updates),
+                "webhook": state.webhook.url if state.webhook else "",
+            }
+        )

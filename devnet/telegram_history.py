@@ -12,6 +12,7 @@ them, so a kill at any moment leaves the previous history or the new one, never 
 
 It must never hold a bot token (neither in the index nor in a file name).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,9 @@ def message_file_ids(msg: SentMessage) -> list[str]:
 class History:
     """Saves and loads one bot's `Snapshot` in `folder` (see the module docstring for the layout)."""
 
-    def __init__(self, folder: Path, *, max_messages: int = MAX_MESSAGES_PER_CHAT,
-                 max_file_bytes: int = MAX_FILE_BYTES) -> None:
+    def __init__(
+        self, folder: Path, *, max_messages: int = MAX_MESSAGES_PER_CHAT, max_file_bytes: int = MAX_FILE_BYTES
+    ) -> None:
         self.folder = folder
         self.max_messages = max_messages
         self.max_file_bytes = max_file_bytes
@@ -78,36 +80,49 @@ class History:
             snap.messages[chat.id] = {}
             for m in raw["messages"]:
                 stored = snap.files.get(m["file_id"]) if m["file_id"] else None
-                msg = SentMessage(**{**m, "edits": tuple(Revision(*e) for e in m["edits"]),
-                                     "data": stored.data if stored is not None else None})
+                msg = SentMessage(
+                    **{
+                        **m,
+                        "edits": tuple(Revision(*e) for e in m["edits"]),
+                        "data": stored.data if stored is not None else None,
+                    }
+                )
                 snap.messages[chat.id][msg.message_id] = msg
         return snap
 
     def save(self, snap: Snapshot) -> None:
         """Write the last messages of every chat and the files they show, then drop files no longer named."""
-        kept = {chat_id: [m for _, m in sorted(found.items()) if not m.deleted][-self.max_messages:]
-                for chat_id, found in snap.messages.items() if chat_id in snap.chats}
+        kept = {
+            chat_id: [m for _, m in sorted(found.items()) if not m.deleted][-self.max_messages :]
+            for chat_id, found in snap.messages.items()
+            if chat_id in snap.chats
+        }
         files = self._files_within_cap(kept, snap.files)
         self.blobs.mkdir(parents=True, exist_ok=True)
         for stored in files.values():
             blob = self.blobs / stored.file_unique_id
             if not blob.exists():  # a file's bytes never change under its id
                 _write_atomically(blob, stored.data)
-        index = {"files": [{k: v for k, v in dataclasses.asdict(f).items() if k != "data"}
-                           for f in files.values()],
-                 "chats": [{"chat": dataclasses.asdict(snap.chats[chat_id]),
-                            "messages": [_message_json(m) for m in msgs]} for chat_id, msgs in kept.items()]}
+        index = {
+            "files": [{k: v for k, v in dataclasses.asdict(f).items() if k != "data"} for f in files.values()],
+            "chats": [
+                {"chat": dataclasses.asdict(snap.chats[chat_id]), "messages": [_message_json(m) for m in msgs]}
+                for chat_id, msgs in kept.items()
+            ],
+        }
         _write_atomically(self.index, json.dumps(index, ensure_ascii=False).encode("utf-8"))
         names = {f.file_unique_id for f in files.values()}
         for blob in self.blobs.iterdir():
             if blob.name not in names:
                 blob.unlink(missing_ok=True)
 
-    def _files_within_cap(self, kept: dict[int, list[SentMessage]],
-                          known: dict[str, StoredFile]) -> dict[str, StoredFile]:
+    def _files_within_cap(
+        self, kept: dict[int, list[SentMessage]], known: dict[str, StoredFile]
+    ) -> dict[str, StoredFile]:
         """The files of the kept messages, newest message first, until `max_file_bytes` is reached."""
-        newest_first = sorted((m for msgs in kept.values() for m in msgs),
-                              key=lambda m: (m.date, m.message_id), reverse=True)
+        newest_first = sorted(
+            (m for msgs in kept.values() for m in msgs), key=lambda m: (m.date, m.message_id), reverse=True
+        )
         files: dict[str, StoredFile] = {}
         total = 0
         for msg in newest_first:

@@ -7,6 +7,7 @@ bot receives (by getUpdates or webhook). The shapes follow the Bot API: a comman
 It must never inject what Telegram could not send: pressing a button that is not on the message, editing
 another person's message, or a "photo" that is no image raise BadInjection.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,14 @@ from typing import Any
 
 from devnet.telegram_bot import BotState
 from devnet.telegram_model import (
-    ApiError, BadInjection, Revision, SentMessage, TgChat, TgUser, UnknownMessage, command_entities,
+    ApiError,
+    BadInjection,
+    Revision,
+    SentMessage,
+    TgChat,
+    TgUser,
+    UnknownMessage,
+    command_entities,
 )
 
 
@@ -31,11 +39,22 @@ def _chat_for(state: BotState, user: TgUser, chat: TgChat | None) -> TgChat:
     return chat
 
 
-def _user_message(state: BotState, user: TgUser, chat: TgChat, kind: str, text: str | None,
-                  api: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    msg = SentMessage(message_id=state.next_message_id(chat.id), chat_id=chat.id, kind=kind,
-                      from_bot=False, text=text, raw_text=text, parse_mode=None, reply_markup=None,
-                      date=state.now(), api={"from": user.to_api(), **api}, **extra)
+def _user_message(
+    state: BotState, user: TgUser, chat: TgChat, kind: str, text: str | None, api: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    msg = SentMessage(
+        message_id=state.next_message_id(chat.id),
+        chat_id=chat.id,
+        kind=kind,
+        from_bot=False,
+        text=text,
+        raw_text=text,
+        parse_mode=None,
+        reply_markup=None,
+        date=state.now(),
+        api={"from": user.to_api(), **api},
+        **extra,
+    )
     state.store(msg)
     message = state.message_api(msg)
     state.push_update("message", message)
@@ -51,8 +70,9 @@ def text(state: BotState, user: TgUser, body: str, chat: TgChat | None = None) -
     return _user_message(state, user, chat, "text", body, {"entities": entities} if entities else {})
 
 
-def photo(state: BotState, user: TgUser, data: bytes, caption: str | None = None,
-          chat: TgChat | None = None) -> dict[str, Any]:
+def photo(
+    state: BotState, user: TgUser, data: bytes, caption: str | None = None, chat: TgChat | None = None
+) -> dict[str, Any]:
     """The user sends a photo (compressed by Telegram into sizes; the largest keeps `data` as given)."""
     chat = _chat_for(state, user, chat)
     try:
@@ -60,29 +80,62 @@ def photo(state: BotState, user: TgUser, data: bytes, caption: str | None = None
     except ApiError as err:
         raise BadInjection(f"Telegram clients send only images as photos: {err.description}") from None
     largest = sizes[-1]
-    return _user_message(state, user, chat, "photo", caption, {"photo": [s.photo_size() for s in sizes]},
-                         file_id=largest.file_id, data=largest.data, mime_type="image/jpeg")
+    return _user_message(
+        state,
+        user,
+        chat,
+        "photo",
+        caption,
+        {"photo": [s.photo_size() for s in sizes]},
+        file_id=largest.file_id,
+        data=largest.data,
+        mime_type="image/jpeg",
+    )
 
 
-def document(state: BotState, user: TgUser, data: bytes, file_name: str,
-             mime_type: str = "application/octet-stream", caption: str | None = None,
-             chat: TgChat | None = None) -> dict[str, Any]:
+def document(
+    state: BotState,
+    user: TgUser,
+    data: bytes,
+    file_name: str,
+    mime_type: str = "application/octet-stream",
+    caption: str | None = None,
+    chat: TgChat | None = None,
+) -> dict[str, Any]:
     """The user sends a file (e.g. an uncompressed image) with its name and MIME type."""
     chat = _chat_for(state, user, chat)
     stored = state.store_file("document", data, mime_type=mime_type, file_name=file_name)
-    return _user_message(state, user, chat, "document", caption, {"document": stored.document()},
-                         file_id=stored.file_id, data=data, file_name=file_name, mime_type=mime_type)
+    return _user_message(
+        state,
+        user,
+        chat,
+        "document",
+        caption,
+        {"document": stored.document()},
+        file_id=stored.file_id,
+        data=data,
+        file_name=file_name,
+        mime_type=mime_type,
+    )
 
 
-def sticker(state: BotState, user: TgUser, chat: TgChat | None = None, emoji: str = "\U0001F600"
-            ) -> dict[str, Any]:
+def sticker(state: BotState, user: TgUser, chat: TgChat | None = None, emoji: str = "\U0001f600") -> dict[str, Any]:
     """The user sends a (static, 512x512 webp) sticker."""
     chat = _chat_for(state, user, chat)
-    stored = state.store_file("sticker", b"RIFF\x00\x00\x00\x00WEBP", mime_type="image/webp",
-                              size=(512, 512))
-    api = {"sticker": {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
-                       "type": "regular", "width": 512, "height": 512, "is_animated": False,
-                       "is_video": False, "emoji": emoji, "file_size": stored.file_size}}
+    stored = state.store_file("sticker", b"RIFF\x00\x00\x00\x00WEBP", mime_type="image/webp", size=(512, 512))
+    api = {
+        "sticker": {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "type": "regular",
+            "width": 512,
+            "height": 512,
+            "is_animated": False,
+            "is_video": False,
+            "emoji": emoji,
+            "file_size": stored.file_size,
+        }
+    }
     return _user_message(state, user, chat, "sticker", None, api, file_id=stored.file_id)
 
 
@@ -96,23 +149,43 @@ def voice(state: BotState, user: TgUser, seconds: int = 1, chat: TgChat | None =
         out.setframerate(8000)
         out.writeframes(struct.pack("<h", 0) * 8000 * seconds)
     stored = state.store_file("voice", buf.getvalue(), mime_type="audio/ogg")
-    api = {"voice": {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
-                     "duration": seconds, "mime_type": "audio/ogg", "file_size": stored.file_size}}
+    api = {
+        "voice": {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "duration": seconds,
+            "mime_type": "audio/ogg",
+            "file_size": stored.file_size,
+        }
+    }
     return _user_message(state, user, chat, "voice", None, api, file_id=stored.file_id)
 
 
-def video(state: BotState, user: TgUser, data: bytes = b"\x00\x00\x00\x18ftypmp42",
-          caption: str | None = None, chat: TgChat | None = None) -> dict[str, Any]:
+def video(
+    state: BotState,
+    user: TgUser,
+    data: bytes = b"\x00\x00\x00\x18ftypmp42",
+    caption: str | None = None,
+    chat: TgChat | None = None,
+) -> dict[str, Any]:
     """The user sends a video (the bytes are stored as given)."""
     chat = _chat_for(state, user, chat)
     stored = state.store_file("video", data, mime_type="video/mp4", size=(640, 360))
-    api = {"video": {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id, "width": 640,
-                     "height": 360, "duration": 1, "mime_type": "video/mp4", "file_size": stored.file_size}}
+    api = {
+        "video": {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "width": 640,
+            "height": 360,
+            "duration": 1,
+            "mime_type": "video/mp4",
+            "file_size": stored.file_size,
+        }
+    }
     return _user_message(state, user, chat, "video", caption, api, file_id=stored.file_id)
 
 
-def edit(state: BotState, user: TgUser, message_id: int, new_text: str,
-         chat: TgChat | None = None) -> dict[str, Any]:
+def edit(state: BotState, user: TgUser, message_id: int, new_text: str, chat: TgChat | None = None) -> dict[str, Any]:
     """The user edits their own earlier text message: the bot gets an `edited_message` update."""
     chat = _chat_for(state, user, chat)
     msg = state.messages[chat.id].get(message_id)
@@ -123,16 +196,18 @@ def edit(state: BotState, user: TgUser, message_id: int, new_text: str,
     when = state.now()
     entities = command_entities(new_text)
     api = {"from": user.to_api(), **({"entities": entities} if entities else {})}
-    edited = dataclasses.replace(msg, text=new_text, raw_text=new_text, api=api,
-                                 edits=msg.edits + (Revision(msg.text, None, when),))
+    edited = dataclasses.replace(
+        msg, text=new_text, raw_text=new_text, api=api, edits=msg.edits + (Revision(msg.text, None, when),)
+    )
     state.store(edited)
     message = state.message_api(edited, edit_date=when)
     state.push_update("edited_message", message)
     return message
 
 
-def press(state: BotState, user: TgUser, message_id: int, data: str, chat: TgChat | None = None,
-          *, must_exist: bool = True) -> str:
+def press(
+    state: BotState, user: TgUser, message_id: int, data: str, chat: TgChat | None = None, *, must_exist: bool = True
+) -> str:
     """The user presses an inline button (callback_data `data`) under a bot message. Returns the query id.
 
     With `must_exist=False` a forged callback_data may be sent (a hostile client can do that).
@@ -145,7 +220,14 @@ def press(state: BotState, user: TgUser, message_id: int, data: str, chat: TgCha
         raise BadInjection(f"message {message_id} has no button with callback_data {data!r}")
     query_id = str(secrets.randbits(63))
     state.callback_answers[query_id] = None
-    state.push_update("callback_query", {
-        "id": query_id, "from": user.to_api(), "message": state.message_api(msg),
-        "chat_instance": str(abs(hash((state.user.id, chat.id)))), "data": data})
+    state.push_update(
+        "callback_query",
+        {
+            "id": query_id,
+            "from": user.to_api(),
+            "message": state.message_api(msg),
+            "chat_instance": str(abs(hash((state.user.id, chat.id)))),
+            "data": data,
+        },
+    )
     return query_id

@@ -7,6 +7,7 @@ the photo-size maker and the flood-control limiter. The HTTP side is in `devnet.
 It must never open a network connection, and never guess a field's type from its content alone: a text
 field that reads "123" or "null" stays a string, as Telegram keeps it.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,9 +15,10 @@ import json
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -77,6 +79,7 @@ def bad_request(what: str) -> ApiError:
 
 # --- people and chats -------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TgUser:
     """A Telegram user who talks to the bot."""
@@ -123,6 +126,7 @@ class TgChat:
 
 # --- what is stored ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class StoredFile:
     """One file Telegram holds: its ids, its path for getFile, and its bytes."""
@@ -143,13 +147,21 @@ class StoredFile:
 
     def photo_size(self) -> dict[str, Any]:
         """The Bot API `PhotoSize` object."""
-        return {"file_id": self.file_id, "file_unique_id": self.file_unique_id,
-                "width": self.width, "height": self.height, "file_size": self.file_size}
+        return {
+            "file_id": self.file_id,
+            "file_unique_id": self.file_unique_id,
+            "width": self.width,
+            "height": self.height,
+            "file_size": self.file_size,
+        }
 
     def document(self) -> dict[str, Any]:
         """The Bot API `Document` object."""
-        out: dict[str, Any] = {"file_id": self.file_id, "file_unique_id": self.file_unique_id,
-                               "file_size": self.file_size}
+        out: dict[str, Any] = {
+            "file_id": self.file_id,
+            "file_unique_id": self.file_unique_id,
+            "file_size": self.file_size,
+        }
         if self.file_name is not None:
             out["file_name"] = self.file_name
         if self.mime_type is not None:
@@ -211,19 +223,49 @@ class ApiCall:
 
 # --- form field coercion ------------------------------------------------------------------------------
 
-INT_FIELDS = frozenset({
-    "chat_id", "message_id", "offset", "limit", "timeout", "reply_to_message_id", "cache_time",
-    "max_connections", "from_chat_id", "message_thread_id", "duration", "width", "height",
-})
-BOOL_FIELDS = frozenset({
-    "disable_notification", "protect_content", "show_alert", "drop_pending_updates",
-    "disable_web_page_preview", "allow_sending_without_reply", "has_spoiler", "show_caption_above_media",
-    "disable_content_type_detection", "allow_paid_broadcast",
-})
-JSON_FIELDS = frozenset({
-    "reply_markup", "commands", "scope", "allowed_updates", "entities", "caption_entities",
-    "reply_parameters", "link_preview_options",
-})
+INT_FIELDS = frozenset(
+    {
+        "chat_id",
+        "message_id",
+        "offset",
+        "limit",
+        "timeout",
+        "reply_to_message_id",
+        "cache_time",
+        "max_connections",
+        "from_chat_id",
+        "message_thread_id",
+        "duration",
+        "width",
+        "height",
+    }
+)
+BOOL_FIELDS = frozenset(
+    {
+        "disable_notification",
+        "protect_content",
+        "show_alert",
+        "drop_pending_updates",
+        "disable_web_page_preview",
+        "allow_sending_without_reply",
+        "has_spoiler",
+        "show_caption_above_media",
+        "disable_content_type_detection",
+        "allow_paid_broadcast",
+    }
+)
+JSON_FIELDS = frozenset(
+    {
+        "reply_markup",
+        "commands",
+        "scope",
+        "allowed_updates",
+        "entities",
+        "caption_entities",
+        "reply_parameters",
+        "link_preview_options",
+    }
+)
 
 
 def coerce_param(name: str, value: Any) -> Any:
@@ -256,8 +298,26 @@ def coerce_param(name: str, value: Any) -> Any:
 
 # --- parse_mode ------------------------------------------------------------------------------------
 
-_HTML_TAGS = frozenset({"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler",
-                        "a", "code", "pre", "blockquote", "tg-emoji"})
+_HTML_TAGS = frozenset(
+    {
+        "b",
+        "strong",
+        "i",
+        "em",
+        "u",
+        "ins",
+        "s",
+        "strike",
+        "del",
+        "span",
+        "tg-spoiler",
+        "a",
+        "code",
+        "pre",
+        "blockquote",
+        "tg-emoji",
+    }
+)
 
 
 class _TelegramHtml(HTMLParser):
@@ -299,8 +359,7 @@ def render_text(text: str, parse_mode: str | None) -> str:
     parser.feed(text)
     parser.close()
     if parser.stack:
-        raise bad_request(f'can\'t parse entities: Can\'t find end tag corresponding to start tag '
-                          f'"{parser.stack[-1]}"')
+        raise bad_request(f"can't parse entities: Can't find end tag corresponding to start tag \"{parser.stack[-1]}\"")
     return "".join(parser.parts)
 
 
@@ -369,6 +428,7 @@ def image_size(data: bytes) -> tuple[int, int]:
 
 
 # --- flood control -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RateLimits:

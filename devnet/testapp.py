@@ -21,6 +21,7 @@ wrong key or a plain input is an error archive. `secrets.json` then tells which 
 the app received, each as its sha256 (never the value), so tests can check what reached the app. It must
 stay fast (well under 0.3 s) and must never touch the network.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,11 @@ def _input_file(n: int = 1) -> Path:
 
 def _secrets_seen() -> dict[str, str]:
     """{"IEXEC_REQUESTER_SECRET_<n>": sha256 hex of its value} for each one set."""
-    return {name: hashlib.sha256(value.encode()).hexdigest() for name, value in sorted(os.environ.items())
-            if name.startswith("IEXEC_REQUESTER_SECRET_")}
+    return {
+        name: hashlib.sha256(value.encode()).hexdigest()
+        for name, value in sorted(os.environ.items())
+        if name.startswith("IEXEC_REQUESTER_SECRET_")
+    }
 
 
 def _decrypt(blob: bytes, secret: str) -> bytes:
@@ -91,8 +95,9 @@ def _decrypt(blob: bytes, secret: str) -> bytes:
         raise TestAppError("input cannot be decrypted with IEXEC_REQUESTER_SECRET_1 (wrong key)") from None
 
 
-def _segment(n: int, out: Path, image_name: str, detections_name: str,
-             extra: dict[str, object] | None = None) -> dict[str, object]:
+def _segment(
+    n: int, out: Path, image_name: str, detections_name: str, extra: dict[str, object] | None = None
+) -> dict[str, object]:
     """Pretend to segment input file `n` into `out`; returns the detections. Raises TestAppError."""
     from PIL import Image, ImageDraw, UnidentifiedImageError  # imported late: --fail needs no Pillow
 
@@ -111,8 +116,13 @@ def _segment(n: int, out: Path, image_name: str, detections_name: str,
     ImageDraw.Draw(image).rectangle([box[1], box[0], box[3], box[2]], outline=(255, 0, 0), width=3)
     out.mkdir(parents=True, exist_ok=True)
     image.save(out / image_name)
-    detections = {"width": w, "height": h, "detections": [
-        {"class_id": 1, "class_name": "person", "score": 0.99, "box": box}], "counts": {"person": 1}, **(extra or {})}
+    detections = {
+        "width": w,
+        "height": h,
+        "detections": [{"class_id": 1, "class_name": "person", "score": 0.99, "box": box}],
+        "counts": {"person": 1},
+        **(extra or {}),
+    }
     (out / detections_name).write_text(json.dumps(detections))
     return detections
 
@@ -133,22 +143,39 @@ def run_album(out: Path, total: int) -> dict[str, object]:
     for n in range(1, total + 1):
         name = os.environ.get(f"IEXEC_INPUT_FILE_NAME_{n}", "")
         try:
-            found = _segment(n, out, f"result-{n}.png", f"detections-{n}.json",
-                             {"album": {"index": n, "total": total}})
+            found = _segment(n, out, f"result-{n}.png", f"detections-{n}.json", {"album": {"index": n, "total": total}})
         except TestAppError as exc:
             kind = "decryption" if "decrypt" in str(exc) or "SECRET" in str(exc) else "input"
             entries.append({"index": n, "input": name, "ok": False, "error": str(exc), "error_kind": kind})
             continue
         digest = hashlib.sha256((out / f"result-{n}.png").read_bytes()).hexdigest()
-        entries.append({"index": n, "input": name, "ok": True, "result": f"result-{n}.png",
-                        "detections": f"detections-{n}.json", "count": len(found["detections"]),  # type: ignore[arg-type]
-                        "width": found["width"], "height": found["height"], "sha256": digest})
+        entries.append(
+            {
+                "index": n,
+                "input": name,
+                "ok": True,
+                "result": f"result-{n}.png",
+                "detections": f"detections-{n}.json",
+                "count": len(found["detections"]),  # type: ignore[arg-type]
+                "width": found["width"],
+                "height": found["height"],
+                "sha256": digest,
+            }
+        )
     ok = sum(1 for e in entries if e["ok"])
     if not ok:
-        raise TestAppError(f"none of the {total} pictures could be segmented: "
-                           + "; ".join(f"picture {e['index']}: {e['error']}" for e in entries))
-    manifest = {"version": 1, "total": total, "ok": ok, "failed": total - ok, "random_weights": False,
-                "pictures": entries}
+        raise TestAppError(
+            f"none of the {total} pictures could be segmented: "
+            + "; ".join(f"picture {e['index']}: {e['error']}" for e in entries)
+        )
+    manifest = {
+        "version": 1,
+        "total": total,
+        "ok": ok,
+        "failed": total - ok,
+        "random_weights": False,
+        "pictures": entries,
+    }
     (out / "album.json").write_text(json.dumps(manifest))
     (out / "computed.json").write_text(json.dumps({"deterministic-output-path": "/iexec_out/album.json"}))
     return manifest

@@ -30,6 +30,7 @@ The worker arguments of the demo's bot and of the inference graph exported at st
 WORKER_ARGS (bot/settings.py has the same default). It uses the devnet's public dev keys, binds 127.0.0.1
 only, and must never import `bot` or `ledger`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,14 +40,15 @@ import json
 import logging
 import os
 import secrets
-import socket
 import shlex
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 from eth_account import Account
@@ -61,9 +63,19 @@ from devnet.workerpool import TDX_TAG, PoolError, Workerpool
 from iexec.market import MarketClient, MarketError
 from iexec.orders import AppOrder, Domain
 
-__all__ = ["Devnet", "DevnetConfig", "DevnetError", "app_descriptor", "publish_app_order",
-           "register_segmentation_app", "REPO_DIR", "WORKER_ARGS", "graph_arguments", "move_aside",
-           "check_books_match_chain"]
+__all__ = [
+    "Devnet",
+    "DevnetConfig",
+    "DevnetError",
+    "app_descriptor",
+    "publish_app_order",
+    "register_segmentation_app",
+    "REPO_DIR",
+    "WORKER_ARGS",
+    "graph_arguments",
+    "move_aside",
+    "check_books_match_chain",
+]
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
@@ -72,8 +84,7 @@ DEFAULT_DESCRIPTOR = ("segbot-mrcnn", "docker.io/segbot/mrcnn-worker:0.1.0", byt
 # The worker arguments of the bot's tasks on the devnet (bot.env, demo-bot.env) and of the inference graph
 # exported at start: one source, so the tasks find the graph. bot/settings.py worker_args is the same.
 WORKER_ARGS = "--max-dim 1024 --min-confidence 0.7"
-CHAIN_STATE, DEPLOYMENT, NOT_SAVED, BOOKS = ("chain-state.json", "deployment.json", "chain-state.NOT-SAVED",
-                                             "books.db")
+CHAIN_STATE, DEPLOYMENT, NOT_SAVED, BOOKS = ("chain-state.json", "deployment.json", "chain-state.NOT-SAVED", "books.db")
 log = logging.getLogger(__name__)
 
 
@@ -86,11 +97,11 @@ class DevnetConfig:
     """What `devnet up` starts. Ports 0 mean "any free port"; prices are nRLC, funding ETH in wei."""
 
     data_dir: Path = REPO_DIR / "data" / "devnet"
-    app: str = "test"                      # "test" (devnet.testapp, fast) or "real" (python -m worker)
-    weights: Path | None = None            # real app: the Mask R-CNN weights; None = random test weights
+    app: str = "test"  # "test" (devnet.testapp, fast) or "real" (python -m worker)
+    weights: Path | None = None  # real app: the Mask R-CNN weights; None = random test weights
     workers: int = 2
-    time_scale: float = 1.0                # the category time limit is multiplied by this
-    cache_dir: Path | None = None          # PoCo snapshot and test weights cache (default: repo .devnet/)
+    time_scale: float = 1.0  # the category time limit is multiplied by this
+    cache_dir: Path | None = None  # PoCo snapshot and test weights cache (default: repo .devnet/)
     anvil_port: int | None = None
     market_port: int = 0
     gateway_port: int = 0
@@ -98,19 +109,19 @@ class DevnetConfig:
     pool_port: int = 0
     telegram_port: int = 0
     bot_username: str = "segbot_devnet_bot"
-    app_price: int = 50_000_000            # 0.05 RLC
-    pool_price: int = 100_000_000          # 0.1 RLC
+    app_price: int = 50_000_000  # 0.05 RLC
+    pool_price: int = 100_000_000  # 0.1 RLC
     bot_eth_wei: int = 10 * 10**18
-    bot_stake_nrlc: int = 100 * 10**9      # 100 RLC in the hub
+    bot_stake_nrlc: int = 100 * 10**9  # 100 RLC in the hub
     pool_stake_nrlc: int = 1_000 * 10**9
     volume: int = 1000
-    persist_chain: bool = True             # save/restore the chain state in data_dir
+    persist_chain: bool = True  # save/restore the chain state in data_dir
     extra_env: dict[str, str] = field(default_factory=dict)
-    graph_cache: bool = False              # real app: export its inference graph in the background at start,
-                                           # so tasks load it (~5 s a task instead of ~10 s); up and demo set it
-    worker_args: str = WORKER_ARGS         # the bot's WORKER_ARGS (bot.env) and the exported graph's
-    tee: bool = False                      # bot.env TEE_MODE=on: the bot's tasks run as TDX deals (the demo's
-                                           # default; `up --tee`); off: standard deals
+    graph_cache: bool = False  # real app: export its inference graph in the background at start,
+    # so tasks load it (~5 s a task instead of ~10 s); up and demo set it
+    worker_args: str = WORKER_ARGS  # the bot's WORKER_ARGS (bot.env) and the exported graph's
+    tee: bool = False  # bot.env TEE_MODE=on: the bot's tasks run as TDX deals (the demo's
+    # default; `up --tee`); off: standard deals
 
 
 # ------------------------------------------------------------------------------------------------- the app
@@ -135,8 +146,9 @@ def app_descriptor(path: Path = REPO_DIR / "worker" / "iexec.json") -> tuple[str
         raise DevnetError(f"cannot read the app descriptor {path}: {exc}") from None
 
 
-def register_segmentation_app(rpc_url: str, deployment: Deployment, owner: Any = APP_OWNER,
-                              descriptor: tuple[str, str, bytes] | None = None) -> str:
+def register_segmentation_app(
+    rpc_url: str, deployment: Deployment, owner: Any = APP_OWNER, descriptor: tuple[str, str, bytes] | None = None
+) -> str:
     """Register the segmentation app (or find it when already registered); returns its address."""
     name, multiaddr, checksum = descriptor or app_descriptor()
     w3 = devchain.web3_for(rpc_url)
@@ -148,14 +160,30 @@ def register_segmentation_app(rpc_url: str, deployment: Deployment, owner: Any =
     return devchain.register_app(rpc_url, deployment, owner, name, multiaddr, checksum)
 
 
-async def publish_app_order(session: aiohttp.ClientSession, market_url: str, deployment: Deployment,
-                            app: str, price: int, *, owner: Any = APP_OWNER, volume: int = 1_000_000,
-                            tag: bytes = bytes(32)) -> AppOrder:
+async def publish_app_order(
+    session: aiohttp.ClientSession,
+    market_url: str,
+    deployment: Deployment,
+    app: str,
+    price: int,
+    *,
+    owner: Any = APP_OWNER,
+    volume: int = 1_000_000,
+    tag: bytes = bytes(32),
+) -> AppOrder:
     """Sign an app order (non-zero price) by the app owner and publish it to the market. Raises PoolError."""
     if price <= 0:
         raise DevnetError("the app order's price must be above 0 nRLC")
-    order = AppOrder(app=app, appprice=price, volume=volume, tag=tag, datasetrestrict=ZERO_ADDRESS,
-                     workerpoolrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS, salt=os.urandom(32))
+    order = AppOrder(
+        app=app,
+        appprice=price,
+        volume=volume,
+        tag=tag,
+        datasetrestrict=ZERO_ADDRESS,
+        workerpoolrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=os.urandom(32),
+    )
     order = order.sign_with(owner, Domain(deployment.chain_id, deployment.hub))
     market = MarketClient(market_url, deployment.chain_id, hub=deployment.hub, session=session)
     try:
@@ -194,11 +222,15 @@ def check_books_match_chain(data_dir: Path) -> None:
     fresh = f"start over with --fresh (the folder is kept as {data_dir.name}.old-<time>)"
     if (data_dir / NOT_SAVED).exists():
         why = (data_dir / NOT_SAVED).read_text(errors="replace").strip()
-        raise DevnetError(f"the chain state of the last run was not saved ({why}), but the books {books} "
-                          f"remember its jobs: the chain and the books would not match; {fresh}")
+        raise DevnetError(
+            f"the chain state of the last run was not saved ({why}), but the books {books} "
+            f"remember its jobs: the chain and the books would not match; {fresh}"
+        )
     if not (data_dir / CHAIN_STATE).is_file() or not (data_dir / DEPLOYMENT).is_file():
-        raise DevnetError(f"the books {books} exist but no saved chain state ({data_dir / CHAIN_STATE}): "
-                          f"a new chain would not know their transactions and deals; {fresh}")
+        raise DevnetError(
+            f"the books {books} exist but no saved chain state ({data_dir / CHAIN_STATE}): "
+            f"a new chain would not know their transactions and deals; {fresh}"
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -246,8 +278,7 @@ def move_aside(data_dir: Path) -> Path | None:
         raise DevnetError(f"a devnet (pid {pid}) runs on {data_dir}: stop it first (Ctrl-C)")
     holder = _bot_lock_holder(data_dir / BOOKS)
     if holder is not None:
-        raise DevnetError(f"a bot (pid {holder}) is running on {data_dir} (it holds {BOOKS}'s lock): "
-                          f"stop it first")
+        raise DevnetError(f"a bot (pid {holder}) is running on {data_dir} (it holds {BOOKS}'s lock): stop it first")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     target = data_dir.with_name(f"{data_dir.name}.old-{stamp}")
     n = 1
@@ -295,9 +326,24 @@ def ensure_wallet(data_dir: Path) -> tuple[Path, Path, str]:
     if not password_file.exists():
         _write_private(password_file, secrets.token_urlsafe(24) + "\n")
     if not keystore.exists():
-        proc = subprocess.run([sys.executable, "-m", "ledger", "wallet", "new", "--keystore", str(keystore),
-                               "--password-file", str(password_file)], cwd=REPO_DIR, capture_output=True,
-                              text=True, timeout=120, start_new_session=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ledger",
+                "wallet",
+                "new",
+                "--keystore",
+                str(keystore),
+                "--password-file",
+                str(password_file),
+            ],
+            cwd=REPO_DIR,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            start_new_session=True,
+        )
         if proc.returncode != 0:
             if "No module named" not in proc.stderr:
                 raise DevnetError(f"`python -m ledger wallet new` failed: {proc.stderr.strip()[-400:]}")
@@ -322,9 +368,14 @@ def test_weights(cache_dir: Path) -> Path:
     if not path.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.h5")
-        proc = subprocess.run([sys.executable, "-m", "worker", "make-test-weights", str(tmp), "--backbone",
-                               "resnet50"], cwd=REPO_DIR, capture_output=True, text=True, timeout=600,
-                              start_new_session=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker", "make-test-weights", str(tmp), "--backbone", "resnet50"],
+            cwd=REPO_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            start_new_session=True,
+        )
         if proc.returncode != 0 or not tmp.exists():
             raise DevnetError(f"making test weights failed: {proc.stderr.strip()[-400:]}")
         tmp.replace(path)
@@ -337,8 +388,7 @@ def test_weights(cache_dir: Path) -> Path:
 class Devnet:
     """Everything `devnet up` runs, started and stopped together. See the module docstring."""
 
-    def __init__(self, config: DevnetConfig = DevnetConfig(),
-                 progress: Callable[[str], None] | None = None) -> None:
+    def __init__(self, config: DevnetConfig = DevnetConfig(), progress: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.data_dir = Path(config.data_dir).resolve()
         self.cache_dir = Path(config.cache_dir or devchain.DEFAULT_CACHE_DIR).resolve()
@@ -352,7 +402,7 @@ class Devnet:
         self.pool: Workerpool | None = None
         self.telegram: Any = None
         self.app_address = ""
-        self.app_order: AppOrder | None = None      # the standard (tag 0) app order
+        self.app_order: AppOrder | None = None  # the standard (tag 0) app order
         self.tdx_app_order: AppOrder | None = None  # the TDX (0x…09) app order
         self.bot_address = ""
         self.bot_token = ""
@@ -454,9 +504,13 @@ class Devnet:
             except OSError:
                 pass
             try:  # stderr may be a closed terminal (SIGHUP)
-                print(f"devnet: COULD NOT SAVE THE CHAIN STATE to {self.data_dir / CHAIN_STATE}: {why}\n"
-                      f"devnet: the next start on {self.data_dir} will refuse its books; use --fresh to start "
-                      "over", file=sys.stderr, flush=True)
+                print(
+                    f"devnet: COULD NOT SAVE THE CHAIN STATE to {self.data_dir / CHAIN_STATE}: {why}\n"
+                    f"devnet: the next start on {self.data_dir} will refuse its books; use --fresh to start "
+                    "over",
+                    file=sys.stderr,
+                    flush=True,
+                )
             except (OSError, ValueError):
                 pass
             log.error("event=chain_state_not_saved data=%s error=%r", self.data_dir, why)
@@ -495,23 +549,22 @@ class Devnet:
     async def _register_app(self) -> None:
         assert self.anvil is not None and self.deployment is not None and self.market is not None
         assert self._session is not None
-        self.app_address = await asyncio.to_thread(register_segmentation_app, self.anvil.rpc_url,
-                                                   self.deployment)
-        self.app_order = await publish_app_order(self._session, self.market.base_url, self.deployment,
-                                                 self.app_address, self.config.app_price)
-        self.tdx_app_order = await publish_app_order(self._session, self.market.base_url, self.deployment,
-                                                     self.app_address, self.config.app_price, tag=TDX_TAG)
+        self.app_address = await asyncio.to_thread(register_segmentation_app, self.anvil.rpc_url, self.deployment)
+        self.app_order = await publish_app_order(
+            self._session, self.market.base_url, self.deployment, self.app_address, self.config.app_price
+        )
+        self.tdx_app_order = await publish_app_order(
+            self._session, self.market.base_url, self.deployment, self.app_address, self.config.app_price, tag=TDX_TAG
+        )
 
     async def _prepare_wallet(self) -> None:
         assert self.anvil is not None and self.deployment is not None
-        self.keystore, self.password_file, self.bot_address = await asyncio.to_thread(ensure_wallet,
-                                                                                     self.data_dir)
+        self.keystore, self.password_file, self.bot_address = await asyncio.to_thread(ensure_wallet, self.data_dir)
         rpc = self.anvil.rpc_url
         balance = await asyncio.to_thread(lambda: devchain.web3_for(rpc).eth.get_balance(self.bot_address))
         if balance < self.config.bot_eth_wei // 2:
             await asyncio.to_thread(devchain.fund_eth, rpc, self.bot_address, self.config.bot_eth_wei)
-        await asyncio.to_thread(fund_stake, rpc, self.deployment, self.bot_address,
-                                self.config.bot_stake_nrlc)
+        await asyncio.to_thread(fund_stake, rpc, self.deployment, self.bot_address, self.config.bot_stake_nrlc)
 
     def _app_command(self) -> tuple[list[str], dict[str, str]]:
         if self.config.app == "test":
@@ -533,9 +586,22 @@ class Devnet:
         log = open(self.data_dir / "build-graph.log", "wb")
         try:
             self._graph_builder = subprocess.Popen(
-                [sys.executable, "-m", "worker", "build-graph", "--weights", str(weights),
-                 *graph_arguments(self.config.worker_args), "--cache-dir", str(cache)],
-                cwd=REPO_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "worker",
+                    "build-graph",
+                    "--weights",
+                    str(weights),
+                    *graph_arguments(self.config.worker_args),
+                    "--cache-dir",
+                    str(cache),
+                ],
+                cwd=REPO_DIR,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         finally:
             log.close()
 
@@ -543,13 +609,26 @@ class Devnet:
         assert self.anvil is not None and self.deployment is not None and self.market is not None
         assert self.gateway is not None
         cmd, env = await asyncio.to_thread(self._app_command)
-        await asyncio.to_thread(fund_stake, self.anvil.rpc_url, self.deployment, POOL_OWNER.address,
-                                self.config.pool_stake_nrlc)
-        self.pool = Workerpool(self.anvil.rpc_url, self.deployment, POOL_OWNER, WORKER, self.market.base_url,
-                               self.gateway, cmd, workers=self.config.workers, price=self.config.pool_price,
-                               volume=self.config.volume, time_scale=self.config.time_scale,
-                               market=self.market, app_env={**env, **self.config.extra_env}, app_cwd=REPO_DIR,
-                               sms=self.sms)
+        await asyncio.to_thread(
+            fund_stake, self.anvil.rpc_url, self.deployment, POOL_OWNER.address, self.config.pool_stake_nrlc
+        )
+        self.pool = Workerpool(
+            self.anvil.rpc_url,
+            self.deployment,
+            POOL_OWNER,
+            WORKER,
+            self.market.base_url,
+            self.gateway,
+            cmd,
+            workers=self.config.workers,
+            price=self.config.pool_price,
+            volume=self.config.volume,
+            time_scale=self.config.time_scale,
+            market=self.market,
+            app_env={**env, **self.config.extra_env},
+            app_cwd=REPO_DIR,
+            sms=self.sms,
+        )
         await self.pool.start(control_port=self.config.pool_port)
 
     async def _start_telegram(self) -> None:
@@ -631,22 +710,43 @@ class Devnet:
         assert self.anvil is not None and self.deployment is not None and self.pool is not None
         assert self.gateway is not None and self.market is not None
         return {
-            "pid": os.getpid(), "started_at": int(time.time()), "data_dir": str(self.data_dir),
+            "pid": os.getpid(),
+            "started_at": int(time.time()),
+            "data_dir": str(self.data_dir),
             "anvil": {"rpc_url": self.anvil.rpc_url, "pid": self.anvil.pid, "chain_id": self.deployment.chain_id},
-            "deployment": {"hub": self.deployment.hub, "rlc": self.deployment.rlc,
-                           "app_registry": self.deployment.app_registry,
-                           "workerpool_registry": self.deployment.workerpool_registry},
+            "deployment": {
+                "hub": self.deployment.hub,
+                "rlc": self.deployment.rlc,
+                "app_registry": self.deployment.app_registry,
+                "workerpool_registry": self.deployment.workerpool_registry,
+            },
             "market": {"url": self.market.base_url},
-            "gateway": {"url": self.gateway.url, "control_url": f"{self.gateway.url}/control/faults",
-                        "upload_url": f"{self.gateway.url}/api/v0/add"},
-            "sms": {"url": self.sms.base_url if self.sms is not None else None,
-                    "state": str(self.data_dir / "sms.json")},
-            "workerpool": {"address": self.pool.address, "control_url": self.pool.control_url,
-                           "app": self.config.app, "workers": self.config.workers},
+            "gateway": {
+                "url": self.gateway.url,
+                "control_url": f"{self.gateway.url}/control/faults",
+                "upload_url": f"{self.gateway.url}/api/v0/add",
+            },
+            "sms": {
+                "url": self.sms.base_url if self.sms is not None else None,
+                "state": str(self.data_dir / "sms.json"),
+            },
+            "workerpool": {
+                "address": self.pool.address,
+                "control_url": self.pool.control_url,
+                "app": self.config.app,
+                "workers": self.config.workers,
+            },
             "telegram": {"url": self.telegram_url, "bot_username": self.config.bot_username},
-            "app": {"address": self.app_address, "price_nrlc": self.config.app_price,
-                    "tags": ["0x" + bytes(32).hex(), "0x" + TDX_TAG.hex()]},
-            "bot": {"address": self.bot_address, "keystore": str(self.keystore),
-                    "env_file": str(self.data_dir / "bot.env"), "tee": self.config.tee},
+            "app": {
+                "address": self.app_address,
+                "price_nrlc": self.config.app_price,
+                "tags": ["0x" + bytes(32).hex(), "0x" + TDX_TAG.hex()],
+            },
+            "bot": {
+                "address": self.bot_address,
+                "keystore": str(self.keystore),
+                "env_file": str(self.data_dir / "bot.env"),
+                "tee": self.config.tee,
+            },
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }

@@ -36,6 +36,7 @@ task is COMPLETED with an error archive. Fault modes: see devnet/faults.py.
 It fetches inputs from loopback addresses only (the devnet never sends a packet elsewhere) and never logs a
 private key; it is for dev chains only (the devnet's well-known keys sign everything).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,9 +49,10 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -173,13 +175,31 @@ def _parse_params(raw: str) -> dict[str, Any]:
 class Workerpool:
     """A registered workerpool that executes its deals on the devnet. See the module docstring."""
 
-    def __init__(self, rpc_url: str, deployment: Any, owner: LocalAccount, worker: LocalAccount,
-                 market_url: str, gateway: ResultGateway, app_cmd: Sequence[str], *, workers: int = 2,
-                 category: int = 0, price: int = 100_000_000, tag: bytes | str = TDX_TAG, trust: int = 1,
-                 volume: int = 1000, time_scale: float = 1.0, poll_interval: float = 0.05,
-                 description: str = "segbot devnet workerpool", market: Any = None,
-                 workdir: Path | None = None, app_env: dict[str, str] | None = None,
-                 app_cwd: Path | None = None, sms: Any = None) -> None:
+    def __init__(
+        self,
+        rpc_url: str,
+        deployment: Any,
+        owner: LocalAccount,
+        worker: LocalAccount,
+        market_url: str,
+        gateway: ResultGateway,
+        app_cmd: Sequence[str],
+        *,
+        workers: int = 2,
+        category: int = 0,
+        price: int = 100_000_000,
+        tag: bytes | str = TDX_TAG,
+        trust: int = 1,
+        volume: int = 1000,
+        time_scale: float = 1.0,
+        poll_interval: float = 0.05,
+        description: str = "segbot devnet workerpool",
+        market: Any = None,
+        workdir: Path | None = None,
+        app_env: dict[str, str] | None = None,
+        app_cwd: Path | None = None,
+        sms: Any = None,
+    ) -> None:
         self.input_retry_s = INPUT_RETRY_S
         self.max_input_bytes = _MAX_INPUT_BYTES
         if workers < 1:
@@ -226,11 +246,13 @@ class Workerpool:
         """
         self._w3 = AsyncWeb3(AsyncHTTPProvider(self.rpc_url, request_kwargs={"timeout": 30}))
         self._hub = self._w3.eth.contract(address=to_checksum_address(self.deployment.hub), abi=hub_abi())
-        self._client = WorkerpoolClient(self._w3, self.deployment.hub, scheduler=self.owner, worker=self.worker,
-                                        sender_config=_SENDER_CONFIG)
+        self._client = WorkerpoolClient(
+            self._w3, self.deployment.hub, scheduler=self.owner, worker=self.worker, sender_config=_SENDER_CONFIG
+        )
         self._session = aiohttp.ClientSession()
-        self._market_api = MarketClient(self.market_url, self.deployment.chain_id, hub=self.deployment.hub,
-                                        session=self._session, timeout=15.0)
+        self._market_api = MarketClient(
+            self.market_url, self.deployment.chain_id, hub=self.deployment.hub, session=self._session, timeout=15.0
+        )
         self._workdir = Path(tempfile.mkdtemp(prefix="devnet-pool-", dir=self._workdir_arg))
         try:
             self.address = await self._register()
@@ -293,9 +315,17 @@ class Workerpool:
 
     def _new_order(self) -> WorkerpoolOrder:
         order = WorkerpoolOrder(
-            workerpool=self.address, workerpoolprice=self.price, volume=self.volume, tag=self.tag,
-            category=self.category, trust=self.trust, apprestrict=ZERO_ADDRESS, datasetrestrict=ZERO_ADDRESS,
-            requesterrestrict=ZERO_ADDRESS, salt=os.urandom(32))
+            workerpool=self.address,
+            workerpoolprice=self.price,
+            volume=self.volume,
+            tag=self.tag,
+            category=self.category,
+            trust=self.trust,
+            apprestrict=ZERO_ADDRESS,
+            datasetrestrict=ZERO_ADDRESS,
+            requesterrestrict=ZERO_ADDRESS,
+            salt=os.urandom(32),
+        )
         return order.sign_with(self.owner, self._domain)
 
     async def remaining(self) -> int:
@@ -312,8 +342,13 @@ class Workerpool:
         order = self._new_order()
         await self._publish(order)
         self.orders.append(order)
-        log.info("workerpool_order_published workerpool=%s hash=0x%s volume=%d price=%d", self.address,
-                 order.hash(self._domain).hex(), order.volume, order.workerpoolprice)
+        log.info(
+            "workerpool_order_published workerpool=%s hash=0x%s volume=%d price=%d",
+            self.address,
+            order.hash(self._domain).hex(),
+            order.volume,
+            order.workerpoolprice,
+        )
 
     async def _publish(self, order: WorkerpoolOrder) -> None:
         """Publish through the iExec market client (challenge login, retries on 5xx). Raises PoolError."""
@@ -332,10 +367,17 @@ class Workerpool:
             try:
                 head = await self._w3.eth.block_number
                 if head >= self._cursor:
-                    logs = await self._w3.eth.get_logs({
-                        "address": to_checksum_address(self.deployment.hub), "fromBlock": self._cursor,
-                        "toBlock": head, "topics": ["0x" + _SCHEDULER_NOTICE.hex(),
-                                                    "0x" + bytes(12).hex() + self.address[2:].lower()]})
+                    logs = await self._w3.eth.get_logs(
+                        {
+                            "address": to_checksum_address(self.deployment.hub),
+                            "fromBlock": self._cursor,
+                            "toBlock": head,
+                            "topics": [
+                                "0x" + _SCHEDULER_NOTICE.hex(),
+                                "0x" + bytes(12).hex() + self.address[2:].lower(),
+                            ],
+                        }
+                    )
                     for entry in logs:
                         self._on_deal("0x" + bytes(entry["data"])[:32].hex())
                     self._cursor = head + 1
@@ -370,8 +412,9 @@ class Workerpool:
         # startTime, botFirst, botSize, workerStake, schedulerRewardRatio, sponsor
         info = _Deal(deal_id, deal[4], deal[9], bytes(deal[5]), str(deal[6]), str(deal[7]))
         first, size = deal[11], deal[12]
-        log.info("workerpool_deal deal=%s tasks=%d category=%d tee=%s", deal_id, size, info.category,
-                 str(info.tee).lower())
+        log.info(
+            "workerpool_deal deal=%s tasks=%d category=%d tee=%s", deal_id, size, info.category, str(info.tee).lower()
+        )
         for index in range(first, first + size):
             self._spawn(self._run_task(info, index), f"task-{deal_id[:10]}-{index}")
         await self._top_up()
@@ -379,10 +422,20 @@ class Workerpool:
     def _record(self, outcome: TaskOutcome) -> None:
         self.outcomes[outcome.task_id] = outcome
         self._waiters.setdefault(outcome.task_id, asyncio.Event()).set()
-        log.info("workerpool_task task=%s deal=%s state=%s tee=%s encrypted=%s cid=%s fetch_s=%.3f app_s=%.3f "
-                 "finalize_s=%.3f %s", outcome.task_id, outcome.deal_id, outcome.state, str(outcome.tee).lower(),
-                 str(outcome.encrypted).lower(), outcome.cid, outcome.fetch_seconds, outcome.app_seconds,
-                 outcome.finalize_seconds, outcome.detail[:200])
+        log.info(
+            "workerpool_task task=%s deal=%s state=%s tee=%s encrypted=%s cid=%s fetch_s=%.3f app_s=%.3f "
+            "finalize_s=%.3f %s",
+            outcome.task_id,
+            outcome.deal_id,
+            outcome.state,
+            str(outcome.tee).lower(),
+            str(outcome.encrypted).lower(),
+            outcome.cid,
+            outcome.fetch_seconds,
+            outcome.app_seconds,
+            outcome.finalize_seconds,
+            outcome.detail[:200],
+        )
 
     async def wait_task(self, task: str, timeout: float = 60.0) -> TaskOutcome:
         """Wait until the workerpool is done with `task` (0x-hex id). Raises TimeoutError."""
@@ -442,14 +495,25 @@ class Workerpool:
             if fault is Fault.APP_ERROR:
                 args.append("--fail")
             limit = await self._time_limit(deal.category)
-            code, stdout, stderr, seconds = await self._run_app(self.app_cmd + args, env, limit,
-                                                                self.app_cwd or folder)
+            code, stdout, stderr, seconds = await self._run_app(self.app_cmd + args, env, limit, self.app_cwd or folder)
             if code is None:
-                return outcome("timeout", app_seconds=seconds, fetch_seconds=fetch_s,
-                               detail=f"app killed after {limit:.1f}s")
+                return outcome(
+                    "timeout", app_seconds=seconds, fetch_seconds=fetch_s, detail=f"app killed after {limit:.1f}s"
+                )
             enclave = Account.create() if deal.tee else None  # the enclave's per-task challenge key
-            await self._finalize(tid, out_dir, code, stdout, stderr, fault, outcome, seconds, fetch_s,
-                                 enclave=enclave, result_key=result_key)
+            await self._finalize(
+                tid,
+                out_dir,
+                code,
+                stdout,
+                stderr,
+                fault,
+                outcome,
+                seconds,
+                fetch_s,
+                enclave=enclave,
+                result_key=result_key,
+            )
         except InputError as exc:
             return outcome("input_failed", detail=str(exc))
         except TeeSessionError as exc:  # as iexec-worker when the TEE session cannot be created
@@ -471,24 +535,39 @@ class Workerpool:
                 raise TeeSessionError(f"iexec_secrets entry {str(number)[:20]!r} is not <n>: <secret name>")
             value = self.sms.requester_secret(deal.requester, name)
             if value is None:
-                raise TeeSessionError(f"requester secret {name[:80]!r} (#{int(number)}) of {deal.requester} "
-                                      "is not in the SMS")
+                raise TeeSessionError(
+                    f"requester secret {name[:80]!r} (#{int(number)}) of {deal.requester} is not in the SMS"
+                )
             env[f"IEXEC_REQUESTER_SECRET_{int(number)}"] = value
         result_key = None
         if params.get("iexec_result_encryption") in (True, "true"):
             result_key = self.sms.web2_secret(deal.beneficiary, RESULT_KEY_SECRET)
             if not result_key:
-                raise TeeSessionError(f"result encryption asked but the beneficiary {deal.beneficiary} has no "
-                                      f"{RESULT_KEY_SECRET} in the SMS")
+                raise TeeSessionError(
+                    f"result encryption asked but the beneficiary {deal.beneficiary} has no "
+                    f"{RESULT_KEY_SECRET} in the SMS"
+                )
             try:
                 load_public_key(result_key)
             except PostComputeError as exc:
                 raise TeeSessionError(f"the beneficiary's {RESULT_KEY_SECRET}: {exc}") from None
         return env, result_key
 
-    async def _finalize(self, tid: str, out_dir: Path, code: int, stdout: bytes, stderr: bytes, fault: Fault,
-                        outcome: Any, seconds: float, fetch_s: float, *, enclave: Any = None,
-                        result_key: str | None = None) -> None:
+    async def _finalize(
+        self,
+        tid: str,
+        out_dir: Path,
+        code: int,
+        stdout: bytes,
+        stderr: bytes,
+        fault: Fault,
+        outcome: Any,
+        seconds: float,
+        fetch_s: float,
+        *,
+        enclave: Any = None,
+        result_key: str | None = None,
+    ) -> None:
         mark = time.monotonic()
         # zipping a result of several MB takes a moment: off the event loop, which serves other tasks (and,
         # in tests and the demo, the market, the gateway and the Telegram stand-in)
@@ -506,13 +585,17 @@ class Workerpool:
         results = json.dumps({"storage": "ipfs", "location": self.gateway.location(cid)}).encode()
         # trust 1: the worker contributes and finalizes at once, with the scheduler's authorization
         assert self._client is not None
-        await self._client.contribute_and_finalize(bytes.fromhex(tid[2:]), results, digest=digest,
-                                                   enclave=enclave)
+        await self._client.contribute_and_finalize(bytes.fromhex(tid[2:]), results, digest=digest, enclave=enclave)
         error = out_dir / "error.txt"
-        outcome("error_archive" if error.exists() else "completed", cid=cid, app_seconds=seconds,
-                fetch_seconds=fetch_s, finalize_seconds=time.monotonic() - mark,
-                encrypted=result_key is not None,
-                detail=error.read_text()[:500] if error.exists() else "")
+        outcome(
+            "error_archive" if error.exists() else "completed",
+            cid=cid,
+            app_seconds=seconds,
+            fetch_seconds=fetch_s,
+            finalize_seconds=time.monotonic() - mark,
+            encrypted=result_key is not None,
+            detail=error.read_text()[:500] if error.exists() else "",
+        )
 
     async def _overrun(self, tid: str) -> None:
         """Hold the task (as a never-ending app would) until chain time passes its contribution deadline."""
@@ -526,15 +609,27 @@ class Workerpool:
             self._timerefs[category] = (await self._hub.functions.viewCategory(category).call())[2]
         return self._timerefs[category] * self.time_scale
 
-    def _app_env(self, tid: str, deal_id: str, index: int, in_dir: Path, out_dir: Path,
-                 names: list[str]) -> dict[str, str]:
+    def _app_env(
+        self, tid: str, deal_id: str, index: int, in_dir: Path, out_dir: Path, names: list[str]
+    ) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IEXEC_")}
         env.update(self.app_env)
-        env.update({"IEXEC_IN": str(in_dir), "IEXEC_OUT": str(out_dir), "IEXEC_TASK_ID": tid,
-                    "IEXEC_DEAL_ID": deal_id, "IEXEC_TASK_INDEX": str(index), "IEXEC_BOT_SIZE": "1",
-                    "IEXEC_BOT_FIRST_INDEX": str(index), "IEXEC_BOT_TASK_INDEX": str(index),
-                    "IEXEC_INPUT_FILES_FOLDER": str(in_dir), "IEXEC_INPUT_FILES_NUMBER": str(len(names)),
-                    "IEXEC_DATASET_FILENAME": "", "IEXEC_DATASET_ADDRESS": ZERO_ADDRESS})
+        env.update(
+            {
+                "IEXEC_IN": str(in_dir),
+                "IEXEC_OUT": str(out_dir),
+                "IEXEC_TASK_ID": tid,
+                "IEXEC_DEAL_ID": deal_id,
+                "IEXEC_TASK_INDEX": str(index),
+                "IEXEC_BOT_SIZE": "1",
+                "IEXEC_BOT_FIRST_INDEX": str(index),
+                "IEXEC_BOT_TASK_INDEX": str(index),
+                "IEXEC_INPUT_FILES_FOLDER": str(in_dir),
+                "IEXEC_INPUT_FILES_NUMBER": str(len(names)),
+                "IEXEC_DATASET_FILENAME": "",
+                "IEXEC_DATASET_ADDRESS": ZERO_ADDRESS,
+            }
+        )
         for i, name in enumerate(names, start=1):
             env[f"IEXEC_INPUT_FILE_NAME_{i}"] = name
         return env
@@ -560,33 +655,41 @@ class Workerpool:
         deadline, delay = time.monotonic() + self.input_retry_s, 0.5
         while True:
             try:
-                async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=30),
-                                             allow_redirects=False) as resp:
+                async with self._session.get(
+                    url, timeout=aiohttp.ClientTimeout(total=30), allow_redirects=False
+                ) as resp:
                     if resp.status == 200:  # the whole body, or InputError past the cap (not retried)
                         return await read_capped(resp, self.max_input_bytes, "input file")
                     problem = f"input download answered HTTP {resp.status}"
             except BodyTooLarge as exc:
                 raise InputError(str(exc)) from None
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 problem = f"input download failed: {type(exc).__name__}"
             if time.monotonic() + delay > deadline:
                 raise InputError(problem)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _run_app(self, cmd: list[str], env: dict[str, str], limit: float,
-                       cwd: Path) -> tuple[int | None, bytes, bytes, float]:
+    async def _run_app(
+        self, cmd: list[str], env: dict[str, str], limit: float, cwd: Path
+    ) -> tuple[int | None, bytes, bytes, float]:
         """Run the app; returns (exit code or None when killed at `limit`, stdout, stderr, seconds)."""
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(*cmd, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE, start_new_session=True,
-                                                    preexec_fn=child_preexec())  # dies with us, even by SIGKILL
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            env=env,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=child_preexec(),
+        )  # dies with us, even by SIGKILL
         self._procs.add(proc)
         try:
             stdout, stderr = await asyncio.wait_for(proc.communicate(), limit)
             return proc.returncode, stdout, stderr, time.monotonic() - started
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             return None, b"", b"", time.monotonic() - started
@@ -616,10 +719,17 @@ class Workerpool:
         states: dict[str, int] = {}
         for outcome in self.outcomes.values():
             states[outcome.state] = states.get(outcome.state, 0) + 1
-        return {"ok": True, "workerpool": self.address, "workers": self.workers, "running": len(self.running),
-                "tag": "0x" + self.tag.hex(), "sms": self.sms is not None,
-                "tasks": states, "orders": ["0x" + o.hash(self._domain).hex() for o in self.orders[-3:]],
-                "faults": [{"mode": r.fault.value, "deal_id": r.deal_id} for r in self.faults.rules()]}
+        return {
+            "ok": True,
+            "workerpool": self.address,
+            "workers": self.workers,
+            "running": len(self.running),
+            "tag": "0x" + self.tag.hex(),
+            "sms": self.sms is not None,
+            "tasks": states,
+            "orders": ["0x" + o.hash(self._domain).hex() for o in self.orders[-3:]],
+            "faults": [{"mode": r.fault.value, "deal_id": r.deal_id} for r in self.faults.rules()],
+        }
 
     async def _serve_control(self, port: int) -> None:
         app = web.Application()

@@ -4,10 +4,10 @@ Run: .venv/bin/python docs/screenshot.py   (needs Debian's chromium; about a min
 It starts `python -m devnet demo --app real` in a temporary folder, uploads scikit-image's astronaut photo as
 the demo user, waits for the segmented picture, and saves the page as docs/screenshot.png.
 """
+
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import subprocess
@@ -20,8 +20,15 @@ from playwright.async_api import async_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "screenshot.png"
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 async def shoot(chat_url: str, photo: Path, shot: Path) -> None:
@@ -48,8 +55,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         photo = Path(tmp) / "astronaut.jpg"
         Image.fromarray(skimage.data.astronaut()).save(photo, quality=90)
-        demo = subprocess.Popen([sys.executable, "-m", "devnet", "demo", "--data", str(Path(tmp) / "demo")],
-                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "devnet", "demo", "--data", str(Path(tmp) / "demo")],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             url = None
             for line in demo.stdout:  # type: ignore[union-attr]

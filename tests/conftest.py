@@ -1,5 +1,6 @@
 """Shared pytest set-up: fixture modules of each area are registered here, and every test's chain
 connections are closed when it ends."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,9 @@ async def close_chain_connections() -> AsyncIterator[None]:
 
 # Fixtures that start a whole devnet, a workerpool, a bot process or TensorFlow: a test using one is in the slow tier
 # whether or not it says so, so that `pytest -m "not slow"` stays the inner loop of a minute or less.
-HEAVY_FIXTURES = frozenset({"devnet_module", "botnet", "e2e_devnet", "e2e", "pool_env", "worker_weights_r50",
-                            "run_worker"})
+HEAVY_FIXTURES = frozenset(
+    {"devnet_module", "botnet", "e2e_devnet", "e2e", "pool_env", "worker_weights_r50", "run_worker"}
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -8,6 +8,7 @@
 `devnet_module` is one devnet per test module (anvil from the PoCo snapshot, market, gateway, workerpool
 running the small test app, Telegram stand-in); `botnet` starts a bot with fresh books on it for each test.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,15 +38,21 @@ def photo_bytes(size: tuple[int, int] = (320, 240), fmt: str = "JPEG", seed: int
     img = Image.new("RGB", size, (30 + seed % 200, 90, 160))
     from PIL import ImageDraw
 
-    ImageDraw.Draw(img).ellipse((size[0] // 4, size[1] // 4, size[0] * 3 // 4, size[1] * 3 // 4),
-                                fill=(230, 200, 40))
+    ImageDraw.Draw(img).ellipse((size[0] // 4, size[1] // 4, size[0] * 3 // 4, size[1] * 3 // 4), fill=(230, 200, 40))
     out = io.BytesIO()
     img.save(out, fmt)
     return out.getvalue()
 
 
-def phone_photo(width: int = 4000, height: int = 3000, orientation: int | None = None, quality: int = 92,
-                seed: int = 0, fmt: str = "JPEG", noise: float = 12.0) -> bytes:
+def phone_photo(
+    width: int = 4000,
+    height: int = 3000,
+    orientation: int | None = None,
+    quality: int = 92,
+    seed: int = 0,
+    fmt: str = "JPEG",
+    noise: float = 12.0,
+) -> bytes:
     """A picture the size a phone takes: smooth light, a few dozen shapes and sensor-like noise, so it does
     not compress to nothing (a 3000x3000 JPEG at quality 92 is about 3.5 MB, 4000x3000 about 4.5 MB).
 
@@ -57,8 +64,14 @@ def phone_photo(width: int = 4000, height: int = 3000, orientation: int | None =
 
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    light = np.stack([120 + 80 * np.sin(x / width * 3 + seed), 100 + 60 * np.cos(y / height * 4),
-                      140 + 50 * np.sin((x + y) / (width + height) * 5)], axis=-1)
+    light = np.stack(
+        [
+            120 + 80 * np.sin(x / width * 3 + seed),
+            100 + 60 * np.cos(y / height * 4),
+            140 + 50 * np.sin((x + y) / (width + height) * 5),
+        ],
+        axis=-1,
+    )
     img = Image.fromarray(np.clip(light, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     short = min(width, height)
@@ -92,8 +105,15 @@ async def devnet_module(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
 
 def bot_settings(net: Devnet, books: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {k.lower(): v for k, v in net.env.items()}
-    values.update(db_path=books / "books.db", data_dir=books, admin_ids=str(ADMIN.id), poll_interval_s=0.2,
-                  match_timeout_s=20, fee_nrlc=10_000_000, log_level="DEBUG")
+    values.update(
+        db_path=books / "books.db",
+        data_dir=books,
+        admin_ids=str(ADMIN.id),
+        poll_interval_s=0.2,
+        match_timeout_s=20,
+        fee_nrlc=10_000_000,
+        log_level="DEBUG",
+    )
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
@@ -128,14 +148,17 @@ class BotNet:
 
     async def wait_for_text(self, user: TgUser, needle: str, timeout: float = 20.0) -> Any:
         """The first bot message to `user` whose current text contains `needle`."""
+
         def find() -> Any:
             return next((m for m in self.sent(user) if m.text and needle in m.text), None)
+
         await self.tg.wait_for(lambda: find() is not None, timeout=timeout)
         return find()
 
     async def result_for(self, user: TgUser, timeout: float = 60.0) -> Any:
         def find() -> Any:
             return next((m for m in self.sent(user) if m.kind in ("photo", "document") and m.data), None)
+
         await self.tg.wait_for(lambda: find() is not None, timeout=timeout)
         return find()
 
@@ -145,8 +168,15 @@ class BotNet:
         await self.bot.services.board.drain()
 
 
-async def start_botnet(net: Devnet, books: Path, *, crash_at: str | None = None, fast_retries: bool = False,
-                       polling: bool = True, **overrides: Any) -> BotNet:
+async def start_botnet(
+    net: Devnet,
+    books: Path,
+    *,
+    crash_at: str | None = None,
+    fast_retries: bool = False,
+    polling: bool = True,
+    **overrides: Any,
+) -> BotNet:
     """Start a bot on `net` with the books in `books`; `fast_retries` shortens the step retry delays."""
     settings = bot_settings(net, books, **overrides)
     bot = build_bot(settings, crash_at=crash_at)

@@ -7,6 +7,7 @@
 Every account of devnet.accounts has anvil's ETH and SNAPSHOT_RLC_NRLC RLC in its wallet (the deployer
 keeps the rest); no hub account holds stake yet: use devnet.chain.deposit.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -49,6 +50,10 @@ def chain(poco: tuple[Path, Deployment]) -> Iterator[ChainEnv]:
     state, deployment = poco
     with Anvil(load_state=state) as anvil:
         w3 = Web3(Web3.HTTPProvider(anvil.rpc_url, request_kwargs={"timeout": 10}))
-        yield ChainEnv(anvil=anvil, deployment=deployment, w3=w3,
-                       hub=w3.eth.contract(address=deployment.hub, abi=hub_abi()),
-                       rlc=w3.eth.contract(address=deployment.rlc, abi=rlc_abi()))
+        yield ChainEnv(
+            anvil=anvil,
+            deployment=deployment,
+            w3=w3,
+            hub=w3.eth.contract(address=deployment.hub, abi=hub_abi()),
+            rlc=w3.eth.contract(address=deployment.rlc, abi=rlc_abi()),
+        )

@@ -8,6 +8,7 @@
 settings. The requester side (request order, matchOrders) is done here with web3 directly: tests of the
 devnet must not depend on the bot. Everything binds 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,9 +24,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from eth_utils import keccak
 from PIL import Image
 from web3.logs import DISCARD
-from eth_utils import keccak
 
 from devnet import chain as devchain
 from devnet.accounts import POOL_OWNER, REQUESTER, WORKER
@@ -71,8 +72,15 @@ class PoolEnv:
         self.inputs[name] = data
         return f"{self.inputs_url}/inputs/{name}"
 
-    async def request(self, *, args: str = "", input_files: list[str] | None = None, volume: int = 1,
-                      image: bytes | None = None, fault: str | None = None) -> tuple[str, list[str]]:
+    async def request(
+        self,
+        *,
+        args: str = "",
+        input_files: list[str] | None = None,
+        volume: int = 1,
+        image: bytes | None = None,
+        fault: str | None = None,
+    ) -> tuple[str, list[str]]:
         """Sign a request order as REQUESTER and match it with the app and the pool's newest order.
 
         Returns (deal id, task ids). By default the input is one small PNG served on loopback. `fault`
@@ -81,21 +89,38 @@ class PoolEnv:
         files = input_files if input_files is not None else [self.serve_input(image or png_bytes())]
         dep = self.chain.deployment
         domain = Domain(dep.chain_id, dep.hub)
-        params = json.dumps({"iexec_args": args, "iexec_input_files": files,
-                             "iexec_result_storage_provider": "ipfs"})
+        params = json.dumps({"iexec_args": args, "iexec_input_files": files, "iexec_result_storage_provider": "ipfs"})
         request = RequestOrder(
-            app=self.app, appmaxprice=APP_PRICE, dataset=ZERO, datasetmaxprice=0, workerpool=ZERO,
-            workerpoolmaxprice=POOL_PRICE, requester=REQUESTER.address, volume=volume, tag=bytes(32),
-            category=0, trust=0, beneficiary=REQUESTER.address, callback=ZERO, params=params,
-            salt=os.urandom(32)).sign_with(REQUESTER, domain)
+            app=self.app,
+            appmaxprice=APP_PRICE,
+            dataset=ZERO,
+            datasetmaxprice=0,
+            workerpool=ZERO,
+            workerpoolmaxprice=POOL_PRICE,
+            requester=REQUESTER.address,
+            volume=volume,
+            tag=bytes(32),
+            category=0,
+            trust=0,
+            beneficiary=REQUESTER.address,
+            callback=ZERO,
+            params=params,
+            salt=os.urandom(32),
+        ).sign_with(REQUESTER, domain)
         pool_order = self.pool.orders[-1]
         if fault is not None:
             self.pool.faults.set(fault, keccak(request.hash(domain) + bytes(32)))
 
         def match() -> tuple[str, int]:
             receipt = devchain.TxSender(devchain.web3_for(self.rpc_url), REQUESTER).call(
-                dep.hub, self.chain.hub.abi, "matchOrders", self.app_order.to_tuple(),
-                NULL_DATASET_ORDER.to_tuple(), pool_order.to_tuple(), request.to_tuple())
+                dep.hub,
+                self.chain.hub.abi,
+                "matchOrders",
+                self.app_order.to_tuple(),
+                NULL_DATASET_ORDER.to_tuple(),
+                pool_order.to_tuple(),
+                request.to_tuple(),
+            )
             events = self.chain.hub.events.OrdersMatched().process_receipt(receipt, errors=DISCARD)
             deal = "0x" + bytes(events[0]["args"]["dealid"]).hex()
             return deal, self.chain.hub.functions.viewDeal(deal).call()[11]
@@ -116,9 +141,11 @@ class PoolEnv:
 
     async def send(self, function: str, *args: Any) -> Any:
         """Send a hub transaction as REQUESTER; raises devnet TransactionFailed on revert."""
+
         def call() -> Any:
             sender = devchain.TxSender(devchain.web3_for(self.rpc_url), REQUESTER)
             return sender.call(self.chain.deployment.hub, self.chain.hub.abi, function, *args)
+
         return await asyncio.to_thread(call)
 
     async def increase_time(self, seconds: int) -> int:
@@ -127,9 +154,15 @@ class PoolEnv:
 
 
 @asynccontextmanager
-async def make_pool_env(chain: Any, *, app_cmd: list[str] | None = None, workers: int = 2,
-                        time_scale: float = 1.0, app_env: dict[str, str] | None = None,
-                        volume: int = 50) -> AsyncIterator[PoolEnv]:
+async def make_pool_env(
+    chain: Any,
+    *,
+    app_cmd: list[str] | None = None,
+    workers: int = 2,
+    time_scale: float = 1.0,
+    app_env: dict[str, str] | None = None,
+    volume: int = 50,
+) -> AsyncIterator[PoolEnv]:
     """Start market, gateway, input server and workerpool over `chain`; stop them all afterwards."""
     dep = chain.deployment
     await asyncio.to_thread(devchain.deposit, chain.rpc_url, dep, REQUESTER, 100 * 10**9)
@@ -154,10 +187,23 @@ async def make_pool_env(chain: Any, *, app_cmd: list[str] | None = None, workers
         await gateway.start()
         async with aiohttp.ClientSession() as session:
             app_order = await publish_app_order(session, market.base_url, dep, app, APP_PRICE)
-        pool = Workerpool(chain.rpc_url, dep, POOL_OWNER, WORKER, market.base_url, gateway,
-                          app_cmd or TEST_APP, workers=workers, price=POOL_PRICE, volume=volume,
-                          time_scale=time_scale, market=market, app_env=app_env, app_cwd=REPO_DIR,
-                          poll_interval=0.02)
+        pool = Workerpool(
+            chain.rpc_url,
+            dep,
+            POOL_OWNER,
+            WORKER,
+            market.base_url,
+            gateway,
+            app_cmd or TEST_APP,
+            workers=workers,
+            price=POOL_PRICE,
+            volume=volume,
+            time_scale=time_scale,
+            market=market,
+            app_env=app_env,
+            app_cwd=REPO_DIR,
+            poll_interval=0.02,
+        )
         await pool.start(control_port=0)
         yield PoolEnv(chain, market, gateway, pool, app, app_order, inputs_url, inputs)
     finally:

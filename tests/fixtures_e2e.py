@@ -14,6 +14,7 @@ settings), so a crash is a real SIGKILL and a restart is a real new process. The
 books (plus admin grants, as the admin CLI would) and the chain. Everything binds 127.0.0.1. This module
 must never import the bot's code: the bot is a black box reached through Telegram, the books and the chain.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -58,10 +59,18 @@ def bot_env(net: Devnet, data: Path, inputs_port: int, **overrides: Any) -> dict
     env = dict(net.env)
     # A fixed input port, as in production (INPUTS_PUBLIC_URL): the URL in a signed order must still
     # answer after a restart.
-    env.update(ADMIN_IDS=str(ADMIN.id), DB_PATH=str(data / "books.db"), DATA_DIR=str(data),
-               INPUTS_PORT=str(inputs_port), POLL_INTERVAL_S="0.2", MATCH_TIMEOUT_S="20",
-               FEE_NRLC=str(FEE_NRLC), LOG_LEVEL="INFO",
-               WORKER_ARGS="--max-dim 256 --min-confidence 0.5", MAX_JOBS_IN_FLIGHT="5")
+    env.update(
+        ADMIN_IDS=str(ADMIN.id),
+        DB_PATH=str(data / "books.db"),
+        DATA_DIR=str(data),
+        INPUTS_PORT=str(inputs_port),
+        POLL_INTERVAL_S="0.2",
+        MATCH_TIMEOUT_S="20",
+        FEE_NRLC=str(FEE_NRLC),
+        LOG_LEVEL="INFO",
+        WORKER_ARGS="--max-dim 256 --min-confidence 0.5",
+        MAX_JOBS_IN_FLIGHT="5",
+    )
     env.update({k.upper(): str(v) for k, v in overrides.items()})
     return env
 
@@ -81,8 +90,13 @@ class BotProcess:
             env["SEGBOT_CRASH_AT"] = self.crash_at
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bot", "--env-file", str(self.env_file)],
-                                         cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bot", "--env-file", str(self.env_file)],
+                cwd=REPO_DIR,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         finally:
             log.close()
 
@@ -237,8 +251,11 @@ class E2E:
 
     def results(self, user: TgUser) -> list[SentMessage]:
         """The bot's result pictures in the user's chat."""
-        return [m for m in self.sent(user) if m.kind in ("photo", "document") and m.data
-                and m.file_name != "detections.json"]
+        return [
+            m
+            for m in self.sent(user)
+            if m.kind in ("photo", "document") and m.data and m.file_name != "detections.json"
+        ]
 
     def texts(self, user: TgUser) -> str:
         return "\n".join(m.text or "" for m in self.sent(user))
@@ -269,20 +286,25 @@ class E2E:
 
     async def wait_terminal(self, user: TgUser, n: int = 1, timeout: float = 60.0) -> list[Job]:
         """Wait until the user has `n` jobs, all in a terminal state (or held for an admin)."""
+
         def done() -> bool:
             jobs = self.jobs(user)
             return len(jobs) >= n and all(j.state.value in TERMINAL for j in jobs)
-        await self.wait_for(done, timeout, f"{n} finished jobs for user {user.id} "
-                                           f"(now {[j.state.value for j in self.jobs(user)]})")
+
+        await self.wait_for(
+            done, timeout, f"{n} finished jobs for user {user.id} (now {[j.state.value for j in self.jobs(user)]})"
+        )
         return self.jobs(user)
 
     async def expire_if_abandoned(self, user: TgUser, timeout: float = 60.0) -> str:
         """When the workerpool gave up a task of the user (e.g. it could not fetch the input while the bot
         was down), move chain time past the final deadline so that the bot claims it; returns the pool's
         outcome ("completed", "input_failed", ...) or "unmatched" when the job never got a task."""
+
         def known() -> bool:
             jobs = self.jobs(user)
             return bool(jobs) and (jobs[0].task_id is not None or jobs[0].state.value in TERMINAL)
+
         await self.wait_for(known, timeout, f"a task for user {user.id}")
         job = self.jobs(user)[0]
         if job.task_id is None:
@@ -296,8 +318,10 @@ class E2E:
         """(transfer id, kind) of every resolution (post or void) of the job's reservation."""
         conn = sqlite3.connect(f"file:{self.data / 'books.db'}?mode=ro", uri=True)
         try:
-            rows = conn.execute("SELECT DISTINCT id, kind FROM transfers WHERE pending_id = ? "
-                                "AND kind IN ('post', 'void')", (job.reservation,)).fetchall()
+            rows = conn.execute(
+                "SELECT DISTINCT id, kind FROM transfers WHERE pending_id = ? AND kind IN ('post', 'void')",
+                (job.reservation,),
+            ).fetchall()
         finally:
             conn.close()
         return [(r[0], r[1]) for r in rows]

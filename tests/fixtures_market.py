@@ -3,6 +3,7 @@
 `serve(app)` is how a test stands up a misbehaving gateway or market on loopback; `market` is the market
 stand-in over the `chain` fixture. Nothing here ever binds anything but 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import io
@@ -63,8 +64,26 @@ def zero_bomb(name: str = "iexec_out/zeros.bin", gib: int = 1) -> bytes:
     size = count << 20
     raw = name.encode()
     local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, crc, len(data), size, len(raw), 0)
-    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, (3 << 8) | 20, 20, 0, 8, 0, 0x21, crc,
-                          len(data), size, len(raw), 0, 0, 0, 0, 0o100644 << 16, 0)
+    central = struct.pack(
+        "<IHHHHHHIIIHHHHHII",
+        0x02014B50,
+        (3 << 8) | 20,
+        20,
+        0,
+        8,
+        0,
+        0x21,
+        crc,
+        len(data),
+        size,
+        len(raw),
+        0,
+        0,
+        0,
+        0,
+        0o100644 << 16,
+        0,
+    )
     body = local + raw + data
     cd = central + raw
     eocd = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(cd), len(body), 0)
@@ -72,9 +91,11 @@ def zero_bomb(name: str = "iexec_out/zeros.bin", gib: int = 1) -> bytes:
 
 
 @pytest.fixture
-async def market(chain):  # noqa: ANN001 - the chain fixture's type lives in tests.fixtures_chain
+async def market(chain):
     """The market stand-in over a fresh chain (session event loop); its URL is `.base_url`."""
     from devnet.market import MarketStandIn
 
-    async with MarketStandIn(chain_id=chain.deployment.chain_id, rpc_url=chain.rpc_url, hub=chain.deployment.hub) as stand_in:
+    async with MarketStandIn(
+        chain_id=chain.deployment.chain_id, rpc_url=chain.rpc_url, hub=chain.deployment.hub
+    ) as stand_in:
         yield stand_in

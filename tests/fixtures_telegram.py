@@ -4,6 +4,7 @@
 user; `ptb_app(tg)` builds an Application pointed at the stand-in and `polling(app)` runs it by hand
 (PTB's run_polling owns the event loop, which pytest-asyncio owns here).
 """
+
 from __future__ import annotations
 
 import contextlib

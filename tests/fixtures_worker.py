@@ -3,6 +3,7 @@
 
 Other test files (devnet workerpool, end to end) may use `worker_weights_r50` too.
 """
+
 from __future__ import annotations
 
 import http.server
@@ -11,9 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -26,8 +27,13 @@ def make_test_weights(path: Path, backbone: str = "resnet50") -> Path:
     """Build a random-weights file in a subprocess (TF aliasing stays out of the test process)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "worker", "make-test-weights", str(path), "--backbone", backbone],
-                       cwd=REPO, check=True, capture_output=True, timeout=240)
+        subprocess.run(
+            [sys.executable, "-m", "worker", "make-test-weights", str(path), "--backbone", backbone],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            timeout=240,
+        )
     return path
 
 
@@ -53,6 +59,7 @@ class WorkerRun:
 
     def computed(self) -> dict:
         import json
+
         return json.loads((self.out / "computed.json").read_text())
 
     @property
@@ -67,13 +74,18 @@ def iexec_env(tmp: Path, input_name: str | None = None, **extra: str) -> dict[st
     iexec_in.mkdir(exist_ok=True)
     iexec_out.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IEXEC_", "MRCNN_"))}
-    env.update({
-        "IEXEC_IN": str(iexec_in), "IEXEC_OUT": str(iexec_out),
-        "IEXEC_TASK_ID": "0x" + "ab" * 32, "IEXEC_DEAL_ID": "0x" + "cd" * 32,
-        "IEXEC_INPUT_FILES_FOLDER": str(iexec_in),
-        "IEXEC_INPUT_FILES_NUMBER": "1" if input_name else "0",
-        "IEXEC_DATASET_FILENAME": "", "SEGBOT_CACHE": str(tmp / "no-cache"),
-    })
+    env.update(
+        {
+            "IEXEC_IN": str(iexec_in),
+            "IEXEC_OUT": str(iexec_out),
+            "IEXEC_TASK_ID": "0x" + "ab" * 32,
+            "IEXEC_DEAL_ID": "0x" + "cd" * 32,
+            "IEXEC_INPUT_FILES_FOLDER": str(iexec_in),
+            "IEXEC_INPUT_FILES_NUMBER": "1" if input_name else "0",
+            "IEXEC_DATASET_FILENAME": "",
+            "SEGBOT_CACHE": str(tmp / "no-cache"),
+        }
+    )
     if input_name:
         env["IEXEC_INPUT_FILE_NAME_1"] = input_name
     env.update(extra)
@@ -83,19 +95,27 @@ def iexec_env(tmp: Path, input_name: str | None = None, **extra: str) -> dict[st
 @pytest.fixture
 def run_worker(tmp_path: Path) -> Callable[..., WorkerRun]:
     """Run `python -X importtime -m worker ARGS` with the given env; returns a WorkerRun."""
+
     def run(args: list[str], env: dict[str, str], timeout: float = 240) -> WorkerRun:
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "worker", *args], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "worker", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         out = Path(env.get("IEXEC_OUT", tmp_path / "none"))
         return WorkerRun(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started, out)
+
     return run
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     routes: dict[str, tuple[int, dict[str, str], bytes | Callable[[object], None]]] = {}
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         status, headers, body = self.routes.get(self.path, (404, {}, b"not found"))
         self.send_response(status)
         for key, value in headers.items():

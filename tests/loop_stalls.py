@@ -6,6 +6,7 @@
 
 A behaviour check (no handler may hold every other user up), not a speed target: the bound is generous.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -3,6 +3,7 @@ PoCo and real books: a chain that has not reached a mined nonce of the books, or
 a job in progress, is refused with what differs and what to do (--fresh on the devnet preset, never on
 another network); books that match pass. A node behind the block the books recorded is waited for (a lagging
 RPC node is not a reset chain); a held job whose deal is unknown is a warning, not a refusal."""
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,9 @@ def _sent(chain) -> int:  # type: ignore[no-untyped-def]
 
 async def _check(ledger: Ledger, chain, network: str = "devnet", **wait) -> list[str]:  # type: ignore[no-untyped-def]
     w3 = connect(chain.rpc_url)
-    return await check_books_match_chain(ledger, w3, Hub(None, chain.deployment.hub, w3=w3), REQUESTER.address,
-                                         chain.rpc_url, network=network, **wait)
+    return await check_books_match_chain(
+        ledger, w3, Hub(None, chain.deployment.hub, w3=w3), REQUESTER.address, chain.rpc_url, network=network, **wait
+    )
 
 
 def _matched_job(books: Ledger, job_id: str) -> str:
@@ -112,8 +114,10 @@ async def test_a_held_job_whose_deal_is_unknown_does_not_stop_the_start(chain, b
     devchain.deposit(chain.rpc_url, chain.deployment, REQUESTER, 10**9)
     with caplog.at_level("WARNING", logger="bot.consistency"):
         assert await _check(books, chain) == ["job-held"]
-    assert any("books_chain_held_unknown" in r.getMessage() and "job=job-held" in r.getMessage()
-               and deal in r.getMessage() for r in caplog.records)
+    assert any(
+        "books_chain_held_unknown" in r.getMessage() and "job=job-held" in r.getMessage() and deal in r.getMessage()
+        for r in caplog.records
+    )
 
 
 async def test_on_the_devnet_a_chain_shorter_than_the_books_is_refused_at_once(chain, books: Ledger) -> None:

@@ -1,4 +1,5 @@
 """Admin commands through the Telegram stand-in: confirmations, idempotence, the chain, refusals to users."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,20 @@ from tests.fixtures_bot import ADMIN, BotNet, bot_on, photo_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-ADMIN_COMMANDS = ("fund", "wallet", "deposit", "withdraw", "users", "job", "refund", "retry", "reconcile",
-                  "pause", "resume", "price")
+ADMIN_COMMANDS = (
+    "fund",
+    "wallet",
+    "deposit",
+    "withdraw",
+    "users",
+    "job",
+    "refund",
+    "retry",
+    "reconcile",
+    "pause",
+    "resume",
+    "price",
+)
 NO_OFFER = {"workerpool_max_price_nrlc": 1, "match_timeout_s": 600}
 
 
@@ -25,8 +38,9 @@ async def test_every_admin_command_is_unknown_to_a_user(botnet: BotNet) -> None:
     user = botnet.new_user()
     for name in ADMIN_COMMANDS:
         botnet.tg.inject_command(user, f"/{name}", f"{user.id} 5" if name == "fund" else "1")
-    await botnet.tg.wait_for(lambda: sum("don't know that command" in t for t in _texts(botnet, user))
-                             == len(ADMIN_COMMANDS), timeout=15)
+    await botnet.tg.wait_for(
+        lambda: sum("don't know that command" in t for t in _texts(botnet, user)) == len(ADMIN_COMMANDS), timeout=15
+    )
     assert len(botnet.sent(user)) == len(ADMIN_COMMANDS)
     assert botnet.ledger.balance(user.id).posted == 10**9
     assert not botnet.bot.services.pipeline.paused
@@ -55,10 +69,17 @@ async def test_fund_asks_confirmation_and_grants_once(botnet: BotNet) -> None:
 
     # The same Telegram update delivered again (as after a crash): recognised, nothing is asked or done twice.
     update_id = int(data.split(":")[1])
-    replay = {"update_id": update_id, "message": {
-        "message_id": 10_000, "date": 0, "chat": {"id": ADMIN.id, "type": "private"}, "from": ADMIN.to_api(),
-        "text": f"/fund {user.id} 2.5 welcome gift",
-        "entities": [{"type": "bot_command", "offset": 0, "length": 5}]}}
+    replay = {
+        "update_id": update_id,
+        "message": {
+            "message_id": 10_000,
+            "date": 0,
+            "chat": {"id": ADMIN.id, "type": "private"},
+            "from": ADMIN.to_api(),
+            "text": f"/fund {user.id} 2.5 welcome gift",
+            "entities": [{"type": "bot_command", "offset": 0, "length": 5}],
+        },
+    }
     sent_before = len(botnet.sent(ADMIN))
     await botnet.bot.app.process_update(Update.de_json(replay, botnet.bot.app.bot))
     assert len(botnet.sent(ADMIN)) == sent_before
@@ -104,8 +125,9 @@ async def test_wallet_withdraw_deposit_on_chain_once_each(botnet: BotNet) -> Non
         assert report.stake == expected
         # The same button again (a replayed callback): nothing moves.
         botnet.tg.press_button(ADMIN, ask.message_id, data, must_exist=False)
-        await botnet.tg.wait_for(lambda: sum("Already done" in t for t in _texts(botnet, ADMIN))
-                                 >= (1 if sign < 0 else 2), timeout=10)
+        await botnet.tg.wait_for(
+            lambda: sum("Already done" in t for t in _texts(botnet, ADMIN)) >= (1 if sign < 0 else 2), timeout=10
+        )
         assert (await chain.wallet_report()).stake == expected
     botnet.tg.inject_command(ADMIN, "/withdraw", "-3")
     await botnet.wait_for_text(ADMIN, "Nothing done")
@@ -211,8 +233,10 @@ OTHER_GROUP = TgChat(id=-1_001_234_567_891, type="supergroup", title="Segbot fri
 async def _next_text(bn: BotNet, who: TgUser, needle: str, after: int, timeout: float = 20.0) -> SentMessage:
     """The first bot message to `who` among those after the first `after` (earlier tests share the chat)
     whose text contains `needle`."""
+
     def find() -> SentMessage | None:
         return next((m for m in bn.sent(who)[after:] if needle in (m.text or "")), None)
+
     await bn.tg.wait_for(lambda: find() is not None, timeout)
     return find()  # type: ignore[return-value]
 
@@ -274,8 +298,7 @@ async def test_retry_and_detections_buttons_check_who_presses(botnet: BotNet) ->
     assert botnet.ledger.get_job(job.id).state is JobState.DELIVERED
 
 
-@pytest.mark.parametrize("who", ["٣٤٥", "３４５", "0", "-5", "+5", "4503599627370496", "99999999999999999999",
-                                 "1_0"])
+@pytest.mark.parametrize("who", ["٣٤٥", "３４５", "0", "-5", "+5", "4503599627370496", "99999999999999999999", "1_0"])
 async def test_fund_takes_only_ascii_ids_of_real_users(botnet: BotNet, who: str) -> None:
     seen = len(botnet.sent(ADMIN))
     botnet.tg.inject_command(ADMIN, "/fund", f"{who} 1")
@@ -312,8 +335,9 @@ async def test_withdraw_beyond_the_free_stake_is_refused_and_not_recorded(botnet
     botnet.tg.inject_command(ADMIN, "/withdraw", "1")
     ask = await _next_text(botnet, ADMIN, "Move 1 RLC", seen)
     botnet.tg.press_button(ADMIN, ask.message_id, forged, must_exist=False)
-    await botnet.tg.wait_for(lambda: "Nothing done" in (next(
-        m for m in botnet.sent(ADMIN) if m.message_id == ask.message_id).text or ""), 10)
+    await botnet.tg.wait_for(
+        lambda: "Nothing done" in (next(m for m in botnet.sent(ADMIN) if m.message_id == ask.message_id).text or ""), 10
+    )
     assert botnet.ledger._conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'admin_stake'").fetchone()[0] == 0
     assert (await botnet.bot.chain.wallet_report()).stake == report.stake
 

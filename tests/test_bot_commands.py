@@ -1,4 +1,5 @@
 """Every user command and every stage of a job, driven through the Telegram stand-in on a devnet."""
+
 from __future__ import annotations
 
 import json
@@ -115,8 +116,7 @@ async def test_detections_button_of_another_user_gives_nothing(botnet: BotNet) -
     assert not any(m.file_name == "detections.json" for m in botnet.tg.sent(owner.id))
 
 
-async def test_status_refresh_and_cancel_before_matching_voids_the_reservation(
-        devnet_module, tmp_path: Path) -> None:
+async def test_status_refresh_and_cancel_before_matching_voids_the_reservation(devnet_module, tmp_path: Path) -> None:
     async with bot_on(devnet_module, tmp_path, **NO_OFFER) as bn:
         user = bn.new_user()
         bn.tg.inject_photo(user, photo_bytes(seed=13))

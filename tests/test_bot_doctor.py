@@ -1,5 +1,6 @@
 """`python -m bot doctor` against the devnet: a good configuration passes, a broken one says what to fix,
 a settings file that does not exist is refused."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,13 @@ async def _doctor(net: Devnet, tmp: Path, **overrides: str | None) -> subprocess
 async def _run_doctor(env_file: Path) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in ("TELEGRAM_TOKEN", "ADMIN_IDS")}
     return await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "bot", "doctor", "--env-file", str(env_file)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env=clean,
+        subprocess.run,
+        [sys.executable, "-m", "bot", "doctor", "--env-file", str(env_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean,
     )
 
 
@@ -45,8 +51,9 @@ async def test_doctor_passes_on_the_devnet(devnet_module: Devnet, tmp_path: Path
 
 
 async def test_doctor_names_what_is_missing(devnet_module: Devnet, tmp_path: Path) -> None:
-    proc = await _doctor(devnet_module, tmp_path, APP_ADDRESS="0x" + "12" * 20,
-                         WALLET_KEYSTORE=str(tmp_path / "missing.json"))
+    proc = await _doctor(
+        devnet_module, tmp_path, APP_ADDRESS="0x" + "12" * 20, WALLET_KEYSTORE=str(tmp_path / "missing.json")
+    )
     assert proc.returncode == 1
     assert "APP_ADDRESS is not a deployed app" in proc.stdout
     assert "python -m ledger wallet new" in proc.stdout

@@ -4,6 +4,7 @@ the chain's RPC fails for a moment; and what the books record of it.
 Each ending is told to the user by a message of its own, and no job waits forever or spins: a state that
 waiting cannot change holds the job for an admin, with the reason, while the bot keeps answering.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,6 +34,7 @@ async def wait_job(ledger: Any, job_id: str, *states: JobState, timeout: float =
             if job is not None and job.state in states:
                 return job
             await asyncio.sleep(0.05)
+
     return await asyncio.wait_for(poll(), timeout)
 
 
@@ -43,6 +45,7 @@ async def first_job(bn: BotNet, user_id: int, *states: JobState, timeout: float 
             if jobs and jobs[0].state in states:
                 return jobs[0]
             await asyncio.sleep(0.05)
+
     return await asyncio.wait_for(poll(), timeout)
 
 
@@ -59,7 +62,8 @@ def held_told(bn: BotNet, user: Any) -> list[Any]:
 
 
 async def test_a_running_job_the_chain_never_saw_start_is_held_while_the_bot_answers(
-        devnet_module, tmp_path: Path) -> None:
+    devnet_module, tmp_path: Path
+) -> None:
     """After a chain reset the books may say RUNNING while the chain says the task never started: the job
     is held for an admin with the reason (it used to spin without yielding: no command answered)."""
     net = devnet_module
@@ -86,8 +90,10 @@ async def test_a_running_job_the_chain_never_saw_start_is_held_while_the_bot_ans
             await second.wait_for_text(user, "Available")
             await second.wait_for_text(user, "is held for an operator")
             assert "Your money is safe" in held_told(second, user)[0].text
-            await second.tg.wait_for(lambda: any(job.id in (m.text or "") and "needs an admin" in m.text
-                                                 for m in second.tg.sent(ADMIN.id)), timeout=10)
+            await second.tg.wait_for(
+                lambda: any(job.id in (m.text or "") and "needs an admin" in m.text for m in second.tg.sent(ADMIN.id)),
+                timeout=10,
+            )
             await second.settle()
             assert len(held_told(second, user)) == 1
             bal = second.ledger.balance(user.id)
@@ -110,8 +116,15 @@ async def test_a_deal_the_chain_does_not_know_is_held(botnet: BotNet) -> None:
     deal = "0x" + hashlib.sha256(job_id.encode()).hexdigest()
     books.transition(job_id, JobState.RECEIVED, JobState.ORDER_SIGNED)
     books.transition(job_id, JobState.ORDER_SIGNED, JobState.MATCHING)
-    books.transition(job_id, JobState.MATCHING, JobState.MATCHED, deal_id=deal,
-                     task_id=botnet.bot.chain.task_id(deal), app_price=0, workerpool_price=0)
+    books.transition(
+        job_id,
+        JobState.MATCHING,
+        JobState.MATCHED,
+        deal_id=deal,
+        task_id=botnet.bot.chain.task_id(deal),
+        app_price=0,
+        workerpool_price=0,
+    )
     botnet.bot.services.pipeline.drive(job_id)  # what a restart does for every unfinished job
     held = await wait_job(books, job_id, JobState.NEEDS_ADMIN)
     assert f"does not know deal {deal}" in held.error, held.error
@@ -133,8 +146,14 @@ async def test_a_result_telegram_refuses_as_a_photo_is_sent_as_a_file(botnet: Bo
     upload = botnet.books / "uploads" / f"{job_id}.png"
     upload.parent.mkdir(parents=True, exist_ok=True)
     upload.write_bytes(photo_bytes(size=(2100, 100), fmt="PNG", seed=71))
-    botnet.ledger.create_job(job_id, user.id, user.id, botnet.settings.max_price_nrlc, input_ref=str(upload),
-                             options={"args": botnet.settings.worker_args})
+    botnet.ledger.create_job(
+        job_id,
+        user.id,
+        user.id,
+        botnet.settings.max_price_nrlc,
+        input_ref=str(upload),
+        options={"args": botnet.settings.worker_args},
+    )
     botnet.bot.services.pipeline.drive(job_id)
     result = await botnet.result_for(user)
     assert result.kind == "document" and "Charged" in (result.caption or "")
@@ -147,7 +166,8 @@ async def test_a_result_telegram_refuses_as_a_photo_is_sent_as_a_file(botnet: Bo
     assert botnet.ledger.jobs_in_flight(user.id) == 0
     charged = job.app_price + job.workerpool_price + botnet.settings.fee_nrlc
     assert botnet.ledger.balance(user.id) == botnet.ledger.balance(user.id).__class__(
-        10**9 - charged, 0, 10**9 - charged)
+        10**9 - charged, 0, 10**9 - charged
+    )
     assert len([m for m in botnet.sent(user) if m.kind in ("photo", "document")]) == 1
     botnet.ledger.audit()
 
@@ -188,11 +208,15 @@ class BlippingRpc:
             call = None
         if isinstance(call, dict) and call.get("method") in self.failing:
             self.refused += 1
-            return web.json_response({"jsonrpc": "2.0", "id": call.get("id"),
-                                      "error": {"code": -32000, "message": "backend unavailable, retry"}})
+            return web.json_response(
+                {
+                    "jsonrpc": "2.0",
+                    "id": call.get("id"),
+                    "error": {"code": -32000, "message": "backend unavailable, retry"},
+                }
+            )
         assert self._session is not None
-        async with self._session.post(self.upstream, data=body,
-                                      headers={"Content-Type": "application/json"}) as resp:
+        async with self._session.post(self.upstream, data=body, headers={"Content-Type": "application/json"}) as resp:
             return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
 
 
@@ -246,18 +270,32 @@ async def test_an_app_error_with_html_in_it_is_told_as_the_app_wrote_it(botnet: 
     deal = "0x" + hashlib.sha256(job_id.encode()).hexdigest()
     books.transition(job_id, JobState.RECEIVED, JobState.ORDER_SIGNED)
     books.transition(job_id, JobState.ORDER_SIGNED, JobState.MATCHING)
-    books.transition(job_id, JobState.MATCHING, JobState.MATCHED, deal_id=deal,
-                     task_id=botnet.bot.chain.task_id(deal), app_price=1, workerpool_price=1)
+    books.transition(
+        job_id,
+        JobState.MATCHING,
+        JobState.MATCHED,
+        deal_id=deal,
+        task_id=botnet.bot.chain.task_id(deal),
+        app_price=1,
+        workerpool_price=1,
+    )
     books.transition(job_id, JobState.MATCHED, JobState.RUNNING)
     await pipeline._take_result(books.get_job(job_id), results)  # the task finalized with this archive
 
     notice = await botnet.wait_for_text(user, "was refunded in full")
     assert f"ValueError: {UNTRUSTED}" in notice.text, notice.text  # what the user reads: the literal text
-    await botnet.tg.wait_for(lambda: any(m.message_id == ack.message_id and UNTRUSTED in (m.text or "")
-                                         for m in botnet.sent(user)), timeout=10)  # the status message too
+    await botnet.tg.wait_for(
+        lambda: any(m.message_id == ack.message_id and UNTRUSTED in (m.text or "") for m in botnet.sent(user)),
+        timeout=10,
+    )  # the status message too
     await botnet.tg.wait_for(lambda: books.seen_event("told", f"REFUNDED:{job_id}"), timeout=10)
-    refused = [c for c in botnet.tg.calls() if str(c.params.get("chat_id")) == str(user.id) and c.status == 400
-               and c.method in ("sendMessage", "editMessageText")]
+    refused = [
+        c
+        for c in botnet.tg.calls()
+        if str(c.params.get("chat_id")) == str(user.id)
+        and c.status == 400
+        and c.method in ("sendMessage", "editMessageText")
+    ]
     assert len(refused) == 1  # only the probe above: every text of the refund was read as sent
     assert books.get_job(job_id).state is JobState.REFUNDED
     botnet.tg.inject_command(ADMIN, "/job", job_id)  # the admin reads the books' error as written too
@@ -286,8 +324,15 @@ async def test_a_picture_taken_in_while_the_books_are_busy_waits_for_them(botnet
     ack = await pipeline.bot.send_message(chat_id=user.id, text="📥 Got it. Checking your picture…")
     lock = hold_books(botnet.books / "books.db")
     try:
-        intake = asyncio.create_task(pipeline.start_job(user=user.id, chat=user.id, message_id=9004,
-                                                     status_message_id=ack.message_id, source=("telegram", file_id)))
+        intake = asyncio.create_task(
+            pipeline.start_job(
+                user=user.id,
+                chat=user.id,
+                message_id=9004,
+                status_message_id=ack.message_id,
+                source=("telegram", file_id),
+            )
+        )
         upload = botnet.books / "uploads" / f"c{user.id}m9004.jpg"
         await botnet.tg.wait_for(upload.exists, timeout=20)  # downloaded and checked: the job is written next
         await asyncio.sleep(0)  # the loop ran on: the first write found the books busy and waits
@@ -303,8 +348,13 @@ async def test_a_picture_taken_in_while_the_books_are_busy_waits_for_them(botnet
     lock = hold_books(botnet.books / "books.db")
     try:
         with pytest.raises(LedgerBusy):
-            await pipeline.start_job(user=user.id, chat=user.id, message_id=9005, status_message_id=ack.message_id,
-                                  source=("telegram", file_id))
+            await pipeline.start_job(
+                user=user.id,
+                chat=user.id,
+                message_id=9005,
+                status_message_id=ack.message_id,
+                source=("telegram", file_id),
+            )
     finally:
         lock.rollback()
         lock.close()
@@ -338,8 +388,7 @@ class LaggingRpc(BlippingRpc):
                 tx[key] = "0x" + VIEW_DEAL.removeprefix("0x") + "ab" * 32
                 body = json.dumps(call).encode()
         assert self._session is not None
-        async with self._session.post(self.upstream, data=body,
-                                      headers={"Content-Type": "application/json"}) as resp:
+        async with self._session.post(self.upstream, data=body, headers={"Content-Type": "application/json"}) as resp:
             return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
 
 
@@ -364,8 +413,9 @@ async def test_a_deal_a_node_behind_the_tip_does_not_know_yet_is_read_again(devn
         await relay.stop()
 
 
-async def test_a_picture_the_busy_books_could_not_take_is_taken_at_the_next_start(devnet_module,
-                                                                                 tmp_path: Path) -> None:
+async def test_a_picture_the_busy_books_could_not_take_is_taken_at_the_next_start(
+    devnet_module, tmp_path: Path
+) -> None:
     """Books locked past the intake's limit: the user reads that the picture waits (not a generic error,
     not "Got it" for ever), the update stays in the inbox, and the next start takes the picture in."""
     first = await start_botnet(devnet_module, tmp_path)

@@ -2,6 +2,7 @@
 
 Deadlines are reached by moving chain time (category 0: 300 s x 10), never by waiting.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,6 +26,7 @@ async def wait_state(bn: BotNet, user_id: int, *states: JobState, timeout: float
             if jobs and jobs[0].state in states:
                 return jobs[0]
             await asyncio.sleep(0.05)
+
     return await asyncio.wait_for(poll(), timeout)
 
 
@@ -38,8 +40,7 @@ def assert_refunded(bn: BotNet, user_id: int) -> object:
 
 
 @pytest.mark.parametrize("fault", ["no_show", "crash_before_contribute"])
-async def test_a_task_past_its_deadline_is_claimed_and_refunded(
-        devnet_module, tmp_path: Path, fault: str) -> None:
+async def test_a_task_past_its_deadline_is_claimed_and_refunded(devnet_module, tmp_path: Path, fault: str) -> None:
     async with bot_on(devnet_module, tmp_path, start_warning_s=1) as bn:
         bn.net.pool.set_fault(fault)
         user = bn.new_user()
@@ -105,7 +106,8 @@ async def test_a_failing_market_means_refund_after_the_timeout(devnet_module, tm
 
 @pytest.mark.parametrize("stop_at", [JobState.MATCHED, JobState.RUNNING])
 async def test_restart_in_the_middle_finishes_with_one_deal_and_one_settlement(
-        devnet_module, tmp_path: Path, stop_at: JobState) -> None:
+    devnet_module, tmp_path: Path, stop_at: JobState
+) -> None:
     first = await start_botnet(devnet_module, tmp_path, worker_args="--sleep 2")
     user = first.new_user()
     try:

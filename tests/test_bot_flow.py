@@ -1,9 +1,10 @@
 """The bot end to end on the devnet: a picture in, a segmented picture back, the money right."""
+
 from __future__ import annotations
 
 import pytest
 
-from tests.fixtures_bot import ADMIN, BotNet, photo_bytes
+from tests.fixtures_bot import BotNet, photo_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

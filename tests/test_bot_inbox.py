@@ -5,6 +5,7 @@ between receiving a picture and writing its job still ends with the job after a 
 update does nothing twice; and a message that maps to an existing job but carries another picture is
 answered, never ignored.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,13 +30,17 @@ ACK = "Got it"
 
 # --- the inbox table ------------------------------------------------------------------------------------
 
+
 def test_inbox_keeps_once_forgets_the_body_when_done_and_prunes(tmp_path: Path) -> None:
     clock = [1_000.0]
     with Ledger(tmp_path / "b.db", clock=lambda: clock[0]) as book:
         assert book.inbox.keep([(7, '{"update_id": 7}'), (8, '{"update_id": 8}')]) == [7, 8]
         assert book.inbox.keep([(7, '{"update_id": 7, "other": 1}'), (9, "{}")]) == [9]  # 7 stays as it was
         assert [(e.update_id, e.body) for e in book.inbox.pending()] == [
-            (7, '{"update_id": 7}'), (8, '{"update_id": 8}'), (9, "{}")]
+            (7, '{"update_id": 7}'),
+            (8, '{"update_id": 8}'),
+            (9, "{}"),
+        ]
         assert book.inbox.done(8) and not book.inbox.done(8) and not book.inbox.done(123)
         assert book.inbox.is_done(8) and not book.inbox.is_done(7)
         assert [e.update_id for e in book.inbox.pending()] == [7, 9]
@@ -78,9 +83,19 @@ def test_books_of_version_3_get_the_inbox(tmp_path: Path) -> None:
 
 
 def _update(update_id: int, text: str) -> Update:
-    return Update.de_json({"update_id": update_id, "message": {
-        "message_id": update_id, "date": 0, "chat": {"id": 5, "type": "private"},
-        "from": {"id": 5, "is_bot": False, "first_name": "A"}, "text": text}}, None)
+    return Update.de_json(
+        {
+            "update_id": update_id,
+            "message": {
+                "message_id": update_id,
+                "date": 0,
+                "chat": {"id": 5, "type": "private"},
+                "from": {"id": 5, "is_bot": False, "first_name": "A"},
+                "text": text,
+            },
+        },
+        None,
+    )
 
 
 def test_an_update_too_long_to_keep_is_set_aside_and_the_others_are_kept(tmp_path: Path, caplog) -> None:
@@ -97,6 +112,7 @@ def test_an_update_too_long_to_keep_is_set_aside_and_the_others_are_kept(tmp_pat
 
 
 # --- the running bot ---------------------------------------------------------------------------------------
+
 
 @on_loop
 async def test_every_update_is_marked_handled(botnet: BotNet) -> None:
@@ -130,8 +146,9 @@ async def test_a_message_too_long_to_keep_does_not_stop_polling(botnet: BotNet) 
 
 
 @on_loop
-async def test_a_message_id_reused_for_another_picture_is_answered(botnet: BotNet,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_message_id_reused_for_another_picture_is_answered(
+    botnet: BotNet, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     user = botnet.new_user()
     first = botnet.tg.inject_photo(user, photo_bytes(seed=81))
@@ -153,6 +170,7 @@ async def test_a_message_id_reused_for_another_picture_is_answered(botnet: BotNe
 
 
 # --- SIGKILL between receiving a picture and writing its job -------------------------------------------------
+
 
 @on_loop
 async def test_killed_after_telegram_forgot_the_photo_the_job_is_made_after_restart(e2e: E2E) -> None:
@@ -196,8 +214,11 @@ async def test_killed_right_after_get_updates_the_photo_is_taken_in_once(e2e: E2
     assert job.state.value == "DELIVERED", (job.state, job.error, e2e.bot.log_tail())
     await e2e.result_for(user)
     assert "event=duplicate_update" in e2e.logs()  # the redelivery was recognised
-    acks = [m for m in e2e.replies_to(user, msg["message_id"])
-            if any(ACK in (t or "") for t in (m.text, *(r.text for r in m.edits)))]
+    acks = [
+        m
+        for m in e2e.replies_to(user, msg["message_id"])
+        if any(ACK in (t or "") for t in (m.text, *(r.text for r in m.edits)))
+    ]
     assert len(acks) == 1 and len(e2e.results(user)) == 1
     assert e2e.deals_on_chain(job) == (1, 1)
     e2e.ledger.audit()

@@ -3,6 +3,7 @@
 URL fetches go to a local server (the bot allows loopback for it, as on the devnet) or are refused before any
 connection (IP literals of loopback with the default settings, private and metadata addresses always).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -73,7 +74,7 @@ class ImageServer:
                 resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
                 await resp.prepare(request)
                 for i in range(4):
-                    await resp.write(body[i * len(body) // 4:(i + 1) * len(body) // 4])
+                    await resp.write(body[i * len(body) // 4 : (i + 1) * len(body) // 4])
                     await asyncio.sleep(self.slow_s / 4)  # a slow link, not a synchronisation
                 await resp.write_eof()
                 return resp
@@ -130,8 +131,7 @@ async def test_not_pictures_are_refused(botnet: BotNet) -> None:
         (lambda u: botnet.tg.inject_video(u), "video"),
         (lambda u: botnet.tg.inject_document(u, b"%PDF-1.4\n%...", "scan.pdf", "application/pdf"), "pdf"),
         (lambda u: botnet.tg.inject_document(u, b"just some text\n" * 20, "cat.jpg", "image/jpeg"), "image"),
-        (lambda u: botnet.tg.inject_document(u, photo_bytes(seed=41)[:1500], "cut.jpg", "image/jpeg"),
-         "damaged"),
+        (lambda u: botnet.tg.inject_document(u, photo_bytes(seed=41)[:1500], "cut.jpg", "image/jpeg"), "damaged"),
         (lambda u: botnet.tg.inject_text(u, "ftp://example.org/cat.jpg"), "http"),
     ]
     users = [botnet.new_user() for _ in cases]
@@ -174,7 +174,8 @@ async def test_bad_links(devnet_module, tmp_path: Path, server: ImageServer) -> 
 
 
 async def test_loopback_and_metadata_literals_refused_without_connecting(
-        devnet_module, tmp_path: Path, server: ImageServer) -> None:
+    devnet_module, tmp_path: Path, server: ImageServer
+) -> None:
     async with bot_on(devnet_module, tmp_path, url_allow_loopback=False) as bn:
         local, meta, mapped = bn.new_user(), bn.new_user(), bn.new_user()
         bn.tg.inject_text(local, f"{server.url}/ok.jpg")
@@ -198,8 +199,9 @@ async def test_a_good_link_works(devnet_module, tmp_path: Path, server: ImageSer
 
 async def test_limits_in_flight_per_hour_and_daily_spend(devnet_module, tmp_path: Path) -> None:
     waits = {"workerpool_max_price_nrlc": 1, "match_timeout_s": 600}  # jobs wait for an offer
-    async with bot_on(devnet_module, tmp_path, max_jobs_in_flight=1, max_jobs_per_hour=2,
-                      max_daily_spend_nrlc=150_000_000, **waits) as bn:
+    async with bot_on(
+        devnet_module, tmp_path, max_jobs_in_flight=1, max_jobs_per_hour=2, max_daily_spend_nrlc=150_000_000, **waits
+    ) as bn:
         user = bn.new_user()
         bn.tg.inject_photo(user, photo_bytes(seed=42))
         await bn.wait_for_text(user, "looking for a worker")
@@ -218,7 +220,6 @@ async def test_limits_in_flight_per_hour_and_daily_spend(devnet_module, tmp_path
         assert reserved == 60_000_001
         bal = bn.ledger.balance(user.id)
         assert (bal.posted, bal.pending) == (CREDIT, 0)
-
 
 
 async def test_daily_spend_limit(devnet_module, tmp_path: Path) -> None:
@@ -288,13 +289,16 @@ async def test_pictures_that_cannot_be_sent_back_are_refused_for_free(botnet: Bo
 
 
 @pytest.mark.slow  # ~15 s: a dozen paced messages in one chat
-async def test_one_user_downloads_at_most_two_at_a_time(
-        devnet_module, tmp_path: Path, server: ImageServer) -> None:
+async def test_one_user_downloads_at_most_two_at_a_time(devnet_module, tmp_path: Path, server: ImageServer) -> None:
     """Six slow links at once from one user: at most two download at a time (counted at the server), the
     others wait their turn; each gets an answer and nothing is charged but the one job. (Refusing a burst
     beyond the waiting limit is tested in tests/test_intake_limits.py.)"""
-    limits = {"max_downloads_per_user": 2, "max_jobs_in_flight": 1,
-              "workerpool_max_price_nrlc": 1, "match_timeout_s": 600}  # the one job waits for an offer
+    limits = {
+        "max_downloads_per_user": 2,
+        "max_jobs_in_flight": 1,
+        "workerpool_max_price_nrlc": 1,
+        "match_timeout_s": 600,
+    }  # the one job waits for an offer
     async with bot_on(devnet_module, tmp_path, **limits) as bn:
         user = bn.new_user()
         for n in range(6):

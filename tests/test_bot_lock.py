@@ -1,4 +1,5 @@
 """One running bot per books: a second `python -m bot` on the same books refuses to start."""
+
 from __future__ import annotations
 
 import asyncio
@@ -51,8 +52,12 @@ async def test_a_second_bot_on_the_same_books_refuses_to_start(e2e: E2E) -> None
     await e2e.start_bot()
     started = time.monotonic()
     proc = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "bot", "--env-file", str(e2e.env_file)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        subprocess.run,
+        [sys.executable, "-m", "bot", "--env-file", str(e2e.env_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 3
     assert "already running" in proc.stderr

@@ -3,6 +3,7 @@
 Many replies and status edits to the same private chats at once (what a user with several jobs finishing
 together causes), plus a spread over many chats: every message arrives, none is refused.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,14 +31,14 @@ async def test_bursts_to_one_chat_and_to_many_chats_get_no_429(tg: TelegramStand
         async def chatty(user: TgUser) -> None:
             jobs = []
             for k in range(1, 7):
-                jobs.append(app.bot.edit_message_text(f"status: {k}", chat_id=user.id,
-                                                      message_id=first[user.id].message_id))
+                jobs.append(
+                    app.bot.edit_message_text(f"status: {k}", chat_id=user.id, message_id=first[user.id].message_id)
+                )
                 jobs.append(app.bot.send_message(user.id, f"reply {k}"))
             await asyncio.gather(*jobs)
 
         started = time.monotonic()
-        await asyncio.gather(*(chatty(u) for u in busy),
-                             *(app.bot.send_message(u.id, "notice") for u in many))
+        await asyncio.gather(*(chatty(u) for u in busy), *(app.bot.send_message(u.id, "notice") for u in many))
         took = time.monotonic() - started
     assert tg.rate_limited == 0
     for user in busy:

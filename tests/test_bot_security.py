@@ -1,4 +1,5 @@
 """Webhook mode and its secret, and the bot token kept out of logs, the books and every non-Telegram request."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,7 @@ import pytest
 
 from bot.__main__ import main as bot_main
 from bot.logs import install_logging
-from tests.fixtures_bot import BotNet, bot_on, bot_settings, photo_bytes
+from tests.fixtures_bot import bot_on, bot_settings, photo_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -36,8 +37,15 @@ async def test_webhook_mode_refused_without_a_secret(devnet_module, tmp_path: Pa
 async def test_webhook_updates_with_a_wrong_secret_are_ignored(devnet_module, tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/telegram"
-    async with bot_on(devnet_module, tmp_path, polling=False, mode="webhook", webhook_secret="hook-s3cret-42",
-                      webhook_port=port, webhook_url=url) as bn:
+    async with bot_on(
+        devnet_module,
+        tmp_path,
+        polling=False,
+        mode="webhook",
+        webhook_secret="hook-s3cret-42",
+        webhook_port=port,
+        webhook_url=url,
+    ) as bn:
         await bn.bot.start_webhook()
         hook = bn.tg.webhook()
         assert hook is not None and hook.url == url and hook.secret_token == "hook-s3cret-42"
@@ -45,9 +53,17 @@ async def test_webhook_updates_with_a_wrong_secret_are_ignored(devnet_module, tm
         bn.tg.inject_command(user, "/balance")  # delivered by the stand-in with the right secret
         await bn.wait_for_text(user, "Available: 3 RLC")
 
-        forged = {"update_id": 77_000_001, "message": {
-            "message_id": 999, "date": 0, "chat": {"id": user.id, "type": "private"}, "from": user.to_api(),
-            "text": "/start", "entities": [{"type": "bot_command", "offset": 0, "length": 6}]}}
+        forged = {
+            "update_id": 77_000_001,
+            "message": {
+                "message_id": 999,
+                "date": 0,
+                "chat": {"id": user.id, "type": "private"},
+                "from": user.to_api(),
+                "text": "/start",
+                "entities": [{"type": "bot_command", "offset": 0, "length": 6}],
+            },
+        }
         async with aiohttp.ClientSession() as http:
             for headers in ({"X-Telegram-Bot-Api-Secret-Token": "wrong"}, {}):
                 async with http.post(url, json=forged, headers=headers) as resp:
@@ -98,7 +114,7 @@ async def _raw_post(port: int, head: dict[str, str], body: bytes = b"", timeout:
     """POST with the given headers (and maybe no body at all yet); returns the status the bot answers."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        lines = [f"POST /telegram HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in head.items())]
+        lines = ["POST /telegram HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in head.items())]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), timeout)
@@ -110,8 +126,15 @@ async def _raw_post(port: int, head: dict[str, str], body: bytes = b"", timeout:
 async def test_webhook_checks_the_secret_and_the_size_before_reading_a_body(devnet_module, tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/telegram"
-    async with bot_on(devnet_module, tmp_path, polling=False, mode="webhook", webhook_secret="hook-s3cret-42",
-                      webhook_port=port, webhook_url=url) as bn:
+    async with bot_on(
+        devnet_module,
+        tmp_path,
+        polling=False,
+        mode="webhook",
+        webhook_secret="hook-s3cret-42",
+        webhook_port=port,
+        webhook_url=url,
+    ) as bn:
         await bn.bot.start_webhook()
         huge = {"Content-Type": "application/json", "Content-Length": str(95 * 1024 * 1024)}
         # The 95 MB are never sent: an answer proves the bot did not wait to read them.
@@ -120,17 +143,44 @@ async def test_webhook_checks_the_secret_and_the_size_before_reading_a_body(devn
         assert await _raw_post(port, {**huge, "X-Telegram-Bot-Api-Secret-Token": "hook-s3cret-42"}) == 413
         chunk = b"x" * (256 * 1024)
         chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(6)) + b"0\r\n\r\n"
-        assert await _raw_post(port, {"Content-Type": "application/json", "Transfer-Encoding": "chunked",
-                                      "X-Telegram-Bot-Api-Secret-Token": "hook-s3cret-42"}, chunked) == 413
+        assert (
+            await _raw_post(
+                port,
+                {
+                    "Content-Type": "application/json",
+                    "Transfer-Encoding": "chunked",
+                    "X-Telegram-Bot-Api-Secret-Token": "hook-s3cret-42",
+                },
+                chunked,
+            )
+            == 413
+        )
         # With the secret, a body we cannot use is answered 200: Telegram would retry a 4xx and hold the
         # updates after it back. One with an int update_id is stored as handled (a redelivery is ignored).
         chat = {"id": 9, "type": "private"}
-        escaped = {"update_id": 900_000_002, "message": {"message_id": 1, "date": 0, "chat": chat,
-                                               "text": "\u2028" * 200_000}}  # 600 KB; 1.2 M chars as to_json writes it
-        for junk in (b"[]", b'{"update_id": "1"}', b'{"update_id": 900000001, "message": "x"}', b"\xff",
-                     json.dumps(escaped, ensure_ascii=False).encode()):
-            assert await _raw_post(port, {"Content-Type": "application/json", "Content-Length": str(len(junk)),
-                                          "X-Telegram-Bot-Api-Secret-Token": "hook-s3cret-42"}, junk) == 200
+        escaped = {
+            "update_id": 900_000_002,
+            "message": {"message_id": 1, "date": 0, "chat": chat, "text": "\u2028" * 200_000},
+        }  # 600 KB; 1.2 M chars as to_json writes it
+        for junk in (
+            b"[]",
+            b'{"update_id": "1"}',
+            b'{"update_id": 900000001, "message": "x"}',
+            b"\xff",
+            json.dumps(escaped, ensure_ascii=False).encode(),
+        ):
+            assert (
+                await _raw_post(
+                    port,
+                    {
+                        "Content-Type": "application/json",
+                        "Content-Length": str(len(junk)),
+                        "X-Telegram-Bot-Api-Secret-Token": "hook-s3cret-42",
+                    },
+                    junk,
+                )
+                == 200
+            )
         assert bn.ledger.inbox.is_done(900_000_001) and bn.ledger.inbox.is_done(900_000_002)
 
         user = bn.new_user()  # the real path: Telegram (the stand-in) posts with the secret

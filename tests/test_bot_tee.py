@@ -5,6 +5,7 @@ Fast tests need no chain: real order objects, the real SMS stand-in over HTTP, t
 tests run the bot against the Telegram stand-in on a devnet whose workerpool runs TEE deals as iExec does
 (enclave signature, secrets from the SMS stand-in, encrypted results).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -75,15 +76,33 @@ def test_upload_and_key_file_settings() -> None:
 
 
 def _app(tag: str, price: int = 0, salt: int = 1) -> AppOrder:
-    return AppOrder(app=APP, appprice=price, volume=10, tag=tag, datasetrestrict=ZERO[:42],
-                    workerpoolrestrict=ZERO[:42], requesterrestrict=ZERO[:42], salt=salt.to_bytes(32, "big"),
-                    sign=b"")
+    return AppOrder(
+        app=APP,
+        appprice=price,
+        volume=10,
+        tag=tag,
+        datasetrestrict=ZERO[:42],
+        workerpoolrestrict=ZERO[:42],
+        requesterrestrict=ZERO[:42],
+        salt=salt.to_bytes(32, "big"),
+        sign=b"",
+    )
 
 
 def _pool(tag: str, price: int = 0, salt: int = 1) -> WorkerpoolOrder:
-    return WorkerpoolOrder(workerpool=POOL, workerpoolprice=price, volume=10, tag=tag, category=0, trust=0,
-                           apprestrict=ZERO[:42], datasetrestrict=ZERO[:42], requesterrestrict=ZERO[:42],
-                           salt=salt.to_bytes(32, "big"), sign=b"")
+    return WorkerpoolOrder(
+        workerpool=POOL,
+        workerpoolprice=price,
+        volume=10,
+        tag=tag,
+        category=0,
+        trust=0,
+        apprestrict=ZERO[:42],
+        datasetrestrict=ZERO[:42],
+        requesterrestrict=ZERO[:42],
+        salt=salt.to_bytes(32, "big"),
+        sign=b"",
+    )
 
 
 def _offer(apps: list[AppOrder], pools: list[WorkerpoolOrder], tag: str) -> list[tuple[str, str]]:
@@ -148,13 +167,21 @@ async def sms(tmp_path: Path) -> Any:
 
 
 def _gateway(tmp_path: Path, key_file: Path, sms_url: str, account: Any) -> ChainGateway:
-    settings = _settings(tee_mode="on", sms_url=sms_url, wallet_password="pw", result_key_file=str(key_file),
-                         app_address=APP, data_dir=str(tmp_path), db_path=str(tmp_path / "books.db"))
+    settings = _settings(
+        tee_mode="on",
+        sms_url=sms_url,
+        wallet_password="pw",
+        result_key_file=str(key_file),
+        app_address=APP,
+        data_dir=str(tmp_path),
+        db_path=str(tmp_path / "books.db"),
+    )
     return ChainGateway(settings, None, account=account)
 
 
-async def test_start_pushes_the_result_key_and_a_new_key_replaces_the_old(tmp_path: Path, key_file: Path,
-                                                                          sms: SmsStandIn) -> None:
+async def test_start_pushes_the_result_key_and_a_new_key_replaces_the_old(
+    tmp_path: Path, key_file: Path, sms: SmsStandIn
+) -> None:
     account = Account.create()
     gw = _gateway(tmp_path, key_file, sms.base_url, account)
     await gw._start_tee()
@@ -183,8 +210,9 @@ async def test_start_fails_clearly_when_the_sms_does_not_answer(tmp_path: Path, 
                 await gw.sms.close()
 
 
-async def test_the_input_secret_is_the_photo_key_and_a_second_push_is_success(tmp_path: Path, key_file: Path,
-                                                                              sms: SmsStandIn) -> None:
+async def test_the_input_secret_is_the_photo_key_and_a_second_push_is_success(
+    tmp_path: Path, key_file: Path, sms: SmsStandIn
+) -> None:
     account = Account.create()
     gw = _gateway(tmp_path, key_file, sms.base_url, account)
     await gw._start_tee()
@@ -199,6 +227,7 @@ async def test_the_input_secret_is_the_photo_key_and_a_second_push_is_success(tm
         assert value == dataset_key_secret(key)
         photo = b"\xff\xd8 a photo \xff\xd9" * 100
         import base64
+
         assert decrypt_dataset(encrypt_dataset(photo, key), base64.b64decode(value)) == photo
 
         gw._domain = Domain(31337, "0x" + "11" * 20)
@@ -226,8 +255,13 @@ async def test_standard_mode_orders_carry_no_secret_and_no_tee_bit(tmp_path: Pat
 
 def test_start_says_what_is_true_in_each_mode() -> None:
     def start(tee: bool, simulated: bool = False) -> str:
-        return texts.START.format(price="0.31 RLC", fee="0.01 RLC", available="1 RLC", demo="",
-                                  privacy=texts.privacy(tee, simulated=simulated))
+        return texts.START.format(
+            price="0.31 RLC",
+            fee="0.01 RLC",
+            available="1 RLC",
+            demo="",
+            privacy=texts.privacy(tee, simulated=simulated),
+        )
 
     standard = start(False)
     assert "public parameters on the blockchain" in standard and "Do not send pictures" in standard
@@ -277,8 +311,7 @@ async def test_a_photo_comes_back_segmented_through_a_tdx_deal(devnet_module: An
         # the SMS holds the job's key, the enclave got it, the stored input is encrypted with it
         value = net.sms.requester_secret(chain.address, name)
         assert value == dataset_key_secret(chain.input_key(job.id))
-        assert _secrets_seen(job.result_ref) == {
-            "IEXEC_REQUESTER_SECRET_1": hashlib.sha256(value.encode()).hexdigest()}
+        assert _secrets_seen(job.result_ref) == {"IEXEC_REQUESTER_SECRET_1": hashlib.sha256(value.encode()).hexdigest()}
         plain = Path(job.input_ref).read_bytes()
         cid = input_url.rsplit("/", 1)[1]
         stored = [b for b in net.gateway._blobs.values() if len(b) >= len(plain)]
@@ -316,15 +349,15 @@ async def test_an_undecryptable_result_is_refunded_and_not_retried(devnet_module
         assert outcome.state == "completed" and outcome.encrypted
     # the next start pushes the bot's own key again
     async with bot_on(net, tmp_path, tee_mode="on") as again:
-        assert net.sms.web2_secret(again.bot.chain.address, RESULT_KEY_SECRET) == \
-            again.bot.chain.result_key.sms_value
+        assert net.sms.web2_secret(again.bot.chain.address, RESULT_KEY_SECRET) == again.bot.chain.result_key.sms_value
 
 
 @pytest.mark.slow
 @pytest.mark.asyncio(loop_scope="session")
 @pytest.mark.parametrize("crash_at", ["before_secret", "after_secret"])
-async def test_a_crash_around_the_secret_push_still_ends_in_one_deal(devnet_module: Any, tmp_path: Path,
-                                                                     crash_at: str) -> None:
+async def test_a_crash_around_the_secret_push_still_ends_in_one_deal(
+    devnet_module: Any, tmp_path: Path, crash_at: str
+) -> None:
     """The bot as a real process, SIGKILLed just before / just after pushing the job's secret (the order
     not signed yet), then started again on the same books."""
     net = devnet_module
@@ -358,8 +391,7 @@ def test_the_doctor_knows_which_app_orders_fit_the_mode() -> None:
 
 @pytest.mark.slow
 @pytest.mark.asyncio(loop_scope="session")
-async def test_the_doctor_checks_the_sms_and_the_app_orders_in_tee_mode(devnet_module: Any,
-                                                                       tmp_path: Path) -> None:
+async def test_the_doctor_checks_the_sms_and_the_app_orders_in_tee_mode(devnet_module: Any, tmp_path: Path) -> None:
     from devnet.anvil import free_port
     from tests.test_bot_doctor import _doctor
 

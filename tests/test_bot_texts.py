@@ -1,4 +1,5 @@
 """What a person reads: random weights said in words, one statement of the charge, amounts in RLC."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,11 @@ def _result_folder(tmp_path: Path, random_weights: bool | None) -> Path:
     model = {"name": "Mask R-CNN (matterport) COCO", "backbone": "resnet101"}
     if random_weights is not None:
         model["random_weights"] = random_weights
-    doc = {"model": model, "count": 2,
-           "detections": [{"class_name": "bench", "score": 0.7}, {"class_name": "handbag", "score": 0.71}]}
+    doc = {
+        "model": model,
+        "count": 2,
+        "detections": [{"class_name": "bench", "score": 0.7}, {"class_name": "handbag", "score": 0.71}],
+    }
     (tmp_path / "detections.json").write_text(json.dumps(doc))
     return tmp_path
 
@@ -26,8 +30,9 @@ def _result_folder(tmp_path: Path, random_weights: bool | None) -> Path:
 def test_the_caption_says_random_weights_in_words_only_when_the_result_says_so(tmp_path: Path, flag) -> None:
     folder = _result_folder(tmp_path, flag)
     names = [d["class_name"] for d in read_detections(folder)]
-    text = texts.result_caption(names, random_weights=made_with_random_weights(folder),
-                                task=150_000_000, fee=10_000_000)
+    text = texts.result_caption(
+        names, random_weights=made_with_random_weights(folder), task=150_000_000, fee=10_000_000
+    )
     if flag:
         assert text.startswith("⚠️ Random weights: these shapes mean nothing.")
         assert "random too: 1 bench, 1 handbag" in text  # the list is never the whole answer

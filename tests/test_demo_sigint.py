@@ -5,6 +5,7 @@ stop cleanly with the chain saved, start again at once on the same folder with c
 pointed at a chain that was reset must refuse to start and say what to do. Also: `up` refuses books without
 a saved chain and names --fresh; --fresh keeps the old folder aside and starts over.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,13 +37,19 @@ def _spawn(args: list[str], log: Path, **extra_env: str) -> subprocess.Popen[byt
     """`python -m devnet ...` in a new session: its pid is its process group, as a shell's job."""
     env = {k: v for k, v in os.environ.items() if k not in ("TELEGRAM_TOKEN", "ADMIN_IDS", "WORKER_ARGS")}
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "devnet", *args], cwd=REPO_DIR, stdout=out,
-                                stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1", **extra_env},
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "devnet", *args],
+            cwd=REPO_DIR,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**env, "PYTHONUNBUFFERED": "1", **extra_env},
+            start_new_session=True,
+        )
 
 
-def _wait_for(what: str, check: Callable[[], Any], proc: subprocess.Popen[bytes], log: Path,
-              limit: float = 90.0) -> Any:
+def _wait_for(
+    what: str, check: Callable[[], Any], proc: subprocess.Popen[bytes], log: Path, limit: float = 90.0
+) -> Any:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"exited {proc.returncode} waiting for {what}:\n{log.read_text()[-3000:]}"
@@ -76,9 +83,11 @@ def _bot_answers(url: str, text: str = "/start", limit: float = 60.0) -> str:
 
 def _send_photo(url: str) -> None:
     with httpx.Client(base_url=f"{url}/_chat/{BOT}", timeout=30) as client:
-        reply = client.post("/upload", data={"user_id": str(USER["id"]), "first_name": USER["first_name"],
-                                             "kind": "photo"},
-                            files={"file": ("photo.png", png_bytes((160, 120)), "image/png")})
+        reply = client.post(
+            "/upload",
+            data={"user_id": str(USER["id"]), "first_name": USER["first_name"], "kind": "photo"},
+            files={"file": ("photo.png", png_bytes((160, 120)), "image/png")},
+        )
         assert reply.status_code == 200, reply.text
 
 
@@ -106,8 +115,7 @@ def _ctrl_c(proc: subprocess.Popen[bytes], log: Path) -> set[int]:
     return family
 
 
-def _demo_up(data: Path, log: Path,
-             **extra_env: str) -> tuple[subprocess.Popen[bytes], dict]:  # type: ignore[type-arg]
+def _demo_up(data: Path, log: Path, **extra_env: str) -> tuple[subprocess.Popen[bytes], dict]:  # type: ignore[type-arg]
     proc = _spawn(["demo", "--app", "test", "--workers", "1", "--data", str(data)], log, **extra_env)
     info = _wait_for("devnet.json", lambda: _info(data), proc, log)
     return proc, info
@@ -163,8 +171,13 @@ def test_ctrl_c_saves_the_chain_and_a_restart_goes_on(tmp_path: Path) -> None:
         # same in both modes
         env = [line for line in env if not line.startswith("TEE_MODE=")] + ["TEE_MODE=off"]
         (tmp_path / "reset.env").write_text("\n".join(env) + "\n")
-        bot = subprocess.run([sys.executable, "-m", "bot", "--env-file", str(tmp_path / "reset.env")],
-                             cwd=REPO_DIR, capture_output=True, text=True, timeout=120)
+        bot = subprocess.run(
+            [sys.executable, "-m", "bot", "--env-file", str(tmp_path / "reset.env")],
+            cwd=REPO_DIR,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert bot.returncode == 4, bot.stderr[-3000:]
     assert "refusing to start: the books do not match the chain" in bot.stderr
     assert "--fresh" in bot.stderr and "Traceback" not in bot.stderr
@@ -185,8 +198,13 @@ def test_books_without_a_saved_chain_are_refused_and_fresh_starts_over(tmp_path:
     data = tmp_path / "devnet"
     data.mkdir()
     (data / "books.db").write_bytes(b"")  # books of an earlier run; its chain was never saved
-    refused = subprocess.run([sys.executable, "-m", "devnet", "up", "--app", "test", "--data", str(data)],
-                             cwd=REPO_DIR, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "devnet", "up", "--app", "test", "--data", str(data)],
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 1
     assert "no saved chain state" in refused.stderr and "--fresh" in refused.stderr
     assert not (data / "devnet.json").exists() and not (data / "chain-state.json").exists()
@@ -296,8 +314,13 @@ def test_a_demo_killed_outright_is_detected_at_the_next_start(tmp_path: Path) ->
     proc.wait(timeout=10)
     assert _all_gone(family) == [], "children outlived the killed demo"
     assert (data / NOT_SAVED).read_text().strip() == "not stopped cleanly"
-    again = subprocess.run([sys.executable, "-m", "devnet", "demo", "--app", "test", "--data", str(data)],
-                           cwd=REPO_DIR, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "devnet", "demo", "--app", "test", "--data", str(data)],
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 1, again.stdout[-2000:] + again.stderr[-2000:]
     assert "not saved (not stopped cleanly)" in again.stderr and "--fresh" in again.stderr
 

@@ -7,6 +7,7 @@ requester secret and result encryption; the bytes the workerpool fetched from th
 photo (only the SMS's key opens them, to the picture the bot published) and the archive it stored was
 encrypted. Then Ctrl-C stops it cleanly.
 """
+
 from __future__ import annotations
 
 import base64
@@ -60,22 +61,30 @@ def test_the_demo_runs_a_photo_as_a_tdx_deal_with_an_encrypted_input(tmp_path: P
         sent = phone_photo(3000, 3000, seed=7)
         assert len(sent) > 3 * 1024 * 1024
         with httpx.Client(base_url=f"{url}/_chat/{BOT}", timeout=60) as client:
-            reply = client.post("/upload", data={"user_id": str(USER["id"]), "first_name": USER["first_name"],
-                                                 "kind": "photo"},
-                                files={"file": ("IMG_0001.jpg", sent, "image/jpeg")})
+            reply = client.post(
+                "/upload",
+                data={"user_id": str(USER["id"]), "first_name": USER["first_name"], "kind": "photo"},
+                files={"file": ("IMG_0001.jpg", sent, "image/jpeg")},
+            )
             assert reply.status_code == 200, reply.text
             mine = reply.json()["message"]["message_id"]
         result = _bot_photo(url, mine)
         assert "Charged" in (result["text"] or ""), result
-        _wait_for("the job delivered", lambda: _books(data, "SELECT state FROM jobs") == [("DELIVERED",)],
-                  proc, log, limit=60)
+        _wait_for(
+            "the job delivered", lambda: _books(data, "SELECT state FROM jobs") == [("DELIVERED",)], proc, log, limit=60
+        )
         [(deal_id, task_id, input_ref)] = _books(data, "SELECT deal_id, task_id, input_ref FROM jobs")
 
         # the workerpool ran it as a TEE task and stored an encrypted archive
         task = httpx.get(f"{info['workerpool']['control_url']}/control/tasks/{task_id}", timeout=10).json()
         assert task["state"] == "completed" and task["tee"] is True and task["encrypted"] is True, task
-        _wait_for("the task line", lambda: "TDX deal, result encrypted to the bot's key" in log.read_text(),
-                  proc, log, limit=10)
+        _wait_for(
+            "the task line",
+            lambda: "TDX deal, result encrypted to the bot's key" in log.read_text(),
+            proc,
+            log,
+            limit=10,
+        )
 
         # on chain: the TDX tag; the params name the photo's secret and ask for result encryption
         w3 = Web3(Web3.HTTPProvider(info["anvil"]["rpc_url"]))
@@ -89,9 +98,9 @@ def test_the_demo_runs_a_photo_as_a_tdx_deal_with_an_encrypted_input(tmp_path: P
         [input_url] = params["iexec_input_files"]
         served = httpx.get(input_url, timeout=30).content
         middle = len(sent) // 2
-        assert not served.startswith((JPEG, PNG)) and sent[middle:middle + 64] not in served
+        assert not served.startswith((JPEG, PNG)) and sent[middle : middle + 64] not in served
         published = Path(input_ref).read_bytes()
-        assert published[len(published) // 2:][:64] not in served
+        assert published[len(published) // 2 :][:64] not in served
         sms = json.loads((data / "sms.json").read_text())["requester"]
         [key] = [v for k, v in sms.items() if k.endswith("|" + params["iexec_secrets"]["1"])]
         assert decrypt_dataset(served, base64.b64decode(key)) == published  # positive control

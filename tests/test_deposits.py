@@ -1,6 +1,7 @@
 """Deposits in the books: a final transfer from a linked address credits once, on (tx hash, log index); one
 from an unlinked address (or below the minimum) is held for admins; the audit ties operator:deposits to the
 credited deposits (ledger.deposits, bot.deposits' texts and assignment, iexec.deposits' log decoding)."""
+
 from __future__ import annotations
 
 import secrets
@@ -141,7 +142,11 @@ def test_a_transfer_log_is_decoded_and_other_logs_are_not() -> None:
     transfer = decode_transfer(raw)
     assert transfer is not None
     assert (transfer.sender.lower(), transfer.to, transfer.amount, transfer.key) == (
-        LINKED, HOT, 2 * RLC, ("0x" + "aa" * 32, 3))
+        LINKED,
+        HOT,
+        2 * RLC,
+        ("0x" + "aa" * 32, 3),
+    )
     assert decode_transfer({**raw, "removed": True}) is None
     assert decode_transfer({**raw, "topics": raw["topics"][:1]}) is None  # not an ERC-20 Transfer shape
 

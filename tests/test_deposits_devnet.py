@@ -6,6 +6,7 @@ however the watcher is restarted, its range replayed, or its cycle broken after 
 transfer from an unlinked address is held for admins. An anvil snapshot/revert (a reorg) before finality
 credits nothing. Cost: a watcher cycle makes the same JSON-RPC calls with 1 and with 1000 linked users.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,9 +38,17 @@ def make_service(
     book: Ledger, chain: ChainEnv, confirmations: int = 0, start_block: int | None = None
 ) -> DepositService:
     w3 = connect(chain.rpc_url)
-    return DepositService.build(book, w3, chain_id=31337, rlc=chain.deployment.rlc, hot_wallet=BOT.address,
-                                hub=chain.deployment.hub, confirmations=confirmations, min_deposit_nrlc=RLC // 100,
-                                start_block=start_block)
+    return DepositService.build(
+        book,
+        w3,
+        chain_id=31337,
+        rlc=chain.deployment.rlc,
+        hot_wallet=BOT.address,
+        hub=chain.deployment.hub,
+        confirmations=confirmations,
+        min_deposit_nrlc=RLC // 100,
+        start_block=start_block,
+    )
 
 
 def link(book: Ledger, user: int, account: object) -> None:
@@ -73,8 +82,14 @@ async def test_a_linked_transfer_credits_exactly_once_through_restarts_and_repla
     await service.cycle()
     assert book.balance(USER).available == 2 * RLC
     [notice] = service.notices()
-    assert notice.text == "Received 2 RLC from 0x" + SPARE_1.address[2:4].lower() + "…" \
-        + SPARE_1.address[-2:].lower() + "; balance 2 RLC"
+    assert (
+        notice.text
+        == "Received 2 RLC from 0x"
+        + SPARE_1.address[2:4].lower()
+        + "…"
+        + SPARE_1.address[-2:].lower()
+        + "; balance 2 RLC"
+    )
     [held] = service.unclaimed()
     assert held.tx_hash == stranger_tx and held.amount == 3 * RLC and held.sender == SPARE_2.address.lower()
 
@@ -172,10 +187,16 @@ async def test_ethers_signatures_verify_in_both_forms(tmp_path: Path) -> None:
         "const text = await w.signMessage(process.env.TEXT);\n"
         "console.log(JSON.stringify({ typed, text, address: w.address }));\n"
     )
-    env = {**os.environ, "KEY": "0x" + bytes(SPARE_1.key).hex(), "TYPED": json.dumps(typed),
-           "TYPES": json.dumps(types), "TEXT": request.text()}
-    proc = await asyncio.create_subprocess_exec("node", str(script), env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    env = {
+        **os.environ,
+        "KEY": "0x" + bytes(SPARE_1.key).hex(),
+        "TYPED": json.dumps(typed),
+        "TYPES": json.dumps(types),
+        "TEXT": request.text(),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(script), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 0, err.decode()[-2000:]
     signed = json.loads(out.decode().strip().splitlines()[-1])

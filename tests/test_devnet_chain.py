@@ -1,4 +1,5 @@
 """The devnet's chain half: anvil as a child process, the PoCo deployment, its snapshot, the helpers."""
+
 from __future__ import annotations
 
 import json
@@ -19,18 +20,39 @@ from devnet import accounts
 from devnet.accounts import APP_OWNER, BOT, DEPLOYER, POOL_OWNER, REQUESTER
 from devnet.anvil import Anvil, AnvilError, TransactionFailed, rpc_call
 from devnet.chain import (
-    SNAPSHOT_RLC_NRLC, block_timestamp, deployed_snapshot, deposit, fund_eth, fund_rlc, increase_time, mine,
-    register_app, register_workerpool, rlc_balance, stake_of,
+    SNAPSHOT_RLC_NRLC,
+    block_timestamp,
+    deployed_snapshot,
+    deposit,
+    fund_eth,
+    fund_rlc,
+    increase_time,
+    mine,
+    register_app,
+    register_workerpool,
+    rlc_balance,
+    stake_of,
 )
-from devnet.deploy import CATEGORIES, Deployment, DeployError, deploy_poco, hub_abi, registry_abi, selectors
+from devnet.deploy import CATEGORIES, DeployError, Deployment, deploy_poco, hub_abi, registry_abi, selectors
 from tests.fixtures_chain import ChainEnv
 
 REPO = Path(__file__).resolve().parents[1]
-LOUPE_ABI = [{"type": "function", "name": "facetAddress", "stateMutability": "view",
-              "inputs": [{"name": "selector", "type": "bytes4"}],
-              "outputs": [{"name": "", "type": "address"}]},
-             {"type": "function", "name": "owner", "stateMutability": "view", "inputs": [],
-              "outputs": [{"name": "", "type": "address"}]}]
+LOUPE_ABI = [
+    {
+        "type": "function",
+        "name": "facetAddress",
+        "stateMutability": "view",
+        "inputs": [{"name": "selector", "type": "bytes4"}],
+        "outputs": [{"name": "", "type": "address"}],
+    },
+    {
+        "type": "function",
+        "name": "owner",
+        "stateMutability": "view",
+        "inputs": [],
+        "outputs": [{"name": "", "type": "address"}],
+    },
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +77,11 @@ def test_deploy_from_nothing_gives_a_configured_hub(fresh: tuple[Anvil, Deployme
     assert hub.functions.appregistry().call() == dep.app_registry
     assert hub.functions.datasetregistry().call() == dep.dataset_registry
     assert hub.functions.workerpoolregistry().call() == dep.workerpool_registry
-    assert (hub.functions.name().call(), hub.functions.symbol().call(), hub.functions.decimals().call()) == \
-        ("Staked RLC", "SRLC", 9)
+    assert (hub.functions.name().call(), hub.functions.symbol().call(), hub.functions.decimals().call()) == (
+        "Staked RLC",
+        "SRLC",
+        9,
+    )
     assert dep.deployer == DEPLOYER.address and dep.chain_id == 31337
     assert dep.block == w3.eth.block_number
     for kind in ("app", "dataset", "workerpool"):
@@ -68,20 +93,26 @@ def test_deploy_from_nothing_gives_a_configured_hub(fresh: tuple[Anvil, Deployme
 def test_every_hub_function_is_routed_to_a_facet(fresh: tuple[Anvil, Deployment, float]) -> None:
     anvil, dep, _ = fresh
     loupe = Web3(Web3.HTTPProvider(anvil.rpc_url)).eth.contract(address=dep.hub, abi=LOUPE_ABI)
-    missing = [s for s in selectors(hub_abi())
-               if loupe.functions.facetAddress(bytes.fromhex(s[2:])).call() == "0x" + "00" * 20]
+    missing = [
+        s for s in selectors(hub_abi()) if loupe.functions.facetAddress(bytes.fromhex(s[2:])).call() == "0x" + "00" * 20
+    ]
     # renounceOwnership() is in the interface but in no facet (mudgen's OwnershipFacet lacks it), on
     # PoCo's own deployments too.
     assert missing == ["0x" + Web3.keccak(text="renounceOwnership()")[:4].hex()]
     assert loupe.functions.owner().call() == DEPLOYER.address
 
 
-def test_snapshot_reloads_fast_with_the_same_code(fresh: tuple[Anvil, Deployment, float],
-                                                  poco: tuple[Path, Deployment]) -> None:
+def test_snapshot_reloads_fast_with_the_same_code(
+    fresh: tuple[Anvil, Deployment, float], poco: tuple[Path, Deployment]
+) -> None:
     anvil, dep, _ = fresh
     state, snapshot_dep = poco
-    assert (snapshot_dep.hub, snapshot_dep.rlc, snapshot_dep.app_registry, snapshot_dep.workerpool_registry) \
-        == (dep.hub, dep.rlc, dep.app_registry, dep.workerpool_registry)
+    assert (snapshot_dep.hub, snapshot_dep.rlc, snapshot_dep.app_registry, snapshot_dep.workerpool_registry) == (
+        dep.hub,
+        dep.rlc,
+        dep.app_registry,
+        dep.workerpool_registry,
+    )
     started = time.monotonic()
     with Anvil(load_state=state) as loaded:
         seconds = time.monotonic() - started
@@ -186,9 +217,8 @@ def test_dump_state_on_stop_reloads_the_same_chain(tmp_path: Path) -> None:
 
 
 def test_a_taken_port_is_a_clear_error() -> None:
-    with Anvil() as first:
-        with pytest.raises(AnvilError, match="did not start"):
-            Anvil(port=first.port).start()
+    with Anvil() as first, pytest.raises(AnvilError, match="did not start"):
+        Anvil(port=first.port).start()
 
 
 def test_missing_state_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -201,7 +231,7 @@ def test_deployment_round_trips_through_json(tmp_path: Path, poco: tuple[Path, D
     poco[1].to_json(path)
     assert Deployment.from_json(path) == poco[1]
     assert json.loads(path.read_text())["hub"] == poco[1].hub
-    path.write_text("{\"hub\": 1}")
+    path.write_text('{"hub": 1}')
     with pytest.raises(DeployError, match="not a deployment file"):
         Deployment.from_json(path)
 

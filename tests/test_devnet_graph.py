@@ -1,5 +1,6 @@
 """`devnet up` / `demo` with the real app export its inference graph in the background (DevnetConfig.
 graph_cache), so that the tasks of the demo load it instead of building the Keras model."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,15 @@ from tests.fixtures_worker import iexec_env
 
 
 def test_real_app_gets_a_background_built_graph(tmp_path: Path, run_worker, worker_weights_r50: Path) -> None:
-    net = Devnet(DevnetConfig(data_dir=tmp_path / "data", app="real", weights=worker_weights_r50,
-                              cache_dir=tmp_path / "cache", graph_cache=True))
+    net = Devnet(
+        DevnetConfig(
+            data_dir=tmp_path / "data",
+            app="real",
+            weights=worker_weights_r50,
+            cache_dir=tmp_path / "cache",
+            graph_cache=True,
+        )
+    )
     cmd, env = net._app_command()
     assert cmd[-2:] == ["-m", "worker"] and env["SEGBOT_GRAPH_CACHE"] == str(tmp_path / "cache" / "graphs")
     builder = net._graph_builder
@@ -31,7 +39,8 @@ def test_real_app_gets_a_background_built_graph(tmp_path: Path, run_worker, work
 
 
 def test_graph_cache_is_off_unless_asked(tmp_path: Path, worker_weights_r50: Path) -> None:
-    net = Devnet(DevnetConfig(data_dir=tmp_path / "data", app="real", weights=worker_weights_r50,
-                              cache_dir=tmp_path / "cache"))
+    net = Devnet(
+        DevnetConfig(data_dir=tmp_path / "data", app="real", weights=worker_weights_r50, cache_dir=tmp_path / "cache")
+    )
     _, env = net._app_command()
     assert "SEGBOT_GRAPH_CACHE" not in env and net._graph_builder is None

@@ -1,5 +1,6 @@
 """The market stand-in with the official JS SDK 9.0.1 as its peer: owner filters, deals after a real match,
 unpublishing an unknown order and a TEE request without a TEE app order answer as the real market API does."""
+
 from __future__ import annotations
 
 import asyncio
@@ -25,14 +26,31 @@ TDX_TAG = 0x09
 
 
 def _app_order(app: str, owner: Any, domain: Domain, price: int, salt: int) -> AppOrder:
-    return AppOrder(app=app, appprice=price, volume=5, tag=0, datasetrestrict=ZERO_ADDRESS,
-                    workerpoolrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS, salt=salt).sign(owner, domain)
+    return AppOrder(
+        app=app,
+        appprice=price,
+        volume=5,
+        tag=0,
+        datasetrestrict=ZERO_ADDRESS,
+        workerpoolrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=salt,
+    ).sign(owner, domain)
 
 
 def _pool_order(pool: str, owner: Any, domain: Domain, price: int, salt: int) -> WorkerpoolOrder:
-    return WorkerpoolOrder(workerpool=pool, workerpoolprice=price, volume=5, tag=TDX_TAG, category=0, trust=0,
-                           apprestrict=ZERO_ADDRESS, datasetrestrict=ZERO_ADDRESS,
-                           requesterrestrict=ZERO_ADDRESS, salt=salt).sign(owner, domain)
+    return WorkerpoolOrder(
+        workerpool=pool,
+        workerpoolprice=price,
+        volume=5,
+        tag=TDX_TAG,
+        category=0,
+        trust=0,
+        apprestrict=ZERO_ADDRESS,
+        datasetrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=salt,
+    ).sign(owner, domain)
 
 
 @pytest.mark.slow
@@ -54,23 +72,38 @@ async def test_the_js_sdk_sees_the_stand_in_answer_like_the_real_market(chain: A
     deposit(chain.rpc_url, dep, REQUESTER, 1000)
     deposit(chain.rpc_url, dep, POOL_OWNER, 1000)
     request = build_request_order(app, REQUESTER.address, 0, 5, 10, {"iexec_args": "x"}, "job-1").sign(
-        REQUESTER, domain)
+        REQUESTER, domain
+    )
 
     def match() -> None:
-        tx = chain.hub.functions.matchOrders(app_o.to_tuple(), NULL_DATASET_ORDER.to_tuple(), pool_o.to_tuple(),
-                                             request.to_tuple())
+        tx = chain.hub.functions.matchOrders(
+            app_o.to_tuple(), NULL_DATASET_ORDER.to_tuple(), pool_o.to_tuple(), request.to_tuple()
+        )
         assert chain.w3.eth.wait_for_transaction_receipt(tx.transact({"from": REQUESTER.address})).status == 1
 
     await asyncio.to_thread(match)
-    tee_request = build_request_order(app, REQUESTER.address, 0, 5, 10, {"iexec_args": "y"}, "job-2",
-                                      tag=TDX_TAG).sign(REQUESTER, domain)
+    tee_request = build_request_order(app, REQUESTER.address, 0, 5, 10, {"iexec_args": "y"}, "job-2", tag=TDX_TAG).sign(
+        REQUESTER, domain
+    )
     app_hash, unknown = "0x" + app_o.hash(domain).hex(), "0x" + "ab" * 32
-    env = {**os.environ, "SDK": SDK.as_posix(), "RPC": chain.rpc_url, "HUB": dep.hub, "MARKET": market.base_url,
-           "APP_OWNER_KEY": "0x" + bytes(APP_OWNER.key).hex(), "REQUESTER_KEY": "0x" + bytes(REQUESTER.key).hex(),
-           "APP_OWNER": APP_OWNER.address, "POOL_OWNER": POOL_OWNER.address, "REQUESTER": REQUESTER.address,
-           "APP_HASH": app_hash, "UNKNOWN_HASH": unknown, "TEE_REQUEST": json.dumps(tee_request.to_market_json())}
-    proc = await asyncio.create_subprocess_exec("node", str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    env = {
+        **os.environ,
+        "SDK": SDK.as_posix(),
+        "RPC": chain.rpc_url,
+        "HUB": dep.hub,
+        "MARKET": market.base_url,
+        "APP_OWNER_KEY": "0x" + bytes(APP_OWNER.key).hex(),
+        "REQUESTER_KEY": "0x" + bytes(REQUESTER.key).hex(),
+        "APP_OWNER": APP_OWNER.address,
+        "POOL_OWNER": POOL_OWNER.address,
+        "REQUESTER": REQUESTER.address,
+        "APP_HASH": app_hash,
+        "UNKNOWN_HASH": unknown,
+        "TEE_REQUEST": json.dumps(tee_request.to_market_json()),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode == 0, err.decode()[-2000:]
     seen = json.loads(out.decode().strip().splitlines()[-1])
@@ -79,8 +112,15 @@ async def test_the_js_sdk_sees_the_stand_in_answer_like_the_real_market(chain: A
     assert seen["poolsByOwner"] == {"count": 1, "pools": [pool]}
     [deal] = seen["requesterDeals"]["deals"]
     assert seen["requesterDeals"]["count"] == 1
-    assert deal == {"dealid": deal["dealid"], "appHash": app_hash, "requestHash": "0x" + request.hash(domain).hex(),
-                    "app": app, "appOwner": APP_OWNER.address, "volume": 1, "requester": REQUESTER.address}
+    assert deal == {
+        "dealid": deal["dealid"],
+        "appHash": app_hash,
+        "requestHash": "0x" + request.hash(domain).hex(),
+        "app": app,
+        "appOwner": APP_OWNER.address,
+        "volume": 1,
+        "requester": REQUESTER.address,
+    }
     on_chain = await asyncio.to_thread(chain.hub.functions.viewDeal(deal["dealid"]).call)
     assert on_chain[6] == REQUESTER.address and on_chain[0][0] == app
     assert seen["dealsByApporder"] == {"count": 1, "dealids": [deal["dealid"]]}
@@ -88,18 +128,26 @@ async def test_the_js_sdk_sees_the_stand_in_answer_like_the_real_market(chain: A
     assert seen["publishTee"] == {"error": f"API error: No tee enabled apporder published for app {app}"}
 
 
-async def test_tee_requests_need_a_tee_app_order_and_deals_are_served_by_id(chain: Any,
-                                                                          market: MarketStandIn) -> None:
+async def test_tee_requests_need_a_tee_app_order_and_deals_are_served_by_id(chain: Any, market: MarketStandIn) -> None:
     dep = chain.deployment
     domain = Domain(chain_id=dep.chain_id, verifying_contract=dep.hub)
     app = register_app(chain.rpc_url, dep, APP_OWNER, "segment", "docker.io/seg:1", b"\1" * 32)
     pool = register_workerpool(chain.rpc_url, dep, POOL_OWNER, "devnet pool")
     deposit(chain.rpc_url, dep, REQUESTER, 1000)
     deposit(chain.rpc_url, dep, POOL_OWNER, 1000)
-    tee_request = build_request_order(app, REQUESTER.address, 0, 5, 10, {"iexec_args": "y"}, "job-tee",
-                                      tag=TDX_TAG).sign(REQUESTER, domain)
-    tee_app = AppOrder(app=app, appprice=5, volume=5, tag=TDX_TAG, datasetrestrict=ZERO_ADDRESS,
-                       workerpoolrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS, salt=9).sign(APP_OWNER, domain)
+    tee_request = build_request_order(
+        app, REQUESTER.address, 0, 5, 10, {"iexec_args": "y"}, "job-tee", tag=TDX_TAG
+    ).sign(REQUESTER, domain)
+    tee_app = AppOrder(
+        app=app,
+        appprice=5,
+        volume=5,
+        tag=TDX_TAG,
+        datasetrestrict=ZERO_ADDRESS,
+        workerpoolrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=9,
+    ).sign(APP_OWNER, domain)
     pool_o = _pool_order(pool, POOL_OWNER, domain, 10, 1)
     async with MarketClient(market.base_url, dep.chain_id, hub=dep.hub, backoff=0) as client:
         await client.publish_app_order(_app_order(app, APP_OWNER, domain, 5, 1), APP_OWNER)
@@ -110,8 +158,9 @@ async def test_tee_requests_need_a_tee_app_order_and_deals_are_served_by_id(chai
         assert published.order_hash == "0x" + tee_request.hash(domain).hex()
 
         def match() -> None:
-            tx = chain.hub.functions.matchOrders(tee_app.to_tuple(), NULL_DATASET_ORDER.to_tuple(),
-                                                 pool_o.to_tuple(), tee_request.to_tuple())
+            tx = chain.hub.functions.matchOrders(
+                tee_app.to_tuple(), NULL_DATASET_ORDER.to_tuple(), pool_o.to_tuple(), tee_request.to_tuple()
+            )
             assert chain.w3.eth.wait_for_transaction_receipt(tx.transact({"from": REQUESTER.address})).status == 1
 
         await asyncio.to_thread(match)

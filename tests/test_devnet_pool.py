@@ -1,5 +1,6 @@
 """The devnet workerpool and result gateway: tasks run end to end on anvil, and each fault mode leaves the
 chain and the gateway in the state a requester of real iExec would see."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,6 @@ import aiohttp
 import pytest
 
 from devnet import chain as devchain
-from devnet.accounts import REQUESTER
 from devnet.faults import Fault, FaultBook, FaultError
 from devnet.gateway import GatewayError, ResultGateway, content_id
 from iexec.results import decode_results, fetch_result
@@ -35,7 +35,7 @@ async def test_task_completes_and_result_downloads(pool_env, tmp_path):
     deal, (tid,) = await pool_env.request(args="--max-dim 256")
     outcome = await pool_env.pool.wait_task(tid, timeout=30)
     assert outcome.state == "completed"
-    task = (await pool_env.task(tid))
+    task = await pool_env.task(tid)
     assert task[0] == COMPLETED
     location = decode_results(task[12])
     assert location.location == f"/ipfs/{outcome.cid}"
@@ -91,10 +91,10 @@ async def test_no_show_global_fault(pool_env):
 
 
 async def test_crash_before_contribute_is_active_until_claimed(pool_env):
-    free_before, _ = (await pool_env.stake())
+    free_before, _ = await pool_env.stake()
     deal, tid, outcome = await _set_fault_then_request(pool_env, "crash_before_contribute")
     assert outcome.state == "crashed"
-    task = (await pool_env.task(tid))
+    task = await pool_env.task(tid)
     assert task[0] == ACTIVE
     with pytest.raises(devchain.TransactionFailed):  # too early: the final deadline has not passed
         await pool_env.send("claim", bytes.fromhex(tid[2:]))
@@ -198,12 +198,11 @@ async def test_orders_are_topped_up(chain):
             await asyncio.sleep(0.05)
         assert env.pool.orders[-1] != first
         assert await env.pool.remaining() == 2
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{env.market.base_url}/workerpoolorders",
-                                   params={"chainId": "31337", "category": "0"}) as resp:
-                listed = (await resp.json())["orders"]
-        assert [o["orderHash"] for o in listed] == [
-            "0x" + env.pool.orders[-1].hash(env.pool._domain).hex()]
+        async with aiohttp.ClientSession() as session, session.get(
+            f"{env.market.base_url}/workerpoolorders", params={"chainId": "31337", "category": "0"}
+        ) as resp:
+            listed = (await resp.json())["orders"]
+        assert [o["orderHash"] for o in listed] == ["0x" + env.pool.orders[-1].hash(env.pool._domain).hex()]
 
 
 # ------------------------------------------------------------------------------------------ units
@@ -252,16 +251,30 @@ def test_testapp_follows_the_app_contract(tmp_path):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
     (in_dir / "abc").write_bytes(png_bytes())
-    env = {"IEXEC_IN": str(in_dir), "IEXEC_OUT": str(out_dir), "IEXEC_INPUT_FILES_NUMBER": "1",
-           "IEXEC_INPUT_FILE_NAME_1": "abc", "PATH": "/usr/bin:/bin"}
-    ok = subprocess.run([sys.executable, "-m", "devnet.testapp", "--max-dim", "256"], env=env,
-                        cwd=Path(__file__).parent.parent, capture_output=True, timeout=10)
+    env = {
+        "IEXEC_IN": str(in_dir),
+        "IEXEC_OUT": str(out_dir),
+        "IEXEC_INPUT_FILES_NUMBER": "1",
+        "IEXEC_INPUT_FILE_NAME_1": "abc",
+        "PATH": "/usr/bin:/bin",
+    }
+    ok = subprocess.run(
+        [sys.executable, "-m", "devnet.testapp", "--max-dim", "256"],
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        timeout=10,
+    )
     assert ok.returncode == 0, ok.stderr
-    assert json.loads((out_dir / "computed.json").read_text()) == {
-        "deterministic-output-path": "/iexec_out/result.png"}
+    assert json.loads((out_dir / "computed.json").read_text()) == {"deterministic-output-path": "/iexec_out/result.png"}
     (in_dir / "abc").write_bytes(b"not an image")
-    bad = subprocess.run([sys.executable, "-m", "devnet.testapp"], env=env,
-                         cwd=Path(__file__).parent.parent, capture_output=True, timeout=10)
+    bad = subprocess.run(
+        [sys.executable, "-m", "devnet.testapp"],
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        timeout=10,
+    )
     assert bad.returncode == 1
     assert "not an image" in json.loads((out_dir / "computed.json").read_text())["error-message"]
 
@@ -276,8 +289,7 @@ async def test_real_worker_task_completes_with_segmented_image(chain, worker_wei
     app_cmd = [sys.executable, "-m", "worker"]
     env = {"MRCNN_WEIGHTS": str(worker_weights_r50)}
     async with make_pool_env(chain, app_cmd=app_cmd, app_env=env, workers=1) as pool_env:
-        deal, (tid,) = await pool_env.request(args="--max-dim 256 --min-confidence 0.0",
-                                              image=png_bytes((160, 120)))
+        deal, (tid,) = await pool_env.request(args="--max-dim 256 --min-confidence 0.0", image=png_bytes((160, 120)))
         outcome = await pool_env.pool.wait_task(tid, timeout=540)
         assert outcome.state == "completed", outcome.detail
         assert (await pool_env.task(tid))[0] == COMPLETED
@@ -286,5 +298,6 @@ async def test_real_worker_task_completes_with_segmented_image(chain, worker_wei
     assert result.deterministic_output is not None
     assert "deterministic-output-path" in result.computed
     from PIL import Image
+
     with Image.open(result.deterministic_output) as image:
         assert image.size == (160, 120)

@@ -1,4 +1,5 @@
 """The SMS stand-in: its HTTP answers as the real iexec-sms gives them, and the official JS SDK as its peer."""
+
 from __future__ import annotations
 
 import asyncio
@@ -53,8 +54,7 @@ def requester_url(sms: SmsStandIn, requester: str, name: str) -> str:
     return f"{sms.base_url}/requesters/{requester}/secrets/{name}"
 
 
-async def test_requester_secret_push_check_and_no_second_push(sms: SmsStandIn,
-                                                              http: aiohttp.ClientSession) -> None:
+async def test_requester_secret_push_check_and_no_second_push(sms: SmsStandIn, http: aiohttp.ClientSession) -> None:
     me = REQUESTER.address
     url = requester_url(sms, me, "segbot-job-1")
     async with http.head(url) as r:
@@ -74,8 +74,7 @@ async def test_requester_secret_push_check_and_no_second_push(sms: SmsStandIn,
     assert sms.requester_secret(SPARE_1.address, "segbot-job-1") is None
 
 
-async def test_web2_secret_create_then_update_only_by_its_owner(sms: SmsStandIn,
-                                                                http: aiohttp.ClientSession) -> None:
+async def test_web2_secret_create_then_update_only_by_its_owner(sms: SmsStandIn, http: aiohttp.ClientSession) -> None:
     me, name = REQUESTER.address, "iexec-result-encryption-public-key"
     url = web2_url(sms, me, name)
     async with http.put(url, data="v1", headers={"Authorization": auth(REQUESTER, me, name, "v1")}) as r:
@@ -97,49 +96,58 @@ async def test_web2_secret_create_then_update_only_by_its_owner(sms: SmsStandIn,
 
 
 async def test_bad_signatures_names_and_sizes_are_refused_and_store_nothing(
-        sms: SmsStandIn, http: aiohttp.ClientSession) -> None:
+    sms: SmsStandIn, http: aiohttp.ClientSession
+) -> None:
     me = REQUESTER.address
     url = requester_url(sms, me, "n1")
     tampered = {"Authorization": auth(REQUESTER, me, "n1", "good")}
     cases = [
-        (url, "evil", tampered, 401),                                          # value changed after signing
-        (url, "good", {}, 401),                                                # no signature
-        (url, "good", {"Authorization": "0x1234"}, 401),                       # garbage signature
+        (url, "evil", tampered, 401),  # value changed after signing
+        (url, "good", {}, 401),  # no signature
+        (url, "good", {"Authorization": "0x1234"}, 401),  # garbage signature
         (url, "good", {"Authorization": auth(SPARE_1, me, "n1", "good")}, 401),  # signer is not the requester
-        (requester_url(sms, me, "bad.name"), "good",
-         {"Authorization": auth(REQUESTER, me, "bad.name", "good")}, 400),
-        (requester_url(sms, me, "x" * 65), "good",
-         {"Authorization": auth(REQUESTER, me, "x" * 65, "good")}, 400),
+        (requester_url(sms, me, "bad.name"), "good", {"Authorization": auth(REQUESTER, me, "bad.name", "good")}, 400),
+        (requester_url(sms, me, "x" * 65), "good", {"Authorization": auth(REQUESTER, me, "x" * 65, "good")}, 400),
         (requester_url(sms, "0xnot", "n1"), "good", tampered, 400),
-        (url, "x" * (MAX_SECRET_BYTES + 1),
-         {"Authorization": auth(REQUESTER, me, "n1", "x" * (MAX_SECRET_BYTES + 1))}, 400),
-        (url, "x" * 200_000, tampered, 413),                                   # over the read cap
+        (
+            url,
+            "x" * (MAX_SECRET_BYTES + 1),
+            {"Authorization": auth(REQUESTER, me, "n1", "x" * (MAX_SECRET_BYTES + 1))},
+            400,
+        ),
+        (url, "x" * 200_000, tampered, 413),  # over the read cap
         (url, "", {"Authorization": auth(REQUESTER, me, "n1", "")}, 400),
     ]
     for target, body, headers, status in cases:
         async with http.post(target, data=body, headers=headers) as r:
             assert r.status == status, (target[-30:], body[:10], headers)
     big = "y" * (MAX_SECRET_BYTES + 1)
-    async with http.post(web2_url(sms, me, "k"), data=big, headers={"Authorization": auth(REQUESTER, me, "k", big)}
-                         ) as r:
+    async with http.post(
+        web2_url(sms, me, "k"), data=big, headers={"Authorization": auth(REQUESTER, me, "k", big)}
+    ) as r:
         assert r.status == 413
     fits = "z" * MAX_SECRET_BYTES
-    async with http.post(web2_url(sms, me, "k"), data=fits,
-                         headers={"Authorization": auth(REQUESTER, me, "k", fits)}) as r:
+    async with http.post(
+        web2_url(sms, me, "k"), data=fits, headers={"Authorization": auth(REQUESTER, me, "k", fits)}
+    ) as r:
         assert r.status == 204
     assert sms.requester_secret(me, "n1") is None and sms.web2_secret(me, "k") == fits
 
 
-async def test_secrets_survive_a_restart_in_a_private_file(tmp_path: Path, http: aiohttp.ClientSession,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+async def test_secrets_survive_a_restart_in_a_private_file(
+    tmp_path: Path, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="devnet.sms")
     state = tmp_path / "data" / "sms.json"
     first = SmsStandIn(state_path=state)
     await first.start()
     me = APP_OWNER.address
     secret_value = "s3cr3t-value-never-logged"
-    async with http.post(requester_url(first, me, "a"), data=secret_value,
-                         headers={"Authorization": auth(APP_OWNER, me, "a", secret_value)}) as r:
+    async with http.post(
+        requester_url(first, me, "a"),
+        data=secret_value,
+        headers={"Authorization": auth(APP_OWNER, me, "a", secret_value)},
+    ) as r:
         assert r.status == 204
     await first.stop()
     assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
@@ -160,18 +168,32 @@ async def test_secrets_survive_a_restart_in_a_private_file(tmp_path: Path, http:
 
 
 @pytest.mark.slow
-async def test_the_js_sdk_pushes_and_checks_secrets_against_the_stand_in(
-        chain: Any, sms: SmsStandIn) -> None:
+async def test_the_js_sdk_pushes_and_checks_secrets_against_the_stand_in(chain: Any, sms: SmsStandIn) -> None:
     if not SDK.exists():
         pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
     # two real RSA-4096 public keys, as the bot pushes: their base64 PEM must fit the SMS's 4096-byte limit
-    pem, pem2 = (rsa.generate_private_key(public_exponent=65537, key_size=4096).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode() for _ in range(2))
-    env = {**os.environ, "SDK": SDK.as_posix(), "RPC": chain.rpc_url, "KEY": "0x" + bytes(REQUESTER.key).hex(),
-           "HUB": chain.deployment.hub, "SMS": sms.base_url, "NAME": "segbot-job-7", "VALUE": "c2VjcmV0a2V5",
-           "PEM": pem, "PEM2": pem2}
-    proc = await asyncio.create_subprocess_exec("node", str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    pem, pem2 = (
+        rsa.generate_private_key(public_exponent=65537, key_size=4096)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+        for _ in range(2)
+    )
+    env = {
+        **os.environ,
+        "SDK": SDK.as_posix(),
+        "RPC": chain.rpc_url,
+        "KEY": "0x" + bytes(REQUESTER.key).hex(),
+        "HUB": chain.deployment.hub,
+        "SMS": sms.base_url,
+        "NAME": "segbot-job-7",
+        "VALUE": "c2VjcmV0a2V5",
+        "PEM": pem,
+        "PEM2": pem2,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode == 0, err.decode()[-2000:]
     seen = json.loads(out.decode().strip().splitlines()[-1])

@@ -1,6 +1,7 @@
 """The devnet runs TDX deals as iExec does: enclave-signed contributions, requester secrets from the SMS
 stand-in, results encrypted like iExec's post-compute. The official SDK 9.0.1 is the peer: it pushes the
 secrets, matches the deal, follows it, downloads the result and decrypts it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -63,16 +64,34 @@ async def _tdx_deal(env: PoolEnv, params: dict[str, Any]) -> tuple[str, str]:
     async with aiohttp.ClientSession() as session:
         app_order = await publish_app_order(session, env.market.base_url, dep, env.app, APP_PRICE, tag=TDX_TAG)
     request = RequestOrder(
-        app=env.app, appmaxprice=APP_PRICE, dataset=ZERO, datasetmaxprice=0, workerpool=ZERO,
-        workerpoolmaxprice=POOL_PRICE, requester=REQUESTER.address, volume=1, tag=TDX_TAG, category=0, trust=0,
-        beneficiary=REQUESTER.address, callback=ZERO, params=json.dumps(params),
-        salt=os.urandom(32)).sign_with(REQUESTER, domain)
+        app=env.app,
+        appmaxprice=APP_PRICE,
+        dataset=ZERO,
+        datasetmaxprice=0,
+        workerpool=ZERO,
+        workerpoolmaxprice=POOL_PRICE,
+        requester=REQUESTER.address,
+        volume=1,
+        tag=TDX_TAG,
+        category=0,
+        trust=0,
+        beneficiary=REQUESTER.address,
+        callback=ZERO,
+        params=json.dumps(params),
+        salt=os.urandom(32),
+    ).sign_with(REQUESTER, domain)
     pool_order = env.pool.orders[-1]
 
     def match() -> str:
         receipt = devchain.TxSender(devchain.web3_for(env.rpc_url), REQUESTER).call(
-            dep.hub, env.chain.hub.abi, "matchOrders", app_order.to_tuple(), NULL_DATASET_ORDER.to_tuple(),
-            pool_order.to_tuple(), request.to_tuple())
+            dep.hub,
+            env.chain.hub.abi,
+            "matchOrders",
+            app_order.to_tuple(),
+            NULL_DATASET_ORDER.to_tuple(),
+            pool_order.to_tuple(),
+            request.to_tuple(),
+        )
         events = env.chain.hub.events.OrdersMatched().process_receipt(receipt, errors=DISCARD)
         return "0x" + bytes(events[0]["args"]["dealid"]).hex()
 
@@ -99,14 +118,26 @@ async def test_the_sdk_runs_a_tdx_deal_with_a_secret_and_an_encrypted_result(cha
     picture = png_bytes((120, 80), (200, 30, 60))
     (tmp_path / "in.png").write_bytes(picture)
     async with tee_env(chain, tmp_path) as (env, sms):
-        node_env = {**os.environ, "SDK": str(SDK), "KUBO": str(KUBO), "RPC": env.rpc_url,
-                    "HUB": env.chain.deployment.hub, "MARKET": env.market.base_url, "SMS": sms.base_url,
-                    "GATEWAY": str(env.gateway.url), "REQUESTER_KEY": "0x" + bytes(REQUESTER.key).hex(),
-                    "APP_OWNER_KEY": "0x" + bytes(APP_OWNER.key).hex(), "APP": env.app,
-                    "WORKERPOOL": str(env.pool.address), "PNG": str(tmp_path / "in.png"),
-                    "SECRET_NAME": "segbot-job-1", "OUT": str(tmp_path / "iexec_out.zip")}
-        proc = await asyncio.create_subprocess_exec("node", str(SCRIPT), env=node_env,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        node_env = {
+            **os.environ,
+            "SDK": str(SDK),
+            "KUBO": str(KUBO),
+            "RPC": env.rpc_url,
+            "HUB": env.chain.deployment.hub,
+            "MARKET": env.market.base_url,
+            "SMS": sms.base_url,
+            "GATEWAY": str(env.gateway.url),
+            "REQUESTER_KEY": "0x" + bytes(REQUESTER.key).hex(),
+            "APP_OWNER_KEY": "0x" + bytes(APP_OWNER.key).hex(),
+            "APP": env.app,
+            "WORKERPOOL": str(env.pool.address),
+            "PNG": str(tmp_path / "in.png"),
+            "SECRET_NAME": "segbot-job-1",
+            "OUT": str(tmp_path / "iexec_out.zip"),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(SCRIPT), env=node_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
         out, err = await asyncio.wait_for(proc.communicate(), timeout=180)
         assert proc.returncode == 0, err.decode()[-3000:]
         seen = json.loads(out.decode().strip().splitlines()[-1])
@@ -134,7 +165,8 @@ async def test_the_sdk_runs_a_tdx_deal_with_a_secret_and_an_encrypted_result(cha
         assert task[0] == COMPLETED and decode_results(task[12]).location == f"/ipfs/{outcome.cid}"
         # the enclave signed: the contribution's enclave is neither the worker nor zero (viewContribution)
         contribution = await asyncio.to_thread(
-            env.chain.hub.functions.viewContribution(seen["task"], env.pool.worker.address).call)
+            env.chain.hub.functions.viewContribution(seen["task"], env.pool.worker.address).call
+        )
         assert contribution[3] not in (ZERO, env.pool.worker.address)
         secret = sms.requester_secret(REQUESTER.address, "segbot-job-1")
         assert secret and hashlib.sha256(secret.encode()).hexdigest() == seen["secretSha256"]
@@ -150,14 +182,27 @@ async def test_the_sdk_refuses_a_request_whose_result_key_is_not_in_the_sms(chai
         pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
     (tmp_path / "in.png").write_bytes(png_bytes())
     async with tee_env(chain, tmp_path) as (env, sms):
-        node_env = {**os.environ, "SDK": str(SDK), "KUBO": str(KUBO), "RPC": env.rpc_url,
-                    "HUB": env.chain.deployment.hub, "MARKET": env.market.base_url, "SMS": sms.base_url,
-                    "GATEWAY": str(env.gateway.url), "REQUESTER_KEY": "0x" + bytes(REQUESTER.key).hex(),
-                    "APP_OWNER_KEY": "0x" + bytes(APP_OWNER.key).hex(), "APP": env.app,
-                    "WORKERPOOL": str(env.pool.address), "PNG": str(tmp_path / "in.png"),
-                    "SECRET_NAME": "segbot-job-2", "OUT": str(tmp_path / "out.zip"), "SKIP_KEY": "1"}
-        proc = await asyncio.create_subprocess_exec("node", str(SCRIPT), env=node_env,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        node_env = {
+            **os.environ,
+            "SDK": str(SDK),
+            "KUBO": str(KUBO),
+            "RPC": env.rpc_url,
+            "HUB": env.chain.deployment.hub,
+            "MARKET": env.market.base_url,
+            "SMS": sms.base_url,
+            "GATEWAY": str(env.gateway.url),
+            "REQUESTER_KEY": "0x" + bytes(REQUESTER.key).hex(),
+            "APP_OWNER_KEY": "0x" + bytes(APP_OWNER.key).hex(),
+            "APP": env.app,
+            "WORKERPOOL": str(env.pool.address),
+            "PNG": str(tmp_path / "in.png"),
+            "SECRET_NAME": "segbot-job-2",
+            "OUT": str(tmp_path / "out.zip"),
+            "SKIP_KEY": "1",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(SCRIPT), env=node_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
         out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
         assert proc.returncode == 0, err.decode()[-3000:]
         seen = json.loads(out.decode().strip().splitlines()[-1])
@@ -192,8 +237,9 @@ async def test_a_tee_deal_on_a_pool_without_sms_or_without_result_key_fails_the_
         assert outcome.state == "tee_failed" and "no SMS" in outcome.detail
         assert (await env.task(tid))[0] == ACTIVE
         env.pool.sms = sms  # the SMS is there now, but the beneficiary never pushed a result key
-        deal, tid = await _tdx_deal(env, {"iexec_input_files": [env.serve_input(png_bytes())],
-                                          "iexec_result_encryption": True})
+        deal, tid = await _tdx_deal(
+            env, {"iexec_input_files": [env.serve_input(png_bytes())], "iexec_result_encryption": True}
+        )
         outcome = await env.pool.wait_task(tid, timeout=30)
         assert outcome.state == "tee_failed" and "iexec-result-encryption-public-key" in outcome.detail
         assert (await env.task(tid))[0] == ACTIVE
@@ -207,7 +253,8 @@ async def test_a_tdx_deal_without_secrets_completes_enclave_signed_and_plain(cha
         assert outcome.state == "completed" and outcome.tee and not outcome.encrypted
         assert (await env.task(tid))[0] == COMPLETED
         contribution = await asyncio.to_thread(
-            env.chain.hub.functions.viewContribution(tid, env.pool.worker.address).call)
+            env.chain.hub.functions.viewContribution(tid, env.pool.worker.address).call
+        )
         assert contribution[3] not in (ZERO, env.pool.worker.address)  # a fresh enclave key signed it
         with zipfile.ZipFile(io.BytesIO(env.gateway.get(outcome.cid))) as zf:
             assert "result.png" in zf.namelist() and "secrets.json" not in zf.namelist()
@@ -225,7 +272,8 @@ async def test_a_standard_deal_still_completes_unencrypted_on_the_tdx_pool(chain
         with zipfile.ZipFile(io.BytesIO(env.gateway.get(outcome.cid))) as zf:
             assert "result.png" in zf.namelist()
         contribution = await asyncio.to_thread(
-            env.chain.hub.functions.viewContribution(tid, env.pool.worker.address).call)
+            env.chain.hub.functions.viewContribution(tid, env.pool.worker.address).call
+        )
         assert contribution[3] == ZERO  # no enclave
 
 

@@ -1,5 +1,6 @@
 """`python -m devnet up` / `status` as an operator runs them: it comes up within 30 s, `status` says so,
 Ctrl-C leaves no process behind, and a second start reuses the saved chain, app and wallet."""
+
 from __future__ import annotations
 
 import json
@@ -46,9 +47,14 @@ def _alive(pid: int) -> bool:
 
 
 def _start(data: Path, *flags: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "devnet", "up", "--data", str(data), "--app", "test", *flags],
-                            cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "devnet", "up", "--data", str(data), "--app", "test", *flags],
+        cwd=REPO_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def _wait_up(proc: subprocess.Popen[str], data: Path, limit: float = 30.0) -> float:
@@ -74,8 +80,15 @@ def test_up_status_and_ctrl_c_leaves_nothing_behind(tmp_path, capsys):
     try:
         _wait_up(proc, data)
         capsys.readouterr()
-        assert subprocess.run([sys.executable, "-m", "devnet", "status", "--data", str(data)], cwd=REPO_DIR,
-                              capture_output=True, timeout=30).returncode == 0
+        assert (
+            subprocess.run(
+                [sys.executable, "-m", "devnet", "status", "--data", str(data)],
+                cwd=REPO_DIR,
+                capture_output=True,
+                timeout=30,
+            ).returncode
+            == 0
+        )
         info = json.loads((data / "devnet.json").read_text())
         assert info["pid"] == proc.pid
         family = _children(proc.pid)
@@ -148,7 +161,11 @@ def test_one_source_for_the_worker_arguments(tmp_path):
     assert Settings(_env_file=None).worker_args == WORKER_ARGS  # type: ignore[call-arg]
     assert graph_arguments(WORKER_ARGS) == ["--max-dim", "1024", "--min-confidence", "0.7"]
     assert graph_arguments("--min-confidence=0.5 --format jpeg --max-dim 512") == [
-        "--min-confidence", "0.5", "--max-dim", "512"]
+        "--min-confidence",
+        "0.5",
+        "--max-dim",
+        "512",
+    ]
     assert Devnet(DevnetConfig(data_dir=tmp_path)).config.worker_args == WORKER_ARGS
 
 
@@ -172,14 +189,28 @@ def test_fresh_is_refused_while_a_bot_holds_the_books_lock(tmp_path):
     data = tmp_path / "devnet"
     data.mkdir()
     (data / "books.db").write_bytes(b"")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from bot.lock import InstanceLock; "
-                               f"lock = InstanceLock({str(data / 'books.lock')!r}).acquire(); "
-                               "print('held', flush=True); sys.stdin.read()"],
-                              cwd=REPO_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from bot.lock import InstanceLock; "
+            f"lock = InstanceLock({str(data / 'books.lock')!r}).acquire(); "
+            "print('held', flush=True); sys.stdin.read()",
+        ],
+        cwd=REPO_DIR,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        refused = subprocess.run([sys.executable, "-m", "devnet", "up", "--app", "test", "--fresh", "--data",
-                                  str(data)], cwd=REPO_DIR, capture_output=True, text=True, timeout=60)
+        refused = subprocess.run(
+            [sys.executable, "-m", "devnet", "up", "--app", "test", "--fresh", "--data", str(data)],
+            cwd=REPO_DIR,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert refused.returncode == 1
         assert f"a bot (pid {holder.pid}) is running on {data}" in refused.stderr
         assert (data / "books.db").exists() and not list(tmp_path.glob("devnet.old-*"))

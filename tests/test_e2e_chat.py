@@ -5,6 +5,7 @@ Debian's /usr/bin/chromium is driven by the `playwright` package (never `playwri
 download). The bot is a subprocess on a devnet running the small test app. Skipped, with the reason, when
 Chromium is not installed. (The README's picture is made by docs/screenshot.py with the real worker.)
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,15 @@ from tests.fixtures_e2e import E2E
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def street_picture() -> bytes:
@@ -74,8 +82,8 @@ async def test_upload_a_photo_on_the_chat_page_and_see_the_result(e2e: E2E, tmp_
             await result.first.wait_for(timeout=60_000)
             await page.locator("#log .msg:not(.me)", has_text="Charged").first.wait_for(timeout=30_000)
             await page.wait_for_function(
-                "[...document.querySelectorAll('#log .msg img')].every(i => i.complete "
-                "&& i.naturalWidth > 0)")
+                "[...document.querySelectorAll('#log .msg img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
             await page.locator("#log .msg:not(.me)", has_text="Done").first.wait_for(timeout=30_000)
             await page.screenshot(path=str(tmp_path / "shot.png"), full_page=False)
         finally:

@@ -4,6 +4,7 @@ Whatever the step, the job ends with exactly one deal on chain and one settlemen
 charged once (the matched prices plus the fee) and has the segmented picture: twice at most, and only when
 the kill fell between sending the reply and recording it (`after_reply`). The devnet runs the small test app.
 """
+
 from __future__ import annotations
 
 import signal
@@ -18,8 +19,17 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 # after_match is the bot's point right after the match transaction is mined, before its receipt is read
 # into a deal id; before_match is just before it is handed to the sender. Together they surround the
 # broadcast (the sender's submit and wait are one call of the iExec client).
-CRASH_POINTS = ["after_reserve", "after_sign", "before_match", "after_broadcast", "after_match", "after_deal",
-                "after_download", "after_settle", "after_reply"]
+CRASH_POINTS = [
+    "after_reserve",
+    "after_sign",
+    "before_match",
+    "after_broadcast",
+    "after_match",
+    "after_deal",
+    "after_download",
+    "after_settle",
+    "after_reply",
+]
 POINT_NAMES = [p if isinstance(p, str) else p.values[0] for p in CRASH_POINTS]
 
 

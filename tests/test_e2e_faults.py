@@ -5,6 +5,7 @@ Whatever happens: nothing is lost (every job ends delivered or refunded), nothin
 settlement per job, balances exact, `audit()` passes) and the user is always told. The bot runs as a
 subprocess on a devnet running the small test app.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ import asyncio
 import pytest
 
 from tests.fixtures_bot import photo_bytes
-from tests.fixtures_e2e import FINAL_DEADLINE_S, E2E
+from tests.fixtures_e2e import E2E, FINAL_DEADLINE_S
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 CREDIT = 10**9
@@ -72,8 +73,7 @@ async def test_workerpool_never_showing_up_is_claimed_and_refunded(e2e: E2E) -> 
     e2e.net.pool.set_fault("no_show")
     stake_before = e2e.wallet_stake()
     e2e.tg.inject_photo(user, photo_bytes(seed=60))
-    await e2e.wait_for(lambda: bool(e2e.jobs(user)) and e2e.jobs(user)[0].task_id is not None, 30,
-                       "the job matched")
+    await e2e.wait_for(lambda: bool(e2e.jobs(user)) and e2e.jobs(user)[0].task_id is not None, 30, "the job matched")
     [job] = e2e.jobs(user)
     await e2e.net.pool.wait_task(job.task_id, 30)
     await asyncio.sleep(0.5)
@@ -119,8 +119,7 @@ async def test_gateway_answering_500_for_a_while_then_delivers(e2e: E2E) -> None
     await e2e.start_bot()
     e2e.net.pool.set_fault("gateway_500")
     e2e.tg.inject_photo(user, photo_bytes(seed=90))
-    await e2e.wait_for(lambda: bool(e2e.jobs(user)) and e2e.jobs(user)[0].attempts >= 1, 40,
-                       "a failed download")
+    await e2e.wait_for(lambda: bool(e2e.jobs(user)) and e2e.jobs(user)[0].attempts >= 1, 40, "a failed download")
     e2e.net.gateway.clear_faults()
     [job] = await e2e.wait_terminal(user, timeout=60)
     assert_delivered_once(e2e, user, job)

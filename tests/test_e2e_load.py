@@ -4,6 +4,7 @@ Every job is delivered, each user is charged exactly the matched prices plus the
 jobs, the Telegram stand-in (with Telegram's flood limits on) never had to answer 429, and the books
 balance.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -9,6 +9,7 @@ Real-size pictures too, as people send them: a 3000x3000 JPEG of several MB as a
 phone photo turned by its EXIF Orientation tag as a Telegram photo, and a PNG over 1 MB as a file. Each is
 delivered, charged once, and the worker saw the whole picture (its detections name the input's size).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -122,6 +123,7 @@ async def test_image_url_comes_back_segmented(real: E2E) -> None:
 
 
 # --- real-size pictures ------------------------------------------------------------------------------------
+
 
 async def test_a_3000px_jpeg_of_several_mb_as_a_file(real: E2E) -> None:
     user = real.new_user(CREDIT)

@@ -32,6 +32,7 @@ when its coroutine runs again, so a sync call on the loop thread in that window 
     SOAK_SEED=1234 .venv/bin/python -m pytest -q -s tests/test_e2e_soak.py -k plain
     SOAK_SCALE=3 .venv/bin/python -m pytest -q -s tests/test_e2e_soak.py -k faults   # 3x photos and kills
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -157,8 +158,7 @@ async def one_life(e2e: E2E, soak: Soak, rng: random.Random, start_timeout: floa
         life = rng.uniform(0.3, 2.5)
         await asyncio.sleep(life)  # the random instant of the kill (not a synchronisation)
         if not e2e.bot.alive:
-            soak.problem(f"the bot died on its own during start-up: exit {e2e.bot.returncode}\n"
-                         f"{e2e.bot.log_tail()}")
+            soak.problem(f"the bot died on its own during start-up: exit {e2e.bot.returncode}\n{e2e.bot.log_tail()}")
         return -life  # negative: counted from the spawn
     await start_bot(e2e, soak, start_timeout)
     life = rng.uniform(0.2, 4.0)
@@ -191,7 +191,7 @@ async def switch_faults(e2e: E2E, soak: Soak, rng: random.Random, stop: asyncio.
             soak.faults_set.append("market_500")
         try:
             await asyncio.wait_for(stop.wait(), rng.uniform(1.0, 4.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     e2e.net.pool.faults.clear()
     e2e.net.gateway.clear_faults()
@@ -276,7 +276,7 @@ def unanswered(e2e: E2E, soak: Soak, user: TgUser) -> list[int]:
         if m.from_bot or m.kind != "photo" or f"c{user.id}m{m.message_id}" in known:
             continue
         following = []
-        for later in chat[i + 1:]:
+        for later in chat[i + 1 :]:
             if not later.from_bot:
                 break
             following.append(later)
@@ -287,12 +287,33 @@ def unanswered(e2e: E2E, soak: Soak, user: TgUser) -> list[int]:
 
 def dump_chats(e2e: E2E) -> None:
     """Every user's chat (and the bot's calls) as JSON next to the books, for a failure's diagnosis."""
-    chats = {u.id: [{"id": m.message_id, "bot": m.from_bot, "reply_to": m.reply_to, "kind": m.kind,
-                     "text": (m.text or "")[:120], "edits": len(m.edits), "deleted": m.deleted}
-                    for m in e2e.tg.conversation(u.id, include_deleted=True)] for u in e2e.users}
-    calls = [{"method": c.method, "status": c.status, "at": c.at, "chat": c.params.get("chat_id"),
-              "text": str(c.params.get("text") or "")[:60], "desc": c.description} for c in e2e.tg.calls()
-             if c.method.lower() != "getupdates"]
+    chats = {
+        u.id: [
+            {
+                "id": m.message_id,
+                "bot": m.from_bot,
+                "reply_to": m.reply_to,
+                "kind": m.kind,
+                "text": (m.text or "")[:120],
+                "edits": len(m.edits),
+                "deleted": m.deleted,
+            }
+            for m in e2e.tg.conversation(u.id, include_deleted=True)
+        ]
+        for u in e2e.users
+    }
+    calls = [
+        {
+            "method": c.method,
+            "status": c.status,
+            "at": c.at,
+            "chat": c.params.get("chat_id"),
+            "text": str(c.params.get("text") or "")[:60],
+            "desc": c.description,
+        }
+        for c in e2e.tg.calls()
+        if c.method.lower() != "getupdates"
+    ]
     (e2e.data / "chats.json").write_text(json.dumps({"chats": chats, "calls": calls}, indent=1))
 
 
@@ -301,8 +322,9 @@ def refund_told(e2e: E2E, job: Job) -> bool:
     naming the job's short id."""
     for m in e2e.tg.sent(job.chat_id):
         text = (m.text or "").lower()
-        if "refund" in text and (m.message_id == job.status_message_id or m.reply_to == job.user_message_id
-                                 or job.id[-8:] in (m.text or "")):
+        if "refund" in text and (
+            m.message_id == job.status_message_id or m.reply_to == job.user_message_id or job.id[-8:] in (m.text or "")
+        ):
             return True
     return False
 
@@ -325,8 +347,10 @@ async def drain(e2e: E2E, soak: Soak, timeout: float) -> None:
     extra = time.monotonic() + 20
 
     def shown() -> bool:
-        return (not unaccounted(e2e, soak)
-                and all(refund_told(e2e, j) for j in all_jobs(e2e) if j.state.value == "REFUNDED"))
+        return not unaccounted(e2e, soak) and all(
+            refund_told(e2e, j) for j in all_jobs(e2e) if j.state.value == "REFUNDED"
+        )
+
     while time.monotonic() < min(extra, deadline + 20) and not shown():
         await asyncio.sleep(0.2)
 
@@ -373,11 +397,14 @@ def check_money(e2e: E2E, soak: Soak, job: Job, totals: Totals) -> None:
     elif task != TASK_FAILED:
         totals.locked += price
         if state in DONE_STATES:
-            soak.problem(f"job {job.id} is {state} but its task is still open on chain (status {task}): the "
-                         "stake stays locked", job.id)
+            soak.problem(
+                f"job {job.id} is {state} but its task is still open on chain (status {task}): the stake stays locked",
+                job.id,
+            )
     if (task == TASK_COMPLETED) != ("post" in kinds) and state != "NEEDS_ADMIN":
-        soak.problem(f"job {job.id} ({state}): task status {task} on chain but settlements {kinds} in the "
-                     "books", job.id)
+        soak.problem(
+            f"job {job.id} ({state}): task status {task} on chain but settlements {kinds} in the books", job.id
+        )
     if state == "DELIVERED" and task != TASK_COMPLETED:
         soak.problem(f"job {job.id} DELIVERED but its task status on chain is {task}", job.id)
 
@@ -388,11 +415,19 @@ def check_told(e2e: E2E, soak: Soak, job: Job, sends: list[tuple[int, float]]) -
     state = job.state.value
     if state == "REFUNDED" and not refund_told(e2e, job):
         status = next((m.text for m in e2e.tg.sent(job.chat_id) if m.message_id == job.status_message_id), None)
-        soak.problem(f"job {job.id} REFUNDED ({job.error}) but the user was never told; its status message "
-                     f"reads {status!r}", job.id)
+        soak.problem(
+            f"job {job.id} REFUNDED ({job.error}) but the user was never told; its status message reads {status!r}",
+            job.id,
+        )
     times = sorted(at for target, at in sends if target == job.user_message_id)
-    in_chat = [m for m in e2e.tg.sent(job.chat_id) if m.reply_to == job.user_message_id
-               and m.kind in ("photo", "document") and m.data and m.file_name != "detections.json"]
+    in_chat = [
+        m
+        for m in e2e.tg.sent(job.chat_id)
+        if m.reply_to == job.user_message_id
+        and m.kind in ("photo", "document")
+        and m.data
+        and m.file_name != "detections.json"
+    ]
     if len(in_chat) != len(times):
         soak.problem(f"job {job.id}: {len(in_chat)} results in the chat, {len(times)} sends", job.id)
     if state == "DELIVERED" and not times:
@@ -405,8 +440,11 @@ def check_told(e2e: E2E, soak: Soak, job: Job, sends: list[tuple[int, float]]) -
         soak.duplicates += 1
         if not in_window(soak, job, times):
             kills = [(round(k.at, 2), k.states.get(job.id)) for k in soak.kills]
-            soak.problem(f"job {job.id}: a duplicate result outside the at-least-once window (sends at "
-                         f"{times}, kills and the job's state then {kills})", job.id)
+            soak.problem(
+                f"job {job.id}: a duplicate result outside the at-least-once window (sends at "
+                f"{times}, kills and the job's state then {kills})",
+                job.id,
+            )
 
 
 def check(e2e: E2E, soak: Soak, stake0: tuple[int, int]) -> None:
@@ -425,22 +463,29 @@ def check(e2e: E2E, soak: Soak, stake0: tuple[int, int]) -> None:
         chain.locked += mine.locked
         bal = e2e.ledger.balance(user.id)
         if (bal.posted, bal.pending) != (mine.posted, mine.pending):
-            soak.problem(f"user {user.id}: balance (posted, pending) = {(bal.posted, bal.pending)}, expected "
-                         f"{(mine.posted, mine.pending)} from the grant and the jobs "
-                         f"{[(j.id, j.state.value) for j in jobs]}")
+            soak.problem(
+                f"user {user.id}: balance (posted, pending) = {(bal.posted, bal.pending)}, expected "
+                f"{(mine.posted, mine.pending)} from the grant and the jobs "
+                f"{[(j.id, j.state.value) for j in jobs]}"
+            )
     for user, message_id in unaccounted(e2e, soak):
         suspects = unanswered(e2e, soak, user)
         replies = [(m.message_id, (m.text or "")[:60]) for m in e2e.replies_to(user, message_id)]
-        soak.problem(f"user {user.id}: photo {message_id} lost (no job in the books, no refusal); the bot's "
-                     f"replies to it: {replies}; photos without a job and without a refusal before the next "
-                     f"photo: {suspects} (the chats are in {e2e.data / 'chats.json'})", f"c{user.id}m{message_id}")
+        soak.problem(
+            f"user {user.id}: photo {message_id} lost (no job in the books, no refusal); the bot's "
+            f"replies to it: {replies}; photos without a job and without a refusal before the next "
+            f"photo: {suspects} (the chats are in {e2e.data / 'chats.json'})",
+            f"c{user.id}m{message_id}",
+        )
         for mid in suspects:
             soak.problem_jobs.add(f"c{user.id}m{mid}")
     free0, locked0 = stake0
     free, locked = e2e.wallet_stake()
     if (free + locked, locked) != (free0 + locked0 - chain.paid, locked0 + chain.locked):
-        soak.problem(f"hub stake (free, locked) went from {stake0} to {(free, locked)}; the books' jobs say "
-                     f"{chain.paid} paid on chain and {chain.locked} still locked")
+        soak.problem(
+            f"hub stake (free, locked) went from {stake0} to {(free, locked)}; the books' jobs say "
+            f"{chain.paid} paid on chain and {chain.locked} still locked"
+        )
     try:
         e2e.ledger.audit()
     except Exception as exc:  # noqa: BLE001 - reported with the other problems
@@ -468,12 +513,14 @@ def report(e2e: E2E, soak: Soak) -> str:
         if j.error:
             why = f"{j.state.value}: {j.error.split(':')[0][:40]}"
             reasons[why] = reasons.get(why, 0) + 1
-    lines = [f"soak {v.name}: seed {soak.seed} (replay: SOAK_SEED={soak.seed}); {len(soak.photos)} photos, "
-             f"{len(jobs)} jobs {states} {reasons}, {len(soak.kills)} kills after "
-             f"{[round(k.life, 2) for k in soak.kills]} s of life, chain time moved {soak.time_moves} times, "
-             f"{soak.duplicates} results sent twice; starts took {[round(x, 1) for x in soak.starts]} s; "
-             f"phases {({k: round(x, 1) for k, x in soak.phases.items()})}; faults {soak.faults_set}",
-             f"{len(soak.problems)} problems:"]
+    lines = [
+        f"soak {v.name}: seed {soak.seed} (replay: SOAK_SEED={soak.seed}); {len(soak.photos)} photos, "
+        f"{len(jobs)} jobs {states} {reasons}, {len(soak.kills)} kills after "
+        f"{[round(k.life, 2) for k in soak.kills]} s of life, chain time moved {soak.time_moves} times, "
+        f"{soak.duplicates} results sent twice; starts took {[round(x, 1) for x in soak.starts]} s; "
+        f"phases { ({k: round(x, 1) for k, x in soak.phases.items()}) }; faults {soak.faults_set}",
+        f"{len(soak.problems)} problems:",
+    ]
     lines += [f"  - {p}" for p in soak.problems[:40]]
     logs = e2e.logs().splitlines()
     for job_id in sorted(soak.problem_jobs)[:8]:
@@ -565,7 +612,10 @@ async def test_a_refused_picture_is_told_even_when_killed_right_after(e2e: E2E) 
     told_at_kill = [m.text for m in e2e.replies_to(user, message_id)]
     e2e.spawn_bot()
     await e2e.wait_started()
-    await e2e.wait_for(lambda: any(REFUSED in (m.text or "") for m in e2e.replies_to(user, message_id)), 20,
-                       f"the refusal in the chat (at the kill the bot's replies read {told_at_kill}; now "
-                       f"{[m.text for m in e2e.replies_to(user, message_id)]})")
+    await e2e.wait_for(
+        lambda: any(REFUSED in (m.text or "") for m in e2e.replies_to(user, message_id)),
+        20,
+        f"the refusal in the chat (at the kill the bot's replies read {told_at_kill}; now "
+        f"{[m.text for m in e2e.replies_to(user, message_id)]})",
+    )
     assert e2e.jobs(user) == []

@@ -11,6 +11,7 @@ picture as delivered, and a 64-byte slice from the middle of each: everything th
 the deal's params on chain, every log line the workerpool (and its app) wrote in this process, the files
 left in the workerpool's work folder, the SMS stand-in's state file and the bytes served at the input URL.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -72,7 +73,7 @@ def pool_logs() -> Iterator[_Lines]:
 
 def _needles(name: str, data: bytes) -> dict[str, bytes]:
     middle = len(data) // 2
-    return {f"{name} (whole)": data, f"{name} (64 bytes from the middle)": data[middle:middle + 64]}
+    return {f"{name} (whole)": data, f"{name} (64 bytes from the middle)": data[middle : middle + 64]}
 
 
 def _text_forms(data: bytes) -> list[bytes]:
@@ -85,7 +86,8 @@ def _files(folder: Path) -> list[Path]:
 
 
 async def test_a_real_size_photo_through_tdx_leaves_nothing_plain_outside_the_bot(
-        tee_devnet: Devnet, tmp_path: Path, pool_logs: _Lines) -> None:
+    tee_devnet: Devnet, tmp_path: Path, pool_logs: _Lines
+) -> None:
     from iexec.tee import ResultKey, decrypt_dataset, is_encrypted_result
 
     net = tee_devnet
@@ -150,8 +152,17 @@ async def test_a_real_size_photo_through_tdx_leaves_nothing_plain_outside_the_bo
         "input URL": [served],
     }
     assert pool_logs.lines, "no workerpool log line captured: the search would prove nothing"
-    needles = {**_needles("photo as sent", sent), **_needles("photo as published", published),
-               **_needles("result picture", delivered)}
-    found = [f"{what} in {where}" for what, needle in needles.items() for where, contents in places.items()
-             for content in contents for form in _text_forms(needle) if form in content]
+    needles = {
+        **_needles("photo as sent", sent),
+        **_needles("photo as published", published),
+        **_needles("result picture", delivered),
+    }
+    found = [
+        f"{what} in {where}"
+        for what, needle in needles.items()
+        for where, contents in places.items()
+        for content in contents
+        for form in _text_forms(needle)
+        if form in content
+    ]
     assert found == []

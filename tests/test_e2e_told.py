@@ -4,6 +4,7 @@ after the restart, once, and a later restart does not tell it again (the books r
 At least once: a kill between Telegram's answer and the record in the books tells twice (named point
 `after_tell`); never zero times. The bot runs as a real process on the devnet (see tests/fixtures_e2e.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,13 +42,19 @@ async def test_a_refund_killed_before_it_was_told_is_told_after_the_restart(e2e:
     texts = notices(e2e, user)
     assert len(texts) == told_before + 1  # at least once; twice only after a kill at after_tell
     assert "could not process the picture" in texts[-1]
-    await e2e.wait_for(lambda: any((m.text or "").startswith("↩️ Refunded in full") for m in e2e.sent(user)),
-                       30, "the status message's last stage")
+    await e2e.wait_for(
+        lambda: any((m.text or "").startswith("↩️ Refunded in full") for m in e2e.sent(user)),
+        30,
+        "the status message's last stage",
+    )
 
     e2e.stop_bot()  # one more restart: told already, so not told again
     bot = await e2e.start_bot()
-    await e2e.wait_for(lambda: "event=resume jobs=0 untold=0" in bot.log_path.read_text(errors="replace"), 30,
-                       "the third start's resume")
+    await e2e.wait_for(
+        lambda: "event=resume jobs=0 untold=0" in bot.log_path.read_text(errors="replace"),
+        30,
+        "the third start's resume",
+    )
     assert len(notices(e2e, user)) == told_before + 1
     bal = e2e.ledger.balance(user.id)
     assert (bal.posted, bal.pending) == (10**9, 0)
@@ -63,8 +70,7 @@ async def test_a_hold_killed_before_it_was_told_is_told_after_the_restart(e2e: E
     e2e.tg.inject_command(ADMIN, "/start")  # the admin's chat, where holds are reported
     await e2e.tg.wait_for(lambda: bool(e2e.tg.sent(ADMIN.id)), timeout=20)
     e2e.tg.inject_photo(user, photo_bytes(seed=90))
-    await e2e.wait_for(lambda: bool(e2e.jobs(user)) and e2e.jobs(user)[0].state is JobState.MATCHED, 60,
-                       "a deal")
+    await e2e.wait_for(lambda: bool(e2e.jobs(user)) and e2e.jobs(user)[0].state is JobState.MATCHED, 60, "a deal")
     [job] = e2e.jobs(user)
     assert (await e2e.net.pool.wait_task(job.task_id, 30)).state == "no_show"
     e2e.stop_bot()
@@ -86,11 +92,15 @@ async def test_a_hold_killed_before_it_was_told_is_told_after_the_restart(e2e: E
     await e2e.start_bot()
     await e2e.wait_for(lambda: bool(told()), 30, "the hold told")
     await e2e.wait_for(lambda: bool(admin_told()), 30, "the admin told")
-    await e2e.wait_for(lambda: e2e.ledger.seen_event("admin_told", f"NEEDS_ADMIN:{held.id}:"
-                                                     f"{held.state_times['NEEDS_ADMIN']}"), 30, "admin_told recorded")
+    await e2e.wait_for(
+        lambda: e2e.ledger.seen_event("admin_told", f"NEEDS_ADMIN:{held.id}:{held.state_times['NEEDS_ADMIN']}"),
+        30,
+        "admin_told recorded",
+    )
     bot = await e2e.start_bot()  # stops the running one first
-    await e2e.wait_for(lambda: "untold=0 unannounced=0" in bot.log_path.read_text(errors="replace"), 30,
-                       "the third start's resume")
+    await e2e.wait_for(
+        lambda: "untold=0 unannounced=0" in bot.log_path.read_text(errors="replace"), 30, "the third start's resume"
+    )
     assert len(told()) == 1 and "Your money is safe" in told()[0]
     assert len(admin_told()) == 1 and "not started" in admin_told()[0]
     assert e2e.ledger.get_job(job.id).state is JobState.NEEDS_ADMIN  # held until an admin decides

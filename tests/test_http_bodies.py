@@ -6,6 +6,7 @@ with a Content-Length, chunked, and chunked with pauses between chunks, to `iexe
 workerpool's input download (the app must see the whole picture) and to the market client (a page of orders
 larger than 64 KiB).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,10 +47,12 @@ def noise_png(side: int = 1300) -> bytes:
     return out.getvalue()
 
 
-def body_app(data: bytes, mode: str, content_type: str = "application/octet-stream",
-             path: str = "/body") -> web.Application:
+def body_app(
+    data: bytes, mode: str, content_type: str = "application/octet-stream", path: str = "/body"
+) -> web.Application:
     """One route, GET `path`, sending `data`: "length" (Content-Length), "chunked", or "slow" (chunked,
     16 KiB pieces with a pause every 32 pieces, so the reader sees many short reads)."""
+
     async def handler(request: web.Request) -> web.StreamResponse:
         if mode == "length":
             return web.Response(body=data, content_type=content_type)
@@ -58,7 +61,7 @@ def body_app(data: bytes, mode: str, content_type: str = "application/octet-stre
         await resp.prepare(request)
         step = 16 * 1024 if mode == "slow" else 256 * 1024
         for n, start in enumerate(range(0, len(data), step)):
-            await resp.write(data[start:start + step])
+            await resp.write(data[start : start + step])
             if mode == "slow" and n % 32 == 31:
                 await asyncio.sleep(0.01)  # the sender's pace, not a synchronisation
         await resp.write_eof()
@@ -73,14 +76,17 @@ def body_app(data: bytes, mode: str, content_type: str = "application/octet-stre
 async def fetched(app: web.Application) -> AsyncIterator[Callable[..., Any]]:
     """Serve `app`; yields `get(cap)` -> the body read with read_capped from GET /body."""
     async with serve(app) as url, aiohttp.ClientSession() as session:
+
         async def get(cap: int) -> bytes:
             async with session.get(url + "/body") as resp:
                 assert resp.status == 200
                 return await read_capped(resp, cap, "test body")
+
         yield get
 
 
 # --- iexec.bodies --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["length", "chunked", "slow"])
 async def test_a_5_mb_body_is_read_whole(mode: str) -> None:
@@ -139,6 +145,7 @@ async def test_read_at_most_stops_at_the_limit_or_the_end() -> None:
 
 # --- the devnet workerpool: the app gets the whole input -------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["length", "slow"])
 async def test_workerpool_hands_the_app_a_5_mb_input_whole(pool_env: Any, tmp_path: Path, mode: str) -> None:
     picture = noise_png()
@@ -167,6 +174,7 @@ async def test_workerpool_refuses_an_input_over_its_cap(pool_env: Any) -> None:
 
 # --- the market client: a page of orders over 64 KiB ------------------------------------------------------
 
+
 def orders_page(count: int) -> bytes:
     orders = [entry(signed_app(salt=salt)) for salt in range(1, count + 1)]
     return json.dumps({"ok": True, "count": count, "orders": orders}).encode()
@@ -185,7 +193,6 @@ async def test_market_client_reads_a_page_of_orders_larger_than_a_chunk(mode: st
 async def test_market_client_refuses_a_reply_over_its_cap() -> None:
     page = orders_page(60)
     async with serve(body_app(page, "chunked", "application/json", "/apporders")) as url:
-        async with MarketClient(url, 31337, hub=DOMAIN.verifying_contract, backoff=0,
-                                max_reply=16 * 1024) as client:
+        async with MarketClient(url, 31337, hub=DOMAIN.verifying_contract, backoff=0, max_reply=16 * 1024) as client:
             with pytest.raises(MarketReplyError, match="reply is larger than the 16384 bytes allowed"):
                 await client.app_orders(APP)

@@ -1,5 +1,6 @@
 """The hub client against anvil running the real PoCo: hashes equal the hub's and the JS SDK's, the whole
 requester flow, claims past the deadline, typed reverts."""
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,23 @@ from eth_utils import keccak
 from devnet.accounts import APP_OWNER, POOL_OWNER, REQUESTER, SPARE_1, WORKER
 from devnet.chain import deposit, increase_time, register_app, register_workerpool
 from iexec.errors import (
-    ChainError, DeadlineNotReached, InsufficientStake, InvalidSignature, OrderConsumed, PriceMismatch,
-    TagMismatch, WrongTaskStatus,
+    ChainError,
+    DeadlineNotReached,
+    InsufficientStake,
+    InvalidSignature,
+    OrderConsumed,
+    PriceMismatch,
+    TagMismatch,
+    WrongTaskStatus,
 )
 from iexec.hub import Hub, TaskStatus
 from iexec.orders import (
-    ZERO_ADDRESS, AppOrder, Domain, WorkerpoolOrder, build_request_order, tag_from_bits,
+    ZERO_ADDRESS,
+    AppOrder,
+    Domain,
+    WorkerpoolOrder,
+    build_request_order,
+    tag_from_bits,
 )
 from iexec.pool import WorkerpoolClient
 
@@ -47,24 +59,59 @@ async def make_setup(chain, stake: int = 10**9) -> Setup:
 
 
 def app_order(s: Setup, volume: int = 1000, tag: object = 0, **kw) -> AppOrder:
-    return AppOrder(app=s.app, appprice=APP_PRICE, volume=volume, tag=tag, datasetrestrict=ZERO_ADDRESS,
-                    workerpoolrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS,
-                    salt=kw.pop("salt", b"\x11" * 32), **kw).sign(APP_OWNER, s.domain)
+    return AppOrder(
+        app=s.app,
+        appprice=APP_PRICE,
+        volume=volume,
+        tag=tag,
+        datasetrestrict=ZERO_ADDRESS,
+        workerpoolrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=kw.pop("salt", b"\x11" * 32),
+        **kw,
+    ).sign(APP_OWNER, s.domain)
 
 
-def pool_order(s: Setup, volume: int = 1000, tag: object = 0, salt: bytes = b"\x22" * 32,
-               price: int = POOL_PRICE, category: int = 0) -> WorkerpoolOrder:
-    return WorkerpoolOrder(workerpool=s.pool, workerpoolprice=price, volume=volume, tag=tag,
-                           category=category, trust=0, apprestrict=ZERO_ADDRESS, datasetrestrict=ZERO_ADDRESS,
-                           requesterrestrict=ZERO_ADDRESS, salt=salt).sign(POOL_OWNER, s.domain)
+def pool_order(
+    s: Setup,
+    volume: int = 1000,
+    tag: object = 0,
+    salt: bytes = b"\x22" * 32,
+    price: int = POOL_PRICE,
+    category: int = 0,
+) -> WorkerpoolOrder:
+    return WorkerpoolOrder(
+        workerpool=s.pool,
+        workerpoolprice=price,
+        volume=volume,
+        tag=tag,
+        category=category,
+        trust=0,
+        apprestrict=ZERO_ADDRESS,
+        datasetrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=salt,
+    ).sign(POOL_OWNER, s.domain)
 
 
-def request(s: Setup, job: str = "job-1", tag: object = 0, appmax: int = APP_PRICE, poolmax: int = POOL_PRICE,
-            requester=REQUESTER):
-    order = build_request_order(app=s.app, requester=requester.address, category=0, appmaxprice=appmax,
-                                workerpoolmaxprice=poolmax, job_id=job, tag=tag,
-                                params={"iexec_args": "--score 0.7",
-                                        "iexec_input_files": ["https://inputs.example/x.png"]})
+def request(
+    s: Setup,
+    job: str = "job-1",
+    tag: object = 0,
+    appmax: int = APP_PRICE,
+    poolmax: int = POOL_PRICE,
+    requester=REQUESTER,
+):
+    order = build_request_order(
+        app=s.app,
+        requester=requester.address,
+        category=0,
+        appmaxprice=appmax,
+        workerpoolmaxprice=poolmax,
+        job_id=job,
+        tag=tag,
+        params={"iexec_args": "--score 0.7", "iexec_input_files": ["https://inputs.example/x.png"]},
+    )
     return order.sign(requester, s.domain)
 
 
@@ -75,20 +122,33 @@ async def test_hashes_equal_hub_event_and_js_sdk(chain) -> None:
     ro = request(s, tag=tag_from_bits(gpu=True))
     deal_id = await s.hub.match_orders(ao, None, wo, ro)
     receipt = await s.hub.w3.eth.get_transaction_receipt(
-        (await s.hub.w3.eth.get_logs({"address": s.hub.address, "fromBlock": "latest"}))[0]["transactionHash"])
+        (await s.hub.w3.eth.get_logs({"address": s.hub.address, "fromBlock": "latest"}))[0]["transactionHash"]
+    )
     matched = [e for e in s.hub.decode_receipt(receipt) if e.name == "OrdersMatched"][0].args
     assert matched["dealid"] == deal_id
     assert (matched["appHash"], matched["workerpoolHash"], matched["requestHash"]) == (
-        ao.hash(s.domain), wo.hash(s.domain), ro.hash(s.domain))
+        ao.hash(s.domain),
+        wo.hash(s.domain),
+        ro.hash(s.domain),
+    )
     if shutil.which("node") is None:
         pytest.skip("node is not installed: cannot run the JS SDK peer")
-    payload = {"rpcUrl": s.rpc_url, "hub": s.hub.address, "apporder": ao.to_market_json(),
-               "workerpoolorder": wo.to_market_json(), "requestorder": ro.to_market_json()}
-    done = subprocess.run(["node", str(JS_HASHER)], input=json.dumps(payload), capture_output=True, text=True,
-                          timeout=90, check=True)
+    payload = {
+        "rpcUrl": s.rpc_url,
+        "hub": s.hub.address,
+        "apporder": ao.to_market_json(),
+        "workerpoolorder": wo.to_market_json(),
+        "requestorder": ro.to_market_json(),
+    }
+    done = subprocess.run(
+        ["node", str(JS_HASHER)], input=json.dumps(payload), capture_output=True, text=True, timeout=90, check=True
+    )
     sdk = json.loads(done.stdout)
-    assert sdk == {"apporder": "0x" + ao.hash(s.domain).hex(), "workerpoolorder": "0x" + wo.hash(s.domain).hex(),
-                   "requestorder": "0x" + ro.hash(s.domain).hex()}
+    assert sdk == {
+        "apporder": "0x" + ao.hash(s.domain).hex(),
+        "workerpoolorder": "0x" + wo.hash(s.domain).hex(),
+        "requestorder": "0x" + ro.hash(s.domain).hex(),
+    }
 
 
 async def test_requester_flow_ids_and_stake(chain) -> None:
@@ -180,8 +240,9 @@ async def test_typed_reverts(chain) -> None:
     with pytest.raises(TagMismatch):
         await hub.match_orders(app_order(s), None, pool_order(s), request(s, tag=tag_from_bits(gpu=True)))
     with pytest.raises(TagMismatch, match="TEE"):
-        await hub.match_orders(app_order(s), None, pool_order(s, tag=tag_from_bits(tee=True)),
-                               request(s, tag=tag_from_bits(tee=True)))
+        await hub.match_orders(
+            app_order(s), None, pool_order(s, tag=tag_from_bits(tee=True)), request(s, tag=tag_from_bits(tee=True))
+        )
     forged = pool_order(s).sign_with(SPARE_1, s.domain)
     with pytest.raises(InvalidSignature, match="workerpool"):
         await hub.match_orders(app_order(s), None, forged, request(s))

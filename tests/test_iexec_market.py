@@ -1,4 +1,5 @@
 """The market client against the market stand-in over a real PoCo chain, and against lying servers."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,12 @@ from devnet.market import MarketStandIn, challenge_typed_data
 from iexec.errors import MarketError, MarketReplyError, MarketUnavailable
 from iexec.market import MarketClient
 from iexec.orders import (
-    NULL_DATASET_ORDER, ZERO_ADDRESS, AppOrder, Domain, WorkerpoolOrder, build_request_order,
+    NULL_DATASET_ORDER,
+    ZERO_ADDRESS,
+    AppOrder,
+    Domain,
+    WorkerpoolOrder,
+    build_request_order,
     tag_from_bits,
 )
 from tests.fixtures_market import serve
@@ -45,27 +51,46 @@ async def books(chain: Any, market: MarketStandIn) -> Any:
     app = register_app(chain.rpc_url, chain.deployment, APP_OWNER, "segment", "docker.io/seg:1", b"\1" * 32)
     pool = register_workerpool(chain.rpc_url, chain.deployment, POOL_OWNER, "devnet pool")
     domain = Domain(chain_id=chain.deployment.chain_id, verifying_contract=chain.deployment.hub)
-    async with MarketClient(market.base_url, domain.chain_id, hub=chain.deployment.hub, page_size=10,
-                            backoff=0) as client:
+    async with MarketClient(
+        market.base_url, domain.chain_id, hub=chain.deployment.hub, page_size=10, backoff=0
+    ) as client:
         yield Books(market, client, domain, app, pool, chain)
 
 
 def app_order(b: Books, price: int, salt: int, volume: int = 5, **kw: Any) -> AppOrder:
-    fields = dict(app=b.app, appprice=price, volume=volume, tag=0, datasetrestrict=ZERO_ADDRESS,
-                  workerpoolrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS, salt=salt)
+    fields = dict(
+        app=b.app,
+        appprice=price,
+        volume=volume,
+        tag=0,
+        datasetrestrict=ZERO_ADDRESS,
+        workerpoolrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=salt,
+    )
     fields.update(kw)
     return AppOrder(**fields).sign(APP_OWNER, b.domain)
 
 
 def pool_order(b: Books, price: int, salt: int, volume: int = 5, **kw: Any) -> WorkerpoolOrder:
-    fields = dict(workerpool=b.pool, workerpoolprice=price, volume=volume, tag=0, category=0, trust=0,
-                  apprestrict=ZERO_ADDRESS, datasetrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS,
-                  salt=salt)
+    fields = dict(
+        workerpool=b.pool,
+        workerpoolprice=price,
+        volume=volume,
+        tag=0,
+        category=0,
+        trust=0,
+        apprestrict=ZERO_ADDRESS,
+        datasetrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=salt,
+    )
     fields.update(kw)
     return WorkerpoolOrder(**fields).sign(POOL_OWNER, b.domain)
 
 
 # --- the stand-in over the chain, through the client -----------------------------------------------
+
 
 async def test_published_app_orders_are_listed_cheapest_first_across_pages(books: Books) -> None:
     prices = [7, 3, 9, 3, 1, 12, 5, 5, 8, 2, 11, 4, 6, 10, 0, 13, 3, 2, 9, 1, 15, 14, 7, 6, 4]
@@ -86,8 +111,15 @@ async def test_published_app_orders_are_listed_cheapest_first_across_pages(books
             page = await resp.json()
         assert page["ok"] is True and page["count"] == 25 and len(page["orders"]) == 5
         assert "nextPage" not in page
-        assert set(page["orders"][0]) == {"orderHash", "chainId", "publicationTimestamp", "signer",
-                                          "status", "remaining", "order"}
+        assert set(page["orders"][0]) == {
+            "orderHash",
+            "chainId",
+            "publicationTimestamp",
+            "signer",
+            "status",
+            "remaining",
+            "order",
+        }
         async with http.get(url, params={**query, "pageSize": "5"}) as resp:
             assert resp.status == 400 and (await resp.json())["ok"] is False
 
@@ -118,8 +150,7 @@ async def test_filters_follow_the_market_rules(books: Books) -> None:
     await c.publish_app_order(app_order(books, 5, 2), APP_OWNER)
     assert [m.order.appprice for m in await c.app_orders(books.app)] == [5]
     assert [m.order.appprice for m in await c.app_orders(books.app, workerpool=books.pool)] == [4, 5]
-    assert [m.order.appprice for m in await c.app_orders(books.app, workerpool=books.pool,
-                                                         strict=True)] == [4]
+    assert [m.order.appprice for m in await c.app_orders(books.app, workerpool=books.pool, strict=True)] == [4]
 
 
 async def test_remaining_follows_matches_on_chain(books: Books) -> None:
@@ -134,8 +165,9 @@ async def test_remaining_follows_matches_on_chain(books: Books) -> None:
     def match(job: str, app_side: AppOrder = app_o, pool_side: WorkerpoolOrder = pool_o) -> None:
         request = build_request_order(books.app, REQUESTER.address, 0, 5, 10, {"iexec_args": "x"}, job)
         request = request.sign(REQUESTER, books.domain)
-        tx = chain.hub.functions.matchOrders(app_side.to_tuple(), NULL_DATASET_ORDER.to_tuple(),
-                                             pool_side.to_tuple(), request.to_tuple())
+        tx = chain.hub.functions.matchOrders(
+            app_side.to_tuple(), NULL_DATASET_ORDER.to_tuple(), pool_side.to_tuple(), request.to_tuple()
+        )
         receipt = chain.w3.eth.wait_for_transaction_receipt(tx.transact({"from": REQUESTER.address}))
         assert receipt.status == 1
 
@@ -160,18 +192,32 @@ async def test_remaining_follows_matches_on_chain(books: Books) -> None:
 async def test_publishing_is_refused_without_the_owners_signature(books: Books, chain: Any) -> None:
     c = books.client
     unsigned = app_order(books, 1, 1)
-    by_stranger = AppOrder(app=books.app, appprice=1, volume=1, tag=0, datasetrestrict=ZERO_ADDRESS,
-                           workerpoolrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS,
-                           salt=9).sign(SPARE_1, books.domain)
+    by_stranger = AppOrder(
+        app=books.app,
+        appprice=1,
+        volume=1,
+        tag=0,
+        datasetrestrict=ZERO_ADDRESS,
+        workerpoolrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=9,
+    ).sign(SPARE_1, books.domain)
     with pytest.raises(MarketReplyError, match="invalid sign"):
         await c.publish_app_order(by_stranger, APP_OWNER)  # right publisher, wrong signature
     with pytest.raises(MarketReplyError, match="only order signer"):
         await c.publish_app_order(by_stranger, SPARE_1)  # the signer is not the app's owner
     with pytest.raises(MarketReplyError, match="only order signer"):
         await c.publish_app_order(unsigned, POOL_OWNER)
-    stray = AppOrder(app=SPARE_1.address, appprice=1, volume=1, tag=0, datasetrestrict=ZERO_ADDRESS,
-                     workerpoolrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS,
-                     salt=1).sign(SPARE_1, books.domain)
+    stray = AppOrder(
+        app=SPARE_1.address,
+        appprice=1,
+        volume=1,
+        tag=0,
+        datasetrestrict=ZERO_ADDRESS,
+        workerpoolrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=1,
+    ).sign(SPARE_1, books.domain)
     with pytest.raises(MarketReplyError, match="not deployed"):
         await c.publish_app_order(stray, SPARE_1)
     published = await c.publish_app_order(unsigned, APP_OWNER)
@@ -180,8 +226,11 @@ async def test_publishing_is_refused_without_the_owners_signature(books: Books, 
     async with aiohttp.ClientSession() as http:
         url = f"{books.market.base_url}/apporders?chainId=31337"
         body = {"order": app_order(books, 1, 2).to_market_json()}
-        for header in ({}, {"authorization": "garbage"},
-                       {"authorization": f"0x{'00' * 32}_0x{'11' * 65}_{APP_OWNER.address}"}):
+        for header in (
+            {},
+            {"authorization": "garbage"},
+            {"authorization": f"0x{'00' * 32}_0x{'11' * 65}_{APP_OWNER.address}"},
+        ):
             async with http.post(url, json=body, headers=header) as resp:
                 assert resp.status == 403 and await resp.json() == {"ok": False, "error": "invalid authorization"}
 
@@ -218,8 +267,7 @@ async def test_request_orders_need_a_payable_app_order_and_can_be_unpublished(bo
 async def test_categories_version_and_injected_faults(books: Books) -> None:
     c, market = books.client, books.market
     cats = await c.categories()
-    assert [(k.catid, k.work_clock_time_ref) for k in cats] == [(0, 300), (1, 1200), (2, 3600),
-                                                               (3, 10800), (4, 36000)]
+    assert [(k.catid, k.work_clock_time_ref) for k in cats] == [(0, 300), (1, 1200), (2, 3600), (3, 10800), (4, 36000)]
     assert await c.version()
     market.fail_next(2, status=502)
     assert await c.workerpool_orders() == []
@@ -238,16 +286,30 @@ APP = "0x" + "12" * 20
 
 
 def entry(order: AppOrder, **override: Any) -> dict[str, Any]:
-    item = {"orderHash": "0x" + order.hash(DOMAIN).hex(), "chainId": 31337, "signer": APP_OWNER.address,
-            "publicationTimestamp": "2025-01-01T00:00:00.000Z", "status": "open", "remaining": 1,
-            "order": order.to_market_json()}
+    item = {
+        "orderHash": "0x" + order.hash(DOMAIN).hex(),
+        "chainId": 31337,
+        "signer": APP_OWNER.address,
+        "publicationTimestamp": "2025-01-01T00:00:00.000Z",
+        "status": "open",
+        "remaining": 1,
+        "order": order.to_market_json(),
+    }
     item.update(override)
     return item
 
 
 def signed_app(salt: int = 1, key: Any = APP_OWNER) -> AppOrder:
-    return AppOrder(app=APP, appprice=3, volume=1, tag=0, datasetrestrict=ZERO_ADDRESS,
-                    workerpoolrestrict=ZERO_ADDRESS, requesterrestrict=ZERO_ADDRESS, salt=salt).sign(key, DOMAIN)
+    return AppOrder(
+        app=APP,
+        appprice=3,
+        volume=1,
+        tag=0,
+        datasetrestrict=ZERO_ADDRESS,
+        workerpoolrestrict=ZERO_ADDRESS,
+        requesterrestrict=ZERO_ADDRESS,
+        salt=salt,
+    ).sign(key, DOMAIN)
 
 
 def tampered() -> dict[str, Any]:
@@ -256,24 +318,26 @@ def tampered() -> dict[str, Any]:
     return item
 
 
-@pytest.mark.parametrize("reply, words", [
-    ({"ok": True, "count": 1}, "lacks orders/count"),
-    ({"ok": False, "orders": [], "count": 0}, "not an ok JSON"),
-    ([1, 2], "not an ok JSON"),
-    ({"ok": True, "count": 1, "orders": ["x"]}, "not a JSON object"),
-    ({"ok": True, "count": 1, "orders": [{"orderHash": "0x1"}]}, "wrong shape"),
-    ({"ok": True, "count": 1, "orders": [tampered()]}, "does not hash"),
-    ({"ok": True, "count": 1, "orders": [entry(signed_app(key=SPARE_1))]}, "not signed by its announced"),
-    ({"ok": True, "count": 1, "orders": [entry(signed_app(), chainId=1)]}, "chain id"),
-    ({"ok": True, "count": 1, "orders": [entry(signed_app(), remaining=7)]}, "impossible remaining"),
-])
+@pytest.mark.parametrize(
+    "reply, words",
+    [
+        ({"ok": True, "count": 1}, "lacks orders/count"),
+        ({"ok": False, "orders": [], "count": 0}, "not an ok JSON"),
+        ([1, 2], "not an ok JSON"),
+        ({"ok": True, "count": 1, "orders": ["x"]}, "not a JSON object"),
+        ({"ok": True, "count": 1, "orders": [{"orderHash": "0x1"}]}, "wrong shape"),
+        ({"ok": True, "count": 1, "orders": [tampered()]}, "does not hash"),
+        ({"ok": True, "count": 1, "orders": [entry(signed_app(key=SPARE_1))]}, "not signed by its announced"),
+        ({"ok": True, "count": 1, "orders": [entry(signed_app(), chainId=1)]}, "chain id"),
+        ({"ok": True, "count": 1, "orders": [entry(signed_app(), remaining=7)]}, "impossible remaining"),
+    ],
+)
 async def test_client_refuses_replies_that_lie(reply: Any, words: str) -> None:
     app = web.Application()
     app.router.add_get("/apporders", lambda r: web.json_response(reply))
-    async with serve(app) as url:
-        async with MarketClient(url, 31337, hub=DOMAIN.verifying_contract) as client:
-            with pytest.raises(MarketReplyError, match=words):
-                await client.app_orders(APP)
+    async with serve(app) as url, MarketClient(url, 31337, hub=DOMAIN.verifying_contract) as client:
+        with pytest.raises(MarketReplyError, match=words):
+            await client.app_orders(APP)
 
 
 async def test_client_retries_5xx_and_gives_up_with_a_typed_error() -> None:
@@ -300,16 +364,17 @@ async def test_client_retries_5xx_and_gives_up_with_a_typed_error() -> None:
                 await client.get_app_order("0x" + "00" * 32)
             with pytest.raises(MarketError, match="not an order hash"):
                 await client.get_app_order("../../etc")
-    async with MarketClient("http://127.0.0.1:9", 31337, hub=DOMAIN.verifying_contract, retries=1,
-                            backoff=0) as client:
+    async with MarketClient("http://127.0.0.1:9", 31337, hub=DOMAIN.verifying_contract, retries=1, backoff=0) as client:
         with pytest.raises(MarketUnavailable):
             await client.version()
 
 
 async def test_client_signs_only_a_genuine_login_challenge() -> None:
     posted: list[Any] = []
-    order_typed = {**signed_app().to_typed_data(DOMAIN), "message": {
-        k: v for k, v in signed_app().to_market_json().items() if k != "sign"}}
+    order_typed = {
+        **signed_app().to_typed_data(DOMAIN),
+        "message": {k: v for k, v in signed_app().to_market_json().items() if k != "sign"},
+    }
     challenges = {
         "order": order_typed,
         "other chain": challenge_typed_data(1, "abc"),
@@ -327,18 +392,18 @@ async def test_client_signs_only_a_genuine_login_challenge() -> None:
     app = web.Application()
     app.router.add_get("/challenge", challenge)
     app.router.add_post("/apporders", publish)
-    async with serve(app) as url:
-        async with MarketClient(url, 31337, hub=DOMAIN.verifying_contract) as client:
-            for name, typed in challenges.items():
-                current["typed"] = copy.deepcopy(typed)
-                with pytest.raises(MarketReplyError, match="refusing to sign"):
-                    await client.publish_app_order(signed_app(), APP_OWNER)
-            current["typed"] = challenge_typed_data(31337, "fine")
-            with pytest.raises(MarketReplyError, match="403"):
+    async with serve(app) as url, MarketClient(url, 31337, hub=DOMAIN.verifying_contract) as client:
+        for name, typed in challenges.items():
+            current["typed"] = copy.deepcopy(typed)
+            with pytest.raises(MarketReplyError, match="refusing to sign"):
                 await client.publish_app_order(signed_app(), APP_OWNER)
-            with pytest.raises(MarketError, match="not signed"):
-                await client.publish_app_order(AppOrder(**{
-                    n: getattr(signed_app(), n) for n, _ in AppOrder.FIELDS}), APP_OWNER)
+        current["typed"] = challenge_typed_data(31337, "fine")
+        with pytest.raises(MarketReplyError, match="403"):
+            await client.publish_app_order(signed_app(), APP_OWNER)
+        with pytest.raises(MarketError, match="not signed"):
+            await client.publish_app_order(
+                AppOrder(**{n: getattr(signed_app(), n) for n, _ in AppOrder.FIELDS}), APP_OWNER
+            )
     assert len(posted) == 1 and posted[0]["order"]["appprice"] == 3
 
 
@@ -367,10 +432,17 @@ async def test_the_js_sdk_publishes_and_reads_through_the_stand_in(books: Books,
     await books.client.publish_app_order(app_order(books, 3, 1), APP_OWNER)
     script = tmp_path / "sdk_market.mjs"
     script.write_text(SDK_SCRIPT % {"sdk": sdk.as_posix()})
-    env = {**os.environ, "RPC": books.chain.rpc_url, "KEY": "0x" + bytes(APP_OWNER.key).hex(),
-           "HUB": books.domain.verifying_contract, "MARKET": books.market.base_url, "APP": books.app}
-    proc = await asyncio.create_subprocess_exec("node", str(script), env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    env = {
+        **os.environ,
+        "RPC": books.chain.rpc_url,
+        "KEY": "0x" + bytes(APP_OWNER.key).hex(),
+        "HUB": books.domain.verifying_contract,
+        "MARKET": books.market.base_url,
+        "APP": books.app,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(script), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 0, err.decode()[-2000:]
     seen = json.loads(out.decode().strip().splitlines()[-1])

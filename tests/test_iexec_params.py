@@ -3,6 +3,7 @@
 TEE-only params (requester secrets, result encryption, dropbox) need the tag's TEE bit; the check is never
 skipped, whether params come as a mapping or as a JSON string.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,18 +30,35 @@ FILES = ["https://gw.example/ipfs/QmX/photo.enc"]
 
 
 def order(params: Any, tag: Any) -> dict[str, Any]:
-    ro = build_request_order(app=APP, requester=ACCOUNT.address, category=0, appmaxprice=1,
-                             workerpoolmaxprice=1, params=params, job_id="job-1", tag=tag)
+    ro = build_request_order(
+        app=APP,
+        requester=ACCOUNT.address,
+        category=0,
+        appmaxprice=1,
+        workerpoolmaxprice=1,
+        params=params,
+        job_id="job-1",
+        tag=tag,
+    )
     return json.loads(ro.params)
 
 
-TDX_PARAMS = {"iexec_args": "a", "iexec_input_files": FILES, "iexec_secrets": {1: "segbot-job-1"},
-              "iexec_result_encryption": True}
+TDX_PARAMS = {
+    "iexec_args": "a",
+    "iexec_input_files": FILES,
+    "iexec_secrets": {1: "segbot-job-1"},
+    "iexec_result_encryption": True,
+}
 
 
 def test_tdx_params_pass_with_the_tdx_tag_as_mapping_and_as_string() -> None:
-    expected = {"iexec_args": "a", "iexec_input_files": FILES, "iexec_secrets": {"1": "segbot-job-1"},
-                "iexec_result_encryption": True, "iexec_result_storage_provider": "ipfs"}
+    expected = {
+        "iexec_args": "a",
+        "iexec_input_files": FILES,
+        "iexec_secrets": {"1": "segbot-job-1"},
+        "iexec_result_encryption": True,
+        "iexec_result_storage_provider": "ipfs",
+    }
     assert order(TDX_PARAMS, TDX) == expected
     as_json = json.dumps({**TDX_PARAMS, "iexec_secrets": {"1": "segbot-job-1"}})
     assert order(as_json, TDX) == expected
@@ -48,29 +66,35 @@ def test_tdx_params_pass_with_the_tdx_tag_as_mapping_and_as_string() -> None:
     assert order(build_params(**TDX_PARAMS), TDX) == expected  # build_params without a tag: shapes only
 
 
-@pytest.mark.parametrize("params, key", [
-    ({"iexec_secrets": {1: "s"}}, "iexec_secrets"),
-    ('{"iexec_secrets": {"1": "s"}}', "iexec_secrets"),  # the string path is never skipped
-    ({"iexec_result_encryption": True}, "iexec_result_encryption"),
-    ('{"iexec_result_encryption": true}', "iexec_result_encryption"),
-    ({"iexec_result_storage_provider": "dropbox"}, "iexec_result_storage_provider"),
-])
+@pytest.mark.parametrize(
+    "params, key",
+    [
+        ({"iexec_secrets": {1: "s"}}, "iexec_secrets"),
+        ('{"iexec_secrets": {"1": "s"}}', "iexec_secrets"),  # the string path is never skipped
+        ({"iexec_result_encryption": True}, "iexec_result_encryption"),
+        ('{"iexec_result_encryption": true}', "iexec_result_encryption"),
+        ({"iexec_result_storage_provider": "dropbox"}, "iexec_result_storage_provider"),
+    ],
+)
 def test_tee_only_params_are_refused_without_the_tee_bit(params: Any, key: str) -> None:
     with pytest.raises(ParamsError, match="TEE") as info:
         order(params, STD)
     assert info.value.key == key
 
 
-@pytest.mark.parametrize("params, match", [
-    ('{"iexec_secrets": {"1": "s"}, "evil": 1}', "unknown key"),
-    ('{"iexec_secrets": {"0": "s"}}', "positive integers"),
-    ('{"iexec_secrets": {"01": "s"}}', "positive integers"),
-    ('{"iexec_secrets": {"a": "s"}}', "positive integers"),
-    ('{"iexec_secrets": {"1": ""}}', "non-empty"),
-    ('{"iexec_secrets": {"1": 5}}', "non-empty"),
-    ('{"iexec_secrets": ["s"]}', "must map"),
-    ('{"tee": true}', "unknown key"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ('{"iexec_secrets": {"1": "s"}, "evil": 1}', "unknown key"),
+        ('{"iexec_secrets": {"0": "s"}}', "positive integers"),
+        ('{"iexec_secrets": {"01": "s"}}', "positive integers"),
+        ('{"iexec_secrets": {"a": "s"}}', "positive integers"),
+        ('{"iexec_secrets": {"1": ""}}', "non-empty"),
+        ('{"iexec_secrets": {"1": 5}}', "non-empty"),
+        ('{"iexec_secrets": ["s"]}', "must map"),
+        ('{"tee": true}', "unknown key"),
+    ],
+)
 def test_malformed_secrets_are_refused_even_with_the_tee_bit(params: str, match: str) -> None:
     with pytest.raises(ParamsError, match=match):
         order(params, TDX)
@@ -84,7 +108,10 @@ def test_secret_indexes_are_sorted_and_not_given_twice() -> None:
 
 def test_standard_params_still_pass_without_the_tee_bit() -> None:
     assert order({"iexec_args": "x", "iexec_result_encryption": False}, 0) == {
-        "iexec_args": "x", "iexec_result_encryption": False, "iexec_result_storage_provider": "ipfs"}
+        "iexec_args": "x",
+        "iexec_result_encryption": False,
+        "iexec_result_storage_provider": "ipfs",
+    }
 
 
 # --- the SDK's own validator as the peer -----------------------------------------------------------
@@ -115,15 +142,18 @@ async def test_verdicts_match_the_js_sdks_params_validator() -> None:
     # Where we are deliberately stricter than the SDK (it accepts these): result encryption on a standard
     # task, where no enclave would encrypt anything; an empty secret name (the SDK's check uses
     # Array.find, which misses a falsy ''; the SMS refuses the name anyway).
-    stricter: list[tuple[Any, str]] = [({"iexec_result_encryption": True}, STD),
-                                       ({"iexec_secrets": {"1": ""}}, TDX)]
+    stricter: list[tuple[Any, str]] = [({"iexec_result_encryption": True}, STD), ({"iexec_secrets": {"1": ""}}, TDX)]
     cases = AGREED + stricter
     # The strict check reads a signed order's params, which always name the storage provider (the SDK's
     # createRequestorder and our builder both write the default "ipfs"): give it one where a case has none.
-    env = {**os.environ, "SDK": SDK.as_posix(), "CASES": json.dumps(
-        [{"params": {"iexec_result_storage_provider": "ipfs", **p}, "tag": t} for p, t in cases])}
-    proc = await asyncio.create_subprocess_exec("node", str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    env = {
+        **os.environ,
+        "SDK": SDK.as_posix(),
+        "CASES": json.dumps([{"params": {"iexec_result_storage_provider": "ipfs", **p}, "tag": t} for p, t in cases]),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 0, err.decode()[-3000:]
     sdk = json.loads(out.decode().strip().splitlines()[-1])
@@ -137,7 +167,7 @@ async def test_verdicts_match_the_js_sdks_params_validator() -> None:
         assert (ours is not None) == verdict["strictOk"], (params, tag, verdict)
         if ours is not None:
             assert ours == verdict["value"], (params, tag)
-    for (params, tag), verdict in zip(stricter, sdk[len(AGREED):]):
+    for (params, tag), verdict in zip(stricter, sdk[len(AGREED) :]):
         assert verdict["ok"] is True and verdict["strictOk"] is True, (params, verdict)
         with pytest.raises(ParamsError):
             order(params, tag)

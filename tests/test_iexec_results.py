@@ -1,4 +1,5 @@
 """Task results: location decoding, gateway download with fallback, safe unzip, error-archive detection."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +11,12 @@ from aiohttp import web
 
 from iexec.errors import ResultDownloadError, ResultLocationError, UnsafeArchive
 from iexec.results import (
-    ResultLocation, decode_results, download_result, fetch_result, read_result, safe_unzip,
+    ResultLocation,
+    decode_results,
+    download_result,
+    fetch_result,
+    read_result,
+    safe_unzip,
 )
 from tests.fixtures_market import make_zip, serve, zero_bomb
 
@@ -23,6 +29,7 @@ def results_json(location: str, storage: str = "ipfs") -> bytes:
 
 
 # --- decode_results ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("cid", [CID_V0, CID_V1, "a" * 64])
 def test_decode_accepts_ipfs_locations(cid: str) -> None:
@@ -37,24 +44,28 @@ def test_decode_accepts_hex_and_text_forms() -> None:
     assert decode_results(raw.decode()).cid == CID_V0
 
 
-@pytest.mark.parametrize("raw, words", [
-    (b"", "empty"),
-    ("0x", "empty"),
-    (b"\xff\xfe garbage", "not a JSON"),
-    (b"[1, 2]", "not a JSON object"),
-    (results_json(f"/ipfs/{CID_V0}", storage="dropbox"), "unsupported result storage"),
-    (results_json("https://evil.example/x.zip"), "/ipfs/<cid>"),
-    (results_json("/ipfs/../../etc/passwd"), "no valid content id"),
-    (results_json("/ipfs/QmTooShort"), "no valid content id"),
-    (json.dumps({"storage": "ipfs"}).encode(), "no location"),
-    (b"x" * 5000, "more than a location needs"),
-])
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        (b"", "empty"),
+        ("0x", "empty"),
+        (b"\xff\xfe garbage", "not a JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (results_json(f"/ipfs/{CID_V0}", storage="dropbox"), "unsupported result storage"),
+        (results_json("https://evil.example/x.zip"), "/ipfs/<cid>"),
+        (results_json("/ipfs/../../etc/passwd"), "no valid content id"),
+        (results_json("/ipfs/QmTooShort"), "no valid content id"),
+        (json.dumps({"storage": "ipfs"}).encode(), "no location"),
+        (b"x" * 5000, "more than a location needs"),
+    ],
+)
 def test_decode_refuses_bad_results(raw: bytes | str, words: str) -> None:
     with pytest.raises(ResultLocationError, match=words.replace("(", r"\(")):
         decode_results(raw)
 
 
 # --- download_result --------------------------------------------------------------------------------
+
 
 def gateway(behaviour: dict[str, tuple[int, bytes]], hits: list[str]) -> web.Application:
     async def handler(request: web.Request) -> web.Response:
@@ -73,8 +84,10 @@ async def test_download_falls_back_from_a_failing_gateway_to_a_good_one() -> Non
     cid = hashlib.sha256(archive).hexdigest()
     bad_hits: list[str] = []
     good_hits: list[str] = []
-    async with serve(gateway({cid: (500, b"boom")}, bad_hits)) as bad, \
-            serve(gateway({cid: (200, archive)}, good_hits)) as good:
+    async with (
+        serve(gateway({cid: (500, b"boom")}, bad_hits)) as bad,
+        serve(gateway({cid: (200, archive)}, good_hits)) as good,
+    ):
         body = await download_result(f"/ipfs/{cid}", [bad, good], backoff=0)
     assert body == archive
     assert bad_hits == [f"/ipfs/{cid}"] and good_hits == [f"/ipfs/{cid}"]
@@ -127,21 +140,28 @@ async def test_download_checks_location_and_gateways_before_any_request() -> Non
 
 # --- safe_unzip -------------------------------------------------------------------------------------
 
+
 def test_unzip_writes_a_normal_archive(tmp_path: Path) -> None:
     archive = make_zip({"computed.json": b'{"a": 1}', "out/seg.png": b"png", "stdout.txt": b"hello"})
     files = safe_unzip(archive, tmp_path / "r")
     assert sorted(p.relative_to(tmp_path / "r").as_posix() for p in files) == [
-        "computed.json", "out/seg.png", "stdout.txt"]
+        "computed.json",
+        "out/seg.png",
+        "stdout.txt",
+    ]
     assert (tmp_path / "r/out/seg.png").read_bytes() == b"png"
 
 
-@pytest.mark.parametrize("name, words", [
-    ("../escape.txt", "climbs out"),
-    ("a/../../escape.txt", "climbs out"),
-    ("/etc/cron.d/evil", "absolute path"),
-    ("C:/windows/evil", "absolute path"),
-    ("a\\..\\..\\evil", "unsafe name"),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("../escape.txt", "climbs out"),
+        ("a/../../escape.txt", "climbs out"),
+        ("/etc/cron.d/evil", "absolute path"),
+        ("C:/windows/evil", "absolute path"),
+        ("a\\..\\..\\evil", "unsafe name"),
+    ],
+)
 def test_unzip_refuses_paths_that_escape(tmp_path: Path, name: str, words: str) -> None:
     archive = make_zip({"computed.json": b"{}", name: b"evil"})
     with pytest.raises(UnsafeArchive, match=words):
@@ -181,12 +201,13 @@ def test_unzip_refuses_too_many_files_duplicates_garbage_and_a_used_folder(tmp_p
 def test_unzip_detects_a_corrupted_entry(tmp_path: Path) -> None:
     archive = bytearray(make_zip({"data.bin": bytes(range(256)) * 64}))
     start = archive.index(b"data.bin") + len(b"data.bin") + 10
-    archive[start:start + 20] = b"\x00" * 20  # damage the deflate stream of the only entry
+    archive[start : start + 20] = b"\x00" * 20  # damage the deflate stream of the only entry
     with pytest.raises(UnsafeArchive, match="corrupt"):
         safe_unzip(bytes(archive), tmp_path / "r")
 
 
 # --- read_result ------------------------------------------------------------------------------------
+
 
 def unpacked(tmp_path: Path, entries: dict[str, bytes]) -> Path:
     dest = tmp_path / "result"
@@ -197,9 +218,15 @@ def unpacked(tmp_path: Path, entries: dict[str, bytes]) -> Path:
 @pytest.mark.parametrize("prefix", ["", "iexec_out/"])
 def test_read_result_finds_the_output_in_both_layouts(tmp_path: Path, prefix: str) -> None:
     computed = {"deterministic-output-path": "/iexec_out/result.png"}
-    folder = unpacked(tmp_path, {f"{prefix}computed.json": json.dumps(computed).encode(),
-                                 f"{prefix}result.png": b"PNG", "stdout.txt": b"3 persons",
-                                 "stderr.txt": b"warn"})
+    folder = unpacked(
+        tmp_path,
+        {
+            f"{prefix}computed.json": json.dumps(computed).encode(),
+            f"{prefix}result.png": b"PNG",
+            "stdout.txt": b"3 persons",
+            "stderr.txt": b"warn",
+        },
+    )
     res = read_result(folder)
     assert res.ok and res.error_message is None
     assert res.deterministic_output == folder / prefix / "result.png"
@@ -208,24 +235,25 @@ def test_read_result_finds_the_output_in_both_layouts(tmp_path: Path, prefix: st
 
 
 def test_read_result_accepts_a_folder_as_the_output(tmp_path: Path) -> None:
-    folder = unpacked(tmp_path, {"computed.json": b'{"deterministic-output-path": "/iexec_out"}',
-                                 "a.png": b"x"})
+    folder = unpacked(tmp_path, {"computed.json": b'{"deterministic-output-path": "/iexec_out"}', "a.png": b"x"})
     assert read_result(folder).deterministic_output == folder
 
 
-@pytest.mark.parametrize("entries, words", [
-    ({"error.txt": b"Docker image pull failed"}, "Docker image pull failed"),
-    ({"iexec_out/computed.json": b'{"error-message": "image too big"}'}, "image too big"),
-    ({"stdout.txt": b"killed"}, "no computed.json"),
-    ({"computed.json": b"{not json"}, "not valid JSON"),
-    ({"computed.json": b"[]"}, "not a JSON object"),
-    ({"computed.json": b"{}"}, "no deterministic output"),
-    ({"computed.json": b'{"deterministic-output-path": "/iexec_out/missing.png"}'}, "no deterministic"),
-    ({"computed.json": b'{"deterministic-output-path": "/iexec_out/../../etc/passwd"}'}, "no determin"),
-    ({"computed.json": b'{"deterministic-output-path": "/etc/passwd"}'}, "no deterministic"),
-])
-def test_read_result_recognises_error_archives(tmp_path: Path, entries: dict[str, bytes],
-                                               words: str) -> None:
+@pytest.mark.parametrize(
+    "entries, words",
+    [
+        ({"error.txt": b"Docker image pull failed"}, "Docker image pull failed"),
+        ({"iexec_out/computed.json": b'{"error-message": "image too big"}'}, "image too big"),
+        ({"stdout.txt": b"killed"}, "no computed.json"),
+        ({"computed.json": b"{not json"}, "not valid JSON"),
+        ({"computed.json": b"[]"}, "not a JSON object"),
+        ({"computed.json": b"{}"}, "no deterministic output"),
+        ({"computed.json": b'{"deterministic-output-path": "/iexec_out/missing.png"}'}, "no deterministic"),
+        ({"computed.json": b'{"deterministic-output-path": "/iexec_out/../../etc/passwd"}'}, "no determin"),
+        ({"computed.json": b'{"deterministic-output-path": "/etc/passwd"}'}, "no deterministic"),
+    ],
+)
+def test_read_result_recognises_error_archives(tmp_path: Path, entries: dict[str, bytes], words: str) -> None:
     res = read_result(unpacked(tmp_path, entries))
     assert not res.ok
     assert words in (res.error_message or "")
@@ -233,8 +261,9 @@ def test_read_result_recognises_error_archives(tmp_path: Path, entries: dict[str
 
 
 async def test_fetch_result_end_to_end(tmp_path: Path) -> None:
-    archive = make_zip({"iexec_out/computed.json": b'{"deterministic-output-path": "/iexec_out/seg.png"}',
-                        "iexec_out/seg.png": b"PNG"})
+    archive = make_zip(
+        {"iexec_out/computed.json": b'{"deterministic-output-path": "/iexec_out/seg.png"}', "iexec_out/seg.png": b"PNG"}
+    )
     cid = hashlib.sha256(archive).hexdigest()
     async with serve(gateway({cid: (200, archive)}, [])) as gw:
         res = await fetch_result(results_json(f"/ipfs/{cid}"), [gw], tmp_path / "job1")

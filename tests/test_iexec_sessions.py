@@ -1,5 +1,6 @@
 """Chain connections are closed by whoever opened them, so no aiohttp session is left for the garbage
 collector to report as "Unclosed client session" (the lines that used to end every test run)."""
+
 from __future__ import annotations
 
 import gc

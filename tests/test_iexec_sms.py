@@ -3,6 +3,7 @@
 A recorder server (here, in the test) plays a minimal SMS (HEAD 204/404, POST 204/409, PUT 204/404) and
 records every request; the SDK and our SmsClient make the same pushes with the same key against it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,10 +44,16 @@ class Recorder:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.seen.append({"method": request.method, "path": request.path, "query": request.query_string,
-                          "content_type": request.headers.get("Content-Type", ""),
-                          "authorization": request.headers.get("Authorization", ""),
-                          "body": body.decode("utf-8")})
+        self.seen.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string,
+                "content_type": request.headers.get("Content-Type", ""),
+                "authorization": request.headers.get("Authorization", ""),
+                "body": body.decode("utf-8"),
+            }
+        )
         if self.force_status is not None:
             return web.Response(status=self.force_status)
         key = request.path + "?" + request.query_string
@@ -100,11 +107,22 @@ async def test_pushes_match_the_js_sdk_byte_for_byte(chain: ChainEnv) -> None:
     await sdk_rec.start()
     await our_rec.start()
     try:
-        env = {**os.environ, "SDK": SDK.as_posix(), "MODE": "sms", "RPC": chain.rpc_url,
-               "KEY": "0x" + bytes(REQUESTER.key).hex(), "HUB": chain.deployment.hub, "SMS": sdk_rec.url,
-               "NAME": name, "VALUE": value, "PEM": k1.public_pem.decode(), "PEM2": k2.public_pem.decode()}
-        proc = await asyncio.create_subprocess_exec("node", str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE)
+        env = {
+            **os.environ,
+            "SDK": SDK.as_posix(),
+            "MODE": "sms",
+            "RPC": chain.rpc_url,
+            "KEY": "0x" + bytes(REQUESTER.key).hex(),
+            "HUB": chain.deployment.hub,
+            "SMS": sdk_rec.url,
+            "NAME": name,
+            "VALUE": value,
+            "PEM": k1.public_pem.decode(),
+            "PEM2": k2.public_pem.decode(),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
         out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
         assert proc.returncode == 0, err.decode()[-3000:]
         sdk = json.loads(out.decode().strip().splitlines()[-1])
@@ -214,7 +232,7 @@ def test_network_presets_name_the_sdks_sms_and_tdx_tag() -> None:
         pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
     config = (src / "config.js").read_text()
     for net in (ARBITRUM_SEPOLIA, ARBITRUM):
-        block = config[config.index(f"id: {net.chain_id},"):]
+        block = config[config.index(f"id: {net.chain_id},") :]
         assert re.search(r"sms: '([^']+)'", block).group(1) == net.sms_url  # type: ignore[union-attr]
         assert net.tee_tag == TDX_TAG
     constant = (src / "constant.js").read_text()

@@ -4,6 +4,7 @@ The encrypted result is built here the way iExec's post-compute builds it (read 
 `decryptResult`): a random AES-256 key, RSA PKCS#1 v1.5 of it in `aes-key.rsa`, IV ‖ AES-256-CBC(PKCS#7) of
 iexec_out.zip in `iexec_out.zip.aes`, both at the root of a zip.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from iexec.errors import DecryptionError, ResultKeyMissing, TeeError, UnsafeArchive
 from iexec.results import ResultLimits, fetch_result
 from iexec.tee import (
-    RESULT_KEY_SECRET, ResultKey, dataset_key_secret, decrypt_dataset, decrypt_if_encrypted, encrypt_dataset,
-    is_encrypted_result, new_dataset_key,
+    RESULT_KEY_SECRET,
+    ResultKey,
+    dataset_key_secret,
+    decrypt_dataset,
+    decrypt_if_encrypted,
+    encrypt_dataset,
+    is_encrypted_result,
+    new_dataset_key,
 )
 from tests.fixtures_market import make_zip, serve
 
@@ -49,8 +56,9 @@ def other_key() -> ResultKey:
 def plain_pem(k: ResultKey) -> bytes:
     """The unencrypted PKCS#8 PEM of a ResultKey (what the SDK's decryptResult takes)."""
     loaded = serialization.load_pem_private_key(k.to_encrypted_pem(b"pw"), password=b"pw")
-    return loaded.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    return loaded.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def out_zip() -> bytes:
@@ -88,8 +96,7 @@ def legacy_encrypt(plain: bytes, public_pem: bytes) -> bytes:
     body = base64.b64encode(enc.update(padder.update(plain) + padder.finalize()) + enc.finalize())
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("aes-key.rsa", base64.b64encode(public.encrypt(base64.b64encode(aes_key),
-                                                                   asym_padding.PKCS1v15())))
+        zf.writestr("aes-key.rsa", base64.b64encode(public.encrypt(base64.b64encode(aes_key), asym_padding.PKCS1v15())))
         zf.writestr("iexec_out.zip.aes", body)
     return buf.getvalue()
 
@@ -100,14 +107,19 @@ async def run_sdk(env: dict[str, str]) -> dict[str, object]:
     if not SDK.exists():
         pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
     proc = await asyncio.create_subprocess_exec(
-        "node", str(SCRIPT), env={**os.environ, "SDK": SDK.as_posix(), **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "node",
+        str(SCRIPT),
+        env={**os.environ, "SDK": SDK.as_posix(), **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode == 0, err.decode()[-3000:]
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
 # --- the SDK as the peer ---------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 async def test_formats_round_trip_with_the_js_sdk(tmp_path: Path, key: ResultKey, other_key: ResultKey) -> None:
@@ -148,6 +160,7 @@ async def test_formats_round_trip_with_the_js_sdk(tmp_path: Path, key: ResultKey
 
 
 # --- our side alone ----------------------------------------------------------------------------------
+
 
 def test_dataset_key_secret_is_the_sdks_base64_key() -> None:
     dkey = new_dataset_key()
@@ -241,12 +254,18 @@ def test_result_decryption_failures_are_decryption_errors(key: ResultKey, other_
 
 # --- fetch_result opens encrypted results ------------------------------------------------------------
 
+
 async def test_fetch_result_decrypts_before_reading(tmp_path: Path, key: ResultKey, other_key: ResultKey) -> None:
-    plain = make_zip({"iexec_out/computed.json": b'{"deterministic-output-path": "/iexec_out/seg.png"}',
-                      "iexec_out/seg.png": b"PNG-bytes"})
+    plain = make_zip(
+        {
+            "iexec_out/computed.json": b'{"deterministic-output-path": "/iexec_out/seg.png"}',
+            "iexec_out/seg.png": b"PNG-bytes",
+        }
+    )
     encrypted = post_compute_encrypt(plain, key.public_pem)
-    bomb = post_compute_encrypt(make_zip({"iexec_out/computed.json": b"{}", "iexec_out/big": bytes(20 << 20)}),
-                                key.public_pem)
+    bomb = post_compute_encrypt(
+        make_zip({"iexec_out/computed.json": b"{}", "iexec_out/big": bytes(20 << 20)}), key.public_pem
+    )
     blobs = {hashlib.sha256(b).hexdigest(): b for b in (plain, encrypted, bomb)}
 
     async def handler(request: web.Request) -> web.Response:
@@ -269,6 +288,7 @@ async def test_fetch_result_decrypts_before_reading(tmp_path: Path, key: ResultK
         with pytest.raises(DecryptionError, match="another key"):
             await fetch_result(results(encrypted), [gw], tmp_path / "wrong", result_key=other_key)
         with pytest.raises(UnsafeArchive):  # the decrypted zip goes through the same safe unzip
-            await fetch_result(results(bomb), [gw], tmp_path / "bomb", result_key=key,
-                               limits=ResultLimits(max_total=5 << 20))
+            await fetch_result(
+                results(bomb), [gw], tmp_path / "bomb", result_key=key, limits=ResultLimits(max_total=5 << 20)
+            )
     assert not (tmp_path / "nokey").exists()  # nothing unpacked from a result that did not open

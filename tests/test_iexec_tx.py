@@ -1,9 +1,11 @@
 """The one nonce-owning sender on anvil: concurrency, persist-before-broadcast, crash resume, outages,
 stuck transactions replaced within the fee cap."""
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -39,11 +41,14 @@ async def test_twenty_concurrent_sends_consecutive_nonces(chain) -> None:
     store = Store(chain.rpc_url)
     sender = TxSender(connect(chain.rpc_url), SPARE_1, persist=store.persist, config=FAST)
     first = nonce_of(chain.rpc_url, SPARE_1.address)
-    receipts = await asyncio.gather(*(sender.send(SPARE_2.address, value=i + 1, meta={"i": i})
-                                      for i in range(20)))
+    receipts = await asyncio.gather(*(sender.send(SPARE_2.address, value=i + 1, meta={"i": i}) for i in range(20)))
     assert all(r["status"] == 1 for r in receipts)
-    nonces = sorted(int(rpc_call(chain.rpc_url, "eth_getTransactionByHash",
-                                 ["0x" + bytes(r["transactionHash"]).hex()])["nonce"], 16) for r in receipts)
+    nonces = sorted(
+        int(
+            rpc_call(chain.rpc_url, "eth_getTransactionByHash", ["0x" + bytes(r["transactionHash"]).hex()])["nonce"], 16
+        )
+        for r in receipts
+    )
     assert nonces == list(range(first, first + 20))
     assert nonce_of(chain.rpc_url, SPARE_1.address) == first + 20
     assert len(store.records) == 20 and not any(store.known_at_persist)  # persisted before broadcast
@@ -111,9 +116,14 @@ async def test_stuck_transaction_replaced_within_fee_cap(chain) -> None:
     await probe.send(SPARE_2.address, value=1)
     base = int(rpc_call(chain.rpc_url, "eth_getBlockByNumber", ["latest", False])["baseFeePerGas"], 16)
     cap = base * 2 + 10**9 + (base * 2 + 10**9) // 3  # room for two bumps of 15%, not three
-    sender = TxSender(connect(chain.rpc_url), SPARE_1, persist=store.persist,
-                      config=SenderConfig(fee_cap_wei=cap, priority_fee_wei=10**9, stuck_after_s=0.2,
-                                          poll_interval_s=0.05, receipt_timeout_s=30))
+    sender = TxSender(
+        connect(chain.rpc_url),
+        SPARE_1,
+        persist=store.persist,
+        config=SenderConfig(
+            fee_cap_wei=cap, priority_fee_wei=10**9, stuck_after_s=0.2, poll_interval_s=0.05, receipt_timeout_s=30
+        ),
+    )
     rpc_call(chain.rpc_url, "evm_setAutomine", [False])
     record = await sender.submit(SPARE_2.address, value=9)
     waiting = asyncio.create_task(sender.wait(record.nonce))

@@ -1,6 +1,7 @@
 """The event-based task watcher on anvil with the real PoCo: events for followed tasks only, results from
 TaskFinalize, deadlines on block time, a persisted cursor, chunks, re-scans without duplicates, and a cost
 per cycle that does not grow with the number of tasks."""
+
 from __future__ import annotations
 
 from devnet.accounts import POOL_OWNER, WORKER
@@ -9,7 +10,12 @@ from iexec.hub import Hub, TaskStatus
 from iexec.pool import WorkerpoolClient
 from iexec.tx import connect, rpc_calls
 from iexec.watch import (
-    DealMatched, TaskClaimed, TaskDeadlinePassed, TaskFinalized, TaskInitialized, TaskWatcher,
+    DealMatched,
+    TaskClaimed,
+    TaskDeadlinePassed,
+    TaskFinalized,
+    TaskInitialized,
+    TaskWatcher,
 )
 from tests.test_iexec_hub import app_order, make_setup, pool_order, request
 
@@ -35,12 +41,12 @@ def kinds(events) -> list[tuple[str, bytes]]:
 async def test_events_results_deadlines_and_cost(chain) -> None:
     s = await make_setup(chain)
     start = await s.hub.w3.eth.block_number
-    deals = [await s.hub.match_orders(app_order(s), None, pool_order(s), request(s, job=f"j{i}"))
-             for i in range(3)]
+    deals = [await s.hub.match_orders(app_order(s), None, pool_order(s), request(s, job=f"j{i}")) for i in range(3)]
     w3 = connect(chain.rpc_url)
     cursor = Cursor()
-    watcher = TaskWatcher(w3, s.hub.address, load_cursor=cursor.load, save_cursor=cursor.save,
-                          start_block=start, max_range=1000)
+    watcher = TaskWatcher(
+        w3, s.hub.address, load_cursor=cursor.load, save_cursor=cursor.save, start_block=start, max_range=1000
+    )
     tasks = [watcher.follow_deal(d)[0] for d in deals]
     for i in range(200):  # tasks nobody runs, far from their deadline, cost nothing per cycle
         watcher.follow_task(Hub.task_id(bytes(32), i), final_deadline=2**62)
@@ -55,8 +61,7 @@ async def test_events_results_deadlines_and_cost(chain) -> None:
     calls = rpc_calls(w3)
     events = await watcher.poll()
     assert rpc_calls(w3) - calls == 2  # one block read + one eth_getLogs, whatever the number of tasks
-    assert kinds(events) == [("TaskInitialized", tasks[0]), ("TaskFinalized", tasks[0]),
-                             ("TaskInitialized", tasks[1])]
+    assert kinds(events) == [("TaskInitialized", tasks[0]), ("TaskFinalized", tasks[0]), ("TaskInitialized", tasks[1])]
     finalized = events[1]
     assert isinstance(finalized, TaskFinalized) and finalized.results == RESULTS
     assert isinstance(events[0], TaskInitialized) and events[0].workerpool == s.pool
@@ -78,8 +83,7 @@ async def test_events_results_deadlines_and_cost(chain) -> None:
     await s.hub.claim(tasks[1])
     await s.hub.initialize_and_claim_array([deals[2]], [0])
     events = await watcher.poll()
-    assert [k for k in kinds(events) if k[0] == "TaskClaimed"] == [("TaskClaimed", tasks[1]),
-                                                                    ("TaskClaimed", tasks[2])]
+    assert [k for k in kinds(events) if k[0] == "TaskClaimed"] == [("TaskClaimed", tasks[1]), ("TaskClaimed", tasks[2])]
     assert watcher.following == 200 and cursor.value == await w3.eth.block_number + 1
 
 
@@ -93,8 +97,15 @@ async def test_cursor_chunks_and_request_lookup_after_restart(chain) -> None:
     task_id = await pool.complete(deal_id, 0, RESULTS)
     cursor = Cursor()
     w3 = connect(chain.rpc_url)
-    watcher = TaskWatcher(w3, s.hub.address, load_cursor=cursor.load, save_cursor=cursor.save,
-                          start_block=start, max_range=4, reorg_depth=3)
+    watcher = TaskWatcher(
+        w3,
+        s.hub.address,
+        load_cursor=cursor.load,
+        save_cursor=cursor.save,
+        start_block=start,
+        max_range=4,
+        reorg_depth=3,
+    )
     watcher.follow_request(ro.hash(s.domain))  # only the signed request order's hash survived the crash
     calls = rpc_calls(w3)
     events = await watcher.poll()
@@ -108,8 +119,15 @@ async def test_cursor_chunks_and_request_lookup_after_restart(chain) -> None:
     assert kinds(events[1:]) == [("TaskInitialized", task_id), ("TaskFinalized", task_id)]
     # a restarted watcher resumes from the saved cursor minus the re-scan window (one chunk, not from
     # `start`): events in that window come again (at least once; handlers are idempotent), older ones not
-    again = TaskWatcher(connect(chain.rpc_url), s.hub.address, load_cursor=cursor.load,
-                        save_cursor=cursor.save, start_block=start, max_range=4, reorg_depth=3)
+    again = TaskWatcher(
+        connect(chain.rpc_url),
+        s.hub.address,
+        load_cursor=cursor.load,
+        save_cursor=cursor.save,
+        start_block=start,
+        max_range=4,
+        reorg_depth=3,
+    )
     again.follow_task(task_id, final_deadline=2**62)
     replay = await again.poll()
     assert again.stats.get_logs == 1 and kinds(replay) == kinds(events[1:])

@@ -175,9 +175,7 @@ def test_no_import_cycle() -> None:
     cycles = all_cycles(graph)
     if cycles:
         sub = {m: graph[m] & set(c) for c in cycles for m in c}
-        shown = [
-            f"{', '.join(c)} (e.g. {' -> '.join(find_cycle({m: sub[m] for m in c}) or c)})" for c in cycles
-        ]
+        shown = [f"{', '.join(c)} (e.g. {' -> '.join(find_cycle({m: sub[m] for m in c}) or c)})" for c in cycles]
         pytest.fail("import cycles among the project's modules:\n" + "\n".join(shown))
 
 

@@ -1,4 +1,5 @@
 """bot.input_server: publish, fetch, expire, revoke, forget and restore job inputs over real HTTP on 127.0.0.1."""
+
 from __future__ import annotations
 
 import logging
@@ -57,9 +58,18 @@ async def test_tokens_are_unguessable_and_nothing_is_listed(tmp_path: Path) -> N
         token = url.parts[2]
         flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
         base = URL(server.base_url)
-        for path in (f"/in/{flipped}/input.jpg", f"/in/{token}/other.jpg", f"/in/{token}/", f"/in/{token}",
-                     "/in/", "/in", "/", f"/in/{token[:20]}/input.jpg", f"/in/{token}/input.jpg/..",
-                     "/in/../input.jpg"):
+        for path in (
+            f"/in/{flipped}/input.jpg",
+            f"/in/{token}/other.jpg",
+            f"/in/{token}/",
+            f"/in/{token}",
+            "/in/",
+            "/in",
+            "/",
+            f"/in/{token[:20]}/input.jpg",
+            f"/in/{token}/input.jpg/..",
+            "/in/../input.jpg",
+        ):
             status, body, _ = await get(base.with_path(path, encoded=True))
             assert status == 404, path
             assert DATA not in body
@@ -141,8 +151,9 @@ async def test_no_token_in_logs_or_on_disk(tmp_path: Path, caplog: pytest.LogCap
 
 
 async def test_public_url_and_settings(tmp_path: Path) -> None:
-    settings = SimpleNamespace(data_dir=tmp_path, inputs_listen="127.0.0.1", inputs_port=0,
-                               inputs_public_url="https://inputs.example.org/seg/")
+    settings = SimpleNamespace(
+        data_dir=tmp_path, inputs_listen="127.0.0.1", inputs_port=0, inputs_public_url="https://inputs.example.org/seg/"
+    )
     server = InputServer.from_settings(settings)
     url = server.publish("j", DATA, ttl=60)
     assert re.fullmatch(r"https://inputs\.example\.org/seg/in/[A-Za-z0-9_-]{43}/input\.jpg", url)

@@ -4,6 +4,7 @@ Only loopback is used here (with a settings object that allows it, or with the d
 it without ever connecting). Names resolving to private or metadata addresses are tested in
 tests/test_intake_netns.py, inside a network namespace.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,8 @@ import logging
 import shutil
 import socket
 import ssl
-import subprocess
 import struct
+import subprocess
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -92,9 +93,20 @@ DENIED = [
     ("::2", "IPv4-compatible"),
 ]
 
-ALLOWED = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "100.128.0.1", "172.32.0.1", "192.169.0.1",
-           "11.0.0.1", "223.255.255.254", "2606:4700:4700::1111", "2a00:1450:4007:80e::200e",
-           "2001:4860:4860::8888", "2400:cb00::1"]
+ALLOWED = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "93.184.216.34",
+    "100.128.0.1",
+    "172.32.0.1",
+    "192.169.0.1",
+    "11.0.0.1",
+    "223.255.255.254",
+    "2606:4700:4700::1111",
+    "2a00:1450:4007:80e::200e",
+    "2001:4860:4860::8888",
+    "2400:cb00::1",
+]
 
 
 @pytest.mark.parametrize(("address", "reason"), DENIED)
@@ -115,8 +127,17 @@ def test_settings_open_only_loopback_and_private() -> None:
     assert address_denial("10.1.2.3", allow_private=True) is None
     assert address_denial("fd00::1", allow_private=True) is None
     everything = {"allow_loopback": True, "allow_private": True}
-    for never in ("169.254.169.254", "100.64.0.1", "0.0.0.0", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
-                  "64:ff9b::7f00:1", "fe80::1", "224.0.0.1", "::"):
+    for never in (
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "64:ff9b::7f00:1",
+        "fe80::1",
+        "224.0.0.1",
+        "::",
+    ):
         assert address_denial(never, **everything) is not None, never
 
 
@@ -134,9 +155,19 @@ def test_python_global_flag_is_not_trusted() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://example.com/a.jpg", "file:///etc/passwd", "gopher://example.com/", "javascript:alert(1)",
-     "data:image/png;base64,iVBORw0KGgo=", "example.com/a.jpg", "//example.com/a.jpg", "", "http://",
-     "http:///a.jpg", "ws://example.com/a.jpg"],
+    [
+        "ftp://example.com/a.jpg",
+        "file:///etc/passwd",
+        "gopher://example.com/",
+        "javascript:alert(1)",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "example.com/a.jpg",
+        "//example.com/a.jpg",
+        "",
+        "http://",
+        "http:///a.jpg",
+        "ws://example.com/a.jpg",
+    ],
 )
 def test_non_http_urls_refused(url: str) -> None:
     with pytest.raises(InputRejected, match=r"link"):
@@ -144,8 +175,8 @@ def test_non_http_urls_refused(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["http://user:pass@example.com/a.jpg", "https://user@example.com/a.jpg",
-            "http://:secret@example.com/a.jpg"],
+    "url",
+    ["http://user:pass@example.com/a.jpg", "https://user@example.com/a.jpg", "http://:secret@example.com/a.jpg"],
 )
 def test_credentials_in_url_refused(url: str) -> None:
     with pytest.raises(InputRejected, match="user name or password"):
@@ -172,22 +203,23 @@ def jpeg_bytes(size: tuple[int, int] = (64, 48)) -> bytes:
 
 def png_bomb_header(width: int = 100_000, height: int = 100_000) -> bytes:
     """A PNG whose header declares width x height pixels (a few hundred bytes on the wire)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(
-        b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 JPEG = jpeg_bytes()
 
 
 def make_app(hits: list[str]) -> web.Application:
-    async def count(app: web.Application, handler):  # noqa: ANN001 - aiohttp middleware factory
+    async def count(app: web.Application, handler):
         async def middleware(request: web.Request) -> web.StreamResponse:
             hits.append(request.path)
             return await handler(request)
+
         return middleware
 
     async def good(_: web.Request) -> web.Response:
@@ -197,9 +229,13 @@ def make_app(hits: list[str]) -> web.Application:
         return web.Response(text="<!doctype html><html><body>cat</body></html>", content_type="text/html")
 
     async def disguised(request: web.Request) -> web.Response:
-        bodies = {"html": b"<!DOCTYPE html><html>nope</html>", "text": b"just some words",
-                  "svg": b'<svg xmlns="http://www.w3.org/2000/svg"/>', "pdf": b"%PDF-1.7\n%\xe2\xe3",
-                  "bomb": png_bomb_header()}
+        bodies = {
+            "html": b"<!DOCTYPE html><html>nope</html>",
+            "text": b"just some words",
+            "svg": b'<svg xmlns="http://www.w3.org/2000/svg"/>',
+            "pdf": b"%PDF-1.7\n%\xe2\xe3",
+            "bomb": png_bomb_header(),
+        }
         return web.Response(body=bodies[request.match_info["kind"]], content_type="image/jpeg")
 
     async def redirect(request: web.Request) -> web.Response:
@@ -274,8 +310,13 @@ async def test_html_page_refused() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "expected"),
-    [("html", "not an image I can read (web page)"), ("text", "not an image I can read (text)"),
-     ("svg", "(SVG)"), ("pdf", "(PDF)"), ("bomb", "too many pixels")],
+    [
+        ("html", "not an image I can read (web page)"),
+        ("text", "not an image I can read (text)"),
+        ("svg", "(SVG)"),
+        ("pdf", "(PDF)"),
+        ("bomb", "too many pixels"),
+    ],
 )
 async def test_content_must_be_an_image(kind: str, expected: str) -> None:
     async with image_server() as server:
@@ -343,12 +384,21 @@ async def test_redirect_to_metadata_refused_even_with_loopback_allowed() -> None
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1:{port}/good.jpg", "http://localhost:{port}/good.jpg",
-     "http://LOCALHOST.:{port}/good.jpg",
-     "http://[::1]:{port}/good.jpg", "http://0x7f.1:{port}/good.jpg", "http://2130706433:{port}/good.jpg",
-     "http://127.1:{port}/good.jpg", "http://0177.0.0.1:{port}/good.jpg", "http://0:{port}/good.jpg",
-     "http://0.0.0.0:{port}/good.jpg", "http://[::ffff:127.0.0.1]:{port}/good.jpg",
-     "http://[::]:{port}/good.jpg", "http://foo.localhost:{port}/good.jpg"],
+    [
+        "http://127.0.0.1:{port}/good.jpg",
+        "http://localhost:{port}/good.jpg",
+        "http://LOCALHOST.:{port}/good.jpg",
+        "http://[::1]:{port}/good.jpg",
+        "http://0x7f.1:{port}/good.jpg",
+        "http://2130706433:{port}/good.jpg",
+        "http://127.1:{port}/good.jpg",
+        "http://0177.0.0.1:{port}/good.jpg",
+        "http://0:{port}/good.jpg",
+        "http://0.0.0.0:{port}/good.jpg",
+        "http://[::ffff:127.0.0.1]:{port}/good.jpg",
+        "http://[::]:{port}/good.jpg",
+        "http://foo.localhost:{port}/good.jpg",
+    ],
 )
 async def test_defaults_refuse_loopback_without_connecting(url: str) -> None:
     async with image_server() as server:
@@ -380,7 +430,6 @@ def test_unknown_option_is_a_type_error() -> None:
         FetchPolicy.from_settings(None, allow_everything=True)
 
 
-
 async def test_logs_show_the_host_only(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     async with image_server() as server:
@@ -407,9 +456,27 @@ async def test_https_certificate_is_verified(tmp_path: Path) -> None:
         pytest.skip("openssl is not installed")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)

@@ -1,6 +1,7 @@
 """bot.intake: downloads at once (per user, in all), refusing shapes that cannot be sent back, and image work
 off the event loop — against a local 127.0.0.1 server that serves slow bodies and counts the connections
 it holds at once (loopback is allowed through the settings' explicit switch)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,7 @@ def png_header(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(
-        b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def hostile_gif(frames: int, side: int = 64) -> bytes:
@@ -75,7 +75,7 @@ class SlowServer:
             pieces = 6
             step = -(-len(body) // pieces)
             for i in range(pieces):
-                await resp.write(body[i * step:(i + 1) * step])
+                await resp.write(body[i * step : (i + 1) * step])
                 await asyncio.sleep(self.seconds / pieces)  # a slow link, not a synchronisation
             await resp.write_eof()
             return resp
@@ -176,8 +176,9 @@ async def test_a_cancelled_wait_gives_its_place_back() -> None:
 def test_limits_come_from_the_settings() -> None:
     from bot.settings import Settings
 
-    limiter = DownloadLimiter.from_settings(Settings(_env_file=None, max_downloads_per_user=1,
-                                                     max_downloads=5, max_downloads_waiting_per_user=0))
+    limiter = DownloadLimiter.from_settings(
+        Settings(_env_file=None, max_downloads_per_user=1, max_downloads=5, max_downloads_waiting_per_user=0)
+    )
     assert (limiter.per_user, limiter.overall, limiter.max_waiting) == (1, 5, 0)
     defaults = DownloadLimiter.from_settings(Settings(_env_file=None))
     assert (defaults.per_user, defaults.overall, defaults.max_waiting) == (2, 16, 8)
@@ -203,8 +204,7 @@ async def test_a_hostile_gif_does_not_stall_the_event_loop() -> None:
     server = SlowServer()
     server.bodies = {"many.gif": gif}
     async with server.running(), loop_stalls() as stalls:
-        fetched = await asyncio.gather(*(fetch_image(f"{server.url}/fixed/many.gif", LOOPBACK_OK)
-                                         for _ in range(3)))
+        fetched = await asyncio.gather(*(fetch_image(f"{server.url}/fixed/many.gif", LOOPBACK_OK) for _ in range(3)))
     assert fetched == [gif] * 3
     assert len(stalls) > 3 and max(stalls) < 0.5, max(stalls)
     from bot.images import identify

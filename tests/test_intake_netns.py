@@ -5,6 +5,7 @@ carrying 10.1.2.3, 169.254.169.254, 100.64.0.7, fd00::1 and a public-looking 1.2
 of its own. The script serves an image on every one of those addresses, calls the real `fetch_image` and
 prints, per case, what happened and which addresses received a request. No packet leaves the namespace.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +31,7 @@ HOSTS = {
     "mixed.test": ["1.2.3.4", "10.1.2.3"],  # one good address does not excuse a bad one
 }
 
-SCRIPT = r'''
+SCRIPT = r"""
 import asyncio, io, json, sys
 sys.path.insert(0, ROOT)
 from aiohttp import web
@@ -71,22 +72,24 @@ async def main():
     print(json.dumps(results))
 
 asyncio.run(main())
-'''
+"""
 
 CASES = [
     ("public", "http://public.test:8080/img.jpg", None),
     ("private name", "http://evil.test:8080/img.jpg", None),
     ("metadata name", "http://meta.test:8080/latest/meta-data/", None),
     ("metadata literal", "http://169.254.169.254:8080/latest/meta-data/", None),
-    ("metadata name, everything allowed", "http://meta.test:8080/latest/meta-data/",
-     {"url_allow_loopback": True, "url_allow_private": True}),
+    (
+        "metadata name, everything allowed",
+        "http://meta.test:8080/latest/meta-data/",
+        {"url_allow_loopback": True, "url_allow_private": True},
+    ),
     ("cgnat name", "http://cgnat.test:8080/img.jpg", None),
     ("ula name", "http://ula.test:8080/img.jpg", None),
     ("mapped name", "http://mapped.test:8080/img.jpg", {"url_allow_private": True}),
     ("mixed name", "http://mixed.test:8080/img.jpg", None),
     ("redirect to private name", "http://public.test:8080/redirect?to=http://evil.test:8080/img.jpg", None),
-    ("redirect to metadata",
-     "http://public.test:8080/redirect?to=http://169.254.169.254:8080/latest/meta-data/", None),
+    ("redirect to metadata", "http://public.test:8080/redirect?to=http://169.254.169.254:8080/latest/meta-data/", None),
     ("redirect to ula", "http://public.test:8080/redirect?to=http://[fd00::1]:8080/img.jpg", None),
     ("redirect to public", "http://public.test:8080/redirect?to=http://public.test:8080/img.jpg", None),
     ("private allowed by setting", "http://evil.test:8080/img.jpg", {"url_allow_private": True}),
@@ -107,10 +110,16 @@ def test_public_name_is_fetched(results: dict) -> None:
 
 @pytest.mark.parametrize(
     ("case", "reason"),
-    [("private name", "private network"), ("metadata name", "link-local"),
-     ("metadata literal", "link-local"), ("metadata name, everything allowed", "link-local"),
-     ("cgnat name", "shared"), ("ula name", "private network"), ("mapped name", "IPv4-mapped"),
-     ("mixed name", "private network")],
+    [
+        ("private name", "private network"),
+        ("metadata name", "link-local"),
+        ("metadata literal", "link-local"),
+        ("metadata name, everything allowed", "link-local"),
+        ("cgnat name", "shared"),
+        ("ula name", "private network"),
+        ("mapped name", "IPv4-mapped"),
+        ("mixed name", "private network"),
+    ],
 )
 def test_names_resolving_to_internal_addresses_are_refused_before_connecting(
     results: dict, case: str, reason: str
@@ -122,8 +131,11 @@ def test_names_resolving_to_internal_addresses_are_refused_before_connecting(
 
 @pytest.mark.parametrize(
     ("case", "reason"),
-    [("redirect to private name", "private network"), ("redirect to metadata", "link-local"),
-     ("redirect to ula", "private network")],
+    [
+        ("redirect to private name", "private network"),
+        ("redirect to metadata", "link-local"),
+        ("redirect to ula", "private network"),
+    ],
 )
 def test_public_name_redirecting_inside_is_refused(results: dict, case: str, reason: str) -> None:
     assert reason in results[case]["outcome"]

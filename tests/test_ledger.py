@@ -1,4 +1,5 @@
 """The books: transfers, idempotency, bad input, jobs state machine, chain txs, events, schema."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -6,10 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from ledger import (AlreadyResolved, AuditError, Balance, ExceedsReservation, IllegalTransition,
-                    InsufficientFunds, InvalidAmount, InvalidArgument, JobConflict, JobState, Ledger,
-                    LedgerError, SchemaError, TransferConflict, UnknownJob, UnknownTransfer, format_rlc,
-                    parse_rlc)
+from ledger import (
+    AlreadyResolved,
+    AuditError,
+    Balance,
+    ExceedsReservation,
+    IllegalTransition,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidArgument,
+    JobConflict,
+    JobState,
+    Ledger,
+    LedgerError,
+    SchemaError,
+    TransferConflict,
+    UnknownJob,
+    UnknownTransfer,
+    format_rlc,
+    parse_rlc,
+)
 from ledger.errors import BalanceOverflow
 from ledger.schema import SCHEMA_VERSION
 
@@ -56,8 +73,12 @@ def test_unknown_user_has_zero_balance_and_cannot_reserve(book: Ledger) -> None:
 def test_retries_are_quiet_and_conflicts_are_errors(book: Ledger) -> None:
     first = book.grant("g", 1, 10, "m")
     assert book.grant("g", 1, 10, "m") == first
-    for call in (lambda: book.grant("g", 1, 11, "m"), lambda: book.grant("g", 2, 10, "m"),
-                 lambda: book.grant("g", 1, 10, "other"), lambda: book.reserve("g", 1, 10, "j")):
+    for call in (
+        lambda: book.grant("g", 1, 11, "m"),
+        lambda: book.grant("g", 2, 10, "m"),
+        lambda: book.grant("g", 1, 10, "other"),
+        lambda: book.reserve("g", 1, 10, "j"),
+    ):
         with pytest.raises(TransferConflict):
             call()
     book.reserve("r", 1, 8, "j")
@@ -153,8 +174,27 @@ def test_overflowing_totals_are_refused(book: Ledger) -> None:
     book.audit()
 
 
-@pytest.mark.parametrize("text", ["1e9", "NaN", "nan", "inf", "-0", "-1", "+1", "1.0000000001", "",
-                                  " 5 ", "0", "0.000000000", "1,5", ".5", "5.", "9223372037"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1e9",
+        "NaN",
+        "nan",
+        "inf",
+        "-0",
+        "-1",
+        "+1",
+        "1.0000000001",
+        "",
+        " 5 ",
+        "0",
+        "0.000000000",
+        "1,5",
+        ".5",
+        "5.",
+        "9223372037",
+    ],
+)
 def test_parse_rlc_refuses(text: str) -> None:
     with pytest.raises(InvalidAmount):
         parse_rlc(text)
@@ -176,7 +216,7 @@ def test_events_once_and_grant_tied_to_event(book: Ledger) -> None:
     assert book.record_event("update", "1001") is False
     assert book.grant("g1", 5, 10, "", event=("update", "2002")) is not None
     assert book.grant("g1", 5, 10, "", event=("update", "2002")) is not None  # same id: replay
-    assert book.grant("g2", 5, 10, "", event=("update", "2002")) is None      # same event, new id
+    assert book.grant("g2", 5, 10, "", event=("update", "2002")) is None  # same event, new id
     assert book.deposit("d1", 5, 7, "0xabc") is not None
     assert book.deposit("d2", 5, 7, "0xabc") is None
     assert book.balance(5).posted == 17
@@ -233,9 +273,11 @@ def test_audit_detects_post_above_reservation(tmp_path: Path) -> None:
         book.grant("g", 1, 100, "")
         book.reserve("r", 1, 40, "j")
     raw = sqlite3.connect(path)  # forge a post of 60 against a 40 reservation, totals kept coherent
-    raw.execute("INSERT INTO transfers (id, kind, phase, debit_account, credit_account, amount, pending_id, "
-                "created_at) SELECT 'p', 'post', 'posted', debit_account, credit_account, 60, 'r', 0 "
-                "FROM transfers WHERE id = 'r'")
+    raw.execute(
+        "INSERT INTO transfers (id, kind, phase, debit_account, credit_account, amount, pending_id, "
+        "created_at) SELECT 'p', 'post', 'posted', debit_account, credit_account, 60, 'r', 0 "
+        "FROM transfers WHERE id = 'r'"
+    )
     raw.execute("UPDATE accounts SET debits_pending = 0, debits_posted = 60 WHERE name = 'user:1'")
     raw.execute("UPDATE accounts SET credits_pending = 0, credits_posted = 60 WHERE name = 'operator:iexec_spend'")
     raw.commit()
@@ -275,10 +317,10 @@ def test_reopen_keeps_schema_and_data(tmp_path: Path) -> None:
 
 # ----- jobs ------------------------------------------------------------------------------------
 
+
 def test_job_is_created_with_its_reservation_atomically(book: Ledger) -> None:
     book.grant("g", 1, 100, "")
-    job = book.create_job("j1", 1, 1, 60, input_ref="in/1", options={"min_score": 0.7},
-                          user_message_id=5)
+    job = book.create_job("j1", 1, 1, 60, input_ref="in/1", options={"min_score": 0.7}, user_message_id=5)
     assert job.state is JobState.RECEIVED and job.reservation == "j1:reserve"
     assert book.balance(1) == Balance(100, 60, 40)
     assert book.create_job("j1", 1, 1, 60, input_ref="in/1", options={"min_score": 0.7}) == job
@@ -373,6 +415,7 @@ def test_spend_counters(book: Ledger) -> None:
 
 # ----- chain transactions ----------------------------------------------------------------------
 
+
 def test_chain_txs_recorded_before_broadcast(book: Ledger) -> None:
     tx = book.record_tx(b"\x02\xf8", b"\x11" * 32, 7, "0xAbCd", "match_orders", "j1", {"gas": 1})
     assert tx.status == "persisted" and tx.raw_tx == "0x02f8" and tx.sender == "0xabcd"
@@ -407,6 +450,7 @@ def test_kv_cursor(book: Ledger) -> None:
 
 def test_every_error_is_a_ledger_error() -> None:
     import ledger.errors as errors
+
     classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
     assert all(issubclass(c, LedgerError) and c.__doc__ for c in classes)
 
@@ -422,9 +466,15 @@ def test_refused_first_reserve_does_not_poison_later_writes(book: Ledger) -> Non
 
 def test_returned_transfers_are_what_is_stored(book: Ledger) -> None:
     """The write path builds its answer without reading the rows back: it must match them exactly."""
-    written = [book.grant("g", 5, 10 * RLC, "seed"), book.reserve("r1", 5, 3 * RLC, "job-1"),
-               book.post("p1", "r1", 2 * RLC, fee=RLC // 2, memo="done"), book.reserve("r2", 5, RLC, "job-2"),
-               book.post("p2", "r2"), book.reserve("r3", 5, RLC, "job-3"), book.void("v3", "r3", "gone")]
+    written = [
+        book.grant("g", 5, 10 * RLC, "seed"),
+        book.reserve("r1", 5, 3 * RLC, "job-1"),
+        book.post("p1", "r1", 2 * RLC, fee=RLC // 2, memo="done"),
+        book.reserve("r2", 5, RLC, "job-2"),
+        book.post("p2", "r2"),
+        book.reserve("r3", 5, RLC, "job-3"),
+        book.void("v3", "r3", "gone"),
+    ]
     for transfer in written:
         assert book.get_transfer(transfer.id) == transfer
     assert written[2].debit == "user:5" and written[2].credit == "operator:iexec_spend"
@@ -440,8 +490,10 @@ def test_returned_transfers_are_what_is_stored(book: Ledger) -> None:
 
 def test_history_finds_both_sides_of_a_user_with_one_account_index(book: Ledger) -> None:
     """Schema v3 keeps one account index (transfers_pair); a user's credits are still in their history."""
-    indexes = {row[0] for row in book._conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'transfers'")}
+    indexes = {
+        row[0]
+        for row in book._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'transfers'")
+    }
     assert "transfers_credit" not in indexes and "transfers_pair" in indexes
     book.grant("g1", 7, 1000, "")
     book.grant("g-other", 8, 5, "")

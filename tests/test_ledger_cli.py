@@ -1,4 +1,5 @@
 """`python -m ledger` run as a subprocess: every documented command, exact RLC input, clean errors."""
+
 from __future__ import annotations
 
 import csv
@@ -20,8 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "LEDGER_DB": str(tmp_path / "books.db"), **(env or {})}
     full_env.pop("WALLET_PASSWORD", None) if env is None else None
-    return subprocess.run([sys.executable, "-m", "ledger", *args], cwd=tmp_path, env=full_env,
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", *args],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_documented_commands_exist(tmp_path: Path) -> None:
@@ -68,6 +76,7 @@ def test_conflict_bad_file_and_broken_books_exit_non_zero(tmp_path: Path) -> Non
     bad = run(tmp_path, "--db", str(tmp_path / "junk.db"), "audit")
     assert bad.returncode == 1 and "not a SQLite database" in bad.stderr and "Traceback" not in bad.stderr
     import sqlite3
+
     raw = sqlite3.connect(tmp_path / "books.db")
     raw.execute("UPDATE accounts SET credits_posted = 5 WHERE name = 'user:42'")
     raw.commit()
@@ -86,8 +95,18 @@ def test_wallet_commands(tmp_path: Path) -> None:
     address = run(tmp_path, "wallet", "address", "--keystore", "k.json").stdout.strip()
     assert address.startswith("0x") and address in new.stdout
     (tmp_path / "key").write_text("0x" + "5a" * 32)
-    imported = run(tmp_path, "wallet", "import", "--keystore", "i.json", "--key-file", "key",
-                   "--scrypt-n", "1024", env={"WALLET_PASSWORD": "from-env"})
+    imported = run(
+        tmp_path,
+        "wallet",
+        "import",
+        "--keystore",
+        "i.json",
+        "--key-file",
+        "key",
+        "--scrypt-n",
+        "1024",
+        env={"WALLET_PASSWORD": "from-env"},
+    )
     assert imported.returncode == 0 and "5a5a5a" not in imported.stdout + imported.stderr
     again = run(tmp_path, "wallet", "new", "--keystore", "k.json", "--password-file", "pw")
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr
@@ -100,8 +119,14 @@ def test_output_cut_by_head_ends_quietly(tmp_path: Path) -> None:
         for i in range(3000):
             book.grant(f"g{i}", 42, 1, "m" * 60)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LEDGER_DB": str(tmp_path / "books.db")}
-    proc = subprocess.Popen([sys.executable, "-m", "ledger", "history", "42", "--limit", "3000"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ledger", "history", "42", "--limit", "3000"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     assert b"grant" in proc.stdout.readline()  # the reader takes one line and goes away, like `| head -1`
     proc.stdout.close()

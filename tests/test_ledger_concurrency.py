@@ -1,5 +1,6 @@
 """Several processes on one books file (no overdraft, no lost update, no "database is locked"), a
 writer holding the lock, and a SIGKILL in the middle of a stream of transfers."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -25,6 +26,7 @@ ROUNDS = 20
 def _worker(path: str, worker: int, out: mp.Queue) -> None:
     """Reserve and post/void in a loop; report what succeeded, or the first unexpected error."""
     import random
+
     rng = random.Random(worker)
     posted = {u: 0 for u in USERS}
     refused = 0
@@ -81,9 +83,8 @@ def test_a_held_write_lock_is_waited_for_then_reported_typed(tmp_path: Path) -> 
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")
     release = threading.Timer(1.2, lambda: holder.execute("COMMIT"))
-    with Ledger(path, busy_limit_s=0.3) as impatient:
-        with pytest.raises(LedgerBusy, match="locked by other writers"):
-            impatient.grant("g0", 1, 5, "")
+    with Ledger(path, busy_limit_s=0.3) as impatient, pytest.raises(LedgerBusy, match="locked by other writers"):
+        impatient.grant("g0", 1, 5, "")
     release.start()
     with Ledger(path, busy_limit_s=20) as patient:
         started = time.monotonic()
@@ -183,8 +184,7 @@ while True:
 def test_sigkill_mid_stream_leaves_whole_transfers(tmp_path: Path, kill_after: int) -> None:
     path = tmp_path / "books.db"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", _STREAM, str(path)], stdout=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", _STREAM, str(path)], stdout=subprocess.PIPE, text=True, env=env)
     committed: list[str] = []
     assert proc.stdout is not None
     while len(committed) < kill_after:

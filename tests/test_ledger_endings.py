@@ -1,5 +1,6 @@
 """How jobs end in the books: a refund after payment on chain in one transaction, held jobs and the
 in-flight count, and refunds whose user was not told yet."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

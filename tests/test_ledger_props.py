@@ -1,6 +1,7 @@
 """Property test: random grants, reserves, posts (full, partial, with fee), voids, retries and jobs
 (create_job, complete_job, refund_job, refund_paid_job, each also repeated) against a tiny in-memory model;
 audit(), every balance, the operator's refund expense and the jobs in flight checked after each step."""
+
 from __future__ import annotations
 
 import shutil
@@ -11,8 +12,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ledger import (AlreadyResolved, ExceedsReservation, InsufficientFunds, JobState, Ledger,
-                    TransferConflict, UnknownTransfer)
+from ledger import (
+    AlreadyResolved,
+    ExceedsReservation,
+    InsufficientFunds,
+    JobState,
+    Ledger,
+    TransferConflict,
+    UnknownTransfer,
+)
 
 USERS = st.integers(min_value=1, max_value=4)
 AMOUNTS = st.integers(min_value=1, max_value=1000)
@@ -28,11 +36,11 @@ class LedgerMachine(RuleBasedStateMachine):
         self.dir = tempfile.mkdtemp(prefix="ledger-props-", dir=shm)
         self.book = Ledger(Path(self.dir) / "books.db")
         self.posted: dict[int, int] = {}
-        self.pending: dict[str, tuple[int, int]] = {}   # reservation id -> (user, amount), open only
+        self.pending: dict[str, tuple[int, int]] = {}  # reservation id -> (user, amount), open only
         self.resolved: set[str] = set()
-        self.done: dict[str, tuple[object, ...]] = {}   # transfer id -> request fields
-        self.jobs: dict[str, list[object]] = {}          # job id -> [user, reserved, state, charged]
-        self.expense = 0                                 # paid back from operator:refund_expense
+        self.done: dict[str, tuple[object, ...]] = {}  # transfer id -> request fields
+        self.jobs: dict[str, list[object]] = {}  # job id -> [user, reserved, state, charged]
+        self.expense = 0  # paid back from operator:refund_expense
         self.counter = 0
 
     def new_id(self) -> str:
@@ -46,8 +54,11 @@ class LedgerMachine(RuleBasedStateMachine):
     def held(self, user: int) -> int:
         """Open reservations of `user`: raw ones and those of jobs not yet completed or refunded."""
         raw = sum(a for u, a in self.pending.values() if u == user)
-        return raw + sum(j[1] for j in self.jobs.values()  # type: ignore[misc]
-                         if j[0] == user and j[2] in ("RECEIVED", "MATCHED"))
+        return raw + sum(
+            j[1]
+            for j in self.jobs.values()  # type: ignore[misc]
+            if j[0] == user and j[2] in ("RECEIVED", "MATCHED")
+        )
 
     def available(self, user: int) -> int:
         return self.posted.get(user, 0) - self.held(user)
@@ -133,7 +144,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if conflict:
             try:
                 self.book.grant(tid, 99, 1, "other") if kind != "grant" else self.book.grant(
-                    tid, fields[1], fields[2] + 1, "")
+                    tid, fields[1], fields[2] + 1, ""
+                )
             except TransferConflict:
                 return
             raise AssertionError("conflicting retry accepted")
@@ -243,7 +255,10 @@ class LedgerMachine(RuleBasedStateMachine):
             bal = self.book.balance(user)
             held = self.held(user)
             assert (bal.posted, bal.pending, bal.available) == (
-                self.posted.get(user, 0), held, self.posted.get(user, 0) - held)
+                self.posted.get(user, 0),
+                held,
+                self.posted.get(user, 0) - held,
+            )
             flying = sum(1 for j in self.jobs.values() if j[0] == user and j[2] != "REFUNDED")
             assert self.book.jobs_in_flight(user) == flying
         expense = self.book.account("operator:refund_expense")
@@ -251,6 +266,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 LedgerMachine.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=30, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    max_examples=40,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 TestLedgerMachine = LedgerMachine.TestCase

@@ -1,5 +1,6 @@
 """The /link proof: a real signature links an address once; forged, replayed, expired, other-user and
 wrong-chain proofs are refused and change nothing (bot.linking over the ledger, iexec.link)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Settings and network presets: what an operator types is read, checked and never leaked."""
+
 from __future__ import annotations
 
 import pytest

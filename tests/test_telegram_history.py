@@ -2,6 +2,7 @@
 
 The bot is the real python-telegram-bot client over HTTP; the person uses the chat page's JSON endpoints.
 """
+
 from __future__ import annotations
 
 import io
@@ -35,8 +36,9 @@ async def page_messages(tg: TelegramStandIn, session: aiohttp.ClientSession, cha
         return list((await resp.json())["messages"])
 
 
-async def upload(tg: TelegramStandIn, session: aiohttp.ClientSession, user: TgUser, data: bytes,
-                 caption: str | None) -> dict[str, Any]:
+async def upload(
+    tg: TelegramStandIn, session: aiohttp.ClientSession, user: TgUser, data: bytes, caption: str | None
+) -> dict[str, Any]:
     form = aiohttp.FormData({"user_id": str(user.id), "first_name": user.first_name, "kind": "photo"})
     if caption is not None:
         form.add_field("caption", caption)
@@ -67,7 +69,10 @@ async def test_history_survives_a_restart_and_ids_go_on(alice: TgUser, tmp_path:
     assert captions == ["my street"]  # the page's caption reached the bot as message.caption
     assert sent["caption"] == "my street"
     assert [(m["message_id"], m["from_bot"], m["kind"], m["text"]) for m in before] == [
-        (1, False, "photo", "my street"), (2, True, "text", "Got it"), (3, True, "photo", "1 person")]
+        (1, False, "photo", "my street"),
+        (2, True, "text", "Got it"),
+        (3, True, "photo", "1 person"),
+    ]
 
     downloaded: list[bytes] = []
     async with TelegramStandIn(data_dir=tmp_path / "tg") as second, aiohttp.ClientSession() as session:

@@ -1,4 +1,5 @@
 """The Telegram Bot API stand-in, driven by the real python-telegram-bot client over HTTP."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,12 @@ from PIL import Image
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.error import BadRequest, Forbidden, InvalidToken
 from telegram.ext import (
-    AIORateLimiter, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters,
+    AIORateLimiter,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
 )
 
 from devnet.telegram import RateLimits, StandInTimeout, TelegramStandIn, TgChat, TgUser
@@ -45,9 +51,12 @@ async def api(tg: TelegramStandIn, method: str, token: str = TOKEN, **fields: ob
 
 # --- PTB end to end ------------------------------------------------------------------------------------
 
-async def test_text_message_reaches_handler_and_reply_is_stored(tg: TelegramStandIn, alice: TgUser,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+
+async def test_text_message_reaches_handler_and_reply_is_stored(
+    tg: TelegramStandIn, alice: TgUser, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
+
     async def echo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         assert update.message is not None and update.message.text is not None
         await update.message.reply_text(f"you said: <b>{update.message.text}</b>", parse_mode="HTML")
@@ -102,8 +111,7 @@ async def test_photo_download_and_send_back(tg: TelegramStandIn, alice: TgUser) 
         message = tg.inject_photo(alice, original, caption="segment me")
         [reply] = await tg.wait_sent(alice.id)
     assert downloaded == [original]
-    assert [(p["width"], p["height"]) for p in message["photo"]] == [(90, 54), (320, 192), (800, 480),
-                                                                     (1000, 600)]
+    assert [(p["width"], p["height"]) for p in message["photo"]] == [(90, 54), (320, 192), (800, 480), (1000, 600)]
     assert reply.kind == "photo" and reply.caption == "1 person"
     sizes = reply.api["photo"]
     assert (sizes[-1]["width"], sizes[-1]["height"]) == (640, 480)
@@ -121,8 +129,12 @@ async def test_document_is_stored_with_name_and_type(tg: TelegramStandIn, alice:
         with pytest.raises(BadRequest, match="(?i)wrong file identifier"):
             await bot.send_document(alice.id, "no-such-file-id")
     [first, second] = tg.sent(alice.id)
-    assert (first.kind, first.file_name, first.mime_type, first.caption) == ("document", "result.png",
-                                                                          "image/png", "big")
+    assert (first.kind, first.file_name, first.mime_type, first.caption) == (
+        "document",
+        "result.png",
+        "image/png",
+        "big",
+    )
     assert first.data == png(3000, 2000) and second.file_id == first.file_id
     assert again.document.file_name == "result.png"
 
@@ -134,12 +146,10 @@ async def test_edit_message_text_and_not_modified(tg_unlimited: TelegramStandIn,
     keyboard = InlineKeyboardMarkup([[InlineKeyboardButton("Cancel", callback_data="cancel:1")]])
     async with bot:
         msg = await bot.send_message(alice.id, "Working…", reply_markup=keyboard)
-        edited = await bot.edit_message_text("Done", chat_id=alice.id, message_id=msg.message_id,
-                                             reply_markup=keyboard)
+        edited = await bot.edit_message_text("Done", chat_id=alice.id, message_id=msg.message_id, reply_markup=keyboard)
         assert edited.edit_date is not None
         with pytest.raises(BadRequest, match="(?i)message is not modified"):
-            await bot.edit_message_text("Done", chat_id=alice.id, message_id=msg.message_id,
-                                        reply_markup=keyboard)
+            await bot.edit_message_text("Done", chat_id=alice.id, message_id=msg.message_id, reply_markup=keyboard)
         await bot.edit_message_text("Done", chat_id=alice.id, message_id=msg.message_id)  # drops keyboard
         with pytest.raises(BadRequest, match="(?i)message to edit not found"):
             await bot.edit_message_text("x", chat_id=alice.id, message_id=999)
@@ -184,9 +194,13 @@ async def test_webhook_delivery_with_secret(tg: TelegramStandIn, alice: TgUser) 
     async with app:
         await app.start()
         assert app.updater is not None
-        await app.updater.start_webhook(listen="127.0.0.1", port=port, url_path="hook",
-                                        webhook_url=f"http://127.0.0.1:{port}/hook",
-                                        secret_token="s3cret-Token_1")
+        await app.updater.start_webhook(
+            listen="127.0.0.1",
+            port=port,
+            url_path="hook",
+            webhook_url=f"http://127.0.0.1:{port}/hook",
+            secret_token="s3cret-Token_1",
+        )
         try:
             info = await app.bot.get_webhook_info()
             assert info.url == f"http://127.0.0.1:{port}/hook"
@@ -197,8 +211,9 @@ async def test_webhook_delivery_with_secret(tg: TelegramStandIn, alice: TgUser) 
             assert reply.text == "hooked one"
             async with aiohttp.ClientSession() as session:
                 for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": "wrong"}):
-                    async with session.post(f"http://127.0.0.1:{port}/hook", json={"update_id": 99},
-                                            headers=headers) as resp:
+                    async with session.post(
+                        f"http://127.0.0.1:{port}/hook", json={"update_id": 99}, headers=headers
+                    ) as resp:
                         assert resp.status == 403
         finally:
             await app.updater.stop()
@@ -299,6 +314,7 @@ async def test_errors_map_to_ptb_exceptions(tg: TelegramStandIn, alice: TgUser) 
 
 # --- the wire format, spoken by hand -------------------------------------------------------------------
 
+
 async def test_get_updates_offset_limit_and_negative_offset(tg: TelegramStandIn, alice: TgUser) -> None:
     for word in ("a", "b", "c", "d"):
         tg.inject_text(alice, word)
@@ -318,13 +334,19 @@ async def test_get_updates_offset_limit_and_negative_offset(tg: TelegramStandIn,
 
 async def test_form_fields_keep_text_as_text_and_json_bodies_work(tg: TelegramStandIn, alice: TgUser) -> None:
     tg.add_chat(TgChat.private(alice))
-    status, body = await api(tg, "sendMessage", chat_id=alice.id, text="123",
-                             reply_markup='{"inline_keyboard": [[{"text": "Go", "callback_data": "42"}]]}')
+    status, body = await api(
+        tg,
+        "sendMessage",
+        chat_id=alice.id,
+        text="123",
+        reply_markup='{"inline_keyboard": [[{"text": "Go", "callback_data": "42"}]]}',
+    )
     assert status == 200 and body["result"]["text"] == "123"
     assert tg.sent(alice.id)[0].buttons() == [("Go", "42")]
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{tg.bot_base_url}{TOKEN}/sendMessage",
-                                json={"chat_id": alice.id, "text": "json body"}) as resp:
+        async with session.post(
+            f"{tg.bot_base_url}{TOKEN}/sendMessage", json={"chat_id": alice.id, "text": "json body"}
+        ) as resp:
             assert resp.status == 200
         async with session.get(f"{tg.bot_base_url}{TOKEN}/getMe") as resp:
             me = (await resp.json())["result"]
@@ -430,6 +452,7 @@ async def test_wait_calls_times_out_with_a_clear_message(tg: TelegramStandIn) ->
 
 # --- flood control with a fake clock -------------------------------------------------------------------
 
+
 async def test_flood_control_private_burst_then_one_per_second() -> None:
     from devnet.telegram_model import FloodControl
 
@@ -458,6 +481,7 @@ async def test_flood_control_overall_and_group_limits() -> None:
 
 # --- the chat page's JSON endpoints --------------------------------------------------------------------
 
+
 async def test_chat_endpoints_drive_a_conversation(tg: TelegramStandIn, alice: TgUser) -> None:
     async def echo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         assert update.message is not None
@@ -483,11 +507,16 @@ async def test_chat_endpoints_drive_a_conversation(tg: TelegramStandIn, alice: T
         async with session.post(f"{base}/upload", data=form) as resp:
             photo_id = (await resp.json())["message"]["photo"][-1]["file_id"]
         await tg.wait_sent(alice.id, 2)
-        async with session.get(f"{base}/messages", params={"chat_id": alice.id, "after": tg.changes,
-                                                           "wait": "0.2"}) as resp:
+        async with session.get(
+            f"{base}/messages", params={"chat_id": alice.id, "after": tg.changes, "wait": "0.2"}
+        ) as resp:
             page = await resp.json()
         assert [(m["from_bot"], m["kind"]) for m in page["messages"]] == [
-            (False, "text"), (True, "text"), (False, "photo"), (True, "text")]
+            (False, "text"),
+            (True, "text"),
+            (False, "photo"),
+            (True, "text"),
+        ]
         assert page["messages"][1]["buttons"] == [[{"text": "OK", "data": "ok", "url": None}]]
         async with session.post(f"{base}/press", json={"user": user, "message_id": 2, "data": "ok"}) as resp:
             assert resp.status == 200 and (await resp.json())["callback_query_id"]
@@ -503,6 +532,7 @@ async def test_chat_endpoints_drive_a_conversation(tg: TelegramStandIn, alice: T
 
 
 # --- ids survive a restart; callback data within Telegram's 64 bytes -------------------------------------
+
 
 async def test_a_restarted_stand_in_never_reuses_message_or_update_ids(alice: TgUser, tmp_path) -> None:
     seen: list[tuple[int, int]] = []

@@ -1,4 +1,5 @@
 """The custodial hot wallet: encrypted keystore, 0600 file, passwords from env/file, wrong password."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@ with its own result and an `album.json` manifest in input order; a bad picture f
 error; a TDX album is decrypted picture by picture with the task's key. The devnet's test app writes the
 same layout. (The single-input layout is covered by test_worker_model.py and test_worker_inputs.py.)
 """
+
 from __future__ import annotations
 
 import base64
@@ -84,11 +85,20 @@ def test_album_of_three_gives_three_results_in_order(tmp_path: Path, run_worker,
     env = _album_env(tmp_path, [_jpeg(photo) for photo, _ in PHOTOS], MRCNN_WEIGHTS=str(worker_weights_r50))
     run = run_worker(["--max-dim", "256", "--min-confidence", "0.5"], env)
     assert run.code == 0, run.stderr[-2000:]
-    assert run.files == {"computed.json", "album.json", *(f"result-{n}.png" for n in (1, 2, 3)),
-                         *(f"detections-{n}.json" for n in (1, 2, 3))}
+    assert run.files == {
+        "computed.json",
+        "album.json",
+        *(f"result-{n}.png" for n in (1, 2, 3)),
+        *(f"detections-{n}.json" for n in (1, 2, 3)),
+    }
     manifest = _manifest(run.out)
     assert {k: manifest[k] for k in ("version", "total", "ok", "failed", "random_weights")} == {
-        "version": 1, "total": 3, "ok": 3, "failed": 0, "random_weights": True}
+        "version": 1,
+        "total": 3,
+        "ok": 3,
+        "failed": 0,
+        "random_weights": True,
+    }
     assert [e["input"] for e in manifest["pictures"]] == _names(3)
     for n, (entry, (_, size)) in enumerate(zip(manifest["pictures"], PHOTOS, strict=True), 1):
         _assert_delivered(run.out, entry, n, size)
@@ -109,19 +119,27 @@ def test_a_bad_picture_fails_alone(tmp_path: Path, run_worker, worker_weights_r5
     first, bad, third = manifest["pictures"]
     _assert_delivered(run.out, first, 1, PHOTOS[0][1])
     _assert_delivered(run.out, third, 3, PHOTOS[2][1])
-    assert bad == {"index": 2, "input": _names(3)[1], "ok": False, "error_kind": "input", "error":
-                   "The file is not an image that can be read. Send a JPEG, PNG, WEBP, GIF, BMP or TIFF image."}
+    assert bad == {
+        "index": 2,
+        "input": _names(3)[1],
+        "ok": False,
+        "error_kind": "input",
+        "error": "The file is not an image that can be read. Send a JPEG, PNG, WEBP, GIF, BMP or TIFF image.",
+    }
     assert not {"result-2.png", "detections-2.json"} & run.files
     assert "Traceback" not in run.stderr
 
 
 @pytest.mark.slow
-def test_encrypted_album_is_decrypted_with_the_task_key(tmp_path: Path, run_worker,
-                                                         worker_weights_r50: Path) -> None:
+def test_encrypted_album_is_decrypted_with_the_task_key(tmp_path: Path, run_worker, worker_weights_r50: Path) -> None:
     secret = base64.b64encode(KEY).decode()
     plain = [_jpeg(photo) for photo, _ in PHOTOS]
-    env = _album_env(tmp_path, [_encrypt(data, KEY, bytes([n]) * 16) for n, data in enumerate(plain)],
-                     MRCNN_WEIGHTS=str(worker_weights_r50), IEXEC_REQUESTER_SECRET_1=secret)
+    env = _album_env(
+        tmp_path,
+        [_encrypt(data, KEY, bytes([n]) * 16) for n, data in enumerate(plain)],
+        MRCNN_WEIGHTS=str(worker_weights_r50),
+        IEXEC_REQUESTER_SECRET_1=secret,
+    )
     run = run_worker(["--max-dim", "256"], env)
     assert run.code == 0, run.stderr[-2000:]
     manifest = _manifest(run.out)
@@ -142,8 +160,11 @@ def test_album_where_every_picture_fails_is_a_failed_task(tmp_path: Path, run_wo
     assert run.files == {"computed.json"}
     message = run.computed()["error-message"]
     assert message.startswith("None of the 3 pictures could be segmented.")
-    for words in ("Picture 1: The image file is empty", "Picture 2: This is an SVG",
-                  "Picture 3: The image is truncated"):
+    for words in (
+        "Picture 1: The image file is empty",
+        "Picture 2: This is an SVG",
+        "Picture 3: The image is truncated",
+    ):
         assert words in message, message
     assert f"error: {message}" in run.stderr and "Traceback" not in run.stderr
     assert not run.imported_tensorflow
@@ -174,16 +195,24 @@ def test_a_missing_input_name_fails_only_its_picture_in_the_manifest(tmp_path: P
     del env["IEXEC_INPUT_FILE_NAME_2"]
     run = run_worker([], env)
     assert run.code == 3
-    assert "Picture 2: The task declares an input file but IEXEC_INPUT_FILE_NAME_2 is missing" in \
-        run.computed()["error-message"]
+    assert (
+        "Picture 2: The task declares an input file but IEXEC_INPUT_FILE_NAME_2 is missing"
+        in run.computed()["error-message"]
+    )
 
 
 # --------------------------------------------------------------------- the devnet's test app, same layout
 
 
 def _testapp(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "devnet.testapp", "--max-dim", "1024"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "devnet.testapp", "--max-dim", "1024"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_testapp_writes_the_album_layout(tmp_path: Path) -> None:
@@ -219,4 +248,3 @@ def test_testapp_decrypts_an_album_and_fails_when_all_fail(tmp_path: Path) -> No
     assert proc.returncode == 1
     assert "none of the 3 pictures" in json.loads((out / "computed.json").read_text())["error-message"]
     assert not (out / "album.json").exists() and not list(out.glob("result-*.png"))
-

@@ -3,6 +3,7 @@ dataset encryption, as the SDK's `dataset.encrypt` writes it) before any check o
 input or a malformed key ends with only computed.json holding a clear error, fast (no TensorFlow), and the key
 is never printed. The format is checked against the official SDK (node), and a decrypted photo is segmented.
 """
+
 from __future__ import annotations
 
 import base64
@@ -100,32 +101,56 @@ def _wrong_key_with_good_padding(blob: bytes) -> bytes:
 def test_wrong_key_is_a_clear_error_without_the_key(tmp_path: Path, run_worker) -> None:
     blob = _encrypt(_jpeg(), KEY)
     secret = _secret(_wrong_key_with_bad_padding(blob))
-    _assert_failed(run_worker(["--random-weights"], _task(tmp_path, blob, secret)),
-                   "could not be decrypted with the key given in IEXEC_REQUESTER_SECRET_1", secret=secret)
+    _assert_failed(
+        run_worker(["--random-weights"], _task(tmp_path, blob, secret)),
+        "could not be decrypted with the key given in IEXEC_REQUESTER_SECRET_1",
+        secret=secret,
+    )
 
 
 def test_wrong_key_that_unpads_by_chance_is_still_a_key_error(tmp_path: Path, run_worker) -> None:
     blob = _encrypt(_jpeg(), KEY)
     secret = _secret(_wrong_key_with_good_padding(blob))
-    _assert_failed(run_worker(["--random-weights"], _task(tmp_path, blob, secret)),
-                   "decrypted with the key given in IEXEC_REQUESTER_SECRET_1", "not an image", "key",
-                   secret=secret)
+    _assert_failed(
+        run_worker(["--random-weights"], _task(tmp_path, blob, secret)),
+        "decrypted with the key given in IEXEC_REQUESTER_SECRET_1",
+        "not an image",
+        "key",
+        secret=secret,
+    )
 
 
 @pytest.mark.parametrize("content", [_jpeg(), _jpeg((80, 80))[:1024]], ids=["jpeg", "jpeg-1024-bytes"])
 def test_plain_input_given_a_key_is_refused(tmp_path: Path, run_worker, content: bytes) -> None:
     # the second one is a multiple of 16 bytes long: it is "decrypted" and fails on its padding
     secret = _secret(KEY)
-    _assert_failed(run_worker(["--random-weights"], _task(tmp_path, content, secret)),
-                   "not encrypted", "IEXEC_REQUESTER_SECRET_1", secret=secret)
+    _assert_failed(
+        run_worker(["--random-weights"], _task(tmp_path, content, secret)),
+        "not encrypted",
+        "IEXEC_REQUESTER_SECRET_1",
+        secret=secret,
+    )
 
 
-@pytest.mark.parametrize("secret", ["not base64 at all!", base64.b64encode(bytes(16)).decode(),
-                                    base64.b64encode(bytes(33)).decode(), "", "0x" + "ab" * 32],
-                         ids=["garbage", "128-bit", "264-bit", "empty", "hex"])
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "not base64 at all!",
+        base64.b64encode(bytes(16)).decode(),
+        base64.b64encode(bytes(33)).decode(),
+        "",
+        "0x" + "ab" * 32,
+    ],
+    ids=["garbage", "128-bit", "264-bit", "empty", "hex"],
+)
 def test_malformed_key_is_refused_without_quoting_it(tmp_path: Path, run_worker, secret: str) -> None:
-    _assert_failed(run_worker(["--random-weights"], _task(tmp_path, _encrypt(_jpeg(), KEY), secret)),
-                   "IEXEC_REQUESTER_SECRET_1", "base64", "256-bit", secret=secret or None)
+    _assert_failed(
+        run_worker(["--random-weights"], _task(tmp_path, _encrypt(_jpeg(), KEY), secret)),
+        "IEXEC_REQUESTER_SECRET_1",
+        "base64",
+        "256-bit",
+        secret=secret or None,
+    )
 
 
 def test_decrypted_input_still_gets_every_image_check(tmp_path: Path, run_worker) -> None:
@@ -136,14 +161,18 @@ def test_decrypted_input_still_gets_every_image_check(tmp_path: Path, run_worker
     ihdr = struct.pack(">II", 100_000, 100_000) + bytes(data[24:29])
     data[16:29] = ihdr
     data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
-    _assert_failed(run_worker(["--random-weights"], _task(tmp_path, _encrypt(bytes(data), KEY), _secret(KEY))),
-                   "too many pixels", secret=_secret(KEY))
+    _assert_failed(
+        run_worker(["--random-weights"], _task(tmp_path, _encrypt(bytes(data), KEY), _secret(KEY))),
+        "too many pixels",
+        secret=_secret(KEY),
+    )
 
 
 def test_encrypted_input_without_a_key_is_not_an_image(tmp_path: Path, run_worker) -> None:
     """No secret, no decryption: behaviour is unchanged and the ciphertext is just not a photo."""
-    _assert_failed(run_worker(["--random-weights"], _task(tmp_path, _encrypt(_jpeg(), KEY), None)),
-                   "not an image that can be read")
+    _assert_failed(
+        run_worker(["--random-weights"], _task(tmp_path, _encrypt(_jpeg(), KEY), None)), "not an image that can be read"
+    )
 
 
 def test_encrypted_url_download_is_decrypted_too(tmp_path: Path, run_worker, local_http) -> None:
@@ -152,8 +181,11 @@ def test_encrypted_url_download_is_decrypted_too(tmp_path: Path, run_worker, loc
     local_http.routes["/photo.enc"] = (200, {"Content-Type": "application/octet-stream"}, blob)
     secret = _secret(_wrong_key_with_bad_padding(blob))
     env = iexec_env(tmp_path, IEXEC_REQUESTER_SECRET_1=secret)
-    _assert_failed(run_worker(["--random-weights", "--url", f"{local_http.base}/photo.enc"], env),
-                   "could not be decrypted", secret=secret)
+    _assert_failed(
+        run_worker(["--random-weights", "--url", f"{local_http.base}/photo.enc"], env),
+        "could not be decrypted",
+        secret=secret,
+    )
 
 
 def test_decrypt_input_round_trips_every_padding_length() -> None:
@@ -185,8 +217,7 @@ def _sdk_encrypt(tmp_path: Path, files: list[Path], key: str | None = None) -> s
     script = tmp_path / "sdk_encrypt.mjs"
     script.write_text(SDK_ENCRYPT % {"sdk": SDK.as_posix()})
     env = {**os.environ, **({"KEY": key} if key else {})}
-    proc = subprocess.run(["node", str(script), *map(str, files)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(["node", str(script), *map(str, files)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])["key"]
 
@@ -205,7 +236,7 @@ def test_what_the_sdk_encrypts_the_app_decrypts_to_the_same_bytes(tmp_path: Path
     key = base64.b64decode(_sdk_encrypt(tmp_path, files))
     for path in files:
         blob = path.with_name(path.name + ".enc").read_bytes()
-        assert blob[16:] != path.read_bytes()[:len(blob) - 16]
+        assert blob[16:] != path.read_bytes()[: len(blob) - 16]
         assert decrypt_input(blob, key) == path.read_bytes(), path.name
         try:
             other = decrypt_input(blob, OTHER_KEY)
@@ -229,8 +260,13 @@ def test_a_photo_encrypted_by_the_sdk_is_segmented(tmp_path: Path, run_worker, w
     assert result.files == {"result.png", "detections.json", "computed.json"}
     doc = json.loads((result.out / "detections.json").read_text())
     height, width = skimage.data.chelsea().shape[:2]
-    assert doc["image"] == {"width": width, "height": height, "source_format": "JPEG",
-                            "source_width": width, "source_height": height}
+    assert doc["image"] == {
+        "width": width,
+        "height": height,
+        "source_format": "JPEG",
+        "source_width": width,
+        "source_height": height,
+    }
     assert Image.open(result.out / "result.png").size == (width, height)
     assert secret not in result.stdout + result.stderr
     for path in tmp_path.rglob("*"):

@@ -1,6 +1,7 @@
 """The cached inference graph (worker.graph): it gives the same detections as building the Keras model, a
 task uses it when it fits and falls back to the Keras model when the entry is missing, stale or broken.
 TensorFlow runs only in subprocesses (the keras aliasing is process-wide)."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,13 @@ print(json.dumps(out))
 
 
 def test_cached_graph_gives_the_same_detections_as_keras(tmp_path: Path, worker_weights_r50: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", _SAME_SCRIPT, str(worker_weights_r50), str(tmp_path / "graphs")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SAME_SCRIPT, str(worker_weights_r50), str(tmp_path / "graphs")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["meta_equal"]  # same scale, window and image meta as mrcnn's mold_inputs
@@ -74,8 +80,11 @@ def test_lookup_misses_and_flags_stale_entries(tmp_path: Path) -> None:
     (folder / graph.KEY_FILE).write_text(json.dumps(key))
     assert graph.lookup(str(tmp_path), key) == (str(folder), "hit")
     # other weights, size or confidence: another entry
-    for other in (graph.graph_key("22" * 32, "resnet101", 1024, 0.7), graph.graph_key("11" * 32, "resnet101", 512, 0.7),
-                  graph.graph_key("11" * 32, "resnet101", 1024, 0.5)):
+    for other in (
+        graph.graph_key("22" * 32, "resnet101", 1024, 0.7),
+        graph.graph_key("11" * 32, "resnet101", 512, 0.7),
+        graph.graph_key("11" * 32, "resnet101", 1024, 0.5),
+    ):
         assert graph.entry_dir(str(tmp_path), other) != str(folder)
         assert graph.lookup(str(tmp_path), other) == (None, "miss")
 
@@ -93,8 +102,7 @@ def task(tmp_path: Path, run_worker, worker_weights_r50: Path):
     def run(tag: str, *args: str, **env: str) -> tuple[dict, bytes]:
         base = tmp_path / tag
         base.mkdir()
-        environment = iexec_env(base, name, MRCNN_WEIGHTS=str(worker_weights_r50), SEGBOT_GRAPH_CACHE=str(cache),
-                                **env)
+        environment = iexec_env(base, name, MRCNN_WEIGHTS=str(worker_weights_r50), SEGBOT_GRAPH_CACHE=str(cache), **env)
         Image.fromarray(skimage.data.chelsea()).save(base / "iexec_in" / name, "PNG")
         # fp32: the Keras model and the cached graph then give bit-identical results (bf16: see below)
         result = run_worker(["--max-dim", "256", "--precision", "fp32", *args], environment)
@@ -103,6 +111,7 @@ def task(tmp_path: Path, run_worker, worker_weights_r50: Path):
         assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr
         doc = json.loads((result.out / "detections.json").read_text())
         return doc, (result.out / "result.png").read_bytes()
+
     run.cache = cache  # type: ignore[attr-defined]
     return run
 
@@ -149,9 +158,27 @@ def test_bf16_graph_agrees_with_fp32(tmp_path: Path, run_worker, worker_weights_
         base.mkdir()
         env = iexec_env(base, name, MRCNN_WEIGHTS=str(worker_weights_r50), SEGBOT_GRAPH_CACHE=str(tmp_path / "g"))
         Image.fromarray(skimage.data.astronaut()).save(base / "iexec_in" / name, "PNG")
-        subprocess.run([sys.executable, "-m", "worker", "build-graph", "--max-dim", "256", "--precision", precision,
-                        "--min-confidence", "0.5", "--cache-dir", str(tmp_path / "g")],
-                       cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "build-graph",
+                "--max-dim",
+                "256",
+                "--precision",
+                precision,
+                "--min-confidence",
+                "0.5",
+                "--cache-dir",
+                str(tmp_path / "g"),
+            ],
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         result = run_worker(["--max-dim", "256", "--min-confidence", "0.5", "--precision", precision], env)
         assert result.code == 0, result.stderr[-2000:]
         docs[precision] = json.loads((result.out / "detections.json").read_text())
@@ -166,9 +193,9 @@ def test_bf16_graph_agrees_with_fp32(tmp_path: Path, run_worker, worker_weights_
     classes_fp32, classes_bf16 = Counter(d["class_id"] for d in fp32), Counter(d["class_id"] for d in bf16)
     assert sum((classes_fp32 & classes_bf16).values()) >= 0.8 * len(fp32)
     strong = fp32[:30]
-    found = [d for d in strong if any(e["class_id"] == d["class_id"] and _iou(d["box"], e["box"]) >= 0.5
-                                      for e in bf16)]
+    found = [d for d in strong if any(e["class_id"] == d["class_id"] and _iou(d["box"], e["box"]) >= 0.5 for e in bf16)]
     assert len(found) >= 0.3 * len(strong), (len(found), len(strong))
+
 
 _DETACH_SCRIPT = r"""
 import json
@@ -214,15 +241,33 @@ def test_variable_reads_are_detached_for_packing() -> None:
     assert out["bad"] is None
 
 
-def test_auto_precision_uses_a_cached_fp32_graph_rather_than_building(tmp_path: Path, run_worker,
-                                                                      worker_weights_r50: Path) -> None:
+def test_auto_precision_uses_a_cached_fp32_graph_rather_than_building(
+    tmp_path: Path, run_worker, worker_weights_r50: Path
+) -> None:
     """An image baked only fp32 graphs (its build host had no bf16): a bf16 CPU with --precision auto still
     loads the fp32 graph instead of building the Keras model."""
     name = "7" * 64
     env = iexec_env(tmp_path, name, MRCNN_WEIGHTS=str(worker_weights_r50), SEGBOT_GRAPH_CACHE=str(tmp_path / "g"))
     Image.fromarray(skimage.data.coffee()).save(tmp_path / "iexec_in" / name, "PNG")
-    subprocess.run([sys.executable, "-m", "worker", "build-graph", "--max-dim", "256", "--precision", "fp32",
-                    "--cache-dir", str(tmp_path / "g")], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "build-graph",
+            "--max-dim",
+            "256",
+            "--precision",
+            "fp32",
+            "--cache-dir",
+            str(tmp_path / "g"),
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     result = run_worker(["--max-dim", "256"], env)
     assert result.code == 0, result.stderr[-2000:]
     model = json.loads((result.out / "detections.json").read_text())["model"]

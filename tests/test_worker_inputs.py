@@ -1,5 +1,6 @@
 """Bad input to the iExec app: each case ends with only computed.json holding a clear error-message, a
 non-zero exit, a one-line message on stderr, fast and without importing TensorFlow."""
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,7 @@ INPUT = "5e1c0e4c2a0b6a7b1f3f3a2d0e0c1b9a8f7e6d5c4b3a29180716253443526170"  # sh
 
 def _jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
-        buf, "JPEG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "JPEG")
     return buf.getvalue()
 
 
@@ -47,14 +47,18 @@ def _assert_failed(run, *words: str, max_s: float = 2.0) -> None:
     assert run.seconds < max_s, run.seconds
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"", ["empty"]),
-    (b"hello, this is not a photo\n" * 10, ["not an image"]),
-    (_jpeg()[:300], ["truncated or corrupt"]),
-    (_png_declaring(100_000, 100_000), ["too many pixels", "40 megapixels"]),
-    (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>', ["SVG"]),
-    (b'<svg xmlns="http://www.w3.org/2000/svg"><rect width="5" height="5"/></svg>', ["SVG"]),
-], ids=["empty", "text-as-jpg", "truncated-jpeg", "png-100000x100000", "svg-xml", "svg"])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"", ["empty"]),
+        (b"hello, this is not a photo\n" * 10, ["not an image"]),
+        (_jpeg()[:300], ["truncated or corrupt"]),
+        (_png_declaring(100_000, 100_000), ["too many pixels", "40 megapixels"]),
+        (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>', ["SVG"]),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"><rect width="5" height="5"/></svg>', ["SVG"]),
+    ],
+    ids=["empty", "text-as-jpg", "truncated-jpeg", "png-100000x100000", "svg-xml", "svg"],
+)
 def test_bad_input_file(tmp_path: Path, run_worker, content: bytes, words: list[str]) -> None:
     env = iexec_env(tmp_path, INPUT)
     (tmp_path / "iexec_in" / INPUT).write_bytes(content)
@@ -69,16 +73,19 @@ def test_declared_input_file_missing(tmp_path: Path, run_worker) -> None:
     _assert_failed(run_worker(["--random-weights"], iexec_env(tmp_path, INPUT)), "does not exist")
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--max-dim", "100"], ["--max-dim", "multiple of 64"]),
-    (["--max-dim", "big"], ["--max-dim", "whole number"]),
-    (["--min-confidence", "1.5"], ["--min-confidence", "0 to 1"]),
-    (["--format", "gif"], ["--format"]),
-    (["--classes", "person,unicorn"], ["unknown class", "unicorn"]),
-    (["--backbone", "vgg16"], ["--backbone"]),
-    (["--frobnicate"], ["unrecognized", "--frobnicate"]),
-    (["ftp://example.org/x.jpg"], ["http://"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--max-dim", "100"], ["--max-dim", "multiple of 64"]),
+        (["--max-dim", "big"], ["--max-dim", "whole number"]),
+        (["--min-confidence", "1.5"], ["--min-confidence", "0 to 1"]),
+        (["--format", "gif"], ["--format"]),
+        (["--classes", "person,unicorn"], ["unknown class", "unicorn"]),
+        (["--backbone", "vgg16"], ["--backbone"]),
+        (["--frobnicate"], ["unrecognized", "--frobnicate"]),
+        (["ftp://example.org/x.jpg"], ["http://"]),
+    ],
+)
 def test_bad_option(tmp_path: Path, run_worker, args: list[str], words: list[str]) -> None:
     env = iexec_env(tmp_path, INPUT)
     (tmp_path / "iexec_in" / INPUT).write_bytes(_jpeg())
@@ -86,39 +93,45 @@ def test_bad_option(tmp_path: Path, run_worker, args: list[str], words: list[str
 
 
 def test_url_404(tmp_path: Path, run_worker, local_http) -> None:
-    _assert_failed(run_worker(["--random-weights", f"{local_http.base}/missing.jpg"], iexec_env(tmp_path)),
-                   "HTTP 404")
+    _assert_failed(run_worker(["--random-weights", f"{local_http.base}/missing.jpg"], iexec_env(tmp_path)), "HTTP 404")
 
 
 def test_url_200_mb_declared(tmp_path: Path, run_worker, local_http) -> None:
     def stream(wfile) -> None:
         for _ in range(200):
             wfile.write(b"\0" * 1_000_000)
-    local_http.routes["/big.jpg"] = (200, {"Content-Length": str(200_000_000), "Content-Type": "image/jpeg"},
-                                     stream)
-    _assert_failed(run_worker(["--random-weights", "--url", f"{local_http.base}/big.jpg"], iexec_env(tmp_path)),
-                   "larger than 20 MB")
+
+    local_http.routes["/big.jpg"] = (200, {"Content-Length": str(200_000_000), "Content-Type": "image/jpeg"}, stream)
+    _assert_failed(
+        run_worker(["--random-weights", "--url", f"{local_http.base}/big.jpg"], iexec_env(tmp_path)),
+        "larger than 20 MB",
+    )
 
 
 def test_url_200_mb_undeclared(tmp_path: Path, run_worker, local_http) -> None:
     def stream(wfile) -> None:
         for _ in range(200):
             wfile.write(b"\xff" * 1_000_000)
+
     local_http.routes["/big.jpg"] = (200, {"Content-Type": "image/jpeg", "Connection": "close"}, stream)
-    _assert_failed(run_worker(["--random-weights", f"{local_http.base}/big.jpg"], iexec_env(tmp_path)),
-                   "larger than 20 MB", max_s=4.0)
+    _assert_failed(
+        run_worker(["--random-weights", f"{local_http.base}/big.jpg"], iexec_env(tmp_path)),
+        "larger than 20 MB",
+        max_s=4.0,
+    )
 
 
 def test_url_redirect_to_other_scheme_refused(tmp_path: Path, run_worker, local_http) -> None:
     local_http.routes["/r.jpg"] = (302, {"Location": "file:///etc/passwd"}, b"")
-    _assert_failed(run_worker(["--random-weights", f"{local_http.base}/r.jpg"], iexec_env(tmp_path)),
-                   "only http")
+    _assert_failed(run_worker(["--random-weights", f"{local_http.base}/r.jpg"], iexec_env(tmp_path)), "only http")
 
 
 def test_url_private_address_refused_when_asked(tmp_path: Path, run_worker, local_http) -> None:
     local_http.routes["/a.jpg"] = (200, {"Content-Type": "image/jpeg"}, _jpeg())
-    _assert_failed(run_worker(["--random-weights", "--block-private-urls", f"{local_http.base}/a.jpg"],
-                              iexec_env(tmp_path)), "private or local")
+    _assert_failed(
+        run_worker(["--random-weights", "--block-private-urls", f"{local_http.base}/a.jpg"], iexec_env(tmp_path)),
+        "private or local",
+    )
 
 
 def test_url_text_instead_of_image(tmp_path: Path, run_worker, local_http) -> None:
@@ -159,8 +172,16 @@ def test_weights_from_dataset_missing(tmp_path: Path, run_worker) -> None:
 def test_help_does_not_import_tensorflow(tmp_path: Path, run_worker) -> None:
     run = run_worker(["--help"], iexec_env(tmp_path))
     assert run.code == 0
-    for word in ("--max-dim", "--min-confidence", "--format", "--classes", "--backbone", "--random-weights",
-                 "fetch-weights", "segment"):
+    for word in (
+        "--max-dim",
+        "--min-confidence",
+        "--format",
+        "--classes",
+        "--backbone",
+        "--random-weights",
+        "fetch-weights",
+        "segment",
+    ):
         assert word in run.stdout
     assert not run.imported_tensorflow
     assert "| worker.options" in run.stderr  # importtime really listed our modules

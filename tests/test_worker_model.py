@@ -1,6 +1,7 @@
 """The real model: built with mrcnn 0.2 on TF 2.21 through worker.compat, weights loaded by layer name from
 a file in matterport's naming, detect on photos that ship with scikit-image, and the iExec task end to end
 as a subprocess. TensorFlow runs only in subprocesses (the keras aliasing is process-wide)."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,13 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def model_report(worker_weights_r50: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _MODEL_SCRIPT, str(worker_weights_r50)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MODEL_SCRIPT, str(worker_weights_r50)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -52,8 +58,9 @@ def test_model_builds_and_loads_every_weighted_layer_by_name(model_report: dict)
     assert model_report["params"] == 45_088_120  # matterport's ResNet50 Mask R-CNN
     assert model_report["restored"] == len(model_report["weighted"]) > 100
     assert set(model_report["weighted"]) <= set(model_report["in_file"])
-    assert {"rpn_model", "mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask", "fpn_p2", "res4f_branch2c"} \
-        <= set(model_report["in_file"])
+    assert {"rpn_model", "mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask", "fpn_p2", "res4f_branch2c"} <= set(
+        model_report["in_file"]
+    )
     assert model_report["kernel_equal"]
 
 
@@ -79,7 +86,7 @@ def _rle_decode(rle: dict) -> np.ndarray:
     pos = 0
     for i, count in enumerate(rle["counts"]):
         if i % 2:
-            flat[pos:pos + count] = True
+            flat[pos : pos + count] = True
         pos += count
     assert pos == height * width
     return flat.reshape(width, height).T
@@ -87,6 +94,7 @@ def _rle_decode(rle: dict) -> np.ndarray:
 
 def test_iexec_task_end_to_end(tmp_path: Path, run_worker, worker_weights_r50: Path) -> None:
     import skimage.data
+
     name = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
     env = iexec_env(tmp_path, name, MRCNN_WEIGHTS=str(worker_weights_r50))
     photo = skimage.data.chelsea()
@@ -118,11 +126,30 @@ def test_iexec_task_end_to_end(tmp_path: Path, run_worker, worker_weights_r50: P
 
 def test_segment_command_for_people(tmp_path: Path, worker_weights_r50: Path) -> None:
     import skimage.data
+
     src = tmp_path / "coffee.png"
     Image.fromarray(skimage.data.coffee()).save(src)
-    proc = subprocess.run([sys.executable, "-m", "worker", "segment", str(src), "--out", str(tmp_path / "o"),
-                           "--max-dim", "256", "--weights", str(worker_weights_r50), "--classes", "cup,person"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "segment",
+            str(src),
+            "--out",
+            str(tmp_path / "o"),
+            "--max-dim",
+            "256",
+            "--weights",
+            str(worker_weights_r50),
+            "--classes",
+            "cup,person",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "segmented:" in proc.stderr
     doc = json.loads((tmp_path / "o" / "detections.json").read_text())

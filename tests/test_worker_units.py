@@ -1,10 +1,11 @@
 """Worker parts without TensorFlow: image normalisation, options, COCO RLE, drawing, downloads and
 fetch-weights against a 127.0.0.1 server."""
+
 from __future__ import annotations
 
 import hashlib
-import json
 import io
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,9 @@ def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
 
 
 def test_modes_become_rgb() -> None:
-    cmyk = Image.new("CMYK", (20, 10), (0, 255, 255, 0))   # red in CMYK
+    cmyk = Image.new("CMYK", (20, 10), (0, 255, 255, 0))  # red in CMYK
     assert tuple(load_image_bytes(_encode(cmyk, "JPEG")).pixels[5, 5]) == pytest.approx((255, 0, 0), abs=8)
-    rgba = Image.new("RGBA", (8, 8), (0, 0, 255, 0))       # fully transparent -> white background
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 255, 0))  # fully transparent -> white background
     assert tuple(load_image_bytes(_encode(rgba, "PNG")).pixels[0, 0]) == (255, 255, 255)
     grey16 = Image.fromarray(np.full((6, 6), 65535, dtype=np.uint16))
     loaded = load_image_bytes(_encode(grey16, "PNG"))
@@ -60,8 +61,21 @@ def test_large_image_scaled_to_output_limit_and_other_formats_refused() -> None:
 
 
 def test_options_words() -> None:
-    opts = parse_task(["--max-dim", "512", "--min-confidence", "0.5", "--format", "JPEG", "--classes",
-                       "person,traffic_light,Dog", "--backbone", "resnet50", "https://example.org/a.jpg"])
+    opts = parse_task(
+        [
+            "--max-dim",
+            "512",
+            "--min-confidence",
+            "0.5",
+            "--format",
+            "JPEG",
+            "--classes",
+            "person,traffic_light,Dog",
+            "--backbone",
+            "resnet50",
+            "https://example.org/a.jpg",
+        ]
+    )
     assert (opts.max_dim, opts.min_confidence, opts.fmt, opts.backbone) == (512, 0.5, "jpeg", "resnet50")
     assert opts.classes == (1, 10, 17) and opts.url == "https://example.org/a.jpg"
     assert parse_task(["segment", "x.png", "--out", "d"]).image == "x.png"
@@ -115,10 +129,10 @@ def test_draw_boxes_labels_and_stamp(size: tuple[int, int]) -> None:
     plain = np.asarray(draw(pixels, [inst], ["BG"] + ["x"] * 16 + ["dog"], random_weights=False))
     stamped = np.asarray(draw(pixels, [inst], ["BG"] + ["x"] * 16 + ["dog"], random_weights=True))
     assert plain.shape == pixels.shape
-    assert (plain[: box[0] - 1, width * 3 // 4:] == 128).all()  # far from the box: untouched
+    assert (plain[: box[0] - 1, width * 3 // 4 :] == 128).all()  # far from the box: untouched
     changed = (stamped != plain).any(axis=-1)
-    assert changed[height // 2:].any()  # the RANDOM WEIGHTS stamp is at the bottom
-    assert (plain[box[0]:box[2], box[1]:box[3]] != 128).any()
+    assert changed[height // 2 :].any()  # the RANDOM WEIGHTS stamp is at the bottom
+    assert (plain[box[0] : box[2], box[1] : box[3]] != 128).any()
 
 
 def test_download_limits(local_http) -> None:
@@ -153,8 +167,10 @@ def test_precision_auto_follows_the_cpu(tmp_path) -> None:
     from worker import precision
 
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16\n\n"
-                       "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16\n\n"
+        "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+    )
     flags = precision.cpu_flags(str(cpuinfo))
     assert "amx_bf16" in flags and "avx2" in flags
     assert precision.resolve("auto", flags) == "bf16"

@@ -5,6 +5,7 @@ It reads its input as an iExec task does (input files, `iexec_args`), writes the
 `detections.json` and `computed.json` to `IEXEC_OUT`, and ships alone in a Docker image: it must never import
 another package of this project. Importing `worker` itself is cheap (no TensorFlow).
 """
+
 from __future__ import annotations
 
 from worker.errors import (

@@ -4,10 +4,11 @@
 
 Must never import TensorFlow for `--help` or for a bad option.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from worker.errors import WorkerError
 
@@ -26,6 +27,7 @@ def _make_test_weights(argv: Sequence[str]) -> int:
 
     ns = make_weights_parser().parse_args(list(argv))
     from worker.testing import make_weights
+
     make_weights(ns.path, backbone=ns.backbone)
     print(f"random test weights written: {ns.path} ({ns.backbone})", file=sys.stderr)
     return 0
@@ -40,6 +42,7 @@ def _build_graph(argv: Sequence[str]) -> int:
     ns = build_graph_parser().parse_args(list(argv))
     weights = resolve_weights(ns.weights, ns.backbone, False, os.environ)
     from worker.app import build_graphs
+
     for folder in build_graphs(weights, ns.max_dim, ns.min_confidence, ns.cache_dir, ns.precision):
         print(f"inference graph cached: {folder}", file=sys.stderr)
     return 0
@@ -50,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args[:1]) or args == ["help"]:
         from worker.options import build_parser
+
         build_parser().print_help()
         return 0
     command = args[0] if args else None
@@ -64,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     from worker.app import run_task
+
     return run_task(args)
 
 
@@ -73,6 +78,7 @@ def _exit(code: int) -> None:
     if "tensorflow" not in sys.modules:
         sys.exit(code)
     import os
+
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

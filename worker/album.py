@@ -30,6 +30,7 @@ A malformed task key, missing weights or more than `limits.MAX_ALBUM_PICTURES` i
 
 This module never imports TensorFlow (the pictures are checked before it is loaded).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,7 +61,7 @@ class Picture:
     error: str | None = None
     error_kind: str | None = None
     exit_code: int = 0
-    entry: dict[str, Any] | None = None   # the manifest entry once segmented
+    entry: dict[str, Any] | None = None  # the manifest entry once segmented
 
     def failed(self, message: str, kind: str, exit_code: int = 3) -> None:
         """Mark the picture failed (and drop its pixels)."""
@@ -93,8 +94,9 @@ def detections_name(n: int) -> str:
 def check_size(count: int) -> None:
     """Raises InputError when the task has more pictures than an album may hold."""
     if count > limits.MAX_ALBUM_PICTURES:
-        raise InputError(f"The task has {count} input files; an album holds at most "
-                         f"{limits.MAX_ALBUM_PICTURES} pictures.")
+        raise InputError(
+            f"The task has {count} input files; an album holds at most {limits.MAX_ALBUM_PICTURES} pictures."
+        )
 
 
 def load_pictures(env: Mapping[str, str], count: int, key: bytes | None) -> list[Picture]:
@@ -121,29 +123,60 @@ def all_failed(pictures: list[Picture]) -> WorkerError:
         text = f"None of the {total} pictures could be segmented: {messages[0]}"
     else:
         text = f"None of the {total} pictures could be segmented. " + " ".join(
-            f"Picture {p.index}: {p.error}" for p in pictures)
+            f"Picture {p.index}: {p.error}" for p in pictures
+        )
     error = InputError(text) if pictures[0].error_kind in ("input", "decryption") else ModelError(text)
     error.exit_code = pictures[0].exit_code or error.exit_code
     return error
 
 
-def ok_entry(picture: Picture, result: str, detections: str, count: int, width: int, height: int,
-             image_bytes: bytes) -> dict[str, Any]:
+def ok_entry(
+    picture: Picture, result: str, detections: str, count: int, width: int, height: int, image_bytes: bytes
+) -> dict[str, Any]:
     """The manifest entry of a segmented picture."""
-    return {"index": picture.index, "input": picture.input, "ok": True, "result": result,
-            "detections": detections, "count": count, "width": width, "height": height,
-            "sha256": hashlib.sha256(image_bytes).hexdigest()}
+    return {
+        "index": picture.index,
+        "input": picture.input,
+        "ok": True,
+        "result": result,
+        "detections": detections,
+        "count": count,
+        "width": width,
+        "height": height,
+        "sha256": hashlib.sha256(image_bytes).hexdigest(),
+    }
 
 
 def manifest(pictures: list[Picture], random_weights: bool) -> dict[str, Any]:
     """The album.json document (deterministic: no timings)."""
-    entries = [p.entry if p.entry is not None else
-               {"index": p.index, "input": p.input, "ok": False, "error": p.error, "error_kind": p.error_kind}
-               for p in pictures]
+    entries = [
+        p.entry
+        if p.entry is not None
+        else {"index": p.index, "input": p.input, "ok": False, "error": p.error, "error_kind": p.error_kind}
+        for p in pictures
+    ]
     ok = sum(1 for e in entries if e["ok"])
-    return {"version": MANIFEST_VERSION, "total": len(entries), "ok": ok, "failed": len(entries) - ok,
-            "random_weights": random_weights, "pictures": entries}
+    return {
+        "version": MANIFEST_VERSION,
+        "total": len(entries),
+        "ok": ok,
+        "failed": len(entries) - ok,
+        "random_weights": random_weights,
+        "pictures": entries,
+    }
 
 
-__all__ = ["MANIFEST", "MANIFEST_VERSION", "OUTPUT_NAME", "Picture", "all_failed", "check_size",
-           "detections_name", "error_kind", "load_pictures", "manifest", "ok_entry", "result_name"]
+__all__ = [
+    "MANIFEST",
+    "MANIFEST_VERSION",
+    "OUTPUT_NAME",
+    "Picture",
+    "all_failed",
+    "check_size",
+    "detections_name",
+    "error_kind",
+    "load_pictures",
+    "manifest",
+    "ok_entry",
+    "result_name",
+]

@@ -8,6 +8,7 @@ input fails in well under a second. On any failure `computed.json` carries an `e
 mode), nothing else is left in the output folder, and the exit code is non-zero.
 It must never print a traceback as the only explanation, and never write outside its output folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,7 @@ class Outcome:
     image_path: str
     detections_path: str
     count: int
-    pictures: int = 1   # an album: how many pictures, and how many of them failed
+    pictures: int = 1  # an album: how many pictures, and how many of them failed
     failed: int = 0
 
 
@@ -60,12 +61,14 @@ def _input_bytes(opts: TaskOptions, env: Mapping[str, str], max_bytes: int) -> b
     """The input's bytes as given (at most `max_bytes` + 1 of a file). Raises InputError / DownloadError."""
     if opts.url:
         from worker.fetch import download_image
+
         return download_image(opts.url, max_bytes=max_bytes, block_private=opts.block_private_urls)
     path = opts.image or (_input_path(opts, env) if "IEXEC_OUT" in env else None)
     if path:
         return read_input_file(path, max_bytes)
-    raise InputError("No input image: give the task an input file, or an image URL in its arguments "
-                     "(--url https://... ).")
+    raise InputError(
+        "No input image: give the task an input file, or an image URL in its arguments (--url https://... )."
+    )
 
 
 def load_input(opts: TaskOptions, env: Mapping[str, str]) -> LoadedImage:
@@ -77,22 +80,29 @@ def load_input(opts: TaskOptions, env: Mapping[str, str]) -> LoadedImage:
     return decode_input(lambda max_bytes: _input_bytes(opts, env, max_bytes), input_key(env))
 
 
-def _hash_in_background(path: str | None, env: Mapping[str, str]) -> tuple[threading.Thread | None,
-                                                                          dict[str, str]]:
+def _hash_in_background(path: str | None, env: Mapping[str, str]) -> tuple[threading.Thread | None, dict[str, str]]:
     box: dict[str, str] = {}
     if path is None:
         return None, box
 
     def work() -> None:
         from worker import graph
+
         box["sha256"] = graph.weights_sha256(path, graph.cache_root(env))
+
     thread = threading.Thread(target=work, name="weights-sha256", daemon=True)
     thread.start()
     return thread, box
 
 
-def _load_model(opts: TaskOptions, weights: WeightsInfo, sha256: str | None, env: Mapping[str, str],
-                timings: dict[str, float], precision: str) -> tuple[Any, dict[str, Any] | None, str, str]:
+def _load_model(
+    opts: TaskOptions,
+    weights: WeightsInfo,
+    sha256: str | None,
+    env: Mapping[str, str],
+    timings: dict[str, float],
+    precision: str,
+) -> tuple[Any, dict[str, Any] | None, str, str]:
     """(model, graph key, cache status, precision): the cached graph when there is a valid one, else the
     Keras model.
 
@@ -103,6 +113,7 @@ def _load_model(opts: TaskOptions, weights: WeightsInfo, sha256: str | None, env
     status = "off"
     if sha256 and opts.graph_cache:
         from worker import graph
+
         root = graph.cache_root(env)
         tries = [precision] + (["fp32"] if opts.precision == "auto" and precision != "fp32" else [])
         for number, candidate in enumerate(tries):
@@ -122,10 +133,13 @@ def _load_model(opts: TaskOptions, weights: WeightsInfo, sha256: str | None, env
         if status == "broken":
             print("warning: building the model instead.", file=sys.stderr)
     from worker import compat
+
     compat.install(opts.threads)
     from worker.graphopt import configure_grappler
+
     configure_grappler(bf16=precision == "bf16")
     from worker.model import SegmentationModel
+
     keras_net = SegmentationModel(weights.backbone, opts.max_dim, opts.min_confidence)
     timings["build_s"] = keras_net.build_s
     mark = time.perf_counter()
@@ -142,8 +156,8 @@ class Loaded:
     net: Any
     weights: WeightsInfo
     sha256: str | None
-    key: dict[str, Any] | None     # the graph cache key (for SEGBOT_GRAPH_AUTOBUILD)
-    status: str                    # graph cache: hit, miss, stale, broken, off
+    key: dict[str, Any] | None  # the graph cache key (for SEGBOT_GRAPH_AUTOBUILD)
+    status: str  # graph cache: hit, miss, stale, broken, off
     precision: str
 
 
@@ -151,11 +165,13 @@ def prepare_model(opts: TaskOptions, env: Mapping[str, str], started: float, tim
     """Find the weights, import TensorFlow and load the model (the cached graph when valid)."""
     weights = resolve_weights(opts.weights, opts.backbone, opts.random_weights, env)
     from worker.precision import resolve as resolve_precision
+
     precision = resolve_precision(opts.precision)
     timings["checks_s"] = time.perf_counter() - started
     hasher, digest = _hash_in_background(weights.path, env)  # overlaps the TensorFlow import
     mark = time.perf_counter()
     from worker.tfsetup import import_tensorflow
+
     import_tensorflow(opts.threads)  # TensorFlow is imported here, and only here
     if hasher:
         hasher.join()
@@ -175,19 +191,19 @@ def segment(opts: TaskOptions, env: Mapping[str, str], out_dir: str, started: fl
     mark = time.perf_counter()
     found = model.net.detect(loaded.pixels, opts.classes)
     timings["detect_s"] = time.perf_counter() - mark
-    outcome = write_outputs(out_dir, opts, loaded, found, model.weights, model.sha256, timings, started,
-                            model.status, model.precision)
+    outcome = write_outputs(
+        out_dir, opts, loaded, found, model.weights, model.sha256, timings, started, model.status, model.precision
+    )
     _maybe_autobuild(model, env)
     return outcome
 
 
-def segment_album(opts: TaskOptions, env: Mapping[str, str], out_dir: str, started: float,
-                  count: int) -> Outcome:
+def segment_album(opts: TaskOptions, env: Mapping[str, str], out_dir: str, started: float, count: int) -> Outcome:
     """Every input file of the task, the model loaded once; a picture that fails fails alone."""
     album.check_size(count)
     pictures = album.load_pictures(env, count, input_key(env))
     if all(p.error for p in pictures):
-        raise album.all_failed(pictures)   # before TensorFlow: refused inputs cost no model load
+        raise album.all_failed(pictures)  # before TensorFlow: refused inputs cost no model load
     shared: dict[str, float] = {}
     model = prepare_model(opts, env, started, shared)
     _segment_pictures(pictures, opts, model, out_dir, shared, started)
@@ -198,9 +214,14 @@ def segment_album(opts: TaskOptions, env: Mapping[str, str], out_dir: str, start
     _write_json(manifest_path, manifest)
     _write_json(os.path.join(out_dir, "computed.json"), {"deterministic-output-path": manifest_path})
     _maybe_autobuild(model, env)
-    return Outcome(out_dir=out_dir, image_path=manifest_path, detections_path=manifest_path,
-                   count=sum(p.entry["count"] for p in pictures if p.entry), pictures=count,
-                   failed=manifest["failed"])
+    return Outcome(
+        out_dir=out_dir,
+        image_path=manifest_path,
+        detections_path=manifest_path,
+        count=sum(p.entry["count"] for p in pictures if p.entry),
+        pictures=count,
+        failed=manifest["failed"],
+    )
 
 
 #: album pictures detected at once. 2 (the cached graph is safe to call from threads) was measured on the
@@ -209,13 +230,21 @@ def segment_album(opts: TaskOptions, env: Mapping[str, str], out_dir: str, start
 DETECTORS = 1
 
 
-def _segment_pictures(pictures: list[album.Picture], opts: TaskOptions, model: Loaded, out_dir: str,
-                      shared: dict[str, float], started: float) -> None:
+def _segment_pictures(
+    pictures: list[album.Picture],
+    opts: TaskOptions,
+    model: Loaded,
+    out_dir: str,
+    shared: dict[str, float],
+    started: float,
+) -> None:
     """Detect the loaded pictures (DETECTORS at a time with the cached graph) and draw and write each in a
     thread meanwhile (Pillow and numpy release the GIL). An error marks only its picture failed."""
     at_once = DETECTORS if model.status == "hit" else 1  # the cached graph is safe to call from threads
-    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="album-detect") as detector, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="album-writer") as writer:
+    with (
+        ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="album-detect") as detector,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="album-writer") as writer,
+    ):
         detecting = [(p, detector.submit(_detect, p, opts, model, shared)) for p in pictures if p.loaded is not None]
         pending = []
         for picture, job in detecting:
@@ -224,8 +253,14 @@ def _segment_pictures(pictures: list[album.Picture], opts: TaskOptions, model: L
             except Exception as exc:  # noqa: BLE001 - one picture's failure is reported in its entry
                 _picture_failed(picture, exc)
                 continue
-            pending.append((picture, writer.submit(_write_picture, picture, len(pictures), found, opts, model,
-                                                   out_dir, timings, started)))
+            pending.append(
+                (
+                    picture,
+                    writer.submit(
+                        _write_picture, picture, len(pictures), found, opts, model, out_dir, timings, started
+                    ),
+                )
+            )
         for picture, job in pending:
             try:
                 job.result()
@@ -236,8 +271,9 @@ def _segment_pictures(pictures: list[album.Picture], opts: TaskOptions, model: L
         print(f"picture {picture.index}: {state}", file=sys.stderr)
 
 
-def _detect(picture: album.Picture, opts: TaskOptions, model: Loaded,
-            shared: dict[str, float]) -> tuple[Sequence[object], dict[str, float]]:
+def _detect(
+    picture: album.Picture, opts: TaskOptions, model: Loaded, shared: dict[str, float]
+) -> tuple[Sequence[object], dict[str, float]]:
     """One album picture's detections, and its timings (the shared ones plus its own detect_s)."""
     assert picture.loaded is not None
     timings = dict(shared)
@@ -247,20 +283,41 @@ def _detect(picture: album.Picture, opts: TaskOptions, model: Loaded,
     return found, timings
 
 
-def _write_picture(picture: album.Picture, total: int, found: Sequence[object], opts: TaskOptions, model: Loaded,
-                   out_dir: str, timings: dict[str, float], started: float) -> None:
+def _write_picture(
+    picture: album.Picture,
+    total: int,
+    found: Sequence[object],
+    opts: TaskOptions,
+    model: Loaded,
+    out_dir: str,
+    timings: dict[str, float],
+    started: float,
+) -> None:
     """Draw and write one album picture, then make its manifest entry."""
     loaded = picture.loaded
     assert loaded is not None
     image_name = album.result_name(picture.index, opts.fmt)
-    written = write_outputs(out_dir, opts, loaded, found, model.weights, model.sha256, timings, started,
-                            model.status, model.precision, image_name=image_name,
-                            detections_name=album.detections_name(picture.index),
-                            extra={"album": {"index": picture.index, "total": total}}, computed=False)
+    written = write_outputs(
+        out_dir,
+        opts,
+        loaded,
+        found,
+        model.weights,
+        model.sha256,
+        timings,
+        started,
+        model.status,
+        model.precision,
+        image_name=image_name,
+        detections_name=album.detections_name(picture.index),
+        extra={"album": {"index": picture.index, "total": total}},
+        computed=False,
+    )
     height, width = loaded.pixels.shape[:2]
     with open(written.image_path, "rb") as fh:
-        picture.entry = album.ok_entry(picture, image_name, album.detections_name(picture.index), written.count,
-                                       width, height, fh.read())
+        picture.entry = album.ok_entry(
+            picture, image_name, album.detections_name(picture.index), written.count, width, height, fh.read()
+        )
     picture.loaded = None
 
 
@@ -272,8 +329,7 @@ def _picture_failed(picture: album.Picture, exc: Exception) -> None:
         picture.failed(album.MEMORY_MESSAGE, "memory", 7)
     else:  # a bug: the traceback is for the operator, the words for the requester
         traceback.print_exception(exc)
-        picture.failed(f"Internal error of the segmentation app ({type(exc).__name__}) on this picture.",
-                       "internal", 8)
+        picture.failed(f"Internal error of the segmentation app ({type(exc).__name__}) on this picture.", "internal", 8)
 
 
 def _maybe_autobuild(model: Loaded, env: Mapping[str, str]) -> None:
@@ -284,6 +340,7 @@ def _maybe_autobuild(model: Loaded, env: Mapping[str, str]) -> None:
 def _autobuild(net: Any, key: dict[str, Any], env: Mapping[str, str]) -> None:
     """Export the graph after the outputs are written (opt-in: it costs a few seconds once)."""
     from worker import graph
+
     try:
         folder = graph.export(net, graph.cache_root(env), key)
     except Exception as exc:  # noqa: BLE001 - the task itself succeeded; the cache is optional
@@ -292,17 +349,25 @@ def _autobuild(net: Any, key: dict[str, Any], env: Mapping[str, str]) -> None:
     print(f"inference graph cached: {folder}", file=sys.stderr)
 
 
-def build_graphs(weights: WeightsInfo, max_dims: Sequence[int], min_confidence: float,
-                 root: str | None = None, precisions: Sequence[str] = ("auto",)) -> list[str]:
+def build_graphs(
+    weights: WeightsInfo,
+    max_dims: Sequence[int],
+    min_confidence: float,
+    root: str | None = None,
+    precisions: Sequence[str] = ("auto",),
+) -> list[str]:
     """Export the inference graph of `weights` for each max_dim and precision into the cache (operator
     command)."""
     from worker import compat
+
     compat.install()
     from worker import graph
     from worker.model import SegmentationModel
+
     if weights.path is None:
         raise WeightsError("build-graph needs a weights file (random weights are not cached).")
     from worker.precision import resolve as resolve_precision
+
     root = root or graph.cache_root(os.environ)
     sha256 = graph.weights_sha256(weights.path, root)
     wanted = list(dict.fromkeys(resolve_precision(p) for p in precisions))
@@ -316,11 +381,23 @@ def build_graphs(weights: WeightsInfo, max_dims: Sequence[int], min_confidence: 
     return folders
 
 
-def write_outputs(out_dir: str, opts: TaskOptions, loaded: LoadedImage, found: Sequence[object],
-                  weights: WeightsInfo, sha256: str | None, timings: dict[str, float], started: float,
-                  graph_cache: str = "off", precision: str = "fp32", *, image_name: str | None = None,
-                  detections_name: str = "detections.json", extra: dict[str, Any] | None = None,
-                  computed: bool = True) -> Outcome:
+def write_outputs(
+    out_dir: str,
+    opts: TaskOptions,
+    loaded: LoadedImage,
+    found: Sequence[object],
+    weights: WeightsInfo,
+    sha256: str | None,
+    timings: dict[str, float],
+    started: float,
+    graph_cache: str = "off",
+    precision: str = "fp32",
+    *,
+    image_name: str | None = None,
+    detections_name: str = "detections.json",
+    extra: dict[str, Any] | None = None,
+    computed: bool = True,
+) -> Outcome:
     """Draw and write the result image, detections.json (plus `extra` keys) and (last, unless `computed` is
     false: an album writes its own) computed.json."""
     from worker import rle
@@ -340,20 +417,39 @@ def write_outputs(out_dir: str, opts: TaskOptions, loaded: LoadedImage, found: S
         picture.save(image_path, "JPEG", quality=90)
     timings["save_s"] = time.perf_counter() - mark
     height, width = loaded.pixels.shape[:2]
-    items = [{
-        "class_id": d.class_id, "class_name": CLASS_NAMES[d.class_id], "score": round(float(d.score), 4),
-        "box": list(d.box), "mask_area": d.mask_area,
-        "mask": rle.encode_box_mask(d.mask, d.box, (height, width)),
-    } for d in found]  # type: ignore[attr-defined]
+    items = [
+        {
+            "class_id": d.class_id,
+            "class_name": CLASS_NAMES[d.class_id],
+            "score": round(float(d.score), 4),
+            "box": list(d.box),
+            "mask_area": d.mask_area,
+            "mask": rle.encode_box_mask(d.mask, d.box, (height, width)),
+        }
+        for d in found
+    ]  # type: ignore[attr-defined]
     timings["total_s"] = time.perf_counter() - started
     doc = {
-        "image": {"width": width, "height": height, "source_format": loaded.source_format,
-                  "source_width": loaded.source_size[0], "source_height": loaded.source_size[1]},
-        "model": {"name": "Mask R-CNN (matterport) COCO", "backbone": weights.backbone,
-                  "max_dim": opts.max_dim, "min_confidence": opts.min_confidence,
-                  "weights_source": weights.source, "weights_sha256": sha256, "random_weights": weights.random,
-                  "graph_cache": graph_cache, "precision": precision},
-        "count": len(items), "detections": items,
+        "image": {
+            "width": width,
+            "height": height,
+            "source_format": loaded.source_format,
+            "source_width": loaded.source_size[0],
+            "source_height": loaded.source_size[1],
+        },
+        "model": {
+            "name": "Mask R-CNN (matterport) COCO",
+            "backbone": weights.backbone,
+            "max_dim": opts.max_dim,
+            "min_confidence": opts.min_confidence,
+            "weights_source": weights.source,
+            "weights_sha256": sha256,
+            "random_weights": weights.random,
+            "graph_cache": graph_cache,
+            "precision": precision,
+        },
+        "count": len(items),
+        "detections": items,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         **(extra or {}),
     }
@@ -425,11 +521,24 @@ def run_task(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
         fail(out_dir if "IEXEC_OUT" in env else None, message)
         print(f"error: {message}", file=sys.stderr)
         return 8
-    pictures = (f"{outcome.pictures} pictures ({outcome.failed} failed), " if outcome.pictures > 1 else "")
-    print(f"segmented: {pictures}{outcome.count} instances -> {outcome.image_path} "
-          f"({time.perf_counter() - started:.2f} s)", file=sys.stderr)
+    pictures = f"{outcome.pictures} pictures ({outcome.failed} failed), " if outcome.pictures > 1 else ""
+    print(
+        f"segmented: {pictures}{outcome.count} instances -> {outcome.image_path} "
+        f"({time.perf_counter() - started:.2f} s)",
+        file=sys.stderr,
+    )
     return 0
 
 
-__all__ = ["Loaded", "Outcome", "album_size", "build_graphs", "load_input", "prepare_model", "run_task", "segment",
-           "segment_album", "write_outputs"]
+__all__ = [
+    "Loaded",
+    "Outcome",
+    "album_size",
+    "build_graphs",
+    "load_input",
+    "prepare_model",
+    "run_task",
+    "segment",
+    "segment_album",
+    "write_outputs",
+]

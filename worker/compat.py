@@ -7,6 +7,7 @@ process (`sys.modules`), provides a stand-in `keras.engine` whose `Layer` sets s
 process-wide: only call it in the worker's own process, never in a process that uses Keras 3.
 It must never edit files on disk.
 """
+
 from __future__ import annotations
 
 import sys
@@ -85,6 +86,7 @@ def _patch_distutils() -> None:
     """distutils is gone in Python 3.12: give mrcnn a LooseVersion that compares release numbers."""
     try:
         import distutils.version  # noqa: F401
+
         return
     except ImportError:
         pass
@@ -93,7 +95,7 @@ def _patch_distutils() -> None:
         def __init__(self, text: str) -> None:
             self.parts = tuple(int(p) if p.isdigit() else 0 for p in text.split(".")[:3])
 
-        def __ge__(self, other: "LooseVersion") -> bool:
+        def __ge__(self, other: LooseVersion) -> bool:
             return self.parts >= other.parts
 
     pkg = types.ModuleType("distutils")

@@ -9,11 +9,12 @@ disk.
 
 It must never put the key (or any part of it) in a message, and never import anything of the bot's.
 """
+
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Mapping
+from collections.abc import Mapping
 
 from worker import limits
 from worker.errors import DecryptionError
@@ -25,12 +26,15 @@ KEY_BYTES = 32
 #: the largest encrypted file that can hold an accepted image (IV + a full block of padding)
 MAX_ENCRYPTED_BYTES = limits.MAX_IMAGE_BYTES + IV_BYTES + BLOCK_BYTES
 
-WRONG_KEY = (f"The input could not be decrypted with the key given in {SECRET_ENV} "
-             "(a different key, or a damaged file).")
-PLAIN_INPUT = (f"The input is not encrypted, but the task was given a key in {SECRET_ENV}: "
-               "encrypt the image with that key (iExec dataset format, AES-256-CBC) before sending it.")
-NOT_AN_IMAGE = (f"The input was decrypted with the key given in {SECRET_ENV} but is not an image: "
-                "the key is probably not the one it was encrypted with.")
+WRONG_KEY = f"The input could not be decrypted with the key given in {SECRET_ENV} (a different key, or a damaged file)."
+PLAIN_INPUT = (
+    f"The input is not encrypted, but the task was given a key in {SECRET_ENV}: "
+    "encrypt the image with that key (iExec dataset format, AES-256-CBC) before sending it."
+)
+NOT_AN_IMAGE = (
+    f"The input was decrypted with the key given in {SECRET_ENV} but is not an image: "
+    "the key is probably not the one it was encrypted with."
+)
 
 # the first bytes of the image formats the worker accepts (limits.ALLOWED_FORMATS)
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
@@ -49,8 +53,10 @@ def input_key(env: Mapping[str, str]) -> bytes | None:
     except (binascii.Error, ValueError):
         key = b""
     if len(key) != KEY_BYTES:
-        raise DecryptionError(f"The key given in {SECRET_ENV} is not a base64-encoded 256-bit AES key "
-                              "(the format of iExec's dataset keys); the input cannot be decrypted.")
+        raise DecryptionError(
+            f"The key given in {SECRET_ENV} is not a base64-encoded 256-bit AES key "
+            "(the format of iExec's dataset keys); the input cannot be decrypted."
+        )
     return key
 
 
@@ -65,8 +71,10 @@ def decrypt_input(blob: bytes, key: bytes) -> bytes:
     if not blob:
         raise DecryptionError("The input file is empty.")
     if len(blob) > MAX_ENCRYPTED_BYTES:
-        raise DecryptionError(f"The encrypted input is too large ({len(blob) // 1_000_000} MB); the image "
-                              f"limit is {limits.MAX_IMAGE_BYTES // 1_000_000} MB.")
+        raise DecryptionError(
+            f"The encrypted input is too large ({len(blob) // 1_000_000} MB); the image "
+            f"limit is {limits.MAX_IMAGE_BYTES // 1_000_000} MB."
+        )
     body = blob[IV_BYTES:]
     if len(blob) < IV_BYTES + BLOCK_BYTES or len(body) % BLOCK_BYTES:
         raise DecryptionError(PLAIN_INPUT if _looks_plain(blob) else WRONG_KEY)

@@ -4,10 +4,12 @@
 Sizes (line width, font) scale with the image so that the drawing is legible from 100 px to 2048 px.
 It must never change a pixel outside the masks, outlines, boxes, tags and stamp.
 """
+
 from __future__ import annotations
 
 import colorsys
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -39,8 +41,9 @@ def _outline(mask: np.ndarray, width: int) -> np.ndarray:
     eroded = mask.copy()
     for _ in range(width):
         inner = np.zeros_like(eroded)
-        inner[1:-1, 1:-1] = (eroded[1:-1, 1:-1] & eroded[:-2, 1:-1] & eroded[2:, 1:-1]
-                             & eroded[1:-1, :-2] & eroded[1:-1, 2:])
+        inner[1:-1, 1:-1] = (
+            eroded[1:-1, 1:-1] & eroded[:-2, 1:-1] & eroded[2:, 1:-1] & eroded[1:-1, :-2] & eroded[1:-1, 2:]
+        )
         eroded = inner
     return mask & ~eroded
 
@@ -52,8 +55,9 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def paint_masks(pixels: np.ndarray, instances: Sequence[Instance],
-                colours: Sequence[tuple[int, int, int]], line: int) -> np.ndarray:
+def paint_masks(
+    pixels: np.ndarray, instances: Sequence[Instance], colours: Sequence[tuple[int, int, int]], line: int
+) -> np.ndarray:
     """A copy of `pixels` with each mask blended in its colour and outlined; other pixels unchanged."""
     out = pixels.astype(np.float32)
     for inst, colour in zip(instances, colours):
@@ -66,8 +70,9 @@ def paint_masks(pixels: np.ndarray, instances: Sequence[Instance],
     return np.rint(out).astype(np.uint8)
 
 
-def draw(pixels: np.ndarray, instances: Sequence[Instance], class_names: Sequence[str],
-         random_weights: bool = False) -> Image.Image:
+def draw(
+    pixels: np.ndarray, instances: Sequence[Instance], class_names: Sequence[str], random_weights: bool = False
+) -> Image.Image:
     """The segmented image: masks, outlines, boxes, labels with scores, and the random-weights stamp."""
     height, width = pixels.shape[:2]
     scale = max(height, width)
@@ -86,8 +91,14 @@ def draw(pixels: np.ndarray, instances: Sequence[Instance], class_names: Sequenc
     return image
 
 
-def _tag(canvas: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, inst: Instance,
-         colour: tuple[int, int, int], class_names: Sequence[str], size: tuple[int, int]) -> None:
+def _tag(
+    canvas: ImageDraw.ImageDraw,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    inst: Instance,
+    colour: tuple[int, int, int],
+    class_names: Sequence[str],
+    size: tuple[int, int],
+) -> None:
     y1, x1, _, _ = inst.box
     name = class_names[inst.class_id] if 0 <= inst.class_id < len(class_names) else str(inst.class_id)
     text = f"{name} {inst.score:.2f}"

@@ -10,6 +10,7 @@ WorkerError
  ├── WeightsError    no weights file, or a file that is not Mask R-CNN COCO weights
  └── ModelError      the model could not be built or could not run
 """
+
 from __future__ import annotations
 
 

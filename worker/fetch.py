@@ -4,6 +4,7 @@
 It must never follow a redirect to a scheme other than http/https, never read more than the limit it was
 given, and never download the weights during a task on its own initiative.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import IO, Callable
+from collections.abc import Callable
+from typing import IO
 
 from worker import limits
 from worker.errors import DownloadError
@@ -56,6 +58,7 @@ def _checker(block_private: bool) -> Callable[[str], None]:
             raise DownloadError("Image URLs with a user name or password are not accepted.")
         if block_private:
             _refuse_private(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+
     return check
 
 
@@ -79,20 +82,27 @@ def _open(url: str, timeout: float, block_private: bool):  # type: ignore[no-unt
         return opener.open(url, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if 300 <= exc.code < 400:
-            raise DownloadError("The image URL redirects where it may not go (only http:// and https://, "
-                                f"at most {limits.URL_MAX_REDIRECTS} redirects).") from None
+            raise DownloadError(
+                "The image URL redirects where it may not go (only http:// and https://, "
+                f"at most {limits.URL_MAX_REDIRECTS} redirects)."
+            ) from None
         raise DownloadError(f"The image URL answered HTTP {exc.code} ({exc.reason}).") from None
     except urllib.error.URLError as exc:
         reason = exc.reason if isinstance(exc.reason, str) else getattr(exc.reason, "strerror", None)
         raise DownloadError(f"The image URL could not be reached ({reason or exc.reason}).") from None
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise DownloadError("The image URL did not answer in time.") from None
     except (OSError, ValueError) as exc:
         raise DownloadError(f"The image URL could not be fetched ({type(exc).__name__}).") from None
 
 
-def download_image(url: str, *, max_bytes: int = limits.MAX_IMAGE_BYTES, timeout: float = limits.URL_TIMEOUT_S,
-                   block_private: bool = False) -> bytes:
+def download_image(
+    url: str,
+    *,
+    max_bytes: int = limits.MAX_IMAGE_BYTES,
+    timeout: float = limits.URL_TIMEOUT_S,
+    block_private: bool = False,
+) -> bytes:
     """Fetch an image URL into memory. Raises DownloadError when it fails or exceeds size or time limits."""
     deadline = time.monotonic() + timeout
     resp = _open(url, min(timeout, limits.URL_CONNECT_TIMEOUT_S * 2), block_private)
@@ -124,8 +134,10 @@ def _progress(out: IO[str], done: int, total: int | None, started: float) -> Non
     rate = mb / max(time.monotonic() - started, 1e-6)
     if total:
         filled = int(30 * done / total)
-        out.write(f"\r[{'#' * filled}{' ' * (30 - filled)}] {100 * done // total:3d}% "
-                  f"{mb:7.1f}/{total / 1e6:.1f} MB {rate:5.1f} MB/s")
+        out.write(
+            f"\r[{'#' * filled}{' ' * (30 - filled)}] {100 * done // total:3d}% "
+            f"{mb:7.1f}/{total / 1e6:.1f} MB {rate:5.1f} MB/s"
+        )
     else:
         out.write(f"\r{mb:7.1f} MB {rate:5.1f} MB/s")
     out.flush()
@@ -140,8 +152,15 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def fetch_weights(url: str = WEIGHTS_URL, dest: str | None = None, sha256: str | None = None, *,
-                  force: bool = False, progress: IO[str] | None = sys.stderr, timeout: float = 60.0) -> str:
+def fetch_weights(
+    url: str = WEIGHTS_URL,
+    dest: str | None = None,
+    sha256: str | None = None,
+    *,
+    force: bool = False,
+    progress: IO[str] | None = sys.stderr,
+    timeout: float = 60.0,
+) -> str:
     """Download the weights file once into `dest` (default: the cache). Returns its path.
 
     The file is written to a temporary name beside `dest`, checked against `sha256` when given, then

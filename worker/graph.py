@@ -9,6 +9,7 @@ error: the caller falls back to building the Keras model. The Docker image bakes
 (`python -m worker build-graph`); elsewhere `SEGBOT_GRAPH_AUTOBUILD=1` exports one after a task.
 This module must never import mrcnn or tf_keras (exporting takes an already built SegmentationModel).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from importlib import metadata
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -97,14 +99,23 @@ def _version(*dists: str) -> str:
     return "none"
 
 
-def graph_key(weights_sha256: str, backbone: str, max_dim: int, min_confidence: float,
-              precision: str = "fp32") -> dict[str, Any]:
+def graph_key(
+    weights_sha256: str, backbone: str, max_dim: int, min_confidence: float, precision: str = "fp32"
+) -> dict[str, Any]:
     """Everything the exported graph depends on (`precision`: "fp32" or "bf16", see worker.precision)."""
-    return {"format": GRAPH_FORMAT, "worker": __version__, "weights_sha256": weights_sha256,
-            "backbone": backbone, "max_dim": max_dim, "min_confidence": round(float(min_confidence), 6),
-            "precision": precision,
-            "tensorflow": _version("tensorflow-cpu", "tensorflow"), "tf_keras": _version("tf-keras", "tf_keras"),
-            "mrcnn": _version("mrcnn"), "numpy": _version("numpy").split(".")[0]}
+    return {
+        "format": GRAPH_FORMAT,
+        "worker": __version__,
+        "weights_sha256": weights_sha256,
+        "backbone": backbone,
+        "max_dim": max_dim,
+        "min_confidence": round(float(min_confidence), 6),
+        "precision": precision,
+        "tensorflow": _version("tensorflow-cpu", "tensorflow"),
+        "tf_keras": _version("tf-keras", "tf_keras"),
+        "mrcnn": _version("mrcnn"),
+        "numpy": _version("numpy").split(".")[0],
+    }
 
 
 def entry_dir(root: str, key: Mapping[str, Any]) -> str:
@@ -171,9 +182,10 @@ class GraphModel:
         try:
             self._module = tf.saved_model.load(folder)
             self._infer = self._module.infer
-        except Exception as exc:  # noqa: BLE001 - a broken entry: the caller falls back to Keras
+        except Exception as exc:
             raise ModelError(f"The cached graph {folder} could not be loaded ({type(exc).__name__}).") from exc
         from worker.graphopt import disable_runtime_optimizer
+
         disable_runtime_optimizer()  # optimised at export; running grappler again would cost ~1 s
         self.max_dim = max_dim
         self.build_s = time.perf_counter() - started
@@ -183,10 +195,27 @@ class GraphModel:
         molded = mold(image, self.max_dim)
         try:
             detections, masks = self._infer(molded.images, molded.metas)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ModelError(f"Inference failed ({type(exc).__name__}: {str(exc)[:160]}).") from exc
-        return unmold(np.asarray(detections[0]), np.asarray(masks[0]), image.shape[:2],
-                      molded.images.shape[1:3], molded.window, classes)
+        return unmold(
+            np.asarray(detections[0]),
+            np.asarray(masks[0]),
+            image.shape[:2],
+            molded.images.shape[1:3],
+            molded.window,
+            classes,
+        )
 
 
-__all__ = ["DIGESTS_FILE", "GRAPH_FORMAT", "KEY_FILE", "GraphModel", "cache_root", "entry_dir", "export", "graph_key", "lookup", "weights_sha256"]
+__all__ = [
+    "DIGESTS_FILE",
+    "GRAPH_FORMAT",
+    "KEY_FILE",
+    "GraphModel",
+    "cache_root",
+    "entry_dir",
+    "export",
+    "graph_key",
+    "lookup",
+    "weights_sha256",
+]

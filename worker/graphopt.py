@@ -9,9 +9,11 @@ with the optimiser turned off (`disable_runtime_optimizer`).
 
 TensorFlow only; never imports mrcnn or tf_keras.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from worker.errors import ModelError
 
@@ -52,8 +54,10 @@ def _pack(variables: Sequence[Any]) -> tuple[list[Any], list[tuple[int, int, int
         groups[dtype].append(np.pad(value, (0, padded - value.size)))
         places.append((order.index(dtype), rows[dtype], value.size, tuple(var.shape)))
         rows[dtype] += padded // _ROW
-    packed = [tf.Variable(np.concatenate(groups[d]).reshape(-1, _ROW), trainable=False, name=f"packed_{i}")
-              for i, d in enumerate(order)]
+    packed = [
+        tf.Variable(np.concatenate(groups[d]).reshape(-1, _ROW), trainable=False, name=f"packed_{i}")
+        for i, d in enumerate(order)
+    ]
     return packed, places
 
 
@@ -92,8 +96,9 @@ def _detach_reads(graph_def: Any, resources: Mapping[str, int]) -> dict[str, int
     return reads
 
 
-def optimize_function(traced: Any, variables: Sequence[Any], signature: Sequence[Any],
-                      precision: str) -> tuple[Any, list[Any]]:
+def optimize_function(
+    traced: Any, variables: Sequence[Any], signature: Sequence[Any], precision: str
+) -> tuple[Any, list[Any]]:
     """(tf.function with `signature`, the variables it uses): it computes what the concrete function
     `traced` computes, from a graph grappler has already optimised (bfloat16 rewrite included when
     `precision` is "bf16"), and reads the weights from a few packed variables (one restore instead of one
@@ -111,7 +116,7 @@ def optimize_function(traced: Any, variables: Sequence[Any], signature: Sequence
         if var is None:
             raise ModelError(f"The traced graph captures a tensor that is not a model weight ({inner.name}).")
         captured.append((var, inner.name))
-    inputs = [t.name for t in traced.inputs[:len(signature)]]
+    inputs = [t.name for t in traced.inputs[: len(signature)]]
     outputs = [t.name for t in traced.outputs]
 
     graph_def = graph.as_graph_def()
@@ -121,10 +126,12 @@ def optimize_function(traced: Any, variables: Sequence[Any], signature: Sequence
     meta.collection_def["train_op"].CopyFrom(fetch)  # grappler keeps what "train_op" lists
     optimized = tf_optimizer.OptimizeGraph(_grappler_config(precision), meta)
 
-    if precision == "bf16" and not any(node.op == "Cast" and node.attr["DstT"].type == _BFLOAT16
-                                       for node in optimized.node):
-        raise ModelError("This TensorFlow build did not rewrite the graph to bfloat16 (oneDNN off?): "
-                         "use --precision fp32.")
+    if precision == "bf16" and not any(
+        node.op == "Cast" and node.attr["DstT"].type == _BFLOAT16 for node in optimized.node
+    ):
+        raise ModelError(
+            "This TensorFlow build did not rewrite the graph to bfloat16 (oneDNN off?): use --precision fp32."
+        )
     reads = _detach_reads(optimized, {name.split(":")[0]: i for i, (_, name) in enumerate(captured)})
     if reads is None:
         raise ModelError("The optimised graph reads a weight other than by ReadVariableOp; cannot pack it.")
@@ -172,8 +179,9 @@ def configure_grappler(bf16: bool) -> None:
     when `bf16`."""
     import tensorflow as tf
 
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False,
-                                                  "auto_mixed_precision_onednn_bfloat16": bf16})
+    tf.config.optimizer.set_experimental_options(
+        {"disable_meta_optimizer": False, "auto_mixed_precision_onednn_bfloat16": bf16}
+    )
 
 
 __all__ = ["configure_grappler", "disable_runtime_optimizer", "optimize_function"]

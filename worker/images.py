@@ -5,6 +5,7 @@ Accepts only the formats of `limits.ALLOWED_FORMATS`, refuses more than `limits.
 the first frame of animations, and turns grey, palette, CMYK, alpha and 16-bit images into 8-bit RGB.
 It must never decode an image whose header declares too many pixels.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,8 @@ _ACCEPTED = "JPEG, PNG, WEBP, GIF, BMP or TIFF"
 class LoadedImage:
     """An input image ready for the network: RGB uint8 pixels plus what it was."""
 
-    pixels: np.ndarray        # (H, W, 3) uint8
-    source_format: str        # Pillow's format name
+    pixels: np.ndarray  # (H, W, 3) uint8
+    source_format: str  # Pillow's format name
     source_size: tuple[int, int]  # (width, height) as stored, before orientation and scaling
 
 
@@ -34,8 +35,10 @@ def load_image_bytes(data: bytes) -> LoadedImage:
     if not data:
         raise InputError("The image file is empty.")
     if len(data) > limits.MAX_IMAGE_BYTES:
-        raise InputError(f"The image is too large ({len(data) // 1_000_000} MB); "
-                         f"the limit is {limits.MAX_IMAGE_BYTES // 1_000_000} MB.")
+        raise InputError(
+            f"The image is too large ({len(data) // 1_000_000} MB); "
+            f"the limit is {limits.MAX_IMAGE_BYTES // 1_000_000} MB."
+        )
     head = data[:256].lstrip().lower()
     if head.startswith((b"<svg", b"<?xml", b"<!doctype", b"<html")):
         raise InputError(f"This is an SVG/XML/HTML document, not a photo. Send a {_ACCEPTED} image.")
@@ -68,8 +71,7 @@ def read_input_file(path: str, max_bytes: int = limits.MAX_IMAGE_BYTES) -> bytes
 
 def _too_many_pixels_message(size: tuple[int, int] | None = None) -> str:
     what = f" ({size[0]}x{size[1]})" if size else ""
-    return (f"The image has too many pixels{what}; the limit is "
-            f"{limits.MAX_IMAGE_PIXELS // 1_000_000} megapixels.")
+    return f"The image has too many pixels{what}; the limit is {limits.MAX_IMAGE_PIXELS // 1_000_000} megapixels."
 
 
 def _normalise(img: Image.Image) -> LoadedImage:

@@ -5,6 +5,7 @@ iExec downloads the request's `iexec_input_files` into `IEXEC_INPUT_FILES_FOLDER
 names them in `IEXEC_INPUT_FILE_NAME_1` ... `IEXEC_INPUT_FILE_NAME_<IEXEC_INPUT_FILES_NUMBER>`, in the
 request's order. Nothing here imports TensorFlow; it must never write the plain bytes of an input to disk.
 """
+
 from __future__ import annotations
 
 import os

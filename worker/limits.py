@@ -2,6 +2,7 @@
 
 Importing this module must stay free: no Pillow, no TensorFlow, nothing of ours.
 """
+
 from __future__ import annotations
 
 #: largest accepted image file or download, in bytes

@@ -4,6 +4,7 @@ the inference model, loading weights by layer name, and detection with compact p
 This module imports TensorFlow: import it only after the input has been checked. It must never run in a
 process that uses Keras 3 (the compat aliasing is process-wide) and never download weights.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,17 +43,23 @@ def coco_config(backbone: str = "resnet101", max_dim: int = 1024, min_confidence
 class SegmentationModel:
     """A built inference model, ready for `detect`. Build once per process (2-3 s)."""
 
-    def __init__(self, backbone: str = "resnet101", max_dim: int = 1024, min_confidence: float = 0.7,
-                 model_dir: str = "/tmp/segbot-mrcnn") -> None:
+    def __init__(
+        self,
+        backbone: str = "resnet101",
+        max_dim: int = 1024,
+        min_confidence: float = 0.7,
+        model_dir: str = "/tmp/segbot-mrcnn",
+    ) -> None:
         self.config = coco_config(backbone, max_dim, min_confidence)
         started = time.perf_counter()
         try:
             self.mrcnn = modellib.MaskRCNN(mode="inference", config=self.config, model_dir=model_dir)
-        except Exception as exc:  # noqa: BLE001 - report in words, the traceback is in the log
+        except Exception as exc:
             raise ModelError(f"The Mask R-CNN model could not be built ({type(exc).__name__}: {exc}).") from exc
         km = self.mrcnn.keras_model
         # only the two outputs post-processing uses: avoids copying the others out of the graph
         import tf_keras
+
         self._net = tf_keras.Model(km.inputs, [km.outputs[0], km.outputs[3]])
         self.build_s = time.perf_counter() - started
         self._anchors: dict[tuple[int, ...], np.ndarray] = {}
@@ -75,6 +82,7 @@ class SegmentationModel:
         except (ValueError, OSError, KeyError) as exc:
             raise WeightsError(f"The weights file does not fit the model ({str(exc)[:160]}).") from None
         import h5py
+
         with h5py.File(path, "r") as fh:
             group = fh["model_weights"] if "layer_names" not in fh.attrs and "model_weights" in fh else fh
             in_file = {n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["layer_names"]}
@@ -94,10 +102,11 @@ class SegmentationModel:
             # predict_on_batch runs one traced tf.function; calling the model eagerly is ~5x slower
             # (mrcnn's per-image loops run op by op)
             detections, masks = self._net.predict_on_batch([molded.images, molded.metas, self._anchors[shape]])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ModelError(f"Inference failed ({type(exc).__name__}: {str(exc)[:160]}).") from exc
-        return unmold(np.asarray(detections[0]), np.asarray(masks[0]), image.shape[:2], shape[:2],
-                      molded.window, classes)
+        return unmold(
+            np.asarray(detections[0]), np.asarray(masks[0]), image.shape[:2], shape[:2], molded.window, classes
+        )
 
     def export_graph(self, path: str, precision: str = "fp32") -> None:
         """Save the inference graph (fixed input size, anchors baked in, weights as variables, already
@@ -109,8 +118,10 @@ class SegmentationModel:
         dim = self.config.IMAGE_MAX_DIM
         anchors = self.mrcnn.get_anchors((dim, dim, 3))[np.newaxis].astype(np.float32)
         net = self._net
-        signature = [tf.TensorSpec([1, dim, dim, 3], tf.float32, name="images"),
-                     tf.TensorSpec([1, META_SIZE], tf.float32, name="metas")]
+        signature = [
+            tf.TensorSpec([1, dim, dim, 3], tf.float32, name="images"),
+            tf.TensorSpec([1, META_SIZE], tf.float32, name="metas"),
+        ]
 
         @tf.function(input_signature=signature)
         def traced(images: Any, metas: Any) -> Any:
@@ -118,11 +129,13 @@ class SegmentationModel:
 
         module = tf.Module()
         # only variables are tracked: no per-layer functions to restore
-        module.infer, module.weights = optimize_function(traced.get_concrete_function(), list(net.variables),
-                                                         signature, precision)
+        module.infer, module.weights = optimize_function(
+            traced.get_concrete_function(), list(net.variables), signature, precision
+        )
         # no signature and no saver ops: each would be one more copy of the graph to rebuild at load time
-        tf.saved_model.save(module, path, signatures={},
-                            options=tf.saved_model.SaveOptions(experimental_skip_saver=True))
+        tf.saved_model.save(
+            module, path, signatures={}, options=tf.saved_model.SaveOptions(experimental_skip_saver=True)
+        )
 
 
 __all__ = ["Detection", "SegmentationModel", "coco_config", "unmold"]

@@ -5,6 +5,7 @@ Keras or scikit-image, so that the cached-graph path needs none of them.
 The resize is Pillow's bilinear filter (matterport's uses scikit-image's order-1 resize; the difference is
 interpolation only: same scale, window, padding and image meta). It must never import TensorFlow.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,16 +15,16 @@ from PIL import Image
 
 #: matterport's Config.MEAN_PIXEL (RGB)
 MEAN_PIXEL = np.array([123.7, 116.8, 103.9], dtype=np.float32)
-META_SIZE = 1 + 3 + 3 + 4 + 1 + 81   # image id, original shape, molded shape, window, scale, active classes
+META_SIZE = 1 + 3 + 3 + 4 + 1 + 81  # image id, original shape, molded shape, window, scale, active classes
 
 
 @dataclass(frozen=True)
 class Molded:
     """The network's inputs for one image (batch of one)."""
 
-    images: np.ndarray   # (1, max_dim, max_dim, 3) float32, mean pixel subtracted
-    metas: np.ndarray    # (1, META_SIZE) float32
-    window: np.ndarray   # (4,) int: y1, x1, y2, x2 of the image inside the padded square
+    images: np.ndarray  # (1, max_dim, max_dim, 3) float32, mean pixel subtracted
+    metas: np.ndarray  # (1, META_SIZE) float32
+    window: np.ndarray  # (4,) int: y1, x1, y2, x2 of the image inside the padded square
 
 
 def min_dim_for(max_dim: int) -> int:
@@ -44,7 +45,7 @@ def mold(image: np.ndarray, max_dim: int) -> Molded:
     top, left = (max_dim - h) // 2, (max_dim - w) // 2
     square = np.zeros((max_dim, max_dim, 3), dtype=np.float32)
     square[...] = -MEAN_PIXEL
-    square[top:top + h, left:left + w] = image.astype(np.float32) - MEAN_PIXEL
+    square[top : top + h, left : left + w] = image.astype(np.float32) - MEAN_PIXEL
     window = np.array([top, left, top + h, left + w])
     meta = np.zeros((1, META_SIZE), dtype=np.float32)
     meta[0, :12] = [0, height, width, 3, max_dim, max_dim, 3, *window, scale]
@@ -57,7 +58,7 @@ class Detection:
 
     class_id: int
     score: float
-    box: tuple[int, int, int, int]    # y1, x1, y2, x2 in image pixels, y2/x2 exclusive
+    box: tuple[int, int, int, int]  # y1, x1, y2, x2 in image pixels, y2/x2 exclusive
     mask: np.ndarray = field(repr=False)  # (y2-y1, x2-x1) bool
 
     @property
@@ -65,8 +66,14 @@ class Detection:
         return int(self.mask.sum())
 
 
-def unmold(detections: np.ndarray, masks: np.ndarray, image_hw: tuple[int, int], molded_hw: tuple[int, int],
-           window: np.ndarray, classes: tuple[int, ...] = ()) -> list[Detection]:
+def unmold(
+    detections: np.ndarray,
+    masks: np.ndarray,
+    image_hw: tuple[int, int],
+    molded_hw: tuple[int, int],
+    window: np.ndarray,
+    classes: tuple[int, ...] = (),
+) -> list[Detection]:
     """Network output -> Detections in image pixels, each mask resized into its box only.
 
     Same arithmetic as mrcnn's `unmold_detections`, without building one full-size mask per instance
@@ -93,8 +100,14 @@ def unmold(detections: np.ndarray, masks: np.ndarray, image_hw: tuple[int, int],
             continue
         small = Image.fromarray(np.ascontiguousarray(masks[i, :, :, class_id], dtype=np.float32), mode="F")
         crop = np.asarray(small.resize((bx2 - bx1, by2 - by1), Image.Resampling.BILINEAR)) >= 0.5
-        result.append(Detection(class_id=class_id, score=float(detections[i, 5]),
-                                box=(int(by1), int(bx1), int(by2), int(bx2)), mask=crop))
+        result.append(
+            Detection(
+                class_id=class_id,
+                score=float(detections[i, 5]),
+                box=(int(by1), int(bx1), int(by2), int(bx2)),
+                mask=crop,
+            )
+        )
     return result
 
 

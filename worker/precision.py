@@ -9,10 +9,11 @@ which). Scores and box edges move a little against fp32 (see worker/README.md).
 `auto` picks bfloat16 only where the CPU has it; elsewhere bfloat16 is emulated and slower than fp32.
 Importing this module must stay free: no TensorFlow.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 CHOICES = ("auto", "fp32", "bf16")
 #: /proc/cpuinfo flags that mean native bfloat16 arithmetic
@@ -33,7 +34,7 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
 
 
 def resolve(choice: str, flags: Iterable[str] | None = None) -> str:
-    """"fp32" or "bf16" for a --precision choice; `auto` looks at the CPU flags (read when not given)."""
+    """ "fp32" or "bf16" for a --precision choice; `auto` looks at the CPU flags (read when not given)."""
     if choice not in CHOICES:
         raise ValueError(f"precision must be one of {', '.join(CHOICES)}, not {choice!r}")
     if choice != "auto":

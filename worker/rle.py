@@ -4,6 +4,7 @@ its box so that encoding never builds a full-size image per instance.
 
 Pure numpy; must never import TensorFlow.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,7 +50,7 @@ def decode(rle: dict) -> np.ndarray:
     pos, value = 0, False
     for count in rle["counts"]:
         if value:
-            flat[pos:pos + count] = True
+            flat[pos : pos + count] = True
         pos += count
         value = not value
     return flat.reshape(width, height).T

@@ -4,6 +4,7 @@
 tf_keras there): call it in a worker process or a subprocess (`python -m worker make-test-weights PATH`).
 The file is stamped as random so that every output made with it says so. Never ship such a file.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ def make_weights(path: str, backbone: str = "resnet50", max_dim: int = 256, seed
     import h5py
 
     from worker import compat
+
     compat.install()
     import tensorflow as tf
 

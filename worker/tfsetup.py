@@ -5,6 +5,7 @@ TF_CPP_MIN_LOG_LEVEL says; they would end up in every task's stderr. `import_ten
 temporary file during the import and replays only the lines that are not that known noise.
 It must never hide a real error line, and is the only place of the worker that imports TensorFlow first.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,9 +14,13 @@ import tempfile
 from typing import Any
 
 # lines TF prints at import on every CPU run
-_NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
-          "This TensorFlow binary is optimized to use available CPU instructions",
-          "To enable the following instructions", "rebuild TensorFlow with the appropriate compiler flags")
+_NOISE = (
+    "All log messages before absl::InitializeLog()",
+    "oneDNN custom operations are on",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions",
+    "rebuild TensorFlow with the appropriate compiler flags",
+)
 
 
 def _is_noise(line: str) -> bool:
@@ -33,6 +38,7 @@ def import_tensorflow(threads: int | None = None) -> Any:
         os.dup2(sink.fileno(), 2)
         try:
             import tensorflow as tf
+
             if threads:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
                 tf.config.threading.set_inter_op_parallelism_threads(threads)

@@ -4,11 +4,12 @@ Order: `--weights PATH` or $MRCNN_WEIGHTS (the Docker image bakes the file in), 
 (`IEXEC_DATASET_FILENAME` in `IEXEC_IN`), then the fetch-weights cache. `--random-weights` is the only way
 to run without a file. It must never download anything and never fall back to random weights silently.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from worker.coco import NUM_CLASSES
 from worker.errors import WeightsError
@@ -24,10 +25,10 @@ _REQUIRED = ("conv1", "res2a_branch2a", "fpn_c5p5", "rpn_model", "mrcnn_class_lo
 class WeightsInfo:
     """A checked weights file (or the random-weights choice)."""
 
-    path: str | None          # None: random weights
-    source: str               # "option", "env", "dataset", "cache", "random"
-    backbone: str             # "resnet101" or "resnet50"
-    random: bool              # random weights (explicit flag, or a file stamped as random)
+    path: str | None  # None: random weights
+    source: str  # "option", "env", "dataset", "cache", "random"
+    backbone: str  # "resnet101" or "resnet50"
+    random: bool  # random weights (explicit flag, or a file stamped as random)
 
 
 def find_weights(option: str | None, env: Mapping[str, str]) -> tuple[str, str]:
@@ -39,13 +40,15 @@ def find_weights(option: str | None, env: Mapping[str, str]) -> tuple[str, str]:
     dataset = env.get("IEXEC_DATASET_FILENAME", "")
     if dataset:
         return _existing(os.path.join(env.get("IEXEC_IN", "/iexec_in"), dataset), "the iExec dataset"), "dataset"
-    cached = os.path.join(env["SEGBOT_CACHE"], "mask_rcnn_coco.h5") if env.get("SEGBOT_CACHE") \
-        else cached_weights_path()
+    cached = (
+        os.path.join(env["SEGBOT_CACHE"], "mask_rcnn_coco.h5") if env.get("SEGBOT_CACHE") else cached_weights_path()
+    )
     if os.path.isfile(cached):
         return cached, "cache"
     raise WeightsError(
         "No Mask R-CNN weights available: the app was deployed without its weights file. Operator: bake it "
-        "into the image (MRCNN_WEIGHTS), attach the weights dataset, or run `python -m worker fetch-weights`.")
+        "into the image (MRCNN_WEIGHTS), attach the weights dataset, or run `python -m worker fetch-weights`."
+    )
 
 
 def _existing(path: str, what: str) -> str:
@@ -65,7 +68,9 @@ def inspect_weights(path: str) -> tuple[str, bool]:
             random = bool(fh.attrs.get(RANDOM_STAMP_ATTR, False))
             missing = [n for n in _REQUIRED if n not in names]
             if missing:
-                raise WeightsError(f"The weights file is not Mask R-CNN weights (missing layers: {', '.join(missing)}).")
+                raise WeightsError(
+                    f"The weights file is not Mask R-CNN weights (missing layers: {', '.join(missing)})."
+                )
             classes = _class_count(group["mrcnn_class_logits"])
     except WeightsError:
         raise
@@ -83,14 +88,14 @@ def _class_count(group: object) -> int:
         shape = getattr(obj, "shape", None)
         if shape is not None and len(shape) == 1:
             shapes.append(tuple(shape))
+
     group.visititems(visit)  # type: ignore[attr-defined]
     if not shapes:
         raise WeightsError("The weights file has no classifier weights (mrcnn_class_logits is empty).")
     return int(shapes[0][0])
 
 
-def resolve_weights(option: str | None, backbone: str | None, random: bool,
-                    env: Mapping[str, str]) -> WeightsInfo:
+def resolve_weights(option: str | None, backbone: str | None, random: bool, env: Mapping[str, str]) -> WeightsInfo:
     """Choose and check the weights for a run. Raises WeightsError."""
     if random:
         return WeightsInfo(path=None, source="random", backbone=backbone or "resnet101", random=True)

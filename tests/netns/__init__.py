@@ -7,6 +7,7 @@ first that `lo` is its only interface and refuses to run otherwise: nothing can 
 
 Needs `unshare -n -m` (root or user namespaces) and `ip`; `skip_reason()` says why it cannot run here.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,7 +39,9 @@ def skip_reason() -> str | None:
     try:
         proc = subprocess.run(
             ["unshare", "-n", "-m", "sh", "-c", "ip link set lo up && ip addr add 10.1.2.3/32 dev lo"],
-            capture_output=True, timeout=20, text=True,
+            capture_output=True,
+            timeout=20,
+            text=True,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"`unshare -n -m` failed: {exc}"
@@ -72,13 +75,19 @@ def run_in_netns(
         setup = ["ip link set lo up"]
         for addr in addresses:
             prefix = 128 if ":" in addr else 32
-            setup.append(f"ip addr add {shlex.quote(addr)}/{prefix} dev lo nodad" if ":" in addr
-                         else f"ip addr add {shlex.quote(addr)}/{prefix} dev lo")
+            setup.append(
+                f"ip addr add {shlex.quote(addr)}/{prefix} dev lo nodad"
+                if ":" in addr
+                else f"ip addr add {shlex.quote(addr)}/{prefix} dev lo"
+            )
         setup.append(f"mount --bind {shlex.quote(str(hosts_file))} /etc/hosts")
         setup.append(f"exec {shlex.quote(sys.executable)} {shlex.quote(str(script_file))}")
         proc = subprocess.run(
             ["unshare", "-n", "-m", "sh", "-ec", " && ".join(setup)],
-            capture_output=True, text=True, timeout=timeout, cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
         )
     if proc.returncode != 0:
         raise AssertionError(f"namespace script failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
