@@ -234,6 +234,7 @@ class BotState:
                 "deleteMessage",
                 "sendPhoto",
                 "sendDocument",
+                "sendMediaGroup",
                 "getFile",
                 "logOut",
                 "close",
@@ -676,6 +677,89 @@ class BotState:
             api={"document": doc.document()},
         )
         return self.message_api(self.store(msg))
+
+    async def api_sendMediaGroup(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
+        """An album: `media` is a JSON array of 2-10 InputMediaPhoto / InputMediaDocument (photos and documents
+        are not mixed), each naming an upload (attach://name) or an existing file_id; the answer is an array of
+        Messages sharing one media_group_id, each with its own caption. No reply_markup, as on Telegram."""
+        media = params.get("media")
+        if isinstance(media, str):
+            try:
+                media = json.loads(media)
+            except ValueError:
+                raise bad_request("can't parse media JSON object") from None
+        if not isinstance(media, list) or not all(isinstance(m, dict) for m in media):
+            raise bad_request("can't parse media JSON object")
+        if not 2 <= len(media) <= 10:
+            raise bad_request("wrong number of media specified" if media else "media is empty")
+        kinds = {m.get("type") for m in media}
+        if not kinds <= {"photo", "document"} or len(kinds) != 1:
+            raise bad_request(
+                "wrong media type specified"
+                if not kinds <= {"photo", "document"}
+                else "documents can't be mixed with other media types"
+            )
+        chat = self._chat(params)
+        prepared: list[tuple[str, Any, dict[str, Any]]] = []
+        for index, item in enumerate(media):
+            kind = item["type"]
+            source = self._file_param("media", {"media": item.get("media")}, uploads)
+            caption = item.get("caption")
+            if caption is not None and len(render_text(str(caption), item.get("parse_mode"))) > MAX_CAPTION:
+                raise bad_request("message caption is too long")
+            if isinstance(source, str):
+                known = self.photo_sets.get(source) if kind == "photo" else self.files.get(source)
+                if known is None:
+                    raise bad_request(f"wrong file identifier/HTTP URL specified (media #{index + 1})")
+            elif kind == "photo":
+                if len(source.data) > MAX_PHOTO_BYTES:
+                    raise bad_request("file is too big")
+                width, height = image_size(source.data)
+                if width + height > 10000 or max(width, height) > 20 * min(width, height):
+                    raise bad_request("PHOTO_INVALID_DIMENSIONS")
+            elif len(source.data) > MAX_UPLOAD_BYTES:
+                raise ApiError(413, "Request Entity Too Large")
+            prepared.append((kind, source, item))
+        self._flood(chat)
+        group = str(10**17 + secrets.randbelow(9 * 10**17))
+        answers = []
+        for kind, source, item in prepared:
+            one = {
+                k: v
+                for k, v in params.items()
+                if k in ("chat_id", "reply_to_message_id", "reply_parameters", "allow_sending_without_reply")
+            }
+            one.update(caption=item.get("caption"), parse_mode=item.get("parse_mode"))
+            if kind == "photo":
+                sizes = self.photo_sets[source] if isinstance(source, str) else self.store_photo(source.data)
+                largest = sizes[-1]
+                extra: dict[str, Any] = dict(
+                    file_id=largest.file_id,
+                    data=largest.data,
+                    mime_type="image/jpeg",
+                    api={"photo": [s.photo_size() for s in sizes], "media_group_id": group},
+                )
+            else:
+                if isinstance(source, str):
+                    doc = self.files[source]
+                else:
+                    name = source.filename or "file"
+                    doc = self.store_file(
+                        "document",
+                        source.data,
+                        mime_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+                        file_name=name,
+                    )
+                extra = dict(
+                    file_id=doc.file_id,
+                    data=doc.data,
+                    file_name=doc.file_name,
+                    mime_type=doc.mime_type,
+                    api={"document": doc.document(), "media_group_id": group},
+                )
+            msg = self._new_bot_message(chat, one, kind, one.get("caption"), **extra)
+            answers.append(self.message_api(self.store(msg)))
+        return answers
 
     async def api_getFile(self, params: dict[str, Any], uploads: dict[str, Upload]) -> Any:
         stored = self.files.get(str(params.get("file_id") or ""))

@@ -71,9 +71,16 @@ def text(state: BotState, user: TgUser, body: str, chat: TgChat | None = None) -
 
 
 def photo(
-    state: BotState, user: TgUser, data: bytes, caption: str | None = None, chat: TgChat | None = None
+    state: BotState,
+    user: TgUser,
+    data: bytes,
+    caption: str | None = None,
+    chat: TgChat | None = None,
+    *,
+    media_group_id: str | None = None,
 ) -> dict[str, Any]:
-    """The user sends a photo (compressed by Telegram into sizes; the largest keeps `data` as given)."""
+    """The user sends a photo (compressed by Telegram into sizes; the largest keeps `data` as given); with
+    `media_group_id`, as one picture of an album (see `album`)."""
     chat = _chat_for(state, user, chat)
     try:
         sizes = state.store_photo(data)
@@ -86,11 +93,40 @@ def photo(
         chat,
         "photo",
         caption,
-        {"photo": [s.photo_size() for s in sizes]},
+        {"photo": [s.photo_size() for s in sizes], **({"media_group_id": media_group_id} if media_group_id else {})},
         file_id=largest.file_id,
         data=largest.data,
         mime_type="image/jpeg",
     )
+
+
+#: Telegram's apps send at most 10 pictures in one album.
+ALBUM_MAX = 10
+
+
+def new_media_group_id() -> str:
+    """A media group id as Telegram writes it: a long decimal string."""
+    return str(10**17 + secrets.randbelow(9 * 10**17))
+
+
+def album(
+    state: BotState,
+    user: TgUser,
+    pictures: list[bytes],
+    caption: str | None = None,
+    chat: TgChat | None = None,
+    *,
+    media_group_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """The user sends several photos at once: as Telegram does, each is its own message and its own update,
+    all sharing one `media_group_id`; the caption (if any) is on the first. Returns the Messages in order."""
+    if not 2 <= len(pictures) <= ALBUM_MAX:
+        raise BadInjection(f"a Telegram album holds 2 to {ALBUM_MAX} pictures, not {len(pictures)}")
+    group = media_group_id or new_media_group_id()
+    return [
+        photo(state, user, data, caption if i == 0 else None, chat, media_group_id=group)
+        for i, data in enumerate(pictures)
+    ]
 
 
 def document(

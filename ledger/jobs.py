@@ -30,8 +30,17 @@ from enum import Enum
 from typing import Any
 
 from ledger.amounts import check_amount
-from ledger.books import IEXEC_SPEND, Books, Transfer, check_id, check_text, check_user, user_account
-from ledger.errors import IllegalTransition, InvalidArgument, JobConflict, UnknownJob
+from ledger.books import (
+    IEXEC_SPEND,
+    REFUND_EXPENSE,
+    Books,
+    Transfer,
+    check_id,
+    check_text,
+    check_user,
+    user_account,
+)
+from ledger.errors import IllegalTransition, InvalidArgument, JobConflict, TransferConflict, UnknownJob
 
 
 class JobState(str, Enum):
@@ -128,6 +137,11 @@ def _job(row: sqlite3.Row) -> Job:
     data["state_times"] = json.loads(data["state_times"])
     data["state"] = JobState(data["state"])
     return Job(**data)
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching strings that start with `prefix` (its wildcards escaped with a backslash)."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _states(value: JobState | str | Iterable[JobState | str] | None) -> frozenset[JobState]:
@@ -391,6 +405,68 @@ class Jobs(Books):
                 self._post(conn, post_id, job.reservation, amount, fee, f"job {job.id} paid on chain")
             self._give_back(conn, job, refund_id)
             return self._set(conn, job, S.REFUNDED, {**fields, "error": error})
+
+    def refund_part(self, job_id: str, part: int, amount: int, *, reason: str) -> Transfer:
+        """Pay back `amount` nRLC of a charged job to its user from operator:refund_expense: one part of an
+        album job (picture `part`, counted from 1) that failed while the others were delivered. The job stays
+        COMPLETED/DELIVERED; its charge is not changed.
+
+        Idempotent on (job, part): the transfer id is "<job id>:refund:<part>", so a second call returns the
+        first transfer (another amount raises TransferConflict). Raises IllegalTransition when the job's charge
+        is not posted yet (COMPLETED first) or the parts paid back would exceed what was charged.
+        """
+        check_id(job_id, "job_id")
+        if isinstance(part, bool) or not isinstance(part, int) or not 1 <= part <= 1000:
+            raise InvalidArgument("part must be an int from 1 to 1000")
+        check_amount(amount)
+        check_text(reason, "reason")
+        transfer_id = f"{job_id}:refund:{part}"
+        with self.transaction() as conn:
+            job = self._load(conn, job_id)
+            existing = self._get(conn, transfer_id)
+            if existing is not None:
+                if existing.amount != amount or existing.kind != "refund_expense":
+                    raise TransferConflict(f"transfer {transfer_id!r} exists with other fields")
+                return existing
+            if job.state not in (S.COMPLETED, S.DELIVERED):
+                raise IllegalTransition(f"job {job.id} is {job.state.value}: only a charged job pays back a part")
+            row = conn.execute(
+                "SELECT id FROM transfers WHERE pending_id = ? AND leg = 0 AND kind = 'post'", (job.reservation,)
+            ).fetchone()
+            posted = self._get(conn, row[0]) if row is not None else None
+            if posted is None:
+                raise IllegalTransition(f"job {job.id} has no posted charge")
+            (already,) = conn.execute(
+                "SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE job = ? AND kind = 'refund_expense' "
+                "AND id LIKE ? ESCAPE '\\'",
+                (job.id, _like_prefix(f"{job.id}:refund:")),
+            ).fetchone()
+            if already + amount > posted.amount + posted.fee:
+                raise IllegalTransition(
+                    f"job {job.id}: parts paid back ({already} + {amount}) would exceed the charge "
+                    f"({posted.amount + posted.fee})"
+                )
+            wanted = Transfer(
+                transfer_id,
+                "refund_expense",
+                REFUND_EXPENSE,
+                user_account(job.user_id),
+                amount,
+                job=job.id,
+                memo=f"job {job.id} picture {part} failed: {reason}"[:500],
+            )
+            result = self._post_credit(conn, wanted, job.user_id, None)
+            assert result is not None
+            return result
+
+    def parts_refunded(self, job_id: str) -> dict[int, int]:
+        """{part: nRLC paid back} for the job's parts refunded by `refund_part`."""
+        check_id(job_id, "job_id")
+        rows = self._read(
+            "SELECT id, amount FROM transfers WHERE job = ? AND kind = 'refund_expense' AND id LIKE ? ESCAPE '\\'",
+            (job_id, _like_prefix(f"{job_id}:refund:")),
+        )
+        return {int(str(tid).rsplit(":", 1)[1]): amount for tid, amount in rows}
 
     def cancel_job(
         self,
