@@ -42,7 +42,7 @@ def _photo(seed: int) -> bytes:
 
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def ack_latency(net: Devnet, data: Path) -> list[float]:
@@ -56,7 +56,7 @@ async def ack_latency(net: Devnet, data: Path) -> list[float]:
     await e2e.start_bot()
     try:
         sent_at: dict[int, float] = {}
-        for user, data_ in zip(users, photos):
+        for user, data_ in zip(users, photos, strict=True):
             tg.inject_photo(user, data_)
             sent_at[user.id] = time.monotonic()  # from when the photo is at "Telegram"
         first: dict[int, float] = {}

@@ -49,7 +49,7 @@ class _Chain:
 
 async def _one_task(env: Any) -> tuple[float, float]:
     """(overhead, app seconds) of one task."""
-    deal, (tid,) = await env.request()
+    _deal, (tid,) = await env.request()
     mined = time.monotonic()  # request() returns once the matchOrders receipt is in
     while True:
         task = await env.task(tid)

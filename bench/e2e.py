@@ -49,7 +49,7 @@ SAT_USERS, SAT_PHOTOS, SLEEP_S, WORKERS = 20, 3, 2.0, 2
 
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 # --------------------------------------------------------------------------------------- the real worker

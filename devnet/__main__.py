@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -104,10 +105,8 @@ def _print_summary(net: Devnet) -> None:
 
 def _say(line: str) -> None:
     """Print a line; a terminal that is gone (SIGHUP) must not keep the devnet from stopping and saving."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         print(line, flush=True)
-    except (OSError, ValueError):
-        pass
 
 
 def fresh_start(data: Path) -> None:

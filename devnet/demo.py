@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -57,10 +58,8 @@ DEMO_CREDIT_RLC = "5"
 
 def _say(line: str) -> None:
     """Print a line; a terminal that is gone (SIGHUP: closed window, SSH hangup) must not stop the stop."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         print(line, flush=True)
-    except (OSError, ValueError):
-        pass
 
 
 def _bot_env_file(net: Devnet, data: Path, admins: str, real_token: str | None) -> Path:

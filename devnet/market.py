@@ -326,7 +326,7 @@ class MarketStandIn:
         address = _address(request.query, "address")
         if address is None:
             raise _ApiError(400, "address is a required field")
-        for digest, (who, value) in self._challenges.items():
+        for _digest, (who, value) in self._challenges.items():
             if who == address:
                 return web.json_response({"ok": True, "data": challenge_typed_data(self.chain_id, value)})
         value = secrets.token_urlsafe(24)

@@ -34,6 +34,7 @@ only, and must never import `bot` or `ledger`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import inspect
 import json
@@ -472,10 +473,8 @@ class Devnet:
         # the pool before the SMS it reads secrets from
         for part in (self.telegram, self.pool, self.sms, self.gateway, self.market):
             if part is not None:
-                try:
+                with contextlib.suppress(Exception):  # keep stopping the rest
                     await part.stop()
-                except Exception:  # keep stopping the rest
-                    pass
         self.telegram = self.pool = self.sms = self.gateway = self.market = None
         if self._session is not None:
             await self._session.close()
@@ -499,11 +498,9 @@ class Devnet:
             tmp.replace(self.data_dir / DEPLOYMENT)
         except Exception as exc:  # noqa: BLE001 - reported, and remembered for the next start
             why = f"{type(exc).__name__}: {exc}"[:300]
-            try:
+            with contextlib.suppress(OSError):
                 marker.write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: {why}\n")
-            except OSError:
-                pass
-            try:  # stderr may be a closed terminal (SIGHUP)
+            with contextlib.suppress(OSError, ValueError):  # stderr may be a closed terminal (SIGHUP)
                 print(
                     f"devnet: COULD NOT SAVE THE CHAIN STATE to {self.data_dir / CHAIN_STATE}: {why}\n"
                     f"devnet: the next start on {self.data_dir} will refuse its books; use --fresh to start "
@@ -511,8 +508,6 @@ class Devnet:
                     file=sys.stderr,
                     flush=True,
                 )
-            except (OSError, ValueError):
-                pass
             log.error("event=chain_state_not_saved data=%s error=%r", self.data_dir, why)
             return False
         marker.unlink(missing_ok=True)
@@ -583,7 +578,7 @@ class Devnet:
         background process (a no-op when the entry exists; tasks that start before it is done build the
         Keras model as before)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "build-graph.log", "wb")
+        log = open(self.data_dir / "build-graph.log", "wb")  # noqa: SIM115 - the child writes it; closed below
         try:
             self._graph_builder = subprocess.Popen(
                 [

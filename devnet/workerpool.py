@@ -386,7 +386,7 @@ class Workerpool:
                     await self._top_up()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the chain or market blinked: keep the pool alive, say why
+            except Exception as exc:  # noqa: BLE001 - the chain or market blinked: keep the pool alive, say why
                 log.warning("workerpool_watch_error error=%s", str(exc)[:300])
                 await asyncio.sleep(0.5)
             await asyncio.sleep(self.poll_interval)
@@ -405,7 +405,7 @@ class Workerpool:
     async def _run_deal(self, deal_id: str) -> None:
         try:
             deal = await self._hub.functions.viewDeal(deal_id).call()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to read the deal: log it, skip the deal
             log.error("workerpool_deal_unreadable deal=%s error=%s", deal_id, str(exc)[:200])
             return
         # viewDeal: app, dataset, workerpool, trust, category, tag, requester, beneficiary, callback, params,
@@ -464,7 +464,7 @@ class Workerpool:
                 await self._execute(tid, deal, index, fault, outcome)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any fault of one task is that task's outcome
                 outcome("failed", detail=str(exc)[:500])
             finally:
                 self.running.discard(tid)

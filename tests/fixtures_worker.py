@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -113,7 +114,7 @@ def run_worker(tmp_path: Path) -> Callable[..., WorkerRun]:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, dict[str, str], bytes | Callable[[object], None]]] = {}
+    routes: ClassVar[dict[str, tuple[int, dict[str, str], bytes | Callable[[object], None]]]] = {}
 
     def do_GET(self) -> None:
         status, headers, body = self.routes.get(self.path, (404, {}, b"not found"))

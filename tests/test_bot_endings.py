@@ -256,7 +256,7 @@ async def test_an_app_error_with_html_in_it_is_told_as_the_app_wrote_it(botnet: 
     never told although the books said "told"), and it can add no tag or link."""
     user = await known_chat(botnet)
     pipeline = botnet.bot.services.pipeline
-    with pytest.raises(BadRequest, match="(?i)can't parse entities"):  # the stand-in reads HTML as Telegram
+    with pytest.raises(BadRequest, match=r"(?i)can't parse entities"):  # the stand-in reads HTML as Telegram
         await pipeline.bot.send_message(chat_id=user.id, text=f"x {UNTRUSTED}", parse_mode="HTML")
     out = tmp_path / "iexec_out"
     out.mkdir()

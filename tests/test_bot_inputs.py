@@ -135,9 +135,9 @@ async def test_not_pictures_are_refused(botnet: BotNet) -> None:
         (lambda u: botnet.tg.inject_text(u, "ftp://example.org/cat.jpg"), "http"),
     ]
     users = [botnet.new_user() for _ in cases]
-    for (send, _), user in zip(cases, users):
+    for (send, _), user in zip(cases, users, strict=True):
         send(user)
-    for (_, word), user in zip(cases, users):
+    for (_, word), user in zip(cases, users, strict=True):
         await refused(botnet, user, word)
 
 
@@ -167,7 +167,7 @@ async def test_bad_links(devnet_module, tmp_path: Path, server: ImageServer) -> 
         users = {url: bn.new_user() for url in cases}
         for url, user in users.items():
             bn.tg.inject_text(user, f"look: {url}")
-        for url, user in users.items():
+        for user in users.values():
             await refused(bn, user)
         assert "ok.jpg" not in server.hits  # credentials in a link: refused before connecting
         assert {"missing.jpg", "html", "endless", "to-private", "to-metadata"} <= set(server.hits)

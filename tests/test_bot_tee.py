@@ -202,7 +202,7 @@ async def test_start_fails_clearly_when_the_sms_does_not_answer(tmp_path: Path, 
     from devnet.anvil import free_port
 
     gw = _gateway(tmp_path, key_file, f"http://127.0.0.1:{free_port()}", Account.create())
-    with pytest.raises(TeeUnavailable, match="SMS .* does not answer"):
+    with pytest.raises(TeeUnavailable, match=r"SMS .* does not answer"):
         try:
             await gw._start_tee()
         finally:

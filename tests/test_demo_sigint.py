@@ -8,6 +8,7 @@ a saved chain and names --fresh; --fresh keeps the old folder aside and starts o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -230,7 +231,7 @@ async def test_a_chain_save_that_failed_is_said_loudly_and_refused_next_time(tmp
     assert "COULD NOT SAVE THE CHAIN STATE" in err and "--fresh" in err
     assert (data / NOT_SAVED).exists()
     (data / "books.db").write_bytes(b"")  # the books of that run
-    with pytest.raises(DevnetError, match="was not saved .*--fresh"):
+    with pytest.raises(DevnetError, match=r"was not saved .*--fresh"):
         await Devnet(DevnetConfig(data_dir=data, app="test", workers=1)).start()
     assert not (data / "devnet.json").exists()
 
@@ -270,10 +271,8 @@ def _all_gone(pids: set[int], limit: float = 60.0) -> list[int]:
         time.sleep(0.2)
     left = [pid for pid in pids if _alive(pid)]
     for pid in left:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return left
 
 

@@ -203,7 +203,7 @@ def test_stop_of_a_frozen_anvil_and_twice_is_clean(poco: tuple[Path, Deployment]
     anvil.stop()
     assert not _alive(pid)
     with pytest.raises(AnvilError, match="not running"):
-        anvil.pid
+        _ = anvil.pid
 
 
 def test_dump_state_on_stop_reloads_the_same_chain(tmp_path: Path) -> None:

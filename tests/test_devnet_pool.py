@@ -32,7 +32,7 @@ async def _get_status(url: str) -> int:
 
 
 async def test_task_completes_and_result_downloads(pool_env, tmp_path):
-    deal, (tid,) = await pool_env.request(args="--max-dim 256")
+    _deal, (tid,) = await pool_env.request(args="--max-dim 256")
     outcome = await pool_env.pool.wait_task(tid, timeout=30)
     assert outcome.state == "completed"
     task = await pool_env.task(tid)
@@ -48,9 +48,9 @@ async def test_task_completes_and_result_downloads(pool_env, tmp_path):
 
 
 async def test_app_error_completes_with_error_archive(pool_env, tmp_path):
-    deal, _ = await pool_env.request()  # a first deal runs normally
+    await pool_env.request()  # a first deal runs normally
     pool_env.pool.set_fault("app_error")
-    deal, (tid,) = await pool_env.request()
+    _deal, (tid,) = await pool_env.request()
     outcome = await pool_env.pool.wait_task(tid, timeout=30)
     assert outcome.state == "error_archive"
     assert (await pool_env.task(tid))[0] == COMPLETED
@@ -62,7 +62,7 @@ async def test_app_error_completes_with_error_archive(pool_env, tmp_path):
 
 async def test_no_show_stays_unset_then_claimable(pool_env):
     deal, (tid,) = await pool_env.request(fault="no_show")
-    other_deal, (other,) = await pool_env.request()  # the fault holds for that deal only
+    _other_deal, (other,) = await pool_env.request()  # the fault holds for that deal only
     assert (await pool_env.pool.wait_task(other, timeout=30)).state == "completed"
     outcome = await pool_env.pool.wait_task(tid, timeout=10)
     assert outcome.state == "no_show" and outcome.deal_id == deal
@@ -85,14 +85,14 @@ async def _set_fault_then_request(env, mode: str, **kw):
 
 
 async def test_no_show_global_fault(pool_env):
-    deal, tid, outcome = await _set_fault_then_request(pool_env, "no_show")
+    _deal, tid, outcome = await _set_fault_then_request(pool_env, "no_show")
     assert outcome.state == "no_show"
     assert (await pool_env.task(tid))[0] == UNSET
 
 
 async def test_crash_before_contribute_is_active_until_claimed(pool_env):
     free_before, _ = await pool_env.stake()
-    deal, tid, outcome = await _set_fault_then_request(pool_env, "crash_before_contribute")
+    _deal, tid, outcome = await _set_fault_then_request(pool_env, "crash_before_contribute")
     assert outcome.state == "crashed"
     task = await pool_env.task(tid)
     assert task[0] == ACTIVE
@@ -106,7 +106,7 @@ async def test_crash_before_contribute_is_active_until_claimed(pool_env):
 
 async def test_overrun_runs_until_chain_time_passes_the_deadline(pool_env):
     pool_env.pool.set_fault("overrun")
-    deal, (tid,) = await pool_env.request()
+    _deal, (tid,) = await pool_env.request()
     for _ in range(200):
         if (await pool_env.task(tid))[0] == ACTIVE:
             break
@@ -123,7 +123,7 @@ async def test_overrun_runs_until_chain_time_passes_the_deadline(pool_env):
 
 @pytest.mark.parametrize("mode,status", [("gateway_lose", 404), ("gateway_500", 500)])
 async def test_gateway_faults_after_completion(pool_env, mode, status):
-    deal, tid, outcome = await _set_fault_then_request(pool_env, mode)
+    _deal, tid, outcome = await _set_fault_then_request(pool_env, mode)
     assert outcome.state == "completed"
     assert (await pool_env.task(tid))[0] == COMPLETED
     url = f"{pool_env.gateway.url}{decode_results((await pool_env.task(tid))[12]).location}"
@@ -146,7 +146,7 @@ async def test_faults_through_the_control_endpoint(pool_env):
             assert resp.status == 200
         async with session.post(f"{control}/control/faults", json={"mode": "app_error"}) as resp:
             assert (await resp.json())["faults"] == [{"mode": "app_error", "deal_id": None}]
-    deal, (tid,) = await pool_env.request()
+    _deal, (tid,) = await pool_env.request()
     assert (await pool_env.pool.wait_task(tid, timeout=30)).state == "error_archive"
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{control}/control/faults", json={"clear": True}) as resp:
@@ -158,7 +158,7 @@ async def test_faults_through_the_control_endpoint(pool_env):
 @pytest.mark.slow  # over ~2 s
 async def test_workers_bound_is_respected(chain):
     async with make_pool_env(chain, workers=2) as env:
-        deal, tids = await env.request(args="--sleep 0.4", volume=5)
+        _deal, tids = await env.request(args="--sleep 0.4", volume=5)
         outcomes = await asyncio.gather(*(env.pool.wait_task(t, timeout=60) for t in tids))
         assert [o.state for o in outcomes] == ["completed"] * 5
         assert env.pool.max_running == 2
@@ -167,7 +167,7 @@ async def test_workers_bound_is_respected(chain):
 
 async def test_app_killed_at_time_limit_never_contributes(chain):
     async with make_pool_env(chain, time_scale=0.5 / 300) as env:  # XS: 300 s -> 0.5 s
-        deal, (tid,) = await env.request(args="--sleep 5")
+        _deal, (tid,) = await env.request(args="--sleep 5")
         outcome = await env.pool.wait_task(tid, timeout=30)
         assert outcome.state == "timeout"
         assert (await env.task(tid))[0] == ACTIVE
@@ -175,14 +175,14 @@ async def test_app_killed_at_time_limit_never_contributes(chain):
 
 async def test_input_not_found_never_contributes(pool_env):
     pool_env.pool.input_retry_s = 1.0  # it retries (the input server may be restarting), then gives up
-    deal, (tid,) = await pool_env.request(input_files=[f"{pool_env.inputs_url}/inputs/missing"])
+    _deal, (tid,) = await pool_env.request(input_files=[f"{pool_env.inputs_url}/inputs/missing"])
     outcome = await pool_env.pool.wait_task(tid, timeout=30)
     assert outcome.state == "input_failed" and "404" in outcome.detail
     assert (await pool_env.task(tid))[0] == ACTIVE
 
 
 async def test_non_loopback_input_is_refused(pool_env):
-    deal, (tid,) = await pool_env.request(input_files=["http://192.0.2.1/photo.png"])
+    _deal, (tid,) = await pool_env.request(input_files=["http://192.0.2.1/photo.png"])
     outcome = await pool_env.pool.wait_task(tid, timeout=30)
     assert outcome.state == "input_failed" and "loopback" in outcome.detail
 
@@ -190,7 +190,7 @@ async def test_non_loopback_input_is_refused(pool_env):
 async def test_orders_are_topped_up(chain):
     async with make_pool_env(chain, volume=2) as env:
         first = env.pool.orders[-1]
-        deal, tids = await env.request(volume=2)
+        _deal, tids = await env.request(volume=2)
         await asyncio.gather(*(env.pool.wait_task(t, timeout=30) for t in tids))
         for _ in range(100):
             if env.pool.orders[-1] != first:
@@ -198,9 +198,12 @@ async def test_orders_are_topped_up(chain):
             await asyncio.sleep(0.05)
         assert env.pool.orders[-1] != first
         assert await env.pool.remaining() == 2
-        async with aiohttp.ClientSession() as session, session.get(
-            f"{env.market.base_url}/workerpoolorders", params={"chainId": "31337", "category": "0"}
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{env.market.base_url}/workerpoolorders", params={"chainId": "31337", "category": "0"}
+            ) as resp,
+        ):
             listed = (await resp.json())["orders"]
         assert [o["orderHash"] for o in listed] == ["0x" + env.pool.orders[-1].hash(env.pool._domain).hex()]
 
@@ -289,7 +292,7 @@ async def test_real_worker_task_completes_with_segmented_image(chain, worker_wei
     app_cmd = [sys.executable, "-m", "worker"]
     env = {"MRCNN_WEIGHTS": str(worker_weights_r50)}
     async with make_pool_env(chain, app_cmd=app_cmd, app_env=env, workers=1) as pool_env:
-        deal, (tid,) = await pool_env.request(args="--max-dim 256 --min-confidence 0.0", image=png_bytes((160, 120)))
+        _deal, (tid,) = await pool_env.request(args="--max-dim 256 --min-confidence 0.0", image=png_bytes((160, 120)))
         outcome = await pool_env.pool.wait_task(tid, timeout=540)
         assert outcome.state == "completed", outcome.detail
         assert (await pool_env.task(tid))[0] == COMPLETED

@@ -215,9 +215,9 @@ async def test_the_sdk_refuses_a_request_whose_result_key_is_not_in_the_sms(chai
 @pytest.mark.slow
 async def test_a_tee_deal_whose_secret_is_missing_is_never_contributed(chain, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    async with tee_env(chain, tmp_path) as (env, sms):
+    async with tee_env(chain, tmp_path) as (env, _sms):
         url = env.serve_input(png_bytes())
-        deal, tid = await _tdx_deal(env, {"iexec_input_files": [url], "iexec_secrets": {"1": "never-pushed"}})
+        _deal, tid = await _tdx_deal(env, {"iexec_input_files": [url], "iexec_secrets": {"1": "never-pushed"}})
         outcome = await env.pool.wait_task(tid, timeout=30)
         assert outcome.state == "tee_failed" and outcome.tee and outcome.cid is None
         assert "never-pushed" in outcome.detail and "not in the SMS" in outcome.detail
@@ -232,12 +232,12 @@ async def test_a_tee_deal_whose_secret_is_missing_is_never_contributed(chain, tm
 @pytest.mark.slow
 async def test_a_tee_deal_on_a_pool_without_sms_or_without_result_key_fails_the_same_way(chain, tmp_path):
     async with tee_env(chain, tmp_path, with_sms=False) as (env, sms):
-        deal, tid = await _tdx_deal(env, {"iexec_input_files": [env.serve_input(png_bytes())]})
+        _deal, tid = await _tdx_deal(env, {"iexec_input_files": [env.serve_input(png_bytes())]})
         outcome = await env.pool.wait_task(tid, timeout=30)
         assert outcome.state == "tee_failed" and "no SMS" in outcome.detail
         assert (await env.task(tid))[0] == ACTIVE
         env.pool.sms = sms  # the SMS is there now, but the beneficiary never pushed a result key
-        deal, tid = await _tdx_deal(
+        _deal, tid = await _tdx_deal(
             env, {"iexec_input_files": [env.serve_input(png_bytes())], "iexec_result_encryption": True}
         )
         outcome = await env.pool.wait_task(tid, timeout=30)
@@ -247,8 +247,8 @@ async def test_a_tee_deal_on_a_pool_without_sms_or_without_result_key_fails_the_
 
 @pytest.mark.slow
 async def test_a_tdx_deal_without_secrets_completes_enclave_signed_and_plain(chain, tmp_path):
-    async with tee_env(chain, tmp_path) as (env, sms):
-        deal, tid = await _tdx_deal(env, {"iexec_input_files": [env.serve_input(png_bytes())]})
+    async with tee_env(chain, tmp_path) as (env, _sms):
+        _deal, tid = await _tdx_deal(env, {"iexec_input_files": [env.serve_input(png_bytes())]})
         outcome = await env.pool.wait_task(tid, timeout=30)
         assert outcome.state == "completed" and outcome.tee and not outcome.encrypted
         assert (await env.task(tid))[0] == COMPLETED
@@ -262,7 +262,7 @@ async def test_a_tdx_deal_without_secrets_completes_enclave_signed_and_plain(cha
 
 @pytest.mark.slow
 async def test_a_standard_deal_still_completes_unencrypted_on_the_tdx_pool(chain, tmp_path):
-    async with tee_env(chain, tmp_path) as (env, sms):
+    async with tee_env(chain, tmp_path) as (env, _sms):
         assert env.pool.orders[-1].tag == TDX_TAG  # the pool's default order tag covers standard deals
         deal, (tid,) = await env.request()
         outcome = await env.pool.wait_task(tid, timeout=30)
@@ -352,7 +352,9 @@ async def test_devnet_up_runs_the_sms_and_publishes_a_standard_and_a_tdx_app_ord
         capsys.readouterr()
         assert await asyncio.to_thread(status, data) == 0
         assert "sms         ok" in capsys.readouterr().out
-        async with aiohttp.ClientSession() as session:  # the SMS answers as the real one does
-            async with session.get(f"{env['SMS_URL']}/actuator/health") as resp:
-                assert resp.status == 200
+        async with (  # the SMS answers as the real one does
+            aiohttp.ClientSession() as session,
+            session.get(f"{env['SMS_URL']}/actuator/health") as resp,
+        ):
+            assert resp.status == 200
     assert net.sms is None  # stopped with the rest

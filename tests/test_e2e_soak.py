@@ -4,10 +4,11 @@ The bot runs as a real process on the devnet's small test app; each life lasts a
 (seeded: the seed is printed and named in every failure; `SOAK_SEED=<n>` replays one run's choices),
 U(0.2, 4) s once the bot is up, or for one life in five U(0.3, 2.5) s from the process start (a kill in
 start-up), then it is killed with SIGKILL and started again on the same books. Photos keep arriving
-whether the bot is up or down (Telegram queues them). Variants: plain; with workerpool faults switched at random (app errors, tasks never
-started or never finished, a gateway answering 500 for a while, the market failing); with the chain frozen
-(anvil SIGSTOPped) for 30 s in the middle. Then the bot runs to the end; tasks the workerpool gave up (it
-could not fetch the input while the bot was down, or a fault) are expired by moving chain time.
+whether the bot is up or down (Telegram queues them). Variants: plain; with workerpool faults switched
+at random (app errors, tasks never started or never finished, a gateway answering 500 for a while, the
+market failing); with the chain frozen (anvil SIGSTOPped) for 30 s in the middle. Then the bot runs to
+the end; tasks the workerpool gave up (it could not fetch the input while the bot was down, or a fault)
+are expired by moving chain time.
 
 Whatever the instants, at the end:
 - every job is DELIVERED, REFUNDED or CANCELLED, or held for an admin (NEEDS_ADMIN) with a reason;
@@ -36,6 +37,7 @@ when its coroutine runs again, so a sync call on the loop thread in that window 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -189,10 +191,8 @@ async def switch_faults(e2e: E2E, soak: Soak, rng: random.Random, stop: asyncio.
         if rng.random() < 0.2:
             e2e.net.pool.set_fault("market_500", count=rng.randint(1, 4))
             soak.faults_set.append("market_500")
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), rng.uniform(1.0, 4.0))
-        except TimeoutError:
-            pass
     e2e.net.pool.faults.clear()
     e2e.net.gateway.clear_faults()
 

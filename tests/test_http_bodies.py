@@ -101,7 +101,7 @@ async def test_a_body_exactly_at_the_cap_passes_one_byte_more_is_refused(mode: s
     data = payload(300_000)
     async with fetched(body_app(data, mode)) as get:
         assert await get(cap=300_000) == data
-        with pytest.raises(BodyTooLarge, match="test body.*299999 bytes allowed"):
+        with pytest.raises(BodyTooLarge, match=r"test body.*299999 bytes allowed"):
             await get(cap=299_999)
 
 
@@ -184,15 +184,19 @@ def orders_page(count: int) -> bytes:
 async def test_market_client_reads_a_page_of_orders_larger_than_a_chunk(mode: str) -> None:
     page = orders_page(200)
     assert len(page) > 2 * 64 * 1024
-    async with serve(body_app(page, mode, "application/json", "/apporders")) as url:
-        async with MarketClient(url, 31337, hub=DOMAIN.verifying_contract, page_size=1000, backoff=0) as client:
-            listed = await client.app_orders(APP)
+    async with (
+        serve(body_app(page, mode, "application/json", "/apporders")) as url,
+        MarketClient(url, 31337, hub=DOMAIN.verifying_contract, page_size=1000, backoff=0) as client,
+    ):
+        listed = await client.app_orders(APP)
     assert len({m.order_hash for m in listed}) == 200  # every order parsed and its signature checked
 
 
 async def test_market_client_refuses_a_reply_over_its_cap() -> None:
     page = orders_page(60)
-    async with serve(body_app(page, "chunked", "application/json", "/apporders")) as url:
-        async with MarketClient(url, 31337, hub=DOMAIN.verifying_contract, backoff=0, max_reply=16 * 1024) as client:
-            with pytest.raises(MarketReplyError, match="reply is larger than the 16384 bytes allowed"):
-                await client.app_orders(APP)
+    async with (
+        serve(body_app(page, "chunked", "application/json", "/apporders")) as url,
+        MarketClient(url, 31337, hub=DOMAIN.verifying_contract, backoff=0, max_reply=16 * 1024) as client,
+    ):
+        with pytest.raises(MarketReplyError, match="reply is larger than the 16384 bytes allowed"):
+            await client.app_orders(APP)

@@ -124,7 +124,7 @@ async def test_hashes_equal_hub_event_and_js_sdk(chain) -> None:
     receipt = await s.hub.w3.eth.get_transaction_receipt(
         (await s.hub.w3.eth.get_logs({"address": s.hub.address, "fromBlock": "latest"}))[0]["transactionHash"]
     )
-    matched = [e for e in s.hub.decode_receipt(receipt) if e.name == "OrdersMatched"][0].args
+    matched = next(e for e in s.hub.decode_receipt(receipt) if e.name == "OrdersMatched").args
     assert matched["dealid"] == deal_id
     assert (matched["appHash"], matched["workerpoolHash"], matched["requestHash"]) == (
         ao.hash(s.domain),

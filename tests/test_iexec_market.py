@@ -239,7 +239,7 @@ async def test_request_orders_need_a_payable_app_order_and_can_be_unpublished(bo
     c = books.client
     request = build_request_order(books.app, REQUESTER.address, 0, 5, 10, {"iexec_args": "a"}, "job-9")
     request = request.sign(REQUESTER, books.domain)
-    with pytest.raises(MarketReplyError, match="requester stake is too low .* minimum stake required is 15 nRLC"):
+    with pytest.raises(MarketReplyError, match=r"requester stake is too low .* minimum stake required is 15 nRLC"):
         await c.publish_request_order(request, REQUESTER)
     deposit(books.chain.rpc_url, books.chain.deployment, REQUESTER, 15)
     with pytest.raises(MarketReplyError, match="No apporder published"):
@@ -354,16 +354,18 @@ async def test_client_retries_5xx_and_gives_up_with_a_typed_error() -> None:
     app.router.add_get("/apporders", handler)
     app.router.add_get("/version", lambda r: web.json_response({"ok": False, "error": "down"}, status=503))
     app.router.add_get("/apporders/{h}", lambda r: web.json_response({"ok": False, "error": "bad"}, status=400))
-    async with serve(app) as url:
-        async with MarketClient(url, 31337, hub=DOMAIN.verifying_contract, retries=3, backoff=0) as client:
-            orders = await client.app_orders(APP)
-            assert [o.order.appprice for o in orders] == [3] and len(calls) == 3
-            with pytest.raises(MarketUnavailable, match="status 503"):
-                await client.version()
-            with pytest.raises(MarketReplyError, match="400.*bad"):
-                await client.get_app_order("0x" + "00" * 32)
-            with pytest.raises(MarketError, match="not an order hash"):
-                await client.get_app_order("../../etc")
+    async with (
+        serve(app) as url,
+        MarketClient(url, 31337, hub=DOMAIN.verifying_contract, retries=3, backoff=0) as client,
+    ):
+        orders = await client.app_orders(APP)
+        assert [o.order.appprice for o in orders] == [3] and len(calls) == 3
+        with pytest.raises(MarketUnavailable, match="status 503"):
+            await client.version()
+        with pytest.raises(MarketReplyError, match=r"400.*bad"):
+            await client.get_app_order("0x" + "00" * 32)
+        with pytest.raises(MarketError, match="not an order hash"):
+            await client.get_app_order("../../etc")
     async with MarketClient("http://127.0.0.1:9", 31337, hub=DOMAIN.verifying_contract, retries=1, backoff=0) as client:
         with pytest.raises(MarketUnavailable):
             await client.version()
@@ -393,7 +395,7 @@ async def test_client_signs_only_a_genuine_login_challenge() -> None:
     app.router.add_get("/challenge", challenge)
     app.router.add_post("/apporders", publish)
     async with serve(app) as url, MarketClient(url, 31337, hub=DOMAIN.verifying_contract) as client:
-        for name, typed in challenges.items():
+        for _name, typed in challenges.items():
             current["typed"] = copy.deepcopy(typed)
             with pytest.raises(MarketReplyError, match="refusing to sign"):
                 await client.publish_app_order(signed_app(), APP_OWNER)

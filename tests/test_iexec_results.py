@@ -96,7 +96,7 @@ async def test_download_falls_back_from_a_failing_gateway_to_a_good_one() -> Non
 async def test_download_retries_rounds_then_gives_a_typed_error() -> None:
     hits: list[str] = []
     async with serve(gateway({}, hits)) as only:
-        with pytest.raises(ResultDownloadError, match="no gateway delivered.*status 404"):
+        with pytest.raises(ResultDownloadError, match=r"no gateway delivered.*status 404"):
             await download_result(f"/ipfs/{CID_V0}", [only + "/"], rounds=3, backoff=0)
     assert len(hits) == 3
 

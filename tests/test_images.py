@@ -284,7 +284,7 @@ def test_exif_orientation_applied_and_metadata_stripped() -> None:
     checked = check_image(data)
     im = reopen(checked)
     assert (im.width, im.height) == (40, 60)  # upright: portrait
-    r, g, b = im.getpixel((35, 5))  # the stored top-left corner is now top-right
+    r, _g, b = im.getpixel((35, 5))  # the stored top-left corner is now top-right
     assert r > 200 and b < 60
     assert len(im.getexif()) == 0 and "exif" not in im.info and "icc_profile" not in im.info
     assert b"SpyCam" not in checked.data and b"Exif" not in checked.data

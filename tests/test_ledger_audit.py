@@ -98,7 +98,7 @@ def test_v1_resolution_without_its_reservation_is_reported_after_upgrade(tmp_pat
         "FROM transfers WHERE id = 'r3'"
     )
     raw.close()
-    with Ledger(path) as book, pytest.raises(AuditError, match="'px'.*does not fit reservation 'nope'"):
+    with Ledger(path) as book, pytest.raises(AuditError, match=r"'px'.*does not fit reservation 'nope'"):
         book.audit()
 
 

@@ -44,9 +44,11 @@ def free_port() -> int:
 async def api(tg: TelegramStandIn, method: str, token: str = TOKEN, **fields: object) -> tuple[int, dict]:
     """A raw form-encoded Bot API call, as PTB makes them."""
     form = {k: str(v) for k, v in fields.items()}
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{tg.bot_base_url}{token}/{method}", data=form) as resp:
-            return resp.status, await resp.json()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{tg.bot_base_url}{token}/{method}", data=form) as resp,
+    ):
+        return resp.status, await resp.json()
 
 
 # --- PTB end to end ------------------------------------------------------------------------------------
@@ -126,7 +128,7 @@ async def test_document_is_stored_with_name_and_type(tg: TelegramStandIn, alice:
     async with bot:
         msg = await bot.send_document(alice.id, png(3000, 2000), filename="result.png", caption="big")
         again = await bot.send_document(alice.id, msg.document.file_id)
-        with pytest.raises(BadRequest, match="(?i)wrong file identifier"):
+        with pytest.raises(BadRequest, match=r"(?i)wrong file identifier"):
             await bot.send_document(alice.id, "no-such-file-id")
     [first, second] = tg.sent(alice.id)
     assert (first.kind, first.file_name, first.mime_type, first.caption) == (
@@ -148,12 +150,12 @@ async def test_edit_message_text_and_not_modified(tg_unlimited: TelegramStandIn,
         msg = await bot.send_message(alice.id, "Working…", reply_markup=keyboard)
         edited = await bot.edit_message_text("Done", chat_id=alice.id, message_id=msg.message_id, reply_markup=keyboard)
         assert edited.edit_date is not None
-        with pytest.raises(BadRequest, match="(?i)message is not modified"):
+        with pytest.raises(BadRequest, match=r"(?i)message is not modified"):
             await bot.edit_message_text("Done", chat_id=alice.id, message_id=msg.message_id, reply_markup=keyboard)
         await bot.edit_message_text("Done", chat_id=alice.id, message_id=msg.message_id)  # drops keyboard
-        with pytest.raises(BadRequest, match="(?i)message to edit not found"):
+        with pytest.raises(BadRequest, match=r"(?i)message to edit not found"):
             await bot.edit_message_text("x", chat_id=alice.id, message_id=999)
-        with pytest.raises(BadRequest, match="(?i)can't parse entities"):
+        with pytest.raises(BadRequest, match=r"(?i)can't parse entities"):
             await bot.send_message(alice.id, "<blink>no</blink>", parse_mode="HTML")
         assert await bot.delete_message(alice.id, msg.message_id)
     [now] = tg.sent(alice.id, include_deleted=True)
@@ -297,17 +299,17 @@ async def test_errors_map_to_ptb_exceptions(tg: TelegramStandIn, alice: TgUser) 
             pass
     bot = Bot(TOKEN, base_url=tg.bot_base_url)
     async with bot:
-        with pytest.raises(BadRequest, match="(?i)chat not found"):
+        with pytest.raises(BadRequest, match=r"(?i)chat not found"):
             await bot.send_message(777, "hello?")
         tg.add_chat(TgChat.private(alice))
         tg.block(alice)
-        with pytest.raises(Forbidden, match="(?i)bot was blocked by the user"):
+        with pytest.raises(Forbidden, match=r"(?i)bot was blocked by the user"):
             await bot.send_message(alice.id, "hello?")
         with pytest.raises(Forbidden):
             await bot.send_chat_action(alice.id, "typing")
         tg.unblock(alice)
         await bot.send_message(alice.id, "welcome back")
-        with pytest.raises(BadRequest, match="(?i)message text is empty"):
+        with pytest.raises(BadRequest, match=r"(?i)message text is empty"):
             await bot.send_message(alice.id, " ")
     assert [m.text for m in tg.sent(alice.id)] == ["welcome back"]
 
@@ -381,15 +383,15 @@ async def test_send_photo_checks_like_telegram(tg_unlimited: TelegramStandIn, al
     bot = Bot(TOKEN, base_url=tg.bot_base_url)
     tg.add_chat(TgChat.private(alice))
     async with bot:
-        with pytest.raises(BadRequest, match="(?i)PHOTO_INVALID_DIMENSIONS"):
+        with pytest.raises(BadRequest, match=r"(?i)PHOTO_INVALID_DIMENSIONS"):
             await bot.send_photo(alice.id, png(2100, 100))
-        with pytest.raises(BadRequest, match="(?i)PHOTO_INVALID_DIMENSIONS"):
+        with pytest.raises(BadRequest, match=r"(?i)PHOTO_INVALID_DIMENSIONS"):
             await bot.send_photo(alice.id, png(5001, 5000))
-        with pytest.raises(BadRequest, match="(?i)file is too big"):
+        with pytest.raises(BadRequest, match=r"(?i)file is too big"):
             await bot.send_photo(alice.id, b"\x89PNG" + b"\0" * (10 * 1024 * 1024))
-        with pytest.raises(BadRequest, match="(?i)IMAGE_PROCESS_FAILED"):
+        with pytest.raises(BadRequest, match=r"(?i)IMAGE_PROCESS_FAILED"):
             await bot.send_photo(alice.id, b"not an image at all")
-        with pytest.raises(BadRequest, match="(?i)wrong file identifier"):
+        with pytest.raises(BadRequest, match=r"(?i)wrong file identifier"):
             await bot.send_photo(alice.id, "http://169.254.169.254/latest")  # never fetched
         first = await bot.send_photo(alice.id, png(400, 300))
         again = await bot.send_photo(alice.id, first.photo[-1].file_id, caption="again")
@@ -398,9 +400,11 @@ async def test_send_photo_checks_like_telegram(tg_unlimited: TelegramStandIn, al
     form.add_field("chat_id", str(alice.id))
     form.add_field("photo", "attach://pic")
     form.add_field("pic", png(50, 40), filename="pic.png", content_type="image/png")
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{tg.bot_base_url}{TOKEN}/sendPhoto", data=form) as resp:
-            body = await resp.json()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{tg.bot_base_url}{TOKEN}/sendPhoto", data=form) as resp,
+    ):
+        body = await resp.json()
     assert [(p["width"], p["height"]) for p in body["result"]["photo"]] == [(50, 40)]
     assert [m.kind for m in tg.sent(alice.id)] == ["photo", "photo", "photo"]
 
@@ -570,8 +574,8 @@ async def test_callback_data_over_64_bytes_is_refused(tg: TelegramStandIn, alice
         sent = await app.bot.send_message(alice.id, "fits", reply_markup=ok)
         for data in ("x" * 65, "é" * 33):
             too_long = InlineKeyboardMarkup([[InlineKeyboardButton("b", callback_data=data)]])
-            with pytest.raises(BadRequest, match="Button_data_invalid|BUTTON_DATA_INVALID"):
+            with pytest.raises(BadRequest, match=r"Button_data_invalid|BUTTON_DATA_INVALID"):
                 await app.bot.send_message(alice.id, "too long", reply_markup=too_long)
-            with pytest.raises(BadRequest, match="Button_data_invalid|BUTTON_DATA_INVALID"):
+            with pytest.raises(BadRequest, match=r"Button_data_invalid|BUTTON_DATA_INVALID"):
                 await app.bot.edit_message_reply_markup(alice.id, sent.message_id, reply_markup=too_long)
     assert [m.text for m in tg.sent(alice.id)] == ["fits"]

@@ -153,8 +153,8 @@ def test_bf16_graph_agrees_with_fp32(tmp_path: Path, run_worker, worker_weights_
     run found again by the bf16 run with the same class and an overlapping box."""
     name = "6" * 64
     docs = {}
-    for precision in ("fp32", "bf16"):
-        base = tmp_path / precision
+    for mode in ("fp32", "bf16"):
+        base = tmp_path / mode
         base.mkdir()
         env = iexec_env(base, name, MRCNN_WEIGHTS=str(worker_weights_r50), SEGBOT_GRAPH_CACHE=str(tmp_path / "g"))
         Image.fromarray(skimage.data.astronaut()).save(base / "iexec_in" / name, "PNG")
@@ -167,7 +167,7 @@ def test_bf16_graph_agrees_with_fp32(tmp_path: Path, run_worker, worker_weights_
                 "--max-dim",
                 "256",
                 "--precision",
-                precision,
+                mode,
                 "--min-confidence",
                 "0.5",
                 "--cache-dir",
@@ -179,11 +179,11 @@ def test_bf16_graph_agrees_with_fp32(tmp_path: Path, run_worker, worker_weights_
             capture_output=True,
             timeout=300,
         )
-        result = run_worker(["--max-dim", "256", "--min-confidence", "0.5", "--precision", precision], env)
+        result = run_worker(["--max-dim", "256", "--min-confidence", "0.5", "--precision", mode], env)
         assert result.code == 0, result.stderr[-2000:]
-        docs[precision] = json.loads((result.out / "detections.json").read_text())
-        assert docs[precision]["model"]["graph_cache"] == "hit"
-        assert docs[precision]["model"]["precision"] == precision
+        docs[mode] = json.loads((result.out / "detections.json").read_text())
+        assert docs[mode]["model"]["graph_cache"] == "hit"
+        assert docs[mode]["model"]["precision"] == mode
     fp32, bf16 = docs["fp32"]["detections"], docs["bf16"]["detections"]
     assert len(fp32) > 20 and abs(len(fp32) - len(bf16)) <= len(fp32) // 5
     # Random weights give ~100 near-tied, overlapping detections, so which of them survive NMS and the
@@ -214,7 +214,8 @@ def graph(*nodes):
 # two reads of one variable, a control edge on a read and on the handle, another variable
 g = graph(("v0", "Placeholder", []), ("v1", "Placeholder", []),
           ("r0", "ReadVariableOp", ["v0", "^v1"]), ("r0b", "ReadVariableOp", ["v0:0"]),
-          ("r1", "ReadVariableOp", ["v1"]), ("conv", "Conv2D", ["x", "r0", "^r1", "^v0"]), ("add", "AddV2", ["conv", "r0b"]))
+          ("r1", "ReadVariableOp", ["v1"]), ("conv", "Conv2D", ["x", "r0", "^r1", "^v0"]),
+          ("add", "AddV2", ["conv", "r0b"]))
 reads = _detach_reads(g, {"v0": 0, "v1": 1})
 nodes = {n.name: n for n in g.node}
 out = {"reads": reads, "names": sorted(nodes), "ops": {k: n.op for k, n in nodes.items()},

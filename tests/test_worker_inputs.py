@@ -89,7 +89,7 @@ def test_declared_input_file_missing(tmp_path: Path, run_worker) -> None:
 def test_bad_option(tmp_path: Path, run_worker, args: list[str], words: list[str]) -> None:
     env = iexec_env(tmp_path, INPUT)
     (tmp_path / "iexec_in" / INPUT).write_bytes(_jpeg())
-    _assert_failed(run_worker(args + ["--random-weights"], env), *words)
+    _assert_failed(run_worker([*args, "--random-weights"], env), *words)
 
 
 def test_url_404(tmp_path: Path, run_worker, local_http) -> None:

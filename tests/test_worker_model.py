@@ -112,7 +112,7 @@ def test_iexec_task_end_to_end(tmp_path: Path, run_worker, worker_weights_r50: P
     for det in doc["detections"]:
         assert set(det) == {"class_id", "class_name", "score", "box", "mask_area", "mask"}
         mask = _rle_decode(det["mask"])
-        y1, x1, y2, x2 = det["box"]
+        y1, _x1, _y2, x2 = det["box"]
         assert mask.sum() == det["mask_area"] and not mask[:y1].any() and not mask[:, x2:].any()
         assert det["score"] >= 0.5
     for key in ("import_s", "build_s", "weights_s", "detect_s", "draw_s", "total_s"):

@@ -10,6 +10,7 @@ It must never edit files on disk.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
 from typing import Any
@@ -22,14 +23,12 @@ def _set_static_shapes(outputs: Any, shapes: Any) -> None:
     if isinstance(outputs, (list, tuple)):
         if not isinstance(shapes, list) or len(shapes) != len(outputs):
             return
-        for out, shape in zip(outputs, shapes):
+        for out, shape in zip(outputs, shapes, strict=True):
             _set_static_shapes(out, shape)
         return
     if hasattr(outputs, "set_shape") and shapes is not None:
-        try:
+        with contextlib.suppress(ValueError, TypeError):  # the traced shape is more precise: keep it
             outputs.set_shape(tuple(shapes))
-        except (ValueError, TypeError):
-            pass  # the traced shape is more precise than the declared one: keep it
 
 
 def _make_engine(tf_keras: Any) -> types.ModuleType:

@@ -60,7 +60,7 @@ def paint_masks(
 ) -> np.ndarray:
     """A copy of `pixels` with each mask blended in its colour and outlined; other pixels unchanged."""
     out = pixels.astype(np.float32)
-    for inst, colour in zip(instances, colours):
+    for inst, colour in zip(instances, colours, strict=True):
         y1, x1, y2, x2 = inst.box
         region = out[y1:y2, x1:x2]
         mask = inst.mask
@@ -81,10 +81,10 @@ def draw(
     image = Image.fromarray(paint_masks(pixels, instances, colours, line))
     canvas = ImageDraw.Draw(image)
     font = _font(max(10, round(scale / 45)))
-    for inst, colour in zip(instances, colours):
+    for inst, colour in zip(instances, colours, strict=True):
         y1, x1, y2, x2 = inst.box
         canvas.rectangle((x1, y1, x2 - 1, y2 - 1), outline=colour, width=line)
-    for inst, colour in zip(instances, colours):  # tags last, so boxes never cross them
+    for inst, colour in zip(instances, colours, strict=True):  # tags last, so boxes never cross them
         _tag(canvas, font, inst, colour, class_names, (width, height))
     if random_weights:
         _stamp(canvas, (width, height))

@@ -111,7 +111,7 @@ def optimize_function(
     graph = traced.graph
     by_handle = {id(v.handle): v for v in variables}
     captured: list[tuple[Any, str]] = []
-    for outer, inner in zip(traced.captured_inputs, graph.internal_captures):
+    for outer, inner in zip(traced.captured_inputs, graph.internal_captures, strict=True):
         var = by_handle.get(id(outer))
         if var is None:
             raise ModelError(f"The traced graph captures a tensor that is not a model weight ({inner.name}).")
@@ -138,7 +138,7 @@ def optimize_function(
     packed, places = _pack([var for var, _ in captured])
 
     def body(*args: Any) -> Any:
-        feeds = dict(zip(inputs, args))
+        feeds = dict(zip(inputs, args, strict=True))
         current = tf.compat.v1.get_default_graph()
         # one read and one split per packed variable: as many nodes as the 690 reads they replace; splitting
         # whole 64-byte rows along the first axis shares the buffer instead of copying it
