@@ -40,6 +40,7 @@ from iexec.hub import Hub, TaskStatus
 from iexec.market import MarketClient
 from iexec.orders import Domain, RequestOrder, Tag, build_request_order, tag_to_int, tags_compatible
 from iexec.results import TaskResult, fetch_result
+from iexec.retry import RetryPolicy, retry_async
 from iexec.tx import SenderConfig, TxRecord, TxSender, connect
 from iexec.tx import close as close_w3
 from iexec.watch import TaskClaimed, TaskDeadlinePassed, TaskFinalized, TaskInitialized, TaskWatcher
@@ -53,6 +54,16 @@ CURSOR_KEY = "watcher.cursor"
 #: does not know a deal mined a moment ago.
 DEAL_REREADS = 3
 DEAL_REREAD_MAX_S = 30.0
+#: the longest pause between two watcher cycles after failures
+WATCH_MAX_DELAY_S = 30.0
+
+
+class _DealUnknown(Exception):
+    """The chain answered an all-zero deal (it may not have seen the match yet): read it again."""
+
+    def __init__(self, deal: Any) -> None:
+        super().__init__("the chain does not know the deal (yet)")
+        self.deal = deal
 
 
 @dataclass(frozen=True)
@@ -174,6 +185,11 @@ class ChainGateway:
         self.sms: Any = None  # iexec.sms.SmsClient in TEE mode
         self._password_value: str | None = None
         self.watch_errors = 0
+        #: after a failed watcher cycle: 2, 4, ... poll intervals, at most WATCH_MAX_DELAY_S (the watcher never
+        #: gives up: `wait_s` only)
+        self.watch_retry = RetryPolicy(
+            base_delay_s=settings.poll_interval_s, max_delay_s=WATCH_MAX_DELAY_S, deadline_s=None, attempts=1
+        )
         #: Set by the pipeline: `crash_hook(name)` stops the process at a named point (crash tests).
         self.crash_hook: Callable[[str], None] | None = None
 
@@ -517,14 +533,29 @@ class ChainGateway:
         """`view_deal`, read again (up to DEAL_REREADS times, poll_interval_s apart) while the chain answers
         an all-zero deal; returns the last answer, which is still all-zero when the chain really does not
         know the deal."""
-        deal = await self.hub.view_deal(_bytes(deal_id))
         pause = min(self.settings.poll_interval_s, DEAL_REREAD_MAX_S / DEAL_REREADS)
-        for attempt in range(DEAL_REREADS):
-            if int(deal.requester, 16) != 0:
-                break
-            log.info("event=deal_unknown_reread deal=%s attempt=%d", deal_id, attempt + 1)
-            await asyncio.sleep(pause)
+        rereads = RetryPolicy(
+            base_delay_s=pause, max_delay_s=pause, jitter=0.0, deadline_s=None, attempts=1 + DEAL_REREADS
+        )
+
+        async def read() -> Any:
             deal = await self.hub.view_deal(_bytes(deal_id))
+            if int(deal.requester, 16) == 0:
+                raise _DealUnknown(deal)
+            return deal
+
+        try:
+            deal = await retry_async(
+                read,
+                rereads,
+                retry_on=lambda exc: isinstance(exc, _DealUnknown),
+                give_up=lambda last, _attempts, _elapsed: last,
+                on_retry=lambda _exc, attempt, _delay: log.info(
+                    "event=deal_unknown_reread deal=%s attempt=%d", deal_id, attempt
+                ),
+            )
+        except _DealUnknown as unknown:
+            deal = unknown.deal
         return _DealView(deal)
 
     @staticmethod
@@ -549,7 +580,7 @@ class ChainGateway:
             await asyncio.sleep(
                 self.settings.poll_interval_s
                 if self.watch_errors == 0
-                else min(30.0, self.settings.poll_interval_s * 2**self.watch_errors)
+                else self.watch_retry.wait_s(self.watch_errors + 1)
             )
 
     def _apply(self, event: Any) -> None:

@@ -26,6 +26,7 @@ from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
 
 from bot import texts
 from bot.busy import when_free
+from iexec.retry import RetryPolicy
 from ledger import Job, JobState, Ledger
 
 log = logging.getLogger(__name__)
@@ -73,14 +74,15 @@ class Endings:
         board: Any,
         *,
         clock: Callable[[], float],
-        retry_delays: tuple[float, ...],
+        retry: RetryPolicy,
         crash_point: Callable[[str], None],
     ) -> None:
         self.ledger = ledger
         self.bot = bot
         self.board = board
         self.clock = clock
-        self.retry_delays = retry_delays
+        #: the backoff between tries of a telling Telegram did not take (`wait_s` only: it never gives up)
+        self.retry = retry
         self.crash_point = crash_point
         #: The telling tasks in flight, by "tell:" + the ending's told key.
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -187,8 +189,8 @@ class Endings:
                 outcome = f"refused: {exc}"[:300]
                 break
             except TelegramError as exc:
-                delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
                 failures += 1
+                delay = self.retry.wait_s(failures)
                 log.warning("event=tell_retry job=%s error=%r delay=%s", job.id, str(exc)[:200], delay)
                 await asyncio.sleep(delay)
         self.crash_point("after_tell")

@@ -64,6 +64,7 @@ from bot.intake import DownloadLimiter, fetch_image
 from bot.results import RESULT_LIMITS, made_with_random_weights, read_detections, result_image
 from bot.settings import Settings
 from iexec.errors import DecryptionError, IExecError, ResultDownloadError, ResultLocationError, TeeError, UnsafeArchive
+from iexec.retry import RetryPolicy
 from ledger import InsufficientFunds, Job, JobState, Ledger, LedgerBusy, LedgerError, UnknownJob
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ log = logging.getLogger(__name__)
 PHOTO_MAX_BYTES = 10 * 1024 * 1024
 DOCUMENT_MAX_BYTES = 50 * 1024 * 1024  # Telegram answers 413 above it (PTB: a NetworkError, not BadRequest)
 PHOTO_MAX_SIDES = 10_000
-RETRY_DELAYS = (1, 2, 5, 10, 20, 30)
+#: A step that failed is tried again after 1, 2, 4, ... at most 30 s (jittered); an unexpected error holds the
+#: job at the STEP_ATTEMPTS-th (the other failures are retried for as long as it takes: the driver never gives up).
+STEP_ATTEMPTS = 5
+STEP_RETRY = RetryPolicy(base_delay_s=1.0, max_delay_s=30.0, deadline_s=None, attempts=STEP_ATTEMPTS)
 CATEGORY_REF_S = {0: 300, 1: 1200, 2: 3600, 3: 10800, 4: 36000}
 RESULT_ATTEMPTS = 8
 #: `_drive` sleeps SPIN_PAUSE_S when a step returned SPIN_LIMIT times within SPIN_WINDOW_S without changing
@@ -132,7 +136,7 @@ class Pipeline:
         self.crash_point = crash_points or CrashPoints()
         chain.crash_hook = self.crash_point
         self.paused = False
-        self.retry_delays: tuple[float, ...] = RETRY_DELAYS
+        self.retry: RetryPolicy = STEP_RETRY
         self.result_attempts = RESULT_ATTEMPTS
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._intakes: set[str] = set()
@@ -153,9 +157,7 @@ class Pipeline:
             JobState.RUNNING: self._step_running,
             JobState.COMPLETED: self._step_completed,
         }
-        self.endings = Endings(
-            ledger, bot, board, clock=clock, retry_delays=self.retry_delays, crash_point=self.crash_point
-        )
+        self.endings = Endings(ledger, bot, board, clock=clock, retry=self.retry, crash_point=self.crash_point)
         self.uploads_dir = Path(settings.data_dir) / "uploads"
 
     # ------------------------------------------------------------------------------------ life cycle
@@ -367,8 +369,8 @@ class Pipeline:
             try:
                 job = self.ledger.get_job(job_id)
             except LedgerBusy as exc:
-                delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
                 failures += 1
+                delay = self.retry.wait_s(failures)
                 log.warning("event=step_retry job=%s state=? error=%r delay=%s", job_id, str(exc)[:300], delay)
                 await asyncio.sleep(delay)
                 continue
@@ -391,8 +393,8 @@ class Pipeline:
             except (TimeoutError, IExecError, OSError, TelegramError, LedgerBusy) as exc:
                 # The chain, the market, a gateway or Telegram is unreachable: wait and try the same step
                 # again; nothing was lost because every step starts from what the books say.
-                delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
                 failures += 1
+                delay = self.retry.wait_s(failures)
                 log.warning(
                     "event=step_retry job=%s state=%s error=%r delay=%s", job_id, job.state.value, str(exc)[:300], delay
                 )
@@ -400,10 +402,10 @@ class Pipeline:
             except Exception as exc:  # an unexpected bug must not lose the job
                 log.exception("event=step_crashed job=%s state=%s", job_id, job.state.value)
                 failures += 1
-                if failures >= 5:
+                if failures >= STEP_ATTEMPTS:
                     hold = f"unexpected error: {exc!r}"[:500]
                 else:
-                    await asyncio.sleep(self.retry_delays[min(failures, len(self.retry_delays) - 1)])
+                    await asyncio.sleep(self.retry.wait_s(failures))
             if hold is not None:
                 try:
                     await self._hold(job, hold)
@@ -413,7 +415,7 @@ class Pipeline:
                 except Exception as exc:  # noqa: BLE001 - holding must not end the driver
                     # The next pass reaches the same decision again (or finds the job held already).
                     log.warning("event=hold_retry job=%s error=%r", job_id, str(exc)[:300])
-                    await asyncio.sleep(self.retry_delays[min(failures, len(self.retry_delays) - 1)])
+                    await asyncio.sleep(self.retry.wait_s(failures + 1))
 
     async def _slow_down_if_spinning(
         self, job: Job, last: tuple[Any, ...] | None, unchanged: collections.deque[float]

@@ -16,7 +16,7 @@ import contextlib
 import io
 import itertools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,8 +181,8 @@ async def start_botnet(
     settings = bot_settings(net, books, **overrides)
     bot = build_bot(settings, crash_at=crash_at)
     if fast_retries:
-        bot.services.pipeline.retry_delays = (0.2,)
-        bot.services.pipeline.endings.retry_delays = (0.2,)
+        fast = replace(bot.services.pipeline.retry, base_delay_s=0.2, max_delay_s=0.2)
+        bot.services.pipeline.retry = bot.services.pipeline.endings.retry = fast
         bot.services.pipeline.result_attempts = 3
     await bot.start(poll_timeout=1, polling=polling)
     return BotNet(net=net, bot=bot, settings=settings, books=books)
