@@ -311,7 +311,7 @@ class E2E:
             return "unmatched"
         outcome = await self.net.pool.wait_task(job.task_id, timeout)
         if outcome.state not in ("completed", "error_archive"):
-            self.increase_time(FINAL_DEADLINE_S + 100)
+            await asyncio.to_thread(self.increase_time, FINAL_DEADLINE_S + 100)
         return outcome.state
 
     def settlements(self, job: Job) -> list[tuple[str, str]]:
@@ -325,6 +325,9 @@ class E2E:
         finally:
             conn.close()
         return [(r[0], r[1]) for r in rows]
+
+    # The chain reads below are blocking web3 calls: from async code, call them through asyncio.to_thread (the
+    # in-process devnet serves on this event loop; blocking it can hang both).
 
     def hub(self) -> Any:
         assert self.net.deployment is not None

@@ -220,5 +220,5 @@ async def test_killed_right_after_get_updates_the_photo_is_taken_in_once(e2e: E2
         if any(ACK in (t or "") for t in (m.text, *(r.text for r in m.edits)))
     ]
     assert len(acks) == 1 and len(e2e.results(user)) == 1
-    assert e2e.deals_on_chain(job) == (1, 1)
+    assert await asyncio.to_thread(e2e.deals_on_chain, job) == (1, 1)
     e2e.ledger.audit()

@@ -7,6 +7,7 @@ the kill fell between sending the reply and recording it (`after_reply`). The de
 
 from __future__ import annotations
 
+import asyncio
 import signal
 
 import pytest
@@ -41,7 +42,7 @@ async def test_photo_delivered_once_without_a_crash(e2e: E2E) -> None:
     assert result.kind == "photo" and "Charged" in (result.caption or "")
     [job] = await e2e.wait_terminal(user)
     assert job.state.value == "DELIVERED"
-    assert e2e.deals_on_chain(job) == (1, 1)
+    assert await asyncio.to_thread(e2e.deals_on_chain, job) == (1, 1)
     assert e2e.ledger.balance(user.id).posted == 10**9 - e2e.charged(job)
     e2e.ledger.audit()
 
@@ -59,7 +60,7 @@ async def test_killed_at_a_named_step_then_restarted(e2e: E2E, point: str) -> No
     await e2e.start_bot()
     outcome = await e2e.expire_if_abandoned(user)
     [job] = await e2e.wait_terminal(user, timeout=90)
-    assert e2e.deals_on_chain(job) == (1, 1)
+    assert await asyncio.to_thread(e2e.deals_on_chain, job) == (1, 1)
     bal = e2e.ledger.balance(user.id)
     if outcome in ("completed", "unmatched"):
         assert job.state.value == "DELIVERED", (job.state, job.error, e2e.bot.log_tail())

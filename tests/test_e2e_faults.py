@@ -21,7 +21,7 @@ CREDIT = 10**9
 
 def assert_delivered_once(e2e: E2E, user, job) -> None:  # type: ignore[no-untyped-def]
     assert job.state.value == "DELIVERED", (job.state, job.error)
-    assert e2e.deals_on_chain(job) == (1, 1)
+    assert await asyncio.to_thread(e2e.deals_on_chain, job) == (1, 1)
     assert e2e.settlements(job) == [(f"{job.id}:post", "post")]
 
 
@@ -71,19 +71,19 @@ async def test_workerpool_never_showing_up_is_claimed_and_refunded(e2e: E2E) -> 
     user = e2e.new_user()
     await e2e.start_bot()
     e2e.net.pool.set_fault("no_show")
-    stake_before = e2e.wallet_stake()
+    stake_before = await asyncio.to_thread(e2e.wallet_stake)
     e2e.tg.inject_photo(user, photo_bytes(seed=60))
     await e2e.wait_for(lambda: bool(e2e.jobs(user)) and e2e.jobs(user)[0].task_id is not None, 30, "the job matched")
     [job] = e2e.jobs(user)
     await e2e.net.pool.wait_task(job.task_id, 30)
     await asyncio.sleep(0.5)
-    e2e.increase_time(FINAL_DEADLINE_S + 100)
+    await asyncio.to_thread(e2e.increase_time, FINAL_DEADLINE_S + 100)
     [job] = await e2e.wait_terminal(user, timeout=60)
     assert_refunded_once(e2e, user, job)
-    assert e2e.deals_on_chain(job) == (1, 1)
-    status = int(e2e.hub().functions.viewTask(job.task_id).call()[0])
+    assert await asyncio.to_thread(e2e.deals_on_chain, job) == (1, 1)
+    status = await asyncio.to_thread(e2e.task_status, job)
     assert status == 4, "the task is claimed (FAILED) on chain"
-    assert e2e.wallet_stake() == stake_before, "the claim gave the hub stake back"
+    assert await asyncio.to_thread(e2e.wallet_stake) == stake_before, "the claim gave the hub stake back"
     await e2e.wait_text(user, "did not finish before its deadline")
     e2e.ledger.audit()
 
@@ -95,7 +95,7 @@ async def test_app_failing_refunds_and_says_why(e2e: E2E) -> None:
     e2e.tg.inject_photo(user, photo_bytes(seed=70))
     [job] = await e2e.wait_terminal(user, timeout=60)
     assert_refunded_once(e2e, user, job)
-    assert e2e.deals_on_chain(job) == (1, 1)
+    assert await asyncio.to_thread(e2e.deals_on_chain, job) == (1, 1)
     text = await e2e.wait_text(user, "segmentation app could not process the picture")
     assert "refund" in text.lower()
     e2e.ledger.audit()

@@ -7,6 +7,8 @@ balance.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.fixtures_bot import photo_bytes
@@ -34,7 +36,7 @@ async def test_twenty_users_three_photos_each_at_once(e2e: E2E) -> None:
         bal = e2e.ledger.balance(user.id)
         assert (bal.posted, bal.pending) == (CREDIT - sum(e2e.charged(j) for j in jobs), 0)
         for job in jobs:
-            assert e2e.deals_on_chain(job) == (1, 1)
+            assert await asyncio.to_thread(e2e.deals_on_chain, job) == (1, 1)
             assert e2e.settlements(job) == [(f"{job.id}:post", "post")]
     e2e.ledger.audit()
     methods = sorted({c.method for c in e2e.tg.calls() if c.status == 429})

@@ -57,6 +57,15 @@ async def books(chain: Any, market: MarketStandIn) -> Any:
         yield Books(market, client, domain, app, pool, chain)
 
 
+def answer(body: Any, status: int = 200) -> Any:
+    """An aiohttp handler that answers `body` as JSON with `status` (a fresh response each call)."""
+
+    async def handler(_: web.Request) -> web.Response:
+        return web.json_response(body, status=status)
+
+    return handler
+
+
 def app_order(b: Books, price: int, salt: int, volume: int = 5, **kw: Any) -> AppOrder:
     fields = dict(
         app=b.app,
@@ -334,7 +343,7 @@ def tampered() -> dict[str, Any]:
 )
 async def test_client_refuses_replies_that_lie(reply: Any, words: str) -> None:
     app = web.Application()
-    app.router.add_get("/apporders", lambda r: web.json_response(reply))
+    app.router.add_get("/apporders", answer(reply))
     async with serve(app) as url, MarketClient(url, 31337, hub=DOMAIN.verifying_contract) as client:
         with pytest.raises(MarketReplyError, match=words):
             await client.app_orders(APP)
@@ -352,8 +361,8 @@ async def test_client_retries_5xx_and_gives_up_with_a_typed_error() -> None:
 
     app = web.Application()
     app.router.add_get("/apporders", handler)
-    app.router.add_get("/version", lambda r: web.json_response({"ok": False, "error": "down"}, status=503))
-    app.router.add_get("/apporders/{h}", lambda r: web.json_response({"ok": False, "error": "bad"}, status=400))
+    app.router.add_get("/version", answer({"ok": False, "error": "down"}, status=503))
+    app.router.add_get("/apporders/{h}", answer({"ok": False, "error": "bad"}, status=400))
     async with (
         serve(app) as url,
         MarketClient(url, 31337, hub=DOMAIN.verifying_contract, retries=3, backoff=0) as client,

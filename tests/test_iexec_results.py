@@ -120,7 +120,11 @@ async def test_download_caps_the_size_announced_or_streamed() -> None:
         return resp
 
     app = web.Application()
-    app.router.add_get(f"/ipfs/{CID_V0}", lambda r: web.Response(body=big))
+
+    async def send_big(_: web.Request) -> web.Response:
+        return web.Response(body=big)
+
+    app.router.add_get(f"/ipfs/{CID_V0}", send_big)
     app.router.add_get(f"/ipfs/{CID_V1}", chunked)
     async with serve(app) as gw:
         with pytest.raises(ResultDownloadError, match="too large"):

@@ -215,12 +215,10 @@ JPEG = jpeg_bytes()
 
 
 def make_app(hits: list[str]) -> web.Application:
-    async def count(app: web.Application, handler):
-        async def middleware(request: web.Request) -> web.StreamResponse:
-            hits.append(request.path)
-            return await handler(request)
-
-        return middleware
+    @web.middleware
+    async def count(request: web.Request, handler) -> web.StreamResponse:
+        hits.append(request.path)
+        return await handler(request)
 
     async def good(_: web.Request) -> web.Response:
         return web.Response(body=JPEG, content_type="image/jpeg")
