@@ -19,7 +19,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 CREDIT = 10**9
 
 
-def assert_delivered_once(e2e: E2E, user, job) -> None:  # type: ignore[no-untyped-def]
+async def assert_delivered_once(e2e: E2E, user, job) -> None:  # type: ignore[no-untyped-def]
     assert job.state.value == "DELIVERED", (job.state, job.error)
     assert await asyncio.to_thread(e2e.deals_on_chain, job) == (1, 1)
     assert e2e.settlements(job) == [(f"{job.id}:post", "post")]
@@ -48,7 +48,7 @@ async def test_chain_unreachable_for_a_while_every_job_finishes(e2e: E2E) -> Non
         e2e.net.anvil.thaw()
     for user in users:
         [job] = await e2e.wait_terminal(user, timeout=120)
-        assert_delivered_once(e2e, user, job)
+        await assert_delivered_once(e2e, user, job)
         assert e2e.ledger.balance(user.id).posted == CREDIT - e2e.charged(job)
         assert len(e2e.results(user)) == 1
     assert in_flight, "the chain was frozen after the jobs ended, not in the middle of them"
@@ -62,7 +62,7 @@ async def test_market_answering_500_is_retried(e2e: E2E) -> None:
     e2e.tg.inject_photo(user, photo_bytes(seed=50))
     await e2e.result_for(user, timeout=60)
     [job] = await e2e.wait_terminal(user)
-    assert_delivered_once(e2e, user, job)
+    await assert_delivered_once(e2e, user, job)
     assert e2e.ledger.balance(user.id).posted == CREDIT - e2e.charged(job)
     e2e.ledger.audit()
 
@@ -122,6 +122,6 @@ async def test_gateway_answering_500_for_a_while_then_delivers(e2e: E2E) -> None
     await e2e.wait_for(lambda: bool(e2e.jobs(user)) and e2e.jobs(user)[0].attempts >= 1, 40, "a failed download")
     e2e.net.gateway.clear_faults()
     [job] = await e2e.wait_terminal(user, timeout=60)
-    assert_delivered_once(e2e, user, job)
+    await assert_delivered_once(e2e, user, job)
     assert len(e2e.results(user)) == 1
     e2e.ledger.audit()
