@@ -17,7 +17,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.ext import ContextTypes
 
 from bot import texts
-from bot.errors import UpdateLacks
+from bot.errors import AssignRefused, UpdateLacks
 from bot.handlers import unknown_command
 from bot.services import Services, services_of
 from bot.updates import message_of, query_of, user_of
@@ -209,11 +209,16 @@ async def wallet(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     svc = services_of(context)
     w = await svc.pipeline.chain.wallet_report()
     owed = svc.admin_ops.user_credit()
-    solvent = w.stake + w.locked + w.rlc >= owed
+    deposits = svc.ledger.deposits.totals()
+    # RLC received from unlinked addresses sits in the wallet too, and belongs to whoever an admin assigns it
+    solvent = w.stake + w.locked + w.rlc >= owed + deposits.unclaimed
     await message_of(update).reply_html(
         f"<b>Wallet</b> <code>{w.address}</code>\nETH (gas): {w.eth_wei / 10**18:.6f}\n"
         f"RLC in wallet: {texts.rlc(w.rlc)}\nHub stake: {texts.rlc(w.stake)} · locked: {texts.rlc(w.locked)}\n"
-        f"Users' credit: {texts.rlc(owed)}\n" + ("✅ solvent" if solvent else "❌ NOT solvent: fund the wallet")
+        f"Users' credit: {texts.rlc(owed)}\n"
+        f"Deposits: {texts.rlc(deposits.credited)} credited ({deposits.credited_count}) · "
+        f"{texts.rlc(deposits.unclaimed)} unclaimed ({deposits.unclaimed_count})\n"
+        + ("✅ solvent" if solvent else "❌ NOT solvent: fund the wallet")
     )
 
 
@@ -329,8 +334,99 @@ async def retry(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 @admin_only
 async def reconcile(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/reconcile: the books against the chain, differences listed."""
-    report = await services_of(context).admin_ops.reconcile()
-    await message_of(update).reply_html(report[:4000])
+    svc = services_of(context)
+    report = await svc.admin_ops.reconcile()
+    await message_of(update).reply_html((report + "\n" + deposit_report(svc))[:4000])
+
+
+def deposit_report(svc: Services) -> str:
+    """/reconcile's deposit lines: what was credited and held, and operator:deposits against the credits."""
+    t = svc.ledger.deposits.totals()
+    lines = [
+        f"deposits: {texts.rlc(t.credited)} credited ({t.credited_count}), {texts.rlc(t.unclaimed)} unclaimed "
+        f"({t.unclaimed_count}); operator:deposits paid out {texts.rlc(t.account_net)}"
+    ]
+    if t.account_net != t.credited:
+        lines.append(
+            f"❌ operator:deposits paid out {texts.rlc(t.account_net)} but credited deposits sum to "
+            f"{texts.rlc(t.credited)}"
+        )
+    return "\n".join(lines)
+
+
+@admin_only
+async def unclaimed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/unclaimed: deposits held for an admin; /unclaimed ID USER: assign one, after confirmation."""
+    svc = services_of(context)
+    if svc.deposits is None:
+        await message_of(update).reply_html(texts.FUNDING_OFF)
+        return
+    args = context.args or []
+    if not args:
+        await message_of(update).reply_html(html.escape(svc.deposits.unclaimed_text())[:4000])
+        return
+    user = user_id_arg(args[1]) if len(args) == 2 else None
+    found = _held_deposit(svc, args[0])
+    if user is None or found is None:
+        await message_of(update).reply_html(
+            "Usage: /unclaimed ID USER_ID, with the ID as /unclaimed lists it (0xTXHASH:LOGINDEX) of a deposit "
+            "still unclaimed, and USER_ID the numeric Telegram id."
+        )
+        return
+    # the deposit's id does not fit in a button (64 bytes): it is kept in the books under the update's id
+    svc.ledger.set_value(f"claim:{update.update_id}", args[0].lower())
+    await message_of(update).reply_html(
+        f"Credit {texts.rlc(found.amount)} from <code>{found.sender}</code> to user <code>{user}</code>?",
+        reply_markup=_confirm(f"claim:{update.update_id}:{user}"),
+    )
+
+
+def _held_deposit(svc: Services, ref: str) -> Any:
+    """The unclaimed deposit named "0xTX:INDEX", or None."""
+    tx, _, index = ref.partition(":")
+    if not re.fullmatch(r"0x[0-9a-fA-F]{64}", tx) or not _ASCII_ID.fullmatch(index):
+        return None
+    found = svc.ledger.deposits.get(tx, int(index))
+    return found if found is not None and found.status == "unclaimed" else None
+
+
+@admin_only
+async def claim_confirmed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The confirmation of /unclaimed ID USER: credit the deposit once, whatever the number of presses."""
+    query = query_of(update)
+    svc = services_of(context)
+    _, key, user_text = [*(query.data or "").split(":"), "", ""][:3]
+    ref = svc.ledger.get_value(f"claim:{key}") if _ASCII_ID.fullmatch(key) else None
+    user = user_id_arg(user_text)
+    if ref is None or user is None or svc.deposits is None:
+        log.warning("event=button_malformed admin=%s data=%r", user_of(update).id, (query.data or "")[:64])
+        await query.answer("This button is not valid.", show_alert=True)
+        return
+    tx, _, index = ref.partition(":")
+    before = svc.ledger.deposits.get(tx, int(index))
+    if before is not None and before.status == "credited" and before.user_id == user:
+        await query.answer(ALREADY_DONE, show_alert=True)
+        await message_of(update).reply_html(ALREADY_DONE)
+        return
+    try:
+        done = svc.deposits.assign(ref, user, user_of(update).id)
+    except AssignRefused as exc:
+        await query.answer()
+        await query.edit_message_text(f"❌ Nothing done: {html.escape(str(exc))}", parse_mode="HTML")
+        return
+    log.info(
+        "event=deposit_assigned tx=%s log_index=%d user=%s admin=%s",
+        done.tx_hash,
+        done.log_index,
+        user,
+        user_of(update).id,
+    )
+    await query.answer()
+    await query.edit_message_text(
+        f"✅ Credited {texts.rlc(done.amount)} to <code>{user}</code>; available now "
+        f"{texts.rlc(svc.ledger.balance(user).available)}. They are told with the next deposit cycle.",
+        parse_mode="HTML",
+    )
 
 
 @admin_only

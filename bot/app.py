@@ -25,13 +25,15 @@ from telegram.ext import (
 )
 from telegram.request import HTTPXRequest
 
-from bot import admin, handlers
+from bot import admin, funding, handlers
 from bot.admin_ops import AdminOps
 from bot.chain_gateway import ChainGateway
 from bot.crashpoints import CrashPoints
+from bot.deposits import DepositService
 from bot.errors import TeeUnavailable, WebhookRefused
 from bot.inbox import CLAIM_GROUP, FINISH_GROUP, InboxBot, UpdateInbox
 from bot.input_server import InputServer
+from bot.linking import Linking, LinkSettings
 from bot.lock import InstanceLock
 from bot.logs import install_logging, redact_url
 from bot.pipeline import Pipeline
@@ -53,6 +55,7 @@ USER_COMMANDS = [
     ("jobs", "recent jobs"),
     ("cancel", "cancel a job not started yet"),
     ("forget", "delete your stored pictures"),
+    ("link", "link your wallet to fund yourself with RLC"),
 ]
 
 
@@ -70,6 +73,8 @@ def register_handlers(app: Application, inbox: UpdateInbox | None = None) -> Non
         "jobs": handlers.jobs,
         "cancel": handlers.cancel,
         "forget": handlers.forget,
+        "link": funding.link,
+        "unlink": funding.unlink,
     }
     admin_cmds = {
         "fund": admin.fund,
@@ -84,6 +89,7 @@ def register_handlers(app: Application, inbox: UpdateInbox | None = None) -> Non
         "pause": admin.pause,
         "resume": admin.resume,
         "price": admin.price,
+        "unclaimed": admin.unclaimed,
     }
     new = filters.UpdateType.MESSAGE
     for name, fn in {**user_cmds, **admin_cmds}.items():
@@ -91,6 +97,7 @@ def register_handlers(app: Application, inbox: UpdateInbox | None = None) -> Non
     app.add_handler(MessageHandler(new & filters.COMMAND, handlers.unknown_command))
     app.add_handler(MessageHandler(new & filters.PHOTO, handlers.photo))
     app.add_handler(MessageHandler(new & filters.Document.ALL, handlers.document))
+    app.add_handler(MessageHandler(new & filters.Regex(funding.SIGNATURE_MESSAGE), funding.signature_reply))
     app.add_handler(MessageHandler(new & filters.TEXT, handlers.text))
     app.add_handler(MessageHandler(new & ~filters.TEXT, handlers.unsupported))
     app.add_handler(CallbackQueryHandler(handlers.status_refresh, pattern=r"^status(:|$)"))
@@ -99,6 +106,7 @@ def register_handlers(app: Application, inbox: UpdateInbox | None = None) -> Non
     app.add_handler(CallbackQueryHandler(admin.retry, pattern=r"^retry:"))
     app.add_handler(CallbackQueryHandler(admin.dismissed, pattern=r"^x$"))
     app.add_handler(CallbackQueryHandler(admin.confirmed, pattern=r"^(fund|deposit|withdraw|refund):"))
+    app.add_handler(CallbackQueryHandler(admin.claim_confirmed, pattern=r"^claim:"))
     app.add_handler(CallbackQueryHandler(handlers.stale_button))  # any other press gets an answer
     # Edited messages and other update kinds fall through: nothing is done twice.
     app.add_error_handler(handlers.on_error)
@@ -113,6 +121,7 @@ class Bot:
     inputs: InputServer
     chain: ChainGateway
     webhook: WebhookServer | None = None
+    deposit_task: asyncio.Task[None] | None = None
 
     async def start(self, *, polling: bool = True, poll_timeout: int = 10) -> None:
         await self.inputs.start()
@@ -139,6 +148,36 @@ class Bot:
                 timeout=poll_timeout, drop_pending_updates=False, allowed_updates=Update.ALL_TYPES
             )
         await self.services.pipeline.resume()
+        self._start_deposits()
+
+    def _start_deposits(self) -> None:
+        """The deposit watcher as its own supervised task (bot.deposits.DepositService.run), on the chain
+        gateway's connection; its cursor and credits live in the books."""
+        s = self.services.settings
+        network = s.resolved_network
+        service = DepositService.build(
+            self.services.ledger,
+            self.chain.hub.w3,
+            chain_id=network.chain_id,
+            rlc=network.rlc,
+            hot_wallet=self.chain.address,
+            hub=network.hub,
+            confirmations=s.resolved_deposit_confirmations,
+            min_deposit_nrlc=s.min_deposit_nrlc,
+        )
+        self.services.deposits = service
+        self.services.linking = Linking(
+            self.services.ledger, LinkSettings(network.chain_id, self.chain.address, s.min_deposit_nrlc)
+        )
+        self.deposit_task = asyncio.create_task(
+            service.run(funding.notifier(self.app.bot), interval_s=s.deposit_poll_s), name="deposits"
+        )
+        log.info(
+            "event=deposits_started wallet=%s confirmations=%d min_deposit_nrlc=%d",
+            self.chain.address,
+            s.resolved_deposit_confirmations,
+            s.min_deposit_nrlc,
+        )
 
     async def start_webhook(self) -> None:
         """Receive updates on our webhook server (settings.mode == "webhook") and tell Telegram where it is.
@@ -170,6 +209,10 @@ class Bot:
             release.callback(self.services.ledger.close)
             release.push_async_callback(self.inputs.stop)
             release.push_async_callback(self.chain.stop)
+            if self.deposit_task is not None:  # before the books and the chain connection close
+                self.deposit_task.cancel()
+                await asyncio.gather(self.deposit_task, return_exceptions=True)
+                self.deposit_task = None
             if self.webhook is not None:
                 await self.webhook.stop()
             if self.app.updater and self.app.updater.running:

@@ -14,29 +14,30 @@ the cursor's save credits nothing twice. A transfer from an unlinked address (or
 for admins. Credits hang on finality only (iexec.deposits): a reorg before it changes what `pending_for`
 shows, never the books. The user's notice is at least once: a crash between sending and `told` repeats it.
 
-It imports only `ledger`, `iexec` and `bot.errors`; the pipeline runs `cycle` in its loop. It must never send
-a transaction nor move RLC on chain.
+`run` is the supervised loop the bot starts as its own task (bot.app): a cycle, then the notices, then a
+wait of `DEPOSIT_POLL_S`; a failed cycle (RPC down, books busy, a bug) is logged and tried again after the
+retry policy's wait, and never ends the loop nor the bot. It imports only `ledger`, `iexec` and
+`bot.errors`. It must never send a transaction nor move RLC on chain.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from web3 import AsyncWeb3
 
-from bot.errors import BotError
+from bot.errors import AssignRefused
 from iexec.deposits import DepositPoll, DepositWatcher, RlcTransfer
+from iexec.retry import RetryPolicy
 from ledger import Deposit, DepositConflict, Ledger, UnknownDeposit, format_rlc
 from ledger.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 _NATURAL_RE = re.compile(r"(0x[0-9a-fA-F]{64}):([0-9]{1,6})")
-
-
-class AssignRefused(BotError):
-    """An /unclaimed assignment the bot will not do; str(exc) is a message for the admin."""
 
 
 def short_address(address: str) -> str:
@@ -90,15 +91,15 @@ class DepositService:
     ) -> DepositService:
         """A service whose cursor lives in the books' kv (one per chain and wallet).
 
-        With no saved cursor, scanning starts at `start_block`, or at the head of the chain at the first cycle
-        (transfers made before the bot first ran are for an admin's /fund)."""
+        With no saved cursor, scanning starts at `start_block`, or at the block after the head seen at the first
+        cycle (transfers made before the bot first ran are for an admin's /fund)."""
         key = f"deposits_cursor:{chain_id}:{hot_wallet.lower()}"
 
         async def load() -> int | None:
             saved = book.get_value(key)
             if saved is not None:
                 return int(saved)
-            first = start_block if start_block is not None else int(await w3.eth.block_number)
+            first = start_block if start_block is not None else int(await w3.eth.block_number) + 1
             book.set_value(key, str(first))
             return first
 
@@ -161,6 +162,58 @@ class DepositService:
             balance = self.book.balance(d.user_id).available
             out.append(DepositNotice(d.user_id, d.tx_hash, d.log_index, notice_text(d.amount, d.sender, balance)))
         return out
+
+    async def tell(self, send: Callable[[DepositNotice], Awaitable[bool]]) -> int:
+        """Send every notice owed; one is marked told only when `send` returned True (Telegram took it).
+
+        `send` returns False (or raises) when the message did not go: it is sent again at the next call.
+        Returns how many were told."""
+        told = 0
+        for notice in self.notices():
+            try:
+                accepted = await send(notice)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next cycle tries again; the credit is in the books
+                log.warning("event=deposit_notice_failed user=%s tx=%s error=%r", notice.user_id, notice.tx_hash, exc)
+                accepted = False
+            if accepted:
+                self.told(notice)
+                told += 1
+                log.info(
+                    "event=deposit_told user=%s tx=%s log_index=%d", notice.user_id, notice.tx_hash, notice.log_index
+                )
+        return told
+
+    async def run(
+        self,
+        send: Callable[[DepositNotice], Awaitable[bool]],
+        *,
+        interval_s: float,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        """Cycle and tell forever (until cancelled). A failure is logged and waited out with `retry`'s wait for
+        the number of failures in a row; nothing is lost: the cursor moves only after the books were written."""
+        policy = retry or RetryPolicy(base_delay_s=1.0, max_delay_s=60.0)
+        failures = 0
+        while True:
+            try:
+                await self.cycle()
+                await self.tell(send)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a supervised loop: log, wait, try again
+                failures += 1
+                wait = policy.wait_s(failures)
+                log.warning(
+                    "event=deposit_cycle_failed failures=%d retry_in_s=%.1f error=%r", failures, wait, str(exc)[:300]
+                )
+            else:
+                if failures:
+                    log.info("event=deposit_cycle_recovered after_failures=%d", failures)
+                failures = 0
+                wait = interval_s
+            await asyncio.sleep(wait)
 
     def told(self, notice: DepositNotice) -> None:
         """The user got the notice: do not send it again."""

@@ -17,6 +17,8 @@ catch any of them without importing the module that raises it (which is how impo
     ├── AlreadyRunning          another bot process holds the lock on these books
     ├── BooksDoNotMatchChain    the books record what the chain does not know: the bot must not run
     ├── WebhookRefused          webhook mode without a secret token
+    ├── LinkRefused             a /link or /unlink the bot will not do; str(exc) is a message for the user
+    ├── AssignRefused           an /unclaimed assignment the bot will not do; str(exc) is for the admin
     └── UpdateLacks             a handler got an update without the part it was registered for (a bug)
 
 It imports nothing of ours but `iexec.errors` (UploadFailed is one of its errors too).
@@ -93,3 +95,11 @@ class WebhookRefused(BotError):
 
 class UpdateLacks(BotError):
     """A handler got an update without the user, message, chat or button press it was registered for."""
+
+
+class LinkRefused(BotError):
+    """A /link or /unlink the bot will not do; str(exc) is a message for the user (it cost nothing)."""
+
+
+class AssignRefused(BotError):
+    """An /unclaimed assignment the bot will not do; str(exc) is a message for the admin."""

@@ -8,6 +8,7 @@ Edited messages are ignored on purpose: an edit must never start a second job or
 from __future__ import annotations
 
 import hashlib
+import html
 import logging
 import re
 import time
@@ -48,15 +49,20 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     """List the commands (admins also see theirs)."""
     svc = services_of(context)
     extra = texts.ADMIN_HELP if svc.is_admin(user_of(update).id) else ""
+    if svc.linking is not None:  # users fund themselves (bot.funding)
+        extra = texts.FUNDING_HELP + (extra + texts.ADMIN_FUNDING_HELP if extra else "")
     await message_of(update).reply_html(texts.HELP + extra)
 
 
 async def balance(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Available and reserved credit."""
-    bal = services_of(context).ledger.balance(user_of(update).id)
-    await message_of(update).reply_html(
-        texts.BALANCE.format(available=texts.rlc(bal.available), pending=texts.rlc(bal.pending))
-    )
+    """Available and reserved credit; linked addresses and deposits not final yet."""
+    svc = services_of(context)
+    user = user_of(update).id
+    bal = svc.ledger.balance(user)
+    body = texts.BALANCE.format(available=texts.rlc(bal.available), pending=texts.rlc(bal.pending))
+    if svc.deposits is not None:
+        body += "".join("\n" + html.escape(line) for line in svc.deposits.balance_lines(user))
+    await message_of(update).reply_html(body)
 
 
 def _status_text(svc: Services, user: int) -> str:

@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.errors import BotError
+from bot.errors import LinkRefused
 from iexec.errors import LinkProofError
 from iexec.link import LinkRequest, verify_link
 from ledger import AddressTaken, ChallengeRefused, Ledger, WalletLink, format_rlc
@@ -31,10 +31,6 @@ from ledger.errors import InvalidArgument
 
 _ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
 _SIGNATURE_RE = re.compile(r"0x[0-9a-fA-F]{128,130}")
-
-
-class LinkRefused(BotError):
-    """A /link or /unlink the bot will not do; str(exc) is a message for the user."""
 
 
 @dataclass(frozen=True)

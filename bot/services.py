@@ -12,7 +12,9 @@ from telegram.ext import ContextTypes
 
 if TYPE_CHECKING:
     from bot.admin_ops import AdminOps
+    from bot.deposits import DepositService
     from bot.inbox import UpdateInbox
+    from bot.linking import Linking
     from bot.pipeline import Pipeline
     from bot.settings import Settings
     from bot.status_board import StatusBoard
@@ -31,6 +33,8 @@ class Services:
     admin_ops: AdminOps
     board: StatusBoard
     inbox: UpdateInbox | None = None  # None: updates are not kept (e.g. an application built by a test)
+    linking: Linking | None = None  # /link and /unlink (None: users cannot fund themselves)
+    deposits: DepositService | None = None  # the deposit watcher, set once the chain is connected (Bot.start)
 
     def is_admin(self, user_id: int | None) -> bool:
         return user_id is not None and user_id in self.settings.admin_ids

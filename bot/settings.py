@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from iexec.networks import Network, resolve_network
 from iexec.orders import Tag, tag_from_bits, tag_to_int
+from ledger.amounts import parse_rlc
 
 NRLC_PER_RLC = 10**9
 #: IPFS_UPLOAD_URL value that keeps the encrypted photo on the bot's own input server.
@@ -116,6 +117,14 @@ class Settings(BaseSettings):
     low_gas_wei: int = Field(default=10**16, ge=0)
     low_stake_nrlc: int = Field(default=NRLC_PER_RLC, ge=0)
 
+    # Users fund themselves (/link): RLC sent from a linked address to the bot's wallet becomes credit
+    # The smallest transfer credited by itself, in RLC ("0.1"); smaller ones are held for an admin (/unclaimed)
+    min_deposit_rlc: str = "0.1"
+    # Seconds between two deposit watcher cycles
+    deposit_poll_s: float = Field(default=5.0, gt=0)
+    # Blocks on top of a transfer before it is credited; unset = the network preset's (devnet 0)
+    deposit_confirmations: int | None = Field(default=None, ge=0)
+
     @field_validator("admin_ids", mode="before")
     @classmethod
     def _parse_admin_ids(cls, value: object) -> object:
@@ -129,6 +138,20 @@ class Settings(BaseSettings):
         if isinstance(value, int):
             return (value,)
         return value
+
+    @field_validator("min_deposit_rlc", mode="before")
+    @classmethod
+    def _check_min_deposit(cls, value: object) -> object:
+        """MIN_DEPOSIT_RLC is an amount of RLC (at most 9 decimals), at least 1 nRLC."""
+        text = str(value).strip()
+        if parse_rlc(text) <= 0:
+            raise ValueError("MIN_DEPOSIT_RLC must be more than 0")
+        return text
+
+    @field_validator("deposit_confirmations", mode="before")
+    @classmethod
+    def _empty_confirmations(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("result_key_file", mode="before")
     @classmethod
@@ -198,6 +221,18 @@ class Settings(BaseSettings):
     def result_key_path(self) -> Path:
         """RESULT_KEY_FILE, else `result-key.pem` beside the wallet keystore."""
         return self.result_key_file or Path(self.wallet_keystore).parent / "result-key.pem"
+
+    @property
+    def min_deposit_nrlc(self) -> int:
+        """MIN_DEPOSIT_RLC in nRLC."""
+        return parse_rlc(self.min_deposit_rlc)
+
+    @property
+    def resolved_deposit_confirmations(self) -> int:
+        """DEPOSIT_CONFIRMATIONS, else the network preset's (a transfer is credited once this deep)."""
+        if self.deposit_confirmations is not None:
+            return self.deposit_confirmations
+        return self.resolved_network.deposit_confirmations
 
     @property
     def max_price_nrlc(self) -> int:

@@ -237,3 +237,21 @@ def job_line(job: Job) -> str:
     if job.state is JobState.DELIVERED and job.app_price is not None and job.workerpool_price is not None:
         line += f" · {rlc(job.app_price + job.workerpool_price)} + fee"
     return line
+
+
+# Users fund themselves (/link, bot.funding)
+FUNDING_HELP = (
+    "\n\n<b>Fund yourself</b>\n/link — link your wallet once; RLC you then send from it becomes your credit\n"
+    "/unlink 0xADDRESS — stop crediting transfers from that address"
+)
+ADMIN_FUNDING_HELP = " · /unclaimed [ID USER]"
+FUNDING_OFF = "Funding yourself is not available on this bot; ask the operator for credit."
+LINK_NEEDS_SIGNATURE = (
+    "Send /link alone to get the message to sign, then /link 0xADDRESS 0xSIGNATURE (or just the signature)."
+)
+UNLINKED = "Unlinked {address}: transfers from it are no longer credited to you (earlier credit stays)."
+UNLINK_NONE = "{address} is not linked to you: /balance lists your linked addresses."
+LINK_CHECK_ADDRESS = (
+    "\nCheck that this is your wallet's address: a signature over another message (another chain or bot) "
+    "names another one. If it is not yours, /unlink it and sign the message of a new /link."
+)
