@@ -387,12 +387,14 @@ class ChainGateway:
             self._domain = await self.hub.domain()
         return self._domain
 
-    async def sign_request_order(self, job_id: str, input_url: str, args: str) -> RequestOrder:
+    async def sign_request_order(self, job_id: str, input_url: str | list[str], args: str) -> RequestOrder:
         """The job's one request order: workerpool open, max prices, volume 1, salt from the job id. In TEE
         mode it carries the TEE tag, the job's requester secret as input key 1 and result encryption."""
         s = self.settings
         params: dict[str, Any] = dict(
-            iexec_args=args, iexec_input_files=[input_url], iexec_result_storage_provider="ipfs"
+            iexec_args=args,
+            iexec_input_files=[input_url] if isinstance(input_url, str) else list(input_url),  # an album: several
+            iexec_result_storage_provider="ipfs",
         )
         if self.tee:
             params.update(iexec_secrets={1: secret_name(job_id)}, iexec_result_encryption=True)

@@ -17,7 +17,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ParseMode
 from telegram.ext import ContextTypes
 
-from bot import texts
+from bot import albums, texts
 from bot.errors import UpdateLacks
 from bot.pipeline import job_id_of
 from bot.services import Services, services_of
@@ -307,8 +307,21 @@ async def _left_for_later(svc: Services, job_id: str, chat: int, ack_id: int, up
 
 async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A photo: take its largest size."""
-    largest = max(message_of(update).photo, key=lambda p: (p.width * p.height, p.file_size or 0))
-    await _begin(update, context, ("telegram", largest.file_id), _fingerprint("file", largest.file_unique_id))
+    message = message_of(update)
+    largest = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
+    source, fingerprint = ("telegram", largest.file_id), _fingerprint("file", largest.file_unique_id)
+    if message.media_group_id:  # one photo of an album: the album becomes one job (bot.albums)
+        albums.collect(
+            services_of(context),
+            update_id=update.update_id,
+            message=message,
+            user=user_of(update).id,
+            source=source,
+            fingerprint=fingerprint,
+            single=lambda: _begin(update, context, source, fingerprint),
+        )
+        return
+    await _begin(update, context, source, fingerprint)
 
 
 async def document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

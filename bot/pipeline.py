@@ -47,7 +47,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
@@ -61,11 +61,22 @@ from bot.errors import ChainDisagrees, InputRejected, NeedsAdmin, NoOffer, Offer
 from bot.images import check_image_async
 from bot.input_server import upload_to_ipfs
 from bot.intake import DownloadLimiter, fetch_image
-from bot.results import RESULT_LIMITS, made_with_random_weights, read_detections, result_image
+from bot.results import (
+    RESULT_LIMITS,
+    AlbumResult,
+    is_album,
+    made_with_random_weights,
+    read_album,
+    read_detections,
+    result_image,
+)
 from bot.settings import Settings
 from iexec.errors import DecryptionError, IExecError, ResultDownloadError, ResultLocationError, TeeError, UnsafeArchive
 from iexec.retry import RetryPolicy
 from ledger import InsufficientFunds, Job, JobState, Ledger, LedgerBusy, LedgerError, UnknownJob
+
+if TYPE_CHECKING:
+    from bot.albums import AlbumCollector
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +170,8 @@ class Pipeline:
         }
         self.endings = Endings(ledger, bot, board, clock=clock, retry=self.retry, crash_point=self.crash_point)
         self.uploads_dir = Path(settings.data_dir) / "uploads"
+        #: the album collector (bot.albums), made at the first album and stopped with the pipeline
+        self.albums: AlbumCollector | None = None
 
     # ------------------------------------------------------------------------------------ life cycle
 
@@ -220,6 +233,8 @@ class Pipeline:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
         await self.endings.stop()
+        if self.albums is not None:
+            await self.albums.stop()
 
     async def idle(self, timeout: float) -> bool:
         """Wait until no job task runs (tests); True when everything finished in time."""
@@ -232,7 +247,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------ intake
 
-    def refusal_before_download(self, user: int) -> str | None:
+    def refusal_before_download(self, user: int, *, price: int | None = None) -> str | None:
         """A reason to refuse a new picture before anything is downloaded (pause, limits, credit)."""
         s = self.settings
         if self.paused:
@@ -245,11 +260,12 @@ class Pipeline:
         if last_hour >= s.max_jobs_per_hour:
             return texts.LIMIT_HOURLY.format(n=last_hour)
         day_start_ms = now_ms - now_ms % 86_400_000
-        if self.ledger.spent_since(user, day_start_ms) + s.max_price_nrlc > s.max_daily_spend_nrlc:
+        price = s.max_price_nrlc if price is None else price  # an album's is higher (bot.albums)
+        if self.ledger.spent_since(user, day_start_ms) + price > s.max_daily_spend_nrlc:
             return texts.LIMIT_DAILY.format(limit=texts.rlc(s.max_daily_spend_nrlc))
         available = self.ledger.balance(user).available
-        if available < s.max_price_nrlc:
-            return texts.NO_CREDIT.format(available=texts.rlc(available), price=texts.rlc(s.max_price_nrlc))
+        if available < price:
+            return texts.NO_CREDIT.format(available=texts.rlc(available), price=texts.rlc(price))
         return None
 
     async def start_job(
@@ -359,6 +375,264 @@ class Pipeline:
         await tg_file.download_to_memory(buffer)
         return buffer.getvalue()
 
+    # ------------------------------------------------------------------------------------ albums
+
+    async def start_album(
+        self,
+        job_id: str,
+        *,
+        user: int,
+        chat: int,
+        message_ids: list[int],
+        status_message_id: int,
+        sources: list[tuple[str, str]],
+    ) -> bool:
+        """An album's photos (2-10, in message order; see bot.albums) become ONE job: each is downloaded and
+        checked (a refused one is left out and the user reads why), then the job is created and the album's
+        price (`Settings.album_price_nrlc` of the photos kept) reserved in one transaction. One photo kept: an
+        ordinary job (one photo's price) under the album's id; none: refused, nothing charged.
+
+        The job's options name the album: `album.messages` (every message of the album, so that a replayed
+        one is known), `album.inputs` (the kept files in album order, under the job's upload folder
+        `input_ref`) and `album.photo_fee`. Returns like `start_job`."""
+        if job_id in self._intakes or await self.when_free(self.ledger.get_job, job_id) is not None:
+            return True
+        self._intakes.add(job_id)
+        try:
+            return await self._take_in_album(job_id, user, chat, message_ids, status_message_id, sources)
+        finally:
+            self._intakes.discard(job_id)
+
+    async def _take_in_album(
+        self,
+        job_id: str,
+        user: int,
+        chat: int,
+        message_ids: list[int],
+        status_message_id: int,
+        sources: list[tuple[str, str]],
+    ) -> bool:
+        log.info("event=album_intake job=%s user=%s photos=%d", job_id, user, len(sources))
+        folder = self.uploads_dir / job_id
+        shutil.rmtree(folder, ignore_errors=True)  # an intake cut short by a crash starts anew
+        folder.mkdir(parents=True, exist_ok=True)
+        kept: list[str] = []
+        left_out: list[str] = []
+        for index, source in enumerate(sources, start=1):
+            try:
+                async with self.downloads.slot(user):
+                    data = await self._download(source)
+                image = await check_image_async(data, self.settings)
+            except InputRejected as exc:
+                left_out.append(texts.ALBUM_PHOTO_REJECTED.format(index=index, reason=html.escape(str(exc))))
+                continue
+            except TelegramError as exc:
+                log.info("event=download_failed job=%s photo=%d error=%r", job_id, index, str(exc)[:200])
+                left_out.append(texts.ALBUM_PHOTO_REJECTED.format(index=index, reason=texts.DOWNLOAD_FAILED))
+                continue
+            name = f"{index}.{'png' if image.format == 'PNG' else 'jpg'}"
+            (folder / name).write_bytes(image.data)
+            kept.append(name)
+        if not kept:
+            shutil.rmtree(folder, ignore_errors=True)
+            return await self._refuse(job_id, chat, status_message_id, texts.REJECTED.format(reason=" ".join(left_out)))
+        s = self.settings
+        options: dict[str, Any] = {"args": s.worker_args}
+        if len(kept) == 1:  # one photo left: an ordinary job
+            price, input_ref = s.max_price_nrlc, str(folder / kept[0])
+        else:
+            price, input_ref = s.album_price_nrlc(len(kept)), str(folder)
+            options["album"] = {"messages": message_ids, "inputs": kept, "photo_fee": s.album_photo_fee_nrlc}
+        refusal = self.refusal_before_download(user, price=price)
+        if refusal:
+            shutil.rmtree(folder, ignore_errors=True)
+            return await self._refuse(job_id, chat, status_message_id, refusal)
+        try:
+            job = await self.when_free(
+                self.ledger.create_job,
+                job_id,
+                user,
+                chat,
+                price,
+                user_message_id=message_ids[0],
+                status_message_id=status_message_id,
+                input_ref=input_ref,
+                options=options,
+            )
+        except InsufficientFunds:
+            shutil.rmtree(folder, ignore_errors=True)
+            available = self.ledger.balance(user).available
+            return await self._refuse(
+                job_id,
+                chat,
+                status_message_id,
+                texts.NO_CREDIT.format(available=texts.rlc(available), price=texts.rlc(price)),
+            )
+        log.info("event=job_created job=%s user=%s reserved=%d photos=%d", job.id, user, price, len(kept))
+        if left_out:
+            await self._send_text(chat, "\n".join(left_out))
+        self.crash_point("after_reserve")
+        await self.when_free(self.advance, user)
+        return True
+
+    async def _publish_album(self, job: Job, ttl: float) -> list[str]:
+        """Publish every photo of an album job, in album order; returns their URLs. TEE mode: each encrypted
+        with the job's one input key (the worker decrypts every input with secret 1), the key pushed once."""
+        folder = Path(_needs(job.input_ref, "input folder", job))
+        names = job.options["album"]["inputs"]
+        key = self.chain.input_key(job.id) if self.chain.tee else None
+        urls = []
+        for index, name in enumerate(names, start=1):
+            data = (folder / name).read_bytes()
+            part = f"{job.id}-p{index}"
+            if key is None:
+                urls.append(self.inputs.publish(part, data, ttl, user_id=job.user_id, name=f"input{Path(name).suffix}"))
+                continue
+            from iexec.tee import encrypt_dataset
+
+            blob = encrypt_dataset(data, key)
+            upload = self.settings.resolved_ipfs_upload
+            if upload:
+                urls.append(await upload_to_ipfs(upload, blob, self.chain.network.ipfs_gateway))
+            else:
+                urls.append(
+                    self.inputs.publish(
+                        part, blob, ttl, user_id=job.user_id, name="input.bin", content_type="application/octet-stream"
+                    )
+                )
+        if key is not None:
+            if self.ledger.record_event("input_secret", job.id, {"name": secret_name(job.id)}):
+                self.crash_point("before_secret")
+                await self.chain.push_input_secret(job.id, key)
+            elif not await self.chain.input_secret_pushed(job.id):
+                await self.chain.push_input_secret(job.id, key)
+            self.crash_point("after_secret")
+        log.info("event=album_published job=%s photos=%d tee=%s", job.id, len(urls), key is not None)
+        return urls
+
+    def _revoke_album(self, job: Job) -> None:
+        album = job.options.get("album")
+        for index in range(1, len(album["inputs"]) + 1 if album else 1):
+            self.inputs.revoke(f"{job.id}-p{index}")
+
+    def album_share(self, job: Job) -> int:
+        """What a failed picture of an album job gets back (nRLC): its per-photo fee plus an equal share,
+        rounded down, of the task price and the bot's fee."""
+        album = job.options["album"]
+        count = len(album["inputs"])
+        return int(album["photo_fee"]) + (_task_price(job) + self.settings.fee_nrlc) // count
+
+    async def _take_album_result(self, job: Job, manifest: Path) -> None:
+        """Check an album result and charge the job: the task, the fee and every photo's fee; failed pictures
+        are paid back their share when the result is delivered (`_deliver_album`)."""
+        album = job.options["album"]
+        try:
+            result = read_album(manifest, len(album["inputs"]))
+            if not result.delivered:
+                raise ValueError("no picture of the album was segmented")
+            for picture in result.delivered:
+                assert picture.image is not None
+                await check_image_async(picture.image.read_bytes(), RESULT_LIMITS)
+        except (ValueError, InputRejected) as exc:
+            await self.refund(job, Refund("bad_result", str(exc), operator_pays=True))
+            return
+        self.crash_point("after_download")
+        price = _task_price(job)
+        fee = self.settings.fee_nrlc + len(album["inputs"]) * int(album["photo_fee"])
+        self.ledger.complete_job(job.id, f"{job.id}:post", price, fee=fee, result_ref=str(manifest))
+        log.info(
+            "event=settled job=%s charged=%d photos=%d failed=%d",
+            job.id,
+            price + fee,
+            len(result.pictures),
+            len(result.failed),
+        )
+        self.crash_point("after_settle")
+        self._revoke_album(job)
+
+    async def _deliver_album(self, job: Job) -> None:
+        """Pay back each failed picture its share (idempotent), then send the delivered ones as one album
+        (`sendMediaGroup`, in order, the summary caption on the first) and record DELIVERED."""
+        album = job.options["album"]
+        try:
+            result: AlbumResult = read_album(Path(_needs(job.result_ref, "result", job)), len(album["inputs"]))
+        except ValueError as exc:
+            raise NeedsAdmin(f"the album result cannot be read any more ({exc}); the job was charged") from None
+        share = self.album_share(job)
+        for picture in result.failed:
+            self.ledger.refund_part(job.id, picture.index, share, reason=picture.error or "failed")
+            log.info("event=picture_refunded job=%s picture=%d amount=%d", job.id, picture.index, share)
+        caption = texts.album_caption(
+            [(p.index, [str(d.get("class_name", "?")) for d in p.detections]) for p in result.delivered],
+            [(p.index, p.error, share) for p in result.failed],
+            total=len(result.pictures),
+            random_weights=result.random_weights,
+            task=_task_price(job),
+            fee=self.settings.fee_nrlc,
+            per_photo=int(album["photo_fee"]),
+        )
+        note = ""
+        try:
+            try:
+                note = await self._send_album(job, job.chat_id, result, caption)
+            except ChatMigrated as exc:
+                log.info("event=chat_migrated job=%s chat=%s new_chat=%s", job.id, job.chat_id, exc.new_chat_id)
+                note = await self._send_album(job, exc.new_chat_id, result, caption, reply=False)
+        except Forbidden:
+            log.info("event=user_blocked_bot job=%s", job.id)
+            note = "not sent: the user blocked the bot"
+        except ChatMigrated as exc:
+            raise NeedsAdmin(
+                f"the result could not be sent: the chat moved twice ({exc}); the job was charged"
+            ) from None
+        self.crash_point("after_reply")
+        self.ledger.transition(
+            job.id, JobState.COMPLETED, JobState.DELIVERED, **({"error": note[:500]} if note else {})
+        )
+        took = self.clock() - job.created_at / 1000
+        self._show(self.ledger.get_job(job.id), elapsed=texts.elapsed(took))
+        log.info("event=delivered job=%s seconds=%.1f pictures=%d", job.id, took, len(result.delivered))
+
+    async def _send_album(self, job: Job, chat: int, result: AlbumResult, caption: str, *, reply: bool = True) -> str:
+        """The delivered pictures as one album message (sendMediaGroup) when there are 2 or more and each fits a
+        photo; else, or when Telegram refuses the album, one by one (`_send_result`: photo, file or text)."""
+        from PIL import Image
+        from telegram import InputMediaPhoto
+
+        pictures = [(p.index, _needs(p.image, "picture", job).read_bytes()) for p in result.delivered]
+
+        def fits(data: bytes) -> bool:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+            return len(data) <= PHOTO_MAX_BYTES and width + height <= PHOTO_MAX_SIDES
+
+        refusal = ""
+        if len(pictures) >= 2 and all(fits(data) for _, data in pictures):
+            media = [
+                InputMediaPhoto(data, caption=caption if i == 0 else None, filename=f"result-{index}.png")
+                for i, (index, data) in enumerate(pictures)
+            ]
+            try:
+                await self.bot.send_media_group(
+                    chat_id=chat,
+                    media=media,
+                    reply_to_message_id=job.user_message_id if reply else None,
+                    allow_sending_without_reply=True,
+                )
+                self.board.touch(chat)
+                return ""
+            except BadRequest as exc:
+                log.warning("event=result_refused job=%s form=album error=%r", job.id, str(exc)[:200])
+                refusal = f"album refused: {exc}"
+        notes = [refusal] if refusal else []
+        for i, (index, data) in enumerate(pictures):
+            note = await self._send_result(
+                job, chat, data, f"result-{index}.png", caption if i == 0 else f"{index}.", None, reply=reply
+            )
+            if note:
+                notes.append(f"picture {index}: {note}")
+        return "; ".join(notes)
+
     # ------------------------------------------------------------------------------------ driving
 
     async def _drive(self, job_id: str) -> None:
@@ -440,13 +714,17 @@ class Pipeline:
 
     async def _step_received(self, job: Job) -> None:
         """Publish the input and sign the job's one request order."""
-        input_path = Path(_needs(job.input_ref, "input file", job))
-        data = input_path.read_bytes()
         ttl = self.settings.match_timeout_s + 10 * CATEGORY_REF_S.get(self.settings.category, 36000) + 600
-        if self.chain.tee:
-            url = await self._publish_encrypted(job, data, ttl)
+        url: str | list[str]
+        if job.options.get("album"):  # every photo, in album order (iexec_input_files)
+            url = await self._publish_album(job, ttl)
         else:
-            url = self.inputs.publish(job.id, data, ttl, user_id=job.user_id, name="input" + input_path.suffix)
+            input_path = Path(_needs(job.input_ref, "input file", job))
+            data = input_path.read_bytes()
+            if self.chain.tee:
+                url = await self._publish_encrypted(job, data, ttl)
+            else:
+                url = self.inputs.publish(job.id, data, ttl, user_id=job.user_id, name="input" + input_path.suffix)
         order = await self.chain.sign_request_order(job.id, url, job.options.get("args", self.settings.worker_args))
         self.ledger.transition(
             job.id,
@@ -643,6 +921,15 @@ class Pipeline:
         if not result.ok:
             await self.refund(job, Refund("app_error", result.error_message or "", operator_pays=True))
             return
+        if bool(job.options.get("album")) != is_album(result.deterministic_output):
+            await self.refund(
+                job, Refund("bad_result", "the result's layout does not match the task", operator_pays=True)
+            )
+            return
+        if is_album(result.deterministic_output):
+            assert result.deterministic_output is not None
+            await self._take_album_result(job, result.deterministic_output)
+            return
         try:
             await check_image_async(result_image(result.deterministic_output).read_bytes(), RESULT_LIMITS)
         except InputRejected as exc:
@@ -667,6 +954,9 @@ class Pipeline:
 
     async def _step_completed(self, job: Job) -> None:
         """Send the result (at least once), then record it."""
+        if job.options.get("album"):
+            await self._deliver_album(job)
+            return
         path = Path(_needs(job.result_ref, "result", job))
         detections = read_detections(path.parent)
         caption = texts.result_caption(
@@ -774,6 +1064,8 @@ class Pipeline:
         else:
             self.ledger.refund_job(job.id, f"{job.id}:refund", error=why.error)
         self.inputs.revoke(job.id)  # see _take_result: what becomes of a TEE job's key and encrypted input
+        if job.options.get("album"):
+            self._revoke_album(job)
         log.info("event=refunded job=%s reason=%s operator_pays=%s", job.id, why.reason, why.operator_pays)
         self.crash_point("before_tell")
         refunded = self.ledger.get_job(job.id)

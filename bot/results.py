@@ -1,5 +1,8 @@
 """The files of a downloaded task result: which one is the picture, what was detected, how large it may be.
 
+An album task (several photos, one task) writes `album.json` (see worker/album.py) naming each picture's
+result and detections, or its error: `read_album` reads it.
+
 The pipeline downloads and unzips a result into its own folder (`data_dir/results/<job id>`); these helpers
 only read that folder. They never download anything and never trust the worker's output: a missing picture
 holds the job for an admin, and unreadable detections make an empty list (the caption must not fail).
@@ -8,6 +11,7 @@ holds the job for an admin, and unreadable detections make an empty list (the ca
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +54,96 @@ def read_detections(folder: Path) -> list[dict[str, Any]]:
         return []
     items = data.get("detections", data) if isinstance(data, dict) else data
     return [d for d in items if isinstance(d, dict)] if isinstance(items, list) else []
+
+
+# ------------------------------------------------------------------------------------ albums
+
+#: The manifest an album task writes (worker/album.py): the task's deterministic output.
+ALBUM_MANIFEST = "album.json"
+#: Most pictures in one album task (Telegram's own limit for an album, and the worker's).
+ALBUM_MAX = 10
+
+
+@dataclass(frozen=True)
+class AlbumPicture:
+    """One picture of an album result: its segmented image and detections, or why it failed."""
+
+    index: int  # from 1, the order of the request's iexec_input_files
+    ok: bool
+    image: Path | None = None
+    detections: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+    error_kind: str = ""
+
+
+@dataclass(frozen=True)
+class AlbumResult:
+    """A downloaded album result: every picture in input order, and whether the model had random weights."""
+
+    pictures: list[AlbumPicture]
+    random_weights: bool
+
+    @property
+    def delivered(self) -> list[AlbumPicture]:
+        return [p for p in self.pictures if p.ok]
+
+    @property
+    def failed(self) -> list[AlbumPicture]:
+        return [p for p in self.pictures if not p.ok]
+
+
+def is_album(output: Path | None) -> bool:
+    """True when a result's deterministic output is an album manifest."""
+    return output is not None and output.name == ALBUM_MANIFEST
+
+
+def read_album(manifest: Path, expected: int) -> AlbumResult:
+    """The album result whose manifest is `manifest`, checked against the `expected` number of pictures.
+
+    Raises ValueError with a sentence when the manifest is unreadable, has another
+    number of pictures, or names a file outside its folder or missing (the caller refunds the job). A
+    picture the manifest marks ok but whose files are missing is a failed picture, never delivered blind."""
+    folder = manifest.parent
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"the album manifest cannot be read ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("pictures"), list):
+        raise ValueError("the album manifest is not version 1 with a list of pictures")
+    entries = data["pictures"]
+    if len(entries) != expected or [e.get("index") if isinstance(e, dict) else None for e in entries] != list(
+        range(1, expected + 1)
+    ):
+        raise ValueError(f"the album manifest lists {len(entries)} pictures, not the {expected} sent in order")
+    pictures: list[AlbumPicture] = []
+    for entry in entries:
+        index = entry["index"]
+        if entry.get("ok") is True:
+            image = _inside(folder, entry.get("result"))
+            if image is None or not image.is_file():
+                pictures.append(
+                    AlbumPicture(index, False, error="its result is missing from the archive", error_kind="internal")
+                )
+                continue
+            detections_file = _inside(folder, entry.get("detections"))
+            detections: list[dict[str, Any]] = []
+            if detections_file is not None and detections_file.is_file():
+                try:
+                    doc = json.loads(detections_file.read_text())
+                except (OSError, ValueError):
+                    doc = None
+                items = doc.get("detections") if isinstance(doc, dict) else None
+                detections = [d for d in items if isinstance(d, dict)] if isinstance(items, list) else []
+            pictures.append(AlbumPicture(index, True, image=image, detections=detections))
+        else:
+            error = entry.get("error") if isinstance(entry.get("error"), str) else "the app gave no reason"
+            kind = entry.get("error_kind") if isinstance(entry.get("error_kind"), str) else "internal"
+            pictures.append(AlbumPicture(index, False, error=error[:300], error_kind=kind[:20]))
+    return AlbumResult(pictures, data.get("random_weights") is True)
+
+
+def _inside(folder: Path, name: Any) -> Path | None:
+    """`folder/name` when `name` is a plain file name (no path), else None."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+        return None
+    return folder / name

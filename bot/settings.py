@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     app_max_price_nrlc: int = Field(default=100_000_000, ge=0)
     workerpool_max_price_nrlc: int = Field(default=200_000_000, ge=0)
     fee_nrlc: int = Field(default=10_000_000, ge=0)
+    # Albums (2-10 photos sent together, one task): each photo adds this to the price; a failed photo of an
+    # album gets back its share (`album_share_nrlc`). ALBUM_QUIET_S: how long the album's photos are awaited
+    # after the last one arrived.
+    album_photo_fee_nrlc: int = Field(default=5_000_000, ge=0)
+    album_quiet_s: float = Field(default=1.5, gt=0, le=30)
     worker_args: str = "--max-dim 1024 --min-confidence 0.7"
     # The worker runs Mask R-CNN with random weights (a demo): /start says the shapes mean nothing
     demo_random_weights: bool = False
@@ -238,6 +243,10 @@ class Settings(BaseSettings):
     def max_price_nrlc(self) -> int:
         """What one job reserves: the maximum app and workerpool prices plus the fee."""
         return self.app_max_price_nrlc + self.workerpool_max_price_nrlc + self.fee_nrlc
+
+    def album_price_nrlc(self, photos: int) -> int:
+        """What an album of `photos` pictures reserves: one job's maximum price plus the per-photo fee each."""
+        return self.max_price_nrlc + photos * self.album_photo_fee_nrlc
 
     def wallet_password_value(self) -> str | None:
         """The keystore password from WALLET_PASSWORD or WALLET_PASSWORD_FILE (None: ask at a prompt)."""

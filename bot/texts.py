@@ -255,3 +255,55 @@ LINK_CHECK_ADDRESS = (
     "\nCheck that this is your wallet's address: a signature over another message (another chain or bot) "
     "names another one. If it is not yours, /unlink it and sign the message of a new /link."
 )
+
+# Albums (several photos sent together: one task, bot.albums)
+ALBUM_ACK = (
+    "📥 Got your album of {n} photos: one iExec task for all of them. Price: at most {price} "
+    "(one task, at most {task}, plus {per_photo} per photo). A photo that fails is paid back its share. "
+    "Checking your pictures…"
+)
+ALBUM_TOO_LARGE = (
+    "An album holds at most {max} photos; this one has {n}. Send them in smaller albums. Nothing was charged."
+)
+#: a photo of an album refused at intake (the others go on)
+ALBUM_PHOTO_REJECTED = "Photo {index} of your album was left out: {reason}"
+#: the caption of an album's result (plain text, on its first picture)
+ALBUM_CAPTION = "{n} of {total} pictures segmented in one iExec task."
+ALBUM_CAPTION_FAILED = "Picture {index} failed: {error} Paid back: {refund}."
+ALBUM_CHARGED = "Charged {charged} (task {task} + fee {fee} + {n} × {per_photo} per photo){refunds}."
+ALBUM_REFUNDS = ", {refund} paid back"
+
+
+def album_caption(
+    found: list[tuple[int, list[str]]],
+    failed: list[tuple[int, str, int]],
+    *,
+    total: int,
+    random_weights: bool,
+    task: int,
+    fee: int,
+    per_photo: int,
+) -> str:
+    """The one summary under an album's result (plain text): what each delivered picture shows (`found`: its
+    index in the album and its class names, in order), why each failed one failed and what it got back (`failed`: index,
+    error, nRLC), and the one statement of what was charged."""
+    lines = [ALBUM_CAPTION.format(n=len(found), total=total)]
+    for number, names in found:
+        line = caption(names)
+        if random_weights:
+            line = RESULT_RANDOM.format(found=line[0].lower() + line[1:].rstrip("."))
+        lines.append(f"{number}. {line}")
+    lines += [ALBUM_CAPTION_FAILED.format(index=i, error=e.rstrip(".") + ".", refund=rlc(r)) for i, e, r in failed]
+    paid_back = sum(r for _, _, r in failed)
+    lines.append(
+        ALBUM_CHARGED.format(
+            charged=rlc(task + fee + total * per_photo),
+            task=rlc(task),
+            fee=rlc(fee),
+            n=total,
+            per_photo=rlc(per_photo),
+            refunds=ALBUM_REFUNDS.format(refund=rlc(paid_back)) if paid_back else "",
+        )
+    )
+    text = "\n".join(lines)
+    return text if len(text) <= 1000 else text[:997] + "…"

@@ -496,9 +496,19 @@ class Jobs(Books):
         elif row[0] == "post":
             posted = self._get(conn, row[1])
             assert posted is not None
-            self.refund_expense(
-                transfer_id, job.user_id, posted.amount + posted.fee, job.id, f"job {job.id} refunded after payment"
-            )
+            (parts,) = conn.execute(  # pictures of an album paid back already (refund_part)
+                "SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE job = ? AND kind = 'refund_expense' "
+                "AND id LIKE ? ESCAPE '\\'",
+                (job.id, _like_prefix(f"{job.id}:refund:")),
+            ).fetchone()
+            if posted.amount + posted.fee - parts > 0:
+                self.refund_expense(
+                    transfer_id,
+                    job.user_id,
+                    posted.amount + posted.fee - parts,
+                    job.id,
+                    f"job {job.id} refunded after payment",
+                )
 
     def jobs_in_states(self, *states: JobState | str, limit: int = 1000) -> list[Job]:
         """Jobs in any of `states` (all states if none given), oldest first."""
