@@ -70,14 +70,17 @@ def _status_text(svc: Services, user: int) -> str:
     if not active:
         return texts.NO_ACTIVE
     now = time.time()
-    lines = [
-        texts.STATUS_LINE.format(
-            short=job.id[-8:],
-            stage=texts.STAGE_NAMES.get(job.state.value, job.state.value),
-            elapsed=texts.elapsed(now - job.created_at / 1000),
+    lines = []
+    for job in active:
+        position = svc.pipeline.queue_position(job.id)
+        stage = (
+            texts.STAGE_QUEUED.format(position=texts.ordinal(position))
+            if position is not None
+            else texts.STAGE_NAMES.get(job.state.value, job.state.value)
         )
-        for job in active
-    ]
+        lines.append(
+            texts.STATUS_LINE.format(short=job.id[-8:], stage=stage, elapsed=texts.elapsed(now - job.created_at / 1000))
+        )
     return "\n".join(lines)
 
 

@@ -168,10 +168,14 @@ class Pipeline:
             JobState.RUNNING: self._step_running,
             JobState.COMPLETED: self._step_completed,
         }
-        self.endings = Endings(ledger, bot, board, clock=clock, retry=self.retry, crash_point=self.crash_point)
+        self.endings = Endings(
+            ledger, bot, board, clock=clock, retry=self.retry, crash_point=self.crash_point
+        )
         self.uploads_dir = Path(settings.data_dir) / "uploads"
         #: the album collector (bot.albums), made at the first album and stopped with the pipeline
         self.albums: AlbumCollector | None = None
+        #: place in line (1 = next) of each picture that waits for one of its user's slots (see `advance`)
+        self._positions: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------ life cycle
 
@@ -179,8 +183,14 @@ class Pipeline:
         """Start a driver for every unfinished job (NEEDS_ADMIN jobs wait for a person), and finish telling
         the users of refunds and holds that ended untold (killed before the message)."""
         jobs = self.ledger.jobs_in_states(*RESUMABLE)
+        waiting_users = set()
         for job in jobs:
-            self.drive(job.id)
+            if job.state is JobState.RECEIVED:  # started or waiting in line: `advance` decides, in arrival order
+                waiting_users.add(job.user_id)
+            else:
+                self.drive(job.id)
+        for user in sorted(waiting_users):
+            self.advance(user)
         untold = self.endings.untold()
         for job in untold:
             self._show(job, reason=Refund.from_error(job.error).text())
@@ -201,7 +211,11 @@ class Pipeline:
     def _driver_ended(self, task: asyncio.Task[None]) -> None:
         """A driver that ended with an error is logged and started again once after a pause (a second
         death leaves the job to the next start's resume, logged too): a job never stops silently."""
-        if task.cancelled() or task.exception() is None:
+        if task.cancelled():
+            return
+        if task.exception() is None:  # the job ended (or is held): a slot of its user may be free
+            if not self._stopping:
+                self._in_background(self._advance_after(task.get_name()))
             return
         job_id, exc = task.get_name(), task.exception()
         log.error("event=driver_died job=%s error=%r", job_id, str(exc)[:300], exc_info=exc)
@@ -245,17 +259,75 @@ class Pipeline:
             await asyncio.sleep(0.05)
         return False
 
+    # ------------------------------------------------------------------------------------ the queue
+
+    def advance(self, user: int) -> None:
+        """Start the user's waiting pictures while fewer than `max_jobs_in_flight` of theirs run (in arrival
+        order), and show each picture still waiting its place in line.
+
+        The line lives in the books: a waiting picture is a RECEIVED job (created, its price reserved) that no
+        driver runs; a RECEIVED job has done nothing outside the books yet, so after a restart `resume` starts
+        the first ones again in the same order. A held job (NEEDS_ADMIN) does not take a slot. Idempotent: it
+        is called after every intake, every job's end, /cancel and at start-up. Waiting pictures start even
+        while the bot is paused (/pause stops new pictures only: these were taken in already)."""
+        active = [
+            job
+            for job in self.ledger.user_jobs(user, limit=1000)
+            if not job.state.is_terminal() and job.state is not JobState.NEEDS_ADMIN
+        ]
+        waiting = sorted(
+            (job for job in active if job.state is JobState.RECEIVED and not self._running(job.id)),
+            key=lambda job: (job.created_at, job.user_message_id or 0, job.id),
+        )
+        free = self.settings.max_jobs_in_flight - (len(active) - len(waiting))
+        for job in waiting[: max(free, 0)]:
+            was_waiting = self._positions.pop(job.id, None) is not None
+            log.info("event=job_started job=%s user=%s from_queue=%s", job.id, user, was_waiting)
+            self._show(job)
+            self.drive(job.id)
+        for position, job in enumerate(waiting[max(free, 0) :], start=1):
+            if self._positions.get(job.id) != position:
+                self._positions[job.id] = position
+                log.info("event=job_queued job=%s user=%s position=%d", job.id, user, position)
+                self._show(job)
+
+    def queue_position(self, job_id: str) -> int | None:
+        """The place in line (1 = next to start) of a waiting picture; None when it is not waiting."""
+        return self._positions.get(job_id)
+
+    def _running(self, job_id: str) -> bool:
+        task = self._tasks.get(job_id)
+        return task is not None and not task.done()
+
+    async def _advance_after(self, job_id: str) -> None:
+        """After a job's driver ended: start its user's next waiting pictures (a busy database is waited for)."""
+        try:
+            job = await self.when_free(self.ledger.get_job, job_id)
+            if job is not None:
+                await self.when_free(self.advance, job.user_id)
+        except LedgerBusy:  # still busy: the pictures wait for the next job's end or the next start
+            log.warning("event=queue_advance_failed job=%s until=next_event", job_id)
+
     # ------------------------------------------------------------------------------------ intake
 
     def refusal_before_download(self, user: int, *, price: int | None = None) -> str | None:
-        """A reason to refuse a new picture before anything is downloaded (pause, limits, credit)."""
+        """A reason to refuse a new picture before anything is downloaded (pause, limits, credit).
+
+        Beyond `max_jobs_in_flight` pictures in progress, up to `max_queued_per_user` more wait in line
+        (reserved at intake like the others); the next one is refused."""
         s = self.settings
         if self.paused:
             return texts.PAUSED
         now_ms = int(self.clock() * 1000)
         in_flight = self.ledger.jobs_in_flight(user)
-        if in_flight >= s.max_jobs_in_flight:
-            return texts.LIMIT_IN_FLIGHT.format(n=in_flight)
+        if in_flight >= s.max_jobs_in_flight + s.max_queued_per_user:
+            if s.max_queued_per_user == 0:
+                return texts.LIMIT_IN_FLIGHT.format(n=in_flight)
+            return texts.LIMIT_QUEUE.format(
+                running=min(in_flight, s.max_jobs_in_flight),
+                waiting=max(in_flight - s.max_jobs_in_flight, 0),
+                cap=s.max_queued_per_user,
+            )
         last_hour = self.ledger.jobs_since(user, now_ms - 3_600_000)
         if last_hour >= s.max_jobs_per_hour:
             return texts.LIMIT_HOURLY.format(n=last_hour)
@@ -352,8 +424,7 @@ class Pipeline:
             len(image.data),
         )
         self.crash_point("after_reserve")
-        self._show(job, reserved=texts.rlc(self.settings.max_price_nrlc))
-        self.drive(job.id)
+        await self.when_free(self.advance, user)  # started now, or told its place in line
         return True
 
     async def _refuse(self, job_id: str, chat: int, status_message_id: int, text: str) -> bool:
@@ -1071,6 +1142,8 @@ class Pipeline:
         refunded = self.ledger.get_job(job.id)
         self._show(refunded, reason=why.text())
         self.endings.tell_soon(refunded)
+        if self._positions.pop(job.id, None) is not None or not self._running(job.id):
+            await self.when_free(self.advance, job.user_id)  # a waiting picture refunded by an admin
 
     async def _hold(self, job: Job, why: str) -> None:
         self.ledger.transition(job.id, job.state, JobState.NEEDS_ADMIN, error=why[:500])
@@ -1132,6 +1205,11 @@ class Pipeline:
         if job.state is JobState.NEEDS_ADMIN:
             fmt["money"] = self.endings.held_money(job)
         fmt.update(values)
+        position = self._positions.get(job.id) if job.state is JobState.RECEIVED else None
+        if position is not None:
+            text = texts.QUEUED.format(position=texts.ordinal(position), reserved=fmt["reserved"], short=job.id[-8:])
+            self.board.show(job.chat_id, job.status_message_id, text)
+            return
         text = texts.STAGES[job.state.value].format(**fmt)
         working = not job.state.is_terminal() and job.state is not JobState.NEEDS_ADMIN
         if working:
@@ -1188,8 +1266,11 @@ class Pipeline:
                 self.drive(job.id)  # it moved on meanwhile: keep driving it
                 continue
             self.inputs.revoke(job.id)
+            self._positions.pop(job.id, None)
             self._show(self.ledger.get_job(job.id))
             done.append((job.id, job.max_price))
+        if done:
+            self.advance(user)
         return done
 
     def _stored(self, user: int) -> list[tuple[Job, list[Path]]]:

@@ -101,6 +101,8 @@ class Settings(BaseSettings):
 
     # Per-user limits
     max_jobs_in_flight: int = Field(default=3, gt=0)
+    #: pictures of one user that wait in line (reserved) beyond `max_jobs_in_flight` running; then refused
+    max_queued_per_user: int = Field(default=10, ge=0)
     max_jobs_per_hour: int = Field(default=20, gt=0)
     max_daily_spend_nrlc: int = Field(default=5 * NRLC_PER_RLC, gt=0)
 

@@ -76,6 +76,12 @@ def plain(text: str) -> str:
     return html.unescape(re.sub(r"</?[a-z][a-z0-9-]*(?:\s[^<>]*)?>", "", text))
 
 
+def ordinal(n: int) -> str:
+    """`1` -> `1st`, `2` -> `2nd`, `11` -> `11th`, `23` -> `23rd`."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def elapsed(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
@@ -139,6 +145,14 @@ NO_CREDIT = (
 )
 PAUSED = "The bot is not taking new pictures right now (maintenance). Nothing was charged; try again later."
 LIMIT_IN_FLIGHT = "You already have {n} pictures in progress; wait for one to finish. Nothing was charged."
+LIMIT_QUEUE = (
+    "You already have {running} pictures in progress and {waiting} waiting in line; at most {cap} can wait. "
+    "Send this one again when one of them is done. Nothing was charged."
+)
+QUEUED = (
+    "🕒 Queued: {position} in line, {reserved} reserved. It starts as soon as one of your pictures in "
+    "progress is done.\njob <code>{short}</code> · /status · /cancel takes it out (full refund)"
+)
 LIMIT_HOURLY = "You sent {n} pictures in the last hour, the most allowed. Try again later. Nothing was charged."
 LIMIT_DAILY = "This picture would take you over today's spending limit of {limit}. Nothing was charged."
 UNSUPPORTED = (
@@ -215,6 +229,7 @@ RESULT_RANDOM = (  # a caption: plain text (captions are sent without a parse mo
 CHARGED = "Charged {charged} (task {task} + fee {fee})."
 
 HINT = "Send me a photo, an image file or an http(s) link to an image, and I will segment it. /help for more."
+STAGE_QUEUED = "queued, {position} in line"
 STAGE_NAMES = {
     "RECEIVED": "received",
     "ORDER_SIGNED": "looking for a worker",
