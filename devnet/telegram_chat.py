@@ -6,7 +6,9 @@ All under `/_chat/{bot_username}/...`, beside the Bot API on the same 127.0.0.1 
     GET  /_chat/bots                                   the registered bots (never their tokens)
     POST /_chat/{bot}/send      {"user": {...}, "text": "...", "chat": {...}?}      a text or /command
     POST /_chat/{bot}/upload    multipart: user_id, first_name, username?, kind=photo|document,
-                                caption? (the message's caption, as Telegram's), file  a photo or a file
+                                caption? (the message's caption, as Telegram's), file  a photo or a file;
+                                2-10 `file` parts with kind=photo: an album (one media_group_id, one
+                                update per photo, the caption on the first), answered with `messages`
     POST /_chat/{bot}/press     {"user": {...}, "message_id": N, "data": "..."}    an inline button
     POST /_chat/{bot}/edit      {"user": {...}, "message_id": N, "text": "..."}    edit own message
     GET  /_chat/{bot}/messages?chat_id=N&after=C&wait=S  the conversation, long-polled until the
@@ -84,6 +86,7 @@ def message_json(msg: SentMessage, state: BotState) -> dict[str, Any]:
         "edits": len(msg.edits),
         "deleted": msg.deleted,
         "reply_to": _quote(msg, state),
+        "media_group_id": msg.api.get("media_group_id"),
     }
 
 
@@ -184,8 +187,9 @@ class _ChatRoutes:
     async def upload(self, request: web.Request) -> web.Response:
         try:
             form = await request.post()
-            part = form.get("file")
-            if not isinstance(part, web.FileField):
+            parts = form.getall("file", [])
+            part = parts[0] if parts else None
+            if not isinstance(part, web.FileField) or not all(isinstance(p, web.FileField) for p in parts):
                 raise BadInjection("the form needs a file part named 'file'")
             user = _user(
                 {
@@ -196,6 +200,12 @@ class _ChatRoutes:
             )
             caption = str(form.get("caption") or "") or None
             data, state = part.file.read(), self._state(request)
+            if len(parts) > 1:  # several photos at once: an album, as Telegram's apps send it
+                if form.get("kind") != "photo":
+                    raise BadInjection("only photos are sent as an album here")
+                pictures = [data] + [p.file.read() for p in parts[1:] if isinstance(p, web.FileField)]
+                messages = inject.album(state, user, pictures, caption)
+                return web.json_response({"message": messages[0], "messages": messages})
             if form.get("kind") == "photo":
                 message = inject.photo(state, user, data, caption)
             else:

@@ -98,3 +98,49 @@ async def test_upload_a_photo_on_the_chat_page_and_see_the_result(e2e: E2E, tmp_
     [photo] = [m for m in e2e.tg.conversation(user.id) if m.kind == "photo" and not m.from_bot]
     assert photo.caption == "my street" and reply.reply_to == photo.message_id
     e2e.ledger.audit()
+
+
+async def test_upload_several_photos_at_once_as_one_album(e2e: E2E, tmp_path: Path) -> None:
+    """Three pictures chosen at once on the page go as one Telegram album: the bot answers with one album of
+    three results (one summary caption) from one job."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    playwright_api = pytest.importorskip("playwright.async_api")
+    user = e2e.new_user(2 * 10**9)
+    await e2e.start_bot()
+    pictures = []
+    for i, size in enumerate([(480, 320), (320, 480), (400, 400)]):
+        img = Image.new("RGB", size, (60 + 50 * i, 120, 200))
+        ImageDraw.Draw(img).ellipse((size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2), fill=(240, 200, 60))
+        path = tmp_path / f"pic{i + 1}.jpg"
+        img.save(path, "JPEG", quality=85)
+        pictures.append(str(path))
+
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 760, "height": 900})
+            await page.goto(f"{e2e.net.telegram_url}/_chat/")
+            await page.wait_for_function("document.querySelector('#bot').options.length > 0")
+            await page.fill("#uid", str(user.id))
+            await page.fill("#uname", "Alice")
+            await page.dispatch_event("#uid", "change")
+            await page.set_input_files("#file", pictures)
+            await page.fill("#caption", "three at once")
+            await page.click("#upload")
+            await page.locator("#log .msg.me img").nth(2).wait_for(timeout=20_000)
+            await page.locator("#log .msg:not(.me)", has_text="album of 3").first.wait_for(timeout=30_000)
+            await page.locator("#log .msg:not(.me)", has_text="3 of 3 pictures").first.wait_for(timeout=90_000)
+            await page.locator("#log .msg:not(.me) > img").nth(2).wait_for(timeout=30_000)
+            assert await page.eval_on_selector("#file", "f => f.files.length") == 0
+        finally:
+            await browser.close()
+
+    [job] = await e2e.wait_terminal(user)
+    assert job.state.value == "DELIVERED" and len(job.options["album"]["inputs"]) == 3
+    replies = [m for m in e2e.tg.conversation(user.id) if m.from_bot and m.kind == "photo"]
+    assert len(replies) == 3 and len({m.api.get("media_group_id") for m in replies}) == 1
+    assert replies[0].caption.startswith("3 of 3 pictures") and replies[0].caption.count("Charged") == 1
+    sent = [m for m in e2e.tg.conversation(user.id) if not m.from_bot and m.kind == "photo"]
+    assert [m.caption for m in sent] == ["three at once", None, None]
+    e2e.ledger.audit()
