@@ -11,6 +11,7 @@ import datetime
 import html
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
@@ -19,6 +20,7 @@ from telegram.ext import ContextTypes
 from bot import texts
 from bot.errors import AssignRefused, UpdateLacks
 from bot.handlers import unknown_command
+from bot.results import read_album
 from bot.services import Services, services_of
 from bot.updates import message_of, query_of, user_of
 from ledger import JobState, LedgerError
@@ -242,7 +244,7 @@ def _utc(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def job_receipt(found: Any, *, fee: int, explorer: str = "") -> str:
+def job_receipt(found: Any, *, fee: int, explorer: str = "", refunded: dict[int, int] | None = None) -> str:
     """/job ID as a receipt: state in words, times in UTC, amounts in RLC, the deal and task ids (HTML;
     the error and options are untrusted and escaped)."""
     state = found.state.value
@@ -261,10 +263,14 @@ def job_receipt(found: Any, *, fee: int, explorer: str = "") -> str:
     lines.append(f"Reserved: {texts.rlc(found.max_price)}")
     if found.app_price is not None and found.workerpool_price is not None:
         task = found.app_price + found.workerpool_price
+        album = found.options.get("album") if isinstance(found.options, dict) else None
+        photos = f" + {len(album['inputs'])} × {texts.rlc(int(album['photo_fee']))} per photo" if album else ""
+        photo_fees = len(album["inputs"]) * int(album["photo_fee"]) if album else 0
         lines.append(
             f"Price: app {texts.rlc(found.app_price)} + workerpool {texts.rlc(found.workerpool_price)} "
-            f"+ fee {texts.rlc(fee)} = {texts.rlc(task + fee)}"
+            f"+ fee {texts.rlc(fee)}{photos} = {texts.rlc(task + fee + photo_fees)}"
         )
+    lines += _album_lines(found, refunded or {})
     if found.deal_id:
         link = f' · <a href="{html.escape(explorer)}/deal/{found.deal_id}">explorer</a>' if explorer else ""
         lines.append(f"Deal: <code>{found.deal_id}</code>{link}")
@@ -282,6 +288,32 @@ def job_receipt(found: Any, *, fee: int, explorer: str = "") -> str:
     return "\n".join(lines)
 
 
+def _album_lines(found: Any, refunded: dict[int, int]) -> list[str]:
+    """An album job's pictures on its receipt: the per-photo fee, then each picture (what was found, or why
+    it failed and what it got back), read from the album's result when it is there."""
+    album = found.options.get("album") if isinstance(found.options, dict) else None
+    if not album:
+        return []
+    count = len(album.get("inputs", []))
+    lines = [f"Album: {count} pictures · {texts.rlc(int(album.get('photo_fee', 0)))} per photo"]
+    try:
+        result = read_album(Path(found.result_ref), count) if found.result_ref else None
+    except ValueError:
+        result = None
+    for index in range(1, count + 1):
+        picture = result.pictures[index - 1] if result else None
+        if picture is None:
+            line = "waiting for the result"
+        elif picture.ok:
+            line = texts.caption(str(d.get("class_name", "?")) for d in picture.detections)
+        else:
+            line = f"failed: {html.escape(picture.error)}"
+        if index in refunded:
+            line += f" · paid back {texts.rlc(refunded[index])}"
+        lines.append(f"  {index}. {line}")
+    return lines
+
+
 @admin_only
 async def job(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/job ID: everything about one job."""
@@ -291,7 +323,12 @@ async def job(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if found is None:
         await message_of(update).reply_html("Usage: /job ID (the id or its last 8 characters).")
         return
-    body = job_receipt(found, fee=svc.settings.fee_nrlc, explorer=svc.settings.resolved_network.explorer)
+    body = job_receipt(
+        found,
+        fee=svc.settings.fee_nrlc,
+        explorer=svc.settings.resolved_network.explorer,
+        refunded=svc.ledger.parts_refunded(found.id),
+    )
     buttons = None
     if found.state is JobState.NEEDS_ADMIN:
         buttons = InlineKeyboardMarkup(

@@ -20,7 +20,7 @@ from bot.results import read_album
 from devnet import telegram_inject as inject
 from devnet.telegram_model import image_size
 from ledger import IllegalTransition, Ledger, TransferConflict
-from tests.fixtures_bot import BotNet, bot_on, photo_bytes
+from tests.fixtures_bot import ADMIN, BotNet, bot_on, photo_bytes
 
 SIZES = [(320, 240), (240, 320), (300, 300)]
 
@@ -194,6 +194,10 @@ async def test_a_bad_picture_fails_alone_and_is_paid_back_its_share(devnet_modul
         charged = net.config.app_price + net.config.pool_price + s.fee_nrlc + 3 * s.album_photo_fee_nrlc
         assert botnet.ledger.balance(user.id).posted == 10**9 - charged + share
         botnet.ledger.audit()
+        botnet.tg.inject_command(ADMIN, "/job", job_id)  # the receipt lists the pictures
+        receipt = await botnet.wait_for_text(ADMIN, "Album: 3 pictures")
+        assert "2. failed:" in receipt.text and f"paid back {texts.rlc(share)}" in receipt.text
+        assert "1. 1 person" in receipt.text and "3 × " in receipt.text
 
 
 @pytest.mark.slow
