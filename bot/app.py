@@ -55,6 +55,7 @@ USER_COMMANDS = [
     ("jobs", "recent jobs"),
     ("cancel", "cancel a job not started yet"),
     ("forget", "delete your stored pictures"),
+    ("segment", "reply to a picture (in a group) to segment it"),
     ("link", "link your wallet to fund yourself with RLC"),
 ]
 
@@ -92,8 +93,13 @@ def register_handlers(app: Application, inbox: UpdateInbox | None = None) -> Non
         "unclaimed": admin.unclaimed,
     }
     new = filters.UpdateType.MESSAGE
-    for name, fn in {**user_cmds, **admin_cmds}.items():
+    private = filters.ChatType.PRIVATE
+    for name, fn in user_cmds.items():
         app.add_handler(CommandHandler(name, fn, filters=new))
+    for name, fn in admin_cmds.items():  # in a private chat only; elsewhere answered by admin_elsewhere
+        app.add_handler(CommandHandler(name, fn, filters=new & private))
+    app.add_handler(CommandHandler(list(admin_cmds), handlers.admin_elsewhere, filters=new & ~private))
+    app.add_handler(CommandHandler("segment", handlers.segment, filters=new))  # a reply to a picture (groups)
     app.add_handler(MessageHandler(new & filters.COMMAND, handlers.unknown_command))
     app.add_handler(MessageHandler(new & filters.PHOTO, handlers.photo))
     app.add_handler(MessageHandler(new & filters.Document.ALL, handlers.document))

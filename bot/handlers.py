@@ -13,7 +13,7 @@ import logging
 import re
 import time
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram import Chat, Document, InlineKeyboardButton, InlineKeyboardMarkup, Message, PhotoSize, Update
 from telegram.constants import ParseMode
 from telegram.ext import ContextTypes
 
@@ -51,7 +51,7 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     extra = texts.ADMIN_HELP if svc.is_admin(user_of(update).id) else ""
     if svc.linking is not None:  # users fund themselves (bot.funding)
         extra = texts.FUNDING_HELP + (extra + texts.ADMIN_FUNDING_HELP if extra else "")
-    await message_of(update).reply_html(texts.HELP + extra)
+    await message_of(update).reply_html(texts.HELP + texts.HELP_GROUPS + extra)
 
 
 async def balance(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -227,17 +227,31 @@ def _same_message(svc: Services, message: Message, job_id: str, fingerprint: str
     return job is None or message.date.timestamp() <= job.created_at / 1000 + 1
 
 
-async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tuple[str, str], fingerprint: str) -> None:
+async def _begin(
+    update: Update,
+    context: ContextTypes.DEFAULT_TYPE,
+    source: tuple[str, str],
+    fingerprint: str,
+    *,
+    target: Message | None = None,
+) -> None:
     """Acknowledge at once, then let the pipeline check the input and start the job in the background.
 
     A message whose job exists already is a redelivery (nothing happens) unless it carries another picture:
     then the user is told, never left without an answer. A message taken before a crash but without its
     job yet (replayed from the inbox) goes on with the "got it" message it already has.
+
+    `target`: the message holding the picture when it is not the update's own (a /segment reply): the job is
+    that message's, its replies answer it, and the credit used is the asker's (the update's sender).
     """
     svc = services_of(context)
-    message = message_of(update)
+    asker = message_of(update)
+    message = target or asker
     job_id = job_id_of(message.chat_id, message.message_id)
     if svc.pipeline.is_known(message.chat_id, message.message_id):
+        if target is not None:  # somebody (maybe the asker) asked for this picture before
+            await asker.reply_html(texts.SEGMENT_ALREADY.format(short=job_id[-8:]))
+            return
         if _same_message(svc, message, job_id, fingerprint):
             log.info("event=replayed_update job=%s chat=%s message=%s", job_id, message.chat_id, message.message_id)
             return
@@ -257,7 +271,7 @@ async def _begin(update: Update, context: ContextTypes.DEFAULT_TYPE, source: tup
         if earlier_ack is not None:
             await svc.board.show_now(message.chat_id, earlier_ack, refusal)
         else:
-            await message.reply_html(refusal)
+            await asker.reply_html(refusal)
         return
     inbox = svc.inbox
     if earlier_ack is not None:
@@ -308,8 +322,64 @@ async def _left_for_later(svc: Services, job_id: str, chat: int, ack_id: int, up
     await svc.board.show_now(chat, ack_id, texts.INTAKE_BUSY)
 
 
+def in_group(update: Update) -> bool:
+    """True in a group or supergroup, where the bot works on request only (see `segment`)."""
+    return chat_of(update).type in (Chat.GROUP, Chat.SUPERGROUP)
+
+
+def _asked_in_group(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """In a group: whether this picture's caption mentions the bot (@name), i.e. asks for it. Anything else
+    a group member sends is not for the bot and is ignored without a word."""
+    name = (context.bot.username or "").lower()
+    caption = (message_of(update).caption or "").lower()
+    asked = bool(name) and re.search(rf"@{re.escape(name)}(?![a-z0-9_])", caption) is not None
+    if not asked:
+        log.debug("event=group_message_ignored chat=%s", chat_of(update).id)
+    return asked
+
+
+def _largest(photo: tuple[PhotoSize, ...]) -> PhotoSize:
+    return max(photo, key=lambda p: (p.width * p.height, p.file_size or 0))
+
+
+def _is_image_file(doc: Document) -> bool:
+    mime = (doc.mime_type or "").lower()
+    return mime.startswith(IMAGE_MIME_PREFIX) and mime != "image/svg+xml"
+
+
+async def segment(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/segment (or /segment@bot) in reply to a photo or an image file: segment that picture, paid with the
+    asker's credit (not the sender's of the picture); the result answers the picture. This is how the bot
+    is used in a group, where privacy mode shows it only commands, mentions and replies to it."""
+    asker = message_of(update)
+    target = asker.reply_to_message
+    if target is not None and target.photo:
+        largest = _largest(target.photo)
+        source, fingerprint = ("telegram", largest.file_id), _fingerprint("file", largest.file_unique_id)
+    elif target is not None and target.document is not None and _is_image_file(target.document):
+        doc = target.document
+        source, fingerprint = ("telegram", doc.file_id), _fingerprint("file", doc.file_unique_id)
+    else:
+        await asker.reply_html(texts.SEGMENT_HOW)
+        return
+    log.info("event=segment_asked chat=%s user=%s message=%s", asker.chat_id, user_of(update).id, target.message_id)
+    await _begin(update, context, source, fingerprint, target=target)
+
+
+async def admin_elsewhere(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """An admin command outside a private chat. An admin reads where to use it (amounts, user ids and
+    confirmation buttons never show in a group); anyone else gets the same answer as in a private chat,
+    so a group learns nothing about the admin commands."""
+    if services_of(context).is_admin(user_of(update).id):
+        await message_of(update).reply_html(texts.ADMIN_PRIVATE_ONLY)
+    else:
+        await unknown_command(update, context)
+
+
 async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A photo: take its largest size."""
+    """A photo: take its largest size (in a group only when its caption mentions the bot)."""
+    if in_group(update) and not _asked_in_group(update, context):
+        return
     message = message_of(update)
     largest = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
     source, fingerprint = ("telegram", largest.file_id), _fingerprint("file", largest.file_unique_id)
@@ -332,6 +402,8 @@ async def document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     doc = message_of(update).document
     if doc is None:  # registered for filters.Document.ALL: a document is there
         raise UpdateLacks(f"update {update.update_id} has no document")
+    if in_group(update) and not (_is_image_file(doc) and _asked_in_group(update, context)):
+        return
     mime = (doc.mime_type or "").lower()
     if not mime.startswith(IMAGE_MIME_PREFIX) or mime == "image/svg+xml":
         what = f"A {mime or 'file'} file" if mime else "This file"
@@ -341,7 +413,9 @@ async def document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A text: an image link starts a job; anything else gets a hint."""
+    """A text: an image link starts a job; anything else gets a hint (in a group: ignored)."""
+    if in_group(update):
+        return
     body = message_of(update).text or ""
     match = URL_RE.search(body)
     if match is None:
@@ -354,7 +428,9 @@ async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Stickers, voice, video, audio...: say what works instead."""
+    """Stickers, voice, video, audio...: say what works instead (in a group: ignored)."""
+    if in_group(update):
+        return
     msg = message_of(update)
     kind = next(
         (
@@ -374,7 +450,13 @@ async def stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 
 
 async def unknown_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Any command the bot does not have (and admin commands sent by non-admins)."""
+    """Any command the bot does not have (and admin commands sent by non-admins). In a group, only a command
+    addressed to the bot by name (/cmd@bot) is answered: a bare /cmd may be meant for another bot there."""
+    if in_group(update):
+        name = (context.bot.username or "").lower()
+        command = ((message_of(update).text or "").split(maxsplit=1) or [""])[0].lower()
+        if not name or not command.endswith(f"@{name}"):
+            return
     await message_of(update).reply_html(texts.UNKNOWN_COMMAND)
 
 

@@ -201,6 +201,16 @@ FORGET_DONE = "Deleted {n} stored pictures and results. Your balance and job amo
 ALREADY_DONE = "Already done (this confirmation was used before); nothing was done twice."
 STAKE_FAILED_BEFORE = "This {kind} failed when it was confirmed, and nothing moved. Send /{kind} again to try again."
 UNKNOWN_COMMAND = "I don't know that command. /help lists what I can do."
+SEGMENT_HOW = (
+    "Reply <code>/segment</code> to a photo (or an image file) and I will segment it, paid with your credit. "
+    "In a private chat you can also just send me the picture."
+)
+SEGMENT_ALREADY = "That picture was already asked for (job <code>{short}</code>); its result answers it."
+ADMIN_PRIVATE_ONLY = "Admin commands work only in a private chat with me: use this there."
+HELP_GROUPS = (
+    "\n\n<b>In a group</b> I answer only when asked: reply <code>/segment</code> to a picture, or mention me "
+    "in a picture's caption. The one who asks pays, with their own credit."
+)
 ERROR = "Sorry, something went wrong on my side. Nothing was charged twice; try again in a minute."
 INTAKE_BUSY = (
     "⏳ I am very busy and could not take your picture in yet. It is kept and will be taken in when I can; "

@@ -281,11 +281,18 @@ class TelegramStandIn:
         return inject.text(self.bot(token), user, text, chat)
 
     def inject_command(
-        self, user: TgUser, command: str, args: str = "", *, chat: TgChat | None = None, token: str | None = None
+        self,
+        user: TgUser,
+        command: str,
+        args: str = "",
+        *,
+        chat: TgChat | None = None,
+        token: str | None = None,
+        reply_to: int | None = None,
     ) -> dict[str, Any]:
-        """The user sends `/command args`."""
+        """The user sends `/command args` (as a reply to message `reply_to` of the chat when given)."""
         body = f"/{command.lstrip('/')}" + (f" {args}" if args else "")
-        return inject.text(self.bot(token), user, body, chat)
+        return inject.text(self.bot(token), user, body, chat, reply_to=reply_to)
 
     def inject_photo(
         self,

@@ -201,6 +201,9 @@ class BotState:
         self.webhook_error: tuple[int, str] | None = None
         self.commands: dict[str, list[dict[str, Any]]] = {}
         self.blocked: set[int] = set()
+        #: Telegram's group privacy mode (on by default, /setprivacy at BotFather): in groups the bot gets only
+        #: commands (not those addressed to another bot), messages mentioning it and replies to its messages
+        self.privacy_mode = True
         self.callback_answers: dict[str, dict[str, Any] | None] = {}
         self.calls: list[ApiCall] = []
         self.rate_limited = 0
@@ -308,12 +311,31 @@ class BotState:
         return self.counters.next_message_id(chat_id)
 
     def push_update(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Queue an update for getUpdates or the webhook and wake whoever waits for it."""
+        """Queue an update for getUpdates or the webhook and wake whoever waits for it (in a group with
+        privacy mode on, a message not meant for the bot is not given to it: see `meant_for_bot`)."""
+        if kind in ("message", "edited_message") and not self.meant_for_bot(payload):
+            return {kind: payload}  # Telegram shows it to the group's members only
         update = {"update_id": self.counters.next_update_id(), kind: payload}
         self.updates.append(update)
         self.update_event.set()
         self._notify()
         return update
+
+    def meant_for_bot(self, message: dict[str, Any]) -> bool:
+        """Whether Telegram gives this message to the bot: always in private chats and with privacy mode off;
+        in a group with privacy mode on, only a command (one addressed to another bot, `/cmd@other`, is not),
+        a message whose text or caption mentions @bot, or a reply to one of the bot's messages."""
+        if not self.privacy_mode or message.get("chat", {}).get("type") not in ("group", "supergroup"):
+            return True
+        body = message.get("text") or message.get("caption") or ""
+        me = (self.user.username or "").lower()
+        if body.startswith("/"):
+            _, at, addressee = body.split(maxsplit=1)[0].partition("@")
+            return not at or addressee.lower() == me
+        if me and re.search(rf"@{re.escape(me)}(?![a-z0-9_])", body.lower()):
+            return True
+        replied = message.get("reply_to_message") or {}
+        return bool(replied.get("from", {}).get("id") == self.user.id)
 
     def register_chat(self, chat: TgChat) -> None:
         if self.chats.get(chat.id) != chat:

@@ -61,13 +61,18 @@ def _user_message(
     return message
 
 
-def text(state: BotState, user: TgUser, body: str, chat: TgChat | None = None) -> dict[str, Any]:
-    """The user types `body` (a command when it starts with "/"). Returns the Message the bot gets."""
+def text(
+    state: BotState, user: TgUser, body: str, chat: TgChat | None = None, *, reply_to: int | None = None
+) -> dict[str, Any]:
+    """The user types `body` (a command when it starts with "/"), as a reply to message `reply_to` of the
+    chat when given. Returns the Message the bot gets."""
     if not body:
         raise BadInjection("Telegram does not send empty text messages")
     chat = _chat_for(state, user, chat)
+    if reply_to is not None and reply_to not in state.messages.get(chat.id, {}):
+        raise BadInjection(f"there is no message {reply_to} in chat {chat.id} to reply to")
     entities = command_entities(body)
-    return _user_message(state, user, chat, "text", body, {"entities": entities} if entities else {})
+    return _user_message(state, user, chat, "text", body, {"entities": entities} if entities else {}, reply_to=reply_to)
 
 
 def photo(

@@ -200,7 +200,13 @@ async def test_a_good_link_works(devnet_module, tmp_path: Path, server: ImageSer
 async def test_limits_in_flight_per_hour_and_daily_spend(devnet_module, tmp_path: Path) -> None:
     waits = {"workerpool_max_price_nrlc": 1, "match_timeout_s": 600}  # jobs wait for an offer
     async with bot_on(
-        devnet_module, tmp_path, max_jobs_in_flight=1, max_jobs_per_hour=2, max_daily_spend_nrlc=150_000_000, **waits
+        devnet_module,
+        tmp_path,
+        max_jobs_in_flight=1,
+        max_queued_per_user=0,  # no line: the in-flight limit refuses (the line: tests/test_bot_queue.py)
+        max_jobs_per_hour=2,
+        max_daily_spend_nrlc=150_000_000,
+        **waits,
     ) as bn:
         user = bn.new_user()
         bn.tg.inject_photo(user, photo_bytes(seed=42))
@@ -296,6 +302,7 @@ async def test_one_user_downloads_at_most_two_at_a_time(devnet_module, tmp_path:
     limits = {
         "max_downloads_per_user": 2,
         "max_jobs_in_flight": 1,
+        "max_queued_per_user": 0,  # no line: the pictures beyond the one job are refused after download
         "workerpool_max_price_nrlc": 1,
         "match_timeout_s": 600,
     }  # the one job waits for an offer

@@ -419,7 +419,8 @@ async def test_injections_for_bad_input_and_edits(tg: TelegramStandIn, alice: Tg
     with pytest.raises(BadInjection):
         tg.inject_photo(alice, b"definitely not an image")
     group = TgChat(id=-1001, type="group", title="Friends")
-    assert tg.inject_text(alice, "hi all", chat=group)["chat"]["type"] == "group"
+    tg.inject_text(alice, "hi all", chat=group)  # privacy mode: not meant for the bot, not given to it
+    assert tg.inject_text(alice, f"hi @{BOT_USERNAME}", chat=group)["chat"]["type"] == "group"
     _, body = await api(tg, "getUpdates")
     kinds = [next(k for k in u if k != "update_id") for u in body["result"]]
     assert kinds == ["message", "message", "message", "message", "edited_message", "message"]

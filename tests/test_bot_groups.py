@@ -1,0 +1,147 @@
+"""The bot in a group chat (issue 14, "Group chats"): on request only, with Telegram's privacy mode on.
+
+A reply `/segment` to a picture, or a picture whose caption mentions the bot, is segmented with the credit
+of the member who asked, and the result answers the picture; anything else in the group is ignored without
+a word; admin commands work only in a private chat. Through the real bot (PTB over HTTP) and the Telegram
+stand-in, whose groups have several members and whose privacy mode gives the bot only commands, mentions
+and replies to it (the bot must not rely on it: the last test turns it off).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from devnet.telegram import TelegramStandIn, TgChat, TgUser
+from tests.fixtures_bot import ADMIN, BotNet, photo_bytes
+from tests.fixtures_telegram import BOT_USERNAME, TOKEN, alice
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+__all__ = ["alice"]  # the fixture, used by the stand-in test
+
+RLC = 10**9
+_group_ids = itertools.count(-100_700, -1)
+
+
+@pytest.fixture
+def group() -> TgChat:
+    """A group of its own for each test (the stand-in's chats outlive a test: one devnet per module)."""
+    return TgChat(id=next(_group_ids), type="supergroup", title="Photo club")
+
+
+def _bot_messages(bn: BotNet, chat: TgChat) -> list[Any]:
+    return [m for m in bn.tg.sent(chat.id) if m.from_bot]
+
+
+def _member(bn: BotNet, name: str, credit: int = RLC) -> TgUser:
+    user = bn.new_user(credit_nrlc=credit)
+    return TgUser(id=user.id, first_name=name, username=None)
+
+
+async def _result_for(bn: BotNet, chat: TgChat, photo_message_id: int, timeout: float = 60.0) -> Any:
+    def find() -> Any:
+        return next(
+            (m for m in _bot_messages(bn, chat) if m.kind in ("photo", "document") and m.reply_to == photo_message_id),
+            None,
+        )
+
+    await bn.tg.wait_for(lambda: find() is not None, timeout=timeout)
+    return find()
+
+
+async def test_privacy_mode_gives_the_bot_only_commands_mentions_and_replies_to_it(
+    tg: TelegramStandIn, alice: TgUser
+) -> None:
+    state = tg.bot(TOKEN)
+    bob = TgUser(id=4343, first_name="Bob")
+    group = TgChat(id=-4242, type="group", title="Friends")
+    delivered = len(state.updates)
+
+    def got() -> list[dict[str, Any]]:
+        return [u.get("message", {}) for u in state.updates[delivered:]]
+
+    tg.inject_photo(alice, photo_bytes(seed=1), chat=group)
+    tg.inject_text(bob, "nice picture", chat=group)
+    tg.inject_command(bob, "/start@another_bot", chat=group)
+    photo = tg.inject_photo(alice, photo_bytes(seed=2), chat=group, caption=f"what is it @{BOT_USERNAME}?")
+    tg.inject_command(bob, "/segment", chat=group, reply_to=photo["message_id"])
+    tg.inject_command(bob, f"/segment@{BOT_USERNAME}", chat=group)
+    tg.inject_text(alice, "hello", chat=TgChat.private(alice))  # private chats: everything
+    assert [m.get("caption") or m.get("text") for m in got()] == [
+        f"what is it @{BOT_USERNAME}?",
+        "/segment",
+        f"/segment@{BOT_USERNAME}",
+        "hello",
+    ]
+    assert got()[1]["reply_to_message"]["message_id"] == photo["message_id"]
+    state.privacy_mode = False
+    tg.inject_text(bob, "now the bot reads this", chat=group)
+    assert got()[-1]["text"] == "now the bot reads this"
+
+
+async def test_a_reply_segment_is_paid_by_who_asks_and_answers_the_picture(botnet: BotNet, group: TgChat) -> None:
+    ann, bob = _member(botnet, "Ann"), _member(botnet, "Bob")
+    photo = botnet.tg.inject_photo(ann, photo_bytes(seed=11), chat=group)
+    botnet.tg.inject_command(bob, "/segment", chat=group, reply_to=photo["message_id"])
+    result = await _result_for(botnet, group, photo["message_id"])
+    assert "Charged" in (result.caption or "")
+    await botnet.settle()
+    [job] = botnet.ledger.user_jobs(bob.id)
+    assert job.state.value == "DELIVERED" and job.chat_id == group.id and job.user_message_id == photo["message_id"]
+    charged = job.app_price + job.workerpool_price + botnet.settings.fee_nrlc
+    assert botnet.ledger.balance(bob.id).posted == RLC - charged
+    assert botnet.ledger.balance(ann.id).posted == RLC and botnet.ledger.user_jobs(ann.id) == []
+    status = next(m for m in _bot_messages(botnet, group) if m.kind == "text" and "Done" in (m.text or ""))
+    assert status.reply_to == photo["message_id"]  # the status message answers the picture too
+    botnet.ledger.audit()
+
+
+async def test_a_caption_mention_asks_and_plain_pictures_and_texts_are_ignored(botnet: BotNet, group: TgChat) -> None:
+    ann, bob = _member(botnet, "Ann"), _member(botnet, "Bob")
+    name = botnet.bot.app.bot.username
+    botnet.tg.bot().privacy_mode = False  # the bot ignores them itself, not only because Telegram hides them
+    plain = botnet.tg.inject_photo(ann, photo_bytes(seed=21), chat=group)
+    botnet.tg.inject_photo(ann, photo_bytes(seed=22), chat=group, caption="my cat")
+    botnet.tg.inject_text(bob, "https://example.com/cat.jpg look", chat=group)
+    botnet.tg.inject_text(bob, "hello all", chat=group)
+    botnet.tg.inject_command(bob, "/nosuchcommand", chat=group)  # maybe another bot's: not answered
+    asked = botnet.tg.inject_photo(bob, photo_bytes(seed=23), chat=group, caption=f"@{name} what is this?")
+    result = await _result_for(botnet, group, asked["message_id"])
+    assert "Charged" in (result.caption or "")
+    await botnet.settle()
+    [job] = botnet.ledger.user_jobs(bob.id)
+    assert job.user_message_id == asked["message_id"] and botnet.ledger.user_jobs(ann.id) == []
+    answered = {m.reply_to for m in _bot_messages(botnet, group)}
+    assert answered == {asked["message_id"]}, [m.text for m in _bot_messages(botnet, group)]
+    assert plain["message_id"] not in answered
+    botnet.tg.bot().privacy_mode = True
+
+
+async def test_admin_commands_only_in_a_private_chat(botnet: BotNet, group: TgChat) -> None:
+    bob = _member(botnet, "Bob")
+    botnet.tg.inject_command(ADMIN, "/users", chat=group)
+    await botnet.tg.wait_for(lambda: any("private chat" in (m.text or "") for m in _bot_messages(botnet, group)))
+    botnet.tg.inject_command(ADMIN, "/fund", f"{bob.id} 5", chat=group)
+    await botnet.tg.wait_for(lambda: sum("private chat" in (m.text or "") for m in _bot_messages(botnet, group)) == 2)
+    assert botnet.ledger.balance(bob.id).posted == RLC  # nothing funded, no confirmation button in the group
+    assert not any(m.reply_markup for m in _bot_messages(botnet, group))
+    name = botnet.bot.app.bot.username
+    botnet.tg.inject_command(bob, f"/users@{name}", chat=group)  # a member: as in a private chat
+    await botnet.tg.wait_for(
+        lambda: any("don't know that command" in (m.text or "") for m in _bot_messages(botnet, group))
+    )
+    botnet.tg.inject_command(ADMIN, "/users")  # the same admin in private: answered
+    await botnet.wait_for_text(ADMIN, "")
+    assert not any("private chat" in (m.text or "") for m in botnet.sent(ADMIN))
+
+
+async def test_segment_without_a_picture_says_how(botnet: BotNet, group: TgChat) -> None:
+    bob = _member(botnet, "Bob")
+    name = botnet.bot.app.bot.username
+    text = botnet.tg.inject_text(bob, "a message without a picture", chat=group)
+    botnet.tg.inject_command(bob, f"/segment@{name}", chat=group, reply_to=text["message_id"])
+    await botnet.tg.wait_for(lambda: any("Reply /segment" in (m.text or "") for m in _bot_messages(botnet, group)))
+    assert botnet.ledger.user_jobs(bob.id) == []
