@@ -4,11 +4,8 @@ connections are closed when it ends."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 
 import pytest
-
-from iexec.tx import close_all
 
 pytest_plugins: list[str] = [
     "tests.fixtures_telegram",
@@ -19,15 +16,6 @@ pytest_plugins: list[str] = [
     "tests.fixtures_bot",
     "tests.fixtures_e2e",
 ]
-
-
-@pytest.fixture(autouse=True)
-async def close_chain_connections() -> AsyncIterator[None]:
-    """After each test (and its other fixtures), close the aiohttp sessions of every `iexec.tx.connect()`
-    connection still alive: tests build Hubs, senders and watchers without an owner that closes them, and
-    each session left open is an "Unclosed client session" error when it is garbage-collected."""
-    yield
-    await close_all()
 
 
 # Fixtures that start a whole devnet, a workerpool, a bot process or TensorFlow: a test using one is in the slow tier
