@@ -4,6 +4,7 @@ and throughput with the small test app.
     .venv/bin/python bench/e2e.py                   # the real worker (what the issue's target is about)
     .venv/bin/python bench/e2e.py --photos 8 --as photo
     .venv/bin/python bench/e2e.py --test-app        # also: 30 photos with the test app, and saturation
+    .venv/bin/python bench/e2e.py --album 10        # also: an album of 10 beside 10 single photos (same run)
 
 real        The demo's set-up: a devnet (real PoCo on anvil, market, gateway, a 1-worker pool running
             `python -m worker` with random ResNet50 weights, the Telegram stand-in) whose inference graph is
@@ -19,6 +20,10 @@ real        The demo's set-up: a devnet (real PoCo on anvil, market, gateway, a 
             -> picture sent: the bot noticing the task completed, downloading and checking the result,
             sendPhoto). Target: overhead median under 2 s.
 test app    As before: 30 photos with the test app (latency minus the app) and 60 at once (saturation).
+album       With --album N (2-10), after the real worker's photos: N single photos sent at once (N users) and
+            then one album of the same N photos (one user, one task), both 1600x1200 Telegram photos; for
+            each, the time from the first upload to the last result in the chat, and that time per photo.
+            With --test-app and without the real worker's photos (--photos 0) it runs on the test app only.
 
 Ends with one RESULT line.
 """
@@ -97,7 +102,7 @@ async def one_photo(e2e: E2E, picture: bytes, kind: str, name: str) -> dict[str,
     }
 
 
-async def real_worker(tmp: Path, photos: int, kind: str) -> dict[str, float]:
+async def real_worker(tmp: Path, photos: int, kind: str, album: int = 0) -> dict[str, float]:
     net = await open_devnet(tmp / "devnet-real", "real", workers=1, graph_cache=True)
     try:
         worker_args = net.env.get("WORKER_ARGS") or GRAPH_WORKER_ARGS
@@ -131,9 +136,12 @@ async def real_worker(tmp: Path, photos: int, kind: str) -> dict[str, float]:
             )
             if i:
                 rows.append(row)
+        album_figures = await album_vs_singles(e2e, album) if album else {}
         e2e.close()
     finally:
         await net.stop()
+    if not rows:  # --photos 0: only the warm-up (and the album, if asked)
+        return dict(album_figures)
     med = {k: statistics.median(r[k] for r in rows) for k in ("e2e", "worker", "overhead", "before", "after")}
     hits = sum(r["graph"] == "hit" for r in rows)
     print(
@@ -150,6 +158,45 @@ async def real_worker(tmp: Path, photos: int, kind: str) -> dict[str, float]:
         "after_median_s": med["after"],
         "graph_hits": hits,
         "photos": len(rows),
+        **album_figures,
+    }
+
+
+# --------------------------------------------------------------------------------------- albums
+
+
+async def album_vs_singles(e2e: E2E, count: int) -> dict[str, float]:
+    """`count` single photos at once (one user each), then the same photos as one album; end-to-end times."""
+    from devnet import telegram_inject as inject
+
+    pictures = [phone_photo(1600, 1200, seed=500 + i) for i in range(count)]
+    users = [e2e.new_user() for _ in pictures]
+    started = time.monotonic()
+    for user, picture in zip(users, pictures, strict=True):
+        e2e.tg.inject_photo(user, picture)
+    await e2e.tg.wait_for(lambda: all(e2e.results(u) for u in users), timeout=120 + 300 * count)
+    singles_s = time.monotonic() - started
+    owner = e2e.new_user(10**10)
+    started = time.monotonic()
+    inject.album(e2e.tg.bot(), owner, pictures)
+
+    def album_done() -> bool:
+        return len([m for m in e2e.results(owner) if m.api.get("media_group_id")]) >= count
+
+    await e2e.tg.wait_for(album_done, timeout=120 + 300 * count)
+    album_s = time.monotonic() - started
+    [job] = e2e.jobs(owner)
+    print(
+        f"album of {count}: {album_s:.2f} s ({album_s / count:.2f} s per photo, one task {job.task_id[:10]}…) "
+        f"beside {count} single photos at once: {singles_s:.2f} s ({singles_s / count:.2f} s per photo); "
+        f"{singles_s / album_s:.1f}x"
+    )
+    return {
+        "album_photos": count,
+        "album_e2e_s": album_s,
+        "album_per_photo_s": album_s / count,
+        "singles_e2e_s": singles_s,
+        "singles_per_photo_s": singles_s / count,
     }
 
 
@@ -185,9 +232,16 @@ async def saturation(e2e: E2E) -> tuple[float, float, int]:
     return total / elapsed * 60, WORKERS * 60 / SLEEP_S, total
 
 
-async def test_app(tmp: Path) -> dict[str, float]:
+async def test_app(tmp: Path, album: int = 0) -> dict[str, float]:
     net = await open_devnet(tmp / "devnet", "test", workers=WORKERS)
     try:
+        if album:  # the album beside singles on the test app only (no latency or saturation runs)
+            e2e = E2E(net, tmp / "books-album")
+            e2e.write_env(MAX_JOBS_PER_HOUR="1000", MAX_DAILY_SPEND_NRLC=str(100 * 10**9))
+            await e2e.start_bot()
+            figures = await album_vs_singles(e2e, album)
+            e2e.close()
+            return figures
         e2e = E2E(net, tmp / "books")
         e2e.write_env(MAX_JOBS_PER_HOUR="1000", MAX_DAILY_SPEND_NRLC=str(100 * 10**9))
         await e2e.start_bot()
@@ -231,15 +285,17 @@ async def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--test-app", action="store_true", help="also the test app's latency and saturation")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (bot logs, books)")
+    parser.add_argument("--album", type=int, default=0, help="also an album of N (2-10) beside N single photos")
     args = parser.parse_args(argv)
     figures: dict[str, float] = {}
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-e2e-", dir=args.keep) as scratch:
         tmp = str(args.keep) if args.keep else scratch
-        figures.update(await real_worker(Path(tmp), args.photos, args.kind))
+        if args.photos or not args.test_app:
+            figures.update(await real_worker(Path(tmp), args.photos, args.kind, args.album))
         if args.test_app:
-            figures.update(await test_app(Path(tmp)))
+            figures.update(await test_app(Path(tmp), 0 if args.photos else args.album))
     print("RESULT " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
 
 
