@@ -197,16 +197,24 @@ class DepositService:
         policy = retry or RetryPolicy(base_delay_s=1.0, max_delay_s=60.0)
         failures = 0
         while True:
+            failed: Exception | None = None
             try:
                 await self.cycle()
-                await self.tell(send)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a supervised loop: log, wait, try again
+                failed = exc
+            try:  # also when the chain is down: credits made before (or assigned by an admin) are told
+                await self.tell(send)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the books were busy: the next round tells
+                failed = failed or exc
+            if failed is not None:
                 failures += 1
                 wait = policy.wait_s(failures)
                 log.warning(
-                    "event=deposit_cycle_failed failures=%d retry_in_s=%.1f error=%r", failures, wait, str(exc)[:300]
+                    "event=deposit_cycle_failed failures=%d retry_in_s=%.1f error=%r", failures, wait, str(failed)[:300]
                 )
             else:
                 if failures:

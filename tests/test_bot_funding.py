@@ -5,7 +5,8 @@ answers with the signature and is linked; an RLC transfer (the devnet's RLC toke
 account to the bot's wallet is credited once and told ("Received 2 RLC from 0x…; balance 2 RLC"), and
 /balance shows it. A transfer from an unlinked address waits in the admin's /unclaimed and is assigned once,
 after a confirmation button. Forged, replayed and wrong-chain signatures are refused in words. /wallet and
-/reconcile count the deposits.
+/reconcile count the deposits. The watcher's loop outlives a chain that does not answer, and a notice is
+marked told only once it was taken.
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from devnet.accounts import SPARE_1, SPARE_2
+from bot.deposits import DepositService
+from devnet.accounts import BOT, SPARE_1, SPARE_2
+from devnet.anvil import free_port
 from devnet.chain import fund_rlc
 from devnet.telegram import TgUser
+from iexec.deposits import DepositWatcher
+from iexec.retry import RetryPolicy
+from iexec.tx import connect
+from ledger import Ledger
 from tests.fixtures_bot import ADMIN, BotNet, bot_on
 
-pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+pytestmark = pytest.mark.asyncio(loop_scope="session")  # the devnet tests are slow (their fixture says so)
 
 RLC = 10**9
 FAST = {"deposit_poll_s": 0.2, "min_deposit_rlc": "0.01"}
@@ -170,3 +177,47 @@ async def test_an_unlinked_transfer_waits_for_an_admin_and_is_assigned_once(devn
         bn.tg.inject_command(ADMIN, "/unclaimed")
         await bn.wait_for_text(ADMIN, "No unclaimed deposits")
         bn.ledger.audit()
+
+
+async def test_the_loop_outlives_a_dead_chain_and_marks_told_only_what_was_taken(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    book = Ledger(tmp_path / "books.db")
+    nonce = "0x" + "ab" * 32
+    book.links.issue(7, nonce)
+    book.links.link(7, SPARE_1.address, nonce, "eip712")
+    book.deposits.record("0x" + "11" * 32, 0, 5, "0x" + "22" * 32, SPARE_1.address, 2 * RLC)
+    dead = connect(f"http://127.0.0.1:{free_port()}")  # nothing listens there: every call fails at once
+    watcher = DepositWatcher(
+        dead, SPARE_2.address, BOT.address, confirmations=0, retry=RetryPolicy(attempts=1, deadline_s=None)
+    )
+    service = DepositService(book, watcher)
+    taken = False
+    offered: list[str] = []
+
+    async def send(notice: Any) -> bool:
+        offered.append(notice.text)
+        return taken
+
+    fast = RetryPolicy(base_delay_s=0.01, max_delay_s=0.01)
+    caplog.set_level("WARNING", logger="bot.deposits")
+    task = asyncio.create_task(service.run(send, interval_s=0.01, retry=fast))
+    try:
+        async with asyncio.timeout(30):  # bounds the polls below
+            while caplog.text.count("event=deposit_cycle_failed") < 3:  # each failed cycle is logged, then retried
+                assert not task.done(), task
+                await asyncio.sleep(0.01)
+            assert len(offered) >= 3 and book.deposits.unnotified() != []  # offered each round, never taken
+            taken = True
+            while book.deposits.unnotified():
+                assert not task.done(), task
+                await asyncio.sleep(0.01)
+            told = len(offered)
+            while caplog.text.count("event=deposit_cycle_failed") < 6:
+                await asyncio.sleep(0.01)
+            assert len(offered) == told  # taken once: not offered again
+            assert offered[-1] == f"Received 2 RLC from {short(SPARE_1.address)}; balance 2 RLC"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        book.close()
