@@ -39,7 +39,7 @@ def _jobs_in_arrival_order(bn: BotNet, user: TgUser) -> list[Any]:
     return sorted(bn.ledger.user_jobs(user.id, limit=100), key=lambda j: (j.created_at, j.user_message_id))
 
 
-def test_ordinals() -> None:
+async def test_ordinals() -> None:
     assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 103, 111)] == [
         "1st",
         "2nd",
