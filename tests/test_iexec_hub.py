@@ -115,6 +115,7 @@ def request(
     return order.sign(requester, s.domain)
 
 
+@pytest.mark.slow  # node: the JS SDK as the peer (~1.3 s)
 async def test_hashes_equal_hub_event_and_js_sdk(chain) -> None:
     s = await make_setup(chain)
     tdx = tag_from_bits(tdx=True)

@@ -101,6 +101,7 @@ def pool_order(b: Books, price: int, salt: int, volume: int = 5, **kw: Any) -> W
 # --- the stand-in over the chain, through the client -----------------------------------------------
 
 
+@pytest.mark.slow  # ~2 s: publishes orders on several pages through the stand-in
 async def test_published_app_orders_are_listed_cheapest_first_across_pages(books: Books) -> None:
     prices = [7, 3, 9, 3, 1, 12, 5, 5, 8, 2, 11, 4, 6, 10, 0, 13, 3, 2, 9, 1, 15, 14, 7, 6, 4]
     for salt, price in enumerate(prices):
@@ -436,6 +437,7 @@ console.log(JSON.stringify({ hash, count: book.count, hashes: book.orders.map((o
 """
 
 
+@pytest.mark.slow  # node: the JS SDK as the peer (~2 s)
 async def test_the_js_sdk_publishes_and_reads_through_the_stand_in(books: Books, tmp_path: Path) -> None:
     sdk = Path(__file__).resolve().parent.parent / "devnet/node_modules/iexec/dist/esm/lib/index.js"
     if not sdk.exists():

@@ -194,6 +194,7 @@ async def test_an_sms_that_does_not_answer_is_an_sms_error(recorder: Recorder) -
         assert not await client.health()
 
 
+@pytest.mark.slow  # ~2 s: node and the devnet's SMS
 async def test_against_the_devnet_stand_in(tmp_path: Path) -> None:
     """The stand-in checks signatures with its own code: our pushes pass, someone else's key does not."""
     sms = SmsStandIn(state_path=tmp_path / "sms.json")

@@ -8,6 +8,7 @@ under `if TYPE_CHECKING:` (they exist for annotations only and never run).
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,10 @@ def _imported(tree: ast.AST, module: str, is_package: bool) -> set[str]:
     return names
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the project's modules it imports (a package's name stands for its `__init__`)."""
+    """Module -> the project's modules it imports (a package's name stands for its `__init__`); read once per
+    run (the tests only read it)."""
     sources = _sources()
     graph: dict[str, set[str]] = {}
     for module, path in sources.items():

@@ -38,6 +38,7 @@ def test_documented_commands_exist(tmp_path: Path) -> None:
         assert command in out
 
 
+@pytest.mark.slow  # over ~2 s: one CLI process per command
 def test_grant_balance_history_audit_export(tmp_path: Path) -> None:
     assert run(tmp_path, "init").returncode == 0
     first = run(tmp_path, "grant", "42", "1.5", "--memo", "welcome", "--id", "g-1")
