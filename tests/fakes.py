@@ -102,7 +102,8 @@ class FakeChain:
     - `push(kind, ...)`: the task's next state. `wait_task` returns the current state at once when it differs
       from what the caller knows (as the real one), else the next pushed state (waiting for one).
     - `deal`: what `known_deal` answers (default: ours, at the matched offer's prices).
-    - `results`: what `fetch_result` does, in turn: a callable(dest) -> TaskResult, or an exception to raise.
+    - `results`: what `fetch_result` does, in turn (the last one again and again): a callable(dest) ->
+      TaskResult (`good_result()`, `error_result(msg)`), or an exception to raise.
     """
 
     address: str = WALLET
@@ -386,7 +387,7 @@ async def settle(rounds: int = 20) -> None:
         await asyncio.sleep(0)
 
 
-async def until(predicate: Callable[[], bool], *, rounds: int = 2000) -> None:
+async def until(predicate: Callable[[], bool], *, rounds: int = 5000) -> None:
     """Yield to the event loop (with 1 ms pauses: thread work such as image checks may be involved) until
     `predicate()` holds; fails after `rounds` turns, i.e. never waits on a wall-clock bound."""
     for _ in range(rounds):
