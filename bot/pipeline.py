@@ -168,9 +168,7 @@ class Pipeline:
             JobState.RUNNING: self._step_running,
             JobState.COMPLETED: self._step_completed,
         }
-        self.endings = Endings(
-            ledger, bot, board, clock=clock, retry=self.retry, crash_point=self.crash_point
-        )
+        self.endings = Endings(ledger, bot, board, clock=clock, retry=self.retry, crash_point=self.crash_point)
         self.uploads_dir = Path(settings.data_dir) / "uploads"
         #: the album collector (bot.albums), made at the first album and stopped with the pipeline
         self.albums: AlbumCollector | None = None
@@ -270,6 +268,8 @@ class Pipeline:
         the first ones again in the same order. A held job (NEEDS_ADMIN) does not take a slot. Idempotent: it
         is called after every intake, every job's end, /cancel and at start-up. Waiting pictures start even
         while the bot is paused (/pause stops new pictures only: these were taken in already)."""
+        if self._stopping:  # the next start's `resume` goes on with the line
+            return
         active = [
             job
             for job in self.ledger.user_jobs(user, limit=1000)
