@@ -24,6 +24,7 @@ A user is `{"id": int, "first_name": str, "username": str?}`. Errors answer `{"e
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -257,10 +258,8 @@ class _ChatRoutes:
         except StandInError as err:
             return self._error(err)
         if wait > 0 and self.standin.changes <= after:
-            try:
+            with contextlib.suppress(StandInError):  # nothing changed: answer with the same conversation
                 await self.standin.wait_for(lambda: self.standin.changes > after, wait)
-            except StandInError:
-                pass  # nothing changed: answer with the same conversation
         found = state.messages.get(chat_id, {})
         return web.json_response(
             {"changes": self.standin.changes, "messages": [message_json(found[k], state) for k in sorted(found)]}
