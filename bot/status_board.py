@@ -3,19 +3,23 @@
 Telegram allows about one message a second per chat. Stage changes can come faster than that (a job that
 matches and starts within a second, or several jobs of one user), so edits are coalesced: each chat has a
 queue of "latest text per message", flushed at most once per `min_interval`; an edit superseded before it is
-sent is never sent. "Message is not modified" is not an error; a message that vanished is forgotten.
+sent is never sent. "Message is not modified" is not an error; a message that vanished is forgotten. When
+Telegram answers RetryAfter, that chat sends nothing until the wait is over, then the latest text of the message
+(the refused one if nothing newer came); other chats go on.
 The requests themselves are paced by `bot.rate_limit.ChatRateLimiter`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from telegram.error import BadRequest, Forbidden, TelegramError
+from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +28,30 @@ log = logging.getLogger(__name__)
 class _ChatQueue:
     latest: dict[int, tuple[str, Any]] = field(default_factory=dict)
     last_sent: float = 0.0
+    not_before: float = 0.0  # Telegram said RetryAfter: nothing goes to this chat before this time
     task: asyncio.Task[None] | None = None
 
 
 class StatusBoard:
     """Coalesces edits of status messages per chat."""
 
-    def __init__(self, bot: Any, min_interval: float = 1.05) -> None:
+    def __init__(
+        self,
+        bot: Any,
+        min_interval: float = 1.05,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.bot = bot
         self.min_interval = min_interval
+        self._clock = clock
+        self._sleep = sleep
         self._chats: dict[int, _ChatQueue] = {}
         self.edits_sent = 0
 
     def touch(self, chat_id: int) -> None:
         """Note that a message was just sent to `chat_id` (it counts towards the same limit)."""
-        self._chats.setdefault(chat_id, _ChatQueue()).last_sent = time.monotonic()
+        self._chats.setdefault(chat_id, _ChatQueue()).last_sent = self._clock()
 
     def show(self, chat_id: int, message_id: int, text: str, reply_markup: Any = None) -> None:
         """Make `message_id` say `text` soon; later calls for the same message replace earlier ones."""
@@ -57,10 +70,7 @@ class StatusBoard:
         queue = self._chats.setdefault(chat_id, _ChatQueue())
         queue.latest.pop(message_id, None)  # this text supersedes any pending one for the same message
         for delay in (1.0, 2.0, 5.0, None):
-            wait = queue.last_sent + self.min_interval - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            queue.last_sent = time.monotonic()
+            await self._wait_turn(queue)
             try:
                 await self.bot.edit_message_text(
                     chat_id=chat_id, message_id=message_id, text=text, parse_mode="HTML", reply_markup=reply_markup
@@ -75,6 +85,10 @@ class StatusBoard:
             except Forbidden:
                 log.info("event=status_edit_forbidden chat=%s", chat_id)
                 return True
+            except RetryAfter as exc:
+                self._retry_after(chat_id, queue, exc)
+                if delay is None:
+                    return False
             except TelegramError as exc:
                 log.warning(
                     "event=status_edit_failed chat=%s message=%s error=%r retry_in=%s",
@@ -85,7 +99,7 @@ class StatusBoard:
                 )
                 if delay is None:
                     return False
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
         return False
 
     async def drain(self, timeout: float = 10.0) -> None:
@@ -96,15 +110,27 @@ class StatusBoard:
 
     async def _flush(self, chat_id: int, queue: _ChatQueue) -> None:
         while queue.latest:
-            wait = queue.last_sent + self.min_interval - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await self._wait_turn(queue)
             message_id, (text, markup) = next(iter(queue.latest.items()))
             del queue.latest[message_id]
-            queue.last_sent = time.monotonic()
-            await self._edit(chat_id, message_id, text, markup)
+            if await self._edit(chat_id, message_id, text, markup, queue) is False:
+                queue.latest.setdefault(message_id, (text, markup))  # a newer text for it, if any, wins
 
-    async def _edit(self, chat_id: int, message_id: int, text: str, markup: Any) -> None:
+    async def _wait_turn(self, queue: _ChatQueue) -> None:
+        """Sleep until the chat may be sent to again (pacing window and any RetryAfter), then take the turn."""
+        wait = max(queue.last_sent + self.min_interval, queue.not_before) - self._clock()
+        if wait > 0:
+            await self._sleep(wait)
+        queue.last_sent = self._clock()
+
+    def _retry_after(self, chat_id: int, queue: _ChatQueue, exc: RetryAfter) -> None:
+        after = exc.retry_after
+        seconds = after.total_seconds() if isinstance(after, dt.timedelta) else float(after)
+        queue.not_before = max(queue.not_before, self._clock() + seconds)
+        log.warning("event=status_edit_retry_after chat=%s retry_in=%s", chat_id, seconds)
+
+    async def _edit(self, chat_id: int, message_id: int, text: str, markup: Any, queue: _ChatQueue) -> bool:
+        """Send one edit; False when Telegram said RetryAfter (the text should go again once the wait is over)."""
         try:
             await self.bot.edit_message_text(
                 chat_id=chat_id, message_id=message_id, text=text, parse_mode="HTML", reply_markup=markup
@@ -115,5 +141,9 @@ class StatusBoard:
                 log.info("event=status_edit_refused chat=%s message=%s error=%r", chat_id, message_id, str(exc))
         except Forbidden:
             log.info("event=status_edit_forbidden chat=%s", chat_id)
+        except RetryAfter as exc:
+            self._retry_after(chat_id, queue, exc)
+            return False
         except TelegramError as exc:
             log.warning("event=status_edit_failed chat=%s error=%r", chat_id, str(exc))
+        return True

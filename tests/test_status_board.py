@@ -1,9 +1,8 @@
 """The status board: what a chat's status messages show, and when, while Telegram limits each chat to about
 one message a second.
 
-The board reads `time.monotonic()` and sleeps with `asyncio.sleep`; here both are a fake clock that moves only
-when the test advances it (the module's `time` and `asyncio` names are pointed at it: the board has no clock
-parameter yet), so "within the pacing window" and "after RetryAfter" are exact, never wall-clock. The Bot API
+The board reads its `clock` and waits with its `sleep`; here both are a fake clock that moves only when the test
+advances it, so "within the pacing window" and "after RetryAfter" are exact, never wall-clock. The Bot API
 is the fake of tests/fakes.py, which records each edit and raises Telegram's errors on demand.
 """
 
@@ -13,12 +12,10 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
 
-from bot import status_board
 from bot.status_board import StatusBoard
 from tests.fakes import FakeBot, FakeClock, settle
 
@@ -26,22 +23,9 @@ PACE = 1.0
 ALICE, BOB = 4242, 4343
 
 
-class _AsyncioOn:
-    """`asyncio` as the board sees it: the real module, except that `sleep` is the fake clock's."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.sleep = clock.sleep
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock(start=5_000.0)
-    monkeypatch.setattr(status_board, "time", fake)
-    monkeypatch.setattr(status_board, "asyncio", _AsyncioOn(fake))
-    return fake
+def clock() -> FakeClock:
+    return FakeClock(start=5_000.0)
 
 
 @pytest.fixture
@@ -50,8 +34,8 @@ def bot(clock: FakeClock) -> FakeBot:
 
 
 @pytest.fixture
-async def board(bot: FakeBot) -> AsyncIterator[StatusBoard]:
-    board = StatusBoard(bot, min_interval=PACE)
+async def board(bot: FakeBot, clock: FakeClock) -> AsyncIterator[StatusBoard]:
+    board = StatusBoard(bot, min_interval=PACE, clock=clock.monotonic, sleep=clock.sleep)
     yield board
     for queue in board._chats.values():  # a test may end with edits still queued: do not leak their tasks
         if queue.task is not None:
@@ -215,11 +199,6 @@ async def test_show_now_gets_through_after_a_network_blip(board: StatusBoard, bo
     assert edits(bot) == [(7, "refused"), (7, "refused")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StatusBoard drops an edit Telegram answered RetryAfter to (logged as status_edit_failed) and paces "
-    "the next one by min_interval only; in production PTB's rate limiter retries RetryAfter first (max_retries=3)",
-)
 async def test_retry_after_is_honoured_then_the_latest_text_is_sent(
     board: StatusBoard, bot: FakeBot, clock: FakeClock
 ) -> None:
@@ -233,11 +212,6 @@ async def test_retry_after_is_honoured_then_the_latest_text_is_sent(
     assert edits(bot) == [(7, "matched"), (7, "running")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StatusBoard drops an edit Telegram answered RetryAfter to: the message keeps its older text until "
-    "the job's next stage",
-)
 async def test_an_edit_refused_with_retry_after_is_sent_again_when_it_passes(
     board: StatusBoard, bot: FakeBot, clock: FakeClock
 ) -> None:
