@@ -92,10 +92,14 @@ def register_handlers(app: Application, inbox: UpdateInbox | None = None) -> Non
         "price": admin.price,
         "unclaimed": admin.unclaimed,
     }
+    # What shows a person's money or wallet is answered in a private chat only: in a group everyone would read
+    # it. /start, /help, /status (its button answers only its owner) and /cancel stay usable in groups.
+    personal = {"balance", "jobs", "forget", "link", "unlink"}
     new = filters.UpdateType.MESSAGE
     private = filters.ChatType.PRIVATE
     for name, fn in user_cmds.items():
-        app.add_handler(CommandHandler(name, fn, filters=new))
+        app.add_handler(CommandHandler(name, fn, filters=new & private if name in personal else new))
+    app.add_handler(CommandHandler(sorted(personal), handlers.personal_elsewhere, filters=new & ~private))
     for name, fn in admin_cmds.items():  # in a private chat only; elsewhere answered by admin_elsewhere
         app.add_handler(CommandHandler(name, fn, filters=new & private))
     app.add_handler(CommandHandler(list(admin_cmds), handlers.admin_elsewhere, filters=new & ~private))

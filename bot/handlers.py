@@ -376,6 +376,13 @@ async def admin_elsewhere(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         await unknown_command(update, context)
 
 
+async def personal_elsewhere(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/balance, /jobs, /forget, /link or /unlink in a group: said in private only (a group would read the
+    balance, the jobs or the linked addresses); the answer names the bot to write to, and tells nothing else."""
+    me = context.bot.username or "me"
+    await message_of(update).reply_html(texts.PERSONAL_PRIVATE_ONLY.format(bot=html.escape(me)))
+
+
 async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A photo: take its largest size (in a group only when its caption mentions the bot)."""
     if in_group(update) and not _asked_in_group(update, context):

@@ -1266,6 +1266,7 @@ class Pipeline:
                 self.drive(job.id)  # it moved on meanwhile: keep driving it
                 continue
             self.inputs.revoke(job.id)
+            self._revoke_album(job)  # an album's pictures are published one by one
             self._positions.pop(job.id, None)
             self._show(self.ledger.get_job(job.id))
             done.append((job.id, job.max_price))

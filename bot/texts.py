@@ -207,6 +207,9 @@ SEGMENT_HOW = (
 )
 SEGMENT_ALREADY = "That picture was already asked for (job <code>{short}</code>); its result answers it."
 ADMIN_PRIVATE_ONLY = "Admin commands work only in a private chat with me: use this there."
+PERSONAL_PRIVATE_ONLY = (
+    "That shows your own credit and wallets, so I answer it only in a private chat: write to @{bot}."
+)
 HELP_GROUPS = (
     "\n\n<b>In a group</b> I answer only when asked: reply <code>/segment</code> to a picture, or mention me "
     "in a picture's caption. The one who asks pays, with their own credit."

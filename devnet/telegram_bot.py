@@ -823,7 +823,7 @@ class BotState:
             raw_text=raw,
             parse_mode=params.get("parse_mode"),
             reply_markup=markup,
-            edits=msg.edits + (Revision(msg.text, msg.reply_markup, when),),
+            edits=(*msg.edits, Revision(msg.text, msg.reply_markup, when)),
         )
         return self.message_api(self.store(edited), edit_date=when)
 

@@ -238,7 +238,7 @@ def edit(state: BotState, user: TgUser, message_id: int, new_text: str, chat: Tg
     entities = command_entities(new_text)
     api = {"from": user.to_api(), **({"entities": entities} if entities else {})}
     edited = dataclasses.replace(
-        msg, text=new_text, raw_text=new_text, api=api, edits=msg.edits + (Revision(msg.text, None, when),)
+        msg, text=new_text, raw_text=new_text, api=api, edits=(*msg.edits, Revision(msg.text, None, when))
     )
     state.store(edited)
     message = state.message_api(edited, edit_date=when)

@@ -138,6 +138,18 @@ async def test_admin_commands_only_in_a_private_chat(botnet: BotNet, group: TgCh
     assert not any("private chat" in (m.text or "") for m in botnet.sent(ADMIN))
 
 
+async def test_balance_jobs_and_wallet_links_are_answered_only_in_private(botnet: BotNet, group: TgChat) -> None:
+    carol = _member(botnet, "Carol", credit=3 * RLC)
+    for command in ("/balance", "/jobs", "/link"):
+        botnet.tg.inject_command(carol, command, chat=group)
+    await botnet.tg.wait_for(lambda: sum("private chat" in (m.text or "") for m in _bot_messages(botnet, group)) == 3)
+    said = " ".join(m.text or "" for m in _bot_messages(botnet, group))
+    assert "3 RLC" not in said and "3.00" not in said  # the group never reads her credit
+    assert "0x" not in said  # nor a link challenge or an address
+    botnet.tg.inject_command(carol, "/balance")  # in private: answered with her credit
+    await botnet.wait_for_text(carol, "RLC")
+
+
 async def test_segment_without_a_picture_says_how(botnet: BotNet, group: TgChat) -> None:
     bob = _member(botnet, "Bob")
     name = botnet.bot.app.bot.username
