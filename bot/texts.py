@@ -262,8 +262,11 @@ def job_line(job: Job) -> str:
     when = _dt.datetime.fromtimestamp(job.created_at / 1000, _dt.UTC).strftime("%m-%d %H:%M")
     state = job.state.value
     line = f"<code>{job.id[-8:]}</code> {when} · {STAGE_NAMES.get(state, state)}"
+    album = (job.options or {}).get("album")
     if job.state is JobState.DELIVERED and job.app_price is not None and job.workerpool_price is not None:
-        line += f" · {rlc(job.app_price + job.workerpool_price)} + fee"
+        line += f" · {rlc(job.app_price + job.workerpool_price)} + " + ("fees" if album else "fee")
+    if album:
+        line += f" · album of {len(album['inputs'])}"
     return line
 
 

@@ -63,3 +63,15 @@ async def test_start_says_random_weights_when_the_bot_is_told(devnet_module, tmp
         bn.tg.inject_command(user, "/start")
         msg = await bn.wait_for_text(user, "Hello")
         assert "random weights" not in msg.text
+
+
+def test_a_jobs_line_names_an_album_and_its_fees(tmp_path: Path) -> None:
+    from bot import texts
+    from ledger import Ledger
+
+    with Ledger(tmp_path / "b.db") as book:
+        book.grant("g", 7, 10**9, "")
+        single = book.create_job("c7m1", 7, 7, 160_000_000)
+        album = book.create_job("c7g99", 7, 7, 175_000_000, options={"album": {"inputs": ["a", "b", "c"]}})
+        assert "album" not in texts.job_line(single)
+        assert texts.job_line(album).endswith("· album of 3")
