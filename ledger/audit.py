@@ -24,6 +24,7 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ledger.db import introspect
 from ledger.errors import AuditError
 
 # One ordered pass over transfers_pair (debit, credit, phase, amount, reserved), no sort: sums per account
@@ -175,7 +176,7 @@ def _problems(conn: sqlite3.Connection) -> tuple[list[str], tuple[int, int, int,
 
 def _deposit_problems(conn: sqlite3.Connection) -> list[str]:
     """Credited deposits without their transfer, and deposit transfers without their row (schema v5)."""
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deposits'").fetchone():
+    if "deposits" not in introspect(conn).table_names():
         return []
     problems = [
         f"deposit {natural} of {amount} nRLC is credited but its transfer is missing or differs (found {found})"

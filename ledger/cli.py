@@ -6,7 +6,9 @@
     balance USER | history USER           a user's balance / last transfers
     jobs [--state S ...]                  jobs, oldest first
     audit                                 check every invariant (exit 1 on a breach)
-    export --format csv|json [--table T]  dump transfers, accounts or jobs to stdout (or --output)
+    tables                                every table of the books: rows and columns
+    export --format csv|json [--table T]  dump transfers, accounts, jobs, deposits, wallet_links or chain_txs
+                                          to stdout (or --output)
 
 The database defaults to env LEDGER_DB, else ./data/books.db. Passwords come from --password-file,
 env WALLET_PASSWORD or a prompt; a private key to import from --key-file or a prompt, never argv.
@@ -27,8 +29,14 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ledger import Account, Job, Ledger, LedgerError, Transfer, format_rlc, parse_rlc
+from ledger.db import introspect
 from ledger.errors import InvalidArgument
 from ledger.jobs import JobState
+
+#: exported through the ledger's own models (accounts by name, job states by value)
+_MODEL_TABLES: dict[str, type] = {"transfers": Transfer, "accounts": Account, "jobs": Job}
+#: exported as stored (sqlite-utils reads them); no table holding a user's messages (inbox) or one-time nonces
+_RAW_TABLES = ("deposits", "wallet_links", "chain_txs")
 
 
 def _user(text: str) -> int:
@@ -66,9 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", action="append", choices=[s.value for s in JobState])
     jobs.add_argument("--limit", type=int, default=100)
     sub.add_parser("audit", help="check every invariant of the books")
+    sub.add_parser("tables", help="every table of the books: rows and columns")
     export = sub.add_parser("export", help="dump a table as CSV or JSON")
     export.add_argument("--format", choices=("csv", "json"), required=True)
-    export.add_argument("--table", choices=("transfers", "accounts", "jobs"), default="transfers")
+    export.add_argument("--table", choices=(*_MODEL_TABLES, *_RAW_TABLES), default="transfers")
     export.add_argument("--output", help="file to write (default stdout)")
     return parser
 
@@ -95,27 +104,31 @@ def _wallet(args: argparse.Namespace) -> None:
     print(f"keystore {args.keystore} (mode 0600) holds {address}")
 
 
-def _rows(book: Ledger, table: str) -> list[dict[str, Any]]:
+def _rows(book: Ledger, table: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """(column names, rows) of an exported table, oldest first."""
+    if table in _RAW_TABLES:  # no model of their own: sqlite-utils reads the rows as stored, in one snapshot
+        with book.snapshot() as conn:
+            stored = introspect(conn).table(table)
+            return list(stored.columns_dict), list(stored.rows_where(order_by="rowid"))
+    fields = [f.name for f in dataclasses.fields(_MODEL_TABLES[table])]
     if table == "transfers":
-        return [dataclasses.asdict(t) for t in reversed(book.history(None, limit=2**62))]
+        return fields, [dataclasses.asdict(t) for t in reversed(book.history(None, limit=2**62))]
     if table == "accounts":
-        return [dataclasses.asdict(a) for a in book.accounts()]
+        return fields, [dataclasses.asdict(a) for a in book.accounts()]
     rows = []
     for job in book.jobs_in_states(limit=2**62):
         row = dataclasses.asdict(job)
         row["state"] = job.state.value
         rows.append(row)
-    return rows
+    return fields, rows
 
 
 def _export(book: Ledger, args: argparse.Namespace, out: TextIO) -> None:
-    rows = _rows(book, args.table)
+    fields, rows = _rows(book, args.table)
     if args.format == "json":
         json.dump(rows, out, indent=1, default=str)
         out.write("\n")
         return
-    kind = {"transfers": Transfer, "accounts": Account, "jobs": Job}[args.table]
-    fields = [f.name for f in dataclasses.fields(kind)]
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     for row in rows:
@@ -155,6 +168,12 @@ def _books(book: Ledger, args: argparse.Namespace) -> None:
             f"ok: the books balance (posted {format_rlc(totals['debits_posted'])}, "
             f"pending {format_rlc(totals['debits_pending'])})"
         )
+    elif args.command == "tables":
+        with book.snapshot() as conn:
+            db = introspect(conn)
+            for name in db.table_names():
+                table = db.table(name)
+                print(f"{name}\t{table.count} rows\t{', '.join(table.columns_dict)}")
     elif args.command == "export":
         if args.output:
             with open(args.output, "w", encoding="utf-8", newline="") as out:

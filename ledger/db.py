@@ -12,7 +12,9 @@ without blocking and a handler answers with "try again in a moment". SQLite's ow
 (`SQLITE_BUSY_WAIT_S` per attempt) so that the bound is ours; waiting for this object's lock (another
 thread inside a call) is bounded the same way. Opening the books (migrations) keeps the long bound.
 
-This module must never hold a transaction open across a caller's await or sleep.
+Schema questions (which tables exist) go through sqlite-utils (`introspect`), read-only; its write methods
+and `atomic()` must never run on this connection. This module must never hold a transaction open across a
+caller's await or sleep.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self, TypeVar
 
+import sqlite_utils
 import tenacity
 
 from ledger.errors import LedgerBusy, LedgerError, SchemaError
@@ -70,6 +73,14 @@ def _check_is_sqlite(path: Path) -> None:
         raise SchemaError(f"cannot read ledger file {path}: {exc.strerror}") from None
     if head and head != _SQLITE_MAGIC:
         raise SchemaError(f"{path} is not a SQLite database; refusing to use it as the books")
+
+
+def introspect(conn: sqlite3.Connection) -> sqlite_utils.Database:
+    """sqlite-utils' view of the books' connection, for reading its schema and rows (`table_names()`,
+    `table(t).columns_dict`, `rows_where`). It runs nothing on the connection when made (no
+    `recursive_triggers` pragma, no plugins), and it must never be used to write: its write methods open their
+    own transactions, and every write here is ours, inside `BEGIN IMMEDIATE`."""
+    return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
 
 
 def _split_script(script: str) -> list[str]:
@@ -325,10 +336,7 @@ class Store:
 
     @staticmethod
     def _version(conn: sqlite3.Connection) -> int:
-        exists = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-        ).fetchone()
-        if not exists:
+        if "schema_migrations" not in introspect(conn).table_names():
             return 0
         row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
