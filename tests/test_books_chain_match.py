@@ -19,6 +19,7 @@ from devnet.accounts import REQUESTER
 from iexec.hub import Hub
 from iexec.tx import connect
 from ledger import JobState, Ledger
+from tests.fakes import until
 
 USER = 4242
 
@@ -89,11 +90,16 @@ async def test_a_job_whose_deal_the_hub_does_not_know_is_refused(chain, books: L
     assert "--fresh" not in message and "never delete" in message and "NETWORK" in message
 
 
-async def test_a_node_behind_the_recorded_block_is_waited_for(chain, books: Ledger) -> None:
+async def test_a_node_behind_the_recorded_block_is_waited_for(chain, books: Ledger, caplog) -> None:
     # The books saw the next nonce mined in a block this node has not reached yet (a load-balanced RPC behind).
     _mined(books, _sent(chain), block=_head(chain) + 3)
+    caplog.set_level("INFO", logger="bot.consistency")
     check = asyncio.create_task(_check(books, chain, network="bellecour", lag_wait_s=60, poll_s=0.05))
-    await asyncio.sleep(0.3)
+
+    def waits() -> int:
+        return sum("event=books_chain_wait" in r.getMessage() for r in caplog.records)
+
+    await until(lambda: waits() >= 2 or check.done(), rounds=60_000)  # it looked, waited, looked again
     assert not check.done()  # not refused while the node is behind
     devchain.deposit(chain.rpc_url, chain.deployment, REQUESTER, 10**9)  # the node catches up: that nonce mined
     devchain.rpc_call(chain.rpc_url, "anvil_mine", [hex(3)])

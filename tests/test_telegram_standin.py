@@ -24,6 +24,7 @@ from telegram.ext import (
 
 from devnet.telegram import RateLimits, StandInTimeout, TelegramStandIn, TgChat, TgUser
 from devnet.telegram_model import BadInjection
+from tests.fakes import until
 from tests.fixtures_telegram import BOT_USERNAME, TOKEN, polling, ptb_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -431,7 +432,8 @@ async def test_stop_wakes_pending_long_poll(alice: TgUser) -> None:
     tg.add_bot(TOKEN, BOT_USERNAME)
     await tg.start()
     poll = asyncio.ensure_future(api(tg, "getUpdates", timeout=30))
-    await asyncio.sleep(0.2)
+    await until(lambda: tg.bot(TOKEN)._poll_generation == 1)  # the poll waits inside the stand-in
+    assert not poll.done()
     await tg.stop()
     status, body = await asyncio.wait_for(poll, 2)  # it asked for 30 s: answered now means stop woke it
     assert status == 200 and body["result"] == []
@@ -439,7 +441,7 @@ async def test_stop_wakes_pending_long_poll(alice: TgUser) -> None:
 
 async def test_second_poller_gets_conflict(tg: TelegramStandIn) -> None:
     first = asyncio.ensure_future(api(tg, "getUpdates", timeout=5))
-    await asyncio.sleep(0.1)
+    await until(lambda: tg.bot(TOKEN)._poll_generation == 1)  # the first poll waits inside the stand-in
     second = asyncio.ensure_future(api(tg, "getUpdates", timeout=0))
     status, body = await asyncio.wait_for(first, 2)
     assert status == 409 and "terminated by other getUpdates" in body["description"]
