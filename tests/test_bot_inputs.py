@@ -272,10 +272,12 @@ async def test_replayed_update_and_edited_message_do_nothing_twice(botnet: BotNe
     sent = botnet.tg.inject_text(writer, "hello there")
     await botnet.wait_for_text(writer, "Send me a photo")
     botnet.tg.inject_edit(writer, sent["message_id"], f"{server.url}/ok.jpg")
-    await asyncio.sleep(1.5)
+    botnet.tg.inject_text(writer, "still there?")  # delivered after the edit: its answer says the bot read on
+    await botnet.tg.wait_for(lambda: len(botnet.sent(writer)) == 2, timeout=20)
+    await botnet.tg.wait_for(lambda: botnet.ledger.inbox.pending() == [], timeout=20)  # the edit's handling ended
     await botnet.settle()
     assert botnet.ledger.user_jobs(writer.id) == []
-    assert len(botnet.sent(writer)) == 1
+    assert len(botnet.sent(writer)) == 2 and "Send me a photo" in (botnet.sent(writer)[1].text or "")  # not the edit
     assert "ok.jpg" not in server.hits
 
 
