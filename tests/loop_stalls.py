@@ -21,16 +21,17 @@ TICK_S = 0.01
 async def loop_stalls(tick_s: float = TICK_S) -> AsyncIterator[list[float]]:
     """Yield the list of the ticker's delays (seconds late per tick), filled until the block ends."""
     stalls: list[float] = []
-    done = asyncio.Event()
+    done, ticking = asyncio.Event(), asyncio.Event()
 
     async def tick() -> None:
         while not done.is_set():
             before = time.monotonic()
-            await asyncio.sleep(tick_s)
+            await asyncio.sleep(tick_s)  # the ticker's period: what it measures, not a synchronisation
             stalls.append(time.monotonic() - before - tick_s)
+            ticking.set()
 
     ticker = asyncio.create_task(tick())
-    await asyncio.sleep(5 * tick_s)  # the ticker runs before the work starts
+    await ticking.wait()  # the ticker runs before the work starts
     try:
         yield stalls
     finally:
