@@ -64,6 +64,7 @@ from bot.intake import DownloadLimiter, fetch_image
 from bot.results import (
     RESULT_LIMITS,
     AlbumResult,
+    album_detections,
     is_album,
     made_with_random_weights,
     read_album,
@@ -114,6 +115,11 @@ def _needs(value: T | None, what: str, job: Job) -> T:
 def _task_price(job: Job) -> int:
     """What the job's task cost on chain (app + workerpool), known from MATCHED on."""
     return _needs(job.app_price, "app price", job) + _needs(job.workerpool_price, "workerpool price", job)
+
+
+def _detections_button(job: Job) -> InlineKeyboardMarkup:
+    """The "detections.json" button under a result (handlers.detections sends the file to its owner)."""
+    return InlineKeyboardMarkup([[InlineKeyboardButton("detections.json", callback_data=f"det:{job.id}")]])
 
 
 def job_id_of(chat: int, message_id: int) -> str:
@@ -642,15 +648,38 @@ class Pipeline:
             fee=self.settings.fee_nrlc,
             per_photo=int(album["photo_fee"]),
         )
+        markup = _detections_button(job)
+
+        async def send(chat: int, reply: bool) -> str:
+            note = await self._send_album(job, chat, result, caption, reply=reply)
+            await self.bot.send_message(  # an album message cannot carry a button: it comes right after it
+                chat_id=chat,
+                text=texts.ALBUM_DETECTIONS,
+                reply_markup=markup,
+                reply_to_message_id=job.user_message_id if reply else None,
+                allow_sending_without_reply=True,
+            )
+            self.board.touch(chat)
+            return note
+
+        await self._deliver(job, send, pictures=len(result.delivered))
+
+    async def _deliver(self, job: Job, send: Callable[[int, bool], Awaitable[str]], **extra: int) -> None:
+        """Send a completed job's result with `send(chat, reply)` (at least once), then record DELIVERED.
+
+        `send` returns a note for the books ("" when it went as planned). A group that became a supergroup
+        takes the result at its new id (not as a reply: the old message ids are gone there); a user who
+        blocked the bot is noted (the work was paid for, the reply is impossible); a chat that moved twice
+        holds the job for an admin. `extra`: more key=value pairs for the `delivered` log line."""
         note = ""
         try:
             try:
-                note = await self._send_album(job, job.chat_id, result, caption)
-            except ChatMigrated as exc:
+                note = await send(job.chat_id, True)
+            except ChatMigrated as exc:  # a group became a supergroup: its new id takes the reply
                 log.info("event=chat_migrated job=%s chat=%s new_chat=%s", job.id, job.chat_id, exc.new_chat_id)
-                note = await self._send_album(job, exc.new_chat_id, result, caption, reply=False)
+                note = await send(exc.new_chat_id, False)
         except Forbidden:
-            log.info("event=user_blocked_bot job=%s", job.id)
+            log.info("event=user_blocked_bot job=%s", job.id)  # paid for the work done, reply impossible
             note = "not sent: the user blocked the bot"
         except ChatMigrated as exc:
             raise NeedsAdmin(
@@ -662,7 +691,7 @@ class Pipeline:
         )
         took = self.clock() - job.created_at / 1000
         self._show(self.ledger.get_job(job.id), elapsed=texts.elapsed(took))
-        log.info("event=delivered job=%s seconds=%.1f pictures=%d", job.id, took, len(result.delivered))
+        log.info("event=delivered job=%s seconds=%.1f%s", job.id, took, "".join(f" {k}={v}" for k, v in extra.items()))
 
     async def _send_album(self, job: Job, chat: int, result: AlbumResult, caption: str, *, reply: bool = True) -> str:
         """The delivered pictures as one album message (sendMediaGroup) when there are 2 or more and each fits a
@@ -1036,29 +1065,13 @@ class Pipeline:
             task=_task_price(job),
             fee=self.settings.fee_nrlc,
         )
-        markup = InlineKeyboardMarkup([[InlineKeyboardButton("detections.json", callback_data=f"det:{job.id}")]])
+        markup = _detections_button(job)
         data = path.read_bytes()
-        note = ""
-        try:
-            try:
-                note = await self._send_result(job, job.chat_id, data, path.name, caption, markup)
-            except ChatMigrated as exc:  # a group became a supergroup: its new id takes the reply
-                log.info("event=chat_migrated job=%s chat=%s new_chat=%s", job.id, job.chat_id, exc.new_chat_id)
-                note = await self._send_result(job, exc.new_chat_id, data, path.name, caption, markup, reply=False)
-        except Forbidden:
-            log.info("event=user_blocked_bot job=%s", job.id)  # paid for the work done, reply impossible
-            note = "not sent: the user blocked the bot"
-        except ChatMigrated as exc:
-            raise NeedsAdmin(
-                f"the result could not be sent: the chat moved twice ({exc}); the job was charged"
-            ) from None
-        self.crash_point("after_reply")
-        self.ledger.transition(
-            job.id, JobState.COMPLETED, JobState.DELIVERED, **({"error": note[:500]} if note else {})
-        )
-        took = self.clock() - job.created_at / 1000
-        self._show(self.ledger.get_job(job.id), elapsed=texts.elapsed(took))
-        log.info("event=delivered job=%s seconds=%.1f", job.id, took)
+
+        async def send(chat: int, reply: bool) -> str:
+            return await self._send_result(job, chat, data, path.name, caption, markup, reply=reply)
+
+        await self._deliver(job, send)
 
     async def _send_result(
         self, job: Job, chat: int, data: bytes, name: str, caption: str, markup: Any, *, reply: bool = True
@@ -1306,12 +1319,17 @@ class Pipeline:
         if job is None or job.user_id != user or not job.result_ref:
             return
         path = Path(job.result_ref).parent / "detections.json"
-        if not path.exists():
+        album = job.options.get("album")
+        try:  # an album's button sends one file listing the detections of each picture
+            data = album_detections(read_album(Path(job.result_ref), len(album["inputs"]))) if album else None
+        except ValueError:
+            data = None
+        if data is None and (album or not path.exists()):
             await self._send_text(job.chat_id, texts.DETECTIONS_GONE)
             return
         await self.bot.send_document(
             chat_id=job.chat_id,
-            document=path.read_bytes(),
+            document=data if data is not None else path.read_bytes(),
             filename="detections.json",
             reply_to_message_id=job.user_message_id,
             allow_sending_without_reply=True,

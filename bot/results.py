@@ -142,6 +142,16 @@ def read_album(manifest: Path, expected: int) -> AlbumResult:
     return AlbumResult(pictures, data.get("random_weights") is True)
 
 
+def album_detections(result: AlbumResult) -> bytes:
+    """The file the "detections.json" button of an album sends: each picture in album order with what was
+    found in it, or why it failed, and whether the model had random weights."""
+    pictures = [
+        {"index": p.index, "detections": p.detections} if p.ok else {"index": p.index, "error": p.error}
+        for p in result.pictures
+    ]
+    return json.dumps({"random_weights": result.random_weights, "pictures": pictures}, indent=1).encode()
+
+
 def _inside(folder: Path, name: Any) -> Path | None:
     """`folder/name` when `name` is a plain file name (no path), else None."""
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):

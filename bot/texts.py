@@ -300,6 +300,7 @@ ALBUM_TOO_LARGE = (
 ALBUM_PHOTO_REJECTED = "Photo {index} of your album was left out: {reason}"
 #: the caption of an album's result (plain text, on its first picture)
 ALBUM_CAPTION = "{n} of {total} pictures segmented in one iExec task."
+ALBUM_DETECTIONS = "What was found in each picture (classes, scores, boxes), as one file:"
 ALBUM_CAPTION_FAILED = "Picture {index} failed: {error} Paid back: {refund}."
 ALBUM_CHARGED = "Charged {charged} (task {task} + fee {fee} + {n} × {per_photo} per photo){refunds}."
 ALBUM_REFUNDS = ", {refund} paid back"

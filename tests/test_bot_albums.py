@@ -136,6 +136,15 @@ async def test_an_album_of_three_is_one_task_and_one_album_reply_in_order(devnet
         assert len({m.api["media_group_id"] for m in replies}) == 1
         assert replies[0].caption.startswith("3 of 3 pictures segmented") and "Charged" in replies[0].caption
         assert all(m.caption is None for m in replies[1:])
+        # an album message cannot carry a button: the detections button comes right after it, answering the
+        # album's first photo, and gives one file with what was found in each picture
+        [button] = [m for m in botnet.sent(user) if ("detections.json", f"det:{job.id}") in m.buttons()]
+        assert button.message_id > replies[-1].message_id and button.reply_to == sent[0]["message_id"]
+        botnet.tg.press_button(user, button.message_id, f"det:{job.id}")
+        await botnet.tg.wait_for(lambda: any(m.file_name == "detections.json" for m in botnet.sent(user)), 10)
+        doc = json.loads(next(m for m in botnet.sent(user) if m.file_name == "detections.json").data)
+        assert [p["index"] for p in doc["pictures"]] == [1, 2, 3]
+        assert all(p["detections"] and "class_name" in p["detections"][0] for p in doc["pictures"])
         net = devnet_module
         charged = net.config.app_price + net.config.pool_price + s.fee_nrlc + 3 * s.album_photo_fee_nrlc
         assert botnet.ledger.balance(user.id).posted == 10**9 - charged
