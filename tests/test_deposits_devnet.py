@@ -9,9 +9,7 @@ credits nothing. Cost: a watcher cycle makes the same JSON-RPC calls with 1 and 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import secrets
 from pathlib import Path
 
@@ -26,12 +24,12 @@ from iexec.link import verify_link
 from iexec.tx import connect, rpc_calls
 from ledger import Ledger
 from tests.fixtures_chain import ChainEnv
+from tests.sdk_peer import ETHERS, run_sdk_script
 
 pytestmark = pytest.mark.slow
 
 USER, STRANGER_USER, ADMIN = 7001, 7002, 1
 RLC = 10**9
-NODE_MODULES = Path(__file__).resolve().parent.parent / "devnet/node_modules"
 
 
 def make_service(
@@ -170,17 +168,13 @@ async def test_calls_per_cycle_do_not_grow_with_linked_users(chain: ChainEnv, bo
 
 
 async def test_ethers_signatures_verify_in_both_forms(tmp_path: Path) -> None:
-    ethers = NODE_MODULES / "ethers/lib.esm/index.js"
-    if not ethers.exists():
-        pytest.skip("npm install has not put ethers in devnet/node_modules")
     book = Ledger(tmp_path / "books.db")
     linking = Linking(book, LinkSettings(31337, BOT.address, RLC))
     request, _ = linking.start(USER)
     typed = request.typed_data()
     types = {k: v for k, v in typed["types"].items() if k != "EIP712Domain"}
-    script = tmp_path / "sign.mjs"
-    script.write_text(
-        f"import {{ Wallet }} from '{ethers.as_posix()}';\n"
+    script = (
+        "const { Wallet } = await import(process.env.ETHERS);\n"
         "const w = new Wallet(process.env.KEY);\n"
         "const t = JSON.parse(process.env.TYPED);\n"
         "const typed = await w.signTypedData(t.domain, JSON.parse(process.env.TYPES), t.message);\n"
@@ -188,18 +182,13 @@ async def test_ethers_signatures_verify_in_both_forms(tmp_path: Path) -> None:
         "console.log(JSON.stringify({ typed, text, address: w.address }));\n"
     )
     env = {
-        **os.environ,
+        "ETHERS": ETHERS.as_posix(),
         "KEY": "0x" + bytes(SPARE_1.key).hex(),
         "TYPED": json.dumps(typed),
         "TYPES": json.dumps(types),
         "TEXT": request.text(),
     }
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(script), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    signed = json.loads(out.decode().strip().splitlines()[-1])
+    signed = await run_sdk_script(script, env, needs=(ETHERS,), timeout=60)
     assert signed["address"] == SPARE_1.address
     assert verify_link(request, signed["typed"]).address == SPARE_1.address
     assert verify_link(request, signed["text"], SPARE_1.address).form == "personal_sign"

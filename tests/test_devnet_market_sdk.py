@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,10 +16,9 @@ from devnet.market import MarketStandIn
 from iexec.errors import MarketReplyError
 from iexec.market import MarketClient
 from iexec.orders import NULL_DATASET_ORDER, ZERO_ADDRESS, AppOrder, Domain, WorkerpoolOrder, build_request_order
+from tests.sdk_peer import JS, run_sdk_script
 
-ROOT = Path(__file__).resolve().parent.parent
-SDK = ROOT / "devnet/node_modules/iexec/dist/esm/lib/index.js"
-SCRIPT = ROOT / "tests/js/market_sdk_peer.mjs"
+SCRIPT = JS / "market_sdk_peer.mjs"
 TDX_TAG = 0x09
 
 
@@ -55,8 +52,6 @@ def _pool_order(pool: str, owner: Any, domain: Domain, price: int, salt: int) ->
 
 @pytest.mark.slow
 async def test_the_js_sdk_sees_the_stand_in_answer_like_the_real_market(chain: Any, market: MarketStandIn) -> None:
-    if not SDK.exists():
-        pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
     dep = chain.deployment
     domain = Domain(chain_id=dep.chain_id, verifying_contract=dep.hub)
     app = register_app(chain.rpc_url, dep, APP_OWNER, "segment", "docker.io/seg:1", b"\1" * 32)
@@ -87,8 +82,6 @@ async def test_the_js_sdk_sees_the_stand_in_answer_like_the_real_market(chain: A
     )
     app_hash, unknown = "0x" + app_o.hash(domain).hex(), "0x" + "ab" * 32
     env = {
-        **os.environ,
-        "SDK": SDK.as_posix(),
         "RPC": chain.rpc_url,
         "HUB": dep.hub,
         "MARKET": market.base_url,
@@ -101,12 +94,7 @@ async def test_the_js_sdk_sees_the_stand_in_answer_like_the_real_market(chain: A
         "UNKNOWN_HASH": unknown,
         "TEE_REQUEST": json.dumps(tee_request.to_market_json()),
     }
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    seen = json.loads(out.decode().strip().splitlines()[-1])
+    seen = await run_sdk_script(SCRIPT, env, timeout=120)
 
     assert seen["appsByOwner"] == {"count": 1, "apps": [app], "signers": [APP_OWNER.address]}
     assert seen["poolsByOwner"] == {"count": 1, "pools": [pool]}

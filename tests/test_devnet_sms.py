@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import logging
 import os
 import stat
@@ -21,9 +19,9 @@ from eth_account.messages import encode_defunct
 
 from devnet.accounts import APP_OWNER, REQUESTER, SPARE_1
 from devnet.sms import MAX_SECRET_BYTES, SmsStandIn, sms_challenge
+from tests.sdk_peer import JS, run_sdk_script
 
-SDK = Path(__file__).resolve().parent.parent / "devnet/node_modules/iexec/dist/esm/lib/index.js"
-SCRIPT = Path(__file__).resolve().parent / "js/sms_sdk_peer.mjs"
+SCRIPT = JS / "sms_sdk_peer.mjs"
 
 
 def auth(account: Account, address: str, name: str, value: str) -> str:
@@ -169,8 +167,6 @@ async def test_secrets_survive_a_restart_in_a_private_file(
 
 @pytest.mark.slow
 async def test_the_js_sdk_pushes_and_checks_secrets_against_the_stand_in(chain: Any, sms: SmsStandIn) -> None:
-    if not SDK.exists():
-        pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
     # two real RSA-4096 public keys, as the bot pushes: their base64 PEM must fit the SMS's 4096-byte limit
     pem, pem2 = (
         rsa.generate_private_key(public_exponent=65537, key_size=4096)
@@ -180,8 +176,6 @@ async def test_the_js_sdk_pushes_and_checks_secrets_against_the_stand_in(chain: 
         for _ in range(2)
     )
     env = {
-        **os.environ,
-        "SDK": SDK.as_posix(),
         "RPC": chain.rpc_url,
         "KEY": "0x" + bytes(REQUESTER.key).hex(),
         "HUB": chain.deployment.hub,
@@ -191,12 +185,7 @@ async def test_the_js_sdk_pushes_and_checks_secrets_against_the_stand_in(chain: 
         "PEM": pem,
         "PEM2": pem2,
     }
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    seen = json.loads(out.decode().strip().splitlines()[-1])
+    seen = await run_sdk_script(SCRIPT, env, timeout=120)
     me = REQUESTER.address
     assert seen["requesterBefore"] is False and seen["requesterPush"] == {"isPushed": True}
     assert seen["requesterAfter"] is True

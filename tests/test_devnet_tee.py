@@ -34,11 +34,9 @@ from devnet.workerpool import TDX_TAG, task_id
 from iexec.orders import NULL_DATASET_ORDER, Domain, RequestOrder
 from iexec.results import decode_results
 from tests.fixtures_devnet import APP_PRICE, POOL_PRICE, PoolEnv, make_pool_env, png_bytes
+from tests.sdk_peer import JS, KUBO, SDK, run_sdk_script
 
-REPO = Path(__file__).resolve().parent.parent
-SDK = REPO / "devnet/node_modules/iexec/dist/esm/lib/index.js"
-KUBO = REPO / "devnet/node_modules/kubo-rpc-client/dist/src/index.js"
-SCRIPT = Path(__file__).resolve().parent / "js/tdx_sdk_deal.mjs"
+SCRIPT = JS / "tdx_sdk_deal.mjs"
 ZERO = "0x0000000000000000000000000000000000000000"
 UNSET, ACTIVE, REVEALING, COMPLETED, FAILED = range(5)
 XS_FINAL_DEADLINE_S = 10 * 300
@@ -110,37 +108,33 @@ def _aes_decrypt(blob: bytes, key: bytes) -> bytes:
 # ------------------------------------------------------------------------------------- the SDK as the peer
 
 
+def _deal_env(env: PoolEnv, sms: SmsStandIn, png: Path, secret_name: str, out: Path) -> dict[str, str]:
+    """What tdx_sdk_deal.mjs reads: the devnet's endpoints, the two keys, the app and pool, the job's files."""
+    return {
+        "KUBO": str(KUBO),
+        "RPC": env.rpc_url,
+        "HUB": env.chain.deployment.hub,
+        "MARKET": env.market.base_url,
+        "SMS": sms.base_url,
+        "GATEWAY": str(env.gateway.url),
+        "REQUESTER_KEY": "0x" + bytes(REQUESTER.key).hex(),
+        "APP_OWNER_KEY": "0x" + bytes(APP_OWNER.key).hex(),
+        "APP": env.app,
+        "WORKERPOOL": str(env.pool.address),
+        "PNG": str(png),
+        "SECRET_NAME": secret_name,
+        "OUT": str(out),
+    }
+
+
 @pytest.mark.slow
 async def test_the_sdk_runs_a_tdx_deal_with_a_secret_and_an_encrypted_result(chain, tmp_path, caplog):
-    if not SDK.exists() or not KUBO.exists():
-        pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
     caplog.set_level(logging.DEBUG, logger="devnet")
     picture = png_bytes((120, 80), (200, 30, 60))
     (tmp_path / "in.png").write_bytes(picture)
     async with tee_env(chain, tmp_path) as (env, sms):
-        node_env = {
-            **os.environ,
-            "SDK": str(SDK),
-            "KUBO": str(KUBO),
-            "RPC": env.rpc_url,
-            "HUB": env.chain.deployment.hub,
-            "MARKET": env.market.base_url,
-            "SMS": sms.base_url,
-            "GATEWAY": str(env.gateway.url),
-            "REQUESTER_KEY": "0x" + bytes(REQUESTER.key).hex(),
-            "APP_OWNER_KEY": "0x" + bytes(APP_OWNER.key).hex(),
-            "APP": env.app,
-            "WORKERPOOL": str(env.pool.address),
-            "PNG": str(tmp_path / "in.png"),
-            "SECRET_NAME": "segbot-job-1",
-            "OUT": str(tmp_path / "iexec_out.zip"),
-        }
-        proc = await asyncio.create_subprocess_exec(
-            "node", str(SCRIPT), env=node_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=180)
-        assert proc.returncode == 0, err.decode()[-3000:]
-        seen = json.loads(out.decode().strip().splitlines()[-1])
+        node_env = _deal_env(env, sms, tmp_path / "in.png", "segbot-job-1", tmp_path / "iexec_out.zip")
+        seen = await run_sdk_script(SCRIPT, node_env, needs=(SDK, KUBO), timeout=180)
         assert seen["status"] == "TASK_COMPLETED", seen
         assert int(seen["dealTag"], 16) == 9  # the SDK's deal is TDX, the pool's 0x…09 order covered it
         outcome = await env.pool.wait_task(seen["task"], timeout=10)
@@ -178,34 +172,10 @@ async def test_the_sdk_runs_a_tdx_deal_with_a_secret_and_an_encrypted_result(cha
 @pytest.mark.slow
 async def test_the_sdk_refuses_a_request_whose_result_key_is_not_in_the_sms(chain, tmp_path):
     """The stand-in answers the SDK's preflight HEAD as the real SMS: no key pushed -> no order signed."""
-    if not SDK.exists() or not KUBO.exists():
-        pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
     (tmp_path / "in.png").write_bytes(png_bytes())
     async with tee_env(chain, tmp_path) as (env, sms):
-        node_env = {
-            **os.environ,
-            "SDK": str(SDK),
-            "KUBO": str(KUBO),
-            "RPC": env.rpc_url,
-            "HUB": env.chain.deployment.hub,
-            "MARKET": env.market.base_url,
-            "SMS": sms.base_url,
-            "GATEWAY": str(env.gateway.url),
-            "REQUESTER_KEY": "0x" + bytes(REQUESTER.key).hex(),
-            "APP_OWNER_KEY": "0x" + bytes(APP_OWNER.key).hex(),
-            "APP": env.app,
-            "WORKERPOOL": str(env.pool.address),
-            "PNG": str(tmp_path / "in.png"),
-            "SECRET_NAME": "segbot-job-2",
-            "OUT": str(tmp_path / "out.zip"),
-            "SKIP_KEY": "1",
-        }
-        proc = await asyncio.create_subprocess_exec(
-            "node", str(SCRIPT), env=node_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-        assert proc.returncode == 0, err.decode()[-3000:]
-        seen = json.loads(out.decode().strip().splitlines()[-1])
+        node_env = _deal_env(env, sms, tmp_path / "in.png", "segbot-job-2", tmp_path / "out.zip")
+        seen = await run_sdk_script(SCRIPT, {**node_env, "SKIP_KEY": "1"}, needs=(SDK, KUBO), timeout=120)
         assert "encryption" in seen.get("signRefused", "").lower(), seen
 
 

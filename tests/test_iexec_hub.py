@@ -4,10 +4,7 @@ requester flow, claims past the deadline, typed reverts."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from eth_utils import keccak
@@ -34,8 +31,9 @@ from iexec.orders import (
     tag_from_bits,
 )
 from iexec.pool import WorkerpoolClient
+from tests.sdk_peer import JS, run_sdk_script
 
-JS_HASHER = Path(__file__).parent / "js" / "hash_orders.mjs"
+JS_HASHER = JS / "hash_orders.mjs"
 APP_PRICE, POOL_PRICE = 5_000, 20_000
 
 
@@ -132,8 +130,6 @@ async def test_hashes_equal_hub_event_and_js_sdk(chain) -> None:
         wo.hash(s.domain),
         ro.hash(s.domain),
     )
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed: cannot run the JS SDK peer")
     payload = {
         "rpcUrl": s.rpc_url,
         "hub": s.hub.address,
@@ -141,10 +137,7 @@ async def test_hashes_equal_hub_event_and_js_sdk(chain) -> None:
         "workerpoolorder": wo.to_market_json(),
         "requestorder": ro.to_market_json(),
     }
-    done = subprocess.run(
-        ["node", str(JS_HASHER)], input=json.dumps(payload), capture_output=True, text=True, timeout=90, check=True
-    )
-    sdk = json.loads(done.stdout)
+    sdk = await run_sdk_script(JS_HASHER, stdin=json.dumps(payload), timeout=90)
     assert sdk == {
         "apporder": "0x" + ao.hash(s.domain).hex(),
         "workerpoolorder": "0x" + wo.hash(s.domain).hex(),

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,6 +25,7 @@ from iexec.orders import (
     tag_from_bits,
 )
 from tests.fixtures_market import serve
+from tests.sdk_peer import run_sdk_script
 
 # The stand-in fixture lives in the session loop (the project's fixture loop scope): run the tests there.
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -422,8 +419,8 @@ async def test_client_signs_only_a_genuine_login_challenge() -> None:
 # --- the official JS SDK is a peer of the stand-in -------------------------------------------------
 
 SDK_SCRIPT = """
-import { IExec, utils } from '%(sdk)s';
 const env = process.env;
+const { IExec, utils } = await import(env.SDK);
 const ethProvider = utils.getSignerFromPrivateKey(env.RPC, env.KEY);
 const iexec = new IExec({ ethProvider }, { hubAddress: env.HUB, iexecGatewayURL: env.MARKET });
 const order = { app: env.APP, appprice: '7', volume: '2', tag: '0x' + '0'.repeat(64),
@@ -438,27 +435,16 @@ console.log(JSON.stringify({ hash, count: book.count, hashes: book.orders.map((o
 
 
 @pytest.mark.slow  # node: the JS SDK as the peer (~2 s)
-async def test_the_js_sdk_publishes_and_reads_through_the_stand_in(books: Books, tmp_path: Path) -> None:
-    sdk = Path(__file__).resolve().parent.parent / "devnet/node_modules/iexec/dist/esm/lib/index.js"
-    if not sdk.exists():
-        pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
+async def test_the_js_sdk_publishes_and_reads_through_the_stand_in(books: Books) -> None:
     await books.client.publish_app_order(app_order(books, 3, 1), APP_OWNER)
-    script = tmp_path / "sdk_market.mjs"
-    script.write_text(SDK_SCRIPT % {"sdk": sdk.as_posix()})
     env = {
-        **os.environ,
         "RPC": books.chain.rpc_url,
         "KEY": "0x" + bytes(APP_OWNER.key).hex(),
         "HUB": books.domain.verifying_contract,
         "MARKET": books.market.base_url,
         "APP": books.app,
     }
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(script), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    seen = json.loads(out.decode().strip().splitlines()[-1])
+    seen = await run_sdk_script(SDK_SCRIPT, env, timeout=60)
     ours = await books.client.app_orders(books.app)
     assert [m.order_hash for m in ours] == [h.lower() for h in seen["hashes"]]
     assert seen["count"] == 2 and seen["remaining"] == [5, 2]

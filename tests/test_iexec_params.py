@@ -6,11 +6,7 @@ skipped, whether params come as a mapping or as a JSON string.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +14,9 @@ from eth_account import Account
 
 from iexec.errors import ParamsError
 from iexec.orders import build_params, build_request_order, tag_from_bits
+from tests.sdk_peer import JS, run_sdk_script
 
-ROOT = Path(__file__).resolve().parent.parent
-SDK = ROOT / "devnet/node_modules/iexec/dist/esm/lib/index.js"
-SCRIPT = ROOT / "tests/js/tee_params.mjs"
+SCRIPT = JS / "tee_params.mjs"
 ACCOUNT = Account.from_key("0x" + "42" * 32)
 APP = "0x" + "ab" * 20
 TDX = "0x" + "00" * 31 + "09"
@@ -135,10 +130,6 @@ AGREED: list[tuple[Any, str]] = [
 
 @pytest.mark.slow
 async def test_verdicts_match_the_js_sdks_params_validator() -> None:
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed")
-    if not SDK.exists():
-        pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
     # Where we are deliberately stricter than the SDK (it accepts these): result encryption on a standard
     # task, where no enclave would encrypt anything; an empty secret name (the SDK's check uses
     # Array.find, which misses a falsy ''; the SMS refuses the name anyway).
@@ -147,16 +138,9 @@ async def test_verdicts_match_the_js_sdks_params_validator() -> None:
     # The strict check reads a signed order's params, which always name the storage provider (the SDK's
     # createRequestorder and our builder both write the default "ipfs"): give it one where a case has none.
     env = {
-        **os.environ,
-        "SDK": SDK.as_posix(),
         "CASES": json.dumps([{"params": {"iexec_result_storage_provider": "ipfs", **p}, "tag": t} for p, t in cases]),
     }
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 0, err.decode()[-3000:]
-    sdk = json.loads(out.decode().strip().splitlines()[-1])
+    sdk = await run_sdk_script(SCRIPT, env, timeout=60)
     for (params, tag), verdict in zip(AGREED, sdk[: len(AGREED)], strict=True):
         try:
             ours = order(params, tag)

@@ -6,12 +6,9 @@ records every request; the SDK and our SmsClient make the same pushes with the s
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +23,9 @@ from iexec.networks import ARBITRUM, ARBITRUM_SEPOLIA, DEVNET, TDX_TAG, resolve_
 from iexec.sms import MAX_SECRET_BYTES, SmsClient
 from iexec.tee import RESULT_KEY_SECRET, ResultKey
 from tests.fixtures_chain import ChainEnv
+from tests.sdk_peer import JS, SDK_SOURCES, missing, run_sdk_script
 
-ROOT = Path(__file__).resolve().parent.parent
-SDK = ROOT / "devnet/node_modules/iexec/dist/esm/lib/index.js"
-SCRIPT = ROOT / "tests/js/tee_sdk_peer.mjs"
+SCRIPT = JS / "tee_sdk_peer.mjs"
 
 
 @dataclass
@@ -97,10 +93,6 @@ def writes(seen: list[dict[str, str]]) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 async def test_pushes_match_the_js_sdk_byte_for_byte(chain: ChainEnv) -> None:
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed")
-    if not SDK.exists():
-        pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
     k1, k2 = ResultKey.generate(), ResultKey.generate()
     name, value = "segbot-job-42", base64.b64encode(os.urandom(32)).decode()
     sdk_rec, our_rec = Recorder(), Recorder()
@@ -108,8 +100,6 @@ async def test_pushes_match_the_js_sdk_byte_for_byte(chain: ChainEnv) -> None:
     await our_rec.start()
     try:
         env = {
-            **os.environ,
-            "SDK": SDK.as_posix(),
             "MODE": "sms",
             "RPC": chain.rpc_url,
             "KEY": "0x" + bytes(REQUESTER.key).hex(),
@@ -120,12 +110,7 @@ async def test_pushes_match_the_js_sdk_byte_for_byte(chain: ChainEnv) -> None:
             "PEM": k1.public_pem.decode(),
             "PEM2": k2.public_pem.decode(),
         }
-        proc = await asyncio.create_subprocess_exec(
-            "node", str(SCRIPT), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-        assert proc.returncode == 0, err.decode()[-3000:]
-        sdk = json.loads(out.decode().strip().splitlines()[-1])
+        sdk = await run_sdk_script(SCRIPT, env, timeout=120)
         assert sdk["requesterPush"] == {"isPushed": True} and sdk["requesterExists"] is True
         assert sdk["keyPush"] == {"isPushed": True, "isUpdated": False}
         assert sdk["keyUpdate"] == {"isPushed": True, "isUpdated": True}
@@ -228,9 +213,9 @@ async def test_against_the_devnet_stand_in(tmp_path: Path) -> None:
 
 def test_network_presets_name_the_sdks_sms_and_tdx_tag() -> None:
     """sms_url and tee_tag of the Arbitrum presets are the SDK 9.0.1's (read from its sources)."""
-    src = ROOT / "devnet/node_modules/iexec/src/common/utils"
-    if not src.exists():
-        pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
+    if not SDK_SOURCES.exists():
+        missing("npm install has not put the iexec SDK in devnet/node_modules")
+    src = SDK_SOURCES / "common/utils"
     config = (src / "config.js").read_text()
     for net in (ARBITRUM_SEPOLIA, ARBITRUM):
         block = config[config.index(f"id: {net.chain_id},") :]

@@ -7,13 +7,11 @@ iexec_out.zip in `iexec_out.zip.aes`, both at the root of a zip.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import io
 import json
 import os
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -37,10 +35,9 @@ from iexec.tee import (
     new_dataset_key,
 )
 from tests.fixtures_market import make_zip, serve
+from tests.sdk_peer import JS, run_sdk_script
 
-ROOT = Path(__file__).resolve().parent.parent
-SDK = ROOT / "devnet/node_modules/iexec/dist/esm/lib/index.js"
-SCRIPT = ROOT / "tests/js/tee_sdk_peer.mjs"
+SCRIPT = JS / "tee_sdk_peer.mjs"
 
 
 @pytest.fixture(scope="module")
@@ -101,23 +98,6 @@ def legacy_encrypt(plain: bytes, public_pem: bytes) -> bytes:
     return buf.getvalue()
 
 
-async def run_sdk(env: dict[str, str]) -> dict[str, object]:
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed")
-    if not SDK.exists():
-        pytest.skip("npm install has not put the iexec SDK in devnet/node_modules")
-    proc = await asyncio.create_subprocess_exec(
-        "node",
-        str(SCRIPT),
-        env={**os.environ, "SDK": SDK.as_posix(), **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode == 0, err.decode()[-3000:]
-    return json.loads(out.decode().strip().splitlines()[-1])
-
-
 # --- the SDK as the peer ---------------------------------------------------------------------------
 
 
@@ -134,7 +114,7 @@ async def test_formats_round_trip_with_the_js_sdk(tmp_path: Path, key: ResultKey
     (tmp_path / "wrong.pem").write_bytes(plain_pem(other_key))
     (tmp_path / "legacy.zip").write_bytes(legacy_encrypt(plain, key.public_pem))
 
-    seen = await run_sdk({"MODE": "crypto", "DIR": str(tmp_path)})
+    seen = await run_sdk_script(SCRIPT, {"MODE": "crypto", "DIR": str(tmp_path)}, timeout=120)
 
     # dataset format: the SDK's dataset.encrypt output opens with ours, ours opens as the format says
     assert decrypt_dataset((tmp_path / "sdk_dataset.enc").read_bytes(), dkey) == data
