@@ -4,7 +4,11 @@ Telegram delivers an album as separate updates, one per photo, sharing a `media_
 second. `AlbumCollector` keeps the photos of each (chat, media group) until no new one came for
 `album_quiet_s`, then hands them over at once (`take_album`), in message order:
 
-- one photo only: it is an ordinary photo (the handler's own path, `single`);
+- one photo only: it is an ordinary photo (the handler's own path, `single`); in a group, where privacy mode
+  gives the bot only the album's photo whose caption mentions it, the user also reads that the other photos
+  were not seen and how to have them all segmented (`ALBUM_GROUP_ONE_SEEN`);
+- in a group, an album none of whose photos mentions the bot is not for the bot: dropped without a word (with
+  privacy mode off every photo of every album arrives; one mention in the caption asks for the whole album);
 - more than `ALBUM_MAX` (Telegram's own limit): refused with a clear message, nothing charged;
 - otherwise: the user reads the album's price (one task plus a per-photo fee each, `Settings.album_price_nrlc`)
   in the "got it" message, and `Pipeline.start_album` downloads and checks every photo, then creates the job
@@ -60,6 +64,8 @@ class Member:
     fingerprint: str
     reply: Callable[[str], Awaitable[Any]]  # answer this message (HTML), returns the sent Message
     single: Callable[[], Awaitable[None]]  # take this photo in as an ordinary photo
+    group: bool = False  # sent in a group chat, where the bot works on request only
+    asked: bool = True  # in a group: its caption mentions the bot
 
 
 @dataclass
@@ -157,8 +163,14 @@ async def take_album(svc: Services, members: list[Member], media_group_id: str) 
         for member in late:
             await member.single()
         return
+    if first.group and not any(m.asked for m in members):  # a group's album that does not ask for the bot
+        log.info("event=group_album_ignored chat=%s photos=%d", first.chat, len(members))
+        _finished(svc, members)
+        return
     if len(members) == 1:
-        log.info("event=album_of_one chat=%s message=%s", first.chat, first.message_id)
+        log.info("event=album_of_one chat=%s message=%s group=%s", first.chat, first.message_id, first.group)
+        if first.group and not svc.pipeline.is_known(first.chat, first.message_id):
+            await first.reply(texts.ALBUM_GROUP_ONE_SEEN)  # said once: a replayed update finds the job
         await first.single()
         return
     if len(members) > ALBUM_MAX:
@@ -233,14 +245,19 @@ def collect(
     source: tuple[str, str],
     fingerprint: str,
     single: Callable[[], Awaitable[None]],
+    group: bool = False,
+    asked: bool = True,
 ) -> None:
     """A photo with a `media_group_id`: keep it with its album (its update stays not done until the album's
-    job exists or the user was told why not)."""
+    job exists or the user was told why not). `group`: sent in a group chat; `asked`: its caption mentions
+    the bot (in a group, an album is taken only when one of its photos asks)."""
     if svc.inbox is not None:
         svc.inbox.defer(update_id)
 
     async def reply(text: str) -> Any:
         return await message.reply_html(text, do_quote=True)
 
-    member = Member(update_id, message.message_id, user, message.chat_id, source, fingerprint, reply, single)
+    member = Member(
+        update_id, message.message_id, user, message.chat_id, source, fingerprint, reply, single, group, asked
+    )
     collector_of(svc).add(str(message.media_group_id), member)

@@ -384,10 +384,13 @@ async def personal_elsewhere(update: Update, context: ContextTypes.DEFAULT_TYPE)
 
 
 async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A photo: take its largest size (in a group only when its caption mentions the bot)."""
-    if in_group(update) and not _asked_in_group(update, context):
-        return
+    """A photo: take its largest size (in a group only when its caption mentions the bot, or when it is in an
+    album one of whose photos does: bot.albums decides once the album is collected)."""
     message = message_of(update)
+    group = in_group(update)
+    asked = not group or _asked_in_group(update, context)
+    if not asked and not message.media_group_id:
+        return
     largest = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
     source, fingerprint = ("telegram", largest.file_id), _fingerprint("file", largest.file_unique_id)
     if message.media_group_id:  # one photo of an album: the album becomes one job (bot.albums)
@@ -399,6 +402,8 @@ async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             source=source,
             fingerprint=fingerprint,
             single=lambda: _begin(update, context, source, fingerprint),
+            group=group,
+            asked=asked,
         )
         return
     await _begin(update, context, source, fingerprint)

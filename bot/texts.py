@@ -296,6 +296,12 @@ ALBUM_ACK = (
 ALBUM_TOO_LARGE = (
     "An album holds at most {max} photos; this one has {n}. Send them in smaller albums. Nothing was charged."
 )
+#: in a group, only the album's photo whose caption mentions the bot reached it (privacy mode hides the others)
+ALBUM_GROUP_ONE_SEEN = (
+    "In a group I see only the photo that carries the caption mentioning me, so I segment this one only. "
+    "For all the photos of an album, send the album to me in a private chat, or reply <code>/segment</code> "
+    "to each photo."
+)
 #: a photo of an album refused at intake (the others go on)
 ALBUM_PHOTO_REJECTED = "Photo {index} of your album was left out: {reason}"
 #: the caption of an album's result (plain text, on its first picture)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from devnet import telegram_inject as inject
 from devnet.telegram import TelegramStandIn, TgChat, TgUser
 from tests.fixtures_bot import ADMIN, BotNet, photo_bytes
 from tests.fixtures_telegram import BOT_USERNAME, TOKEN, alice
@@ -157,3 +158,76 @@ async def test_segment_without_a_picture_says_how(botnet: BotNet, group: TgChat)
     botnet.tg.inject_command(bob, f"/segment@{name}", chat=group, reply_to=text["message_id"])
     await botnet.tg.wait_for(lambda: any("Reply /segment" in (m.text or "") for m in _bot_messages(botnet, group)))
     assert botnet.ledger.user_jobs(bob.id) == []
+
+
+def _album_replies(bn: BotNet, chat: TgChat) -> list[Any]:
+    return [m for m in _bot_messages(bn, chat) if m.kind == "photo" and m.api.get("media_group_id")]
+
+
+async def test_an_album_in_a_group_with_privacy_mode_segments_the_captioned_photo_and_says_why(
+    botnet: BotNet, group: TgChat
+) -> None:
+    """Privacy mode on: Telegram gives the bot only the album's photo whose caption mentions it. That one is
+    segmented (as an ordinary photo, paid by who sent it) and the sender reads, in words, why not the others
+    and how to have them all."""
+    ann, bob = _member(botnet, "Ann"), _member(botnet, "Bob")
+    name = botnet.bot.app.bot.username
+    state = botnet.tg.bot()
+    updates = state.counters.update_id
+    sent = inject.album(state, ann, [photo_bytes(seed=31 + i) for i in range(3)], f"@{name} these three", group)
+    botnet.tg.inject_text(bob, "lovely", chat=group)
+    assert state.counters.update_id == updates + 1  # only the captioned photo reached the bot
+    result = await _result_for(botnet, group, sent[0]["message_id"])
+    assert "Charged" in (result.caption or "") and not result.api.get("media_group_id")
+    note = next(m for m in _bot_messages(botnet, group) if "In a group I see only the photo" in (m.text or ""))
+    assert note.reply_to == sent[0]["message_id"] and "private chat" in note.text and "/segment" in note.text
+    await botnet.settle()
+    [job] = botnet.ledger.user_jobs(ann.id)
+    assert "album" not in job.options and job.user_message_id == sent[0]["message_id"]
+    assert job.state.value == "DELIVERED"
+    charged = job.app_price + job.workerpool_price + botnet.settings.fee_nrlc  # one photo's price, no album fee
+    assert botnet.ledger.balance(ann.id).posted == RLC - charged
+    answered = {m.reply_to for m in _bot_messages(botnet, group)}
+    assert answered == {sent[0]["message_id"]}  # nothing answers the photos the bot never saw
+    assert botnet.ledger.user_jobs(bob.id) == []
+    # the others can still be asked for one by one: a member's reply /segment reaches the bot
+    botnet.tg.inject_command(bob, "/segment", chat=group, reply_to=sent[1]["message_id"])
+    await _result_for(botnet, group, sent[1]["message_id"])
+    await botnet.settle()
+    [asked] = botnet.ledger.user_jobs(bob.id)
+    assert asked.state.value == "DELIVERED" and asked.user_message_id == sent[1]["message_id"]
+    botnet.ledger.audit()
+
+
+async def test_an_album_in_a_group_without_privacy_mode_is_one_album_job(botnet: BotNet, group: TgChat) -> None:
+    """Privacy mode off: every photo of the album arrives; one caption mentioning the bot asks for the whole
+    album (one job, one task, one album reply answering the album). An album that does not mention the bot
+    is not for it: nothing is said, nothing is charged."""
+    ann, bob = _member(botnet, "Ann"), _member(botnet, "Bob")
+    name = botnet.bot.app.bot.username
+    state = botnet.tg.bot()
+    state.privacy_mode = False
+    try:
+        updates = state.counters.update_id
+        inject.album(state, bob, [photo_bytes(seed=41 + i) for i in range(2)], "our holiday", group)
+        sent = inject.album(state, ann, [photo_bytes(seed=51 + i) for i in range(3)], f"@{name} all of them", group)
+        assert state.counters.update_id == updates + 5  # the bot gets every photo of both albums
+        await botnet.tg.wait_for(lambda: len(_album_replies(botnet, group)) == 3, timeout=90)
+        await botnet.settle()
+    finally:
+        state.privacy_mode = True
+    [job] = botnet.ledger.user_jobs(ann.id)
+    assert job.state.value == "DELIVERED", (job.state, job.error)
+    assert job.options["album"]["messages"] == [m["message_id"] for m in sent]
+    replies = _album_replies(botnet, group)
+    assert replies[0].caption.startswith("3 of 3 pictures segmented")
+    assert replies[0].reply_to == sent[0]["message_id"]
+    s = botnet.settings
+    charged = job.app_price + job.workerpool_price + s.fee_nrlc + 3 * s.album_photo_fee_nrlc
+    assert botnet.ledger.balance(ann.id).posted == RLC - charged
+    assert botnet.ledger.user_jobs(bob.id) == [] and botnet.ledger.balance(bob.id).posted == RLC
+    answered = {m.reply_to for m in _bot_messages(botnet, group)}
+    assert answered == {sent[0]["message_id"]}  # Bob's album got no word
+    assert not any("In a group I see only" in (m.text or "") for m in _bot_messages(botnet, group))
+    assert botnet.ledger.inbox.pending() == []
+    botnet.ledger.audit()
