@@ -18,7 +18,7 @@ from bot.chain_gateway import ChainGateway, TaskKind
 from bot.endings import Refund
 from bot.errors import ChainDisagrees
 from iexec.errors import ChainError, InsufficientStake, MarketError
-from ledger import Job, JobState, Ledger, LedgerError
+from ledger import Job, JobState, Ledger, LedgerError, RefundReason
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ class AdminOps:
         job = self.ledger.get_job(ref)
         if job is not None:
             return job
-        matches = [j for j in self.ledger.jobs_in_states(limit=100_000) if j.id.endswith(ref)]
-        return matches[0] if len(matches) == 1 else None
+        matches = self.ledger.find_jobs_by_suffix(ref, limit=2)
+        return matches[0] if len(matches) == 1 else None  # none, or ambiguous
 
     def user_credit(self) -> int:
         """What the books owe users: their posted balances (reserved credit included)."""
@@ -68,7 +68,7 @@ class AdminOps:
             else:
                 if event.kind is TaskKind.FINALIZED:
                     return "The task completed on chain: use /retry to deliver it instead."
-        await self.jobs.refund(job, Refund("admin"))
+        await self.jobs.refund(job, Refund(RefundReason.ADMIN))
         return f"↩️ Job <code>{job.id}</code> refunded."
 
     async def admin_retry(self, ref: str) -> str:

@@ -27,7 +27,7 @@ from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
 from bot import texts
 from bot.busy import when_free
 from iexec.retry import RetryPolicy
-from ledger import Job, JobState, Ledger
+from ledger import Job, JobState, Ledger, RefundReason
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ ADMIN_TOLD_SINCE_KEY = "admin_told.since"
 
 @dataclass(frozen=True)
 class Refund:
-    """Why a job is refunded (a key of `texts.REFUND_REASONS`) and details for the user."""
+    """Why a job is refunded (a `RefundReason`: mypy refuses a bare string) and details for the user."""
 
-    reason: str
+    reason: RefundReason
     detail: str = ""
     operator_pays: bool = False
 
@@ -55,12 +55,13 @@ class Refund:
     @property
     def error(self) -> str:
         """What the books keep (`jobs.error`): `reason: detail`, read back by `from_error`."""
-        return f"{self.reason}: {self.detail}"[:500]
+        return self.reason.error(self.detail)
 
     @classmethod
     def from_error(cls, error: str | None) -> Refund:
-        reason, _, detail = (error or "").partition(": ")
-        return cls(reason, detail) if reason in texts.REFUND_REASONS else cls("admin")
+        """The refund a job's stored `error` tells; an error of no known reason reads as an admin's refund."""
+        reason, detail = RefundReason.parse(error)
+        return cls(reason, detail) if reason is not None else cls(RefundReason.ADMIN)
 
 
 class Endings:

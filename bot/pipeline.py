@@ -74,7 +74,7 @@ from bot.results import (
 from bot.settings import Settings
 from iexec.errors import DecryptionError, IExecError, ResultDownloadError, ResultLocationError, TeeError, UnsafeArchive
 from iexec.retry import RetryPolicy
-from ledger import InsufficientFunds, Job, JobState, Ledger, LedgerBusy, LedgerError, UnknownJob
+from ledger import InsufficientFunds, Job, JobState, Ledger, LedgerBusy, LedgerError, RefundReason, UnknownJob
 
 if TYPE_CHECKING:
     from bot.albums import AlbumCollector
@@ -611,7 +611,7 @@ class Pipeline:
                 assert picture.image is not None
                 await check_image_async(picture.image.read_bytes(), RESULT_LIMITS)
         except (ValueError, InputRejected) as exc:
-            await self.refund(job, Refund("bad_result", str(exc), operator_pays=True))
+            await self.refund(job, Refund(RefundReason.BAD_RESULT, str(exc), operator_pays=True))
             return
         self.crash_point("after_download")
         price = _task_price(job)
@@ -869,7 +869,7 @@ class Pipeline:
             await self.chain.best_offer(self.chain.request_order_from_json(job.request_order).tag)
         except NoOffer as exc:
             if self.clock() - job.created_at / 1000 > self.settings.match_timeout_s:
-                reason = "no_stake" if exc.no_stake else "no_offer"
+                reason = RefundReason.NO_STAKE if exc.no_stake else RefundReason.NO_OFFER
                 if exc.no_stake:
                     await self.notify_admins(f"⚠️ Hub stake too low to match job {job.id}: {html.escape(str(exc))}")
                 await self.refund(job, Refund(reason))
@@ -899,7 +899,7 @@ class Pipeline:
                 return
             except NoOffer as exc:
                 if self.clock() - job.created_at / 1000 > self.settings.match_timeout_s:
-                    await self.refund(job, Refund("no_stake" if exc.no_stake else "no_offer"))
+                    await self.refund(job, Refund(RefundReason.NO_STAKE if exc.no_stake else RefundReason.NO_OFFER))
                     return
                 await asyncio.sleep(self.settings.poll_interval_s)
                 return
@@ -957,12 +957,12 @@ class Pipeline:
             self.chain.unfollow(task_id)
         elif event.kind == TaskKind.CLAIMED:
             self.chain.unfollow(task_id)
-            await self.refund(job, Refund("expired"))
+            await self.refund(job, Refund(RefundReason.EXPIRED))
         elif event.kind == TaskKind.DEADLINE:
             await self.chain.claim(deal_id, task_id, initialized=event.initialized)
             self.crash_point("after_claim")
             self.chain.unfollow(task_id)
-            await self.refund(job, Refund("expired"))
+            await self.refund(job, Refund(RefundReason.EXPIRED))
         elif event.kind == TaskKind.WAITING and job.state is JobState.MATCHED:
             await self._warn_not_started(job, event)
             self._show(job)  # the elapsed time moves on
@@ -1004,26 +1004,28 @@ class Pipeline:
             # operator pays the task, never tried again.
             log.warning("event=result_undecryptable job=%s error=%r", job.id, str(exc)[:200])
             await self.refund(
-                job, Refund("bad_result", "it could not be decrypted with the bot's key", operator_pays=True)
+                job, Refund(RefundReason.BAD_RESULT, "it could not be decrypted with the bot's key", operator_pays=True)
             )
             return
         except (ResultLocationError, UnsafeArchive) as exc:
-            await self.refund(job, Refund("bad_result", str(exc), operator_pays=True))
+            await self.refund(job, Refund(RefundReason.BAD_RESULT, str(exc), operator_pays=True))
             return
         except ResultDownloadError:
             # A gateway that lost the result may get it back; give it a while, then refund.
             attempts = job.attempts + 1
             self.ledger.update_job(job.id, attempts=attempts)
             if attempts >= self.result_attempts:
-                await self.refund(job, Refund("bad_result", "the result could not be downloaded", operator_pays=True))
+                await self.refund(
+                    job, Refund(RefundReason.BAD_RESULT, "the result could not be downloaded", operator_pays=True)
+                )
                 return
             raise
         if not result.ok:
-            await self.refund(job, Refund("app_error", result.error_message or "", operator_pays=True))
+            await self.refund(job, Refund(RefundReason.APP_ERROR, result.error_message or "", operator_pays=True))
             return
         if bool(job.options.get("album")) != is_album(result.deterministic_output):
             await self.refund(
-                job, Refund("bad_result", "the result's layout does not match the task", operator_pays=True)
+                job, Refund(RefundReason.BAD_RESULT, "the result's layout does not match the task", operator_pays=True)
             )
             return
         if is_album(result.deterministic_output):
@@ -1033,7 +1035,7 @@ class Pipeline:
         try:
             await check_image_async(result_image(result.deterministic_output).read_bytes(), RESULT_LIMITS)
         except InputRejected as exc:
-            await self.refund(job, Refund("bad_result", str(exc), operator_pays=True))
+            await self.refund(job, Refund(RefundReason.BAD_RESULT, str(exc), operator_pays=True))
             return
         self.crash_point("after_download")
         price = _task_price(job)

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from decimal import Decimal
 
-from ledger import Job, JobState
+from ledger import Job, JobState, RefundReason
 
 NRLC = 10**9
 
@@ -220,14 +220,14 @@ INTAKE_BUSY = (
     "nothing was charged so far."
 )
 
-REFUND_REASONS = {
-    "no_offer": "no iExec worker was available at a price within the limit.",
-    "expired": "the task did not finish before its deadline on iExec.",
-    "failed": "the task failed on iExec.",
-    "app_error": "the segmentation app could not process the picture ({detail}).",
-    "bad_result": "the result could not be read ({detail}).",
-    "admin": "an operator refunded it.",
-    "no_stake": "the bot's iExec account is short of funds; the operator has been told.",
+REFUND_REASONS: dict[RefundReason, str] = {
+    RefundReason.NO_OFFER: "no iExec worker was available at a price within the limit.",
+    RefundReason.EXPIRED: "the task did not finish before its deadline on iExec.",
+    RefundReason.FAILED: "the task failed on iExec.",
+    RefundReason.APP_ERROR: "the segmentation app could not process the picture ({detail}).",
+    RefundReason.BAD_RESULT: "the result could not be read ({detail}).",
+    RefundReason.ADMIN: "an operator refunded it.",
+    RefundReason.NO_STAKE: "the bot's iExec account is short of funds; the operator has been told.",
 }
 
 RANDOM_WEIGHTS = "⚠️ <b>Random weights: these shapes mean nothing.</b>"

@@ -51,7 +51,7 @@ from ledger.errors import (
     WalletError,
 )
 from ledger.inbox import Inbox, InboxEntry
-from ledger.jobs import ALLOWED, Job, Jobs, JobState
+from ledger.jobs import ALLOWED, Job, Jobs, JobState, RefundReason
 
 
 class Ledger(Jobs, ChainRecords):
@@ -129,6 +129,7 @@ __all__ = [
     "JobState",
     "Ledger",
     "LedgerBusy",
+    "RefundReason",
     "LedgerError",
     "SchemaError",
     "Transfer",

@@ -26,7 +26,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 from ledger.amounts import check_amount
@@ -64,6 +64,42 @@ class JobState(str, Enum):
     def is_resumable(self) -> bool:
         """True for states the pipeline resumes by itself after a restart."""
         return not self.is_terminal() and self is not JobState.NEEDS_ADMIN
+
+
+class RefundReason(StrEnum):
+    """Why a job was refunded: the head of a REFUNDED job's `error`, kept as "<reason>: <detail>".
+
+    The values are what the books hold: never rename one (rows written before must read back the same);
+    a new reason needs a text for the user (`bot.texts.REFUND_REASONS`, a test checks every reason has one).
+    """
+
+    #: no workerpool order at a price within the limit
+    NO_OFFER = "no_offer"
+    #: the bot's own iExec account was short of stake
+    NO_STAKE = "no_stake"
+    #: the task did not finish before its deadline on chain
+    EXPIRED = "expired"
+    #: the task failed on iExec (written by older versions; kept so that their rows read back)
+    FAILED = "failed"
+    #: the app ran and reported an error (its error.txt is the detail)
+    APP_ERROR = "app_error"
+    #: the result could not be fetched, decrypted or read (the detail says which)
+    BAD_RESULT = "bad_result"
+    #: an admin refunded a held job
+    ADMIN = "admin"
+
+    def error(self, detail: str = "") -> str:
+        """The `error` kept on the job: "<reason>: <detail>", cut to 500 characters."""
+        return f"{self.value}: {detail}"[:500]
+
+    @classmethod
+    def parse(cls, error: str | None) -> tuple[RefundReason | None, str]:
+        """(reason, detail) of a stored `error`; reason None when it does not start with a known reason."""
+        head, _, detail = (error or "").partition(": ")
+        try:
+            return cls(head), detail
+        except ValueError:
+            return None, detail
 
 
 S = JobState
@@ -509,6 +545,22 @@ class Jobs(Books):
                     job.id,
                     f"job {job.id} refunded after payment",
                 )
+
+    def find_jobs_by_suffix(self, suffix: str, limit: int = 2) -> list[Job]:
+        """At most `limit` jobs whose id ends with `suffix` (case-sensitive, characters taken literally), by id.
+
+        The last characters of a job's id are what users and admins see; `limit=2` tells a unique match from
+        an ambiguous one. The ids are compared in SQL (one pass over the primary key's index, no job row is
+        read unless it matches): ids have no fixed length, so no index can serve a suffix."""
+        check_id(suffix, "suffix")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidArgument("limit must be a positive int")
+        rows = self._read(
+            "SELECT * FROM jobs WHERE id IN "
+            "(SELECT id FROM jobs WHERE substr(id, -length(?1)) = ?1 ORDER BY id LIMIT ?2) ORDER BY id",
+            (suffix, limit),
+        )
+        return [_job(row) for row in rows]
 
     def jobs_in_states(self, *states: JobState | str, limit: int = 1000) -> list[Job]:
         """Jobs in any of `states` (all states if none given), oldest first."""

@@ -1,11 +1,18 @@
-"""Shared pytest set-up: fixture modules of each area are registered here, and every test's chain
-connections are closed when it ends."""
+"""Shared pytest set-up: fixture modules of each area are registered here, the heavy fixtures mark their
+tests slow, and the books' fixtures (`ledger_path`, `fresh_ledger`, `fresh_db`) give each test new books."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import sqlite_utils
+
+from ledger import Ledger
+from ledger.db import introspect
 
 pytest_plugins: list[str] = [
     "tests.fixtures_telegram",
@@ -49,3 +56,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for report in gaps:
             print(f"\nci: a test was skipped in CI: {report.nodeid}: {report.longrepr}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- the books, in sqlite-utils' `fresh_db` style: every test gets its own new file ---------------------------
+
+
+@pytest.fixture
+def ledger_path(tmp_path: Path) -> Path:
+    """A new books file, created and migrated, then closed: for a test that reopens it or writes it raw."""
+    path = tmp_path / "books.db"
+    Ledger(path).close()
+    return path
+
+
+@pytest.fixture
+def fresh_ledger(ledger_path: Path) -> Iterator[Ledger]:
+    """A `Ledger` on new books (a file in the test's temp dir, migrated, empty), closed when the test ends."""
+    with Ledger(ledger_path) as book:
+        yield book
+
+
+@pytest.fixture
+def fresh_db(ledger_path: Path) -> Iterator[sqlite_utils.Database]:
+    """The same books seen as stored, through sqlite-utils on a connection of its own (`db["jobs"].rows`,
+    `db["transfers"].columns_dict`): for reading what the ledger wrote, never for writing it."""
+    conn = sqlite3.connect(ledger_path)
+    try:
+        yield introspect(conn)
+    finally:
+        conn.close()

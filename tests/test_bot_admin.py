@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from telegram import Update
 
+from bot.admin_ops import AdminOps
 from devnet.telegram import SentMessage, TgChat, TgUser
-from ledger import JobState
+from ledger import JobState, Ledger
 from tests.fixtures_bot import ADMIN, BotNet, bot_on, photo_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -44,6 +45,18 @@ async def test_every_admin_command_is_unknown_to_a_user(botnet: BotNet) -> None:
     assert len(botnet.sent(user)) == len(ADMIN_COMMANDS)
     assert botnet.ledger.balance(user.id).posted == 10**9
     assert not botnet.bot.services.pipeline.paused
+
+
+async def test_find_job_by_id_or_by_a_unique_end_of_it(fresh_ledger: Ledger) -> None:
+    fresh_ledger.grant("g", 7, 10**9)
+    for job_id in ("c7m1234", "c7m5234", "c7g_ab"):
+        fresh_ledger.create_job(job_id, 7, 7, 10)
+    ops = AdminOps(fresh_ledger, chain=None, jobs=None)  # type: ignore[arg-type]  # finding a job reads the books only
+    assert ops.find_job("c7m1234").id == "c7m1234"
+    assert ops.find_job("1234").id == "c7m1234"  # the short id users see
+    assert ops.find_job("234") is None  # ambiguous: two jobs end so
+    assert ops.find_job("9999") is None and ops.find_job("") is None
+    assert ops.find_job("_ab").id == "c7g_ab" and ops.find_job("%") is None
 
 
 async def test_help_shows_admin_commands_to_admins(botnet: BotNet) -> None:

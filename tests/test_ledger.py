@@ -35,9 +35,8 @@ MAX = 2**63 - 1
 
 
 @pytest.fixture
-def book(tmp_path: Path) -> Ledger:
-    with Ledger(tmp_path / "books.db") as ledger:
-        yield ledger
+def book(fresh_ledger: Ledger) -> Ledger:
+    return fresh_ledger
 
 
 def snapshot(book: Ledger) -> tuple[object, ...]:
@@ -227,8 +226,8 @@ def test_events_once_and_grant_tied_to_event(book: Ledger) -> None:
     book.audit()
 
 
-def test_audit_detects_tampering(tmp_path: Path) -> None:
-    path = tmp_path / "b.db"
+def test_audit_detects_tampering(ledger_path: Path) -> None:
+    path = ledger_path
     with Ledger(path) as book:
         book.grant("g", 1, 100, "")
         book.reserve("r", 1, 40, "j")
@@ -248,8 +247,8 @@ def test_audit_detects_tampering(tmp_path: Path) -> None:
     raw.close()
 
 
-def test_audit_apart_reads_its_own_snapshot_while_the_books_are_written(tmp_path: Path) -> None:
-    path = tmp_path / "b.db"
+def test_audit_apart_reads_its_own_snapshot_while_the_books_are_written(ledger_path: Path, tmp_path: Path) -> None:
+    path = ledger_path
     with Ledger(path) as book:
         book.grant("g", 1, 100, "")
         book.reserve("r", 1, 40, "j")
@@ -267,8 +266,8 @@ def test_audit_apart_reads_its_own_snapshot_while_the_books_are_written(tmp_path
         Ledger.audit_apart(type("Gone", (), {"path": tmp_path / "missing.db"})())  # type: ignore[arg-type]
 
 
-def test_audit_detects_post_above_reservation(tmp_path: Path) -> None:
-    path = tmp_path / "b.db"
+def test_audit_detects_post_above_reservation(ledger_path: Path) -> None:
+    path = ledger_path
     with Ledger(path) as book:
         book.grant("g", 1, 100, "")
         book.reserve("r", 1, 40, "j")
@@ -286,14 +285,13 @@ def test_audit_detects_post_above_reservation(tmp_path: Path) -> None:
         book.audit()
 
 
-def test_not_sqlite_and_newer_schema_are_refused(tmp_path: Path) -> None:
+def test_not_sqlite_and_newer_schema_are_refused(tmp_path: Path, ledger_path: Path) -> None:
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database at all, just text\n" * 10)
     with pytest.raises(SchemaError, match="not a SQLite database"):
         Ledger(junk)
     assert junk.read_bytes().startswith(b"this is not")
-    path = tmp_path / "b.db"
-    Ledger(path).close()
+    path = ledger_path
     raw = sqlite3.connect(path)
     raw.execute("INSERT INTO schema_migrations VALUES (99, 'future', 0)")
     raw.commit()
@@ -302,8 +300,8 @@ def test_not_sqlite_and_newer_schema_are_refused(tmp_path: Path) -> None:
         Ledger(path)
 
 
-def test_reopen_keeps_schema_and_data(tmp_path: Path) -> None:
-    path = tmp_path / "b.db"
+def test_reopen_keeps_schema_and_data(ledger_path: Path) -> None:
+    path = ledger_path
     with Ledger(path) as book:
         book.grant("g", 1, 10, "")
         assert book.schema_version() == SCHEMA_VERSION == 5
@@ -411,6 +409,31 @@ def test_spend_counters(book: Ledger) -> None:
     book.complete_job("b", "b:post", 15, fee=1)
     assert book.spent_since(1, 0) == 10 + 16
     assert book.jobs_in_flight(1) == 2
+
+
+def test_find_jobs_by_suffix_tells_unique_ambiguous_and_absent(fresh_ledger: Ledger) -> None:
+    book = fresh_ledger
+    book.grant("g", 1, 1000, "")
+    for job_id in ("c-100m17", "c-100m117", "c-200m5", "c7g_a1", "c7gxa1", "c8g%b2", "c8gqqb2"):
+        book.create_job(job_id, 1, 1, 10)
+    assert [j.id for j in book.find_jobs_by_suffix("m5")] == ["c-200m5"]
+    assert [j.id for j in book.find_jobs_by_suffix("c-200m5")] == ["c-200m5"]  # a whole id is its own suffix
+    assert [j.id for j in book.find_jobs_by_suffix("17")] == ["c-100m117", "c-100m17"]  # ambiguous: two of them
+    assert [j.id for j in book.find_jobs_by_suffix("7", limit=5)] == ["c-100m117", "c-100m17"]
+    assert [j.id for j in book.find_jobs_by_suffix("1", limit=1)] == ["c7g_a1"]
+    assert book.find_jobs_by_suffix("m6") == [] and book.find_jobs_by_suffix("xc-200m5") == []
+    assert book.find_jobs_by_suffix("M5") == []  # ids are compared exactly, case included
+    # LIKE's wildcards are plain characters here: "_a1" is not "?a1", "%b2" is not "*b2"
+    assert [j.id for j in book.find_jobs_by_suffix("_a1")] == ["c7g_a1"]
+    assert [j.id for j in book.find_jobs_by_suffix("%b2")] == ["c8g%b2"]
+    assert book.find_jobs_by_suffix("%") == [] and book.find_jobs_by_suffix("_") == []
+    found = book.find_jobs_by_suffix("m5")[0]
+    assert found == book.get_job("c-200m5") and found.max_price == 10
+    for bad in ("", "x" * 201, "a\nb"):
+        with pytest.raises(InvalidArgument):
+            book.find_jobs_by_suffix(bad)
+    with pytest.raises(InvalidArgument):
+        book.find_jobs_by_suffix("m5", limit=0)
 
 
 # ----- chain transactions ----------------------------------------------------------------------

@@ -103,8 +103,8 @@ def test_v1_resolution_without_its_reservation_is_reported_after_upgrade(tmp_pat
 
 
 @pytest.fixture
-def books(tmp_path: Path) -> Path:
-    path = tmp_path / "b.db"
+def books(ledger_path: Path) -> Path:
+    path = ledger_path
     with Ledger(path) as book:
         book.grant("g", 1, 1000, "")
         book.reserve("r1", 1, 400, "j1")
