@@ -184,10 +184,12 @@ class TelegramStandIn:
     def bots(self) -> list[BotState]:
         return list(self._bots.values())
 
-    def _notify(self) -> None:
+    def _notify(self) -> int:
+        """Count a change of any bot's state and wake the waiters; returns the new count."""
         self.changes += 1
         self._changed.set()
         self._changed = asyncio.Event()
+        return self.changes
 
     # --- bot side over HTTP ------------------------------------------------------------------------------
 

@@ -173,7 +173,7 @@ class BotState:
         token: str,
         username: str,
         limits: RateLimits,
-        notify: Callable[[], None],
+        notify: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
         counters_dir: Path | None = None,
     ) -> None:
@@ -193,6 +193,9 @@ class BotState:
         self.clock = clock
         self.chats: dict[int, TgChat] = {}
         self.messages: dict[int, dict[int, SentMessage]] = {}
+        #: per chat, per message: the stand-in's change counter when the message was last stored (sent, edited,
+        #: deleted); what the chat page's `/messages?after=C` uses to answer only what changed after C
+        self.stamps: dict[int, dict[int, int]] = {}
         self.files: dict[str, StoredFile] = {}
         self.photo_sets: dict[str, tuple[StoredFile, ...]] = {}
         self.paths: dict[str, StoredFile] = {}
@@ -345,7 +348,7 @@ class BotState:
 
     def store(self, message: SentMessage) -> SentMessage:
         self.messages.setdefault(message.chat_id, {})[message.message_id] = message
-        self._notify()
+        self.stamps.setdefault(message.chat_id, {})[message.message_id] = self._notify()
         self._history_changed()
         return message
 

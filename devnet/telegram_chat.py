@@ -11,10 +11,14 @@ All under `/_chat/{bot_username}/...`, beside the Bot API on the same 127.0.0.1 
                                 update per photo, the caption on the first), answered with `messages`
     POST /_chat/{bot}/press     {"user": {...}, "message_id": N, "data": "..."}    an inline button
     POST /_chat/{bot}/edit      {"user": {...}, "message_id": N, "text": "..."}    edit own message
-    GET  /_chat/{bot}/messages?chat_id=N&after=C&wait=S  the conversation, long-polled until the
-                                                         change counter passes C (at most S seconds);
-                                                         a reply's `reply_to` quotes the message it
-                                                         answers (id, snippet, thumb_file_id)
+    GET  /_chat/{bot}/messages?chat_id=N&after=C&wait=S  the messages of the chat sent, edited or
+                                                         deleted after change C (the `changes` of an
+                                                         earlier answer), long-polled until there is
+                                                         one (at most S seconds); without `after` (or
+                                                         -1, or a C this stand-in never reached: it was
+                                                         restarted) the whole conversation, with
+                                                         `"full": true`; a reply's `reply_to` quotes the
+                                                         message it answers (id, snippet, thumb_file_id)
     GET  /_chat/{bot}/file/{file_id}                   a stored file's bytes (no token in this URL)
     GET  /_chat/{bot}/stats                            calls per method, 429s, pending updates
 
@@ -257,12 +261,22 @@ class _ChatRoutes:
             return web.json_response({"error": "chat_id (int), after (int) and wait (s) expected"}, status=400)
         except StandInError as err:
             return self._error(err)
-        if wait > 0 and self.standin.changes <= after:
-            with contextlib.suppress(StandInError):  # nothing changed: answer with the same conversation
-                await self.standin.wait_for(lambda: self.standin.changes > after, wait)
-        found = state.messages.get(chat_id, {})
+        # a change count this stand-in never reached was counted by an earlier run of it: all of it again
+        full = after < 0 or after > self.standin.changes
+        if wait > 0 and not full:
+            with contextlib.suppress(StandInError):  # nothing changed in this chat: answer with no message
+                await self.standin.wait_for(
+                    lambda: any(c > after for c in state.stamps.get(chat_id, {}).values()), wait
+                )
+        found, stamps = state.messages.get(chat_id, {}), state.stamps.get(chat_id, {})
+        # a message kept from an earlier run of the stand-in has no stamp: it is in the whole conversation only
+        changed = sorted(found) if full else sorted(k for k in found if stamps.get(k, 0) > after)
         return web.json_response(
-            {"changes": self.standin.changes, "messages": [message_json(found[k], state) for k in sorted(found)]}
+            {
+                "changes": self.standin.changes,
+                "full": full,
+                "messages": [message_json(found[k], state) for k in changed],
+            }
         )
 
     async def file(self, request: web.Request) -> web.Response:

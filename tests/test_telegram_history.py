@@ -5,6 +5,7 @@ The bot is the real python-telegram-bot client over HTTP; the person uses the ch
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
@@ -152,3 +153,51 @@ async def test_a_group_chat_and_its_members_come_back(tmp_path: Path) -> None:
     assert msg.text == "hello group" and msg.api["from"]["first_name"] == "Carol"
     assert reply.chat.title == "Friends" and reply.reply_to_message is not None
     assert reply.reply_to_message.from_user is not None and reply.reply_to_message.from_user.id == carol.id
+
+
+async def _page(
+    tg: TelegramStandIn, session: aiohttp.ClientSession, chat_id: int, **query: Any
+) -> tuple[dict[str, Any], list[tuple[int, str | None]]]:
+    params = {"chat_id": str(chat_id), **{k: str(v) for k, v in query.items()}}
+    async with session.get(f"{tg.url}/_chat/{BOT_USERNAME}/messages", params=params) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    return body, [(m["message_id"], m["text"]) for m in body["messages"]]
+
+
+async def test_messages_after_a_change_answer_only_what_changed_since(
+    tg_unlimited: TelegramStandIn, alice: TgUser
+) -> None:
+    """The chat page polls `/messages?after=C` with the `changes` of its last answer: it gets the messages sent,
+    edited or deleted since then, not the whole history again (which grows with every photo)."""
+    tg = tg_unlimited
+    async with (
+        aiohttp.ClientSession() as session,
+        Bot(TOKEN, base_url=tg.bot_base_url, base_file_url=tg.file_base_url) as bot,
+    ):
+        tg.inject_text(alice, "first")
+        status = await bot.send_message(alice.id, "Queued, 1st in line")
+        tg.inject_text(alice, "second")
+        whole, shown = await _page(tg, session, alice.id)
+        assert whole["full"] is True and [t for _, t in shown] == ["first", "Queued, 1st in line", "second"]
+        seen = whole["changes"]
+
+        late = await bot.send_message(alice.id, "Done")
+        await bot.edit_message_text("Started", chat_id=alice.id, message_id=status.message_id)
+        delta, shown = await _page(tg, session, alice.id, after=seen)
+        assert delta["full"] is False
+        assert shown == [(status.message_id, "Started"), (late.message_id, "Done")]  # not "first", "second"
+
+        nothing, shown = await _page(tg, session, alice.id, after=delta["changes"])
+        assert shown == [] and nothing["changes"] == delta["changes"]
+
+        # a long poll answers when something of this chat changed (or at once if it already had), with that only
+        poll = asyncio.create_task(_page(tg, session, alice.id, after=delta["changes"], wait=20))
+        await bot.delete_message(alice.id, late.message_id)
+        body, shown = await poll
+        assert shown == [(late.message_id, "Done")] and body["messages"][0]["deleted"] is True
+
+        # a count this stand-in never reached (the page polled an earlier run of it): everything again
+        again, shown = await _page(tg, session, alice.id, after=10**9)
+        assert again["full"] is True and [t for _, t in shown] == ["first", "Started", "second", "Done"]
+        assert [m["deleted"] for m in again["messages"]] == [False, False, False, True]  # the page hides it
