@@ -29,11 +29,11 @@ from typing import Any
 
 from eth_utils import keccak, to_checksum_address
 from web3 import AsyncWeb3
-from web3.exceptions import Web3RPCError
 from web3.types import FilterParams
 
 from iexec.retry import RetryPolicy
 from iexec.tx import with_retry
+from iexec.watch import get_logs_narrowing
 
 log = logging.getLogger(__name__)
 
@@ -194,16 +194,9 @@ class DepositWatcher:
             "toBlock": end,
             "topics": [TRANSFER_TOPIC, None, self._to_topic],
         }
-        try:
-            logs = await with_retry(lambda: self.w3.eth.get_logs(params), self.retry, "get_logs")
-        except Web3RPCError as exc:
-            self.stats.get_logs += 1
-            if self.max_range > 1 and any(w in str(exc).lower() for w in ("range", "limit", "too many")):
-                self.max_range = max(1, self.max_range // 2)
-                log.warning("event=deposit_logs_range_reduced max_range=%d", self.max_range)
-                return None
-            raise
-        self.stats.get_logs += 1
+        logs = await get_logs_narrowing(self, params, log, "deposit_logs_range_reduced")
+        if logs is None:
+            return None
         out: list[RlcTransfer] = []
         for raw in logs:
             if _hex(raw.get("address", "")) != self.token.lower():

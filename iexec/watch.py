@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from eth_utils import to_checksum_address
 from web3 import AsyncWeb3
@@ -101,6 +101,49 @@ class TaskDeadlinePassed(WatchEvent):
 
     task_id: bytes
     task: Task
+
+
+# ----------------------------------------------------------------------------------------------- log scans
+
+#: Words of a node's refusal of an eth_getLogs block range as too wide (or of its answer as too large).
+RANGE_REFUSALS = ("range", "limit", "too many")
+
+
+class _LogCounts(Protocol):
+    get_logs: int
+
+
+class LogScanner(Protocol):
+    """What get_logs_narrowing reads and updates on its owner (TaskWatcher, iexec.deposits.DepositWatcher)."""
+
+    w3: AsyncWeb3
+    retry: RetryPolicy
+    max_range: int
+
+    @property
+    def stats(self) -> _LogCounts: ...
+
+
+async def get_logs_narrowing(
+    owner: LogScanner, params: FilterParams, logger: logging.Logger, event: str
+) -> list[Any] | None:
+    """eth_getLogs under the owner's retry policy, counted in `owner.stats.get_logs`.
+
+    When the node refuses the block range as too wide, halve `owner.max_range`, log `event=<event>` on `logger`
+    and return None: the caller asks again over the narrower window. At a one-block range, or for any other RPC
+    error, raise.
+    """
+    try:
+        logs = await with_retry(lambda: owner.w3.eth.get_logs(params), owner.retry, "get_logs")
+    except Web3RPCError as exc:
+        owner.stats.get_logs += 1
+        if owner.max_range > 1 and any(w in str(exc).lower() for w in RANGE_REFUSALS):
+            owner.max_range = max(1, owner.max_range // 2)
+            logger.warning("event=%s max_range=%d", event, owner.max_range)
+            return None
+        raise
+    owner.stats.get_logs += 1
+    return list(logs)
 
 
 # ----------------------------------------------------------------------------------------------- state
@@ -242,17 +285,7 @@ class TaskWatcher:
             "toBlock": end,
             "topics": [self._topics],
         }
-        try:
-            logs = await with_retry(lambda: self.w3.eth.get_logs(params), self.retry, "get_logs")
-        except Web3RPCError as exc:
-            self.stats.get_logs += 1
-            if self.max_range > 1 and any(w in str(exc).lower() for w in ("range", "limit", "too many")):
-                self.max_range = max(1, self.max_range // 2)
-                log.warning("event=get_logs_range_reduced max_range=%d", self.max_range)
-                return None
-            raise
-        self.stats.get_logs += 1
-        return list(logs)
+        return await get_logs_narrowing(self, params, log, "get_logs_range_reduced")
 
     def _prune_seen(self, head: int) -> None:
         floor = head - 2 * self.reorg_depth - 1
