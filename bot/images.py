@@ -9,10 +9,10 @@ sRGB first when the file carries one).
 
 Limits: the bot's defaults are at least as strict as the worker's (`worker/limits.py`; a test compares them,
 the bot does not import the worker). The accepted input formats are a subset of the worker's, and the file
-sent on is JPEG or PNG, both of which the worker accepts. At intake (`ImageLimits.intake()`, or limits read
-from the settings) a picture must also be deliverable and worth a task: at most 20:1 (Telegram refuses
-longer photos with PHOTO_INVALID_DIMENSIONS) and at least 32 pixels on its short side; both are judged from
-the header, before anything is decoded, so such a picture costs nothing.
+sent on is JPEG or PNG, both of which the worker accepts. At intake (`ImageLimits.intake()`, or
+`ImageLimits.from_settings(settings)`) a picture must also be deliverable and worth a task: at most 20:1
+(Telegram refuses longer photos with PHOTO_INVALID_DIMENSIONS) and at least 32 pixels on its short side; both
+are judged from the header, before anything is decoded, so such a picture costs nothing.
 
 Threads: everything here is synchronous CPU work (a 12-megapixel decode is about half a second). Async code
 calls it through `check_image_async` / `identify_async`, which run it on a small pool of its own
@@ -97,19 +97,24 @@ class ImageLimits:
         return cls(**values)
 
     @classmethod
+    def from_settings(cls, settings: Settings) -> ImageLimits:
+        """The intake limits of the settings (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGE_ASPECT,
+        MIN_IMAGE_SIDE; their defaults are `intake()`'s)."""
+        return cls(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            max_aspect=settings.max_image_aspect,
+            min_side=settings.min_image_side,
+        )
+
+    @classmethod
     def coerce(cls, limits: ImageLimits | Settings | None = None) -> ImageLimits:
-        """`limits` itself, the intake defaults for None, or the intake limits read (duck-typed) from a
-        settings object (`max_image_bytes`, `max_image_pixels`, `max_image_aspect`, `min_image_side`)."""
-        if isinstance(limits, cls):
+        """`limits` itself, the intake defaults for None, or the intake limits of the settings."""
+        if isinstance(limits, ImageLimits):
             return limits
         if limits is None:
             return cls.intake()
-        return cls(
-            max_bytes=getattr(limits, "max_image_bytes", None) or DEFAULT_MAX_BYTES,
-            max_pixels=getattr(limits, "max_image_pixels", None) or DEFAULT_MAX_PIXELS,
-            max_aspect=getattr(limits, "max_image_aspect", None) or DEFAULT_MAX_ASPECT,
-            min_side=getattr(limits, "min_image_side", None) or DEFAULT_MIN_SIDE,
-        )
+        return cls.from_settings(limits)
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,7 @@ async def identify_async(data: bytes, limits: ImageLimits | Settings | None = No
 def check_image(data: bytes, limits: ImageLimits | Settings | None = None) -> CheckedImage:
     """Check `data` and return the cleaned image (first frame, upright, RGB, re-encoded, no metadata).
 
-    `limits` is an ImageLimits, a settings object (`max_image_bytes`, `max_image_pixels`) or None for the
+    `limits` is an ImageLimits, the bot's Settings (`ImageLimits.from_settings`) or None for the
     defaults. Raises ImageRejected with a message for the user.
     """
     limits = ImageLimits.coerce(limits)

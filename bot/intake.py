@@ -36,7 +36,7 @@ import logging
 import re
 import socket
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
@@ -143,10 +143,10 @@ _USER_AGENT = "segbot-intake/1 (+image fetch for a Telegram user)"
 class FetchPolicy:
     """The limits of one download. `FetchPolicy()` is the safe default: nothing local is reachable."""
 
-    max_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 25_000_000
-    max_aspect: float = 20.0
-    min_side: int = 32
+    max_bytes: int = images.DEFAULT_MAX_BYTES
+    max_pixels: int = images.DEFAULT_MAX_PIXELS
+    max_aspect: float = images.DEFAULT_MAX_ASPECT
+    min_side: int = images.DEFAULT_MIN_SIDE
     timeout: float = DEFAULT_TIMEOUT_S
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S
     max_redirects: int = DEFAULT_MAX_REDIRECTS
@@ -165,43 +165,46 @@ class FetchPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **options: Any) -> FetchPolicy:
-        """The policy of `settings` (duck-typed, None = built-in defaults), then `options` on top.
+        """The policy of `settings` (None: the built-in defaults), then `options` on top.
 
         Raises TypeError for an unknown option, ValueError for an out-of-range value.
         """
-        values: dict[str, Any] = {
-            "max_bytes": images.DEFAULT_MAX_BYTES,
-            "max_pixels": images.DEFAULT_MAX_PIXELS,
-            "max_aspect": images.DEFAULT_MAX_ASPECT,
-            "min_side": images.DEFAULT_MIN_SIDE,
-        }
-        if settings is not None:
-            for name, attr in _SETTING_NAMES.items():
-                value = getattr(settings, attr, None)
-                if value is not None:
-                    values[name] = value
-        known = {f.name for f in fields(cls)}
-        unknown = set(options) - known
+        return cls.of(settings, **options)
+
+    @classmethod
+    def of(cls, limits: FetchPolicy | Settings | None = None, **options: Any) -> FetchPolicy:
+        """`limits` as a policy (a policy itself, the settings' policy, or the defaults for None), with
+        `options` replacing single fields. Raises TypeError for an unknown option, ValueError for an
+        out-of-range value."""
+        if isinstance(limits, FetchPolicy):
+            policy = limits
+        elif limits is None:
+            policy = cls()
+        else:
+            policy = cls(
+                max_bytes=limits.max_image_bytes,
+                max_pixels=limits.max_image_pixels,
+                max_aspect=limits.max_image_aspect,
+                min_side=limits.min_image_side,
+                timeout=limits.url_fetch_timeout,
+                max_redirects=limits.url_max_redirects,
+                allow_loopback=limits.url_allow_loopback,
+                allow_private=limits.url_allow_private,
+            )
+        unknown = set(options) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"unknown fetch option(s): {', '.join(sorted(unknown))}")
-        values.update(options)
-        return cls(**values)
+        return replace(policy, **options) if options else policy
+
+    def image_limits(self) -> images.ImageLimits:
+        """The image checks of a download (bytes, pixels, shape): what `bot.images` judges from the header."""
+        return images.ImageLimits(
+            max_bytes=self.max_bytes, max_pixels=self.max_pixels, max_aspect=self.max_aspect, min_side=self.min_side
+        )
 
     def denial(self, address: str | IPv4Address | IPv6Address) -> str | None:
         """`address_denial` under this policy."""
         return address_denial(address, allow_loopback=self.allow_loopback, allow_private=self.allow_private)
-
-
-_SETTING_NAMES = {
-    "max_bytes": "max_image_bytes",
-    "max_pixels": "max_image_pixels",
-    "max_aspect": "max_image_aspect",
-    "min_side": "min_image_side",
-    "timeout": "url_fetch_timeout",
-    "max_redirects": "url_max_redirects",
-    "allow_loopback": "url_allow_loopback",
-    "allow_private": "url_allow_private",
-}
 
 
 # --- URL checks --------------------------------------------------------------------------------------------
@@ -341,14 +344,15 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PAGE_TYPES = ("text/", "application/xhtml", "application/json", "application/xml", "application/javascript")
 
 
-async def fetch_image(url: str, settings: Settings | None = None, **options: Any) -> bytes:
+async def fetch_image(url: str, limits: FetchPolicy | Settings | None = None, **options: Any) -> bytes:
     """Download the image at `url` and return its bytes (still to be checked with `bot.images.check_image`).
 
-    `settings` is read duck-typed (`max_image_bytes`, `url_fetch_timeout`, `url_allow_loopback`, ...);
-    None means the built-in safe defaults, which refuse every local address. `options` override single
-    fields of `FetchPolicy` (e.g. `max_bytes=...`). Raises InputRejected, whose text is meant for the user.
+    `limits` is a `FetchPolicy` or the bot's Settings (`FetchPolicy.from_settings`: MAX_IMAGE_BYTES,
+    URL_FETCH_TIMEOUT, URL_ALLOW_LOOPBACK, ...); None means the built-in safe defaults, which refuse every
+    local address. `options` override single fields of `FetchPolicy` (e.g. `max_bytes=...`). Raises
+    InputRejected, whose text is meant for the user.
     """
-    policy = FetchPolicy.from_settings(settings, **options)
+    policy = FetchPolicy.of(limits, **options)
     target = check_url(url, policy)
     host = target.host
     try:
@@ -457,10 +461,7 @@ async def _read_limited(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
 async def _check_is_image(data: bytes, policy: FetchPolicy) -> None:
     """The header says an accepted image of a deliverable shape (on the image threads: a GIF's frames are
     counted there, and a page of HTML is sniffed there too)."""
-    limits = images.ImageLimits(
-        max_bytes=policy.max_bytes, max_pixels=policy.max_pixels, max_aspect=policy.max_aspect, min_side=policy.min_side
-    )
-    await images.identify_async(data, limits)
+    await images.identify_async(data, policy.image_limits())
 
 
 # --- how many downloads at once ----------------------------------------------------------------------------
@@ -499,17 +500,11 @@ class DownloadLimiter:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> DownloadLimiter:
-        """Read duck-typed: `max_downloads_per_user`, `max_downloads`, `max_downloads_waiting_per_user`."""
-
-        def get(name: str, default: int) -> int:
-            value = getattr(settings, name, None)
-            return default if value is None else int(value)
-
-        return cls(
-            get("max_downloads_per_user", DEFAULT_DOWNLOADS_PER_USER),
-            get("max_downloads", DEFAULT_DOWNLOADS_OVERALL),
-            get("max_downloads_waiting_per_user", DEFAULT_DOWNLOADS_WAITING),
-        )
+        """The limiter of the settings (MAX_DOWNLOADS_PER_USER, MAX_DOWNLOADS, MAX_DOWNLOADS_WAITING_PER_USER);
+        None: the built-in defaults."""
+        if settings is None:
+            return cls()
+        return cls(settings.max_downloads_per_user, settings.max_downloads, settings.max_downloads_waiting_per_user)
 
     def pending(self, user: Any) -> int:
         """The user's downloads running or waiting now."""

@@ -22,6 +22,7 @@ from bot.images import (
     check_image,
     identify,
 )
+from bot.settings import Settings
 from tests.loop_stalls import loop_stalls
 
 
@@ -46,7 +47,7 @@ def png_with_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def reject(data: bytes, limits: object = None) -> str:
+def reject(data: bytes, limits: ImageLimits | Settings | None = None) -> str:
     with pytest.raises(ImageRejected) as info:
         check_image(data, limits)
     assert isinstance(info.value, InputRejected)  # the pipeline catches one type for all bad input
@@ -112,12 +113,15 @@ def test_too_many_bytes() -> None:
     assert "too large" in reject(data, ImageLimits(max_bytes=len(data) - 1))
 
 
-def test_settings_object_gives_the_limits() -> None:
-    class Settings:
-        max_image_bytes = 1000
-        max_image_pixels = 10_000_000
-
-    assert "too large" in reject(encode(noisy(), "PNG"), Settings())
+def test_settings_give_the_limits() -> None:
+    small = Settings(_env_file=None, max_image_bytes=1000, max_image_pixels=10_000_000)
+    assert "too large" in reject(encode(noisy(), "PNG"), small)
+    assert ImageLimits.from_settings(Settings(_env_file=None)) == ImageLimits.intake()  # the same defaults
+    limits = ImageLimits.from_settings(
+        Settings(_env_file=None, max_image_bytes=1000, max_image_pixels=2000, max_image_aspect=3, min_image_side=4)
+    )
+    assert limits == ImageLimits(max_bytes=1000, max_pixels=2000, max_aspect=3.0, min_side=4)
+    assert ImageLimits.coerce(limits) is limits and ImageLimits.coerce(None) == ImageLimits.intake()
 
 
 # --- accepted inputs: what comes out -----------------------------------------------------------------------
@@ -220,8 +224,6 @@ def test_the_shape_is_said_as_the_person_sees_it() -> None:
 
 
 def test_shape_limits_come_from_the_settings() -> None:
-    from bot.settings import Settings
-
     strict = Settings(_env_file=None, min_image_side=64, max_image_aspect=4)
     assert "at least 64 pixels" in reject(encode(noisy((48, 48)), "PNG"), strict)
     assert "(at most 4:1)" in reject(encode(noisy((300, 64)), "PNG"), strict)

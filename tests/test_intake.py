@@ -19,6 +19,7 @@ import struct
 import subprocess
 import zlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,6 +27,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
+from bot.images import ImageLimits
 from bot.intake import (
     FetchPolicy,
     InputRejected,
@@ -34,6 +36,7 @@ from bot.intake import (
     check_url,
     fetch_image,
 )
+from bot.settings import Settings
 
 # --- the address table --------------------------------------------------------------------------------------
 
@@ -282,12 +285,12 @@ async def image_server() -> AsyncIterator[SimpleNamespace]:
         await runner.cleanup()
 
 
-LOOPBACK_OK = SimpleNamespace(url_allow_loopback=True, url_fetch_timeout=10.0, max_image_bytes=2_000_000)
+LOOPBACK_OK = FetchPolicy(allow_loopback=True, timeout=10.0, max_bytes=2_000_000)
 
 
-async def rejected(url: str, settings: object = LOOPBACK_OK, **options: object) -> str:
+async def rejected(url: str, limits: FetchPolicy | None = LOOPBACK_OK, **options: object) -> str:
     with pytest.raises(InputRejected) as info:
-        await fetch_image(url, settings, **options)
+        await fetch_image(url, limits, **options)
     return str(info.value)
 
 
@@ -407,7 +410,7 @@ async def test_defaults_refuse_loopback_without_connecting(url: str) -> None:
 
 async def test_settings_without_loopback_refuse_it() -> None:
     async with image_server() as server:
-        strict = SimpleNamespace(url_allow_loopback=False, url_allow_private=True)
+        strict = Settings(_env_file=None, url_allow_loopback=False, url_allow_private=True)
         with pytest.raises(InputRejected, match="loopback"):
             await fetch_image(f"{server.url}/good.jpg", strict)
         assert server.hits == []
@@ -415,10 +418,9 @@ async def test_settings_without_loopback_refuse_it() -> None:
 
 async def test_real_settings_object_is_understood() -> None:
     async with image_server() as server:
-        settings_mod = pytest.importorskip("bot.settings")
-        settings = settings_mod.Settings(_env_file=None, url_allow_loopback=True)
+        settings = Settings(_env_file=None, url_allow_loopback=True)
         assert await fetch_image(f"{server.url}/good.jpg", settings) == JPEG
-        defaults = settings_mod.Settings(_env_file=None)
+        defaults = Settings(_env_file=None)
         with pytest.raises(InputRejected):
             await fetch_image(f"{server.url}/good.jpg", defaults)
 
@@ -426,6 +428,41 @@ async def test_real_settings_object_is_understood() -> None:
 def test_unknown_option_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="allow_everything"):
         FetchPolicy.from_settings(None, allow_everything=True)
+    with pytest.raises(TypeError, match="allow_everything"):
+        FetchPolicy.of(LOOPBACK_OK, allow_everything=True)
+
+
+def test_the_fetch_policy_comes_from_the_settings() -> None:
+    assert FetchPolicy.from_settings(Settings(_env_file=None)) == FetchPolicy() == FetchPolicy.of(None)
+    settings = Settings(
+        _env_file=None,
+        max_image_bytes=3_000_000,
+        max_image_pixels=4_000_000,
+        max_image_aspect=5.0,
+        min_image_side=6,
+        url_fetch_timeout=7.0,
+        url_max_redirects=1,
+        url_allow_loopback=True,
+        url_allow_private=True,
+    )
+    policy = FetchPolicy.of(settings)
+    assert policy == FetchPolicy(
+        max_bytes=3_000_000,
+        max_pixels=4_000_000,
+        max_aspect=5.0,
+        min_side=6,
+        timeout=7.0,
+        max_redirects=1,
+        allow_loopback=True,
+        allow_private=True,
+    )
+    assert policy.image_limits() == ImageLimits.from_settings(settings)  # what the download's header check uses
+    assert FetchPolicy.of(settings, timeout=2.0, allow_private=False) == replace(
+        policy, timeout=2.0, allow_private=False
+    )
+    assert FetchPolicy.of(policy) is policy
+    with pytest.raises(ValueError, match="max_redirects"):
+        FetchPolicy.of(Settings(_env_file=None, url_max_redirects=11))  # the settings allow it, a download not
 
 
 async def test_logs_show_the_host_only(caplog: pytest.LogCaptureFixture) -> None:

@@ -11,7 +11,6 @@ import struct
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -19,10 +18,10 @@ from PIL import Image
 
 from bot.errors import DownloadsBusy, InputRejected
 from bot.images import MAX_FRAMES_COUNTED
-from bot.intake import DownloadLimiter, fetch_image
+from bot.intake import DownloadLimiter, FetchPolicy, fetch_image
 from tests.loop_stalls import loop_stalls
 
-LOOPBACK_OK = SimpleNamespace(url_allow_loopback=True, url_fetch_timeout=20.0, max_image_bytes=10 * 1024 * 1024)
+LOOPBACK_OK = FetchPolicy(allow_loopback=True, timeout=20.0)
 
 
 def jpeg_bytes(size: tuple[int, int] = (96, 64)) -> bytes:
@@ -182,6 +181,8 @@ def test_limits_come_from_the_settings() -> None:
     assert (limiter.per_user, limiter.overall, limiter.max_waiting) == (1, 5, 0)
     defaults = DownloadLimiter.from_settings(Settings(_env_file=None))
     assert (defaults.per_user, defaults.overall, defaults.max_waiting) == (2, 16, 8)
+    built_in = DownloadLimiter.from_settings(None)
+    assert (built_in.per_user, built_in.overall, built_in.max_waiting) == (2, 16, 8)
 
 
 # --- shapes and hostile files, fetched ---------------------------------------------------------------------

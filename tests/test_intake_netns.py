@@ -38,6 +38,7 @@ from aiohttp import web
 from PIL import Image
 from bot.errors import InputRejected
 from bot.intake import fetch_image
+from bot.settings import Settings
 
 buf = io.BytesIO(); Image.new("RGB", (32, 32), (9, 99, 199)).save(buf, "JPEG"); JPEG = buf.getvalue()
 hits = []
@@ -63,7 +64,7 @@ async def main():
     for name, url, settings in CASES:
         hits.clear()
         try:
-            data = await fetch_image(url, settings and type("S", (), settings)(), timeout=10.0)
+            data = await fetch_image(url, Settings(_env_file=None, **settings) if settings else None, timeout=10.0)
             outcome = "ok" if data == JPEG else "wrong bytes"
         except InputRejected as exc:
             outcome = "rejected: " + str(exc)
