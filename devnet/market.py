@@ -25,6 +25,7 @@ from eth_utils import to_checksum_address
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devnet.deploy import hub_abi
+from devnet.loopback import serve_loopback
 from iexec.errors import OrderError
 from iexec.market import challenge_hash
 from iexec.orders import AppOrder, DatasetOrder, Domain, RequestOrder, WorkerpoolOrder, recover_signer, tag_to_int
@@ -258,12 +259,7 @@ class MarketStandIn:
             app.router.add_put(f"/{kind.path}", self._unpublisher(kind))
         app.router.add_get("/deals", self._deals_list)
         app.router.add_get("/deals/{dealid}", self._deal_get)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, port)
-        await site.start()
-        host, bound = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{bound}"
+        self._runner, self.base_url = await serve_loopback(app, port, host=self.host)
         return self.base_url
 
     async def stop(self) -> None:

@@ -39,6 +39,8 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils import is_address, keccak, to_checksum_address
 
+from devnet.loopback import serve_loopback
+
 log = logging.getLogger(__name__)
 
 __all__ = ["SmsStandIn", "sms_challenge", "MAX_SECRET_BYTES", "VERSION"]
@@ -115,11 +117,7 @@ class SmsStandIn:
         app.router.add_put("/secrets/web2", self._web2_update)
         app.router.add_route("HEAD", "/requesters/{address}/secrets/{name}", self._requester_exists)
         app.router.add_post("/requesters/{address}/secrets/{name}", self._requester_add)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, port).start()
-        host, bound = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{bound}"
+        self._runner, self.base_url = await serve_loopback(app, port, host=self.host)
         log.info("event=sms_started url=%s web2=%d requester=%d", self.base_url, len(self._web2), len(self._requester))
         return self.base_url
 
