@@ -4,15 +4,17 @@ stuck transactions replaced within the fee cap."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
+from web3 import AsyncWeb3
 
 from devnet.accounts import SPARE_1, SPARE_2
 from devnet.anvil import rpc_call
 from iexec.errors import ChainUnavailable, TransactionError
-from iexec.tx import RetryPolicy, SenderConfig, TxRecord, TxSender, connect
+from iexec.tx import RetryPolicy, SenderConfig, TxRecord, TxSender, close, connect
 
 FAST = SenderConfig(stuck_after_s=0.3, poll_interval_s=0.05, receipt_timeout_s=30)
 
@@ -37,9 +39,52 @@ def nonce_of(rpc_url: str, address: str) -> int:
     return int(rpc_call(rpc_url, "eth_getTransactionCount", [address, "latest"]), 16)
 
 
-async def test_twenty_concurrent_sends_consecutive_nonces(chain) -> None:
+@pytest.fixture
+async def rpc(chain) -> AsyncIterator[Callable[..., AsyncWeb3]]:
+    """`connect` to the test's chain; every connection made is closed after the test (its HTTP session)."""
+    opened: list[AsyncWeb3] = []
+
+    def make(timeout_s: float = 10.0) -> AsyncWeb3:
+        opened.append(connect(chain.rpc_url, timeout_s=timeout_s))
+        return opened[-1]
+
+    yield make
+    for w3 in opened:
+        await close(w3)
+
+
+async def until_true(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait until `check()` holds; fails loudly, naming `what`, after `timeout` s."""
+
+    async def held() -> None:
+        while not check():
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(held(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"no {what} within {timeout} s") from None
+
+
+async def logged(caplog: pytest.LogCaptureFixture, line: str, times: int = 1, timeout: float = 30.0) -> None:
+    """Wait until a log message containing `line` was emitted `times` times; fails loudly after `timeout` s."""
+
+    def count() -> int:
+        return sum(line in record.getMessage() for record in caplog.records)
+
+    async def seen() -> None:
+        while count() < times:
+            await asyncio.sleep(0.02)
+
+    try:
+        await asyncio.wait_for(seen(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"{line!r} logged {count()} times, not {times}, within {timeout} s") from None
+
+
+async def test_twenty_concurrent_sends_consecutive_nonces(chain, rpc) -> None:
     store = Store(chain.rpc_url)
-    sender = TxSender(connect(chain.rpc_url), SPARE_1, persist=store.persist, config=FAST)
+    sender = TxSender(rpc(), SPARE_1, persist=store.persist, config=FAST)
     first = nonce_of(chain.rpc_url, SPARE_1.address)
     receipts = await asyncio.gather(*(sender.send(SPARE_2.address, value=i + 1, meta={"i": i}) for i in range(20)))
     assert all(r["status"] == 1 for r in receipts)
@@ -55,22 +100,22 @@ async def test_twenty_concurrent_sends_consecutive_nonces(chain) -> None:
     assert sender.inflight() == {}
 
 
-async def test_crash_between_persist_and_broadcast_mines_exactly_once(chain) -> None:
+async def test_crash_between_persist_and_broadcast_mines_exactly_once(chain, rpc) -> None:
     store = Store(chain.rpc_url, crash_after_write=True)
     first = nonce_of(chain.rpc_url, SPARE_1.address)
-    crashed = TxSender(connect(chain.rpc_url), SPARE_1, persist=store.persist, config=FAST)
+    crashed = TxSender(rpc(), SPARE_1, persist=store.persist, config=FAST)
     with pytest.raises(KeyboardInterrupt):
         await crashed.send(SPARE_2.address, value=123)
     assert rpc_call(chain.rpc_url, "eth_getTransactionByHash", [store.records[0].tx_hash]) is None
     # restart: a new sender on the same persisted state
     store.crash_after_write = False
-    sender = TxSender(connect(chain.rpc_url), SPARE_1, persist=store.persist, config=FAST)
+    sender = TxSender(rpc(), SPARE_1, persist=store.persist, config=FAST)
     resumed = await sender.resume(store.records)
     assert [(r.nonce, r.status) for r in resumed] == [(first, "pending")]
     receipt = await sender.wait(first)
     assert "0x" + bytes(receipt["transactionHash"]).hex() == store.records[0].tx_hash
     # a second restart finds it mined and sends nothing
-    again = await TxSender(connect(chain.rpc_url), SPARE_1, config=FAST).resume(store.records)
+    again = await TxSender(rpc(), SPARE_1, config=FAST).resume(store.records)
     assert [r.status for r in again] == ["mined"]
     assert nonce_of(chain.rpc_url, SPARE_1.address) == first + 1
     # the next transaction takes the next nonce
@@ -79,16 +124,19 @@ async def test_crash_between_persist_and_broadcast_mines_exactly_once(chain) -> 
 
 
 @pytest.mark.slow  # over ~2 s
-async def test_chain_frozen_mid_wait_retries_then_finishes(chain) -> None:
+async def test_chain_frozen_mid_wait_retries_then_finishes(chain, rpc, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="iexec.tx")
     config = SenderConfig(stuck_after_s=60, poll_interval_s=0.05, retry=RetryPolicy(deadline_s=30))
-    sender = TxSender(connect(chain.rpc_url, timeout_s=0.5), SPARE_1, config=config)
+    w3 = rpc(timeout_s=0.5)
+    sender = TxSender(w3, SPARE_1, config=config)
     rpc_call(chain.rpc_url, "evm_setAutomine", [False])
     record = await sender.submit(SPARE_2.address, value=7)
+    polls = w3.provider.calls.get("eth_getTransactionReceipt", 0)
     waiting = asyncio.create_task(sender.wait(record.nonce))
-    await asyncio.sleep(0.2)
+    await until_true(lambda: w3.provider.calls.get("eth_getTransactionReceipt", 0) > polls, "a receipt poll")
     chain.anvil.freeze()
     try:
-        await asyncio.sleep(2.0)  # several timed-out polls happen here
+        await logged(caplog, "event=rpc_retry what=get_receipt", times=3)  # polls timed out, retried
         assert not waiting.done()
     finally:
         chain.anvil.thaw()
@@ -97,9 +145,9 @@ async def test_chain_frozen_mid_wait_retries_then_finishes(chain) -> None:
     assert receipt["status"] == 1 and "0x" + bytes(receipt["transactionHash"]).hex() == record.tx_hash
 
 
-async def test_chain_down_too_long_is_chain_unavailable(chain) -> None:
+async def test_chain_down_too_long_is_chain_unavailable(chain, rpc) -> None:
     config = SenderConfig(poll_interval_s=0.05, retry=RetryPolicy(base_delay_s=0.1, deadline_s=1.0))
-    sender = TxSender(connect(chain.rpc_url, timeout_s=0.3), SPARE_1, config=config)
+    sender = TxSender(rpc(timeout_s=0.3), SPARE_1, config=config)
     chain.anvil.freeze()
     try:
         with pytest.raises(ChainUnavailable, match="unreachable"):
@@ -109,15 +157,15 @@ async def test_chain_down_too_long_is_chain_unavailable(chain) -> None:
     await sender.send(SPARE_2.address, value=1)  # and works again once the node answers
 
 
-@pytest.mark.slow  # over ~2 s
-async def test_stuck_transaction_replaced_within_fee_cap(chain) -> None:
+async def test_stuck_transaction_replaced_within_fee_cap(chain, rpc, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="iexec.tx")
     store = Store(chain.rpc_url)
-    probe = TxSender(connect(chain.rpc_url), SPARE_1, config=FAST)
+    probe = TxSender(rpc(), SPARE_1, config=FAST)
     await probe.send(SPARE_2.address, value=1)
     base = int(rpc_call(chain.rpc_url, "eth_getBlockByNumber", ["latest", False])["baseFeePerGas"], 16)
     cap = base * 2 + 10**9 + (base * 2 + 10**9) // 3  # room for two bumps of 15%, not three
     sender = TxSender(
-        connect(chain.rpc_url),
+        rpc(),
         SPARE_1,
         persist=store.persist,
         config=SenderConfig(
@@ -127,7 +175,7 @@ async def test_stuck_transaction_replaced_within_fee_cap(chain) -> None:
     rpc_call(chain.rpc_url, "evm_setAutomine", [False])
     record = await sender.submit(SPARE_2.address, value=9)
     waiting = asyncio.create_task(sender.wait(record.nonce))
-    await asyncio.sleep(2.0)
+    await logged(caplog, "event=tx_stuck_at_cap")  # replaced twice; a third bump would pass the cap
     rpc_call(chain.rpc_url, "evm_mine", [])
     receipt = await asyncio.wait_for(waiting, 10)
     fees = [r.max_fee_per_gas for r in store.records]
@@ -138,8 +186,8 @@ async def test_stuck_transaction_replaced_within_fee_cap(chain) -> None:
     assert nonce_of(chain.rpc_url, SPARE_1.address) == record.nonce + 1
 
 
-async def test_dropped_transaction_is_rebroadcast(chain) -> None:
-    sender = TxSender(connect(chain.rpc_url), SPARE_1, config=FAST)
+async def test_dropped_transaction_is_rebroadcast(chain, rpc) -> None:
+    sender = TxSender(rpc(), SPARE_1, config=FAST)
     rpc_call(chain.rpc_url, "evm_setAutomine", [False])
     record = await sender.submit(SPARE_2.address, value=5)
     rpc_call(chain.rpc_url, "anvil_dropTransaction", [record.tx_hash])
@@ -148,9 +196,9 @@ async def test_dropped_transaction_is_rebroadcast(chain) -> None:
     assert "0x" + bytes(receipt["transactionHash"]).hex() == record.tx_hash
 
 
-async def test_rejected_transaction_is_typed_and_frees_the_nonce(chain) -> None:
+async def test_rejected_transaction_is_typed_and_frees_the_nonce(chain, rpc) -> None:
     store = Store(chain.rpc_url)
-    sender = TxSender(connect(chain.rpc_url), SPARE_1, persist=store.persist, config=FAST)
+    sender = TxSender(rpc(), SPARE_1, persist=store.persist, config=FAST)
     first = nonce_of(chain.rpc_url, SPARE_1.address)
     with pytest.raises(TransactionError, match="insufficient funds"):
         await sender.send(SPARE_2.address, value=10**30)  # more ETH than the wallet holds
@@ -158,5 +206,5 @@ async def test_rejected_transaction_is_typed_and_frees_the_nonce(chain) -> None:
     await sender.send(SPARE_2.address, value=1)
     assert [r.nonce for r in store.records] == [first, first]
     assert nonce_of(chain.rpc_url, SPARE_1.address) == first + 1
-    resumed = await TxSender(connect(chain.rpc_url), SPARE_1, config=FAST).resume(store.records)
+    resumed = await TxSender(rpc(), SPARE_1, config=FAST).resume(store.records)
     assert [r.status for r in resumed] == ["mined"]
