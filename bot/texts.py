@@ -212,7 +212,8 @@ PERSONAL_PRIVATE_ONLY = (
 )
 HELP_GROUPS = (
     "\n\n<b>In a group</b> I answer only when asked: reply <code>/segment</code> to a picture, or mention me "
-    "in a picture's caption. The one who asks pays, with their own credit."
+    "in a picture's caption. The one who asks pays, with their own credit. Of an album sent in a group I see "
+    "only the photo carrying the caption: send albums in a private chat."
 )
 ERROR = "Sorry, something went wrong on my side. Nothing was charged twice; try again in a minute."
 INTAKE_BUSY = (
