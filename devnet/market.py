@@ -657,49 +657,39 @@ def _tags_ok(order: dict[str, Any], min_tag: int | None, max_tag: int | None) ->
     return (min_tag is None or tag & min_tag == min_tag) and (max_tag is None or tag & ~max_tag == 0)
 
 
+def _restrictions(q: Any, *kinds: str) -> Callable[[dict[str, Any]], bool]:
+    """What the app, dataset and workerpool books filter alike: each `<kind>restrict` of an order against the
+    query's `<kind>` (an address or "any"; strict with `is<Kind>Strict=true`), and the minTag/maxTag bits."""
+    wanted = [(f"{k}restrict", _address(q, k, any_ok=True), _bool(q, f"is{k.capitalize()}Strict")) for k in kinds]
+    min_tag, max_tag = _tag(q, "minTag"), _tag(q, "maxTag")
+    return lambda o: all(_restrict(o[f], who, strict) for f, who, strict in wanted) and _tags_ok(o, min_tag, max_tag)
+
+
 def _app_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
     app, owner_ok = _address(q, "app", any_ok=True), _address(q, "appOwner")
     if app is None and owner_ok is None:
         raise _ApiError(400, "app or appOwner is required")
-    ds, wp, rq = (_address(q, n, any_ok=True) for n in ("dataset", "workerpool", "requester"))
-    min_tag, max_tag = _tag(q, "minTag"), _tag(q, "maxTag")
-    return lambda o: (
-        (app in (None, "any") or o["app"] == app)
-        and _restrict(o["datasetrestrict"], ds, _bool(q, "isDatasetStrict"))
-        and _restrict(o["workerpoolrestrict"], wp, _bool(q, "isWorkerpoolStrict"))
-        and _restrict(o["requesterrestrict"], rq, _bool(q, "isRequesterStrict"))
-        and _tags_ok(o, min_tag, max_tag)
-    )
+    restricted = _restrictions(q, "dataset", "workerpool", "requester")
+    return lambda o: (app in (None, "any") or o["app"] == app) and restricted(o)
 
 
 def _dataset_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
     ds = _address(q, "dataset", any_ok=True)
     if ds is None and _address(q, "datasetOwner") is None:
         raise _ApiError(400, "dataset or datasetOwner is required")
-    app, wp, rq = (_address(q, n, any_ok=True) for n in ("app", "workerpool", "requester"))
-    min_tag, max_tag = _tag(q, "minTag"), _tag(q, "maxTag")
-    return lambda o: (
-        (ds in (None, "any") or o["dataset"] == ds)
-        and _restrict(o["apprestrict"], app, _bool(q, "isAppStrict"))
-        and _restrict(o["workerpoolrestrict"], wp, _bool(q, "isWorkerpoolStrict"))
-        and _restrict(o["requesterrestrict"], rq, _bool(q, "isRequesterStrict"))
-        and _tags_ok(o, min_tag, max_tag)
-    )
+    restricted = _restrictions(q, "app", "workerpool", "requester")
+    return lambda o: (ds in (None, "any") or o["dataset"] == ds) and restricted(o)
 
 
 def _workerpool_filter(q: Any) -> Callable[[dict[str, Any]], bool]:
     wp = _address(q, "workerpool", any_ok=True)
-    app, ds, rq = (_address(q, n, any_ok=True) for n in ("app", "dataset", "requester"))
+    restricted = _restrictions(q, "app", "dataset", "requester")
     category, min_trust = _int(q, "category"), _int(q, "minTrust")
-    min_tag, max_tag = _tag(q, "minTag"), _tag(q, "maxTag")
     return lambda o: (
         (wp in (None, "any") or o["workerpool"] == wp)
         and (category is None or o["category"] == category)
         and (min_trust is None or min_trust <= 1 or o["trust"] >= min_trust)
-        and _restrict(o["apprestrict"], app, _bool(q, "isAppStrict"))
-        and _restrict(o["datasetrestrict"], ds, _bool(q, "isDatasetStrict"))
-        and _restrict(o["requesterrestrict"], rq, _bool(q, "isRequesterStrict"))
-        and _tags_ok(o, min_tag, max_tag)
+        and restricted(o)
     )
 
 
