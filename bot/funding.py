@@ -24,7 +24,7 @@ from telegram.ext import ContextTypes
 from bot import texts
 from bot.deposits import DepositNotice
 from bot.errors import LinkRefused
-from bot.linking import parse_link_args
+from bot.linking import Linking, parse_link_args
 from bot.services import services_of
 from bot.updates import message_of, user_of
 
@@ -44,11 +44,17 @@ async def signature_reply(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     await _link(update, context, (message_of(update).text or "").split(), reply=True)
 
 
-async def _link(update: Update, context: ContextTypes.DEFAULT_TYPE, args: list[str], *, reply: bool = False) -> None:
-    svc = services_of(context)
-    linking = svc.linking
+async def _linking_or_off(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Linking | None:
+    """The bot's Linking; None (after telling the user FUNDING_OFF) when users cannot fund themselves."""
+    linking = services_of(context).linking
     if linking is None:
         await message_of(update).reply_html(texts.FUNDING_OFF)
+    return linking
+
+
+async def _link(update: Update, context: ContextTypes.DEFAULT_TYPE, args: list[str], *, reply: bool = False) -> None:
+    linking = await _linking_or_off(update, context)
+    if linking is None:
         return
     user = user_of(update).id
     try:
@@ -72,10 +78,8 @@ async def _link(update: Update, context: ContextTypes.DEFAULT_TYPE, args: list[s
 
 async def unlink(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/unlink 0xADDRESS: stop crediting transfers from that address to this user."""
-    svc = services_of(context)
-    linking = svc.linking
+    linking = await _linking_or_off(update, context)
     if linking is None:
-        await message_of(update).reply_html(texts.FUNDING_OFF)
         return
     user = user_of(update).id
     args = context.args or []

@@ -242,3 +242,11 @@ async def test_a_picture_without_credit_is_refused_before_anything_is_downloaded
     reply = await chat.answer(user, text="https://example.org/cat.jpg")
     assert reply.raw_text == texts.NO_CREDIT.format(available="0 RLC", price="0.31 RLC")
     assert chat.ledger.user_jobs(user.id) == []
+
+
+async def test_link_and_unlink_say_self_funding_is_off_on_a_bot_without_it(chat: Chat) -> None:
+    user = chat.user()
+    for command in ("/link", "/unlink 0x" + "ab" * 20):
+        reply = await chat.answer(user, command)
+        assert reply.raw_text == texts.FUNDING_OFF
+    assert chat.ledger.links.addresses(user.id) == []
