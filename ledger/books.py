@@ -22,6 +22,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from ledger.amounts import MAX_AMOUNT, check_amount, check_fee, format_rlc
 from ledger.db import Store
@@ -166,11 +167,20 @@ _APPEND_SQL = {
 # A reservation with what post/void need in one lookup: its row, the transfer that resolved it (if any)
 # and whether the resolving transfer's id (first ?) is taken already.
 _OPEN_SQL = """
-SELECT r.seq, r.kind, r.amount, r.debit_account, r.credit_account, r.job,
+SELECT r.seq, r.kind, r.amount, r.debit_account, r.credit_account, r.job, r.memo, r.created_at,
        (SELECT x.id FROM transfers x WHERE x.pending_id = r.id AND x.leg = 0),
        EXISTS (SELECT 1 FROM transfers y WHERE y.id = ?)
 FROM transfers r WHERE r.id = ? AND r.leg = 0
 """
+
+
+class _Open(NamedTuple):
+    """An open reservation about to be posted or voided, with the ids of its accounts (for the moves)."""
+
+    reservation: Transfer
+    debit: int
+    credit: int
+
 
 # account id, then deltas of debits_pending, debits_posted, credits_pending, credits_posted
 Move = tuple[int, int, int, int, int]
@@ -487,13 +497,17 @@ class Books(Store):
 
     def _open(
         self, conn: sqlite3.Connection, id: str, pending_id: str, wanted: Callable[[Transfer], Transfer]
-    ) -> tuple[int, int, int, int, str] | Transfer:
-        """(seq, amount, debit id, credit id, job) of open reservation `pending_id` when `id` is new;
-        otherwise the stored transfer `id` if it is `wanted(reservation)` again, or the error that fits
-        (UnknownTransfer, TransferConflict, AlreadyResolved, in that order)."""
+    ) -> _Open | Transfer:
+        """Open reservation `pending_id` when `id` is new; otherwise the stored transfer `id` if it is
+        `wanted(reservation)` again, or the error that fits (UnknownTransfer, TransferConflict,
+        AlreadyResolved, in that order)."""
         row = conn.execute(_OPEN_SQL, (id, pending_id)).fetchone()
-        if row is not None and row[1] == "reserve" and row[6] is None and not row[7]:
-            return row[0], row[2], row[3], row[4], row[5]
+        if row is not None:
+            seq, kind, amount, debit, credit, job, memo, created_at, resolved_by, id_taken = row
+            if kind == "reserve" and resolved_by is None and not id_taken:
+                names = self._account_name(conn, debit), self._account_name(conn, credit)
+                reservation = Transfer(pending_id, kind, *names, amount, 0, None, job, memo, created_at, seq)
+                return _Open(reservation, debit, credit)
         res = self._reservation(conn, pending_id)
         existing = self._replay(conn, wanted(res))
         if existing is not None:
@@ -526,7 +540,8 @@ class Books(Store):
         found = self._open(conn, id, pending_id, wanted)
         if isinstance(found, Transfer):
             return found
-        res_seq, reserved, debit, credit, job = found
+        res, debit, credit = found
+        reserved, job = res.amount, res.job
         to_post = reserved - fee if amount is None else amount
         if to_post <= 0 or to_post + fee > reserved:
             raise ExceedsReservation(
@@ -534,7 +549,7 @@ class Books(Store):
                 f"{pending_id!r} of {format_rlc(reserved)}"
             )
         now = self._now_ms()
-        main = (id, 0, "post", "posted", debit, credit, to_post, pending_id, job, memo, now, reserved, res_seq)
+        main = (id, 0, "post", "posted", debit, credit, to_post, pending_id, job, memo, now, reserved, res.seq)
         if fee:  # the fee leg is the very next row (the audit finds it at seq + 1)
             fees = self._account_id(conn, FEES)
             self._move(
@@ -547,19 +562,7 @@ class Books(Store):
         else:
             self._move(conn, ((debit, -reserved, to_post, 0, 0), (credit, 0, 0, -reserved, to_post)))
             seq = self._append(conn, (main,))
-        return Transfer(
-            id,
-            "post",
-            self._account_name(conn, debit),
-            self._account_name(conn, credit),
-            to_post,
-            fee,
-            pending_id,
-            job,
-            memo,
-            now,
-            seq,
-        )
+        return replace(wanted(res), created_at=now, seq=seq)
 
     def void(self, id: str, pending_id: str, memo: str = "") -> Transfer:
         """Void reservation `pending_id`: the whole reserved amount returns to the user.
@@ -578,25 +581,14 @@ class Books(Store):
         found = self._open(conn, id, pending_id, wanted)
         if isinstance(found, Transfer):
             return found
-        res_seq, reserved, debit, credit, job = found
+        res, debit, credit = found
+        reserved = res.amount
         now = self._now_ms()
         self._move(conn, ((debit, -reserved, 0, 0, 0), (credit, 0, 0, -reserved, 0)))
         seq = self._append(
-            conn, ((id, 0, "void", "void", debit, credit, reserved, pending_id, job, memo, now, reserved, res_seq),)
+            conn, ((id, 0, "void", "void", debit, credit, reserved, pending_id, res.job, memo, now, reserved, res.seq),)
         )
-        return Transfer(
-            id,
-            "void",
-            self._account_name(conn, debit),
-            self._account_name(conn, credit),
-            reserved,
-            0,
-            pending_id,
-            job,
-            memo,
-            now,
-            seq,
-        )
+        return replace(wanted(res), created_at=now, seq=seq)
 
     def reservation_state(self, pending_id: str) -> str | None:
         """'open', 'posted' or 'voided' for a reservation id; None if there is no such reservation."""
