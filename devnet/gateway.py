@@ -29,6 +29,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from devnet.loopback import serve_loopback
+
 log = logging.getLogger(__name__)
 
 __all__ = ["GatewayError", "GatewayFault", "ResultGateway", "cid_v1", "content_id"]
@@ -140,12 +142,7 @@ class ResultGateway:
         app.router.add_get("/health", self._handle_health)
         app.router.add_get("/control/faults", self._handle_faults_get)
         app.router.add_post("/control/faults", self._handle_faults_post)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        bound = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{bound}"
+        self._runner, self.url = await serve_loopback(app, port)
         log.info("gateway_started url=%s", self.url)
         return self.url
 

@@ -30,6 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from devnet import telegram_inject as inject
+from devnet.loopback import serve_loopback
 from devnet.telegram_bot import BotState, Upload, Webhook
 from devnet.telegram_model import (
     ApiCall,
@@ -113,13 +114,8 @@ class TelegramStandIn:
         app.router.add_route("*", "/bot{token}/{method}", self._api)
         app.router.add_get("/file/bot{token}/{path:.+}", self._file)
         add_chat_routes(app, self)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        bound = self._runner.addresses[0][1]
+        self._runner, self._url = await serve_loopback(app, port, shutdown_timeout=1.0, handler_cancellation=True)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        self._url = f"http://127.0.0.1:{bound}"
         return self._url
 
     async def stop(self) -> None:

@@ -67,6 +67,7 @@ from devnet.archive import result_archive
 from devnet.deploy import hub_abi, registry_abi
 from devnet.faults import Fault, FaultBook, FaultError, normalise_deal_id
 from devnet.gateway import ResultGateway
+from devnet.loopback import serve_loopback
 from devnet.postcompute import RESULT_KEY_SECRET, PostComputeError, encrypt_result, load_public_key
 from iexec.bodies import read_capped
 from iexec.errors import BodyTooLarge, IExecError, MarketError
@@ -737,10 +738,7 @@ class Workerpool:
         app.router.add_get("/control/faults", self._handle_health)
         app.router.add_post("/control/faults", self._handle_fault)
         app.router.add_get("/control/tasks/{task}", self._handle_task)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.control_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.control_url = await serve_loopback(app, port)
 
     async def _handle_health(self, request: web.Request) -> web.Response:
         return web.json_response(self.status())
