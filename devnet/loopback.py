@@ -1,5 +1,5 @@
-"""Serving a devnet stand-in over HTTP on the loopback interface: the one way devnet's stand-ins
-(market, SMS, ...) start listening.
+"""Serving a devnet stand-in over HTTP on the loopback interface: the one way devnet's servers
+(market, SMS, result gateway, workerpool control, Telegram) start listening.
 
 Must never: listen on an address that is not a loopback one (DESIGN.md: servers bind to 127.0.0.1 only), or
 leave a half-started runner behind when the port cannot be bound.
