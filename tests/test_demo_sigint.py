@@ -49,15 +49,22 @@ def _spawn(args: list[str], log: Path, **extra_env: str) -> subprocess.Popen[byt
 
 
 def _wait_for(
-    what: str, check: Callable[[], Any], proc: subprocess.Popen[bytes], log: Path, limit: float = 90.0
+    what: str,
+    check: Callable[[], Any],
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    limit: float = 90.0,
+    every: float = 0.2,
 ) -> Any:
+    """Polls `check()` every `every` s until it gives something true (returned); fails loudly if `proc` exits
+    first or after `limit` s."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"exited {proc.returncode} waiting for {what}:\n{log.read_text()[-3000:]}"
         found = check()
         if found:
             return found
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"no {what} within {limit:.0f} s:\n{log.read_text()[-3000:]}")
 
 
@@ -137,8 +144,7 @@ def test_ctrl_c_saves_the_chain_and_a_restart_goes_on(tmp_path: Path) -> None:
     assert proc.returncode == 0, out[-3000:]
     assert "COULD NOT SAVE" not in out and not (data / NOT_SAVED).exists()
     assert (data / "chain-state.json").stat().st_size > 0
-    time.sleep(0.2)  # reaping the last children
-    assert [pid for pid in family if _alive(pid)] == [], "Ctrl-C left processes running"
+    assert _all_gone(family, limit=30) == [], "Ctrl-C left processes running"
     (mined,) = _books(data, "SELECT MAX(nonce) FROM chain_txs WHERE status = 'mined'")[0]
     assert mined is not None  # the photo cost real transactions: a lost chain would show
 
@@ -296,7 +302,7 @@ def test_a_terminal_hangup_saves_the_chain_and_leaves_nothing_running(tmp_path: 
     assert f"stopped; the chain is saved in {data}" in out
     assert "COULD NOT SAVE" not in out and not (data / NOT_SAVED).exists()
     assert (data / "chain-state.json").stat().st_size > 0
-    assert _all_gone(family, limit=5) == [], "SIGHUP left processes running"
+    assert _all_gone(family, limit=30) == [], "SIGHUP left processes running"
 
 
 @pytest.mark.slow
@@ -332,9 +338,7 @@ def _interrupt_start_up(data: Path, log: Path, presses: int) -> tuple[subprocess
     family = _children(proc.pid) | {proc.pid}
     os.killpg(proc.pid, signal.SIGINT)
     if presses == 2:  # once the first is answered (two at once are one signal to the kernel)
-        deadline = time.monotonic() + 30
-        while "stopping after start-up" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_for("the answer to Ctrl-C", lambda: "stopping after start-up" in log.read_text(), proc, log, 30, 0.01)
         os.killpg(proc.pid, signal.SIGINT)
     try:
         proc.wait(timeout=60)
@@ -356,7 +360,7 @@ def test_ctrl_c_during_start_up_is_answered_and_a_second_one_aborts_it(tmp_path:
     assert "chat page" not in out and "stopped; the chain is saved" in out  # the bot was never started
     assert "COULD NOT SAVE" not in out and not (tmp_path / "once" / NOT_SAVED).exists()
     assert (tmp_path / "once" / "chain-state.json").stat().st_size > 0
-    assert _all_gone(family, limit=5) == [], "Ctrl-C during start-up left processes running"
+    assert _all_gone(family, limit=30) == [], "Ctrl-C during start-up left processes running"
 
     data = tmp_path / "twice"
     proc, out, family = _interrupt_start_up(data, tmp_path / "twice.log", presses=2)
@@ -365,4 +369,4 @@ def test_ctrl_c_during_start_up_is_answered_and_a_second_one_aborts_it(tmp_path:
     assert "[8/8]" not in out  # it did not go on starting
     assert "COULD NOT SAVE" not in out and not (data / NOT_SAVED).exists()
     assert (data / "chain-state.json").stat().st_size > 0 and not (data / "devnet.json").exists()
-    assert _all_gone(family, limit=5) == [], "the aborted start-up left processes running"
+    assert _all_gone(family, limit=30) == [], "the aborted start-up left processes running"
