@@ -28,7 +28,8 @@ from worker import __version__
 from worker.errors import ModelError
 from worker.molding import Detection, mold, unmold
 
-GRAPH_FORMAT = 2  # 2: optimised at export (grappler off at load), precision in the key
+GRAPH_FORMAT = 3  # 2: optimised at export (grappler off at load), precision in the key; 3: the mask head
+# runs on the detections only, not on all 100 slots
 KEY_FILE = "segbot-graph.json"
 #: remembered sha256 of weights files, by real path, size and modification time
 DIGESTS_FILE = "weights-sha256.json"
