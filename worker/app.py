@@ -224,10 +224,13 @@ def segment_album(opts: TaskOptions, env: Mapping[str, str], out_dir: str, start
     )
 
 
-#: album pictures detected at once. 2 (the cached graph is safe to call from threads) was measured on the
-#: 2-core development machine: +8-17 % photos per second in a bare loop, within noise in a whole album task
-#: (bench/worker.py: 2.76 vs 2.93 s a photo, with single tasks 7.15 vs 7.81 s), for +250 MiB peak RSS
-DETECTORS = 1
+#: album pictures detected at once (the cached graph is safe to call from threads). One `detect` keeps the
+#: 2 cores of the development machine ~1.85 busy (serial parts: proposal and detection NMS, ROI align, the
+#: small ops between convolutions); two at once fill the gaps: 1.66-1.68 s a photo instead of 1.83-1.97 s
+#: in a bare loop over the bench's photos, alternated 4 rounds (load 1.3-1.9), CPU time per photo 3.3 vs
+#: 3.4 s, outputs identical; for +250 MiB peak RSS (1.6 GiB for an album of 10). Under heavy load from
+#: other processes the gaps are taken by them and the two come out even.
+DETECTORS = 2
 
 
 def _segment_pictures(
