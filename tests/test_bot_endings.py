@@ -27,26 +27,30 @@ from tests.fixtures_bot import ADMIN, BotNet, bot_on, photo_bytes, start_botnet
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def wait_job(ledger: Any, job_id: str, *states: JobState, timeout: float = 30) -> Any:
-    async def poll() -> Any:
-        while True:
-            job = ledger.get_job(job_id)
-            if job is not None and job.state in states:
-                return job
-            await asyncio.sleep(0.05)
+async def _job_in(read: Any, states: tuple[JobState, ...], what: str, timeout: float) -> Any:
+    """Polls `read()` (a job or None) until the job is in one of `states`; fails loudly, with the state it is
+    in, after `timeout` s."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        job = read()
+        if job is not None and job.state in states:
+            return job
+        if asyncio.get_running_loop().time() > deadline:
+            now = "no job" if job is None else f"{job.state.value} ({job.error})"
+            raise AssertionError(f"{what} not in {[s.value for s in states]} within {timeout} s: {now}")
+        await asyncio.sleep(0.05)
 
-    return await asyncio.wait_for(poll(), timeout)
+
+async def wait_job(ledger: Any, job_id: str, *states: JobState, timeout: float = 30) -> Any:
+    return await _job_in(lambda: ledger.get_job(job_id), states, f"job {job_id}", timeout)
 
 
 async def first_job(bn: BotNet, user_id: int, *states: JobState, timeout: float = 30) -> Any:
-    async def poll() -> Any:
-        while True:
-            jobs = bn.ledger.user_jobs(user_id)
-            if jobs and jobs[0].state in states:
-                return jobs[0]
-            await asyncio.sleep(0.05)
+    def latest() -> Any:
+        jobs = bn.ledger.user_jobs(user_id)
+        return jobs[0] if jobs else None
 
-    return await asyncio.wait_for(poll(), timeout)
+    return await _job_in(latest, states, f"the job of user {user_id}", timeout)
 
 
 async def known_chat(bn: BotNet, credit: int = 10**9) -> Any:

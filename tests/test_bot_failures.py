@@ -20,14 +20,19 @@ FINAL_DEADLINE_S = 10 * 300
 
 
 async def wait_state(bn: BotNet, user_id: int, *states: JobState, timeout: float = 30) -> object:
-    async def poll() -> object:
-        while True:
-            jobs = bn.ledger.user_jobs(user_id)
-            if jobs and jobs[0].state in states:
-                return jobs[0]
-            await asyncio.sleep(0.05)
-
-    return await asyncio.wait_for(poll(), timeout)
+    """The user's latest job once it is in one of `states` (polled); fails loudly, with the state it is in,
+    after `timeout` s."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        jobs = bn.ledger.user_jobs(user_id)
+        if jobs and jobs[0].state in states:
+            return jobs[0]
+        if asyncio.get_running_loop().time() > deadline:
+            now = f"{jobs[0].state.value} ({jobs[0].error})" if jobs else "no job"
+            raise AssertionError(
+                f"the job of user {user_id} not in {[s.value for s in states]} after {timeout} s: {now}"
+            )
+        await asyncio.sleep(0.05)
 
 
 def assert_refunded(bn: BotNet, user_id: int) -> object:
