@@ -23,7 +23,7 @@ import numpy as np, skimage.data
 from worker import graph
 from worker.model import SegmentationModel
 from worker.molding import mold
-net = SegmentationModel("resnet50", 256, 0.5)
+net = SegmentationModel("resnet50", 256, 0.9)  # random weights: 100, 77 and 22 detections on these photos
 net.load_weights(sys.argv[1])
 out = {"photos": {}}
 img = skimage.data.astronaut()
@@ -31,7 +31,7 @@ images, metas, windows = net.mrcnn.mold_inputs([img])
 ours = mold(img, 256)
 out["meta_equal"] = bool(np.array_equal(metas, ours.metas) and np.array_equal(windows[0], ours.window))
 out["pixel_diff"] = float(np.abs(images - ours.images).mean())
-key = graph.graph_key("00" * 32, "resnet50", 256, 0.5)
+key = graph.graph_key("00" * 32, "resnet50", 256, 0.9)
 folder = graph.export(net, sys.argv[2], key)
 out["lookup"] = graph.lookup(sys.argv[2], key)[1]
 # the Keras model first: loading the graph turns grappler off for the process (the graph is pre-optimised)
@@ -45,6 +45,10 @@ for name in ("astronaut", "coffee", "chelsea"):
         "classes": [d.class_id for d in a] == [d.class_id for d in b],
         "score_diff": max((abs(x.score - y.score) for x, y in zip(a, b)), default=0.0),
         "masks": all(np.array_equal(x.mask, y.mask) for x, y in zip(a, b))}
+    molded = mold(photo, 256)
+    raw, masks = cached._infer(molded.images, molded.metas)
+    # the graph's mask head ran on the detections only (matterport's on all 100 slots)
+    out["photos"][name]["mask_rows"] = [int((np.asarray(raw)[0, :, 4] > 0).sum()), int(masks.shape[1])]
 print(json.dumps(out))
 """
 
@@ -66,6 +70,9 @@ def test_cached_graph_gives_the_same_detections_as_keras(tmp_path: Path, worker_
         assert photo["count"][0] == photo["count"][1] > 0, name
         assert photo["boxes"] and photo["classes"] and photo["masks"], name
         assert photo["score_diff"] < 1e-4, name
+        assert photo["mask_rows"][1] == max(photo["mask_rows"][0], 1), name
+    # the photos with fewer than 100 detections are the ones where the padding's masks are skipped
+    assert any(photo["mask_rows"][0] < 100 for photo in report["photos"].values()), report["photos"]
 
 
 def test_lookup_misses_and_flags_stale_entries(tmp_path: Path) -> None:
