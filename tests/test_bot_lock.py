@@ -26,7 +26,7 @@ def _hold(path: Path) -> subprocess.Popen[str]:
         from bot.lock import InstanceLock
         InstanceLock({str(path)!r}).acquire()
         print("held", flush=True)
-        time.sleep(60)
+        time.sleep(60)  # holds the lock until the test kills it (not a synchronisation)
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
@@ -35,13 +35,13 @@ def _hold(path: Path) -> subprocess.Popen[str]:
 
 def test_the_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path: Path) -> None:
     path = tmp_path / "books.lock"
-    holder = _hold(path)
-    try:
-        with pytest.raises(AlreadyRunning, match=f"pid {holder.pid}"):
-            InstanceLock(path).acquire()
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)  # a crash must not leave a stale lock behind
-        holder.wait()
+    with _hold(path) as holder:  # on leaving: its stdout pipe closed, the process reaped
+        try:
+            with pytest.raises(AlreadyRunning, match=f"pid {holder.pid}"):
+                InstanceLock(path).acquire()
+        finally:
+            os.kill(holder.pid, signal.SIGKILL)  # a crash must not leave a stale lock behind
+            holder.wait()
     with InstanceLock(path) as lock:
         assert path.read_text() == str(os.getpid())
         assert lock.path == path
