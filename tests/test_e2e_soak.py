@@ -126,7 +126,7 @@ def all_jobs(e2e: E2E) -> list[Job]:
         try:
             return [j for u in e2e.users for j in e2e.jobs(u)]
         except LedgerBusy:
-            time.sleep(0.02)
+            time.sleep(0.02)  # a back-off before reading again (not a synchronisation)
     return [j for u in e2e.users for j in e2e.jobs(u)]
 
 
@@ -177,7 +177,7 @@ async def send_photos(e2e: E2E, soak: Soak, rng: random.Random, users: list[TgUs
         user = rng.choice(users)
         message = e2e.tg.inject_photo(user, photo_bytes(seed=i))
         soak.photos.append((user, int(message["message_id"])))
-        await asyncio.sleep(rng.uniform(0.2, 1.8) * gap)
+        await asyncio.sleep(rng.uniform(0.2, 1.8) * gap)  # the users' random pace (not a synchronisation)
 
 
 async def switch_faults(e2e: E2E, soak: Soak, rng: random.Random, stop: asyncio.Event) -> None:
@@ -203,7 +203,7 @@ async def expire_abandoned(e2e: E2E, soak: Soak, stop: asyncio.Event) -> None:
     it. Waits for the other tasks to finish first when it can (moving time would fail them too)."""
     first_seen: dict[str, float] = {}
     while not stop.is_set():
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # this watcher's period (not a synchronisation: it acts on what it then reads)
         if soak.frozen:
             continue
         now = time.monotonic()
