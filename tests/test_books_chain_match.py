@@ -17,7 +17,7 @@ from bot.errors import BooksDoNotMatchChain
 from devnet import chain as devchain
 from devnet.accounts import REQUESTER
 from iexec.hub import Hub
-from iexec.tx import connect
+from iexec.tx import close, connect
 from ledger import JobState, Ledger
 from tests.fakes import until
 
@@ -40,9 +40,18 @@ def _sent(chain) -> int:  # type: ignore[no-untyped-def]
 
 async def _check(ledger: Ledger, chain, network: str = "devnet", **wait) -> list[str]:  # type: ignore[no-untyped-def]
     w3 = connect(chain.rpc_url)
-    return await check_books_match_chain(
-        ledger, w3, Hub(None, chain.deployment.hub, w3=w3), REQUESTER.address, chain.rpc_url, network=network, **wait
-    )
+    try:
+        return await check_books_match_chain(
+            ledger,
+            w3,
+            Hub(None, chain.deployment.hub, w3=w3),
+            REQUESTER.address,
+            chain.rpc_url,
+            network=network,
+            **wait,
+        )
+    finally:
+        await close(w3)  # its aiohttp session
 
 
 def _matched_job(books: Ledger, job_id: str) -> str:

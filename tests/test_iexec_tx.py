@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
-from web3 import AsyncWeb3
 
 from devnet.accounts import SPARE_1, SPARE_2
 from devnet.anvil import rpc_call
 from iexec.errors import ChainUnavailable, TransactionError
-from iexec.tx import RetryPolicy, SenderConfig, TxRecord, TxSender, close, connect
+from iexec.tx import RetryPolicy, SenderConfig, TxRecord, TxSender
 
 FAST = SenderConfig(stuck_after_s=0.3, poll_interval_s=0.05, receipt_timeout_s=30)
 
@@ -37,20 +36,6 @@ class Store:
 
 def nonce_of(rpc_url: str, address: str) -> int:
     return int(rpc_call(rpc_url, "eth_getTransactionCount", [address, "latest"]), 16)
-
-
-@pytest.fixture
-async def rpc(chain) -> AsyncIterator[Callable[..., AsyncWeb3]]:
-    """`connect` to the test's chain; every connection made is closed after the test (its HTTP session)."""
-    opened: list[AsyncWeb3] = []
-
-    def make(timeout_s: float = 10.0) -> AsyncWeb3:
-        opened.append(connect(chain.rpc_url, timeout_s=timeout_s))
-        return opened[-1]
-
-    yield make
-    for w3 in opened:
-        await close(w3)
 
 
 async def until_true(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

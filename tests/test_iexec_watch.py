@@ -4,11 +4,15 @@ per cycle that does not grow with the number of tasks."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
+
 from devnet.accounts import POOL_OWNER, WORKER
 from devnet.chain import increase_time, mine
 from iexec.hub import Hub, TaskStatus
 from iexec.pool import WorkerpoolClient
-from iexec.tx import connect, rpc_calls
+from iexec.tx import close, rpc_calls
 from iexec.watch import (
     DealMatched,
     TaskClaimed,
@@ -17,7 +21,7 @@ from iexec.watch import (
     TaskInitialized,
     TaskWatcher,
 )
-from tests.test_iexec_hub import app_order, make_setup, pool_order, request
+from tests.test_iexec_hub import Setup, app_order, make_setup, pool_order, request
 
 RESULTS = b'{"storage":"ipfs","location":"/ipfs/bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"}'
 
@@ -34,15 +38,23 @@ class Cursor:
         self.value, self.saves = block, self.saves + 1
 
 
+@pytest.fixture
+async def s(chain) -> AsyncIterator[Setup]:
+    """The hub test set-up (deposits, app, workerpool, a requester's Hub) on the test's chain; the Hub's
+    connection is closed after the test."""
+    setup = await make_setup(chain)
+    yield setup
+    await close(setup.hub.w3)
+
+
 def kinds(events) -> list[tuple[str, bytes]]:
     return [(type(e).__name__, getattr(e, "task_id", getattr(e, "deal_id", b""))) for e in events]
 
 
-async def test_events_results_deadlines_and_cost(chain) -> None:
-    s = await make_setup(chain)
+async def test_events_results_deadlines_and_cost(chain, rpc, s: Setup) -> None:
     start = await s.hub.w3.eth.block_number
     deals = [await s.hub.match_orders(app_order(s), None, pool_order(s), request(s, job=f"j{i}")) for i in range(3)]
-    w3 = connect(chain.rpc_url)
+    w3 = rpc()
     cursor = Cursor()
     watcher = TaskWatcher(
         w3, s.hub.address, load_cursor=cursor.load, save_cursor=cursor.save, start_block=start, max_range=1000
@@ -87,8 +99,7 @@ async def test_events_results_deadlines_and_cost(chain) -> None:
     assert watcher.following == 200 and cursor.value == await w3.eth.block_number + 1
 
 
-async def test_cursor_chunks_and_request_lookup_after_restart(chain) -> None:
-    s = await make_setup(chain)
+async def test_cursor_chunks_and_request_lookup_after_restart(chain, rpc, s: Setup) -> None:
     start = await s.hub.w3.eth.block_number
     ro = request(s, job="after-crash")
     deal_id = await s.hub.match_orders(app_order(s), None, pool_order(s), ro)
@@ -96,7 +107,7 @@ async def test_cursor_chunks_and_request_lookup_after_restart(chain) -> None:
     pool = WorkerpoolClient(s.hub.w3, s.hub.address, scheduler=POOL_OWNER, worker=WORKER)
     task_id = await pool.complete(deal_id, 0, RESULTS)
     cursor = Cursor()
-    w3 = connect(chain.rpc_url)
+    w3 = rpc()
     watcher = TaskWatcher(
         w3,
         s.hub.address,
@@ -120,7 +131,7 @@ async def test_cursor_chunks_and_request_lookup_after_restart(chain) -> None:
     # a restarted watcher resumes from the saved cursor minus the re-scan window (one chunk, not from
     # `start`): events in that window come again (at least once; handlers are idempotent), older ones not
     again = TaskWatcher(
-        connect(chain.rpc_url),
+        rpc(),
         s.hub.address,
         load_cursor=cursor.load,
         save_cursor=cursor.save,
@@ -134,13 +145,12 @@ async def test_cursor_chunks_and_request_lookup_after_restart(chain) -> None:
     assert await again.poll() == []
 
 
-async def test_followed_late_task_is_found_by_its_deadline(chain) -> None:
-    s = await make_setup(chain)
+async def test_followed_late_task_is_found_by_its_deadline(chain, rpc, s: Setup) -> None:
     deal_id = await s.hub.match_orders(app_order(s), None, pool_order(s), request(s, job="late"))
     pool = WorkerpoolClient(s.hub.w3, s.hub.address, scheduler=POOL_OWNER, worker=WORKER)
     task_id = await pool.complete(deal_id, 0, RESULTS)
     head = await s.hub.w3.eth.block_number
-    watcher = TaskWatcher(connect(chain.rpc_url), s.hub.address, start_block=head + 1)
+    watcher = TaskWatcher(rpc(), s.hub.address, start_block=head + 1)
     watcher.follow_deal(deal_id)  # its events are behind the cursor
     assert await watcher.poll() == []
     increase_time(chain.rpc_url, 10 * 300 + 1)
