@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -50,16 +49,14 @@ def test_the_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_pat
 @pytest.mark.asyncio(loop_scope="session")
 async def test_a_second_bot_on_the_same_books_refuses_to_start(e2e: E2E) -> None:
     await e2e.start_bot()
-    started = time.monotonic()
     proc = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "bot", "--env-file", str(e2e.env_file)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=60,  # a second bot that waited for the lock instead of refusing fails here, loudly
     )
     assert proc.returncode == 3
     assert "already running" in proc.stderr
-    assert time.monotonic() - started < 30
-    assert e2e.bot is not None and e2e.bot.alive  # the first one goes on
+    assert e2e.bot is not None and e2e.bot.alive  # the first one goes on: the second did not wait for it
