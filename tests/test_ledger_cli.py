@@ -120,19 +120,19 @@ def test_output_cut_by_head_ends_quietly(tmp_path: Path) -> None:
         for i in range(3000):
             book.grant(f"g{i}", 42, 1, "m" * 60)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LEDGER_DB": str(tmp_path / "books.db")}
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "ledger", "history", "42", "--limit", "3000"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    assert b"grant" in proc.stdout.readline()  # the reader takes one line and goes away, like `| head -1`
-    proc.stdout.close()
-    err = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) == 0
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert b"grant" in proc.stdout.readline()  # the reader takes one line and goes away, like `| head -1`
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 0
     assert err == ""
 
 

@@ -184,15 +184,17 @@ while True:
 def test_sigkill_mid_stream_leaves_whole_transfers(tmp_path: Path, kill_after: int) -> None:
     path = tmp_path / "books.db"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", _STREAM, str(path)], stdout=subprocess.PIPE, text=True, env=env)
     committed: list[str] = []
-    assert proc.stdout is not None
-    while len(committed) < kill_after:
-        line = proc.stdout.readline()
-        assert line, "the stream process died on its own"
-        committed.append(line.strip())
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    with subprocess.Popen(
+        [sys.executable, "-c", _STREAM, str(path)], stdout=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        assert proc.stdout is not None
+        while len(committed) < kill_after:
+            line = proc.stdout.readline()
+            assert line, "the stream process died on its own"
+            committed.append(line.strip())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
     with Ledger(path) as book:
         book.audit()
         for line in committed[1:]:
