@@ -9,9 +9,9 @@ unless it is replacing a stuck one.
 
 `connect()` builds an AsyncWeb3 over a counting HTTP provider (no hidden retries: `with_retry` does them
 under the client's one retry policy, iexec.retry, and raises ChainUnavailable after its bound). Its aiohttp
-session opens on the first request and stays open until `close(w3)` (or `close_all()`, at a teardown that
-does not hold every owner). This module must never log or put in an error a private key, a raw transaction
-or an RPC URL (they may carry API keys).
+session (its own, not web3's shared one: see `CountingHTTPProvider`) opens on the first request and stays
+open until `close(w3)` (or `close_all()`, at a teardown that does not hold every owner). This module must
+never log or put in an error a private key, a raw transaction or an RPC URL (they may carry API keys).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from eth_typing import ChecksumAddress, HexStr
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3._utils.batching import sort_batch_response_by_response_ids
 from web3.exceptions import (
     ContractLogicError,
     ProviderConnectionError,
@@ -38,7 +39,7 @@ from web3.exceptions import (
     TransactionNotFound,
     Web3RPCError,
 )
-from web3.types import TxParams
+from web3.types import RPCResponse, TxParams
 
 from iexec.errors import ChainUnavailable, FeeCapExceeded, TransactionError, TransactionReverted
 from iexec.retry import RetryPolicy, retry_async
@@ -62,11 +63,33 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 # ----------------------------------------------------------------------------------------------- RPC
 
 
+class _NoSharedSessions:
+    """Stands where web3's `HTTPSessionManager` was: any use of it is a bug of ours, said loudly.
+
+    That manager guards a process-wide session cache with one `threading.Lock`, taken by an executor thread
+    the awaiting coroutine does not own: a request cancelled while that thread waits leaves the lock held for
+    ever (every later request in the process hangs, and so does the interpreter's exit), or its `finally`
+    releases a lock another caller holds (web3.py issue #3867, web3 8.0.0). Its sessions also open a new TCP
+    connection per request (`force_close=True`).
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"CountingHTTPProvider must not use web3's shared HTTP session manager ({name})")
+
+
 class CountingHTTPProvider(AsyncHTTPProvider):
-    """AsyncHTTPProvider that counts JSON-RPC calls (a batch counts as the calls inside it), per method."""
+    """AsyncHTTPProvider that counts JSON-RPC calls (a batch counts as the calls inside it), per method, and
+    owns its aiohttp sessions (one per event loop, made on that loop at its first request, keep-alive
+    connections to its one RPC URL) instead of web3's shared session manager and its lock (see
+    `_NoSharedSessions`). Errors are web3's: aiohttp errors, `ClientResponseError` for an HTTP error
+    status, `asyncio.TimeoutError` past the request timeout. Cancelling a request at any instant leaves
+    nothing held: session creation never awaits, and aiohttp drops a connection whose request was cancelled.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._request_session_manager = cast(Any, _NoSharedSessions())
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
         self.calls: dict[str, int] = {}
 
     @property
@@ -77,14 +100,47 @@ class CountingHTTPProvider(AsyncHTTPProvider):
     def _count(self, method: str, n: int = 1) -> None:
         self.calls[method] = self.calls.get(method, 0) + n
 
+    def _session(self) -> aiohttp.ClientSession:
+        """This loop's session, made now if it has none open (no await: a cancellation cannot split this)."""
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            for old in [old for old in self._sessions if old.is_closed()]:
+                del self._sessions[old]  # its loop is gone; its connector holds nothing that loop can close
+            session = aiohttp.ClientSession(raise_for_status=True, connector=aiohttp.TCPConnector())
+            self._sessions[loop] = session
+        return session
+
+    async def _post(self, request_data: bytes) -> bytes:
+        assert self.endpoint_uri is not None  # connect() always gives one
+        async with self._session().post(self.endpoint_uri, data=request_data, **self.get_request_kwargs()) as resp:
+            return await resp.read()
+
     async def _make_request(self, method: Any, request_data: bytes) -> bytes:
         self._count(str(method))  # below web3's request cache: only what goes over the wire counts
-        return await super()._make_request(method, request_data)
+        return await self._post(request_data)
 
     async def make_batch_request(self, batch_requests: list[tuple[Any, Any]]) -> Any:
         for method, _ in batch_requests:
             self._count(str(method))
-        return await super().make_batch_request(batch_requests)
+        response = self.decode_rpc_response(await self._post(self.encode_batch_rpc_request(batch_requests)))
+        if not isinstance(response, list):
+            return response  # an error about the whole batch comes as one response
+        return sort_batch_response_by_response_ids(cast(list[RPCResponse], response))
+
+    async def cache_async_session(self, session: aiohttp.ClientSession) -> aiohttp.ClientSession:
+        """Use `session` on this loop unless one is open here already; returns the one in use."""
+        loop = asyncio.get_running_loop()
+        current = self._sessions.get(loop)
+        if current is None or current.closed:
+            self._sessions[loop] = current = session
+        return current
+
+    async def disconnect(self) -> None:
+        """Close every session (a later request opens a new one)."""
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
 
     def __str__(self) -> str:
         return "CountingHTTPProvider(<rpc url redacted>)"
