@@ -46,13 +46,14 @@ class Setup:
     rpc_url: str
 
 
-async def make_setup(chain, stake: int = 10**9) -> Setup:
+async def make_setup(chain, rpc, stake: int = 10**9) -> Setup:
+    """Deposits, an app and a workerpool; the requester's Hub runs on `rpc()` (closed by the fixture)."""
     dep = chain.deployment
     deposit(chain.rpc_url, dep, REQUESTER, stake)
     deposit(chain.rpc_url, dep, POOL_OWNER, 10**9)
     app = register_app(chain.rpc_url, dep, APP_OWNER, "segbot-test", "docker.io/segbot/app:1", b"\x01" * 32)
     pool = register_workerpool(chain.rpc_url, dep, POOL_OWNER, "test pool")
-    hub = Hub(chain.rpc_url, dep.hub, account=REQUESTER)
+    hub = Hub(None, dep.hub, account=REQUESTER, w3=rpc())
     return Setup(hub, await hub.domain(), app, pool, chain.rpc_url)
 
 
@@ -114,8 +115,8 @@ def request(
 
 
 @pytest.mark.slow  # node: the JS SDK as the peer (~1.3 s)
-async def test_hashes_equal_hub_event_and_js_sdk(chain) -> None:
-    s = await make_setup(chain)
+async def test_hashes_equal_hub_event_and_js_sdk(chain, rpc) -> None:
+    s = await make_setup(chain, rpc)
     tdx = tag_from_bits(tdx=True)
     ao, wo = app_order(s, tag=tdx), pool_order(s, tag=tag_from_bits(tdx=True, gpu=True))
     ro = request(s, tag=tag_from_bits(gpu=True))
@@ -145,8 +146,8 @@ async def test_hashes_equal_hub_event_and_js_sdk(chain) -> None:
     }
 
 
-async def test_requester_flow_ids_and_stake(chain) -> None:
-    s = await make_setup(chain, stake=0)
+async def test_requester_flow_ids_and_stake(chain, rpc) -> None:
+    s = await make_setup(chain, rpc, stake=0)
     hub = s.hub
     assert await hub.view_account(REQUESTER.address) == (0, 0)
     await hub.deposit(1_000_000)
@@ -155,7 +156,7 @@ async def test_requester_flow_ids_and_stake(chain) -> None:
     # a first workerpool order (volume 1) is taken by someone else before our match
     deposit(chain.rpc_url, chain.deployment, SPARE_1, 10**6)
     wo1, wo2 = pool_order(s, volume=1, salt=b"\x31" * 32), pool_order(s, volume=5, salt=b"\x32" * 32)
-    stranger = Hub(chain.rpc_url, chain.deployment.hub, account=SPARE_1)
+    stranger = Hub(None, chain.deployment.hub, account=SPARE_1, w3=rpc())
     await stranger.match_orders(app_order(s), None, wo1, request(s, job="other", requester=SPARE_1))
     with pytest.raises(OrderConsumed) as info:
         await hub.match_orders(app_order(s), None, wo1, ro)
@@ -185,8 +186,8 @@ async def test_requester_flow_ids_and_stake(chain) -> None:
     assert (await hub.view_account(REQUESTER.address)).stake == 1_000_000 - price - 1_000
 
 
-async def test_claim_after_final_deadline_refunds(chain) -> None:
-    s = await make_setup(chain)
+async def test_claim_after_final_deadline_refunds(chain, rpc) -> None:
+    s = await make_setup(chain, rpc)
     hub = s.hub
     before = await hub.view_account(REQUESTER.address)
     deal_id = await hub.match_orders(app_order(s), None, pool_order(s), request(s))
@@ -205,8 +206,8 @@ async def test_claim_after_final_deadline_refunds(chain) -> None:
         await hub.claim(task_id)
 
 
-async def test_never_initialized_task_is_claimed(chain) -> None:
-    s = await make_setup(chain)
+async def test_never_initialized_task_is_claimed(chain, rpc) -> None:
+    s = await make_setup(chain, rpc)
     before = await s.hub.view_account(REQUESTER.address)
     deal_id = await s.hub.match_orders(app_order(s), None, pool_order(s), request(s))
     with pytest.raises(WrongTaskStatus, match="initialize_and_claim_array"):
@@ -217,8 +218,8 @@ async def test_never_initialized_task_is_claimed(chain) -> None:
     assert await s.hub.view_account(REQUESTER.address) == before
 
 
-async def test_double_match_is_order_consumed(chain) -> None:
-    s = await make_setup(chain)
+async def test_double_match_is_order_consumed(chain, rpc) -> None:
+    s = await make_setup(chain, rpc)
     ro = request(s)
     await s.hub.match_orders(app_order(s), None, pool_order(s), ro)
     with pytest.raises(OrderConsumed, match="already matched") as info:
@@ -226,8 +227,8 @@ async def test_double_match_is_order_consumed(chain) -> None:
     assert info.value.which == "request" and info.value.reason == "iExecV5-matchOrders-0x60"
 
 
-async def test_typed_reverts(chain) -> None:
-    s = await make_setup(chain)
+async def test_typed_reverts(chain, rpc) -> None:
+    s = await make_setup(chain, rpc)
     hub = s.hub
     with pytest.raises(PriceMismatch, match="workerpoolmaxprice"):
         await hub.match_orders(app_order(s), None, pool_order(s), request(s, poolmax=POOL_PRICE - 1))
@@ -242,12 +243,12 @@ async def test_typed_reverts(chain) -> None:
         await hub.match_orders(app_order(s), None, forged, request(s))
     poor = request(s, job="poor", requester=SPARE_1)
     with pytest.raises(InsufficientStake, match="deposit first"):
-        await Hub(chain.rpc_url, hub.address, account=SPARE_1).match_orders(app_order(s), None, pool_order(s), poor)
+        await Hub(None, hub.address, account=SPARE_1, w3=rpc()).match_orders(app_order(s), None, pool_order(s), poor)
     with pytest.raises(InsufficientStake):
         await hub.withdraw(10**18)
     with pytest.raises(ValueError):
         await hub.deposit(0)
     with pytest.raises(ChainError, match="no account"):
-        await Hub(chain.rpc_url, hub.address).withdraw(1)
+        await Hub(None, hub.address, w3=rpc()).withdraw(1)
     # nothing was sent for any of these: the requester's nonce did not move past the setup's
     assert await hub.view_account(REQUESTER.address) == (10**9, 0)

@@ -4,15 +4,13 @@ per cycle that does not grow with the number of tasks."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from devnet.accounts import POOL_OWNER, WORKER
 from devnet.chain import increase_time, mine
 from iexec.hub import Hub, TaskStatus
 from iexec.pool import WorkerpoolClient
-from iexec.tx import close, rpc_calls
+from iexec.tx import rpc_calls
 from iexec.watch import (
     DealMatched,
     TaskClaimed,
@@ -39,12 +37,10 @@ class Cursor:
 
 
 @pytest.fixture
-async def s(chain) -> AsyncIterator[Setup]:
-    """The hub test set-up (deposits, app, workerpool, a requester's Hub) on the test's chain; the Hub's
-    connection is closed after the test."""
-    setup = await make_setup(chain)
-    yield setup
-    await close(setup.hub.w3)
+async def s(chain, rpc) -> Setup:
+    """The hub test set-up (deposits, app, workerpool, a requester's Hub) on the test's chain; the Hub runs on
+    an `rpc()` connection, closed after the test."""
+    return await make_setup(chain, rpc)
 
 
 def kinds(events) -> list[tuple[str, bytes]]:
