@@ -22,13 +22,13 @@ from typing import Any
 
 from aiohttp import web
 from eth_utils import to_checksum_address
-from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from devnet.deploy import hub_abi
 from devnet.loopback import serve_loopback
 from iexec.errors import OrderError
 from iexec.market import challenge_hash
 from iexec.orders import AppOrder, DatasetOrder, Domain, RequestOrder, WorkerpoolOrder, recover_signer, tag_to_int
+from iexec.tx import connect
 
 __all__ = ["MarketStandIn", "challenge_typed_data", "VERSION"]
 
@@ -235,7 +235,7 @@ class MarketStandIn:
         self._deals: dict[str, dict[str, Any]] = {}  # dealid -> the real API's deal record
         self._deals_scanned = -1  # last block whose OrdersMatched logs are in self._deals
         self._deals_lock = asyncio.Lock()
-        self._w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url))
+        self._w3 = connect(rpc_url, timeout_s=30.0)  # its own sessions: see iexec.tx.CountingHTTPProvider
         self._hub = self._w3.eth.contract(address=self.hub, abi=_HUB_ABI)
         self._runner: web.AppRunner | None = None
 

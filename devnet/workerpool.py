@@ -60,7 +60,7 @@ from aiohttp import web
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from devnet.anvil import child_preexec
 from devnet.archive import result_archive
@@ -74,7 +74,7 @@ from iexec.errors import BodyTooLarge, IExecError, MarketError
 from iexec.market import MarketClient
 from iexec.orders import Domain, WorkerpoolOrder
 from iexec.pool import WorkerpoolClient
-from iexec.tx import SenderConfig
+from iexec.tx import SenderConfig, connect
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class Workerpool:
 
         Raises PoolError when the chain or the market refuses.
         """
-        self._w3 = AsyncWeb3(AsyncHTTPProvider(self.rpc_url, request_kwargs={"timeout": 30}))
+        self._w3 = connect(self.rpc_url, timeout_s=30.0)  # its own sessions: see iexec.tx.CountingHTTPProvider
         self._hub = self._w3.eth.contract(address=to_checksum_address(self.deployment.hub), abi=hub_abi())
         self._client = WorkerpoolClient(
             self._w3, self.deployment.hub, scheduler=self.owner, worker=self.worker, sender_config=_SENDER_CONFIG
