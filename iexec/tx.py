@@ -84,6 +84,8 @@ class CountingHTTPProvider(AsyncHTTPProvider):
     `_NoSharedSessions`). Errors are web3's: aiohttp errors, `ClientResponseError` for an HTTP error
     status, `asyncio.TimeoutError` past the request timeout. Cancelling a request at any instant leaves
     nothing held: session creation never awaits, and aiohttp drops a connection whose request was cancelled.
+    Close it (`close(w3)`) before its loop ends, as with web3's own sessions: the idle keep-alive sockets of a
+    session whose loop has ended can no longer be closed gracefully (ResourceWarning when collected).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -105,8 +107,8 @@ class CountingHTTPProvider(AsyncHTTPProvider):
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
-            for old in [old for old in self._sessions if old.is_closed()]:
-                del self._sessions[old]  # its loop is gone; its connector holds nothing that loop can close
+            # a session of a loop that has ended stays here until `disconnect()` closes it (aiohttp closes one
+            # whose loop is closed without touching that loop)
             session = aiohttp.ClientSession(raise_for_status=True, connector=aiohttp.TCPConnector())
             self._sessions[loop] = session
         return session
@@ -137,10 +139,13 @@ class CountingHTTPProvider(AsyncHTTPProvider):
         return current
 
     async def disconnect(self) -> None:
-        """Close every session (a later request opens a new one)."""
+        """Close every session (a later request opens a new one); a failure to close one is logged."""
         sessions, self._sessions = self._sessions, {}
         for session in sessions.values():
-            await session.close()
+            try:
+                await session.close()
+            except Exception as exc:  # noqa: BLE001 - close the others whatever happens to one
+                log.warning("event=rpc_session_close_failed error=%s", type(exc).__name__)
 
     def __str__(self) -> str:
         return "CountingHTTPProvider(<rpc url redacted>)"
