@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from web3 import AsyncWeb3
 
 from bot.deposits import DepositService
 from bot.linking import Linking, LinkSettings
@@ -21,7 +23,7 @@ from devnet.accounts import BOT, SPARE_1, SPARE_2
 from devnet.anvil import rpc_call
 from devnet.chain import fund_rlc, mine, rlc_balance
 from iexec.link import verify_link
-from iexec.tx import connect, rpc_calls
+from iexec.tx import rpc_calls
 from ledger import Ledger
 from tests.fixtures_chain import ChainEnv
 from tests.sdk_peer import ETHERS, run_sdk_script
@@ -33,12 +35,17 @@ RLC = 10**9
 
 
 def make_service(
-    book: Ledger, chain: ChainEnv, confirmations: int = 0, start_block: int | None = None
+    book: Ledger,
+    chain: ChainEnv,
+    rpc: Callable[..., AsyncWeb3],
+    confirmations: int = 0,
+    start_block: int | None = None,
 ) -> DepositService:
-    w3 = connect(chain.rpc_url)
+    """A deposit service on the books, watching the test's chain over an `rpc()` connection (closed after the
+    test by the fixture)."""
     return DepositService.build(
         book,
-        w3,
+        rpc(),
         chain_id=31337,
         rlc=chain.deployment.rlc,
         hot_wallet=BOT.address,
@@ -62,16 +69,17 @@ def send(chain: ChainEnv, sender: object, nrlc: int) -> str:
 
 
 @pytest.fixture
-def book(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "books.db")
+def book(tmp_path: Path) -> Iterator[Ledger]:
+    with Ledger(tmp_path / "books.db") as ledger:
+        yield ledger
 
 
 async def test_a_linked_transfer_credits_exactly_once_through_restarts_and_replays(
-    chain: ChainEnv, book: Ledger
+    chain: ChainEnv, rpc: Callable[..., AsyncWeb3], book: Ledger
 ) -> None:
     start = chain.w3.eth.block_number
     link(book, USER, SPARE_1)
-    service = make_service(book, chain, start_block=start)
+    service = make_service(book, chain, rpc, start_block=start)
     await service.cycle()
     before = rlc_balance(chain.rpc_url, chain.deployment, BOT.address)
     tx_hash = send(chain, SPARE_1, 2 * RLC)
@@ -92,10 +100,10 @@ async def test_a_linked_transfer_credits_exactly_once_through_restarts_and_repla
     assert held.tx_hash == stranger_tx and held.amount == 3 * RLC and held.sender == SPARE_2.address.lower()
 
     # a restarted watcher (new service, same books), then a replay of the whole range from the start
-    again = make_service(book, chain)
+    again = make_service(book, chain, rpc)
     await again.cycle()
     book.set_value(f"deposits_cursor:31337:{BOT.address.lower()}", str(start))
-    replayed = make_service(book, chain)
+    replayed = make_service(book, chain, rpc)
     result = await replayed.cycle()
     assert [t.tx_hash for t in result.final] == [tx_hash, stranger_tx]  # seen again, credited once
     assert book.balance(USER).available == 2 * RLC and book.deposits.totals().credited == 2 * RLC
@@ -109,7 +117,7 @@ async def test_a_linked_transfer_credits_exactly_once_through_restarts_and_repla
 
     with pytest.raises(RuntimeError):
         await replayed.watcher.poll(on_final=crash_after_recording)
-    await make_service(book, chain).cycle()
+    await make_service(book, chain, rpc).cycle()
     assert book.balance(USER).available == 3 * RLC
 
     # the admin gives the held transfer to its owner; the books balance; operator:deposits = credited deposits
@@ -120,9 +128,11 @@ async def test_a_linked_transfer_credits_exactly_once_through_restarts_and_repla
     book.audit()
 
 
-async def test_a_reorg_before_finality_credits_nothing(chain: ChainEnv, book: Ledger) -> None:
+async def test_a_reorg_before_finality_credits_nothing(
+    chain: ChainEnv, rpc: Callable[..., AsyncWeb3], book: Ledger
+) -> None:
     link(book, USER, SPARE_1)
-    service = make_service(book, chain, confirmations=2, start_block=chain.w3.eth.block_number)
+    service = make_service(book, chain, rpc, confirmations=2, start_block=chain.w3.eth.block_number)
     await service.cycle()
     snapshot = rpc_call(chain.rpc_url, "evm_snapshot")
     send(chain, SPARE_1, 2 * RLC)
@@ -148,7 +158,9 @@ async def test_a_reorg_before_finality_credits_nothing(chain: ChainEnv, book: Le
     book.audit()
 
 
-async def test_calls_per_cycle_do_not_grow_with_linked_users(chain: ChainEnv, book: Ledger) -> None:
+async def test_calls_per_cycle_do_not_grow_with_linked_users(
+    chain: ChainEnv, rpc: Callable[..., AsyncWeb3], book: Ledger
+) -> None:
     start = chain.w3.eth.block_number
     calls = {}
     for users in (1, 1000):
@@ -157,7 +169,7 @@ async def test_calls_per_cycle_do_not_grow_with_linked_users(chain: ChainEnv, bo
             book.links.issue(100 + i, nonce)
             book.links.link(100 + i, "0x" + (100 + i).to_bytes(20, "big").hex(), nonce, "eip712")
         assert book.links.count() == users
-        service = make_service(book, chain, confirmations=1, start_block=start)
+        service = make_service(book, chain, rpc, confirmations=1, start_block=start)
         await service.cycle()
         send(chain, SPARE_2, RLC)
         mine(chain.rpc_url, 1)
