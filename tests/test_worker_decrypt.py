@@ -66,8 +66,7 @@ def _assert_failed(run, *words: str, secret: str | None = None) -> str:
         assert word.lower() in message.lower(), message
     assert "Traceback" not in run.stderr
     assert f"error: {message}" in run.stderr
-    assert not run.imported_tensorflow
-    assert run.seconds < 2.0, run.seconds
+    assert not run.imported_tensorflow  # what makes the refusal fast; no elapsed time asserted
     if secret:
         everything = run.stdout + run.stderr + (run.out / "computed.json").read_text()
         assert secret not in everything
@@ -267,7 +266,8 @@ def test_a_photo_encrypted_by_the_sdk_is_segmented(tmp_path: Path, run_worker, w
         "source_width": width,
         "source_height": height,
     }
-    assert Image.open(result.out / "result.png").size == (width, height)
+    with Image.open(result.out / "result.png") as picture:
+        assert picture.size == (width, height)
     assert secret not in result.stdout + result.stderr
     for path in tmp_path.rglob("*"):
         if path.is_file():

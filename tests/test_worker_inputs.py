@@ -1,5 +1,6 @@
 """Bad input to the iExec app: each case ends with only computed.json holding a clear error-message, a
-non-zero exit, a one-line message on stderr, fast and without importing TensorFlow."""
+non-zero exit, a one-line message on stderr, and TensorFlow never imported (what makes a refusal cheap; the
+subprocess timeout is the hang guard, no elapsed time is asserted)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _png_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def _assert_failed(run, *words: str, max_s: float = 2.0) -> None:
+def _assert_failed(run, *words: str) -> None:
     assert run.code != 0
     assert run.files == {"computed.json"}, run.files
     message = run.computed()["error-message"]
@@ -44,7 +45,6 @@ def _assert_failed(run, *words: str, max_s: float = 2.0) -> None:
     assert "Traceback" not in run.stderr
     assert f"error: {message}" in run.stderr
     assert not run.imported_tensorflow
-    assert run.seconds < max_s, run.seconds
 
 
 @pytest.mark.parametrize(
@@ -109,16 +109,19 @@ def test_url_200_mb_declared(tmp_path: Path, run_worker, local_http) -> None:
 
 
 def test_url_200_mb_undeclared(tmp_path: Path, run_worker, local_http) -> None:
+    sent = [0]  # MB the server wrote before the worker hung up
+
     def stream(wfile) -> None:
         for _ in range(200):
             wfile.write(b"\xff" * 1_000_000)
+            sent[0] += 1
 
     local_http.routes["/big.jpg"] = (200, {"Content-Type": "image/jpeg", "Connection": "close"}, stream)
     _assert_failed(
         run_worker(["--random-weights", f"{local_http.base}/big.jpg"], iexec_env(tmp_path)),
         "larger than 20 MB",
-        max_s=4.0,
     )
+    assert sent[0] < 100, sent  # it stopped reading past the limit (20 MB + socket buffers), not at the end
 
 
 def test_url_redirect_to_other_scheme_refused(tmp_path: Path, run_worker, local_http) -> None:
@@ -185,4 +188,3 @@ def test_help_does_not_import_tensorflow(tmp_path: Path, run_worker) -> None:
         assert word in run.stdout
     assert not run.imported_tensorflow
     assert "| worker.options" in run.stderr  # importtime really listed our modules
-    assert run.seconds < 2.0
