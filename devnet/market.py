@@ -7,6 +7,10 @@ on-chain owner of the app / dataset / workerpool (or the requester of a request 
 valid (the hub's `verifySignature`), and the order still has volume (`viewConsumed`). `remaining` is read
 from the chain on every answer, so a matched order's volume goes down and a used-up order leaves the lists.
 
+It shares no code with our market client (iexec/market.py, iexec/orders.py): order parsing, EIP-712 hashing
+(under the domain the hub's `domain()` returns) and the challenge are devnet/market_orders.py's, chain reads go
+through devnet/rpc.py; the official JS SDK is its peer in the tests (tests/test_devnet_market_sdk.py).
+
 Orders live in memory. Faults can be injected (`fail_next`, `fail_mode`) so tests see 5xx answers.
 It binds 127.0.0.1 only and must never reach any address but its chain node.
 """
@@ -25,10 +29,15 @@ from eth_utils import to_checksum_address
 
 from devnet.deploy import hub_abi
 from devnet.loopback import serve_loopback
-from iexec.errors import OrderError
-from iexec.market import challenge_hash
-from iexec.orders import AppOrder, DatasetOrder, Domain, RequestOrder, WorkerpoolOrder, recover_signer, tag_to_int
-from iexec.tx import connect
+from devnet.market_orders import (
+    challenge_digest,
+    challenge_typed_data,
+    order_hash,
+    parse_order,
+    parse_tag,
+    recover_signer,
+)
+from devnet.rpc import ChainReader, RpcError
 
 __all__ = ["MarketStandIn", "challenge_typed_data", "VERSION"]
 
@@ -91,8 +100,9 @@ _HUB_ABI = [
         ],
     },
 ]
-# From the devnet's full hub ABI: what the deal book and the stake check read.
-_HUB_ABI += [e for e in hub_abi() if e.get("name") in ("viewAccount", "viewDeal", "OrdersMatched")]
+# From the devnet's full hub ABI: what the deal book, the stake check and the EIP-712 domain read.
+_HUB_ABI += [e for e in hub_abi() if e.get("name") in ("viewAccount", "viewDeal", "OrdersMatched", "domain")]
+_HUB = {e["name"]: e for e in _HUB_ABI}
 _REGISTRY_ABI = [
     {
         "type": "function",
@@ -121,29 +131,12 @@ class _ApiError(Exception):
         self.status = status
 
 
-def challenge_typed_data(chain_id: int, value: str) -> dict[str, Any]:
-    """The EIP-712 challenge the market API hands out (chainId as a decimal string, as the real API)."""
-    return {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-            ],
-            "Challenge": [{"name": "challenge", "type": "string"}],
-        },
-        "domain": {"name": "iExec Gateway", "version": "1", "chainId": str(chain_id)},
-        "primaryType": "Challenge",
-        "message": {"challenge": f"Sign this message to log into iExec Gateway: {value}"},
-    }
-
-
 @dataclass(frozen=True)
 class _Kind:
-    """One order book: its path, order class, price field and who may sign its orders."""
+    """One order book: its path, EIP-712 struct, price field and who may sign its orders."""
 
     path: str
-    cls: type
+    type_name: str  # the EIP-712 struct (IexecLibOrders_v5)
     price: str
     resource: str  # the order field naming the signed-for resource
     registry: str | None  # hub getter of the resource's registry; None for request orders
@@ -154,12 +147,12 @@ _OWNER_PARAMS = {"apporders": "appOwner", "datasetorders": "datasetOwner", "work
 TEE_BIT = 1  # tag bit 0: the order needs a TEE (TDX tags are 0x...09)
 
 _KINDS = {
-    "apporders": _Kind("apporders", AppOrder, "appprice", "app", "appregistry"),
-    "datasetorders": _Kind("datasetorders", DatasetOrder, "datasetprice", "dataset", "datasetregistry"),
+    "apporders": _Kind("apporders", "AppOrder", "appprice", "app", "appregistry"),
+    "datasetorders": _Kind("datasetorders", "DatasetOrder", "datasetprice", "dataset", "datasetregistry"),
     "workerpoolorders": _Kind(
-        "workerpoolorders", WorkerpoolOrder, "workerpoolprice", "workerpool", "workerpoolregistry"
+        "workerpoolorders", "WorkerpoolOrder", "workerpoolprice", "workerpool", "workerpoolregistry"
     ),
-    "requestorders": _Kind("requestorders", RequestOrder, "workerpoolmaxprice", "requester", None, descending=True),
+    "requestorders": _Kind("requestorders", "RequestOrder", "workerpoolmaxprice", "requester", None, descending=True),
 }
 
 
@@ -193,8 +186,8 @@ def _tag(query: Any, name: str) -> int | None:
     if value is None:
         return None
     try:
-        return tag_to_int(value)
-    except OrderError:
+        return parse_tag(value)
+    except ValueError:
         raise _ApiError(400, f"{name} must be a bytes32 hex string") from None
 
 
@@ -224,7 +217,7 @@ class MarketStandIn:
             raise ValueError("the market stand-in binds loopback only")
         self.chain_id = chain_id
         self.hub = to_checksum_address(hub)
-        self.domain = Domain(chain_id=chain_id, verifying_contract=self.hub)
+        self._domain: dict[str, Any] | None = None  # the hub's EIP-712 domain, read at the first publish
         self.host = host
         self.base_url = ""
         self.fail_mode: int | None = None
@@ -235,8 +228,7 @@ class MarketStandIn:
         self._deals: dict[str, dict[str, Any]] = {}  # dealid -> the real API's deal record
         self._deals_scanned = -1  # last block whose OrdersMatched logs are in self._deals
         self._deals_lock = asyncio.Lock()
-        self._w3 = connect(rpc_url, timeout_s=30.0)  # its own sessions: see iexec.tx.CountingHTTPProvider
-        self._hub = self._w3.eth.contract(address=self.hub, abi=_HUB_ABI)
+        self._rpc = ChainReader(rpc_url, timeout_s=30.0)  # its own session, not web3's (web3.py #3867)
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -267,7 +259,7 @@ class MarketStandIn:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        await self._w3.provider.disconnect()
+        await self._rpc.close()
 
     async def __aenter__(self) -> MarketStandIn:
         await self.start()
@@ -295,8 +287,20 @@ class MarketStandIn:
         except Exception:  # noqa: BLE001 - the real API answers 500 on anything unexpected
             return web.json_response({"ok": False, "error": "Internal error"}, status=500)
 
+    async def _hub_call(self, name: str, *args: Any) -> Any:
+        return await self._rpc.call(self.hub, _HUB[name], *args)
+
+    async def _eip712_domain(self) -> dict[str, Any]:
+        """The hub's EIP-712 domain (its `domain()`), as the SDK reads it; it must be on our chain id."""
+        if self._domain is None:
+            name, version, chain_id, verifying = await self._hub_call("domain")
+            if chain_id != self.chain_id:
+                raise _ApiError(500, f"the hub's domain is on chain {chain_id}, not {self.chain_id}")
+            self._domain = {"name": name, "version": version, "chainId": chain_id, "verifyingContract": verifying}
+        return self._domain
+
     async def _consumed(self, order_hash: str) -> int:
-        return await self._hub.functions.viewConsumed(bytes.fromhex(order_hash[2:])).call()
+        return await self._hub_call("viewConsumed", bytes.fromhex(order_hash[2:]))
 
     async def _with_remaining(self, record: dict[str, Any]) -> dict[str, Any]:
         remaining = max(record["order"]["volume"] - await self._consumed(record["orderHash"]), 0)
@@ -306,12 +310,11 @@ class MarketStandIn:
         return {**record, "remaining": remaining, "status": status}
 
     async def _owner(self, kind: _Kind, resource: str) -> str:
-        registry_addr = await getattr(self._hub.functions, kind.registry)().call()
-        registry = self._w3.eth.contract(address=registry_addr, abi=_REGISTRY_ABI)
-        if not await registry.functions.isRegistered(resource).call():
+        assert kind.registry is not None
+        registry = await self._hub_call(kind.registry)
+        if not await self._rpc.call(registry, _REGISTRY_ABI[0], resource):
             raise _ApiError(403, "Resource not deployed")
-        owned = self._w3.eth.contract(address=resource, abi=_OWNABLE_ABI)
-        return to_checksum_address(await owned.functions.owner().call())
+        return to_checksum_address(await self._rpc.call(resource, _OWNABLE_ABI[0]))
 
     # -- simple endpoints -----------------------------------------------------------------------------
 
@@ -327,11 +330,11 @@ class MarketStandIn:
                 return web.json_response({"ok": True, "data": challenge_typed_data(self.chain_id, value)})
         value = secrets.token_urlsafe(24)
         typed = challenge_typed_data(self.chain_id, value)
-        self._challenges["0x" + challenge_hash(typed).hex()] = (address, value)
+        self._challenges["0x" + challenge_digest(typed).hex()] = (address, value)
         return web.json_response({"ok": True, "data": typed})
 
     async def _category_json(self, catid: int) -> dict[str, Any]:
-        name, description, ref = await self._hub.functions.viewCategory(catid).call()
+        name, description, ref = await self._hub_call("viewCategory", catid)
         return {
             "catid": catid,
             "chainId": str(self.chain_id),
@@ -341,7 +344,7 @@ class MarketStandIn:
         }
 
     async def _categories(self, request: web.Request) -> web.Response:
-        count = await self._hub.functions.countCategory().call()
+        count = await self._hub_call("countCategory")
         cats = [await self._category_json(i) for i in range(count)]
         low = _int(request.query, "minWorkClockTimeRef")
         high = _int(request.query, "maxWorkClockTimeRef")
@@ -357,7 +360,7 @@ class MarketStandIn:
 
     async def _category(self, request: web.Request) -> web.Response:
         catid = request.match_info["catid"]
-        count = await self._hub.functions.countCategory().call()
+        count = await self._hub_call("countCategory")
         if not catid.isdigit() or int(catid) >= count:
             raise _ApiError(404, "category not found")
         return web.json_response({"ok": True, **await self._category_json(int(catid))})
@@ -367,29 +370,25 @@ class MarketStandIn:
     async def _sync_deals(self) -> None:
         """Read the OrdersMatched logs of the blocks not seen yet and record their deals."""
         async with self._deals_lock:
-            head = await self._w3.eth.block_number
+            head = await self._rpc.block_number()
             if head <= self._deals_scanned:
                 return
-            event = self._hub.events.OrdersMatched()
-            logs = await self._w3.eth.get_logs(
-                {"address": self.hub, "fromBlock": self._deals_scanned + 1, "toBlock": head, "topics": [event.topic]}
-            )
-            for entry in logs:
-                matched = event.process_log(entry)
+            logs = await self._rpc.logs(self.hub, _HUB["OrdersMatched"], self._deals_scanned + 1, head)
+            for matched in logs:
                 self._deals["0x" + bytes(matched["args"]["dealid"]).hex()] = await self._deal_record(matched)
             self._deals_scanned = head
 
     async def _deal_record(self, matched: Any) -> dict[str, Any]:
         args = matched["args"]
         dealid = bytes(args["dealid"])
-        deal = await self._hub.functions.viewDeal(dealid).call()
-        block = await self._w3.eth.get_block(matched["blockNumber"])
+        deal = await self._hub_call("viewDeal", dealid)
+        timestamp = await self._rpc.block_timestamp(matched["blockNumber"])
         # viewDeal: app, dataset, workerpool (pointer, owner, price), trust, category, tag, requester,
         # beneficiary, callback, params, startTime, botFirst, botSize, workerStake, schedulerRewardRatio, sponsor
         resource = [
             {"pointer": to_checksum_address(r[0]), "owner": to_checksum_address(r[1]), "price": r[2]} for r in deal[:3]
         ]
-        stamp = datetime.fromtimestamp(block["timestamp"], UTC)
+        stamp = datetime.fromtimestamp(timestamp, UTC)
         return {
             "dealid": "0x" + dealid.hex(),
             "chainId": self.chain_id,
@@ -415,7 +414,7 @@ class MarketStandIn:
             "schedulerRewardRatio": deal[14],
             "blockNumber": matched["blockNumber"],
             "blockTimestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "transactionHash": "0x" + bytes(matched["transactionHash"]).hex(),
+            "transactionHash": matched["transactionHash"],
         }
 
     async def _deals_list(self, request: web.Request) -> web.Response:
@@ -503,8 +502,8 @@ class MarketStandIn:
             if entry is None or entry[0] != claimed:
                 raise ValueError("unknown challenge")
             typed = challenge_typed_data(self.chain_id, entry[1])
-            signer = recover_signer(challenge_hash(typed), bytes.fromhex(signature.removeprefix("0x")))
-        except (ValueError, OrderError):
+            signer = recover_signer(challenge_digest(typed), signature)
+        except ValueError:
             raise _ApiError(403, "invalid authorization") from None
         if signer != claimed:
             raise _ApiError(403, "invalid authorization")
@@ -516,86 +515,93 @@ class MarketStandIn:
             authorized = await self._authorized(request)
             try:
                 body = await request.json()
-                order = kind.cls.from_market_json(body["order"])
-            except (ValueError, KeyError, TypeError, OrderError) as exc:
-                raise _ApiError(400, f"order is not a valid signed {kind.cls.__name__}: {exc}") from None
-            order_hash = "0x" + order.hash(self.domain).hex()
-            existing = self._books[kind.path].get(order_hash)
+                order = parse_order(kind.type_name, body["order"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise _ApiError(400, f"order is not a valid signed {kind.type_name}: {exc}") from None
+            digest = order_hash(kind.type_name, order, await self._eip712_domain())
+            hash_hex = "0x" + digest.hex()
+            existing = self._books[kind.path].get(hash_hex)
             if existing is not None and existing["status"] == "open":
                 raise _ApiError(403, "order already published")
-            resource = getattr(order, kind.resource)
+            resource = order[kind.resource]
             signer = resource if kind.registry is None else await self._owner(kind, resource)
             if signer != authorized:
                 raise _ApiError(403, f"only order signer {signer} can publish an order")
-            ok = await self._hub.functions.verifySignature(signer, order.hash(self.domain), bytes(order.sign)).call()
+            try:
+                ok = await self._hub_call("verifySignature", signer, digest, bytes.fromhex(order["sign"][2:]))
+            except RpcError:  # the hub reverts on a malformed signature (wrong length, bad s or v)
+                ok = False
             if not ok:
                 raise _ApiError(403, "invalid sign")
-            if order.volume - await self._consumed(order_hash) <= 0:
+            if order["volume"] - await self._consumed(hash_hex) <= 0:
                 raise _ApiError(403, "order already consumed")
             if kind.path == "requestorders":
-                await self._check_requester_stake(order, order_hash)
+                await self._check_requester_stake(order, hash_hex)
                 self._check_matchable_app(order)
                 self._check_matchable_dataset(order)
             record = {
-                "orderHash": order_hash,
+                "orderHash": hash_hex,
                 "chainId": self.chain_id,
                 "publicationTimestamp": _now_iso(),
                 "signer": signer,
                 "status": "open",
-                "order": order.to_market_json(),
+                "order": order,
             }
-            self._books[kind.path][order_hash] = record
+            self._books[kind.path][hash_hex] = record
             return web.json_response({"ok": True, "published": await self._with_remaining(record)})
 
         return publish
 
-    async def _check_requester_stake(self, order: RequestOrder, order_hash: str) -> None:
+    async def _check_requester_stake(self, order: dict[str, Any], hash_hex: str) -> None:
         """As the real API: the requester's free stake covers every remaining task at the max prices."""
-        remaining = order.volume - await self._consumed(order_hash)
-        cost = (order.appmaxprice + order.datasetmaxprice + order.workerpoolmaxprice) * remaining
-        stake, _locked = await self._hub.functions.viewAccount(order.requester).call()
+        remaining = order["volume"] - await self._consumed(hash_hex)
+        cost = (order["appmaxprice"] + order["datasetmaxprice"] + order["workerpoolmaxprice"]) * remaining
+        stake, _locked = await self._hub_call("viewAccount", order["requester"])
         if stake < cost:
             raise _ApiError(
                 403, f"requester stake is too low to cover requestorder payment, minimum stake required is {cost} nRLC"
             )
 
-    def _check_matchable_app(self, order: RequestOrder) -> None:
+    def _check_matchable_app(self, order: dict[str, Any]) -> None:
         """As the real API: a request order needs a published app order it can pay for (a TEE one for a
         TEE request)."""
-        tee = tag_to_int(order.tag) & TEE_BIT == TEE_BIT
+        tee = int(order["tag"], 16) & TEE_BIT == TEE_BIT
         prices = [
             r["order"]["appprice"]
             for r in self._books["apporders"].values()
             if r["status"] == "open"
-            and r["order"]["app"] == order.app
-            and r["order"]["workerpoolrestrict"] in (ZERO, order.workerpool)
-            and r["order"]["datasetrestrict"] in (ZERO, order.dataset)
-            and r["order"]["requesterrestrict"] in (ZERO, order.requester)
+            and r["order"]["app"] == order["app"]
+            and r["order"]["workerpoolrestrict"] in (ZERO, order["workerpool"])
+            and r["order"]["datasetrestrict"] in (ZERO, order["dataset"])
+            and r["order"]["requesterrestrict"] in (ZERO, order["requester"])
             and (not tee or int(r["order"]["tag"], 16) & TEE_BIT == TEE_BIT)
         ]
         if not prices:
-            raise _ApiError(403, f"No {'tee enabled ' if tee else ''}apporder published for app {order.app}")
-        if order.appmaxprice < min(prices):
-            raise _ApiError(403, f"appmaxprice for app {order.app} is too low, actual best price is {min(prices)} nRLC")
+            raise _ApiError(403, f"No {'tee enabled ' if tee else ''}apporder published for app {order['app']}")
+        if order["appmaxprice"] < min(prices):
+            raise _ApiError(
+                403, f"appmaxprice for app {order['app']} is too low, actual best price is {min(prices)} nRLC"
+            )
 
-    def _check_matchable_dataset(self, order: RequestOrder) -> None:
+    def _check_matchable_dataset(self, order: dict[str, Any]) -> None:
         """As the real API: a request order naming a dataset needs a published dataset order for it."""
-        if order.dataset == ZERO:
+        if order["dataset"] == ZERO:
             return
         prices = [
             r["order"]["datasetprice"]
             for r in self._books["datasetorders"].values()
             if r["status"] == "open"
-            and r["order"]["dataset"] == order.dataset
-            and r["order"]["workerpoolrestrict"] in (ZERO, order.workerpool)
-            and r["order"]["apprestrict"] in (ZERO, order.app)
-            and r["order"]["requesterrestrict"] in (ZERO, order.requester)
+            and r["order"]["dataset"] == order["dataset"]
+            and r["order"]["workerpoolrestrict"] in (ZERO, order["workerpool"])
+            and r["order"]["apprestrict"] in (ZERO, order["app"])
+            and r["order"]["requesterrestrict"] in (ZERO, order["requester"])
         ]
         if not prices:
-            raise _ApiError(403, f"No datasetorder published for dataset {order.dataset}")
-        if order.datasetmaxprice < min(prices):
+            raise _ApiError(403, f"No datasetorder published for dataset {order['dataset']}")
+        if order["datasetmaxprice"] < min(prices):
             raise _ApiError(
-                403, f"datasetmaxprice for dataset {order.dataset} is too low, actual best price is {min(prices)} nRLC"
+                403,
+                f"datasetmaxprice for dataset {order['dataset']} is too low, actual best price is {min(prices)} nRLC",
             )
 
     def _unpublisher(self, kind: _Kind) -> Callable[[web.Request], Any]:

@@ -13,6 +13,7 @@ import pytest
 from devnet.accounts import APP_OWNER, POOL_OWNER, REQUESTER, SPARE_1
 from devnet.chain import deposit, register_app, register_workerpool
 from devnet.market import MarketStandIn
+from devnet.market_orders import order_hash, parse_order
 from iexec.errors import MarketReplyError
 from iexec.market import MarketClient
 from iexec.orders import NULL_DATASET_ORDER, ZERO_ADDRESS, AppOrder, Domain, WorkerpoolOrder, build_request_order
@@ -165,3 +166,78 @@ async def test_tee_requests_need_a_tee_app_order_and_deals_are_served_by_id(chai
             assert (await r.json())["count"] == 0
         async with http.get(f"{market.base_url}/deals/0x{'cd' * 32}", params=q) as r:
             assert r.status == 404
+
+
+@pytest.mark.slow
+async def test_the_stand_in_hashes_every_kind_of_order_as_the_js_sdk(chain: Any) -> None:
+    """The stand-in's own EIP-712 order hashing (not our client's) gives the SDK's hashApporder & co for one
+    order of each kind, with restrictions, tags, big numbers, unicode params and lower-case addresses."""
+    dep = chain.deployment
+    name, version, chain_id, hub = await asyncio.to_thread(chain.hub.functions.domain().call)
+    domain = {"name": name, "version": version, "chainId": chain_id, "verifyingContract": hub}
+    a, d, w, r = (f"0x{c * 40}" for c in "abcd")  # lower-case: parsed and checksummed by the stand-in
+    orders = {
+        "apporder": {
+            "app": a,
+            "appprice": 5,
+            "volume": 1000,
+            "tag": "0x" + "00" * 31 + "09",
+            "datasetrestrict": d,
+            "workerpoolrestrict": w,
+            "requesterrestrict": r,
+            "salt": "0x" + "11" * 32,
+        },
+        "datasetorder": {
+            "dataset": d,
+            "datasetprice": 0,
+            "volume": 1,
+            "tag": "0x" + "00" * 30 + "0101",
+            "apprestrict": a,
+            "workerpoolrestrict": ZERO_ADDRESS,
+            "requesterrestrict": ZERO_ADDRESS,
+            "salt": "0x" + "22" * 32,
+        },
+        "workerpoolorder": {
+            "workerpool": w,
+            "workerpoolprice": 10**18,
+            "volume": 3,
+            "tag": "0x" + "00" * 32,
+            "category": 2,
+            "trust": 1,
+            "apprestrict": ZERO_ADDRESS,
+            "datasetrestrict": d,
+            "requesterrestrict": r,
+            "salt": "0x" + "33" * 32,
+        },
+        "requestorder": {
+            "app": a,
+            "appmaxprice": 5,
+            "dataset": ZERO_ADDRESS,
+            "datasetmaxprice": 0,
+            "workerpool": w,
+            "workerpoolmaxprice": 10**18,
+            "requester": r,
+            "volume": 1,
+            "tag": "0x" + "00" * 31 + "09",
+            "category": 0,
+            "trust": 0,
+            "beneficiary": r,
+            "callback": ZERO_ADDRESS,
+            "params": json.dumps({"iexec_args": "photo ✓ «quoted»", "iexec_result_storage_provider": "ipfs"}),
+            "salt": "0x" + "44" * 32,
+        },
+    }
+    sdk = await run_sdk_script(
+        JS / "hash_orders.mjs", stdin=json.dumps({"rpcUrl": chain.rpc_url, "hub": dep.hub, **orders})
+    )
+    ours = {
+        key: "0x" + order_hash(type_name, parse_order(type_name, orders[key]), domain).hex()
+        for key, type_name in (
+            ("apporder", "AppOrder"),
+            ("datasetorder", "DatasetOrder"),
+            ("workerpoolorder", "WorkerpoolOrder"),
+            ("requestorder", "RequestOrder"),
+        )
+    }
+    assert sdk == ours
+    assert len(set(ours.values())) == 4

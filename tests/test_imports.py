@@ -199,3 +199,46 @@ def test_package_boundaries(package: str) -> None:
 def test_bot_never_imports_worker() -> None:
     graph = import_graph()
     assert not [m for m in graph if m.startswith("bot") and any(t.startswith("worker") for t in graph[m])]
+
+
+#: The stand-ins for services our client talks to (market API, SMS, Telegram, result gateway, the TEE
+#: post-compute): a stand-in that shared our client's code would agree with its bugs, so none of them may reach
+#: `iexec` (or `bot`), directly or through another module. The workerpool and devnet/up.py are operators' tools
+#: that use our client as a real workerpool uses the SDK; they are not stand-ins.
+STAND_INS = ("devnet.market", "devnet.sms", "devnet.telegram", "devnet.gateway", "devnet.postcompute")
+CLIENTS = ("iexec", "bot")
+
+
+def _is_stand_in(module: str) -> bool:
+    return any(module == s or module.startswith(s + "_") or module.startswith(s + ".") for s in STAND_INS)
+
+
+def client_reaches(graph: dict[str, set[str]]) -> list[str]:
+    """Each stand-in module that reaches a client package, with the import path that gets there."""
+    found = []
+    for start in sorted(m for m in graph if _is_stand_in(m)):
+        seen, queue = {start: [start]}, [start]
+        while queue:
+            node = queue.pop(0)
+            if node.split(".")[0] in CLIENTS:
+                found.append(" -> ".join(seen[node]))
+                break
+            for nxt in sorted(graph.get(node, ())):
+                if nxt not in seen:
+                    seen[nxt] = [*seen[node], nxt]
+                    queue.append(nxt)
+    return found
+
+
+def test_the_stand_in_check_finds_a_hidden_client_import() -> None:
+    """A positive control: an import of our client through a helper module is found, with its path."""
+    graph = {"devnet.market": {"devnet.helper"}, "devnet.helper": {"iexec.orders"}, "iexec.orders": set()}
+    assert client_reaches(graph) == ["devnet.market -> devnet.helper -> iexec.orders"]
+    assert client_reaches({"devnet.workerpool": {"iexec.tx"}, "devnet.sms": {"devnet.loopback"}}) == []
+
+
+def test_stand_ins_never_import_the_client() -> None:
+    graph = import_graph()
+    assert {"devnet.market", "devnet.sms", "devnet.telegram_bot", "devnet.gateway", "devnet.postcompute"} <= set(graph)
+    wrong = client_reaches(graph)
+    assert not wrong, "stand-ins importing our client:\n" + "\n".join(wrong)
