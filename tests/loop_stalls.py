@@ -2,9 +2,11 @@
 
     async with loop_stalls() as stalls:
         await work_that_must_not_block()
-    assert max(stalls) < 0.5
+    assert max(stalls) < what_blocking_would_cost / 2
 
-A behaviour check (no handler may hold every other user up), not a speed target: the bound is generous.
+A behaviour check (no handler may hold every other user up), not a speed target: the bound is half of what
+the work would stall the loop for if it ran there (a lock's hold, one decode measured in the test), so a
+loaded machine, which slows both, does not trip it.
 """
 
 from __future__ import annotations

@@ -351,7 +351,8 @@ async def test_a_busy_ledger_delays_a_job_but_never_the_bot(botnet: BotNet) -> N
             await asyncio.sleep(0.01)
             stalls.append(time.monotonic() - before - 0.01)
 
-    timer = threading.Timer(3.0, release)
+    hold_s = 3.0
+    timer = threading.Timer(hold_s, release)
     timer.start()
     try:
         await tick()
@@ -365,4 +366,6 @@ async def test_a_busy_ledger_delays_a_job_but_never_the_bot(botnet: BotNet) -> N
     assert job.state.value == "DELIVERED"
     assert botnet.ledger.balance(user.id).posted == CREDIT - 160_000_000
     botnet.ledger.audit()
-    assert len(stalls) > 50 and max(stalls) < 0.5, max(stalls)
+    # a ledger call that waited for the lock on the loop would stall it for the whole hold: the bound is that
+    # alternative, halved (a behaviour check, not a speed target)
+    assert len(stalls) > 50 and max(stalls) < hold_s / 2, max(stalls)
