@@ -307,6 +307,10 @@ ALBUM_GROUP_ONE_SEEN = (
 ALBUM_PHOTO_REJECTED = "Photo {index} of your album was left out: {reason}"
 #: the caption of an album's result (plain text, on its first picture)
 ALBUM_CAPTION = "{n} of {total} pictures segmented in one iExec task."
+ALBUM_RANDOM = (
+    "⚠️ Random weights: these shapes mean nothing. This demo runs Mask R-CNN without its trained weights, "
+    "so the labels below are random too."
+)
 ALBUM_DETECTIONS = "What was found in each picture (classes, scores, boxes), as one file:"
 ALBUM_CAPTION_FAILED = "Picture {index} failed: {error} Paid back: {refund}."
 ALBUM_CHARGED = "Charged {charged} (task {task} + fee {fee} + {n} × {per_photo} per photo){refunds}."
@@ -326,23 +330,23 @@ def album_caption(
     """The one summary under an album's result (plain text): what each delivered picture shows (`found`: its
     index in the album and its class names, in order), why each failed one failed and what it got back (`failed`: index,
     error, nRLC), and the one statement of what was charged."""
-    lines = [ALBUM_CAPTION.format(n=len(found), total=total)]
-    for number, names in found:
-        line = caption(names)
-        if random_weights:
-            line = RESULT_RANDOM.format(found=line[0].lower() + line[1:].rstrip("."))
-        lines.append(f"{number}. {line}")
-    lines += [ALBUM_CAPTION_FAILED.format(index=i, error=e.rstrip(".") + ".", refund=rlc(r)) for i, e, r in failed]
+    head = [ALBUM_CAPTION.format(n=len(found), total=total)]
+    if random_weights and found:  # said once for the album, not once per picture
+        head.append(ALBUM_RANDOM)
+    body = [f"{number}. {caption(names)}" for number, names in found]
+    body += [ALBUM_CAPTION_FAILED.format(index=i, error=e.rstrip(".") + ".", refund=rlc(r)) for i, e, r in failed]
     paid_back = sum(r for _, _, r in failed)
-    lines.append(
-        ALBUM_CHARGED.format(
-            charged=rlc(task + fee + total * per_photo),
-            task=rlc(task),
-            fee=rlc(fee),
-            n=total,
-            per_photo=rlc(per_photo),
-            refunds=ALBUM_REFUNDS.format(refund=rlc(paid_back)) if paid_back else "",
-        )
+    charged = ALBUM_CHARGED.format(
+        charged=rlc(task + fee + total * per_photo),
+        task=rlc(task),
+        fee=rlc(fee),
+        n=total,
+        per_photo=rlc(per_photo),
+        refunds=ALBUM_REFUNDS.format(refund=rlc(paid_back)) if paid_back else "",
     )
-    text = "\n".join(lines)
-    return text if len(text) <= 1000 else text[:997] + "…"
+    # A caption holds 1024 characters: the pictures' lines are cut, never the head or what was charged.
+    room = 1000 - len("\n".join([*head, charged])) - 1
+    middle = "\n".join(body)
+    if len(middle) > room:
+        middle = middle[: max(room - 1, 0)].rstrip() + "…"
+    return "\n".join([*head, middle, charged] if middle else [*head, charged])

@@ -100,6 +100,25 @@ def test_the_album_caption_says_what_each_picture_shows_and_what_failed() -> Non
     assert "Charged 0.325 RLC" in text and "0.183 RLC paid back" in text
 
 
+def test_an_album_caption_with_random_weights_warns_once_and_always_says_what_was_charged() -> None:
+    many = ["bench"] * 30 + ["stop sign"] * 20 + [f"class{i}" for i in range(40)]
+    text = texts.album_caption(
+        [(i, many) for i in range(1, 11)],
+        [],
+        total=10,
+        random_weights=True,
+        task=150_000_000,
+        fee=10_000_000,
+        per_photo=5_000_000,
+    )
+    assert text.count("Random weights: these shapes mean nothing") == 1  # once for the album
+    assert text.splitlines()[1].startswith("⚠️ Random weights")
+    assert "1. 30 benches" in text
+    assert len(text) <= 1024  # a Telegram caption
+    assert text.endswith("Charged 0.21 RLC (task 0.15 RLC + fee 0.01 RLC + 10 × 0.005 RLC per photo).")
+    assert "…" in text  # ten long lists do not fit: the pictures' lines are cut, not the charge
+
+
 # ------------------------------------------------------------------------------------------- slow
 
 
