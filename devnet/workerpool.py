@@ -14,6 +14,9 @@ app as a subprocess with the IEXEC_* environment, `iexec_args` split shell-like 
 the category's time limit (× `time_scale`); zips IEXEC_OUT (files at the root) with stdout.txt/stderr.txt;
 stores the zip in the result gateway and completes the task with `contributeAndFinalize` (trust 1), the
 results being `{"storage": "ipfs", "location": "/ipfs/<id>"}`. At most `workers` tasks run at once.
+At start it takes up the deals it was given before (as iexec-core replays its unfinished tasks after a
+restart): SchedulerNotice logs from the deployment's block on, and each task still open on chain and before
+its contribution deadline runs (initialized already: without initialize); log `workerpool_resume`.
 Transactions go through the iExec client (`iexec.pool.WorkerpoolClient`: one nonce-owning sender per
 account, typed revert reasons) and orders through `iexec.market.MarketClient`; the archive is devnet/archive.py.
 
@@ -84,6 +87,9 @@ ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 ZERO_TAG = b"\x00" * 32
 TDX_TAG = bytes(31) + b"\x09"  # bits tee (0x01) + tdx (0x08): covers standard deals as well
 _SCHEDULER_NOTICE = keccak(text="SchedulerNotice(address,bytes32)")
+_UNSET, _ACTIVE = 0, 1  # viewTask status (then REVEALING, COMPLETED, FAILED)
+_CONTRIBUTION_DEADLINE_RATIO = 7  # PoCo: a task's contribution deadline is startTime + 7 x the category's timeref
+_RESUME_LOG_RANGE = 5_000  # blocks per eth_getLogs when looking back for live deals at start
 INPUT_RETRY_S = 30.0
 _MAX_INPUT_BYTES = 50 * 1024 * 1024
 # anvil mines at once: poll receipts often; a task's transaction not mined within a minute is a failure
@@ -257,7 +263,9 @@ class Workerpool:
         self._workdir = Path(tempfile.mkdtemp(prefix="devnet-pool-", dir=self._workdir_arg))
         try:
             self.address = await self._register()
-            self._cursor = await self._w3.eth.block_number
+            head = await self._w3.eth.block_number
+            await self._resume(head)
+            self._cursor = head + 1
             await self._top_up(force=True)
         except IExecError as exc:  # the iExec client's typed errors, as this module's one error type
             raise PoolError(f"workerpool set-up refused: {exc}") from exc
@@ -359,6 +367,83 @@ class Workerpool:
         except MarketError as exc:
             raise PoolError(f"market refused the WorkerpoolOrder: {exc}") from exc
 
+    # ---------------------------------------------------------------------------------------- resuming
+
+    async def _resume(self, head: int) -> None:
+        """Take up this pool's deals still live on chain, as a restarted iexec-core replays its unfinished
+        tasks: every SchedulerNotice for this pool from the deployment's block to `head` is read, and each task
+        that can still be contributed runs. UNSET before its contribution deadline runs as a new task; ACTIVE
+        without this worker's contribution before the deadline runs without initialize (it would revert).
+        Anything else (done, failed, past the deadline, already contributed: contributeAndFinalize completes
+        in one transaction, so there is nothing left to reveal or finalize) is left alone."""
+        assert self._w3 is not None
+        deal_ids = await self._scan_deals(self.deployment.block, head)
+        now = (await self._w3.eth.get_block("latest"))["timestamp"]
+        plans: list[tuple[_Deal, int, bool]] = []
+        live_deals = 0
+        for deal_id in deal_ids:
+            self._deals_seen.add(deal_id)  # the watch loop starts after `head`: never run one twice
+            try:
+                found = await self._read_deal(deal_id)
+            except Exception as exc:  # noqa: BLE001 - as _run_deal: an unreadable deal is skipped, said why
+                log.error("workerpool_deal_unreadable deal=%s error=%s", deal_id, str(exc)[:200])
+                continue
+            info, first, size, start_time = found
+            deadline = start_time + _CONTRIBUTION_DEADLINE_RATIO * await self._timeref(info.category)
+            if now >= deadline:
+                continue
+            before = len(plans)
+            for index in range(first, first + size):
+                tid = task_id(deal_id, index)
+                task = await self._hub.functions.viewTask(tid).call()
+                if task[0] == _UNSET:
+                    plans.append((info, index, True))
+                elif task[0] == _ACTIVE and task[4] > now:
+                    contribution = await self._hub.functions.viewContribution(tid, self.worker.address).call()
+                    if contribution[0] == 0:
+                        plans.append((info, index, False))
+            live_deals += len(plans) > before
+        log.info("workerpool_resume deals=%d tasks=%d scanned=%d", live_deals, len(plans), len(deal_ids))
+        for info, index, initialize in plans:
+            log.info(
+                "workerpool_resume_task task=%s deal=%s index=%d initialized=%s tee=%s",
+                task_id(info.deal_id, index),
+                info.deal_id,
+                index,
+                str(not initialize).lower(),
+                str(info.tee).lower(),
+            )
+            self._spawn(self._run_task(info, index, initialize=initialize), f"task-{info.deal_id[:10]}-{index}")
+
+    async def _scan_deals(self, start: int, head: int) -> list[str]:
+        """Deal ids of this pool's SchedulerNotice logs in blocks [start, head], in order, in bounded ranges."""
+        assert self._w3 is not None and self.address is not None
+        found: list[str] = []
+        for low in range(max(0, start), head + 1, _RESUME_LOG_RANGE):
+            logs = await self._w3.eth.get_logs(self._notice_filter(low, min(head, low + _RESUME_LOG_RANGE - 1)))
+            for entry in logs:
+                deal_id = "0x" + bytes(entry["data"])[:32].hex()
+                if deal_id not in found:
+                    found.append(deal_id)
+        return found
+
+    def _notice_filter(self, low: int, high: int) -> Any:
+        assert self.address is not None
+        return {
+            "address": to_checksum_address(self.deployment.hub),
+            "fromBlock": low,
+            "toBlock": high,
+            "topics": ["0x" + _SCHEDULER_NOTICE.hex(), "0x" + bytes(12).hex() + self.address[2:].lower()],
+        }
+
+    async def _read_deal(self, deal_id: str) -> tuple[_Deal, int, int, int]:
+        """(what a task needs, botFirst, botSize, startTime) from viewDeal."""
+        # viewDeal: app, dataset, workerpool, trust, category, tag, requester, beneficiary, callback, params,
+        # startTime, botFirst, botSize, workerStake, schedulerRewardRatio, sponsor
+        deal = await self._hub.functions.viewDeal(deal_id).call()
+        info = _Deal(deal_id, deal[4], deal[9], bytes(deal[5]), str(deal[6]), str(deal[7]))
+        return info, deal[11], deal[12], deal[10]
+
     # ---------------------------------------------------------------------------------------- watching
 
     async def _watch_loop(self) -> None:
@@ -368,17 +453,7 @@ class Workerpool:
             try:
                 head = await self._w3.eth.block_number
                 if head >= self._cursor:
-                    logs = await self._w3.eth.get_logs(
-                        {
-                            "address": to_checksum_address(self.deployment.hub),
-                            "fromBlock": self._cursor,
-                            "toBlock": head,
-                            "topics": [
-                                "0x" + _SCHEDULER_NOTICE.hex(),
-                                "0x" + bytes(12).hex() + self.address[2:].lower(),
-                            ],
-                        }
-                    )
+                    logs = await self._w3.eth.get_logs(self._notice_filter(self._cursor, head))
                     for entry in logs:
                         self._on_deal("0x" + bytes(entry["data"])[:32].hex())
                     self._cursor = head + 1
@@ -405,14 +480,10 @@ class Workerpool:
 
     async def _run_deal(self, deal_id: str) -> None:
         try:
-            deal = await self._hub.functions.viewDeal(deal_id).call()
+            info, first, size, _start = await self._read_deal(deal_id)
         except Exception as exc:  # noqa: BLE001 - any failure to read the deal: log it, skip the deal
             log.error("workerpool_deal_unreadable deal=%s error=%s", deal_id, str(exc)[:200])
             return
-        # viewDeal: app, dataset, workerpool, trust, category, tag, requester, beneficiary, callback, params,
-        # startTime, botFirst, botSize, workerStake, schedulerRewardRatio, sponsor
-        info = _Deal(deal_id, deal[4], deal[9], bytes(deal[5]), str(deal[6]), str(deal[7]))
-        first, size = deal[11], deal[12]
         log.info(
             "workerpool_deal deal=%s tasks=%d category=%d tee=%s", deal_id, size, info.category, str(info.tee).lower()
         )
@@ -447,7 +518,8 @@ class Workerpool:
 
     # ---------------------------------------------------------------------------------------- one task
 
-    async def _run_task(self, deal: _Deal, index: int) -> None:
+    async def _run_task(self, deal: _Deal, index: int, *, initialize: bool = True) -> None:
+        """Run one task; `initialize=False` for a task already initialized (taken up again after a restart)."""
         deal_id = deal.deal_id
         tid = task_id(deal_id, index)
         fault = self.faults.for_deal(deal_id)
@@ -462,7 +534,7 @@ class Workerpool:
             self.running.add(tid)
             self.max_running = max(self.max_running, len(self.running))
             try:
-                await self._execute(tid, deal, index, fault, outcome)
+                await self._execute(tid, deal, index, fault, outcome, initialize=initialize)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any fault of one task is that task's outcome
@@ -470,10 +542,13 @@ class Workerpool:
             finally:
                 self.running.discard(tid)
 
-    async def _execute(self, tid: str, deal: _Deal, index: int, fault: Fault, outcome: Any) -> None:
+    async def _execute(
+        self, tid: str, deal: _Deal, index: int, fault: Fault, outcome: Any, *, initialize: bool = True
+    ) -> None:
         assert self._client is not None
         deal_id = deal.deal_id
-        await self._client.initialize(bytes.fromhex(deal_id[2:]), index)  # a revert raises HubRevert (reason)
+        if initialize:
+            await self._client.initialize(bytes.fromhex(deal_id[2:]), index)  # a revert raises HubRevert (reason)
         if fault is Fault.CRASH_BEFORE_CONTRIBUTE:
             return outcome("crashed", detail="fault: initialized, never contributed")
         if fault is Fault.OVERRUN:
@@ -605,10 +680,14 @@ class Workerpool:
         while (await self._w3.eth.get_block("latest"))["timestamp"] < deadline:
             await asyncio.sleep(max(self.poll_interval, 0.2))
 
-    async def _time_limit(self, category: int) -> float:
+    async def _timeref(self, category: int) -> int:
+        """The category's workClockTimeRef in seconds (chain time)."""
         if category not in self._timerefs:
             self._timerefs[category] = (await self._hub.functions.viewCategory(category).call())[2]
-        return self._timerefs[category] * self.time_scale
+        return self._timerefs[category]
+
+    async def _time_limit(self, category: int) -> float:
+        return await self._timeref(category) * self.time_scale
 
     def _app_env(
         self, tid: str, deal_id: str, index: int, in_dir: Path, out_dir: Path, names: list[str]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,13 @@ import aiohttp
 import pytest
 
 from devnet import chain as devchain
+from devnet.accounts import POOL_OWNER, WORKER
 from devnet.faults import Fault, FaultBook, FaultError
 from devnet.gateway import GatewayError, ResultGateway, content_id
+from devnet.up import REPO_DIR
+from devnet.workerpool import Workerpool
 from iexec.results import decode_results, fetch_result
-from tests.fixtures_devnet import make_pool_env, png_bytes
+from tests.fixtures_devnet import TEST_APP, make_pool_env, png_bytes
 
 UNSET, ACTIVE, REVEALING, COMPLETED, FAILED = range(5)
 XS_FINAL_DEADLINE_S = 10 * 300
@@ -208,6 +212,84 @@ async def test_orders_are_topped_up(chain):
         ):
             listed = (await resp.json())["orders"]
         assert [o["orderHash"] for o in listed] == ["0x" + env.pool.orders[-1].hash(env.pool._domain).hex()]
+
+
+def _pool_like(env, old):
+    """A new workerpool process for the same owner, worker and chain as `old` (a restart)."""
+    return Workerpool(
+        env.rpc_url,
+        env.chain.deployment,
+        POOL_OWNER,
+        WORKER,
+        env.market.base_url,
+        env.gateway,
+        TEST_APP,
+        workers=old.workers,
+        price=old.price,
+        volume=old.volume,
+        market=env.market,
+        app_cwd=REPO_DIR,
+        poll_interval=0.02,
+    )
+
+
+async def _until(check, what: str, tries: int = 400) -> None:
+    for _ in range(tries):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_restarted_pool_finishes_tasks_in_flight_and_deals_made_while_down(chain, caplog):
+    """A task whose app was running when the pool stopped, and a deal made while no pool ran, both complete
+    once a pool starts again on the same chain; a task completed before the stop is not run again."""
+    caplog.set_level(logging.INFO, logger="devnet.workerpool")
+    async with make_pool_env(chain) as env:
+        _done_deal, (done,) = await env.request()
+        assert (await env.pool.wait_task(done, timeout=30)).state == "completed"
+        _deal, (in_flight,) = await env.request(args="--sleep 1")
+
+        async def running() -> bool:
+            return in_flight in env.pool.running and (await env.task(in_flight))[0] == ACTIVE
+
+        await _until(running, "the task initialized and its app running")
+        await env.pool.stop()  # kills the app: initialized on chain, never contributed
+        assert (await env.task(in_flight))[0] == ACTIVE and in_flight not in env.pool.outcomes
+        _deal, (made_while_down,) = await env.request()  # the stopped pool's order is still valid on chain
+        assert (await env.task(made_while_down))[0] == UNSET
+
+        pool = _pool_like(env, env.pool)
+        await pool.start()
+        try:
+            for tid in (in_flight, made_while_down):
+                assert (await pool.wait_task(tid, timeout=30)).state == "completed"
+                assert (await env.task(tid))[0] == COMPLETED
+            assert done not in pool.outcomes
+        finally:
+            await pool.stop()
+    assert "workerpool_resume deals=2 tasks=2 scanned=3" in caplog.text
+    assert f"workerpool_resume_task task={in_flight} " in caplog.text
+    assert "initialized=true" in caplog.text and "initialized=false" in caplog.text
+
+
+async def test_restarted_pool_leaves_tasks_past_their_contribution_deadline(pool_env, caplog):
+    caplog.set_level(logging.INFO, logger="devnet.workerpool")
+    deal, (tid,) = await pool_env.request(fault="no_show")
+    assert (await pool_env.pool.wait_task(tid, timeout=10)).state == "no_show"
+    await pool_env.pool.stop()
+    await pool_env.increase_time(7 * 300 + 10)  # XS timeref 300 s: the contribution deadline has passed
+    pool = _pool_like(pool_env, pool_env.pool)
+    await pool.start()
+    try:
+        assert "workerpool_resume deals=0 tasks=0 scanned=1" in caplog.text
+        assert tid not in pool.outcomes and not pool.running
+    finally:
+        await pool.stop()
+    assert (await pool_env.task(tid))[0] == UNSET  # left for the requester to claim at the final deadline
+    await pool_env.increase_time(3 * 300)
+    await pool_env.send("initializeAndClaimArray", [bytes.fromhex(deal[2:])], [0])
+    assert (await pool_env.task(tid))[0] == FAILED
 
 
 # ------------------------------------------------------------------------------------------ units
