@@ -14,6 +14,9 @@ Fault modes, per id or for every id, let tests see what a lost or failing gatewa
 answers 404 as if the content was never pinned, `500` answers an internal error. Control them on the
 object or over HTTP (`POST /control/faults`), so tests in other processes can too.
 
+With `store_dir` the content is also kept on disk (one file per id), so that a restarted devnet still serves
+what was added before, as an IPFS node keeps its pins: a task taken up again after a restart finds its inputs.
+
 This server binds 127.0.0.1 only and must never fetch anything itself: it serves what it was given.
 """
 
@@ -23,8 +26,10 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -74,10 +79,13 @@ def _cid_to_id(cid: str) -> str | None:
 
 
 class ResultGateway:
-    """In-memory content-addressed store served at `GET /ipfs/<id>` (Content-Type application/zip)."""
+    """Content-addressed store (in memory; also on disk with `store_dir`) served at `GET /ipfs/<id>`."""
 
-    def __init__(self, *, max_upload_bytes: int = _MAX_BODY) -> None:
+    def __init__(self, *, max_upload_bytes: int = _MAX_BODY, store_dir: Path | None = None) -> None:
         self.max_upload_bytes = max_upload_bytes
+        self.store_dir = Path(store_dir) if store_dir is not None else None
+        if self.store_dir is not None:
+            self.store_dir.mkdir(parents=True, exist_ok=True)
         self.uploads = 0
         self._blobs: dict[str, bytes] = {}
         self._faults: dict[str | None, str] = {}
@@ -95,11 +103,21 @@ class ResultGateway:
             raise GatewayError(f"archive of {len(data)} bytes is larger than the gateway's 64 MiB limit")
         cid = content_id(bytes(data))
         self._blobs[cid] = bytes(data)
+        if self.store_dir is not None and not (self.store_dir / cid).exists():
+            tmp = self.store_dir / f".{cid}.{os.getpid()}.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(self.store_dir / cid)  # a reader never sees half a file
         return cid
 
     def get(self, cid: str) -> bytes | None:
         """The stored bytes for `cid` (ignores faults), or None."""
-        return self._blobs.get(cid)
+        found = self._blobs.get(cid)
+        if found is None and self.store_dir is not None and _ID.fullmatch(cid):
+            try:
+                found = self._blobs[cid] = (self.store_dir / cid).read_bytes()
+            except FileNotFoundError:
+                return None
+        return found
 
     def location(self, cid: str) -> str:
         """The `/ipfs/<id>` path a task's results carry."""
@@ -161,7 +179,7 @@ class ResultGateway:
         fault = self._fault_for(cid)
         if fault == "500":
             return web.Response(status=500, text="gateway internal error (devnet fault)\n")
-        data = self._blobs.get(cid)
+        data = self.get(cid)
         if data is None or fault == "lose":
             return web.Response(status=404, text="content not found\n")
         return web.Response(body=data, content_type="application/zip")

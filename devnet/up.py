@@ -532,8 +532,14 @@ class Devnet:
         await self.market.start(self.config.market_port)
 
     async def _start_gateway(self) -> None:
-        self.gateway = ResultGateway()
-        await self.gateway.start(self.config.gateway_port)
+        # with a kept chain, a kept gateway: deals on chain name their inputs by this gateway's URL, and a
+        # task taken up again after a restart must find them there (same content, same port when free)
+        keep = self.config.persist_chain
+        self.gateway = ResultGateway(store_dir=self.data_dir / "ipfs" if keep else None)
+        port = self.config.gateway_port or (self._last_port("gateway.port") if keep else 0)
+        await self.gateway.start(port)
+        assert self.gateway.url is not None
+        (self.data_dir / "gateway.port").write_text(f"{self.gateway.url.rsplit(':', 1)[1]}\n")
 
     async def _start_sms(self) -> None:
         from devnet.sms import SmsStandIn
@@ -643,8 +649,12 @@ class Devnet:
         across restarts, and with it the browser's page), else any free port."""
         if self.config.telegram_port:
             return self.config.telegram_port
+        return self._last_port("telegram.port")
+
+    def _last_port(self, name: str) -> int:
+        """The port written in <data>/`name` by the last run when it is free, else 0 (any free port)."""
         try:
-            last = int((self.data_dir / "telegram.port").read_text().strip())
+            last = int((self.data_dir / name).read_text().strip())
         except (OSError, ValueError):
             return 0
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -317,6 +317,34 @@ async def test_gateway_serves_by_content_id_and_refuses_bad_ids():
         await gateway.stop()
 
 
+async def test_gateway_with_a_store_serves_what_was_added_before_a_restart(tmp_path):
+    """An upload (a task's input) is still served by the next gateway over the same folder, as an IPFS node
+    keeps its pins; a gateway without a folder forgets it."""
+    first = ResultGateway(store_dir=tmp_path / "ipfs")
+    await first.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            form = aiohttp.FormData()
+            form.add_field("file", b"encrypted photo", filename="photo.bin")
+            async with session.post(f"{first.url}/api/v0/add", data=form) as resp:
+                assert resp.status == 200
+                cid = json.loads((await resp.text()).splitlines()[0])["Hash"]
+    finally:
+        await first.stop()
+    second, memory_only = ResultGateway(store_dir=tmp_path / "ipfs"), ResultGateway()
+    await second.start()
+    await memory_only.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{second.url}/ipfs/{cid}") as resp:
+                assert resp.status == 200 and await resp.read() == b"encrypted photo"
+            async with session.get(f"{memory_only.url}/ipfs/{cid}") as resp:
+                assert resp.status == 404
+    finally:
+        await second.stop()
+        await memory_only.stop()
+
+
 def test_fault_book_rules():
     book = FaultBook()
     deal = "0x" + "ab" * 32
