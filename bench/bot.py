@@ -102,7 +102,7 @@ async def main() -> None:
                 max_jobs_per_hour=100,
                 log_level="WARNING",
             )
-            settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+            settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]  # a pydantic-settings option
             latencies = await ack_latency(net, data / "acks")
             print(
                 f"ack latency, {USERS} users at once: median {statistics.median(latencies):.3f} s, "

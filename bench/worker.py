@@ -205,7 +205,7 @@ def album_task(names: list[str], folder: Path, out: Path, wfile: Path, args: lis
     )
     _, status, usage = os.wait4(proc.pid, 0)  # its CPU time: what the task costs, whatever the machine's load
     wall = time.perf_counter() - started
-    assert status == 0, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    assert status == 0, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]  # stderr=PIPE: a stream
     docs = [json.loads(p.read_text()) for p in out.glob("detections*.json")]
     assert len(docs) == len(names), sorted(p.name for p in out.iterdir())
     docs.sort(key=lambda d: d.get("album", {}).get("index", 1))  # the last one written last

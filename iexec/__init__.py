@@ -13,7 +13,7 @@ Every error it raises derives from `iexec.IExecError` (see `iexec.errors`, re-ex
 from __future__ import annotations
 
 from iexec import errors as _errors
-from iexec.errors import *  # noqa: F403  (the exception tree is part of the package's surface)
+from iexec.errors import *  # noqa: F403 - the exception tree is part of the package's surface
 from iexec.tee import RESULT_KEY_SECRET, ResultKey
 
 __all__ = [*_errors.__all__, "ResultKey", "RESULT_KEY_SECRET"]

@@ -236,7 +236,7 @@ class FakeChain:
         return self.report
 
 
-def good_result(detections: list[str] = ("person", "dog")) -> Callable[[Path], TaskResult]:  # type: ignore[assignment]
+def good_result(detections: list[str] = ("person", "dog")) -> Callable[[Path], TaskResult]:  # type: ignore[assignment]  # a tuple default: never mutated
     """A `FakeChain.results` step: a result folder with result.png and detections.json, as the app writes."""
 
     def write(dest: Path) -> TaskResult:

@@ -115,7 +115,7 @@ def bot_settings(net: Devnet, books: Path, **overrides: Any) -> Settings:
         log_level="DEBUG",
     )
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]  # a pydantic-settings option
 
 
 @dataclass

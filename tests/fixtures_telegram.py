@@ -41,7 +41,7 @@ def alice() -> TgUser:
     return TgUser(id=4242, first_name="Alice", username="alice")
 
 
-def ptb_app(tg: TelegramStandIn, token: str = TOKEN, **builder_options: Any) -> Application:  # type: ignore[type-arg]
+def ptb_app(tg: TelegramStandIn, token: str = TOKEN, **builder_options: Any) -> Application:  # type: ignore[type-arg]  # PTB's Application has six type parameters; tests need none
     """A PTB Application whose Bot talks to the stand-in; `builder_options` name builder methods."""
     builder = ApplicationBuilder().token(token).base_url(tg.bot_base_url).base_file_url(tg.file_base_url)
     for name, value in builder_options.items():
@@ -50,7 +50,7 @@ def ptb_app(tg: TelegramStandIn, token: str = TOKEN, **builder_options: Any) -> 
 
 
 @contextlib.asynccontextmanager
-async def polling(app: Application, timeout: int = 10) -> AsyncIterator[Application]:  # type: ignore[type-arg]
+async def polling(app: Application, timeout: int = 10) -> AsyncIterator[Application]:  # type: ignore[type-arg]  # as ptb_app
     """Run `app` with long polling for the duration of the block, then stop it cleanly."""
     async with app:
         await app.start()

@@ -30,15 +30,15 @@ def _mined(ledger: Ledger, nonce: int, block: int = 1, job_id: str | None = None
     ledger.update_tx(tx_hash, "mined", block_number=block)
 
 
-def _head(chain) -> int:  # type: ignore[no-untyped-def]
+def _head(chain) -> int:  # type: ignore[no-untyped-def]  # chain: any fixture with an rpc_url
     return int(devchain.rpc_call(chain.rpc_url, "eth_blockNumber", []), 16)
 
 
-def _sent(chain) -> int:  # type: ignore[no-untyped-def]
+def _sent(chain) -> int:  # type: ignore[no-untyped-def]  # as _head
     return int(devchain.rpc_call(chain.rpc_url, "eth_getTransactionCount", [REQUESTER.address, "latest"]), 16)
 
 
-async def _check(ledger: Ledger, chain, network: str = "devnet", **wait) -> list[str]:  # type: ignore[no-untyped-def]
+async def _check(ledger: Ledger, chain, network: str = "devnet", **wait) -> list[str]:  # type: ignore[no-untyped-def]  # as _head; wait: check_books_match_chain's options
     w3 = connect(chain.rpc_url)
     try:
         return await check_books_match_chain(
@@ -65,7 +65,7 @@ def _matched_job(books: Ledger, job_id: str) -> str:
 
 
 @pytest.fixture
-def books(tmp_path: Path):  # type: ignore[no-untyped-def]
+def books(tmp_path: Path):  # type: ignore[no-untyped-def]  # a pytest fixture (yields)
     ledger = Ledger(str(tmp_path / "books.db"))
     yield ledger
     ledger.close()

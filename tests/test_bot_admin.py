@@ -253,7 +253,7 @@ async def _next_text(bn: BotNet, who: TgUser, needle: str, after: int, timeout: 
         return next((m for m in bn.sent(who)[after:] if needle in (m.text or "")), None)
 
     await bn.tg.wait_for(lambda: find() is not None, timeout)
-    return find()  # type: ignore[return-value]
+    return find()  # type: ignore[return-value]  # found: wait_for returned only once find() is not None
 
 
 async def _pressed(bn: BotNet, user: TgUser, message_id: int, data: str, **where: object) -> dict:

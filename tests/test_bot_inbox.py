@@ -51,7 +51,7 @@ def test_inbox_keeps_once_forgets_the_body_when_done_and_prunes(tmp_path: Path) 
         assert [e.update_id for e in book.inbox.pending()] == [7, 9]
         for bad in ((-1, "{}"), (True, "{}"), (10, ""), (11, "x" * 1_000_001)):
             with pytest.raises(InvalidArgument):
-                book.inbox.keep([bad])  # type: ignore[list-item]
+                book.inbox.keep([bad])  # type: ignore[list-item]  # the wrong type is the point
 
 
 def test_a_handled_body_leaves_no_bytes_in_the_file(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ POOL = "0x" + "cd" * 20
 
 
 def _settings(**values: Any) -> Settings:
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]  # a pydantic-settings option
 
 
 # ------------------------------------------------------------------------------------------- settings

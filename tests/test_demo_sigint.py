@@ -68,7 +68,7 @@ def _wait_for(
     raise AssertionError(f"no {what} within {limit:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def _info(data: Path) -> dict | None:  # type: ignore[type-arg]
+def _info(data: Path) -> dict[str, Any] | None:
     try:
         return json.loads((data / "devnet.json").read_text())
     except (OSError, ValueError):
@@ -99,7 +99,7 @@ def _send_photo(url: str) -> None:
         assert reply.status_code == 200, reply.text
 
 
-def _books(data: Path, sql: str) -> list[tuple]:  # type: ignore[type-arg]
+def _books(data: Path, sql: str) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(f"file:{data / 'books.db'}?mode=ro", uri=True, timeout=10)
     try:
         return conn.execute(sql).fetchall()
@@ -123,7 +123,7 @@ def _ctrl_c(proc: subprocess.Popen[bytes], log: Path) -> set[int]:
     return family
 
 
-def _demo_up(data: Path, log: Path, **extra_env: str) -> tuple[subprocess.Popen[bytes], dict]:  # type: ignore[type-arg]
+def _demo_up(data: Path, log: Path, **extra_env: str) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     proc = _spawn(["demo", "--app", "test", "--workers", "1", "--data", str(data)], log, **extra_env)
     info = _wait_for("devnet.json", lambda: _info(data), proc, log)
     return proc, info

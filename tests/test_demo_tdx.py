@@ -14,6 +14,7 @@ import base64
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ from tests.test_demo_sigint import BOT, USER, _books, _bot_answers, _ctrl_c, _de
 JPEG, PNG = b"\xff\xd8\xff", b"\x89PNG"
 
 
-def _bot_photo(url: str, after: int, limit: float = 120.0) -> dict:  # type: ignore[type-arg]
+def _bot_photo(url: str, after: int, limit: float = 120.0) -> dict[str, Any]:
     """The first photo (or document) the bot sends the demo user after message `after`."""
     with httpx.Client(base_url=f"{url}/_chat/{BOT}", timeout=40) as client:
         changes, deadline = 0, time.monotonic() + limit

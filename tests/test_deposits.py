@@ -40,7 +40,7 @@ def book(tmp_path: Path) -> Ledger:
 @pytest.fixture
 def service(book: Ledger) -> DepositService:
     # the watcher is not polled in these tests (the devnet tests do): only the books' side is used
-    watcher = DepositWatcher(None, "0x" + "01" * 20, HOT, confirmations=0)  # type: ignore[arg-type]
+    watcher = DepositWatcher(None, "0x" + "01" * 20, HOT, confirmations=0)  # type: ignore[arg-type]  # no chain: the watcher is never polled here
     return DepositService(book, watcher, min_deposit_nrlc=RLC // 10)
 
 

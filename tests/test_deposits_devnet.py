@@ -59,12 +59,12 @@ def make_service(
 def link(book: Ledger, user: int, account: object) -> None:
     linking = Linking(book, LinkSettings(31337, BOT.address, RLC // 100))
     request, _ = linking.start(user)
-    signature = account.sign_message(request.signable("eip712")).signature  # type: ignore[attr-defined]
+    signature = account.sign_message(request.signable("eip712")).signature  # type: ignore[attr-defined]  # eth_account's signed message has no stubs for .signature
     linking.finish(user, "0x" + bytes(signature).hex())
 
 
 def send(chain: ChainEnv, sender: object, nrlc: int) -> str:
-    receipt = fund_rlc(chain.rpc_url, chain.deployment, BOT.address, nrlc, sender=sender)  # type: ignore[arg-type]
+    receipt = fund_rlc(chain.rpc_url, chain.deployment, BOT.address, nrlc, sender=sender)  # type: ignore[arg-type]  # sender: an eth_account account, typed loosely here
     return "0x" + bytes(receipt["transactionHash"]).hex()
 
 

@@ -168,7 +168,7 @@ def test_one_source_for_the_worker_arguments(tmp_path):
     from bot.settings import Settings
     from devnet.up import WORKER_ARGS, Devnet, DevnetConfig, graph_arguments
 
-    assert Settings(_env_file=None).worker_args == WORKER_ARGS  # type: ignore[call-arg]
+    assert Settings(_env_file=None).worker_args == WORKER_ARGS  # type: ignore[call-arg]  # a pydantic-settings option
     assert graph_arguments(WORKER_ARGS) == ["--max-dim", "1024", "--min-confidence", "0.7"]
     assert graph_arguments("--min-confidence=0.5 --format jpeg --max-dim 512") == [
         "--min-confidence",

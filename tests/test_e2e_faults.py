@@ -19,13 +19,13 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 CREDIT = 10**9
 
 
-async def assert_delivered_once(e2e: E2E, user, job) -> None:  # type: ignore[no-untyped-def]
+async def assert_delivered_once(e2e: E2E, user, job) -> None:  # type: ignore[no-untyped-def]  # user, job: the fixtures' own shapes
     assert job.state.value == "DELIVERED", (job.state, job.error)
     assert await asyncio.to_thread(e2e.deals_on_chain, job) == (1, 1)
     assert e2e.settlements(job) == [(f"{job.id}:post", "post")]
 
 
-def assert_refunded_once(e2e: E2E, user, job) -> None:  # type: ignore[no-untyped-def]
+def assert_refunded_once(e2e: E2E, user, job) -> None:  # type: ignore[no-untyped-def]  # as assert_delivered_once
     assert job.state.value == "REFUNDED", (job.state, job.error)
     assert len(e2e.settlements(job)) == 1
     bal = e2e.ledger.balance(user.id)

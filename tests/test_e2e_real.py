@@ -52,7 +52,7 @@ async def real(real_devnet: Devnet, tmp_path: Path) -> AsyncIterator[E2E]:
         run.close()
 
 
-def assert_segmented(e2e: E2E, result, sent: bytes) -> None:  # type: ignore[no-untyped-def]
+def assert_segmented(e2e: E2E, result, sent: bytes) -> None:  # type: ignore[no-untyped-def]  # result: the bot's delivered photo, as E2E returns it
     """The reply is a picture the worker drew (not the input sent back), with a caption and the charge."""
     assert result.data and result.data != sent
     with Image.open(io.BytesIO(result.data)) as img:
@@ -61,7 +61,7 @@ def assert_segmented(e2e: E2E, result, sent: bytes) -> None:  # type: ignore[no-
     assert "Charged" in (result.caption or "")
 
 
-async def check_books(e2e: E2E, user) -> dict:  # type: ignore[no-untyped-def,type-arg]
+async def check_books(e2e: E2E, user) -> dict:  # type: ignore[no-untyped-def,type-arg]  # user: the E2E fixture's; the books as a plain dict
     """The job was delivered and charged once; returns the worker's detections.json."""
     [job] = await e2e.wait_terminal(user, timeout=60)
     assert job.state.value == "DELIVERED", (job.state, job.error)

@@ -77,19 +77,19 @@ async def chat(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Chat]:
     books: Path = tmp_path_factory.mktemp("handlers")
     async with TelegramStandIn(rate_limits=RateLimits.off()) as tg:
         tg.add_bot(TOKEN, BOT_USERNAME)
-        settings = Settings(  # type: ignore[call-arg]
+        settings = Settings(  # type: ignore[call-arg]  # a pydantic-settings option
             _env_file=None, data_dir=books, db_path=books / "books.db", admin_ids=str(ADMIN.id), fee_nrlc=10_000_000
         )
         ledger = Ledger(str(settings.db_path))
         app = ptb_app(tg)
         chain = FakeChain()
         board = StatusBoard(app.bot)
-        pipeline = Pipeline(settings, ledger, chain, FakeInputs(), app.bot, board)  # type: ignore[arg-type]
+        pipeline = Pipeline(settings, ledger, chain, FakeInputs(), app.bot, board)  # type: ignore[arg-type]  # the fakes stand where the real parts go
         app.bot_data[KEY] = Services(
             settings=settings,
             ledger=ledger,
             pipeline=pipeline,
-            admin_ops=AdminOps(ledger, chain, pipeline),  # type: ignore[arg-type]
+            admin_ops=AdminOps(ledger, chain, pipeline),  # type: ignore[arg-type]  # as Pipeline above
             board=board,
         )
         register_handlers(app)

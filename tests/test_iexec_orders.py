@@ -149,7 +149,7 @@ def test_market_json_wrong_shape() -> None:
     with pytest.raises(OrderError, match="category"):
         WorkerpoolOrder.from_market_json(data)
     with pytest.raises(OrderError):
-        AppOrder.from_market_json(["not", "an", "object"])  # type: ignore[arg-type]
+        AppOrder.from_market_json(["not", "an", "object"])  # type: ignore[arg-type]  # the wrong type is the point
     data = app_order().to_market_json() | {"appprice": "1e9"}
     with pytest.raises(OrderError, match="appprice"):
         AppOrder.from_market_json(data)

@@ -71,7 +71,7 @@ class Recorder:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # a started site has a server
         self.url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
@@ -219,7 +219,7 @@ def test_network_presets_name_the_sdks_sms_and_tdx_tag() -> None:
     config = (src / "config.js").read_text()
     for net in (ARBITRUM_SEPOLIA, ARBITRUM):
         block = config[config.index(f"id: {net.chain_id},") :]
-        assert re.search(r"sms: '([^']+)'", block).group(1) == net.sms_url  # type: ignore[union-attr]
+        assert re.search(r"sms: '([^']+)'", block).group(1) == net.sms_url  # type: ignore[union-attr]  # no match fails the test either way
         assert net.tee_tag == TDX_TAG
     constant = (src / "constant.js").read_text()
     tdx = re.search(r"TDX_DEFAULT_TAG =\s*'(0x[0-9a-f]{64})'", constant)

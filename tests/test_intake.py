@@ -278,7 +278,7 @@ async def image_server() -> AsyncIterator[SimpleNamespace]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # a started site has a server
     try:
         yield SimpleNamespace(url=f"http://127.0.0.1:{port}", port=port, hits=hits)
     finally:
@@ -523,7 +523,7 @@ async def test_https_certificate_is_verified(tmp_path: Path) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # a started site has a server
     try:
         assert "certificate" in await rejected(f"https://127.0.0.1:{port}/good.jpg")
     finally:

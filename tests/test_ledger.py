@@ -158,10 +158,10 @@ def test_post_errors(book: Ledger) -> None:
 @pytest.mark.parametrize("bad", ["", "x" * 201, "a\nb", 5, None])
 def test_bad_ids_and_users(book: Ledger, bad: object) -> None:
     with pytest.raises(InvalidArgument):
-        book.grant(bad, 1, 10, "")  # type: ignore[arg-type]
+        book.grant(bad, 1, 10, "")  # type: ignore[arg-type]  # the wrong type is the point
     for user in (0, -3, True, "1", 1.0):
         with pytest.raises(InvalidArgument):
-            book.grant("g", user, 10, "")  # type: ignore[arg-type]
+            book.grant("g", user, 10, "")  # type: ignore[arg-type]  # the wrong type is the point
 
 
 def test_overflowing_totals_are_refused(book: Ledger) -> None:
@@ -263,7 +263,7 @@ def test_audit_apart_reads_its_own_snapshot_while_the_books_are_written(ledger_p
             book.audit_apart()
         writer.close()
     with pytest.raises(AuditError, match="could not open"):
-        Ledger.audit_apart(type("Gone", (), {"path": tmp_path / "missing.db"})())  # type: ignore[arg-type]
+        Ledger.audit_apart(type("Gone", (), {"path": tmp_path / "missing.db"})())  # type: ignore[arg-type]  # a stand-in with only .path, which is all audit_apart reads
 
 
 def test_audit_detects_post_above_reservation(ledger_path: Path) -> None:

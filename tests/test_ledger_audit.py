@@ -19,7 +19,7 @@ def _v1_file(path: Path) -> None:
     )
     version, name, script, after = MIGRATIONS[0]
     raw.executescript(script)
-    for sql, params in after(0):  # type: ignore[operator]
+    for sql, params in after(0):  # type: ignore[operator]  # the first migration has an `after` step
         raw.execute(sql, params)
     raw.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
     raw.execute("INSERT INTO accounts (name, user_id, no_overdraft, created_at) VALUES ('user:1', 1, 1, 0)")
@@ -69,7 +69,7 @@ def test_v1_file_upgrades_and_keeps_balancing(tmp_path: Path) -> None:
         assert book.schema_version() == SCHEMA_VERSION
         book.audit()
         assert book.balance(1).available == 1000 - 350 - 100
-        assert book.get_transfer("p1").fee == 50  # type: ignore[union-attr]
+        assert book.get_transfer("p1").fee == 50  # type: ignore[union-attr]  # a missing transfer fails the test either way
         assert book.reservation_state("r3") == "open"
         linked = book._conn.execute(
             "SELECT r.id, r.reserved, res.id FROM transfers r JOIN transfers res ON res.seq = r.reserve_seq "

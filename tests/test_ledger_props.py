@@ -56,7 +56,7 @@ class LedgerMachine(RuleBasedStateMachine):
         raw = sum(a for u, a in self.pending.values() if u == user)
         return raw + sum(
             j[1]
-            for j in self.jobs.values()  # type: ignore[misc]
+            for j in self.jobs.values()  # type: ignore[misc]  # jobs' tuples are loosely typed in the model
             if j[0] == user and j[2] in ("RECEIVED", "MATCHED")
         )
 
@@ -188,8 +188,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def complete_job(self, data: st.DataObject, fee: int) -> None:
         jid = data.draw(st.sampled_from(self.jobs_in("MATCHED")))
         user, reserved = self.jobs[jid][0], self.jobs[jid][1]
-        price = data.draw(st.integers(min_value=1, max_value=reserved + 5))  # type: ignore[operator]
-        if price + fee > reserved:  # type: ignore[operator]
+        price = data.draw(st.integers(min_value=1, max_value=reserved + 5))  # type: ignore[operator]  # as held: the model's tuples are loosely typed
+        if price + fee > reserved:  # type: ignore[operator]  # as held
             try:
                 self.book.complete_job(jid, f"{jid}:post", price, fee=fee)
             except ExceedsReservation:
@@ -197,7 +197,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 return
             raise AssertionError("a charge above the reservation accepted")
         self.book.complete_job(jid, f"{jid}:post", price, fee=fee)
-        self.posted[user] -= price + fee  # type: ignore[index]
+        self.posted[user] -= price + fee  # type: ignore[index]  # as held
         self.jobs[jid][2:] = ["COMPLETED", price + fee]
 
     @precondition(lambda self: self.jobs_in("RECEIVED", "MATCHED", "COMPLETED"))
@@ -208,8 +208,8 @@ class LedgerMachine(RuleBasedStateMachine):
         job = self.book.refund_job(jid, f"{jid}:refund", error="test")
         assert job.state is JobState.REFUNDED
         if state == "COMPLETED":  # paid back by the operator
-            self.posted[user] += charged  # type: ignore[index, operator]
-            self.expense += charged  # type: ignore[operator]
+            self.posted[user] += charged  # type: ignore[index, operator]  # as held
+            self.expense += charged  # type: ignore[operator]  # as held
         self.jobs[jid][2] = "REFUNDED"
 
     @precondition(lambda self: self.jobs_in("MATCHED", "COMPLETED"))
@@ -218,8 +218,8 @@ class LedgerMachine(RuleBasedStateMachine):
         """The task was paid on chain but failed: post what it cost and pay it back, in one transaction."""
         jid = data.draw(st.sampled_from(self.jobs_in("MATCHED", "COMPLETED")))
         user, reserved, state, charged = self.jobs[jid]
-        price = data.draw(st.integers(min_value=1, max_value=reserved + 5))  # type: ignore[operator]
-        if state == "MATCHED" and price > reserved:  # type: ignore[operator]
+        price = data.draw(st.integers(min_value=1, max_value=reserved + 5))  # type: ignore[operator]  # as held
+        if state == "MATCHED" and price > reserved:  # type: ignore[operator]  # as held
             try:
                 self.book.refund_paid_job(jid, f"{jid}:post", f"{jid}:refund", price, error="test")
             except ExceedsReservation:
@@ -231,8 +231,8 @@ class LedgerMachine(RuleBasedStateMachine):
         assert job.state is JobState.REFUNDED
         assert self.book.reservation_state(f"{jid}:reserve") == "posted"
         paid = charged if state == "COMPLETED" else price  # a completed job's charge stays as posted
-        self.posted[user] += paid - (0 if state == "COMPLETED" else price)  # type: ignore[index, operator]
-        self.expense += paid  # type: ignore[operator]
+        self.posted[user] += paid - (0 if state == "COMPLETED" else price)  # type: ignore[index, operator]  # as held
+        self.expense += paid  # type: ignore[operator]  # as held
         self.jobs[jid][2:] = ["REFUNDED", paid]
 
     @precondition(lambda self: self.jobs_in("COMPLETED", "REFUNDED"))

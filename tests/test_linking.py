@@ -40,7 +40,7 @@ def linking(tmp_path: Path, clock: Clock) -> Linking:
 
 
 def sign(request: LinkRequest, key: object, form: str = "eip712") -> str:
-    return "0x" + key.sign_message(request.signable(form)).signature.hex().removeprefix("0x")  # type: ignore[attr-defined]
+    return "0x" + key.sign_message(request.signable(form)).signature.hex().removeprefix("0x")  # type: ignore[attr-defined]  # eth_account's signed message has no stubs for .signature
 
 
 def test_an_eip712_signature_links_the_signer_and_shows_where_to_send(linking: Linking) -> None:

@@ -103,7 +103,7 @@ def fast_retries(pipeline: Pipeline) -> None:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = FakeClock()
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(  # type: ignore[call-arg]  # a pydantic-settings option
         _env_file=None,
         data_dir=tmp_path,
         db_path=tmp_path / "books.db",
@@ -115,7 +115,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     ledger = Ledger(str(settings.db_path), clock=clock)
     chain, bot, inputs = FakeChain(), FakeBot(), FakeInputs()
     board = StatusBoard(bot, min_interval=0.0)
-    pipeline = Pipeline(settings, ledger, chain, inputs, bot, board, clock=clock)  # type: ignore[arg-type]
+    pipeline = Pipeline(settings, ledger, chain, inputs, bot, board, clock=clock)  # type: ignore[arg-type]  # the fakes stand where the real parts go
     fast_retries(pipeline)
     pipeline.result_attempts = 3
     yield World(pipeline, ledger, chain, bot, clock, inputs, settings, tmp_path)

@@ -10,7 +10,7 @@ from iexec.networks import ARBITRUM_SEPOLIA, NetworkError, resolve_network
 
 
 def make(**values: object) -> Settings:
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]  # a pydantic-settings option
 
 
 def test_defaults_are_the_devnet_and_reserve_max_prices_plus_fee() -> None:
@@ -30,10 +30,10 @@ def test_secrets_never_show_in_repr_or_str() -> None:
 
 def test_admin_ids_are_numeric_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADMIN_IDS", "11, 22 33")
-    assert Settings(_env_file=None).admin_ids == (11, 22, 33)  # type: ignore[call-arg]
+    assert Settings(_env_file=None).admin_ids == (11, 22, 33)  # type: ignore[call-arg]  # a pydantic-settings option
     monkeypatch.setenv("ADMIN_IDS", "11,@alice")
     with pytest.raises(ValidationError, match="numeric Telegram user ids"):
-        Settings(_env_file=None)  # type: ignore[call-arg]
+        Settings(_env_file=None)  # type: ignore[call-arg]  # a pydantic-settings option
 
 
 def test_mainnet_needs_explicit_consent() -> None:
@@ -61,7 +61,7 @@ def test_webhook_mode_refused_without_secret() -> None:
     assert s.mode == "webhook"
 
 
-def test_password_file_is_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_password_file_is_read(tmp_path) -> None:  # type: ignore[no-untyped-def]  # tmp_path: pytest's fixture
     f = tmp_path / "pw"
     f.write_text("from-a-file\n")
     assert make(wallet_password_file=f).wallet_password_value() == "from-a-file"

@@ -119,7 +119,7 @@ def task(tmp_path: Path, run_worker, worker_weights_r50: Path):
         doc = json.loads((result.out / "detections.json").read_text())
         return doc, (result.out / "result.png").read_bytes()
 
-    run.cache = cache  # type: ignore[attr-defined]
+    run.cache = cache  # type: ignore[attr-defined]  # the fixture hands its cache folder along on the function
     return run
 
 

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker import album
 from worker.decrypt import input_key
@@ -29,6 +29,9 @@ from worker.images import LoadedImage, read_input_file
 from worker.inputs import decode_input, input_count, input_path
 from worker.options import TaskOptions, parse_task
 from worker.weights import WeightsInfo, resolve_weights
+
+if TYPE_CHECKING:
+    from worker.molding import Detection
 
 RESULT_STEM = "result"
 
@@ -276,7 +279,7 @@ def _segment_pictures(
 
 def _detect(
     picture: album.Picture, opts: TaskOptions, model: Loaded, shared: dict[str, float]
-) -> tuple[Sequence[object], dict[str, float]]:
+) -> tuple[Sequence[Detection], dict[str, float]]:
     """One album picture's detections, and its timings (the shared ones plus its own detect_s)."""
     assert picture.loaded is not None
     timings = dict(shared)
@@ -289,7 +292,7 @@ def _detect(
 def _write_picture(
     picture: album.Picture,
     total: int,
-    found: Sequence[object],
+    found: Sequence[Detection],
     opts: TaskOptions,
     model: Loaded,
     out_dir: str,
@@ -388,7 +391,7 @@ def write_outputs(
     out_dir: str,
     opts: TaskOptions,
     loaded: LoadedImage,
-    found: Sequence[object],
+    found: Sequence[Detection],
     weights: WeightsInfo,
     sha256: str | None,
     timings: dict[str, float],
@@ -409,7 +412,7 @@ def write_outputs(
 
     os.makedirs(out_dir, exist_ok=True)
     mark = time.perf_counter()
-    picture = draw(loaded.pixels, found, CLASS_NAMES, weights.random)  # type: ignore[arg-type]
+    picture = draw(loaded.pixels, found, CLASS_NAMES, weights.random)
     timings["draw_s"] = time.perf_counter() - mark
     ext = "png" if opts.fmt == "png" else "jpg"
     image_path = os.path.join(out_dir, image_name or f"{RESULT_STEM}.{ext}")
@@ -430,7 +433,7 @@ def write_outputs(
             "mask": rle.encode_box_mask(d.mask, d.box, (height, width)),
         }
         for d in found
-    ]  # type: ignore[attr-defined]
+    ]
     timings["total_s"] = time.perf_counter() - started
     doc = {
         "image": {

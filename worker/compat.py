@@ -35,7 +35,7 @@ def _make_engine(tf_keras: Any) -> types.ModuleType:
     """A stand-in for the `keras.engine` module that mrcnn's custom layers subclass."""
     import tensorflow as tf
 
-    class Layer(tf_keras.layers.Layer):  # type: ignore[misc, name-defined]
+    class Layer(tf_keras.layers.Layer):  # type: ignore[misc, name-defined]  # tf_keras ships no types
         """tf_keras Layer that, in functional construction, trusts compute_output_shape()."""
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -52,8 +52,8 @@ def _make_engine(tf_keras: Any) -> types.ModuleType:
             return outputs
 
     engine = types.ModuleType("keras.engine")
-    engine.Layer = Layer  # type: ignore[attr-defined]
-    engine.InputSpec = tf_keras.layers.InputSpec  # type: ignore[attr-defined]
+    engine.Layer = Layer  # type: ignore[attr-defined]  # a module built here: its names are set one by one
+    engine.InputSpec = tf_keras.layers.InputSpec  # type: ignore[attr-defined]  # as engine.Layer
     return engine
 
 
@@ -84,7 +84,7 @@ def _patch_tf(tf: Any) -> None:
 def _patch_distutils() -> None:
     """distutils is gone in Python 3.12: give mrcnn a LooseVersion that compares release numbers."""
     try:
-        import distutils.version  # noqa: F401
+        import distutils.version  # noqa: F401 - only whether it imports matters
 
         return
     except ImportError:
@@ -99,8 +99,8 @@ def _patch_distutils() -> None:
 
     pkg = types.ModuleType("distutils")
     version = types.ModuleType("distutils.version")
-    version.LooseVersion = LooseVersion  # type: ignore[attr-defined]
-    pkg.version = version  # type: ignore[attr-defined]
+    version.LooseVersion = LooseVersion  # type: ignore[attr-defined]  # a module built here, as in _make_engine
+    pkg.version = version  # type: ignore[attr-defined]  # a module built here, as in _make_engine
     sys.modules.setdefault("distutils", pkg)
     sys.modules.setdefault("distutils.version", version)
 
@@ -121,7 +121,7 @@ def install(threads: int | None = None) -> None:
     _patch_tf(tf)
     _patch_distutils()
     utils_mod = types.ModuleType("keras.utils.data_utils")
-    utils_mod.get_file = tf_keras.utils.get_file  # type: ignore[attr-defined]
+    utils_mod.get_file = tf_keras.utils.get_file  # type: ignore[attr-defined]  # a module built here
     sys.modules["keras"] = tf_keras
     sys.modules["keras.backend"] = tf_keras.backend
     sys.modules["keras.layers"] = tf_keras.layers

@@ -18,12 +18,19 @@ MASK_ALPHA = 0.45
 
 
 class Instance(Protocol):
-    """What drawing needs of a detection (worker.model.Detection fits)."""
+    """What drawing needs of a detection (worker.molding.Detection, a frozen dataclass, fits: read only)."""
 
-    class_id: int
-    score: float
-    box: tuple[int, int, int, int]
-    mask: np.ndarray
+    @property
+    def class_id(self) -> int: ...
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def box(self) -> tuple[int, int, int, int]: ...
+
+    @property
+    def mask(self) -> np.ndarray: ...
 
 
 def instance_colours(count: int) -> list[tuple[int, int, int]]:

@@ -8,6 +8,7 @@ given, and never download the weights during a task on its own initiative.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import ipaddress
 import os
 import socket
@@ -44,7 +45,15 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, check: Callable[[str], None]) -> None:
         self._check = check
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
         self._check(newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
@@ -73,7 +82,7 @@ def _refuse_private(host: str, port: int) -> None:
             raise DownloadError(f"The image host {host} is a private or local address; it is refused.")
 
 
-def _open(url: str, timeout: float, block_private: bool):  # type: ignore[no-untyped-def]
+def _open(url: str, timeout: float, block_private: bool) -> http.client.HTTPResponse:
     check = _checker(block_private)
     check(url)
     opener = urllib.request.build_opener(_Redirects(check))

@@ -19,14 +19,14 @@ from worker.molding import META_SIZE, Detection, mold, unmold
 
 compat.install()
 
-from mrcnn import config as mrcnn_config  # noqa: E402  (needs compat.install() first)
-from mrcnn import model as modellib  # noqa: E402
+from mrcnn import config as mrcnn_config  # noqa: E402 - needs compat.install() first
+from mrcnn import model as modellib  # noqa: E402 - needs compat.install() first
 
 
 def coco_config(backbone: str = "resnet101", max_dim: int = 1024, min_confidence: float = 0.7) -> Any:
     """matterport's COCO inference configuration, for one image at a time."""
 
-    class CocoInference(mrcnn_config.Config):  # type: ignore[misc, name-defined]
+    class CocoInference(mrcnn_config.Config):  # type: ignore[misc, name-defined]  # mrcnn ships no types
         NAME = "coco"
         NUM_CLASSES = 81
         GPU_COUNT = 1

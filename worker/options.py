@@ -217,7 +217,7 @@ def build_graph_parser() -> argparse.ArgumentParser:
 
 
 def _is_url(text: str | None) -> bool:
-    return bool(text) and text.lower().startswith(("http://", "https://"))  # type: ignore[union-attr]
+    return text is not None and text.lower().startswith(("http://", "https://"))
 
 
 def parse_task(argv: Sequence[str]) -> TaskOptions:

@@ -89,7 +89,7 @@ def _class_count(group: object) -> int:
         if shape is not None and len(shape) == 1:
             shapes.append(tuple(shape))
 
-    group.visititems(visit)  # type: ignore[attr-defined]
+    group.visititems(visit)  # type: ignore[attr-defined]  # an h5py Group; h5py ships no types
     if not shapes:
         raise WeightsError("The weights file has no classifier weights (mrcnn_class_logits is empty).")
     return int(shapes[0][0])
