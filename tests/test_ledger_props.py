@@ -56,7 +56,7 @@ class LedgerMachine(RuleBasedStateMachine):
         raw = sum(a for u, a in self.pending.values() if u == user)
         return raw + sum(
             j[1]
-            for j in self.jobs.values()  # type: ignore[misc]  # jobs' tuples are loosely typed in the model
+            for j in self.jobs.values()  # type: ignore[misc]  # a job is a list[object]: [user, reserved, state, charged]
             if j[0] == user and j[2] in ("RECEIVED", "MATCHED")
         )
 
@@ -188,7 +188,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def complete_job(self, data: st.DataObject, fee: int) -> None:
         jid = data.draw(st.sampled_from(self.jobs_in("MATCHED")))
         user, reserved = self.jobs[jid][0], self.jobs[jid][1]
-        price = data.draw(st.integers(min_value=1, max_value=reserved + 5))  # type: ignore[operator]  # as held: the model's tuples are loosely typed
+        price = data.draw(st.integers(min_value=1, max_value=reserved + 5))  # type: ignore[operator]  # as held: a job's fields are objects
         if price + fee > reserved:  # type: ignore[operator]  # as held
             try:
                 self.book.complete_job(jid, f"{jid}:post", price, fee=fee)
