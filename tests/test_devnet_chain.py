@@ -234,6 +234,7 @@ def test_deployment_round_trips_through_json(tmp_path: Path, poco: tuple[Path, D
         Deployment.from_json(path)
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 def test_parallel_snapshot_builders_share_one_build(tmp_path: Path) -> None:
     results: list[tuple[Path, Deployment]] = []
     threads = [threading.Thread(target=lambda: results.append(deployed_snapshot(tmp_path))) for _ in range(2)]

@@ -171,6 +171,7 @@ async def test_workers_bound_is_respected(chain):
         assert [(await env.task(t))[0] for t in tids] == [COMPLETED] * 5
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 async def test_app_killed_at_time_limit_never_contributes(chain):
     async with make_pool_env(chain, time_scale=0.5 / 300) as env:  # XS: 300 s -> 0.5 s
         _deal, (tid,) = await env.request(args="--sleep 5")
@@ -241,6 +242,7 @@ async def _until(check, what: str, tries: int = 400) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 async def test_restarted_pool_finishes_tasks_in_flight_and_deals_made_while_down(chain, caplog):
     """A task whose app was running when the pool stopped, and a deal made while no pool ran, both complete
     once a pool starts again on the same chain; a task completed before the stop is not run again."""

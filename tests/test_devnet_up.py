@@ -193,6 +193,7 @@ def test_status_without_data_finds_the_running_demo(tmp_path, capsys):
     assert default_status_dir((demo, devnet)) == devnet
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 def test_fresh_is_refused_while_a_bot_holds_the_books_lock(tmp_path):
     """A bot started apart from the devnet (no devnet.json names it) runs on the folder's books: --fresh must
     not rename the folder under it, and says why; once the bot is gone, --fresh goes ahead."""

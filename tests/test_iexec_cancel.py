@@ -98,6 +98,7 @@ def web3_lock_is_free() -> bool:
     return True
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 async def test_cancelled_calls_leave_the_connection_working_and_no_lock_held(node: Node) -> None:
     threads_before = set(threading.enumerate())
     w3 = connect(node.url, timeout_s=BOUND_S)

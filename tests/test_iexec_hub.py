@@ -146,6 +146,7 @@ async def test_hashes_equal_hub_event_and_js_sdk(chain, rpc) -> None:
     }
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 async def test_requester_flow_ids_and_stake(chain, rpc) -> None:
     s = await make_setup(chain, rpc, stake=0)
     hub = s.hub

@@ -130,6 +130,7 @@ async def test_chain_frozen_mid_wait_retries_then_finishes(chain, rpc, caplog) -
     assert receipt["status"] == 1 and "0x" + bytes(receipt["transactionHash"]).hex() == record.tx_hash
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 async def test_chain_down_too_long_is_chain_unavailable(chain, rpc) -> None:
     config = SenderConfig(poll_interval_s=0.05, retry=RetryPolicy(base_delay_s=0.1, deadline_s=1.0))
     sender = TxSender(rpc(timeout_s=0.3), SPARE_1, config=config)

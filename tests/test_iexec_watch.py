@@ -47,6 +47,7 @@ def kinds(events) -> list[tuple[str, bytes]]:
     return [(type(e).__name__, getattr(e, "task_id", getattr(e, "deal_id", b""))) for e in events]
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 async def test_events_results_deadlines_and_cost(chain, rpc, s: Setup) -> None:
     start = await s.hub.w3.eth.block_number
     deals = [await s.hub.match_orders(app_order(s), None, pool_order(s), request(s, job=f"j{i}")) for i in range(3)]

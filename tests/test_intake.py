@@ -329,6 +329,7 @@ async def test_compressed_body_is_not_inflated() -> None:
         assert "gzip archive" in await rejected(f"{server.url}/gzip", max_bytes=100_000)
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 @pytest.mark.timeout(60)  # hang guard only: without the deadline the endless stream would never end
 async def test_endless_slow_stream_hits_the_deadline(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="bot.intake")

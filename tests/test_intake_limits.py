@@ -155,6 +155,7 @@ async def test_too_many_waiting_are_refused_at_once_without_connecting() -> None
         assert await download(limiter, "a", f"{server.url}/slow/a/4.jpg") == jpeg_bytes()  # free again
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 async def test_a_cancelled_wait_gives_its_place_back() -> None:
     async with SlowServer(seconds=1.0).running() as server:
         limiter = DownloadLimiter(per_user=1, overall=16, max_waiting=1)

@@ -69,6 +69,7 @@ def test_bad_rlc_is_one_line_error_and_writes_nothing(tmp_path: Path, amount: st
         assert book.balance(42).posted == 0
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 def test_conflict_bad_file_and_broken_books_exit_non_zero(tmp_path: Path) -> None:
     run(tmp_path, "grant", "42", "1", "--id", "x")
     conflict = run(tmp_path, "grant", "42", "2", "--id", "x")
@@ -115,6 +116,7 @@ def test_wallet_commands(tmp_path: Path) -> None:
     assert no_pw.returncode == 1 and "Traceback" not in no_pw.stderr
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 def test_output_cut_by_head_ends_quietly(tmp_path: Path) -> None:
     with Ledger(tmp_path / "books.db") as book:
         for i in range(3000):

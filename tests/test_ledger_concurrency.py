@@ -50,6 +50,7 @@ def _worker(path: str, worker: int, out: mp.Queue) -> None:
         out.put(("error", worker, f"{type(exc).__name__}: {exc}", 0))
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 def test_processes_share_one_file_without_overdraft_or_lost_update(tmp_path: Path) -> None:
     path = tmp_path / "books.db"
     with Ledger(path) as book:
@@ -77,6 +78,7 @@ def test_processes_share_one_file_without_overdraft_or_lost_update(tmp_path: Pat
         assert len(reserves) == ok_reserves  # every accepted reservation is there, once
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 def test_a_held_write_lock_is_waited_for_then_reported_typed(tmp_path: Path) -> None:
     path = tmp_path / "books.db"
     Ledger(path).close()

@@ -256,6 +256,7 @@ async def test_webhook_retries_until_the_bot_accepts(alice: TgUser) -> None:
             await runner.cleanup()
 
 
+@pytest.mark.slow  # over ~1 s: keeps the fast tier under a minute
 async def test_429_is_honoured_by_aio_rate_limiter(alice: TgUser) -> None:
     async with TelegramStandIn(rate_limits=RateLimits(private_burst=1)) as tg:
         tg.add_bot(TOKEN, BOT_USERNAME)
