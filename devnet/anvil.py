@@ -100,6 +100,22 @@ def rpc_call(rpc_url: str, method: str, params: list[Any] | None = None, *, time
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def _wait_state(pid: int, *, stopped: bool, bound_s: float = 5.0) -> None:
+    """Wait until the kernel reports process `pid` stopped (state T) or not, for at most `bound_s` seconds:
+    a signal is delivered asynchronously, so on a busy machine a request made right after SIGSTOP could
+    still be answered. Without /proc (not Linux) this returns at once."""
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return  # gone, or no /proc: nothing to wait for
+        state = stat[stat.rindex(")") + 2]  # the field after the command name, which may contain spaces
+        if (state in "Tt") == stopped:
+            return
+        time.sleep(0.001)  # a poll of the kernel's view (not a synchronisation by time)
+
+
 def _die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
     """preexec_fn: ask the kernel to send `sig` when our parent goes; exit if it is already gone."""
     _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
@@ -269,11 +285,13 @@ class Anvil:
         """SIGSTOP anvil: its port stays open but nothing answers (a chain outage)."""
         os.kill(self.pid, signal.SIGSTOP)
         self._frozen = True
+        _wait_state(self.pid, stopped=True)  # the signal is delivered asynchronously: return once it has stopped
 
     def thaw(self) -> None:
         """SIGCONT anvil after freeze(); queued requests are then answered."""
         os.kill(self.pid, signal.SIGCONT)
         self._frozen = False
+        _wait_state(self.pid, stopped=False)
 
     def dump_state(self, path: Path) -> Path:
         """Write the current chain state to `path` in the format --load-state reads (anvil_dumpState)."""
