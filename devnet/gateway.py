@@ -26,7 +26,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from devnet.files import write_atomically
 from devnet.loopback import serve_loopback
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,7 @@ class ResultGateway:
         cid = content_id(bytes(data))
         self._blobs[cid] = bytes(data)
         if self.store_dir is not None and not (self.store_dir / cid).exists():
-            tmp = self.store_dir / f".{cid}.{os.getpid()}.tmp"
-            tmp.write_bytes(data)
-            tmp.replace(self.store_dir / cid)  # a reader never sees half a file
+            write_atomically(self.store_dir / cid, data)  # a reader never sees half a file
         return cid
 
     def get(self, cid: str) -> bytes | None:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devnet.files import write_atomically
 from devnet.telegram_model import Revision, SentMessage, StoredFile, TgChat
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class History:
         for stored in files.values():
             blob = self.blobs / stored.file_unique_id
             if not blob.exists():  # a file's bytes never change under its id
-                _write_atomically(blob, stored.data)
+                write_atomically(blob, stored.data)
         index = {
             "files": [{k: v for k, v in dataclasses.asdict(f).items() if k != "data"} for f in files.values()],
             "chats": [
@@ -110,7 +110,7 @@ class History:
                 for chat_id, msgs in kept.items()
             ],
         }
-        _write_atomically(self.index, json.dumps(index, ensure_ascii=False).encode("utf-8"))
+        write_atomically(self.index, json.dumps(index, ensure_ascii=False).encode("utf-8"))
         names = {f.file_unique_id for f in files.values()}
         for blob in self.blobs.iterdir():
             if blob.name not in names:
@@ -139,12 +139,3 @@ def _message_json(msg: SentMessage) -> dict[str, Any]:
     out = {k: v for k, v in dataclasses.asdict(msg).items() if k not in ("data", "edits")}
     out["edits"] = [[r.text, r.reply_markup, r.edit_date] for r in msg.edits]
     return out
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    scratch = path.with_name(path.name + ".tmp")
-    with open(scratch, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(scratch, path)
